@@ -1,0 +1,140 @@
+"""The `amemctl` command: run, validate and describe pipelines and stages.
+
+Exit codes: 0 success, 2 a user mistake (bad pipeline, missing data, unknown device; one
+clear message, no traceback), 1 anything else (a bug, shown with its traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from amemctl import __version__
+from amemctl.errors import AmemctlError
+
+err_console = Console(stderr=True, highlight=False)
+
+
+class _Group(click.Group):
+    """A click group that turns amemctl errors into one message and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AmemctlError as exc:
+            print_error(exc)
+            raise click.exceptions.Exit(exc.exit_code) from None
+
+
+def print_error(exc: AmemctlError) -> None:
+    err_console.print("error: " + exc.render(), markup=False, soft_wrap=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="amemctl")
+def main() -> None:
+    """Associative memories as declared experiments: run YAML pipelines of pluggable stages."""
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a value of the pipeline, e.g. --set seed=3 or --set stages.score.similarity=cosine.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the pipeline's device).")
+@click.option("--out", "out_root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Folder under which the run folder is made.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool) -> None:
+    """Run PIPELINE: every sweep point, then the tables and figures of its report."""
+    from amemctl.dsl.pipeline import load_pipeline
+    from amemctl.engine.runner import run_pipeline
+
+    if device is not None:
+        from amemctl.dsl.pipeline import DEVICE
+
+        if not DEVICE.match(device):
+            raise AmemctlError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
+    checked = load_pipeline(pipeline, list(overrides))
+    _warn_failed_plugins()
+    run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet)
+
+
+@main.command()
+@click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Check with these overrides applied.")
+def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
+    """Check PIPELINES without running them: syntax, stages, parameters, sweep, wiring."""
+    from amemctl.dsl.pipeline import load_pipeline
+
+    failed = 0
+    for path in pipelines:
+        try:
+            checked = load_pipeline(path, list(overrides))
+        except AmemctlError as exc:
+            failed += 1
+            print_error(exc)
+            continue
+        stages = len(checked.plans[0].stages)
+        click.echo(f"ok: {path} ({len(checked.plans)} sweep point(s), {stages} stage(s))")
+    _warn_failed_plugins()
+    if failed:
+        raise click.exceptions.Exit(2)
+
+
+@main.command()
+@click.argument("name", required=False)
+def stages(name: str | None) -> None:
+    """List every stage (built-in and from plugins), or describe the stage NAME."""
+    from amemctl.plugins import get_registry, stage_class
+
+    registry = get_registry()
+    console = Console()
+    if name is None:
+        table = Table(title="stages", title_justify="left")
+        for column in ("stage", "package", "summary"):
+            table.add_column(column)
+        for stage_name, cls in sorted(registry.stages.items()):
+            table.add_row(stage_name, registry.package_of("stages", stage_name), cls.summary)
+        console.print(table)
+        console.print("similarities: " + ", ".join(registry.similarities))
+        console.print("datasets: " + ", ".join(registry.datasets))
+        _warn_failed_plugins()
+        return
+    cls = stage_class(name, registry)
+    console.print(f"[bold]{cls.name}[/] ({registry.package_of('stages', cls.name)}): {cls.summary}")
+    doc = (cls.__doc__ or "").strip().splitlines()[1:]
+    if any(line.strip() for line in doc):
+        console.print("\n".join(line.strip() for line in doc).strip())
+    for role, title in (("param", "parameters"), ("input", "reads (context tensors)"), ("output", "writes (context tensors)")):
+        params = [(k, p) for k, p in cls.params.items() if p.role == role]
+        if not params:
+            continue
+        table = Table(title=title, title_justify="left")
+        for column in ("name", "type" if role == "param" else "default tensor", "default" if role == "param" else "", "doc"):
+            if column:
+                table.add_column(column)
+        for key, p in params:
+            default = "required" if p.required else repr(p.default)
+            cells = [key, p.type_name(), default, _doc(p)] if role == "param" else [key, str(p.default), _doc(p)]
+            table.add_row(*cells)
+        console.print(table)
+
+
+def _doc(param: Any) -> str:
+    choices = param.choices
+    extra = f" (one of: {', '.join(map(str, choices))})" if choices and len(choices) <= 12 else ""
+    return param.doc + extra
+
+
+def _warn_failed_plugins() -> None:
+    from amemctl.plugins import get_registry
+
+    for failure in get_registry().failures:
+        err_console.print(f"warning: {failure}", markup=False, soft_wrap=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Retrieval: project(separate(score(M, q))) in bounded memory.
+
+`recall` is the one function behind every built-in retrieval, in notebooks and pipelines
+alike. It streams the stored memories in chunks and folds each chunk's scores into the
+separation's running state (see `amemctl.core.separation`), so no Q x N score matrix
+beyond `budget` bytes ever exists; the answer equals the unchunked formula up to
+floating-point rounding, and exactly for max and top-k.
+
+Auto-association: values are the keys. Hetero-association: values are other rows (the
+bottom half of an image for a query of its top half, the next image of a story).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from amemctl.core.rows import Rows, as_rows
+from amemctl.core.separation import Separation, make_separation
+from amemctl.core.similarity import Similarity, get_similarity
+from amemctl.errors import StageError
+
+#: Bytes of score-sized temporaries one retrieval may hold at once.
+DEFAULT_BUDGET = 256 * 2**20
+
+#: Chunks of fewer stored memories than this would waste time on overheads;
+#: below it the retrieval takes fewer queries at a time instead.
+MIN_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class Recall:
+    """What a retrieval returns: the projected output and the best-scoring memory."""
+
+    output: Tensor  #: Q x (value shape): the projected values
+    index: Tensor  #: Q, int64: the memory with the highest score (lowest index on ties)
+    score: Tensor  #: Q: that memory's score
+
+
+def retrieve(
+    queries: Tensor,
+    keys: "Tensor | Rows",
+    values: "Tensor | Rows | None" = None,
+    **options: object,
+) -> Tensor:
+    """The retrieved values for each query; see `recall` for the options."""
+    return recall(queries, keys, values, **options).output
+
+
+def recall(
+    queries: Tensor,
+    keys: "Tensor | Rows",
+    values: "Tensor | Rows | None" = None,
+    *,
+    similarity: "str | Similarity" = "dot",
+    separation: "str | Separation" = "softmax",
+    distance_form: str = "negative",
+    normalize_scores: bool = False,
+    budget: int = DEFAULT_BUDGET,
+) -> Recall:
+    """Retrieve from stored keys (N x ...) and values (N x ..., default: the keys) for Q queries.
+
+    similarity: a name from `amemctl.core.similarity.SIMILARITIES` or a `Similarity`.
+    separation: a name from `amemctl.core.separation.SEPARATIONS` (default parameters) or a
+        `Separation`, e.g. `Softmax(beta=1000)`.
+    distance_form: how distances become scores, "negative" (-d) or "inverse" (1/d).
+    normalize_scores: divide each query's scores by their sum first (UHN paper, appendix E;
+        meaningful for positive scores, e.g. inverse distances).
+    budget: bytes of score-sized temporaries allowed at once.
+    """
+    sim = similarity if isinstance(similarity, Similarity) else get_similarity(similarity)
+    sep = separation if isinstance(separation, Separation) else make_separation(separation)
+    key_rows = as_rows(keys)
+    value_rows = key_rows if values is None else as_rows(values)
+    q = _flat_queries(queries, key_rows)
+    n = len(key_rows)
+    if len(value_rows) != n:
+        raise StageError(
+            f"{n} stored keys but {len(value_rows)} stored values",
+            hint="hetero-associative values need one row per stored key",
+        )
+    if n == 0:
+        raise StageError("the memory is empty: nothing is stored to retrieve from")
+
+    width = math.prod(value_rows.row_shape)
+    pair_bytes = q.element_size() * (3 + sim.workspace(q.shape[1]))
+    block_q, block_n = plan_blocks(q.shape[0], n, pair_bytes, budget, sep.needs_full_rows)
+
+    output = q.new_empty(q.shape[0], width)
+    best_index = torch.empty(q.shape[0], dtype=torch.long, device=q.device)
+    best_score = q.new_empty(q.shape[0])
+    for start in range(0, q.shape[0], block_q):
+        block = slice(start, start + block_q)
+        out, idx, score = _recall_block(
+            q[block], key_rows, value_rows, sim, sep, distance_form, normalize_scores, block_n, width
+        )
+        output[block], best_index[block], best_score[block] = out, idx, score
+    return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
+
+
+def _recall_block(
+    q: Tensor,
+    key_rows: Rows,
+    value_rows: Rows,
+    sim: Similarity,
+    sep: Separation,
+    distance_form: str,
+    normalize_scores: bool,
+    block_n: int,
+    width: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One block of queries against every chunk of stored memories."""
+
+    def scores_of(chunk: Tensor) -> Tensor:
+        _check_finite(chunk, "stored keys")
+        return sim(q, chunk.to(device=q.device, dtype=q.dtype), distance_form)
+
+    totals = None
+    if normalize_scores:
+        totals = sum(scores_of(chunk).sum(1, keepdim=True) for _, chunk in key_rows.chunks(block_n))
+        totals = torch.where(totals == 0, torch.ones_like(totals), totals)
+
+    reducer = sep.reducer(q.shape[0], width, q)
+    best = q.new_full((q.shape[0],), -math.inf)
+    best_index = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    value_chunks = value_rows.chunks(block_n) if reducer.reads_values else None
+    for offset, chunk in key_rows.chunks(block_n):
+        s = scores_of(chunk)
+        if totals is not None:
+            s = s / totals
+        chunk_best, chunk_index = s.max(1)
+        better = chunk_best > best
+        best = torch.where(better, chunk_best, best)
+        best_index = torch.where(better, chunk_index + offset, best_index)
+        values = None
+        if value_chunks is not None:
+            _, values = next(value_chunks)
+            values = values.to(device=q.device, dtype=q.dtype)
+        reducer.update(s, offset, values)
+    return reducer.finish(_OnDevice(value_rows, q)), best_index, best
+
+
+@dataclass(frozen=True)
+class _OnDevice:
+    """Rows read onto the queries' device and dtype, for reducers that read values at the end."""
+
+    rows: Rows
+    like: Tensor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.rows.row_shape
+
+    def chunks(self, size: int):
+        for offset, chunk in self.rows.chunks(size):
+            yield offset, chunk.to(device=self.like.device, dtype=self.like.dtype)
+
+    def take(self, index: Tensor) -> Tensor:
+        return self.rows.take(index).to(device=self.like.device, dtype=self.like.dtype)
+
+
+def plan_blocks(queries: int, memories: int, pair_bytes: int, budget: int, full_rows: bool) -> tuple[int, int]:
+    """How many queries and stored memories to take at once so one block fits `budget`.
+
+    Streaming separations prefer all queries against chunks of memories (each memory is
+    read once); when that would make chunks tiny they take fewer queries instead.
+    Full-row separations need every memory of a query at once and take fewer queries.
+    """
+    pairs = max(1, budget // pair_bytes)
+    if full_rows:
+        if memories > pairs:
+            raise StageError(
+                f"this separation needs all {memories} scores of a query at once, "
+                f"more than the retrieval budget of {budget} bytes allows",
+                hint="raise the retrieval budget, or use a streaming separation (softmax, max, top-k)",
+            )
+        return max(1, min(queries, pairs // memories)), memories
+    block_n = min(memories, max(min(MIN_CHUNK, memories), pairs // max(queries, 1)))
+    block_q = max(1, min(queries, pairs // block_n))
+    return block_q, block_n
+
+
+def _flat_queries(queries: Tensor, keys: Rows) -> Tensor:
+    if not isinstance(queries, Tensor):
+        raise StageError(f"queries must be a tensor, got {type(queries).__name__}")
+    if queries.dim() == 0:
+        raise StageError("queries must have a batch dimension (Q x ...), got a scalar")
+    q = queries.reshape(queries.shape[0], -1) if queries.dim() > 1 else queries[:, None]
+    key_width = math.prod(keys.row_shape)
+    if q.shape[1] != key_width:
+        raise StageError(
+            f"queries have {q.shape[1]} features ({tuple(queries.shape[1:])}) "
+            f"but stored keys have {key_width} ({tuple(keys.row_shape)})",
+            hint="queries must be shaped like the stored keys; check which tensor each stage reads",
+        )
+    if not q.is_floating_point() or q.dtype in (torch.float16, torch.bfloat16):
+        q = q.float()
+    _check_finite(q, "queries")
+    return q
+
+
+def _check_finite(x: Tensor, what: str) -> None:
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero()[:, 0]
+        shown = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise StageError(
+            f"{what} contain NaN or infinite values (rows {shown})",
+            hint="check the stage that produced them (e.g. a corruption or an embedding)",
+        )

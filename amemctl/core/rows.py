@@ -1,0 +1,72 @@
+"""Stored rows, read in chunks: the one interface retrieval needs from a memory.
+
+Retrieval never asks for all stored patterns at once; it asks for consecutive chunks of
+rows, and (for top-k) for a few rows by index. A tensor in memory serves that through
+`TensorRows`; a store on disk serves it by reading chunk files (amemctl.store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class Rows(Protocol):
+    """N stored rows, each flattened to `width` features."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def row_shape(self) -> tuple[int, ...]: ...
+
+    def chunks(self, size: int) -> Iterator[tuple[int, Tensor]]:
+        """(offset, rows offset..offset+size as an n x width tensor), in order."""
+        ...
+
+    def take(self, index: Tensor) -> Tensor:
+        """The rows at `index` (any order, repeats allowed) as a len(index) x width tensor."""
+        ...
+
+
+@dataclass(frozen=True)
+class TensorRows:
+    """Rows held in one tensor of shape N x ... (images, embeddings, bit patterns)."""
+
+    data: Tensor
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:])
+
+    @property
+    def width(self) -> int:
+        return int(torch.Size(self.row_shape).numel())
+
+    def flat(self) -> Tensor:
+        return self.data.reshape(len(self), -1)
+
+    def chunks(self, size: int) -> Iterator[tuple[int, Tensor]]:
+        flat = self.flat()
+        for start in range(0, len(self), size):
+            yield start, flat[start : start + size]
+
+    def take(self, index: Tensor) -> Tensor:
+        return self.flat()[index.to(self.data.device)]
+
+
+def as_rows(x: "Tensor | Rows") -> Rows:
+    """Wrap a tensor as Rows; anything that already is Rows passes through."""
+    if isinstance(x, Tensor):
+        if x.dim() == 0:
+            raise ValueError("stored memories need at least one dimension (N x ...)")
+        if x.dim() == 1:
+            x = x[:, None]
+        return TensorRows(x)
+    return x

@@ -1,0 +1,393 @@
+"""Separation functions: the `separate` step of a universal Hopfield network.
+
+A separation turns one query's similarity scores into projection weights, sharpening the
+best match against the rest (Millidge et al. 2022). Each is available in two forms that
+give the same answer:
+
+- `weights(scores)`: the whole Q x N matrix at once, the plain reference;
+- `reducer(...)`: a streaming state that takes the scores chunk by chunk over the stored
+  memories and the matching chunk of values, so retrieval never holds Q x N scores.
+  Weighted sums keep a running sum and normaliser, softmax keeps the running maximum as
+  flash attention does, top-k keeps a running top-k. Separations that need a whole row
+  (sparsemax, entmax) say so with `needs_full_rows`; the retrieval then bounds memory by
+  taking fewer queries at a time instead.
+
+Ties are broken toward the lower memory index everywhere, so results do not depend on how
+the memories were chunked.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from amemctl.core.rows import Rows
+from amemctl.errors import StageError
+from amemctl.suggest import did_you_mean
+
+
+class Reducer(ABC):
+    """Streaming state of one separation over chunks of memories, for a block of queries."""
+
+    #: False when `update` ignores the values chunk (top-k, full rows read values at the end).
+    reads_values: bool = True
+
+    @abstractmethod
+    def update(self, scores: Tensor, offset: int, values: Tensor) -> None:
+        """Fold in the scores of memories offset.. (rows x n) and those memories' values (n x width)."""
+
+    @abstractmethod
+    def finish(self, values: Rows) -> Tensor:
+        """The projected output (rows x width) once every chunk has been seen."""
+
+
+class Separation(ABC):
+    """A named separation function with its parameters."""
+
+    name: str
+    #: True when the weights of a row depend on the whole row at once, not a running state.
+    needs_full_rows: bool = False
+
+    @abstractmethod
+    def weights(self, scores: Tensor) -> Tensor:
+        """Projection weights for a Q x N score matrix (the unchunked reference)."""
+
+    @abstractmethod
+    def reducer(self, rows: int, width: int, like: Tensor) -> Reducer:
+        """A fresh streaming state for `rows` queries and values `width` wide."""
+
+    def describe(self) -> str:
+        """A short label such as `softmax(beta=1000)`, used in tables and figures."""
+        return self.name
+
+
+def _fmt(v: object) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------------------------------
+# weighted sums: identity, polynomials, log, threshold
+
+
+@dataclass
+class Elementwise(Separation):
+    """Weights f(score) applied to each score alone, optionally divided by their sum.
+
+    With `normalize` (the UHN reference code's default) the output is a weighted average of
+    the stored values; without it, a raw weighted sum (classical HN, DAM energies).
+    """
+
+    name: str
+    fn: Callable[[Tensor], Tensor] = field(repr=False)
+    normalize: bool = True
+    params: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        inner = ", ".join(f"{k}={_fmt(v)}" for k, v in {**self.params, "normalize": self.normalize}.items())
+        return f"{self.name}({inner})"
+
+    def weights(self, scores: Tensor) -> Tensor:
+        w = self.fn(scores)
+        return _normalised(w, w.sum(1, keepdim=True)) if self.normalize else w
+
+    def reducer(self, rows: int, width: int, like: Tensor) -> Reducer:
+        return _WeightedSum(self, like.new_zeros(rows, width), like.new_zeros(rows, 1))
+
+
+@dataclass
+class _WeightedSum(Reducer):
+    sep: Elementwise
+    acc: Tensor
+    total: Tensor
+
+    def update(self, scores: Tensor, offset: int, values: Tensor) -> None:
+        w = self.sep.fn(scores)
+        self.acc.addmm_(w, values)
+        self.total += w.sum(1, keepdim=True)
+
+    def finish(self, values: Rows) -> Tensor:
+        return _normalised(self.acc, self.total) if self.sep.normalize else self.acc
+
+
+def _normalised(x: Tensor, total: Tensor) -> Tensor:
+    """x / total, with rows whose total is zero left at zero instead of NaN."""
+    safe = torch.where(total == 0, torch.ones_like(total), total)
+    return torch.where(total == 0, torch.zeros_like(x), x / safe)
+
+
+def identity(normalize: bool = True) -> Elementwise:
+    return Elementwise("identity", lambda s: s, normalize)
+
+
+def polynomial(n: float = 2, normalize: bool = True) -> Elementwise:
+    return Elementwise("polynomial", lambda s: s.pow(n), normalize, {"n": n})
+
+
+def square(normalize: bool = True) -> Elementwise:
+    return Elementwise("square", lambda s: s.square(), normalize)
+
+
+def rectified_polynomial(n: float = 2, normalize: bool = True) -> Elementwise:
+    """max(s, 0)^n: the rectified polynomial energy of Krotov and Hopfield (2016)."""
+    return Elementwise("rectified_polynomial", lambda s: s.clamp_min(0).pow(n), normalize, {"n": n})
+
+
+def log(normalize: bool = True) -> Elementwise:
+    """log(s) for positive scores (scores at or below 0 are clipped to a tiny positive value)."""
+    return Elementwise("log", lambda s: s.clamp_min(torch.finfo(s.dtype).tiny).log(), normalize)
+
+
+def threshold(t: float = 0.0, normalize: bool = True) -> Elementwise:
+    """1 where the score reaches t, else 0: all memories inside a radius (as in SDM)."""
+    return Elementwise("threshold", lambda s: (s >= t).to(s.dtype), normalize, {"t": t})
+
+
+# ---------------------------------------------------------------------------------------
+# softmax
+
+
+@dataclass
+class Softmax(Separation):
+    """softmax(beta * s): the modern continuous Hopfield network's separation."""
+
+    beta: float = 1.0
+    name: str = field(default="softmax", init=False, repr=False)
+
+    def describe(self) -> str:
+        return f"softmax(beta={_fmt(float(self.beta))})"
+
+    def weights(self, scores: Tensor) -> Tensor:
+        return torch.softmax(self.beta * scores, dim=1)
+
+    def reducer(self, rows: int, width: int, like: Tensor) -> Reducer:
+        return _OnlineSoftmax(
+            self.beta,
+            like.new_full((rows, 1), -math.inf),
+            like.new_zeros(rows, 1),
+            like.new_zeros(rows, width),
+        )
+
+
+@dataclass
+class _OnlineSoftmax(Reducer):
+    """Running maximum m, normaliser l = sum exp(z - m) and weighted sum, rescaled as m grows."""
+
+    beta: float
+    m: Tensor
+    l: Tensor
+    acc: Tensor
+
+    def update(self, scores: Tensor, offset: int, values: Tensor) -> None:
+        z = scores * self.beta
+        m_new = torch.maximum(self.m, z.amax(1, keepdim=True))
+        rescale = torch.exp(self.m - m_new)
+        p = torch.exp(z - m_new)
+        self.l = self.l * rescale + p.sum(1, keepdim=True)
+        self.acc = torch.addmm(self.acc * rescale, p, values)
+        self.m = m_new
+
+    def finish(self, values: Rows) -> Tensor:
+        return self.acc / self.l
+
+
+# ---------------------------------------------------------------------------------------
+# max and top-k
+
+
+@dataclass
+class TopK(Separation):
+    """Keep the k best-scoring memories: their mean (`uniform`) or softmax(beta) over them.
+
+    k = 1 is `max`, the one-hot separation: the output is exactly the best stored value.
+    """
+
+    k: int = 1
+    weighting: str = "uniform"
+    beta: float = 1.0
+    name: str = field(default="topk", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("uniform", "softmax"):
+            raise StageError(
+                f"unknown top-k weighting {self.weighting!r}", hint="use 'uniform' or 'softmax'"
+            )
+        if self.k < 1:
+            raise StageError(f"top-k needs k >= 1, got {self.k}")
+
+    def describe(self) -> str:
+        if self.name == "max":
+            return "max"
+        extra = f", beta={_fmt(float(self.beta))}" if self.weighting == "softmax" else ""
+        return f"topk(k={self.k}, {self.weighting}{extra})"
+
+    def weights(self, scores: Tensor) -> Tensor:
+        vals, idx = top_k(scores, self.k)
+        w = torch.zeros_like(scores)
+        w.scatter_(1, idx, self._select_weights(vals))
+        return w
+
+    def _select_weights(self, vals: Tensor) -> Tensor:
+        if self.weighting == "softmax":
+            return torch.softmax(self.beta * vals, dim=1)
+        return torch.full_like(vals, 1.0 / vals.shape[1])
+
+    def reducer(self, rows: int, width: int, like: Tensor) -> Reducer:
+        empty = like.new_empty(rows, 0)
+        return _RunningTopK(self, empty, torch.empty(rows, 0, dtype=torch.long, device=like.device))
+
+
+@dataclass
+class _RunningTopK(Reducer):
+    sep: TopK
+    best: Tensor
+    index: Tensor
+    reads_values = False
+
+    def update(self, scores: Tensor, offset: int, values: Tensor) -> None:
+        vals, idx = top_k(scores, self.sep.k)
+        # Earlier chunks hold lower indices and come first, so a stable sort keeps them on ties.
+        merged = torch.cat([self.best, vals], 1)
+        merged_idx = torch.cat([self.index, idx + offset], 1)
+        order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, : self.sep.k]
+        self.best = merged.gather(1, order)
+        self.index = merged_idx.gather(1, order)
+
+    def finish(self, values: Rows) -> Tensor:
+        picked = values.take(self.index.reshape(-1)).reshape(*self.index.shape, -1)
+        w = self.sep._select_weights(self.best)
+        return torch.einsum("qk,qkw->qw", w, picked)
+
+
+def top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest scores of each row and their columns, best first, ties to the lower column.
+
+    torch.topk does not promise which of several equal scores it keeps; this does.
+    """
+    rows, n = scores.shape
+    k = min(k, n)
+    kth = torch.topk(scores, k, dim=1).values[:, -1:]
+    above = scores > kth
+    ties = scores == kth
+    room = k - above.sum(1, keepdim=True)
+    chosen = above | (ties & (ties.cumsum(1) <= room))
+    idx = chosen.nonzero()[:, 1].reshape(rows, k)
+    vals = scores.gather(1, idx)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    return vals.gather(1, order), idx.gather(1, order)
+
+
+def max_() -> TopK:
+    return TopK(k=1, name="max")
+
+
+# ---------------------------------------------------------------------------------------
+# sparse separations: need a whole row
+
+
+@dataclass
+class Sparse(Separation):
+    """sparsemax or 1.5-entmax of beta * s (the sparse modern Hopfield networks).
+
+    Exact and sort-based: each row's weights depend on the whole row, so these run on full
+    rows of scores, with fewer queries at a time to stay within the memory budget.
+    """
+
+    name: str = "sparsemax"
+    beta: float = 1.0
+    needs_full_rows = True
+
+    def describe(self) -> str:
+        return f"{self.name}(beta={_fmt(float(self.beta))})"
+
+    def weights(self, scores: Tensor) -> Tensor:
+        z = self.beta * scores
+        return _sparsemax(z) if self.name == "sparsemax" else _entmax15(z)
+
+    def reducer(self, rows: int, width: int, like: Tensor) -> Reducer:
+        return _FullRows(self, [])
+
+
+@dataclass
+class _FullRows(Reducer):
+    sep: Separation
+    parts: list
+    reads_values = False
+
+    def update(self, scores: Tensor, offset: int, values: Tensor) -> None:
+        self.parts.append(scores)
+
+    def finish(self, values: Rows) -> Tensor:
+        w = self.sep.weights(torch.cat(self.parts, 1))
+        self.parts.clear()
+        out = None
+        for offset, chunk in values.chunks(max(1, 1 << 16)):
+            part = w[:, offset : offset + chunk.shape[0]] @ chunk.to(w.dtype)
+            out = part if out is None else out + part
+        return out
+
+
+def _sparsemax(z: Tensor) -> Tensor:
+    """Euclidean projection of each row onto the simplex (Martins & Astudillo 2016)."""
+    zs, _ = torch.sort(z, dim=1, descending=True)
+    cs = zs.cumsum(1) - 1
+    rho = torch.arange(1, z.shape[1] + 1, device=z.device, dtype=z.dtype)
+    support = (zs * rho > cs).sum(1, keepdim=True)
+    tau = cs.gather(1, support - 1) / support.to(z.dtype)
+    return (z - tau).clamp_min(0)
+
+
+def _entmax15(z: Tensor) -> Tensor:
+    """1.5-entmax of each row, exact by sorting (Peters, Niculae & Martins 2019)."""
+    z = (z - z.amax(1, keepdim=True)) / 2
+    zs, _ = torch.sort(z, dim=1, descending=True)
+    rho = torch.arange(1, z.shape[1] + 1, device=z.device, dtype=z.dtype)
+    mean = zs.cumsum(1) / rho
+    mean_sq = (zs * zs).cumsum(1) / rho
+    delta = ((1 - rho * (mean_sq - mean * mean)) / rho).clamp_min(0)
+    tau = mean - delta.sqrt()
+    support = (tau <= zs).sum(1, keepdim=True)
+    tau_star = tau.gather(1, support - 1)
+    return (z - tau_star).clamp_min(0).square()
+
+
+# ---------------------------------------------------------------------------------------
+# by name
+
+
+#: name -> (factory, {parameter: default}); the parameters a user may give each one.
+SEPARATIONS: dict[str, tuple[Callable[..., Separation], dict]] = {
+    "identity": (identity, {"normalize": True}),
+    "square": (square, {"normalize": True}),
+    "polynomial": (polynomial, {"n": 2, "normalize": True}),
+    "rectified_polynomial": (rectified_polynomial, {"n": 2, "normalize": True}),
+    "log": (log, {"normalize": True}),
+    "threshold": (threshold, {"t": 0.0, "normalize": True}),
+    "softmax": (Softmax, {"beta": 1.0}),
+    "max": (max_, {}),
+    "topk": (TopK, {"k": 1, "weighting": "uniform", "beta": 1.0}),
+    "sparsemax": (lambda beta=1.0: Sparse("sparsemax", beta), {"beta": 1.0}),
+    "entmax15": (lambda beta=1.0: Sparse("entmax15", beta), {"beta": 1.0}),
+}
+
+
+def make_separation(name: str, **params: object) -> Separation:
+    """The separation called `name` with the given parameters; unknown ones are an error."""
+    if name not in SEPARATIONS:
+        raise StageError(
+            f"unknown separation {name!r}",
+            hint=did_you_mean(name, SEPARATIONS) or f"choose one of {', '.join(SEPARATIONS)}",
+        )
+    factory, allowed = SEPARATIONS[name]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        accepted = ", ".join(allowed) if allowed else "no parameters"
+        raise StageError(
+            f"separation {name!r} takes no parameter {unknown[0]!r}",
+            hint=f"{name} accepts {accepted}",
+        )
+    return factory(**params)

@@ -1,0 +1,1 @@
+"""Datasets: what a `load` stage can bring into a pipeline."""

@@ -1,0 +1,1 @@
+"""The pipeline language: YAML files that declare experiments."""

@@ -1,0 +1,539 @@
+"""A pipeline file, checked and planned: every sweep point with its configured stages.
+
+Reading a pipeline checks everything that can be checked without running it: the
+document's shape, unknown keys (with a did-you-mean), stage names, parameter names, types
+and ranges, `${name}` references against the sweep, sweep variables nobody uses, and the
+wiring (a stage reading a tensor that no earlier stage writes). All problems found are
+reported together, each at the file:line:column of the text to change.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amemctl.dsl import sweep as sweeps
+from amemctl.dsl.source import SourceMap, load_yaml, read_yaml
+from amemctl.errors import AmemctlError, Location, PipelineError
+from amemctl.plugins import Registry, get_registry
+from amemctl.stage import ParamError, Stage
+from amemctl.suggest import did_you_mean
+
+#: Top-level keys of a pipeline and what each holds (docs/pipelines.md says more).
+TOP_LEVEL = {
+    "name": "the pipeline's name; runs go to runs/<name>/ (default: the file name)",
+    "description": "free text shown in the report",
+    "seed": "integer seed of every random choice (default 0)",
+    "device": "auto, cpu, cuda or cuda:N (default auto)",
+    "budget": "bytes of score-sized temporaries a retrieval may hold, e.g. 256MiB (default)",
+    "data": "a dataset to load first, as the parameters of a `load` stage",
+    "sweep": "variables and their values; every combination is one run",
+    "stages": "the stages in order, each `- name: {parameters}`",
+    "report": "tables and curves to write across the sweep points",
+}
+
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+EXAMPLE = "name: demo\nstages:\n  - load: {dataset: digits}\n  ..."
+
+
+class PipelineErrors(PipelineError):
+    """Several problems in one pipeline, reported together."""
+
+    def __init__(self, errors: list[AmemctlError]):
+        super().__init__(f"{len(errors)} problem(s) in the pipeline")
+        self.errors = errors
+
+    def render(self) -> str:
+        return "\n".join(e.render() for e in self.errors)
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.errors: list[AmemctlError] = []
+        self._seen: set[str] = set()
+
+    def add(self, error: AmemctlError, location: Location | None = None) -> None:
+        error.at(location)
+        text = error.render()
+        if text not in self._seen:
+            self._seen.add(text)
+            self.errors.append(error)
+
+    def raise_if_any(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise PipelineErrors(self.errors)
+
+
+@dataclass
+class PlannedStage:
+    """A configured stage of one sweep point, with where it was written."""
+
+    stage: Stage
+    location: Location
+    index: int  #: position in `stages:`; -1 for the load implied by `data:`
+
+    @property
+    def key(self) -> str:
+        """Identity of the stage's configuration, for reusing results across points."""
+        return json.dumps([self.stage.name, self.index, self.stage.settings], sort_keys=True, default=str)
+
+
+@dataclass
+class PointPlan:
+    point: sweeps.Point
+    stages: list[PlannedStage]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table of one metric: rows and columns are sweep variables."""
+
+    metric: str
+    rows: list[str]
+    columns: str | None
+    title: str
+    format: str
+
+
+@dataclass(frozen=True)
+class CurveSpec:
+    """A figure of one metric against a sweep variable, one line per value of the others."""
+
+    metric: str
+    x: str
+    series: list[str]
+    title: str
+    log_x: bool
+
+
+@dataclass
+class Pipeline:
+    """A checked pipeline, ready to run."""
+
+    name: str
+    description: str
+    file: str
+    text: str
+    document: dict[str, Any]
+    seed: int
+    device: str
+    budget: int
+    sweep: dict[str, list[Any]]
+    plans: list[PointPlan]
+    tables: list[TableSpec] = field(default_factory=list)
+    curves: list[CurveSpec] = field(default_factory=list)
+
+
+def load_pipeline(
+    path: "str | Path",
+    overrides: list[str] | None = None,
+    registry: Registry | None = None,
+) -> Pipeline:
+    """Read, override (`key.path=value`), check and plan the pipeline at `path`."""
+    doc, source, text = read_yaml(path)
+    if overrides:
+        doc = apply_overrides(doc, overrides, source)
+    return parse_pipeline(doc, source, text=text, registry=registry)
+
+
+def parse_text(text: str, file: str = "<pipeline>", registry: Registry | None = None) -> Pipeline:
+    """Check and plan a pipeline given as YAML text (tests and notebooks)."""
+    doc, source = load_yaml(text, file)
+    return parse_pipeline(doc, source, text=text, registry=registry)
+
+
+def apply_overrides(doc: Any, overrides: list[str], source: SourceMap) -> Any:
+    """Apply `--set key.path=value` overrides; stages may be addressed by index or unique name."""
+    import yaml
+
+    for item in overrides:
+        where = Location(f"--set {item}")
+        if "=" not in item:
+            raise PipelineError("an override reads key.path=value", hint="e.g. --set seed=3", location=where)
+        dotted, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise PipelineError(f"cannot read the value {raw!r}: {exc}", location=where) from None
+        if not isinstance(doc, dict):
+            raise PipelineError("the pipeline is not a mapping; nothing to override", location=where)
+        doc = _set_path(doc, [p for p in dotted.strip().split(".") if p], value, where, source)
+    return doc
+
+
+def _set_path(doc: dict, parts: list[str], value: Any, where: Location, source: SourceMap) -> dict:
+    if not parts:
+        raise PipelineError("an override needs a key before '='", location=where)
+    node: Any = doc
+    path: tuple[Any, ...] = ()
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            index = _list_index(node, part, path, where)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+                if isinstance(node, dict) and len(node) == 1 and path == ("stages",):
+                    stage_name = next(iter(node))
+                    if node[stage_name] is None:
+                        node[stage_name] = {}
+                    node = node[stage_name]
+                    path += (index, stage_name)
+                    continue
+            path += (index,)
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            path += (part,)
+        else:
+            raise PipelineError(f"cannot set {'.'.join(parts)}: {'.'.join(map(str, path))} is not a mapping or list", location=where)
+        source.values[path] = where
+    return doc
+
+
+def _list_index(items: list, part: str, path: tuple, where: Location) -> int:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if -len(items) <= index < len(items):
+            return index % len(items)
+        raise PipelineError(f"index {index} is out of range: {'.'.join(map(str, path))} has {len(items)} entries", location=where)
+    matches = [i for i, item in enumerate(items) if isinstance(item, dict) and part in item or item == part]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise PipelineError(f"no stage named {part!r} to override", location=where)
+    raise PipelineError(f"{len(matches)} stages are named {part!r}", hint="address one by its index, e.g. stages.2.beta=10", location=where)
+
+
+def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Registry | None = None) -> Pipeline:
+    """Check a loaded pipeline document and plan every sweep point; raise all problems found."""
+    registry = registry or get_registry()
+    file = source.file
+    if doc is None:
+        raise PipelineError("the pipeline is empty", hint=f"a pipeline is a mapping, for example:\n{EXAMPLE}", location=Location(file))
+    if not isinstance(doc, dict):
+        raise PipelineError(
+            f"a pipeline is a mapping of keys (name, stages, ...), not a {type(doc).__name__}",
+            hint="put the stage list under `stages:`",
+            location=source.value(()),
+        )
+
+    errors = _Collector()
+    for key in doc:
+        if key not in TOP_LEVEL:
+            errors.add(
+                PipelineError(f"unknown key {key!r}", hint=did_you_mean(str(key), TOP_LEVEL) or f"allowed: {', '.join(TOP_LEVEL)}"),
+                source.key((key,)),
+            )
+
+    name = _scalar(doc, "name", str, Path(file).stem, source, errors)
+    description = _scalar(doc, "description", str, "", source, errors)
+    seed = _scalar(doc, "seed", int, 0, source, errors)
+    device = _scalar(doc, "device", str, "auto", source, errors)
+    if isinstance(device, str) and not DEVICE.match(device):
+        errors.add(PipelineError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N"), source.value(("device",)))
+    budget = _budget(doc.get("budget"), source, errors)
+    sweep = _sweep(doc.get("sweep"), source, errors)
+
+    raw_stages = doc.get("stages")
+    if raw_stages is None:
+        errors.add(PipelineError("the pipeline has no `stages:`", hint="add a list of stages, e.g. `- load: {dataset: digits}`"), Location(file))
+        raw_stages = []
+    elif not isinstance(raw_stages, list) or not raw_stages:
+        errors.add(PipelineError("`stages:` must be a non-empty list", hint="write each stage as `- name: {parameters}`"), source.value(("stages",)))
+        raw_stages = []
+    entries = _stage_entries(doc.get("data"), raw_stages, source, errors)
+    _check_references(entries, sweep, source, errors)
+    errors.raise_if_any()
+
+    plans = [_plan_point(point, entries, sweep, source, registry, errors) for point in sweeps.points(sweep)]
+    tables, curves = _report(doc.get("report"), sweep, plans, source, errors)
+    errors.raise_if_any()
+    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves)
+
+
+# ---------------------------------------------------------------------------------------
+# top-level values
+
+
+def _scalar(doc: dict, key: str, kind: type, default: Any, source: SourceMap, errors: _Collector) -> Any:
+    value = doc.get(key, default)
+    if value is None:
+        return default
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        errors.add(PipelineError(f"`{key}` must be a {kind.__name__}, got {value!r}", hint=TOP_LEVEL[key]), source.value((key,)))
+        return default
+    return value
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an integer or a string such as `256MiB` or `1.5GB`."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(str(value))
+    if match and match.group(2).lower() in _UNITS and float(match.group(1)) > 0:
+        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    raise ValueError(value)
+
+
+def _budget(value: Any, source: SourceMap, errors: _Collector) -> int:
+    from amemctl.core.retrieval import DEFAULT_BUDGET
+
+    if value is None:
+        return DEFAULT_BUDGET
+    try:
+        return parse_size(value)
+    except ValueError:
+        errors.add(
+            PipelineError(f"`budget` must be a positive size, got {value!r}", hint="e.g. 268435456, 256MiB or 1GB"),
+            source.value(("budget",)),
+        )
+        return DEFAULT_BUDGET
+
+
+def _sweep(value: Any, source: SourceMap, errors: _Collector) -> dict[str, list[Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        errors.add(PipelineError("`sweep:` must map variable names to lists of values", hint="e.g. sweep: {beta: [1, 10, 100]}"), source.value(("sweep",)))
+        return {}
+    result = {}
+    for var, values in value.items():
+        if not isinstance(var, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", var):
+            errors.add(PipelineError(f"sweep variable {var!r} is not a valid name", hint="use letters, digits and _"), source.key(("sweep", var)))
+            continue
+        if not isinstance(values, list) or not values:
+            errors.add(
+                PipelineError(f"sweep variable {var!r} needs a non-empty list of values", hint=f"write `{var}: [{values!r}]` for a single value"),
+                source.value(("sweep", var)),
+            )
+            continue
+        result[var] = values
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# stages
+
+
+@dataclass
+class _Entry:
+    """A stage as written: its name, raw parameters, and the path of its entry."""
+
+    name: str
+    params: Any
+    path: tuple[Any, ...]  #: ("stages", i) or ("data",)
+    params_path: tuple[Any, ...]
+    index: int
+
+
+def _stage_entries(data: Any, raw: list, source: SourceMap, errors: _Collector) -> list[_Entry]:
+    entries = []
+    if data is not None:
+        if isinstance(data, dict):
+            entries.append(_Entry("load", data, ("data",), ("data",), -1))
+        else:
+            errors.add(PipelineError("`data:` must be a mapping of `load` parameters", hint="e.g. data: {dataset: digits}"), source.value(("data",)))
+    for i, item in enumerate(raw):
+        path = ("stages", i)
+        if isinstance(item, str):
+            entries.append(_Entry(item, {}, path, path, i))
+        elif isinstance(item, dict) and len(item) == 1:
+            (name, params), = item.items()
+            entries.append(_Entry(str(name), {} if params is None else params, path, (*path, name), i))
+        elif isinstance(item, dict) and item:
+            first = next(iter(item))
+            others = ", ".join(map(str, list(item)[1:]))
+            errors.add(
+                PipelineError(
+                    f"a stage entry has one key, the stage's name; this one has {len(item)} ({', '.join(map(str, item))})",
+                    hint=f"indent {others} under `{first}:` so they become its parameters",
+                ),
+                source.value(path),
+            )
+        else:
+            errors.add(PipelineError(f"a stage entry is `- name: {{parameters}}`, got {item!r}"), source.value(path))
+    return entries
+
+
+def _check_references(entries: list[_Entry], sweep: dict, source: SourceMap, errors: _Collector) -> None:
+    used = set()
+    for entry in entries:
+        for sub, var in sweeps.references(entry.params):
+            used.add(var)
+            if var not in sweep:
+                hint = did_you_mean(var, sweep) or (f"defined: {', '.join(sweep)}" if sweep else "add it under `sweep:`")
+                errors.add(PipelineError(f"${{{var}}} is not a sweep variable", hint=hint), source.value((*entry.params_path, *sub)))
+    for var in sweep:
+        if var not in used:
+            errors.add(
+                PipelineError(f"sweep variable {var!r} is never used", hint=f"write ${{{var}}} in a stage parameter, or remove it"),
+                source.key(("sweep", var)),
+            )
+
+
+def _plan_point(
+    point: sweeps.Point,
+    entries: list[_Entry],
+    sweep: dict,
+    source: SourceMap,
+    registry: Registry,
+    errors: _Collector,
+) -> PointPlan:
+    from amemctl.plugins import stage_class
+
+    planned: list[PlannedStage] = []
+    available: dict[str, str] = {}  # tensor -> stage that writes it
+    for entry in entries:
+        where = source.key(entry.path) if entry.index < 0 else source.value(entry.path)
+        params, whole = sweeps.substitute(entry.params, point.values)
+        try:
+            cls = stage_class(entry.name, registry)
+        except AmemctlError as exc:
+            errors.add(exc, source.key((*entry.path, entry.name)) if entry.index >= 0 else where)
+            continue
+        if not isinstance(params, dict):
+            errors.add(PipelineError(f"the parameters of stage {entry.name!r} must be a mapping, got {params!r}"), source.value(entry.params_path))
+            continue
+        try:
+            stage = cls(**params)
+        except ParamError as exc:
+            errors.add(_locate(exc, entry, whole, point, sweep, source))
+            continue
+        except AmemctlError as exc:
+            errors.add(exc, where)
+            continue
+        _check_wiring(stage, entry, available, source, errors)
+        for name in stage.outputs():
+            available[name] = stage.name
+        planned.append(PlannedStage(stage, where, entry.index))
+    return PointPlan(point, planned)
+
+
+def _locate(exc: ParamError, entry: _Entry, whole: dict, point: sweeps.Point, sweep: dict, source: SourceMap) -> ParamError:
+    """Point a parameter error at the text to change: the sweep value it came from, or the parameter."""
+    param = exc.param
+    var = whole.get(()) if () in whole else whole.get((param,)) if param is not None else None
+    if var is not None:
+        index = point.positions[var]
+        exc.message += f" (from sweep variable {var!r}, value {index + 1})"
+        return exc.at(source.value(("sweep", var, index)))
+    if param is not None:
+        return exc.at(source.key((*entry.params_path, param)))
+    return exc.at(source.key((*entry.path, entry.name)) if entry.index >= 0 else source.key(entry.path))
+
+
+def _check_wiring(stage: Stage, entry: _Entry, available: dict[str, str], source: SourceMap, errors: _Collector) -> None:
+    for tensor in stage.inputs():
+        if tensor in available:
+            continue
+        key = next((k for k, v in stage.settings.items() if v == tensor or (isinstance(v, list) and tensor in v)), None)
+        if available:
+            hint = did_you_mean(tensor, available) or f"tensors written so far: {', '.join(available)}"
+        else:
+            hint = "no stage before it writes anything; start with a `load` stage or a `data:` section"
+        path = (*entry.params_path, key)
+        where = source.value(path) if path in source.values else source.key((*entry.path, entry.name))
+        errors.add(PipelineError(f"stage {stage.name!r} reads tensor {tensor!r} ({key}), which no earlier stage writes", hint=hint), where)
+
+
+# ---------------------------------------------------------------------------------------
+# report
+
+
+def _report(value: Any, sweep: dict, plans: list[PointPlan], source: SourceMap, errors: _Collector) -> tuple[list[TableSpec], list[CurveSpec]]:
+    if value is None:
+        return [], []
+    if not isinstance(value, dict):
+        errors.add(PipelineError("`report:` must be a mapping with `tables:` and/or `curves:`"), source.value(("report",)))
+        return [], []
+    for key in value:
+        if key not in ("tables", "curves"):
+            errors.add(PipelineError(f"unknown report key {key!r}", hint=did_you_mean(str(key), ["tables", "curves"]) or "use tables or curves"), source.key(("report", key)))
+    declared = {m for plan in plans for s in plan.stages for m in s.stage.metrics()}
+    tables = [t for i, raw in enumerate(_list(value, "tables", source, errors)) if (t := _table(raw, ("report", "tables", i), sweep, declared, source, errors))]
+    curves = [c for i, raw in enumerate(_list(value, "curves", source, errors)) if (c := _curve(raw, ("report", "curves", i), sweep, declared, source, errors))]
+    return tables, curves
+
+
+def _list(value: dict, key: str, source: SourceMap, errors: _Collector) -> list:
+    items = value.get(key) or []
+    if not isinstance(items, list):
+        errors.add(PipelineError(f"`report.{key}` must be a list"), source.value(("report", key)))
+        return []
+    return items
+
+
+_TABLE_KEYS = {"metric", "rows", "columns", "title", "format"}
+_CURVE_KEYS = {"metric", "x", "series", "title", "log_x"}
+FORMATS = ("percent", "float", "seconds", "int")
+
+
+def _fields(raw: Any, path: tuple, allowed: set[str], source: SourceMap, errors: _Collector) -> dict | None:
+    if not isinstance(raw, dict) or "metric" not in raw:
+        errors.add(PipelineError("each report entry is a mapping with at least `metric:`"), source.value(path))
+        return None
+    for key in raw:
+        if key not in allowed:
+            errors.add(PipelineError(f"unknown key {key!r}", hint=did_you_mean(str(key), allowed) or f"allowed: {', '.join(sorted(allowed))}"), source.key((*path, key)))
+    return raw
+
+
+def _metric(raw: dict, path: tuple, declared: set[str], source: SourceMap, errors: _Collector) -> str:
+    metric = str(raw["metric"])
+    if declared and metric not in declared and not metric.startswith("seconds"):
+        errors.add(
+            PipelineError(f"no stage records the metric {metric!r}", hint=did_you_mean(metric, declared) or f"recorded: {', '.join(sorted(declared))}"),
+            source.value((*path, "metric")),
+        )
+    return metric
+
+
+def _vars(raw: Any, path: tuple, sweep: dict, source: SourceMap, errors: _Collector) -> list[str]:
+    names = [] if raw is None else raw if isinstance(raw, list) else [raw]
+    for name in names:
+        if name not in sweep:
+            errors.add(
+                PipelineError(f"{name!r} is not a sweep variable", hint=did_you_mean(str(name), sweep) or f"sweep variables: {', '.join(sweep) or 'none'}"),
+                source.value(path),
+            )
+    return [str(n) for n in names]
+
+
+def _table(raw: Any, path: tuple, sweep: dict, declared: set[str], source: SourceMap, errors: _Collector) -> TableSpec | None:
+    if _fields(raw, path, _TABLE_KEYS, source, errors) is None:
+        return None
+    metric = _metric(raw, path, declared, source, errors)
+    names = list(sweep)
+    columns_given = _vars(raw.get("columns"), (*path, "columns"), sweep, source, errors)
+    columns = columns_given[0] if columns_given else (names[-1] if names and "rows" not in raw else None)
+    rows = _vars(raw.get("rows"), (*path, "rows"), sweep, source, errors) if "rows" in raw else [n for n in names if n != columns]
+    fmt = raw.get("format", "percent" if "error" in metric else "float")
+    if fmt not in FORMATS:
+        errors.add(PipelineError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}"), source.value((*path, "format")))
+    return TableSpec(metric, rows, columns, str(raw.get("title", metric)), fmt)
+
+
+def _curve(raw: Any, path: tuple, sweep: dict, declared: set[str], source: SourceMap, errors: _Collector) -> CurveSpec | None:
+    if _fields(raw, path, _CURVE_KEYS, source, errors) is None:
+        return None
+    metric = _metric(raw, path, declared, source, errors)
+    if "x" not in raw:
+        errors.add(PipelineError("a curve needs `x:`, the sweep variable on the horizontal axis"), source.value(path))
+        return None
+    x = _vars(raw["x"], (*path, "x"), sweep, source, errors)
+    series = _vars(raw.get("series"), (*path, "series"), sweep, source, errors) if "series" in raw else [n for n in sweep if n not in x]
+    return CurveSpec(metric, x[0] if x else "", series, str(raw.get("title", metric)), bool(raw.get("log_x", False)))

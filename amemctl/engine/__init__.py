@@ -1,0 +1,1 @@
+"""Running pipelines: contexts, plans, run folders and reports."""

@@ -1,0 +1,240 @@
+"""What a run leaves behind: metrics.json, report.md with its tables, curves and overviews."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from amemctl import figures
+from amemctl.dsl.pipeline import CurveSpec, Pipeline, TableSpec
+from amemctl.dsl.sweep import value_label
+from amemctl.engine.runner import PointResult, RunResult, environment
+
+
+@dataclass
+class Grid:
+    """A table of one metric, ready to print: row headers, column labels and cells."""
+
+    title: str
+    row_names: list[str]
+    columns: list[str]
+    rows: list[tuple[tuple[str, ...], list[float | None]]]
+    format: str
+
+
+def write_inputs(run_dir: Path, pipeline: Pipeline, device: torch.device) -> None:
+    """The pipeline as written and as resolved (overrides applied), and the environment."""
+    (run_dir / "pipeline.yaml").write_text(pipeline.text or yaml.safe_dump(pipeline.document, sort_keys=False))
+    resolved = dict(pipeline.document, device=str(device))
+    (run_dir / "resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    (run_dir / "environment.json").write_text(json.dumps(environment(device), indent=2) + "\n")
+
+
+def write_outputs(run: RunResult, console: Console) -> None:
+    """metrics.json, the tables (printed and in report.md), curves and sweep overviews."""
+    pipeline = run.pipeline
+    (run.run_dir / "metrics.json").write_text(json.dumps(_metrics_document(run), indent=2) + "\n")
+    grids = [grid for spec in pipeline.tables for grid in build_grids(spec, run.points)]
+    curve_paths = [path for spec in pipeline.curves for path in _write_curves(spec, run)]
+    overviews = _write_example_figures(run)
+    for grid in grids:
+        console.print(_rich_table(grid))
+    (run.run_dir / "report.md").write_text(_markdown(run, grids, curve_paths, overviews))
+    if run.status != "ok":
+        console.print(f"[yellow]run stopped after {len(run.points)} of {len(pipeline.plans)} point(s); what finished is in {run.run_dir}")
+    else:
+        console.print(f"run folder: {run.run_dir}")
+
+
+def _metrics_document(run: RunResult) -> dict[str, Any]:
+    return {
+        "pipeline": run.pipeline.name,
+        "status": run.status,
+        "device": str(run.device),
+        "points": [
+            {
+                "index": p.point.index,
+                "sweep": {k: value_label(v) for k, v in p.point.values.items()},
+                "metrics": p.metrics,
+                "figures": [str(f.relative_to(run.run_dir)) for f in p.figures],
+            }
+            for p in run.points
+        ],
+    }
+
+
+def build_grids(spec: TableSpec, points: list[PointResult]) -> list[Grid]:
+    """One grid per combination of the sweep variables the table does not show."""
+    shown = set(spec.rows) | ({spec.columns} if spec.columns else set())
+    groups: "OrderedDict[tuple, list[PointResult]]" = OrderedDict()
+    for p in points:
+        others = tuple((k, value_label(v)) for k, v in p.point.values.items() if k not in shown)
+        groups.setdefault(others, []).append(p)
+    grids = []
+    for others, members in groups.items():
+        columns: list[str] = []
+        cells: "OrderedDict[tuple[str, ...], dict[str, float | None]]" = OrderedDict()
+        for p in members:
+            row = tuple(value_label(p.point.values[r]) for r in spec.rows)
+            column = value_label(p.point.values[spec.columns]) if spec.columns else spec.metric
+            if column not in columns:
+                columns.append(column)
+            cells.setdefault(row, {})[column] = p.metrics.get(spec.metric)
+        title = spec.title + (" (" + ", ".join(f"{k}={v}" for k, v in others) + ")" if others else "")
+        rows = [(row, [values.get(c) for c in columns]) for row, values in cells.items()]
+        grids.append(Grid(title, list(spec.rows), columns, rows, spec.format))
+    return grids
+
+
+def format_value(value: float | None, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if fmt == "percent":
+        return f"{100 * value:.1f}"
+    if fmt == "seconds":
+        return f"{value:.3f}"
+    if fmt == "int":
+        return f"{value:.0f}"
+    return f"{value:.4g}"
+
+
+def _unit(fmt: str) -> str:
+    return {"percent": " (%)", "seconds": " (s)"}.get(fmt, "")
+
+
+def _rich_table(grid: Grid) -> Table:
+    table = Table(title=grid.title + _unit(grid.format), title_justify="left")
+    for name in grid.row_names:
+        table.add_column(name, style="bold")
+    for column in grid.columns:
+        table.add_column(column, justify="right")
+    for row, values in grid.rows:
+        table.add_row(*row, *(format_value(v, grid.format) for v in values))
+    return table
+
+
+def markdown_table(grid: Grid) -> str:
+    head = [*grid.row_names, *grid.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(grid.row_names) + ["---:"] * len(grid.columns)) + "|"]
+    for row, values in grid.rows:
+        lines.append("| " + " | ".join([*row, *(format_value(v, grid.format) for v in values)]) + " |")
+    return "\n".join(lines)
+
+
+def _write_curves(spec: CurveSpec, run: RunResult) -> list[Path]:
+    shown = {spec.x, *spec.series}
+    groups: "OrderedDict[tuple, list[PointResult]]" = OrderedDict()
+    for p in run.points:
+        others = tuple((k, value_label(v)) for k, v in p.point.values.items() if k not in shown)
+        groups.setdefault(others, []).append(p)
+    paths = []
+    for n, (others, members) in enumerate(groups.items()):
+        series: "OrderedDict[str, tuple[list, list]]" = OrderedDict()
+        for p in members:
+            if spec.metric not in p.metrics:
+                continue
+            name = ", ".join(value_label(p.point.values[s]) for s in spec.series)
+            xs, ys = series.setdefault(name, ([], []))
+            x = p.point.values[spec.x]
+            xs.append(x if isinstance(x, (int, float)) else value_label(x))
+            ys.append(p.metrics[spec.metric])
+        if not series:
+            continue
+        title = spec.title + (" (" + ", ".join(f"{k}={v}" for k, v in others) + ")" if others else "")
+        stem = "".join(ch if ch.isalnum() else "-" for ch in spec.metric) + f"-vs-{spec.x}" + (f"-{n}" if len(groups) > 1 else "")
+        paths.append(
+            figures.curves(
+                series,
+                run.run_dir / "figures" / f"curve-{stem}.png",
+                title=title,
+                xlabel=spec.x,
+                ylabel=spec.metric,
+                log_x=spec.log_x,
+                percent="error" in spec.metric,
+            )
+        )
+    return paths
+
+
+def _write_example_figures(run: RunResult) -> list[Path]:
+    """figures/<figure>.png for each figure the points showed examples in.
+
+    A row several points share (the same originals, the same queries, or retrievals that
+    came out identical) is drawn once, labelled with the sweep values those points share.
+    """
+    names: list[str] = []
+    for p in run.points:
+        names += [n for n in p.examples if n not in names]
+    paths = []
+    for figure in names:
+        clusters: list[tuple[str, Any, list[PointResult]]] = []
+        for p in run.points:
+            for label, images in p.examples.get(figure, []):
+                same = next((c for c in clusters if c[0] == label and _same(c[1], images)), None)
+                if same is not None:
+                    same[2].append(p)
+                else:
+                    clusters.append((label, images, [p]))
+        rows = [(_row_label(label, members, run), images) for label, images, members in clusters]
+        paths.append(figures.image_grid(rows, run.run_dir / "figures" / f"{figure}.png", title=run.pipeline.name))
+    return paths
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+def _row_label(label: str, members: list[PointResult], run: RunResult) -> str:
+    if len(members) == len(run.points):
+        return label
+    first = members[0].point.values
+    shared = [value_label(first[k]) for k in first if all(value_label(m.point.values[k]) == value_label(first[k]) for m in members)]
+    alike = f" ({len(members)} points alike)" if len(members) > 1 else ""
+    return label + "\n" + ", ".join(shared) + alike
+
+
+def _markdown(run: RunResult, grids: list[Grid], curve_paths: list[Path], overviews: list[Path]) -> str:
+    pipeline = run.pipeline
+    env = json.loads((run.run_dir / "environment.json").read_text())
+    lines = [f"# {pipeline.name}", ""]
+    if pipeline.description:
+        lines += [pipeline.description.strip(), ""]
+    lines += [
+        f"- pipeline: `{pipeline.file}`",
+        f"- status: {run.status} ({len(run.points)} of {len(pipeline.plans)} sweep points)",
+        f"- device: {env.get('gpu', env['device'])}; torch {env['torch']}; amemctl {env['amemctl']}",
+        f"- seed: {pipeline.seed}",
+        "",
+    ]
+    for grid in grids:
+        lines += [f"## {grid.title}{_unit(grid.format)}", "", markdown_table(grid), ""]
+    timing = _timing(run.points)
+    if timing:
+        lines += ["## Time per step (s, median over sweep points)", "", timing, ""]
+    pictures = [*curve_paths, *overviews] or [f for p in run.points for f in p.figures][:16]
+    if pictures:
+        lines += ["## Figures", ""]
+        lines += [f"![{p.stem}](figures/{p.name})" for p in pictures]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _timing(points: list[PointResult]) -> str:
+    names: list[str] = []
+    for p in points:
+        names += [k for k in p.metrics if k.startswith("seconds.") and k not in names]
+    if not names:
+        return ""
+    rows = []
+    for name in names:
+        values = sorted(p.metrics[name] for p in points if name in p.metrics)
+        rows.append(f"| {name[len('seconds.'):]} | {values[len(values) // 2]:.4f} | {len(values)} |")
+    return "\n".join(["| step | median | runs |", "|---|---:|---:|", *rows])

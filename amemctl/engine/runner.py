@@ -1,0 +1,230 @@
+"""Running a checked pipeline: every sweep point, its steps, and the run folder.
+
+Each run writes `runs/<pipeline>/<timestamp>/`: the pipeline as written and as resolved,
+the versions and device, metrics.json, report.md with its tables, and figures/*.png. A
+point whose stages share their configuration with an earlier point's reuses that point's
+results up to where they differ, so a sweep over a retrieval setting loads and corrupts
+the data once. Each stage draws its randomness from the seed and its own position, which
+is what makes that reuse exact.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from amemctl.dsl.pipeline import Pipeline
+from amemctl.dsl.sweep import Point
+from amemctl.engine.context import Context
+from amemctl.engine.plan import Step, plan_steps
+from amemctl.errors import AmemctlError, DeviceError
+
+
+@dataclass
+class PointResult:
+    """What one sweep point produced."""
+
+    point: Point
+    metrics: dict[str, float]
+    figures: list[Path] = field(default_factory=list)
+    examples: dict[str, list] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """A finished (or failed) run: its folder and every completed point."""
+
+    pipeline: Pipeline
+    run_dir: Path
+    device: torch.device
+    points: list[PointResult]
+    status: str = "ok"
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` picks CUDA when present, else the CPU; an absent device named outright is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {requested!r} was asked for, but this machine has no CUDA device torch can use",
+                hint="use --device cpu (or device: auto, which falls back to the CPU)",
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {requested!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)", hint="use cuda:0 .. cuda:N-1")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {requested!r} is not available here", hint="use --device cpu or auto")
+    return device
+
+
+def stage_seed(seed: int, position: int) -> int:
+    """The seed of the stage at `position`: independent of what ran before it."""
+    return int(np.random.SeedSequence([seed, position + 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    *,
+    out_root: "str | Path" = "runs",
+    device: str | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Run every sweep point of `pipeline` and write its run folder; see the module docstring."""
+    from amemctl.engine import results
+
+    console = console or Console()
+    torch_device = resolve_device(device or pipeline.device)
+    run_dir = new_run_dir(Path(out_root), pipeline.name)
+    results.write_inputs(run_dir, pipeline, torch_device)
+    planned = [(plan.point, plan_steps(plan.stages)) for plan in pipeline.plans]
+    cache = _PrefixCache([steps for _, steps in planned])
+    run = RunResult(pipeline, run_dir, torch_device, [])
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not progress,
+        transient=True,
+    )
+    try:
+        with bar:
+            sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(planned))
+            for point, steps in planned:
+                run.points.append(_run_point(pipeline, point, steps, run_dir, torch_device, cache, bar))
+                cache.release(point.index)
+                bar.advance(sweep_task)
+    except BaseException:
+        run.status = "failed"
+        raise
+    finally:
+        results.write_outputs(run, console)
+    return run
+
+
+def _run_point(
+    pipeline: Pipeline,
+    point: Point,
+    steps: list[Step],
+    run_dir: Path,
+    device: torch.device,
+    cache: "_PrefixCache",
+    bar: Progress,
+) -> PointResult:
+    ctx = Context(device, pipeline.seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None)
+    first = cache.restore(point.index, ctx)
+    task = bar.add_task(point.label(), total=len(steps), completed=first)
+    for j in range(first, len(steps)):
+        step = steps[j]
+        bar.update(task, description=f"{point.label()}: {step.describe()}")
+        ctx.stage_seed = stage_seed(pipeline.seed, step.parts[0].index)
+        _seed_globals(ctx.stage_seed)
+        start = time.perf_counter()
+        try:
+            step.run(ctx)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except AmemctlError as exc:
+            exc.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {exc.message}"
+            raise exc.at(step.parts[0].location)
+        ctx.metrics[f"seconds.{step.name}"] = time.perf_counter() - start
+        cache.store(point.index, j, ctx)
+        bar.advance(task)
+    bar.remove_task(task)
+    return PointResult(point, dict(ctx.metrics), list(ctx.figures), dict(ctx.examples))
+
+
+def _seed_globals(seed: int) -> None:
+    """Seed the global generators too, for plugin code that draws from them."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _PrefixCache:
+    """Snapshots of a context after each step, kept only while a later point shares that prefix."""
+
+    def __init__(self, plans: list[list[Step]]) -> None:
+        self.keys: list[list[tuple[str, ...]]] = []
+        for steps in plans:
+            prefix: tuple[str, ...] = ()
+            keys = []
+            for step in steps:
+                prefix = (*prefix, step.key)
+                keys.append(prefix)
+            self.keys.append(keys)
+        self.last_use: dict[tuple[str, ...], int] = {}
+        for i, keys in enumerate(self.keys):
+            for key in keys:
+                self.last_use[key] = i
+        self.snapshots: dict[tuple[str, ...], tuple[dict, dict, list, dict]] = {}
+
+    def restore(self, point: int, ctx: Context) -> int:
+        for j in range(len(self.keys[point]) - 1, -1, -1):
+            snap = self.snapshots.get(self.keys[point][j])
+            if snap is not None:
+                ctx.values, ctx.metrics, ctx.figures, ctx.examples = dict(snap[0]), dict(snap[1]), list(snap[2]), {k: list(v) for k, v in snap[3].items()}
+                return j + 1
+        return 0
+
+    def store(self, point: int, step: int, ctx: Context) -> None:
+        key = self.keys[point][step]
+        if self.last_use[key] > point:
+            self.snapshots[key] = (dict(ctx.values), dict(ctx.metrics), list(ctx.figures), {k: list(v) for k, v in ctx.examples.items()})
+
+    def release(self, point: int) -> None:
+        for key in [k for k in self.snapshots if self.last_use[k] <= point]:
+            del self.snapshots[key]
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    """runs/<name>/<YYYYmmdd-HHMMSS>[-N]/, created empty."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = root / name
+    for n in range(1000):
+        path = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise AmemctlError(f"cannot create a run folder under {base}")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware, written beside every run."""
+    from amemctl import __version__
+
+    env: dict[str, Any] = {
+        "amemctl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    for module in ("torchvision", "zarr", "triton"):
+        try:
+            env[module] = __import__(module).__version__
+        except Exception:  # absent or broken: not needed to run
+            pass
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env

@@ -1,0 +1,127 @@
+"""PNG figures: image grids of queries and retrievals, curves across a sweep, overviews.
+
+matplotlib runs with the Agg backend, so figures are written on machines without a screen.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def as_images(x: Tensor) -> np.ndarray:
+    """N x H x W x C (or N x H x W) floats in [0, 1] for imshow, from N x C x H x W or N x d.
+
+    Flat patterns are shown as squares when d is a square (or 3 x a square, for colour).
+    """
+    x = x.detach().float().cpu()
+    if x.dim() == 2:
+        d = x.shape[1]
+        side = math.isqrt(d)
+        if side * side == d:
+            x = x.reshape(-1, 1, side, side)
+        elif d % 3 == 0 and math.isqrt(d // 3) ** 2 == d // 3:
+            side = math.isqrt(d // 3)
+            x = x.reshape(-1, 3, side, side)
+        else:
+            x = x.reshape(-1, 1, 1, d)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.min() < 0:  # bipolar or centred patterns: show their range
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+    x = x.clamp(0, 1)
+    if x.shape[1] == 1:
+        return x[:, 0].numpy()
+    return x[:, :3].permute(0, 2, 3, 1).numpy()
+
+
+def image_grid(rows: Sequence[tuple[str, Tensor]], path: "str | Path", title: str = "") -> Path:
+    """One labelled row per (label, images N x ...) pair, N images across; returns the path."""
+    rows = [(label, as_images(images)) for label, images in rows]
+    n_rows = len(rows)
+    n_cols = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.1 * n_cols + 1.2, 1.15 * n_rows + (0.4 if title else 0)), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(images):
+                img = images[c]
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def curves(
+    series: dict[str, tuple[list[float], list[float]]],
+    path: "str | Path",
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    percent: bool = False,
+) -> Path:
+    """Lines of y against x, one per named series."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys) in series.items():
+        ys = [100 * y for y in ys] if percent else ys
+        ax.plot(xs, ys, marker="o", label=name)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{ylabel} (%)" if percent else ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1 or next(iter(series), ""):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def stack(paths: Sequence[Path], labels: Sequence[str], path: "str | Path") -> Path:
+    """Several PNGs one above the other, each under its label (an overview of a sweep)."""
+    images = [plt.imread(p) for p in paths]
+    width = max(img.shape[1] for img in images)
+    heights = [img.shape[0] for img in images]
+    dpi = 100
+    fig = plt.figure(figsize=(width / dpi, (sum(heights) + 22 * len(images)) / dpi), dpi=dpi)
+    top = 1.0
+    total = sum(heights) + 22 * len(images)
+    for img, label in zip(images, labels):
+        h = (img.shape[0] + 22) / total
+        ax = fig.add_axes((0, top - h, img.shape[1] / width, h - 22 / total))
+        ax.imshow(img)
+        ax.axis("off")
+        fig.text(0.01, top - 4 / total, label, va="top", fontsize=9)
+        top -= h
+    return _save(fig, path, tight=False)
+
+
+def _save(fig: plt.Figure, path: "str | Path", tight: bool = True) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight" if tight else None)
+    plt.close(fig)
+    return path
+
+
+def to_tensor(x: object) -> Tensor:
+    return x if isinstance(x, Tensor) else torch.as_tensor(x)

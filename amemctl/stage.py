@@ -1,0 +1,284 @@
+"""What a stage is: a name, typed parameters, the tensors it reads and writes, and `run`.
+
+Built-in and third-party stages are written the same way:
+
+    class Whiten(Stage):
+        \"\"\"Centre and scale stored patterns and queries by the patterns' statistics.\"\"\"
+
+        name = "whiten"
+        eps = Param(float, 1e-5, "added to the variance", min=0)
+        memory = Input("patterns", "stored patterns to take the statistics of")
+        queries = Input("queries", "queries to whiten the same way")
+        memory_out = Output("patterns", "whitened patterns")
+        queries_out = Output("queries", "whitened queries")
+
+        def run(self, ctx):
+            ...
+
+Parameters are class attributes; on an instance they read as the validated values
+(`self.eps` is a float). `Input` and `Output` parameters hold the names of context tensors,
+so a pipeline can rewire any stage, and `amemctl validate` can check the wiring without
+running anything. A stage never modifies a tensor it read in place: it writes new ones,
+which lets the engine reuse results shared by several sweep points.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
+
+from amemctl.errors import PipelineError
+from amemctl.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from amemctl.engine.context import Context
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+#: Default of a parameter that every pipeline must give.
+REQUIRED: Any = _Required()
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?(inf|infinity)$", re.IGNORECASE)
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "mapping"}
+
+
+class ParamError(PipelineError):
+    """A parameter value that does not fit its declaration; `param` names it when known."""
+
+    def __init__(self, message: str, *, hint: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.param = param
+
+
+class Param:
+    """A typed stage parameter with a default and a line of documentation.
+
+    type: int, float, str, bool, list, dict, or a tuple of them; None allows anything.
+    default: the value when the pipeline omits it; REQUIRED when it must be given.
+    choices: the allowed values, or a function returning them (looked up when checked).
+    min / max: bounds for numbers (inclusive).
+    items: the type of a list's items.
+    nullable: whether `null` is accepted (always true when the default is None).
+    """
+
+    role = "param"
+
+    def __init__(
+        self,
+        type: Any = str,
+        default: Any = REQUIRED,
+        doc: str = "",
+        *,
+        choices: "Iterable[Any] | Callable[[], Iterable[Any]] | None" = None,
+        min: float | None = None,
+        max: float | None = None,
+        items: Any = None,
+        nullable: bool = False,
+    ) -> None:
+        self.type = type
+        self.default = default
+        self.doc = doc
+        self._choices = choices
+        self.min = min
+        self.max = max
+        self.items = items
+        self.nullable = nullable or default is None
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: "Stage | None", owner: type) -> Any:
+        if instance is None:
+            return self
+        return instance.settings[self.name]
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def choices(self) -> list[Any] | None:
+        if self._choices is None:
+            return None
+        return list(self._choices() if callable(self._choices) else self._choices)
+
+    def type_name(self) -> str:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if self.type is None:
+            return "any"
+        name = " or ".join(_TYPE_NAMES.get(t, getattr(t, "__name__", str(t))) for t in types)
+        if list in types and self.items is not None:
+            name += f" of {_TYPE_NAMES.get(self.items, self.items.__name__)}"
+        return name
+
+    def coerce(self, value: Any) -> Any:
+        """The value converted to the declared type, or a ParamError saying what fits."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ParamError(f"parameter {self.name!r} may not be null", hint=self._expect())
+        if self.type is not None:
+            value = _convert(value, self.type, self.items, self)
+        self._check_bounds(value)
+        choices = self.choices
+        if choices is not None and value not in choices:
+            raise ParamError(
+                f"{value!r} is not a valid {self.name!r}",
+                hint=did_you_mean(str(value), map(str, choices)) or f"choose one of {', '.join(map(str, choices))}",
+            )
+        return value
+
+    def _check_bounds(self, value: Any) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            raise ParamError(f"parameter {self.name!r} is {value}, out of range", hint=self._expect())
+
+    def _expect(self) -> str:
+        bounds = []
+        if self.min is not None:
+            bounds.append(f">= {self.min:g}")
+        if self.max is not None:
+            bounds.append(f"<= {self.max:g}")
+        return f"{self.name} takes a {self.type_name()}" + (f" {' and '.join(bounds)}" if bounds else "")
+
+
+def _convert(value: Any, types: Any, items: Any, param: Param) -> Any:
+    types = types if isinstance(types, tuple) else (types,)
+    for t in types:
+        ok, converted = _try(value, t)
+        if ok:
+            if t is list and items is not None:
+                return [_convert(v, items, None, param) for v in converted]
+            return converted
+    raise ParamError(
+        f"parameter {param.name!r} must be a {param.type_name()}, got {value!r}",
+        hint=param._expect(),
+    )
+
+
+def _try(value: Any, t: Any) -> tuple[bool, Any]:
+    if t is bool:
+        return isinstance(value, bool), value
+    if isinstance(value, bool):
+        return False, None
+    if t is int:
+        if isinstance(value, int):
+            return True, value
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return False, None
+    if t is float:
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        # YAML 1.1 reads 1e4 (no dot) as a string; accept what is plainly a number.
+        if isinstance(value, str) and _FLOAT.match(value.strip()):
+            return True, float(value)
+        return False, None
+    if t is str:
+        return isinstance(value, str), value
+    if t is list:
+        return isinstance(value, list), value
+    if t is dict:
+        return isinstance(value, dict), value
+    return isinstance(value, t), value
+
+
+class Input(Param):
+    """A parameter naming a context tensor the stage reads."""
+
+    role = "input"
+
+    def __init__(self, default: "str | None", doc: str = "", *, optional: bool = False) -> None:
+        super().__init__(str, default, doc, nullable=optional)
+
+
+class Output(Param):
+    """A parameter naming a context tensor the stage writes."""
+
+    role = "output"
+
+    def __init__(self, default: "str | None", doc: str = "", *, optional: bool = False) -> None:
+        super().__init__(str, default, doc, nullable=optional)
+
+
+_RESERVED = {"settings", "name", "summary", "params", "run", "check", "inputs", "outputs", "metrics", "describe"}
+
+
+class Stage:
+    """Base class of every stage; subclasses declare `name` and Params and implement `run`."""
+
+    #: The name pipelines use; unique across built-ins and plugins.
+    name: ClassVar[str] = ""
+    #: One line for `amemctl stages`; defaults to the first line of the docstring.
+    summary: ClassVar[str] = ""
+    #: Parameters in declaration order, collected from the class and its bases.
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        params: dict[str, Param] = {}
+        for klass in reversed(cls.__mro__):
+            params.update({k: v for k, v in vars(klass).items() if isinstance(v, Param)})
+        clash = sorted(set(params) & _RESERVED)
+        if clash:
+            raise TypeError(f"stage {cls.__name__}: parameter name(s) {', '.join(clash)} are reserved by Stage")
+        cls.params = params
+        if not cls.summary and cls.__doc__:
+            cls.summary = cls.__doc__.strip().splitlines()[0]
+
+    def __init__(self, **values: Any) -> None:
+        """Configure from parameter values, checking names and types; see `configure`."""
+        self.settings: dict[str, Any] = {}
+        for key in values:
+            if key not in self.params:
+                raise ParamError(
+                    f"stage {self.name!r} has no parameter {key!r}",
+                    hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params) or 'none'}",
+                    param=key,
+                )
+        for key, param in self.params.items():
+            if key in values:
+                try:
+                    self.settings[key] = param.coerce(values[key])
+                except ParamError as exc:
+                    exc.param = key
+                    raise
+            elif param.required:
+                doc = f": {param.doc}" if param.doc else ""
+                raise ParamError(f"stage {self.name!r} needs parameter {key!r}", hint=param._expect() + doc)
+            else:
+                self.settings[key] = param.default
+        self.check()
+
+    def check(self) -> None:
+        """Validate parameters against each other; raise ParamError. Runs before anything runs."""
+
+    def inputs(self) -> list[str]:
+        """Names of the context tensors this stage reads (from its Input parameters)."""
+        return [self.settings[k] for k, p in self.params.items() if p.role == "input" and self.settings[k] is not None]
+
+    def outputs(self) -> list[str]:
+        """Names of the context tensors this stage writes (from its Output parameters)."""
+        return [self.settings[k] for k, p in self.params.items() if p.role == "output" and self.settings[k] is not None]
+
+    def run(self, ctx: "Context") -> None:
+        """Read inputs from ctx, write outputs to ctx, record metrics; raise StageError on bad data."""
+        raise NotImplementedError(f"stage {self.name!r} does not implement run()")
+
+    def metrics(self) -> list[str]:
+        """Names of the metrics this stage records (for checking `report:` before a run)."""
+        return []
+
+    def describe(self) -> str:
+        """A short label of this configured stage for progress bars and tables."""
+        return self.name
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return f"{type(self).__name__}({shown})"

@@ -1,0 +1,60 @@
+"""Stage `corrupt`: queries made from stored patterns by one of the papers' corruptions."""
+
+from __future__ import annotations
+
+import torch
+
+from amemctl.corruptions import CORRUPTIONS, get_corruption
+from amemctl.engine.context import Context
+from amemctl.errors import StageError
+from amemctl.plugins import hookimpl
+from amemctl.stage import Input, Output, Param, ParamError, Stage
+
+#: Parameters of the individual corruptions, offered flat on the stage.
+_KIND_PARAMS = ("mean", "variance", "fraction", "side", "p")
+
+
+class Corrupt(Stage):
+    """Corrupt stored patterns into queries (noise, masks), remembering each query's source row."""
+
+    name = "corrupt"
+    kind = Param(str, "gaussian", "the corruption: " + ", ".join(CORRUPTIONS), choices=list(CORRUPTIONS))
+    count = Param(int, None, "number of queries: a seeded random choice of rows (default: every row)", min=1)
+    mean = Param(float, None, "gaussian: mean of the noise (default 0)")
+    variance = Param(float, None, "gaussian: variance of the noise (default 0.1)", min=0)
+    fraction = Param(float, None, "mask_zero, mask_noise: fraction of rows masked (default 0.5)", min=0, max=1)
+    side = Param(str, None, "mask_zero, mask_noise: top, bottom, left, right (mask_noise also random)")
+    p = Param(float, None, "random_mask, salt_pepper: probability per pixel", min=0, max=1)
+    input = Input("patterns", "the stored patterns to corrupt")
+    output = Output("queries", "the corrupted queries")
+    targets = Output("targets", "for each query, the row it was made from", optional=True)
+
+    def given(self) -> dict:
+        return {k: self.settings[k] for k in _KIND_PARAMS if self.settings[k] is not None}
+
+    def check(self) -> None:
+        corruption = get_corruption(self.kind)
+        for key, value in self.given().items():
+            try:
+                corruption.resolve({key: value})
+            except StageError as exc:
+                raise ParamError(exc.message, hint=exc.hint, param=key) from None
+
+    def describe(self) -> str:
+        return f"corrupt {self.kind}"
+
+    def run(self, ctx: Context) -> None:
+        patterns = ctx[self.input]
+        rows = torch.arange(len(patterns), device=patterns.device)
+        if self.count is not None:
+            if self.count > len(patterns):
+                raise StageError(f"count={self.count} queries asked of {len(patterns)} stored patterns", hint=f"use count <= {len(patterns)}")
+            rows = torch.randperm(len(patterns), generator=ctx.rng("cpu"))[: self.count].sort().values.to(patterns.device)
+        ctx[self.output] = get_corruption(self.kind)(patterns[rows], ctx.rng(), **self.given())
+        if self.targets is not None:
+            ctx[self.targets] = rows
+
+
+@hookimpl
+def amemctl_register_stages() -> list[type[Stage]]:
+    return [Corrupt]

@@ -1,0 +1,50 @@
+"""Stage `evaluate`: how many retrievals came back wrong, by the papers' two rules."""
+
+from __future__ import annotations
+
+import torch
+
+from amemctl.core.retrieval import recall
+from amemctl.engine.context import Context
+from amemctl.errors import StageError
+from amemctl.plugins import hookimpl
+from amemctl.stage import Input, Output, Param, Stage
+
+
+class Evaluate(Stage):
+    """Score retrievals: nearest stored memory is the source (index rule), squared error under a threshold (pixel rule)."""
+
+    name = "evaluate"
+    threshold = Param(float, 50.0, "a retrieval is correct when its sum of squared errors to the target is at most this (UHN paper: 50)", min=0)
+    prefix = Param(str, "", "put before each metric name, to evaluate several retrievals in one pipeline")
+    retrieved = Input("retrieved", "the retrievals, Q x (value shape)")
+    values = Input("patterns", "the stored values the retrievals should reproduce")
+    targets = Input("targets", "for each query, the row of the stored value it should retrieve")
+    recalled = Output("recalled", "for each query, the row of the stored value nearest its retrieval", optional=True)
+
+    def metrics(self) -> list[str]:
+        return [f"{self.prefix}{m}" for m in ("error_index", "error_pixels", "mse")]
+
+    def run(self, ctx: Context) -> None:
+        retrieved, values, targets = ctx[self.retrieved], ctx[self.values], ctx[self.targets]
+        if len(retrieved) != len(targets):
+            raise StageError(f"{len(retrieved)} retrievals but {len(targets)} targets", hint="evaluate the retrievals of the queries the targets belong to")
+        if retrieved.shape[1:] != values.shape[1:]:
+            raise StageError(
+                f"retrievals are shaped {tuple(retrieved.shape[1:])} but stored values {tuple(values.shape[1:])}",
+                hint="compare retrievals with the values they were projected from",
+            )
+        nearest = recall(retrieved, values, similarity="squared_euclidean", separation="max", budget=ctx.budget).index
+        targets = targets.to(nearest.device)
+        wanted = values[targets].reshape(len(targets), -1).to(retrieved.dtype)
+        sse = (retrieved.reshape(len(retrieved), -1) - wanted).square().sum(1)
+        ctx.metric(f"{self.prefix}error_index", (nearest != targets).float().mean())
+        ctx.metric(f"{self.prefix}error_pixels", (sse > self.threshold).float().mean())
+        ctx.metric(f"{self.prefix}mse", sse.mean() / wanted.shape[1])
+        if self.recalled is not None:
+            ctx[self.recalled] = nearest
+
+
+@hookimpl
+def amemctl_register_stages() -> list[type[Stage]]:
+    return [Evaluate]

@@ -1,0 +1,167 @@
+"""Stages `score`, `separate` and `project`: the universal Hopfield network, step by step.
+
+When the three follow each other and nothing else reads the scores or weights, the engine
+runs them as one streaming retrieval (`run_fused`), which never forms the Q x N matrix.
+Run apart, `score` and `separate` materialise Q x N tensors, which must fit the
+pipeline's `budget`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from amemctl.core.retrieval import recall
+from amemctl.core.separation import SEPARATIONS, Separation, make_separation
+from amemctl.core.similarity import ALIASES, Similarity, get_similarity
+from amemctl.engine.context import Context
+from amemctl.errors import StageError
+from amemctl.plugins import get_registry, hookimpl
+from amemctl.stage import Input, Output, Param, ParamError, Stage
+from amemctl.suggest import did_you_mean
+
+
+def similarity_of(name: str) -> Similarity:
+    """The similarity called `name` among the built-in and plugin ones (aliases allowed)."""
+    return get_similarity(name, get_registry().similarities)
+
+
+class Score(Stage):
+    """Score every query against every stored key with a similarity function."""
+
+    name = "score"
+    similarity = Param(
+        str,
+        "dot",
+        "dot, cosine, euclidean, squared_euclidean, manhattan, kl, reverse_kl, jensen_shannon, hamming (L1, L2 too), or a plugin's",
+    )
+    distance_form = Param(str, "negative", "how distances become scores: negative (-d) or inverse (1/d, the UHN code's)", choices=["negative", "inverse"])
+    normalize = Param(bool, False, "divide each query's scores by their sum (UHN paper, appendix E)")
+    memory = Input("patterns", "the stored keys (N x ...)")
+    queries = Input("queries", "the queries, shaped like the keys")
+    output = Output("scores", "Q x N scores; only formed when a later stage reads them")
+
+    def check(self) -> None:
+        names = [*get_registry().similarities, *ALIASES]
+        if self.similarity.lower() not in names:
+            raise ParamError(f"unknown similarity {self.similarity!r}", hint=did_you_mean(self.similarity, names) or f"choose one of {', '.join(get_registry().similarities)}", param="similarity")
+
+    def describe(self) -> str:
+        return f"score {self.similarity}"
+
+    def run(self, ctx: Context) -> None:
+        queries, keys = ctx[self.queries], ctx[self.memory]
+        _fits_budget(len(queries), len(keys), ctx.budget, "score")
+        sim = similarity_of(self.similarity)
+        q = queries.reshape(len(queries), -1).float()
+        k = keys.reshape(len(keys), -1).float()
+        if q.shape[1] != k.shape[1]:
+            raise StageError(f"queries have {q.shape[1]} features but stored keys have {k.shape[1]}", hint="score queries against keys of the same shape")
+        scores = sim(q, k, self.distance_form)
+        if self.normalize:
+            total = scores.sum(1, keepdim=True)
+            scores = scores / torch.where(total == 0, torch.ones_like(total), total)
+        ctx[self.output] = scores
+
+
+class Separate(Stage):
+    """Sharpen scores into projection weights with a separation function."""
+
+    name = "separate"
+    function = Param(str, "softmax", "the separation: " + ", ".join(SEPARATIONS), choices=list(SEPARATIONS))
+    beta = Param(float, None, "inverse temperature: softmax, sparsemax, entmax15, topk with softmax weighting (default 1)", min=0)
+    n = Param(float, None, "order of polynomial and rectified_polynomial (default 2)")
+    k = Param(int, None, "how many memories topk keeps (default 1)", min=1)
+    t = Param(float, None, "threshold: the score a memory must reach (default 0)")
+    weighting = Param(str, None, "topk: uniform (mean of the k) or softmax over them", choices=["uniform", "softmax"])
+    normalize = Param(bool, None, "elementwise separations: divide the weights by their sum (default true)")
+    input = Input("scores", "the scores to separate")
+    output = Output("weights", "Q x N weights; only formed when a later stage reads them")
+
+    _OWN = ("beta", "n", "k", "t", "weighting", "normalize")
+
+    def given(self) -> dict[str, Any]:
+        return {k: self.settings[k] for k in self._OWN if self.settings[k] is not None}
+
+    def check(self) -> None:
+        allowed = SEPARATIONS[self.function][1]
+        for key in self.given():
+            if key not in allowed:
+                accepted = ", ".join(allowed) or "no parameters"
+                raise ParamError(f"separation {self.function!r} takes no parameter {key!r}", hint=f"{self.function} accepts {accepted}", param=key)
+
+    def separation(self) -> Separation:
+        return make_separation(self.function, **self.given())
+
+    def describe(self) -> str:
+        return self.separation().describe()
+
+    def run(self, ctx: Context) -> None:
+        ctx[self.output] = self.separation().weights(ctx[self.input])
+
+
+class Project(Stage):
+    """Project weights onto stored values: the keys (auto-association) or other rows (hetero)."""
+
+    name = "project"
+    weights = Input("weights", "Q x N weights")
+    values = Input("patterns", "the stored values (N x ...): the keys themselves, or their hetero partners")
+    output = Output("retrieved", "the retrieved values, Q x (value shape)")
+
+    def run(self, ctx: Context) -> None:
+        weights, values = ctx[self.weights], ctx[self.values]
+        if weights.shape[1] != len(values):
+            raise StageError(f"weights cover {weights.shape[1]} memories but there are {len(values)} values", hint="project onto values stored beside the scored keys")
+        out = weights @ values.reshape(len(values), -1).to(weights.dtype)
+        ctx[self.output] = out.reshape(len(weights), *values.shape[1:])
+
+
+def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) -> None:
+    """score -> separate -> project as one streaming retrieval, within the context's budget."""
+    keys = ctx[score.memory]
+    values = None if project.values == score.memory else ctx[project.values]
+    result = recall(
+        ctx[score.queries],
+        keys,
+        values,
+        similarity=similarity_of(score.similarity),
+        separation=separate.separation(),
+        distance_form=score.distance_form,
+        normalize_scores=score.normalize,
+        budget=ctx.budget,
+    )
+    ctx[project.output] = result.output
+
+
+def _fits_budget(queries: int, memories: int, budget: int, stage: str) -> None:
+    need = queries * memories * 4
+    if need > budget:
+        raise StageError(
+            f"stage {stage!r} would form a {queries} x {memories} matrix ({need / 2**20:.0f} MiB), over the budget of {budget / 2**20:.0f} MiB",
+            hint="keep score, separate and project together so they run as one streaming retrieval, or raise `budget:`",
+        )
+
+
+def fusable(a: Stage, b: Stage, c: Stage) -> bool:
+    """Whether three consecutive stages are a built-in score -> separate -> project chain."""
+    return (
+        isinstance(a, Score)
+        and isinstance(b, Separate)
+        and isinstance(c, Project)
+        and b.input == a.output
+        and c.weights == b.output
+    )
+
+
+@hookimpl
+def amemctl_register_stages() -> list[type[Stage]]:
+    return [Score, Separate, Project]
+
+
+@hookimpl
+def amemctl_register_similarities() -> list[Similarity]:
+    from amemctl.core.similarity import SIMILARITIES
+
+    return list(SIMILARITIES.values())
+
