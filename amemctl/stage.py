@@ -47,11 +47,16 @@ _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", 
 
 
 class ParamError(PipelineError):
-    """A parameter value that does not fit its declaration; `param` names it when known."""
+    """A parameter that does not fit its declaration.
 
-    def __init__(self, message: str, *, hint: str | None = None, param: str | None = None) -> None:
+    `param` names it when known; `about` says whether the fault is the parameter's value
+    (reported at the value) or its presence (reported at its key).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, param: str | None = None, about: str = "value") -> None:
         super().__init__(message, hint=hint)
         self.param = param
+        self.about = about
 
 
 class Param:
@@ -145,7 +150,7 @@ class Param:
             bounds.append(f">= {self.min:g}")
         if self.max is not None:
             bounds.append(f"<= {self.max:g}")
-        return f"{self.name} takes a {self.type_name()}" + (f" {' and '.join(bounds)}" if bounds else "")
+        return f"{self.name} takes {_a(self.type_name())}" + (f" {' and '.join(bounds)}" if bounds else "")
 
 
 def _convert(value: Any, types: Any, items: Any, param: Param) -> Any:
@@ -157,7 +162,7 @@ def _convert(value: Any, types: Any, items: Any, param: Param) -> Any:
                 return [_convert(v, items, None, param) for v in converted]
             return converted
     raise ParamError(
-        f"parameter {param.name!r} must be a {param.type_name()}, got {value!r}",
+        f"parameter {param.name!r} must be {_a(param.type_name())}, got {value!r}",
         hint=param._expect(),
     )
 
@@ -187,6 +192,10 @@ def _try(value: Any, t: Any) -> tuple[bool, Any]:
     if t is dict:
         return isinstance(value, dict), value
     return isinstance(value, t), value
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
 class Input(Param):
@@ -241,6 +250,7 @@ class Stage:
                     f"stage {self.name!r} has no parameter {key!r}",
                     hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params) or 'none'}",
                     param=key,
+                    about="key",
                 )
         for key, param in self.params.items():
             if key in values:

@@ -30,6 +30,10 @@ DEFAULT_BUDGET = 256 * 2**20
 #: below it the retrieval takes fewer queries at a time instead.
 MIN_CHUNK = 1024
 
+#: Bytes per score that full-row separations hold: the row, its sorted copy, cumulative
+#: sums and sort indices.
+_FULL_ROW_BYTES = 4 * 8
+
 
 @dataclass(frozen=True)
 class Recall:
@@ -174,13 +178,15 @@ def plan_blocks(queries: int, memories: int, pair_bytes: int, budget: int, full_
     """
     pairs = max(1, budget // pair_bytes)
     if full_rows:
-        if memories > pairs:
+        row_bytes = memories * _FULL_ROW_BYTES
+        if row_bytes > budget:
             raise StageError(
-                f"this separation needs all {memories} scores of a query at once, "
+                f"this separation needs all {memories} scores of a query at once ({row_bytes} bytes), "
                 f"more than the retrieval budget of {budget} bytes allows",
                 hint="raise the retrieval budget, or use a streaming separation (softmax, max, top-k)",
             )
-        return max(1, min(queries, pairs // memories)), memories
+        block_q = max(1, min(queries, budget // row_bytes))
+        return block_q, max(1, min(memories, pairs // block_q))
     block_n = min(memories, max(min(MIN_CHUNK, memories), pairs // max(queries, 1)))
     block_q = max(1, min(queries, pairs // block_n))
     return block_q, block_n

@@ -200,7 +200,11 @@ def _set_path(doc: dict, parts: list[str], value: Any, where: Location, source: 
             path += (part,)
         else:
             raise PipelineError(f"cannot set {'.'.join(parts)}: {'.'.join(map(str, path))} is not a mapping or list", location=where)
-        source.values[path] = where
+    # Errors about the new value (and anything inside it) point at the override.
+    for table in (source.values, source.keys):
+        for known in [k for k in table if k[: len(path)] == path]:
+            del table[known]
+        table[path] = where
     return doc
 
 
@@ -274,7 +278,8 @@ def _scalar(doc: dict, key: str, kind: type, default: Any, source: SourceMap, er
     if value is None:
         return default
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        errors.add(PipelineError(f"`{key}` must be a {kind.__name__}, got {value!r}", hint=TOP_LEVEL[key]), source.value((key,)))
+        noun = {int: "an integer", str: "a string"}[kind]
+        errors.add(PipelineError(f"`{key}` must be {noun}, got {value!r}", hint=TOP_LEVEL[key]), source.value((key,)))
         return default
     return value
 
@@ -410,11 +415,15 @@ def _plan_point(
             continue
         try:
             stage = cls(**params)
-        except ParamError as exc:
-            errors.add(_locate(exc, entry, whole, point, sweep, source))
-            continue
         except AmemctlError as exc:
-            errors.add(exc, where)
+            if isinstance(exc, ParamError):
+                errors.add(_locate(exc, entry, whole, point, sweep, source))
+            else:
+                errors.add(exc, where)
+            # Later stages may read what this one would have written: assume it did.
+            for key, param in cls.params.items():
+                if param.role == "output" and params.get(key, param.default) is not None:
+                    available[str(params.get(key, param.default))] = entry.name
             continue
         _check_wiring(stage, entry, available, source, errors)
         for name in stage.outputs():
@@ -432,7 +441,8 @@ def _locate(exc: ParamError, entry: _Entry, whole: dict, point: sweeps.Point, sw
         exc.message += f" (from sweep variable {var!r}, value {index + 1})"
         return exc.at(source.value(("sweep", var, index)))
     if param is not None:
-        return exc.at(source.key((*entry.params_path, param)))
+        path = (*entry.params_path, param)
+        return exc.at(source.value(path) if exc.about == "value" and path in source.values else source.key(path))
     return exc.at(source.key((*entry.path, entry.name)) if entry.index >= 0 else source.key(entry.path))
 
 

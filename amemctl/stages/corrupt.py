@@ -35,6 +35,9 @@ class Corrupt(Stage):
     def check(self) -> None:
         corruption = get_corruption(self.kind)
         for key, value in self.given().items():
+            if key not in corruption.params:
+                accepted = ", ".join(corruption.params) or "no parameters"
+                raise ParamError(f"corruption {self.kind!r} takes no parameter {key!r}", hint=f"{self.kind} accepts {accepted}", param=key, about="key")
             try:
                 corruption.resolve({key: value})
             except StageError as exc:

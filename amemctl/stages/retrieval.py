@@ -89,7 +89,7 @@ class Separate(Stage):
         for key in self.given():
             if key not in allowed:
                 accepted = ", ".join(allowed) or "no parameters"
-                raise ParamError(f"separation {self.function!r} takes no parameter {key!r}", hint=f"{self.function} accepts {accepted}", param=key)
+                raise ParamError(f"separation {self.function!r} takes no parameter {key!r}", hint=f"{self.function} accepts {accepted}", param=key, about="key")
 
     def separation(self) -> Separation:
         return make_separation(self.function, **self.given())

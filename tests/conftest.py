@@ -1,0 +1,35 @@
+"""Shared helpers: pipelines from text, run into a temporary folder, on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from amemctl.dsl.pipeline import parse_text
+from amemctl.engine.runner import RunResult, run_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def run_text(tmp_path):
+    """Check and run a pipeline given as YAML text; returns the RunResult."""
+
+    def run(text: str, registry=None, **options) -> RunResult:
+        pipeline = parse_text(text, "test.yaml", registry=registry)
+        options.setdefault("device", "cpu")
+        return run_pipeline(pipeline, out_root=tmp_path / "runs", progress=False, **options)
+
+    return run
+
+
+def error_of(text: str, registry=None) -> str:
+    """The rendered error a pipeline text raises (fails the test when it is accepted)."""
+    from amemctl.errors import AmemctlError
+
+    try:
+        parse_text(text, "bad.yaml", registry=registry)
+    except AmemctlError as exc:
+        return exc.render()
+    raise AssertionError("the pipeline was accepted")

@@ -1,0 +1,86 @@
+"""Each corruption's defining property, seeding, range, and parameter checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amemctl.corruptions import CORRUPTIONS, corrupt, get_corruption
+from amemctl.errors import StageError
+
+
+def _images(n=64, c=3, h=8, w=8):
+    return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+
+
+def _rng(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_mask_zero_half_zeroes_exactly_the_top_half():
+    x = _images()
+    out = corrupt(x, "mask_zero", fraction=0.5, side="top")
+    assert (out[..., :4, :] == 0).all()
+    assert torch.equal(out[..., 4:, :], x[..., 4:, :])
+
+
+@pytest.mark.parametrize("side", ["bottom", "left", "right"])
+def test_mask_zero_other_sides(side):
+    out = corrupt(_images(), "mask_zero", fraction=0.25, side=side)
+    region = {"bottom": out[..., 6:, :], "left": out[..., :, :2], "right": out[..., :, 6:]}[side]
+    assert (region == 0).all() and (out != 0).sum() == out.numel() * 3 // 4
+
+
+def test_mask_noise_replaces_one_half_with_uniform_noise():
+    x = _images(n=256)
+    out = corrupt(x, "mask_noise", _rng(), fraction=0.5, side="bottom")
+    assert torch.equal(out[..., :4, :], x[..., :4, :])
+    noise = out[..., 4:, :]
+    assert abs(noise.mean().item() - 0.5) < 0.01 and abs(noise.var().item() - 1 / 12) < 0.005
+
+
+def test_gaussian_noise_has_the_asked_mean_and_variance_before_clipping():
+    x = torch.full((200, 1, 16, 16), 0.5)
+    out = corrupt(x, "gaussian", _rng(), mean=0.1, variance=0.01)
+    delta = out - x
+    assert abs(delta.mean().item() - 0.1) < 0.005 and abs(delta.var().item() - 0.01) < 0.001
+
+
+def test_random_mask_and_salt_pepper_hit_the_asked_fraction_of_pixels():
+    x = _images(n=400)
+    dropped = (corrupt(x, "random_mask", _rng(), p=0.3) == 0).all(1).float().mean()
+    assert abs(dropped.item() - 0.3) < 0.01
+    sp = corrupt(x, "salt_pepper", _rng(), p=0.2)
+    hit = ((sp == 0) | (sp == 1)).all(1)
+    assert abs(hit.float().mean().item() - 0.2) < 0.01
+    assert abs((sp == 1).all(1).float().mean().item() - 0.1) < 0.01
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_seeds_reproduce_and_outputs_stay_in_range(kind):
+    x = _images()
+    a = corrupt(x, kind, _rng(5))
+    b = corrupt(x, kind, _rng(5))
+    assert torch.equal(a, b)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(x, _images())  # the input is never modified
+
+
+def test_flat_patterns_are_masked_by_features():
+    x = torch.ones(2, 10)
+    assert (corrupt(x, "mask_zero", fraction=0.3, side="top")[:, :3] == 0).all()
+    assert (corrupt(x, "mask_zero", fraction=0.3, side="bottom")[:, 7:] == 0).all()
+
+
+def test_bad_input_gets_the_allowed_range():
+    x = _images()
+    with pytest.raises(StageError, match=r"p=1.5 is out of range.*\n.*\[0.0, 1.0\]"):
+        corrupt(x, "random_mask", p=1.5)
+    with pytest.raises(StageError, match="variance=-0.1 is out of range"):
+        corrupt(x, "gaussian", variance=-0.1)
+    with pytest.raises(StageError, match="did you mean 'gaussian'"):
+        get_corruption("gausian")
+    with pytest.raises(StageError, match="gaussian accepts mean, variance"):
+        corrupt(x, "gaussian", p=0.1)
+    with pytest.raises(StageError, match="float images"):
+        corrupt((x * 255).to(torch.uint8), "none")

@@ -1,0 +1,148 @@
+"""Pipeline checking: every kind of mistake is reported at its file:line:column with a fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from amemctl.dsl.pipeline import apply_overrides, load_pipeline, parse_size, parse_text
+from amemctl.dsl.source import load_yaml
+from amemctl.errors import PipelineError
+from tests.conftest import error_of
+
+GOOD = """\
+name: t
+data: {dataset: digits, limit: 50}
+sweep:
+  beta: [1, 10]
+stages:
+  - corrupt: {kind: gaussian, variance: 0.05}
+  - score: {similarity: cosine}
+  - separate: {function: softmax, beta: "${beta}"}
+  - project: {}
+  - evaluate: {}
+"""
+
+
+def test_a_good_pipeline_plans_one_point_per_sweep_value():
+    pipeline = parse_text(GOOD)
+    assert [plan.point.values for plan in pipeline.plans] == [{"beta": 1}, {"beta": 10}]
+    separate = pipeline.plans[1].stages[3].stage
+    assert separate.beta == 10.0 and isinstance(separate.beta, float)
+    assert pipeline.plans[0].stages[0].stage.name == "load"  # `data:` is a load stage in front
+
+
+def test_source_map_remembers_lines_and_columns():
+    data, source = load_yaml(GOOD, "p.yaml")
+    assert str(source.value(("stages", 1, "score", "similarity"))) == "p.yaml:7:25"
+    assert str(source.key(("sweep", "beta"))) == "p.yaml:4:3"
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("name: [unclosed\n", "bad.yaml:2:1: invalid YAML"),
+        ("- load: {}\n", "bad.yaml:1:1: a pipeline is a mapping of keys (name, stages, ...), not a list"),
+        ("", "bad.yaml: the pipeline is empty"),
+        ("# only a comment\n", "bad.yaml: the pipeline is empty"),
+        ("stagess: []\n", "bad.yaml:1:1: unknown key 'stagess'\n  hint: did you mean 'stages'?"),
+        ("stages: []\n", "bad.yaml:1:9: `stages:` must be a non-empty list"),
+        ("stages:\n  - lod: {dataset: digits}\n", "bad.yaml:2:5: unknown stage 'lod'\n  hint: did you mean 'load'?"),
+        ("stages:\n  - load: {dataset: digits, limt: 3}\n", "bad.yaml:2:29: stage 'load' has no parameter 'limt'\n  hint: did you mean 'limit'?"),
+        ("stages:\n  - load: {dataset: digit}\n", "bad.yaml:2:21: 'digit' is not a valid 'dataset'\n  hint: did you mean 'digits'?"),
+        ("stages:\n  - load: {}\n", "bad.yaml:2:5: stage 'load' needs parameter 'dataset'"),
+        ("stages:\n  - load: {dataset: digits, limit: -3}\n", "bad.yaml:2:36: parameter 'limit' is -3, out of range\n  hint: limit takes an integer >= 1"),
+        ("stages:\n  - load: {dataset: digits}\n  - corrupt: {count: 2.5}\n", "bad.yaml:3:22: parameter 'count' must be an integer, got 2.5"),
+        (
+            "stages:\n  - load: {dataset: digits}\n  - corrupt: {}\n  - score: {}\n  - separate: {beta: high}\n",
+            "bad.yaml:5:22: parameter 'beta' must be a number, got 'high'",
+        ),
+        (
+            "stages:\n  - load: {dataset: digits}\n  - corrupt: {}\n  - score: {}\n  - separate: {function: max, beta: 3}\n",
+            "bad.yaml:5:31: separation 'max' takes no parameter 'beta'",
+        ),
+        (
+            "stages:\n  - load: {dataset: digits}\n  - corrupt: {kind: gaussian, p: 0.2}\n",
+            "bad.yaml:3:31: corruption 'gaussian' takes no parameter 'p'\n  hint: gaussian accepts mean, variance",
+        ),
+        ("stages:\n  - load: {dataset: digits}\n  - score: {}\n", "bad.yaml:3:5: stage 'score' reads tensor 'queries' (queries), which no earlier stage writes"),
+        (
+            "stages:\n  - load: {dataset: digits}\n  - corrupt: {}\n  - score: {memory: pattern}\n",
+            "bad.yaml:4:21: stage 'score' reads tensor 'pattern' (memory), which no earlier stage writes\n  hint: did you mean 'patterns'?",
+        ),
+        ("stages:\n  - score:\n    similarity: dot\n", "bad.yaml:2:5: a stage entry has one key, the stage's name; this one has 2 (score, similarity)\n  hint: indent similarity under `score:`"),
+        ("sweep: {beta: [1]}\nstages:\n  - load: {dataset: digits}\n", "bad.yaml:1:9: sweep variable 'beta' is never used"),
+        ("sweep: {beta: 3}\nstages:\n  - load: {dataset: digits, limit: '${beta}'}\n", "bad.yaml:1:15: sweep variable 'beta' needs a non-empty list of values"),
+        ("stages:\n  - load: {dataset: digits, limit: '${limitt}'}\n", "bad.yaml:2:36: ${limitt} is not a sweep variable"),
+        ("device: gpu\nstages:\n  - load: {dataset: digits}\n", "bad.yaml:1:9: unknown device 'gpu'"),
+        ("budget: lots\nstages:\n  - load: {dataset: digits}\n", "bad.yaml:1:9: `budget` must be a positive size"),
+        ("seed: 1.5\nstages:\n  - load: {dataset: digits}\n", "bad.yaml:1:7: `seed` must be an integer"),
+        ("stages:\n  - load: {dataset: digits}\n  - load: {dataset: digits, dataset: digits}\n", "bad.yaml:3:29: key 'dataset' appears twice"),
+        (
+            "sweep: {n: [10, -1]}\nstages:\n  - load: {dataset: digits, limit: '${n}'}\n",
+            "bad.yaml:1:17: parameter 'limit' is -1, out of range (from sweep variable 'n', value 2)",
+        ),
+        ("stages:\n  - load: {dataset: digits}\nreport: {tables: [{metric: error_index}]}\n", "bad.yaml:3:28: no stage records the metric 'error_index'"),
+        (
+            "stages:\n  - load: {dataset: digits}\n  - corrupt: {}\n  - score: {}\n  - separate: {}\n  - project: {}\n  - evaluate: {}\n"
+            "report: {tables: [{metric: error_idx, rows: beta}]}\n",
+            "bad.yaml:8:28: no stage records the metric 'error_idx'\n  hint: did you mean 'error_index'?",
+        ),
+    ],
+)
+def test_mistakes_are_reported_where_they_are(text, expected):
+    assert expected in error_of(text)
+
+
+def test_all_problems_are_reported_together():
+    message = error_of("stagess: []\nseed: x\nstages:\n  - lod: {}\n")
+    assert "1:1: unknown key 'stagess'" in message and "2:7: `seed`" in message
+
+
+def test_a_mistake_only_one_sweep_point_makes_is_found_before_running():
+    text = GOOD.replace("beta: [1, 10]", "beta: [1, high]")
+    assert "bad.yaml:4:13: parameter 'beta' must be a number, got 'high'" in error_of(text)
+
+
+def test_yaml_1e4_reads_as_a_number():
+    pipeline = parse_text(GOOD.replace("beta: [1, 10]", "beta: [1e4]"))
+    assert pipeline.plans[0].stages[3].stage.beta == 1e4
+
+
+def test_a_sweep_value_can_be_a_whole_parameter_mapping():
+    text = GOOD.replace("beta: [1, 10]", "sep: [{function: max}, {function: topk, k: 3}]").replace(
+        '{function: softmax, beta: "${beta}"}', "${sep}"
+    )
+    stages = [plan.stages[3].stage for plan in parse_text(text).plans]
+    assert [s.describe() for s in stages] == ["max", "topk(k=3, uniform)"]
+
+
+def test_overrides_reach_stages_by_name_or_index(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD)
+    pipeline = load_pipeline(path, ["seed=3", "stages.score.similarity=manhattan", "stages.0.variance=0.2", "sweep.beta=[5]"])
+    assert pipeline.seed == 3 and len(pipeline.plans) == 1
+    stages = pipeline.plans[0].stages
+    assert stages[2].stage.similarity == "manhattan" and stages[1].stage.variance == 0.2
+    with pytest.raises(PipelineError, match="--set stages.scor.x=1: no stage named 'scor'"):
+        load_pipeline(path, ["stages.scor.x=1"])
+    with pytest.raises(PipelineError, match="bad.yaml|key.path=value"):
+        apply_overrides({}, ["seed"], load_yaml("", "bad.yaml")[1])
+
+
+def test_an_override_with_a_bad_value_is_located_at_the_override(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD)
+    with pytest.raises(PipelineError, match=r"--set stages.score.similarity=manhatan: unknown similarity 'manhatan'"):
+        load_pipeline(path, ["stages.score.similarity=manhatan"])
+
+
+def test_missing_pipeline_file(tmp_path):
+    with pytest.raises(PipelineError, match="no such pipeline file"):
+        load_pipeline(tmp_path / "nope.yaml")
+
+
+def test_sizes():
+    assert parse_size("256MiB") == 256 * 2**20 and parse_size("1.5GB") == 1_500_000_000 and parse_size(4096) == 4096
+    for bad in ("-1", 0, "12 parsecs", True):
+        with pytest.raises(ValueError):
+            parse_size(bad)

@@ -1,0 +1,133 @@
+"""The chunked retrieval against the plain formula, its memory budget, and its input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amemctl import UniversalHopfield, recall, retrieve
+from amemctl.core.retrieval import plan_blocks
+from amemctl.core.separation import make_separation
+from amemctl.core.similarity import SIMILARITIES, Similarity
+from amemctl.errors import StageError
+
+SEPARATIONS = [
+    ("softmax", {"beta": 20.0}),
+    ("max", {}),
+    ("topk", {"k": 3}),
+    ("polynomial", {"n": 3}),
+    ("identity", {"normalize": False}),
+    ("threshold", {"t": -3.0}),
+    ("sparsemax", {"beta": 10.0}),
+]
+
+
+def _memory(n=2500, d=24, q=30, width=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.rand(n, d, generator=g, dtype=torch.float64)
+    queries = keys[torch.randint(0, n, (q,), generator=g)] + 0.05 * torch.randn(q, d, generator=g, dtype=torch.float64)
+    values = torch.randn(n, width, generator=g, dtype=torch.float64) if width else None
+    return queries, keys, values
+
+
+@pytest.mark.parametrize("similarity", sorted(SIMILARITIES))
+@pytest.mark.parametrize("separation,params", SEPARATIONS, ids=[s for s, _ in SEPARATIONS])
+def test_chunked_retrieval_equals_the_formula(similarity, separation, params):
+    queries, keys, values = _memory(width=5)
+    sep = make_separation(separation, **params)
+    full = SIMILARITIES[similarity](queries, keys)
+    expected = sep.weights(full) @ values
+    small = 40 * 1024 * 8  # forces several chunks of stored memories and blocks of queries
+    for budget in (small, 2**30):
+        result = recall(queries, keys, values, similarity=similarity, separation=sep, budget=budget)
+        torch.testing.assert_close(result.output, expected, rtol=1e-7, atol=1e-9)
+        assert torch.equal(result.index, full.argmax(1))
+
+
+def test_auto_association_reshapes_to_the_stored_shape():
+    images = torch.rand(50, 1, 4, 4)
+    out = retrieve(images[:3] * 0.9, images, similarity="euclidean", separation="max")
+    assert out.shape == (3, 1, 4, 4)
+    assert torch.equal(out, images[:3])
+
+
+def test_hetero_values_wider_than_keys():
+    queries, keys, values = _memory(n=300, d=8, q=4, width=100)
+    out = retrieve(queries, keys, values, similarity="manhattan", separation="softmax")
+    assert out.shape == (4, 100)
+
+
+def test_normalised_scores_as_in_the_uhn_code():
+    queries, keys, values = _memory(n=200, d=6, q=3, width=2)
+    s = 1 / (torch.cdist(queries, keys, p=1) + 1e-6)
+    w = torch.softmax(5.0 * s / s.sum(1, keepdim=True), dim=1)
+    out = retrieve(queries, keys, values, similarity="manhattan", distance_form="inverse", normalize_scores=True,
+                   separation=make_separation("softmax", beta=5.0), budget=8 * 64 * 8)
+    torch.testing.assert_close(out, w @ values)
+
+
+def test_no_block_of_scores_exceeds_the_budget():
+    seen = []
+
+    def recording(q, k):
+        seen.append(q.shape[0] * k.shape[0])
+        return q @ k.T
+
+    sim = Similarity("recording", recording)
+    queries, keys, _ = _memory(n=5000, d=4, q=300)
+    budget = 1 << 20
+    recall(queries.float(), keys.float(), similarity=sim, separation="softmax", budget=budget)
+    pair_bytes = 4 * (3 + 1)
+    assert max(seen) * pair_bytes <= budget
+    assert sum(seen) == 300 * 5000  # every pair scored exactly once
+
+
+def test_plan_blocks_takes_fewer_queries_rather_than_tiny_chunks():
+    block_q, block_n = plan_blocks(queries=10_000, memories=1_000_000, pair_bytes=16, budget=16 * 2**20, full_rows=False)
+    assert block_n >= 1024 and block_q * block_n * 16 <= 16 * 2**20
+    with pytest.raises(StageError, match="raise the retrieval budget"):
+        plan_blocks(queries=1, memories=10_000, pair_bytes=16, budget=1024, full_rows=True)
+    block_q, block_n = plan_blocks(queries=50, memories=10_000, pair_bytes=16, budget=2**20, full_rows=True)
+    assert block_q * 10_000 * 32 <= 2**20 and block_q >= 1
+
+
+def test_ties_go_to_the_lowest_index_whatever_the_chunking():
+    keys = torch.zeros(3000, 4)
+    keys[1234] = keys[2999] = 1.0
+    q = torch.ones(2, 4)
+    for budget in (4096, 2**30):
+        r = recall(q, keys, similarity="dot", separation="max", budget=budget)
+        assert r.index.tolist() == [1234, 1234]
+
+
+def test_nan_queries_and_shape_mismatch_are_clear_errors():
+    keys = torch.rand(10, 6)
+    q = torch.rand(3, 6)
+    q[1, 2] = float("nan")
+    with pytest.raises(StageError, match=r"queries contain NaN .*rows 1\b"):
+        recall(q, keys)
+    with pytest.raises(StageError, match="queries have 5 features"):
+        recall(torch.rand(2, 5), keys)
+    with pytest.raises(StageError, match="10 stored keys but 9 stored values"):
+        recall(torch.rand(2, 6), keys, torch.rand(9, 3))
+
+
+def test_beta_up_to_1e4_does_not_overflow():
+    queries, keys, _ = _memory(n=1000, d=16, q=8)
+    out = retrieve(queries.float(), keys.float(), similarity="dot", separation=make_separation("softmax", beta=1e4))
+    assert torch.isfinite(out).all()
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    queries, keys, _ = _memory(n=500, d=16, q=8)
+    out = retrieve(queries.half(), keys.half(), similarity="euclidean", separation="max")
+    assert out.dtype == torch.float32
+
+
+def test_module_wrapper_iterates_to_a_stored_pattern():
+    _, keys, _ = _memory(n=100, d=32, q=1)
+    net = UniversalHopfield(keys, similarity="cosine", separation=make_separation("softmax", beta=1000.0))
+    noisy = keys[:5] + 0.05 * torch.randn(5, 32, dtype=torch.float64)
+    assert torch.equal(net.nearest(noisy), torch.arange(5))
+    out = net(noisy, steps=3)
+    torch.testing.assert_close(out, keys[:5], atol=1e-3, rtol=0)

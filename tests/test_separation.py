@@ -1,0 +1,127 @@
+"""Separation functions against their formulas, and their streaming forms against the full-row form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amemctl.core.rows import TensorRows
+from amemctl.core.separation import SEPARATIONS, Softmax, TopK, make_separation, top_k
+from amemctl.errors import StageError
+
+
+def _scores(q=6, n=40, seed=0):
+    return torch.randn(q, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _normalised(w):
+    return w / w.sum(1, keepdim=True)
+
+
+FORMULAS = {
+    ("identity", ()): lambda s: _normalised(s),
+    ("square", ()): lambda s: _normalised(s**2),
+    ("polynomial", (("n", 3),)): lambda s: _normalised(s**3),
+    ("rectified_polynomial", (("n", 3),)): lambda s: _normalised(torch.relu(s) ** 3),
+    ("log", ()): lambda s: _normalised(torch.log(s.clamp_min(torch.finfo(s.dtype).tiny))),
+    ("threshold", (("t", 0.5),)): lambda s: _normalised((s >= 0.5).double()),
+    ("softmax", (("beta", 3.0),)): lambda s: torch.exp(3 * s) / torch.exp(3 * s).sum(1, keepdim=True),
+    ("max", ()): lambda s: torch.nn.functional.one_hot(s.argmax(1), s.shape[1]).double(),
+}
+
+
+@pytest.mark.parametrize("key", list(FORMULAS), ids=lambda k: k[0])
+def test_weights_follow_the_formula(key):
+    name, params = key
+    s = _scores().abs() if name == "log" else _scores()
+    torch.testing.assert_close(make_separation(name, **dict(params)).weights(s), FORMULAS[key](s))
+
+
+def test_unnormalised_elementwise_weights_are_the_raw_function():
+    s = _scores()
+    torch.testing.assert_close(make_separation("polynomial", n=2, normalize=False).weights(s), s**2)
+
+
+def test_sparsemax_is_the_projection_onto_the_simplex():
+    s = _scores(q=5, n=30)
+    w = make_separation("sparsemax", beta=2.0).weights(s)
+    assert torch.allclose(w.sum(1), torch.ones(5, dtype=w.dtype))
+    assert (w >= 0).all() and (w == 0).any()
+    # the projection is the closest point of the simplex: no random simplex point is closer
+    z = 2.0 * s
+    for _ in range(200):
+        p = torch.distributions.Dirichlet(torch.ones(30, dtype=torch.float64)).sample((5,))
+        assert ((p - z) ** 2).sum(1).ge(((w - z) ** 2).sum(1) - 1e-9).all()
+
+
+def test_entmax15_is_normalised_sparse_and_between_softmax_and_sparsemax():
+    s = _scores(q=4, n=50)
+    w = make_separation("entmax15", beta=4.0).weights(s)
+    torch.testing.assert_close(w.sum(1), torch.ones(4, dtype=w.dtype))
+    sparse = make_separation("sparsemax", beta=4.0).weights(s)
+    assert ((w > 0).sum(1) >= (sparse > 0).sum(1)).all() and ((w > 0).sum(1) < 50).all()
+    # 1.5-entmax's defining fixed point: w = [(z/2 - tau)_+]^2 for the z it was given
+    z = 4.0 * s / 2
+    tau = (z - w.sqrt()).where(w > 0, torch.full_like(z, float("nan"))).nanmean(1, keepdim=True)
+    torch.testing.assert_close(w, (z - tau).clamp_min(0) ** 2)
+
+
+def test_top_k_keeps_the_lowest_index_among_ties():
+    s = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]])
+    vals, idx = top_k(s, 2)
+    assert idx.tolist() == [[1, 2]] and vals.tolist() == [[3.0, 3.0]]
+    vals, idx = top_k(s, 4)
+    assert idx.tolist() == [[1, 2, 4, 3]]
+
+
+def _stream(sep, scores, values, chunk):
+    reducer = sep.reducer(scores.shape[0], values.shape[1], scores)
+    for offset in range(0, scores.shape[1], chunk):
+        part = scores[:, offset : offset + chunk]
+        reducer.update(part, offset, values[offset : offset + part.shape[1]] if reducer.reads_values else None)
+    return reducer.finish(TensorRows(values))
+
+
+ALL = [
+    ("identity", {}),
+    ("square", {"normalize": False}),
+    ("polynomial", {"n": 5}),
+    ("rectified_polynomial", {"n": 2}),
+    ("threshold", {"t": 0.0}),
+    ("softmax", {"beta": 10.0}),
+    ("max", {}),
+    ("topk", {"k": 4}),
+    ("topk", {"k": 3, "weighting": "softmax", "beta": 2.0}),
+    ("sparsemax", {"beta": 3.0}),
+    ("entmax15", {"beta": 3.0}),
+]
+
+
+def test_every_separation_is_covered():
+    assert {name for name, _ in ALL} | {"log"} == set(SEPARATIONS)
+
+
+@pytest.mark.parametrize("name,params", ALL, ids=[f"{n}-{i}" for i, (n, _) in enumerate(ALL)])
+@pytest.mark.parametrize("chunk", [1, 7, 40])
+def test_streaming_equals_the_full_row(name, params, chunk):
+    sep = make_separation(name, **params)
+    s = _scores(q=5, n=40, seed=3)
+    v = torch.randn(40, 9, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    torch.testing.assert_close(_stream(sep, s, v, chunk), sep.weights(s) @ v)
+
+
+def test_online_softmax_survives_huge_beta():
+    s = _scores() * 10
+    v = torch.randn(40, 3, dtype=torch.float64)
+    out = _stream(Softmax(beta=1e4), s, v, 8)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, v[s.argmax(1)])
+
+
+def test_bad_parameters_name_what_is_accepted():
+    with pytest.raises(StageError, match="softmax accepts beta"):
+        make_separation("softmax", k=3)
+    with pytest.raises(StageError, match="did you mean 'softmax'"):
+        make_separation("sofmax")
+    with pytest.raises(StageError):
+        TopK(k=0)
