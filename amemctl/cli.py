@@ -86,11 +86,17 @@ def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("name", required=False)
-def stages(name: str | None) -> None:
+@click.option("--markdown", is_flag=True, help="Print the reference of the built-in stages as Markdown (docs/stages.md).")
+def stages(name: str | None, markdown: bool) -> None:
     """List every stage (built-in and from plugins), or describe the stage NAME."""
     from amemctl.plugins import get_registry, stage_class
 
     registry = get_registry()
+    if markdown:
+        from amemctl.stage_docs import stage_reference
+
+        click.echo(stage_reference(registry), nl=False)
+        return
     console = Console()
     if name is None:
         table = Table(title="stages", title_justify="left")

@@ -18,7 +18,7 @@ class Corrupt(Stage):
     """Corrupt stored patterns into queries (noise, masks), remembering each query's source row."""
 
     name = "corrupt"
-    kind = Param(str, "gaussian", "the corruption: " + ", ".join(CORRUPTIONS), choices=list(CORRUPTIONS))
+    kind = Param(str, "gaussian", "the corruption", choices=list(CORRUPTIONS))
     count = Param(int, None, "number of queries: a seeded random choice of rows (default: every row)", min=1)
     mean = Param(float, None, "gaussian: mean of the noise (default 0)")
     variance = Param(float, None, "gaussian: variance of the noise (default 0.1)", min=0)

@@ -69,7 +69,7 @@ class Separate(Stage):
     """Sharpen scores into projection weights with a separation function."""
 
     name = "separate"
-    function = Param(str, "softmax", "the separation: " + ", ".join(SEPARATIONS), choices=list(SEPARATIONS))
+    function = Param(str, "softmax", "the separation function", choices=list(SEPARATIONS))
     beta = Param(float, None, "inverse temperature: softmax, sparsemax, entmax15, topk with softmax weighting (default 1)", min=0)
     n = Param(float, None, "order of polynomial and rectified_polynomial (default 2)")
     k = Param(int, None, "how many memories topk keeps (default 1)", min=1)

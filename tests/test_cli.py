@@ -1,0 +1,81 @@
+"""The command line: exit codes, one-line errors without tracebacks, help everywhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from amemctl import __version__
+from amemctl.cli import main
+
+GOOD = """\
+name: cli
+data: {dataset: digits, limit: 100}
+stages:
+  - corrupt: {kind: gaussian, variance: 0.05, count: 20}
+  - score: {similarity: cosine}
+  - separate: {function: max}
+  - project: {}
+  - evaluate: {}
+report:
+  tables: [{metric: error_index}]
+"""
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_version_and_help():
+    assert _invoke("--version").output.strip() == f"amemctl, version {__version__}"
+    for command in ([], ["run"], ["validate"], ["stages"]):
+        result = _invoke(*command, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_validate_accepts_good_and_rejects_bad_pipelines(tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(GOOD)
+    bad.write_text(GOOD.replace("similarity: cosine", "similarity: cosin"))
+    result = _invoke("validate", str(good))
+    assert result.exit_code == 0 and "ok:" in result.output
+    result = _invoke("validate", str(good), str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}:5:25: unknown similarity 'cosin'" in result.output and "did you mean 'cosine'?" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_run_writes_the_table_and_the_folder(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD)
+    result = _invoke("run", str(path), "--out", str(tmp_path / "runs"), "--quiet", "--device", "cpu", "--set", "seed=2")
+    assert result.exit_code == 0, result.output
+    assert "error_index" in result.output and "run folder:" in result.output
+    (folder,) = (tmp_path / "runs" / "cli").iterdir()
+    assert "seed: 2" in (folder / "resolved.yaml").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_a_missing_gpu_is_a_clear_error(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD)
+    result = _invoke("run", str(path), "--device", "cuda", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "no CUDA device" in result.output and "Traceback" not in result.output
+    assert _invoke("run", str(path), "--device", "tpu").exit_code == 2
+
+
+def test_stages_lists_and_describes():
+    listing = _invoke("stages")
+    assert listing.exit_code == 0
+    for name in ("load", "corrupt", "score", "separate", "project", "evaluate", "report", "pca"):
+        assert name in listing.output
+    detail = _invoke("stages", "separate")
+    assert detail.exit_code == 0 and "beta" in detail.output and "weights" in detail.output
+    unknown = _invoke("stages", "scor")
+    assert unknown.exit_code == 2 and "did you mean 'score'?" in unknown.output
+
+
+def test_a_missing_file_is_exit_2(tmp_path):
+    result = _invoke("run", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2 and "no such pipeline file" in result.output

@@ -1,0 +1,25 @@
+"""The documentation says what the code does."""
+
+from __future__ import annotations
+
+from amemctl.dsl.pipeline import TOP_LEVEL
+from amemctl.plugins import build_registry
+from amemctl.stage_docs import stage_reference
+from tests.conftest import ROOT
+
+
+def test_the_stage_reference_is_regenerated_from_the_code():
+    expected = stage_reference(build_registry(entry_points=False))
+    assert (ROOT / "docs" / "stages.md").read_text() == expected, "run: amemctl stages --markdown > docs/stages.md"
+
+
+def test_every_top_level_key_is_documented():
+    text = (ROOT / "docs" / "pipelines.md").read_text()
+    for key in TOP_LEVEL:
+        assert f"| `{key}` |" in text, key
+
+
+def test_the_readme_names_the_two_commands_ci_uses():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make demo" in readme and "make test" in readme and "make test" in ci
