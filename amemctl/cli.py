@@ -129,6 +129,15 @@ def stages(name: str | None, markdown: bool) -> None:
         console.print(table)
 
 
+def _register_store_commands() -> None:
+    from amemctl.cli_store import store
+
+    main.add_command(store)
+
+
+_register_store_commands()
+
+
 def _doc(param: Any) -> str:
     choices = param.choices
     extra = f" (one of: {', '.join(map(str, choices))})" if choices and len(choices) <= 12 else ""

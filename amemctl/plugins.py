@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "amemctl.stages.retrieval",
     "amemctl.stages.evaluate",
     "amemctl.stages.report",
+    "amemctl.stages.store",
 )
 
 BUILTIN = "amemctl"

@@ -17,7 +17,8 @@ def test_shipped_pipelines_validate(path):
 
 
 def test_quickstart_runs_offline_and_manhattan_completes_masked_digits_best(tmp_path):
-    run = run_pipeline(load_pipeline(ROOT / "pipelines" / "quickstart.yaml"), out_root=tmp_path, device="cpu", progress=False)
+    store = f"stages.persist.store={tmp_path / 'quickstart.zarr'}"
+    run = run_pipeline(load_pipeline(ROOT / "pipelines" / "quickstart.yaml", [store]), out_root=tmp_path, device="cpu", progress=False)
     assert len(run.points) == 16
     masked = {
         (p.point.values["similarity"], p.point.values["separation"]["function"]): p.metrics["error_index"]
@@ -28,3 +29,9 @@ def test_quickstart_runs_offline_and_manhattan_completes_masked_digits_best(tmp_
     assert min(masked, key=masked.get)[0] == "manhattan"
     assert max(masked, key=masked.get)[0] == "dot"
     assert (run.run_dir / "figures" / "retrievals.png").stat().st_size > 10_000
+
+    # the second pipeline answers from the persisted store, without loading the digits
+    reopened = load_pipeline(ROOT / "pipelines" / "quickstart_from_store.yaml", [f"stages.open_store.store={tmp_path / 'quickstart.zarr'}"])
+    assert [s.stage.name for s in reopened.plans[0].stages][0] == "open_store"
+    errors = [p.metrics["error_index"] for p in run_pipeline(reopened, out_root=tmp_path, device="cpu", progress=False).points]
+    assert errors == sorted(errors) and errors[0] < 0.2  # more noise, more errors

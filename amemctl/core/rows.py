@@ -7,6 +7,7 @@ rows, and (for top-k) for a few rows by index. A tensor in memory serves that th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -70,3 +71,24 @@ def as_rows(x: "Tensor | Rows") -> Rows:
             x = x[:, None]
         return TensorRows(x)
     return x
+
+
+def take(x: "Tensor | Rows", index: Tensor) -> Tensor:
+    """Rows `index` of a tensor or of Rows (a store), in their stored shape."""
+    if isinstance(x, Tensor):
+        return x[index.to(x.device)]
+    return x.take(index).reshape(len(index), *x.row_shape)
+
+
+def materialize(x: "Tensor | Rows") -> Tensor:
+    """Every row of x as one tensor in the stored shape (Rows from a store are read whole)."""
+    if isinstance(x, Tensor):
+        return x
+    parts = [chunk for _, chunk in x.chunks(max(1, len(x)))]
+    flat = torch.cat(parts) if parts else torch.empty(0, math.prod(x.row_shape))
+    return flat.reshape(len(x), *x.row_shape)
+
+
+def row_shape(x: "Tensor | Rows") -> tuple[int, ...]:
+    """The shape of one row of a tensor or of Rows."""
+    return tuple(x.shape[1:]) if isinstance(x, Tensor) else tuple(x.row_shape)

@@ -37,6 +37,8 @@ class Context:
     examples: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
     stage_seed: int = 0  #: set by the engine before each stage, from the seed and the stage's position
     progress: Any = None  #: the engine's rich Progress, or None when quiet
+    #: where the data came from and which run made it, written into stores by `persist`
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
         try:

@@ -83,14 +83,14 @@ def build_grids(spec: TableSpec, points: list[PointResult]) -> list[Grid]:
         columns: list[str] = []
         cells: "OrderedDict[tuple[str, ...], dict[str, float | None]]" = OrderedDict()
         for p in members:
-            row = tuple(value_label(p.point.values[r]) for r in spec.rows)
+            row = tuple(value_label(p.point.values[r]) for r in spec.rows) or (spec.metric,)
             column = value_label(p.point.values[spec.columns]) if spec.columns else spec.metric
             if column not in columns:
                 columns.append(column)
             cells.setdefault(row, {})[column] = p.metrics.get(spec.metric)
         title = spec.title + (" (" + ", ".join(f"{k}={v}" for k, v in others) + ")" if others else "")
         rows = [(row, [values.get(c) for c in columns]) for row, values in cells.items()]
-        grids.append(Grid(title, list(spec.rows), columns, rows, spec.format))
+        grids.append(Grid(title, list(spec.rows) or ["metric"], columns, rows, spec.format))
     return grids
 
 

@@ -127,6 +127,7 @@ def _run_point(
     bar: Progress,
 ) -> PointResult:
     ctx = Context(device, pipeline.seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None)
+    ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=pipeline.seed)
     first = cache.restore(point.index, ctx)
     task = bar.add_task(point.label(), total=len(steps), completed=first)
     for j in range(first, len(steps)):
@@ -172,20 +173,23 @@ class _PrefixCache:
         for i, keys in enumerate(self.keys):
             for key in keys:
                 self.last_use[key] = i
-        self.snapshots: dict[tuple[str, ...], tuple[dict, dict, list, dict]] = {}
+        self.snapshots: dict[tuple[str, ...], tuple[dict, dict, list, dict, dict]] = {}
 
     def restore(self, point: int, ctx: Context) -> int:
         for j in range(len(self.keys[point]) - 1, -1, -1):
             snap = self.snapshots.get(self.keys[point][j])
             if snap is not None:
-                ctx.values, ctx.metrics, ctx.figures, ctx.examples = dict(snap[0]), dict(snap[1]), list(snap[2]), {k: list(v) for k, v in snap[3].items()}
+                ctx.values, ctx.metrics, ctx.figures = dict(snap[0]), dict(snap[1]), list(snap[2])
+                ctx.examples = {k: list(v) for k, v in snap[3].items()}
+                ctx.provenance.update(snap[4])
                 return j + 1
         return 0
 
     def store(self, point: int, step: int, ctx: Context) -> None:
         key = self.keys[point][step]
         if self.last_use[key] > point:
-            self.snapshots[key] = (dict(ctx.values), dict(ctx.metrics), list(ctx.figures), {k: list(v) for k, v in ctx.examples.items()})
+            examples = {k: list(v) for k, v in ctx.examples.items()}
+            self.snapshots[key] = (dict(ctx.values), dict(ctx.metrics), list(ctx.figures), examples, dict(ctx.provenance))
 
     def release(self, point: int) -> None:
         for key in [k for k in self.snapshots if self.last_use[k] <= point]:

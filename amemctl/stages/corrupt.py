@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from amemctl.core.rows import take
 from amemctl.corruptions import CORRUPTIONS, get_corruption
 from amemctl.engine.context import Context
 from amemctl.errors import StageError
@@ -48,14 +49,15 @@ class Corrupt(Stage):
 
     def run(self, ctx: Context) -> None:
         patterns = ctx[self.input]
-        rows = torch.arange(len(patterns), device=patterns.device)
+        rows = torch.arange(len(patterns))
         if self.count is not None:
             if self.count > len(patterns):
                 raise StageError(f"count={self.count} queries asked of {len(patterns)} stored patterns", hint=f"use count <= {len(patterns)}")
-            rows = torch.randperm(len(patterns), generator=ctx.rng("cpu"))[: self.count].sort().values.to(patterns.device)
-        ctx[self.output] = get_corruption(self.kind)(patterns[rows], ctx.rng(), **self.given())
+            rows = torch.randperm(len(patterns), generator=ctx.rng("cpu"))[: self.count].sort().values
+        chosen = take(patterns, rows).to(ctx.device)
+        ctx[self.output] = get_corruption(self.kind)(chosen, ctx.rng(), **self.given())
         if self.targets is not None:
-            ctx[self.targets] = rows
+            ctx[self.targets] = rows.to(ctx.device)
 
 
 @hookimpl

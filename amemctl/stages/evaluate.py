@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from amemctl.core.retrieval import recall
+from amemctl.core.rows import row_shape, take
 from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
@@ -29,14 +30,14 @@ class Evaluate(Stage):
         retrieved, values, targets = ctx[self.retrieved], ctx[self.values], ctx[self.targets]
         if len(retrieved) != len(targets):
             raise StageError(f"{len(retrieved)} retrievals but {len(targets)} targets", hint="evaluate the retrievals of the queries the targets belong to")
-        if retrieved.shape[1:] != values.shape[1:]:
+        if tuple(retrieved.shape[1:]) != row_shape(values):
             raise StageError(
-                f"retrievals are shaped {tuple(retrieved.shape[1:])} but stored values {tuple(values.shape[1:])}",
+                f"retrievals are shaped {tuple(retrieved.shape[1:])} but stored values {row_shape(values)}",
                 hint="compare retrievals with the values they were projected from",
             )
         nearest = recall(retrieved, values, similarity="squared_euclidean", separation="max", budget=ctx.budget).index
         targets = targets.to(nearest.device)
-        wanted = values[targets].reshape(len(targets), -1).to(retrieved.dtype)
+        wanted = take(values, targets).reshape(len(targets), -1).to(retrieved.dtype)
         sse = (retrieved.reshape(len(retrieved), -1) - wanted).square().sum(1)
         ctx.metric(f"{self.prefix}error_index", (nearest != targets).float().mean())
         ctx.metric(f"{self.prefix}error_pixels", (sse > self.threshold).float().mean())

@@ -43,11 +43,15 @@ class Load(Stage):
         spec = self.spec()
         loaded = spec.read(Request(self.split or spec.default_split, data_root(self.root), self.download))
         images, labels = loaded.images, loaded.labels
+        indices: "list[int] | dict" = {"start": 0, "stop": len(images)}
         if self.limit is not None:
             images, labels = images[: self.limit], labels[: self.limit]
+            indices = {"start": 0, "stop": len(images)}
         if self.subset is not None and self.subset < len(images):
             keep = torch.randperm(len(images), generator=ctx.rng("cpu"))[: self.subset].sort().values
             images, labels = images[keep], labels[keep]
+            indices = keep.tolist()
+        ctx.provenance["data"] = {"dataset": self.dataset, "split": self.split or spec.default_split, "indices": indices}
         ctx[self.output] = images.to(ctx.device)
         if self.labels is not None:
             ctx[self.labels] = labels.to(ctx.device)

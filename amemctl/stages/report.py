@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from amemctl.core.rows import take
 from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
@@ -23,7 +24,7 @@ class Report(Stage):
 
     def run(self, ctx: Context) -> None:
         if self.values is not None and self.targets is not None:
-            ctx.show(self.figure, "original", ctx[self.values][ctx[self.targets][: self.count]])
+            ctx.show(self.figure, "original", take(ctx[self.values], ctx[self.targets][: self.count]))
         for name in self.images:
             tensor = ctx[name]
             if not hasattr(tensor, "shape") or tensor.dim() < 2:

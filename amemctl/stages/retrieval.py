@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from amemctl.core.retrieval import recall
+from amemctl.core.rows import materialize
 from amemctl.core.separation import SEPARATIONS, Separation, make_separation
 from amemctl.core.similarity import ALIASES, Similarity, get_similarity
 from amemctl.engine.context import Context
@@ -53,6 +54,7 @@ class Score(Stage):
     def run(self, ctx: Context) -> None:
         queries, keys = ctx[self.queries], ctx[self.memory]
         _fits_budget(len(queries), len(keys), ctx.budget, "score")
+        keys = materialize(keys)
         sim = similarity_of(self.similarity)
         q = queries.reshape(len(queries), -1).float()
         k = keys.reshape(len(keys), -1).float()
@@ -110,7 +112,7 @@ class Project(Stage):
     output = Output("retrieved", "the retrieved values, Q x (value shape)")
 
     def run(self, ctx: Context) -> None:
-        weights, values = ctx[self.weights], ctx[self.values]
+        weights, values = ctx[self.weights], materialize(ctx[self.values])
         if weights.shape[1] != len(values):
             raise StageError(f"weights cover {weights.shape[1]} memories but there are {len(values)} values", hint="project onto values stored beside the scored keys")
         out = weights @ values.reshape(len(values), -1).to(weights.dtype)

@@ -1,0 +1,164 @@
+"""`amemctl store ...`: list, inspect, show, export, forget and verify persisted memories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from amemctl.errors import StoreError
+
+
+@click.group()
+def store() -> None:
+    """Inspect and maintain memory stores (zarr v3 folders written by `persist`)."""
+
+
+@store.command("ls")
+@click.argument("root", default="stores", type=click.Path(file_okay=False, path_type=Path))
+def list_stores(root: Path) -> None:
+    """List the stores under ROOT (default: stores/) with their rows, spaces and size."""
+    from amemctl.store.inspect import disk_size
+    from amemctl.store.memory import MemoryStore
+
+    table = Table(title=f"stores in {root}", title_justify="left")
+    for column in ("store", "rows", "forgotten", "arrays", "spaces", "size", "updated"):
+        table.add_column(column, overflow="fold")
+    found = sorted(p.parent for p in root.glob("**/zarr.json") if p.parent.parent == root or p.parent.suffix == ".zarr") if root.exists() else []
+    for path in found:
+        try:
+            s = MemoryStore.open(path)
+        except StoreError:
+            continue
+        table.add_row(str(path.relative_to(root)), str(len(s)), str(s.count - len(s)), ", ".join(s.arrays), ", ".join(s.spaces) or "-", _size(disk_size(path)), s.attrs["updated"])
+    Console().print(table if table.row_count else f"no stores under {root}")
+
+
+@store.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def inspect(path: Path) -> None:
+    """Show the arrays of the store at PATH (shape, dtype, chunks, codecs, sizes) and its provenance."""
+    from amemctl.store.inspect import describe
+    from amemctl.store.memory import MemoryStore
+
+    info = describe(MemoryStore.open(path))
+    tree = Tree(f"[bold]{info['path']}[/]  {info['rows']} rows ({info['forgotten']} forgotten), next id {info['next_id']}, schema {info['schema']}")
+    for a in info["arrays"]:
+        ratio = a["bytes_raw"] / a["bytes_stored"] if a["bytes_stored"] else 0
+        tree.add(
+            f"[cyan]{a['name']}[/] {a['shape']} {a['storage']} (zarr {a['dtype']}), chunks {a['chunks']}, "
+            f"{'+'.join(a['codecs']) or 'raw'}: {_size(a['bytes_stored'])} stored of {_size(a['bytes_raw'])} ({ratio:.1f}x)"
+        )
+    if info["spaces"]:
+        spaces = tree.add("key spaces")
+        for space, identity in info["spaces"].items():
+            spaces.add(f"{space}: " + ", ".join(f"{k}={v}" for k, v in identity.items()))
+    history = tree.add("provenance")
+    for entry in info["provenance"]:
+        history.add(", ".join(f"{k}={_short(v)}" for k, v in entry.items()))
+    Console().print(tree)
+    click.echo(f"created {info['created']}, updated {info['updated']}")
+
+
+@store.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--ids", "selection", default="0:32", show_default=True, help="Rows to show: START:STOP (live rows, in order) or a list of ids id1,id2,...")
+@click.option("--space", default="patterns", show_default=True, help="Array to draw: patterns, values or keys/<space>.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG file to write.")
+def show(path: Path, selection: str, space: str, output: Path) -> None:
+    """Draw stored rows of PATH as an image grid (PNG)."""
+    import torch
+
+    from amemctl.figures import image_grid
+    from amemctl.store.memory import MemoryStore
+
+    s = MemoryStore.open(path)
+    ids = s.ids()
+    if ":" in selection:
+        start, _, stop = selection.partition(":")
+        picked = torch.arange(len(ids))[slice(int(start or 0), int(stop) if stop else None)]
+    else:
+        wanted = torch.tensor([int(i) for i in selection.split(",")])
+        missing = wanted[~torch.isin(wanted, ids)]
+        if len(missing):
+            raise StoreError(f"no live rows with ids {missing.tolist()}", hint="list ids with `amemctl store export` or use START:STOP")
+        picked = torch.nonzero(ids[:, None] == wanted[None]).T[0][torch.argsort(torch.nonzero(ids[:, None] == wanted[None]).T[1])]
+    if len(picked) == 0:
+        raise StoreError(f"the selection {selection!r} picks no rows of {len(ids)}")
+    rows = s.take(space if space in s.arrays else f"keys/{space}" if f"keys/{space}" in s.arrays else space, s.live_rows()[picked.numpy()])
+    per_row = 16
+    grid = [(f"ids {int(ids[picked[i]])}..", rows[i : i + per_row]) for i in range(0, len(rows), per_row)]
+    image_grid(grid, output, title=f"{path} {space}")
+    click.echo(f"wrote {output}")
+
+
+@store.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help=".npz file to write.")
+def export(path: Path, output: Path) -> None:
+    """Write the live rows of every array of PATH (and their ids) to one .npz file."""
+    import numpy as np
+
+    from amemctl.store.memory import MemoryStore
+
+    s = MemoryStore.open(path)
+    arrays = {"ids": s.ids().numpy()}
+    for name in s.arrays:
+        arrays[name.replace("/", "__")] = s.to_tensor(name).numpy()
+    np.savez_compressed(output, **arrays)
+    click.echo(f"wrote {output}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
+
+
+@store.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--ids", "id_list", default=None, help="Comma-separated ids to forget.")
+@click.option("--label", "labels", multiple=True, type=int, help="Forget every row with this label (repeatable).")
+@click.option("--compact", is_flag=True, help="Rewrite the store without forgotten rows afterwards.")
+def forget(path: Path, id_list: str | None, labels: tuple[int, ...], compact: bool) -> None:
+    """Forget rows of PATH by id or label: they are no longer retrieved; --compact reclaims the space."""
+    import torch
+
+    from amemctl.store.memory import MemoryStore
+
+    if id_list is None and not labels:
+        raise StoreError("say what to forget", hint="--ids 3,17 or --label 7")
+    s = MemoryStore.open(path, mode="a")
+    ids = [int(i) for i in id_list.split(",")] if id_list else None
+    where = (lambda l: torch.isin(l, torch.tensor(labels))) if labels else None
+    n = s.forget(ids=ids, where=where)
+    click.echo(f"forgot {n} row(s); {len(s)} remain")
+    if compact:
+        click.echo(f"compacted: {s.compact()} row(s) dropped")
+
+
+@store.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def verify(path: Path) -> None:
+    """Check PATH: array lengths agree, ids are sound, every chunk decodes and matches its checksum."""
+    from amemctl.store.verify import verify as check
+
+    report = check(path)
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    if report.ok:
+        click.echo(f"ok: {path} ({report.chunks_checked} chunks checked)")
+        return
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    raise click.exceptions.Exit(1)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,131 @@
+"""Stages `persist` and `open_store`: memories that outlive a run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from amemctl.core.rows import materialize
+from amemctl.engine.context import Context
+from amemctl.errors import StoreError
+from amemctl.plugins import hookimpl
+from amemctl.stage import REQUIRED, Input, Output, Param, ParamError, Stage
+from amemctl.store.memory import DEFAULT_CHUNK_BYTES, MemoryStore
+
+MODES = ("create", "append", "replace")
+
+
+class Persist(Stage):
+    """Write context tensors into a memory store on disk: patterns, values, labels and keys."""
+
+    name = "persist"
+    store = Param(str, REQUIRED, "path of the store, a folder such as stores/digits.zarr")
+    mode = Param(str, "create", "create (an existing store is an error), append, or replace (the old store stays until the new one is complete)", choices=list(MODES))
+    dtype = Param(str, "float32", "storage of patterns and values", choices=["float32", "float16", "bfloat16", "uint8"])
+    keys = Param(dict, None, "key spaces to store: {space: tensor}, e.g. {pca: pca_patterns}")
+    chunk_mib = Param(float, DEFAULT_CHUNK_BYTES / 2**20, "size of a chunk of rows, in MiB (retrieval streams chunk by chunk)", min=0.001)
+    compression = Param(str, "zstd", "chunk compression", choices=["zstd", "none"])
+    checksum = Param(bool, True, "record a CRC32C checksum per chunk, checked on every read and by `amemctl store verify`")
+    patterns = Input("patterns", "the patterns to store", optional=True)
+    values = Input(None, "hetero-associated values, one row per pattern", optional=True)
+    labels = Input("labels", "integer labels", optional=True)
+
+    def inputs(self) -> list[str]:
+        return [*super().inputs(), *(self.keys or {}).values()]
+
+    def check(self) -> None:
+        for space, tensor in (self.keys or {}).items():
+            if not isinstance(tensor, str) or not str(space).replace("-", "").replace("_", "").isalnum():
+                raise ParamError(f"keys maps a space name to a context tensor; got {space!r}: {tensor!r}", hint="e.g. keys: {pca: pca_patterns}", param="keys")
+
+    def describe(self) -> str:
+        return f"persist {self.store}"
+
+    def run(self, ctx: Context) -> None:
+        path = Path(self.store)
+        tensors: dict[str, Any] = {}
+        for field in ("patterns", "values", "labels"):
+            name = self.settings[field]
+            if name is not None:
+                tensors[field] = materialize(ctx[name])
+        keys = {space: materialize(ctx[tensor]) for space, tensor in (self.keys or {}).items()}
+        storage = {"patterns": self.dtype, "values": self.dtype}
+        options = dict(chunk_bytes=int(self.chunk_mib * 2**20), compression=self.compression, checksum=self.checksum, description=ctx.provenance.get("pipeline", ""))
+        provenance = {k: v for k, v in ctx.provenance.items() if k != "data"} | ctx.provenance.get("data", {})
+        identities = {space: {"encoder": "context tensor", "tensor": tensor} for space, tensor in (self.keys or {}).items()}
+        if self.mode == "append":
+            store = MemoryStore.create(path, exist_ok=True, **options)
+            store.append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance)
+        elif self.mode == "create":
+            MemoryStore.create(path, **options).append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance)
+        else:
+            _replace(path, lambda tmp: MemoryStore.create(tmp, **options).append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance))
+        ctx.metric("persisted", len(next(iter({**tensors, **keys}.values()))))
+
+    def metrics(self) -> list[str]:
+        return ["persisted"]
+
+
+def _replace(path: Path, write) -> None:
+    """Write a new store beside `path` and swap it in only once it is complete."""
+    tmp = path.with_name(path.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        if not (path / "zarr.json").exists():
+            raise StoreError(f"{path} exists and is not a store; refusing to replace it", hint="move it away or choose another path")
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(path)
+
+
+class OpenStore(Stage):
+    """Use a persisted memory: score and project read its rows from disk, chunk by chunk."""
+
+    name = "open_store"
+    store = Param(str, REQUIRED, "path of the store")
+    space = Param(str, None, "key space to score in (keys/<space>); written to `keys`")
+    prefetch = Param(int, 1, "chunks read ahead while the current one is scored", min=0)
+    patterns = Output("patterns", "the stored patterns (read lazily)")
+    values = Output(None, "the stored hetero values (read lazily), if the store has them", optional=True)
+    keys = Output("keys", "the keys of `space` (read lazily), when a space is given", optional=True)
+    labels = Output("labels", "the stored labels, if any", optional=True)
+
+    def outputs(self) -> list[str]:
+        names = super().outputs()
+        return names if self.space is not None else [n for n in names if n != self.keys]
+
+    def describe(self) -> str:
+        return f"open_store {self.store}"
+
+    def run(self, ctx: Context) -> None:
+        store = MemoryStore.open(self.store)
+        if len(store) == 0:
+            raise StoreError(f"{self.store} holds no rows", hint="fill it with a `persist` stage first")
+        ctx[self.patterns] = store.rows("patterns", ctx.device, self.prefetch)
+        if self.values is not None:
+            ctx[self.values] = store.rows("values", ctx.device, self.prefetch)
+        if self.space is not None and self.keys is not None:
+            store.space_identity(self.space)
+            ctx[self.keys] = store.rows(f"keys/{self.space}", ctx.device, self.prefetch)
+        if self.labels is not None and "labels" in store.arrays:
+            ctx[self.labels] = store.to_tensor("labels", ctx.device)
+        ctx.metric("stored", len(store))
+
+    def metrics(self) -> list[str]:
+        return ["stored"]
+
+
+@hookimpl
+def amemctl_register_stages() -> list[type[Stage]]:
+    return [Persist, OpenStore]

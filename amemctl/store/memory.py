@@ -1,0 +1,449 @@
+"""MemoryStore: a persisted associative memory, one zarr v3 group.
+
+Layout (docs/stores.md has the details):
+
+    store.zarr/
+      zarr.json            group attributes under "amemctl": schema, count, spaces, provenance
+      ids                  N int64, stable, never reused
+      alive                N uint8, 0 once a row is forgotten
+      patterns             N x ... stored patterns (images: N x C x H x W)
+      values               N x ... hetero-associated values (optional)
+      labels               N int64 (optional)
+      keys/<space>         N x e, one per embedding space (optional)
+
+Safety: every write takes the writer lock; an append writes its rows first and publishes
+the new count last (zarr writes each chunk file atomically), so a reader, or a writer killed
+mid-append, only ever sees the rows of completed appends. Rows beyond `count` in an array
+belong to an interrupted append and are ignored and overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from amemctl.errors import StoreError
+from amemctl.store.encoding import STORAGE, decode, encode
+from amemctl.store.lock import WriterLock
+
+SCHEMA = 1
+ATTR = "amemctl"
+DEFAULT_CHUNK_BYTES = 32 * 2**20
+ROW_FIELDS = ("patterns", "values", "labels")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _zarr():
+    import zarr
+
+    return zarr
+
+
+class MemoryStore:
+    """A store opened for reading (`MemoryStore.open(path)`) or writing (`mode="a"`)."""
+
+    def __init__(self, path: Path, group: Any, writable: bool) -> None:
+        self.path = path
+        self.group = group
+        self.writable = writable
+        self._alive: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def create(
+        cls,
+        path: "str | Path",
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        compression: str = "zstd",
+        checksum: bool = True,
+        exist_ok: bool = False,
+        description: str = "",
+    ) -> "MemoryStore":
+        """A new, empty store at `path` (an existing store is an error unless exist_ok)."""
+        path = Path(path)
+        if path.exists():
+            if exist_ok:
+                return cls.open(path, mode="a")
+            raise StoreError(f"{path} already exists", hint="open it to append, choose another path, or use mode: replace")
+        if compression not in ("zstd", "none"):
+            raise StoreError(f"unknown compression {compression!r}", hint="use zstd or none")
+        attrs = {
+            "schema": SCHEMA,
+            "created": _now(),
+            "updated": _now(),
+            "count": 0,
+            "next_id": 0,
+            "description": description,
+            "chunk_bytes": int(chunk_bytes),
+            "chunk_rows": 0,  # fixed by the first append
+            "compression": compression,
+            "checksum": bool(checksum),
+            "arrays": {},
+            "spaces": {},
+            "provenance": [],
+        }
+        group = _zarr().create_group(store=str(path), zarr_format=3, attributes={ATTR: attrs})
+        return cls(path, group, writable=True)
+
+    @classmethod
+    def open(cls, path: "str | Path", mode: str = "r") -> "MemoryStore":
+        """Open an existing store; mode "r" reads, "a" may also write (taking the lock per write)."""
+        path = Path(path)
+        _recover_compaction(path)
+        if not path.exists():
+            raise StoreError(f"no store at {path}", hint="check the path, or create it with a `persist` stage")
+        if not (path / "zarr.json").is_file():
+            raise StoreError(f"{path} is not a zarr v3 store (no zarr.json)", hint="amemctl stores are zarr v3 groups written by `persist`")
+        try:
+            group = _zarr().open_group(store=str(path), mode="r" if mode == "r" else "r+", zarr_format=3)
+        except Exception as exc:  # unreadable metadata: a damaged or foreign store
+            raise StoreError(f"cannot open {path} as a zarr v3 group: {exc}", hint="run `amemctl store verify` on it") from None
+        attrs = dict(group.attrs).get(ATTR)
+        if not isinstance(attrs, dict) or "schema" not in attrs:
+            raise StoreError(f"{path} is a zarr group but not an amemctl store (no '{ATTR}' attributes)", hint="write amemctl stores with a `persist` stage")
+        if attrs["schema"] > SCHEMA:
+            raise StoreError(
+                f"{path} has store schema {attrs['schema']}, newer than this amemctl understands ({SCHEMA})",
+                hint="upgrade amemctl to read it",
+            )
+        return cls(path, group, writable=mode != "r")
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)[ATTR]
+
+    @property
+    def count(self) -> int:
+        """Rows published, including forgotten ones not yet compacted."""
+        return int(self.attrs["count"])
+
+    def __len__(self) -> int:
+        """Rows alive (published and not forgotten)."""
+        return int(self.alive().sum())
+
+    @property
+    def arrays(self) -> list[str]:
+        """Names of the row arrays: patterns, values, labels, keys/<space> (those present)."""
+        return list(self.attrs["arrays"])
+
+    @property
+    def spaces(self) -> dict[str, dict]:
+        """Embedding spaces with keys, and each one's encoder identity."""
+        return dict(self.attrs["spaces"])
+
+    def alive(self) -> np.ndarray:
+        """Boolean mask over the published rows: True where the row is not forgotten."""
+        if self._alive is None:
+            count = self.count
+            self._alive = self.group["alive"][:count].astype(bool) if count else np.zeros(0, bool)
+        return self._alive
+
+    def live_rows(self) -> np.ndarray:
+        """Physical row numbers of the live rows, in order."""
+        return np.flatnonzero(self.alive())
+
+    def storage(self, name: str) -> str:
+        return self.attrs["arrays"][name]["storage"] if name in self.attrs["arrays"] else {"ids": "int64", "alive": "uint8"}[name]
+
+    def row_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._array(name).shape[1:])
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> Tensor:
+        """Published rows start..stop (physical numbering, forgotten ones included), decoded."""
+        stop = self.count if stop is None else min(stop, self.count)
+        return decode(self._array(name)[start:stop], self.storage(name))
+
+    def take(self, name: str, rows: np.ndarray) -> Tensor:
+        """The physical rows `rows` (any order, repeats allowed), decoded."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return decode(self._array(name)[0:0], self.storage(name))
+        unique, inverse = np.unique(rows, return_inverse=True)
+        data = self._array(name).get_orthogonal_selection((unique,))
+        return decode(data[inverse.reshape(-1)], self.storage(name))
+
+    def to_tensor(self, name: str = "patterns", device: "str | torch.device" = "cpu") -> Tensor:
+        """Every live row of `name` in one tensor (for stores that fit in memory)."""
+        return self.take(name, self.live_rows()).to(device)
+
+    def ids(self) -> Tensor:
+        """The stable ids of the live rows."""
+        return self.take("ids", self.live_rows())
+
+    def rows(self, name: str = "patterns", device: "str | torch.device" = "cpu", prefetch: int = 1):
+        """The live rows of `name` as retrieval Rows, read chunk by chunk with prefetch."""
+        from amemctl.store.rows import StoreRows
+
+        return StoreRows(self, name, torch.device(device), prefetch)
+
+    def iter_chunks(self, name: str = "patterns", device: "str | torch.device" = "cpu", prefetch: int = 1) -> Iterator[tuple[int, Tensor]]:
+        """(offset, tensor) over the live rows of `name`, one storage chunk at a time, on `device`."""
+        rows = self.rows(name, device, prefetch)
+        return rows.chunks(self.chunk_rows(name))
+
+    def chunk_rows(self, name: str) -> int:
+        return int(self._array(name).chunks[0])
+
+    def space_identity(self, space: str) -> dict:
+        if space not in self.spaces:
+            raise StoreError(f"{self.path} has no keys in space {space!r}", hint=f"its spaces: {', '.join(self.spaces) or 'none'}")
+        return self.spaces[space]
+
+    def check_space(self, space: str, identity: dict) -> None:
+        """Refuse to score with keys made by another encoder than `identity` describes."""
+        stored = self.space_identity(space)
+        differing = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        if differing:
+            detail = "; ".join(f"{k}: store {stored.get(k)!r}, pipeline {identity.get(k)!r}" for k in differing)
+            raise StoreError(
+                f"the keys/{space} of {self.path} were made by another encoder ({detail})",
+                hint="embed with the same encoder, or re-embed the store into a new key space",
+            )
+
+    def _array(self, name: str) -> Any:
+        try:
+            return self.group[name]
+        except KeyError:
+            raise StoreError(f"{self.path} has no array {name!r}", hint=f"it has: {', '.join(['ids', 'alive', *self.arrays])}") from None
+
+    # ----------------------------------------------------------------- writing
+
+    def append(
+        self,
+        *,
+        patterns: Tensor | None = None,
+        values: Tensor | None = None,
+        labels: Tensor | None = None,
+        keys: dict[str, Tensor] | None = None,
+        identities: dict[str, dict] | None = None,
+        storage: dict[str, str] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> Tensor:
+        """Add rows; returns their new ids. The first append fixes which arrays a store has.
+
+        storage: per array name, "float32" (default), "float16", "bfloat16" or "uint8".
+        identities: per key space, the encoder identity (architecture, weights sha256, ...).
+        """
+        self._require_writable()
+        given = {k: v for k, v in (("patterns", patterns), ("values", values), ("labels", labels)) if v is not None}
+        given.update({f"keys/{space}": k for space, k in (keys or {}).items()})
+        if not given:
+            raise StoreError("nothing to append: give patterns, values, labels or keys")
+        sizes = {name: len(t) for name, t in given.items()}
+        n = next(iter(sizes.values()))
+        if any(s != n for s in sizes.values()):
+            raise StoreError(f"arrays to append differ in length: {sizes}", hint="append the same rows to every array")
+        with WriterLock(self.path):
+            self._refresh()
+            attrs = self.attrs
+            existing = set(attrs["arrays"])
+            if attrs["count"] and set(given) != existing:
+                missing, extra = sorted(existing - set(given)), sorted(set(given) - existing)
+                raise StoreError(
+                    f"append to {self.path} must give the same arrays it holds ({', '.join(sorted(existing))})"
+                    + (f"; missing {', '.join(missing)}" if missing else "")
+                    + (f"; not in the store: {', '.join(extra)}" if extra else ""),
+                    hint="add a new key space to every row with add_space()" if any(e.startswith("keys/") for e in extra) else None,
+                )
+            start = int(attrs["count"])
+            first_id = int(attrs["next_id"])
+            encoded = {name: self._encode(name, t, (storage or {}).get(name), attrs) for name, t in given.items()}
+            if not attrs.get("chunk_rows"):
+                attrs["chunk_rows"] = chunk_rows_for(encoded.values(), attrs["chunk_bytes"], n)
+            for name, data in encoded.items():
+                self._write_rows(name, data, start, attrs)
+            ids = np.arange(first_id, first_id + n, dtype=np.int64)
+            self._write_rows("ids", ids, start, attrs)
+            self._write_rows("alive", np.ones(n, np.uint8), start, attrs)
+            for space in keys or {}:
+                attrs["spaces"][space] = dict((identities or {}).get(space, attrs["spaces"].get(space, {"encoder": "unknown"})))
+            attrs["provenance"].append({"rows": [start, start + n], "time": _now(), **(provenance or {})})
+            attrs.update(count=start + n, next_id=first_id + n, updated=_now())
+            self._publish(attrs)  # the moment the new rows become visible
+        return torch.from_numpy(ids)
+
+    def add_space(self, space: str, keys: Tensor, identity: dict, storage: str = "float32") -> None:
+        """Add (or replace) the keys of every published row in a new embedding space."""
+        self._require_writable()
+        with WriterLock(self.path):
+            self._refresh()
+            attrs = self.attrs
+            if len(keys) != attrs["count"]:
+                raise StoreError(f"keys for {len(keys)} rows, but the store has {attrs['count']} rows", hint="embed every stored row, forgotten ones included")
+            name = f"keys/{space}"
+            if name in attrs["arrays"]:
+                del self.group[name]
+                del attrs["arrays"][name]
+            self._write_rows(name, self._encode(name, keys, storage, attrs), 0, attrs)
+            attrs["spaces"][space] = dict(identity)
+            attrs["updated"] = _now()
+            self._publish(attrs)
+
+    def forget(self, ids: "Tensor | list[int] | None" = None, where: Callable[[Tensor], Tensor] | None = None) -> int:
+        """Forget rows by id, or where `where(labels)` is true; returns how many were forgotten.
+
+        Forgotten rows stop being retrieved at once; `compact()` reclaims their space.
+        """
+        self._require_writable()
+        with WriterLock(self.path):
+            self._refresh()
+            count = self.count
+            alive = self.group["alive"][:count].astype(bool)
+            hit = np.zeros(count, bool)
+            if ids is not None:
+                wanted = np.asarray(torch.as_tensor(ids).cpu().numpy(), dtype=np.int64).reshape(-1)
+                stored = self.group["ids"][:count]
+                unknown = np.setdiff1d(wanted, stored)
+                if unknown.size:
+                    raise StoreError(f"no rows with ids {', '.join(map(str, unknown[:5]))}{' ...' if unknown.size > 5 else ''} in {self.path}")
+                hit |= np.isin(stored, wanted)
+            if where is not None:
+                if "labels" not in self.attrs["arrays"]:
+                    raise StoreError(f"{self.path} stores no labels to select by")
+                hit |= np.asarray(where(self.read("labels")).cpu().numpy(), dtype=bool)
+            newly = hit & alive
+            if newly.any():
+                self.group["alive"].set_orthogonal_selection((np.flatnonzero(newly),), 0)
+                attrs = self.attrs
+                attrs["updated"] = _now()
+                self._publish(attrs)
+            return int(newly.sum())
+
+    def compact(self) -> int:
+        """Rewrite the store without its forgotten rows; returns how many rows were dropped.
+
+        The compacted copy is written beside the store and swapped in by renaming, so an
+        interruption leaves either the old store or the new one, never a mix.
+        """
+        self._require_writable()
+        with WriterLock(self.path):
+            self._refresh()
+            attrs = self.attrs
+            live = self.live_rows()
+            dropped = self.count - len(live)
+            if dropped == 0:
+                return 0
+            tmp = self.path.with_name(self.path.name + ".compact")
+            shutil.rmtree(tmp, ignore_errors=True)
+            new = MemoryStore.create(tmp, chunk_bytes=attrs["chunk_bytes"], compression=attrs["compression"], checksum=attrs["checksum"], description=attrs["description"])
+            new_attrs = new.attrs
+            for name in ["ids", *attrs["arrays"]]:
+                raw = self._array(name).get_orthogonal_selection((live,)) if len(live) else self._array(name)[0:0]
+                new._write_rows(name, raw, 0, new_attrs, like=self._array(name), spec=attrs["arrays"].get(name))
+            new._write_rows("alive", np.ones(len(live), np.uint8), 0, new_attrs)
+            new_attrs.update(
+                {k: attrs[k] for k in ("created", "next_id", "spaces", "provenance", "arrays", "chunk_rows")},
+                count=len(live),
+                updated=_now(),
+            )
+            new_attrs["provenance"] = [*attrs["provenance"], {"time": _now(), "compacted": {"dropped": dropped}}]
+            new._publish(new_attrs)
+            old = self.path.with_name(self.path.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            self.path.rename(old)
+            tmp.rename(self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        reopened = MemoryStore.open(self.path, mode="a")
+        self.group, self._alive = reopened.group, None
+        return dropped
+
+    # ----------------------------------------------------------------- internals
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise StoreError(f"{self.path} is open read-only", hint="open it with mode='a' to write")
+
+    def _refresh(self) -> None:
+        self.group = _zarr().open_group(store=str(self.path), mode="r+", zarr_format=3)
+        self._alive = None
+
+    def _publish(self, attrs: dict) -> None:
+        self.group.attrs.update({ATTR: json.loads(json.dumps(attrs))})
+        self._alive = None
+
+    def _encode(self, name: str, t: Tensor, storage: str | None, attrs: dict) -> np.ndarray:
+        if name == "labels":
+            storage = "int64"
+        known = attrs["arrays"].get(name)
+        if known is not None:
+            if storage is not None and storage != known["storage"]:
+                raise StoreError(f"{name} is stored as {known['storage']}, cannot append {storage}")
+            storage = known["storage"]
+            if tuple(t.shape[1:]) != tuple(known["row_shape"]):
+                raise StoreError(
+                    f"{name} rows are shaped {tuple(known['row_shape'])} in {self.path}, got {tuple(t.shape[1:])}",
+                    hint="append rows of the shape the store holds",
+                )
+        return encode(t, storage or "float32", name)
+
+    def _write_rows(self, name: str, data: np.ndarray, start: int, attrs: dict, like: Any = None, spec: dict | None = None) -> None:
+        """Write rows start..start+len(data) of `name`, creating or growing the array first."""
+        n = len(data)
+        try:
+            array = self.group[name]
+        except KeyError:
+            array = self._create_array(name, data, attrs, like)
+            if name not in ("ids", "alive"):
+                attrs["arrays"][name] = spec or {"storage": _storage_of(name, data), "row_shape": list(data.shape[1:])}
+        if array.shape[0] < start + n:
+            array.resize((start + n, *array.shape[1:]))
+        if n:
+            array[start : start + n] = data
+
+    def _create_array(self, name: str, data: np.ndarray, attrs: dict, like: Any) -> Any:
+        from zarr.codecs import Crc32cCodec, ZstdCodec
+
+        rows = int(like.chunks[0]) if like is not None else int(attrs.get("chunk_rows") or chunk_rows_for([data], attrs["chunk_bytes"], len(data)))
+        codecs = [ZstdCodec(level=3)] if attrs["compression"] == "zstd" else []
+        if attrs["checksum"]:
+            codecs.append(Crc32cCodec())
+        return self.group.create_array(
+            name,
+            shape=(0, *data.shape[1:]),
+            chunks=(rows, *data.shape[1:]),
+            dtype=data.dtype,
+            compressors=codecs,
+            fill_value=0,
+        )
+
+
+def chunk_rows_for(arrays: "Iterable[np.ndarray]", chunk_bytes: int, first_rows: int) -> int:
+    """Rows per chunk, shared by every array of a store so that chunk i covers the same rows everywhere.
+
+    The widest row decides (its chunks come closest to `chunk_bytes`); a store whose first
+    append is small gets smaller chunks, so reading it does not decode mostly-empty chunks.
+    """
+    widest = max(max(1, math.prod(a.shape[1:]) * a.dtype.itemsize) for a in arrays)
+    by_bytes = max(1, chunk_bytes // widest)
+    return int(min(by_bytes, max(1024, 1 << max(0, first_rows - 1).bit_length())))
+
+
+def _storage_of(name: str, data: np.ndarray) -> str:
+    return {np.dtype("uint16"): "bfloat16"}.get(data.dtype, str(data.dtype)) if name != "labels" else "int64"
+
+
+def _recover_compaction(path: Path) -> None:
+    """Finish a compaction interrupted between its two renames (the new copy was complete)."""
+    tmp = path.with_name(path.name + ".compact")
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and tmp.exists() and old.exists():
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["MemoryStore", "ROW_FIELDS", "STORAGE", "SCHEMA"]

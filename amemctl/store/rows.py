@@ -1,0 +1,86 @@
+"""A store's live rows as retrieval Rows: chunks read from disk in the background.
+
+While retrieval scores one chunk, the next is read and decoded by a worker thread (and,
+on a GPU, copied from pinned memory without blocking), so a store larger than memory
+answers queries at close to the speed of reading it.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from amemctl.store.memory import MemoryStore
+
+
+class StoreRows:
+    """Rows (in the sense of amemctl.core.rows) over one array of a store, forgotten rows skipped."""
+
+    def __init__(self, store: "MemoryStore", name: str, device: torch.device, prefetch: int = 1) -> None:
+        self.store = store
+        self.name = name
+        self.device = device
+        self.prefetch = max(0, prefetch)
+        self._shape = store.row_shape(name)
+        self._alive = store.alive()
+        self._live = np.flatnonzero(self._alive)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def width(self) -> int:
+        return math.prod(self._shape)
+
+    def __repr__(self) -> str:
+        return f"StoreRows({self.store.path}/{self.name}, {len(self)} rows of {self._shape})"
+
+    def chunks(self, size: int) -> Iterator[tuple[int, Tensor]]:
+        """(offset among live rows, n x width tensor on the device), reading ahead."""
+        count = len(self._alive)
+        stored = self.store.chunk_rows(self.name)
+        size = max(1, size - size % stored if size >= stored else size)  # whole storage chunks when possible
+        starts = list(range(0, count, size))
+        if not starts:
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = [pool.submit(self._read, s, min(s + size, count)) for s in starts[: self.prefetch + 1]]
+            offset = 0
+            for i in range(len(starts)):
+                block = pending.pop(0).result()
+                ahead = i + self.prefetch + 1
+                if ahead < len(starts):
+                    pending.append(pool.submit(self._read, starts[ahead], min(starts[ahead] + size, count)))
+                if len(block):
+                    yield offset, self._to_device(block)
+                    offset += len(block)
+
+    def take(self, index: Tensor) -> Tensor:
+        physical = self._live[index.detach().cpu().numpy().astype(np.int64)]
+        return self._to_device(self.store.take(self.name, physical).reshape(len(physical), -1))
+
+    def to_tensor(self) -> Tensor:
+        """All live rows in their stored shape (for stores that fit in memory)."""
+        return self.store.to_tensor(self.name, self.device)
+
+    def _read(self, start: int, stop: int) -> Tensor:
+        block = self.store.read(self.name, start, stop).reshape(stop - start, -1)
+        keep = self._alive[start:stop]
+        if not keep.all():
+            block = block[torch.from_numpy(keep)]
+        if self.device.type == "cuda":
+            block = block.pin_memory()
+        return block
+
+    def _to_device(self, block: Tensor) -> Tensor:
+        return block.to(self.device, non_blocking=self.device.type == "cuda")

@@ -1,0 +1,67 @@
+"""`amemctl store ...` on a real store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from amemctl.cli import main
+from amemctl.store.memory import MemoryStore
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    path = tmp_path / "stores" / "mem.zarr"
+    path.parent.mkdir()
+    MemoryStore.create(path).append(patterns=torch.rand(40, 1, 8, 8), labels=torch.arange(40) % 4, provenance={"dataset": "test"})
+    return path
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_ls_inspect_verify(store_path):
+    listing = _invoke("store", "ls", store_path.parent)
+    assert listing.exit_code == 0 and "mem.zarr" in listing.output and "40" in listing.output
+    info = _invoke("store", "inspect", store_path)
+    assert info.exit_code == 0
+    for text in ("patterns (40, 1, 8, 8) float32", "zstd+crc32c", "dataset=test", "labels (40,)"):
+        assert text in info.output
+    assert _invoke("store", "verify", store_path).output.startswith("ok:")
+
+
+def test_show_and_export(store_path, tmp_path):
+    png = tmp_path / "grid.png"
+    assert _invoke("store", "show", store_path, "--ids", "0:20", "-o", png).exit_code == 0
+    assert png.stat().st_size > 1000
+    assert _invoke("store", "show", store_path, "--ids", "3,7", "-o", png).exit_code == 0
+    assert _invoke("store", "show", store_path, "--ids", "400", "-o", png).exit_code == 2
+    npz = tmp_path / "mem.npz"
+    assert _invoke("store", "export", store_path, "-o", npz).exit_code == 0
+    data = np.load(npz)
+    assert data["patterns"].shape == (40, 1, 8, 8) and data["ids"].tolist() == list(range(40))
+
+
+def test_forget_by_id_and_label_then_compact(store_path):
+    result = _invoke("store", "forget", store_path, "--ids", "1,2", "--label", "3", "--compact")
+    assert result.exit_code == 0, result.output
+    assert "forgot 12 row(s); 28 remain" in result.output and "compacted: 12" in result.output
+    assert MemoryStore.open(store_path).count == 28
+    assert _invoke("store", "forget", store_path).exit_code == 2
+
+
+def test_verify_exits_non_zero_on_damage(store_path):
+    chunk = next((store_path / "patterns" / "c").rglob("*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    chunk.write_bytes(b"garbage")
+    result = _invoke("store", "verify", store_path)
+    assert result.exit_code == 1 and "does not decode" in result.output
+
+
+def test_inspecting_a_missing_store_is_a_clear_error(tmp_path):
+    result = _invoke("store", "inspect", tmp_path / "nope.zarr")
+    assert result.exit_code == 2 and "no store at" in result.output and "Traceback" not in result.output

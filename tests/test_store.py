@@ -1,0 +1,238 @@
+"""Memory stores: round trips, append, forget and compact, crashes, locking, verification, streaming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from amemctl.core.retrieval import recall
+from amemctl.errors import StoreError
+from amemctl.store.lock import LOCK_NAME, WriterLock
+from amemctl.store.memory import MemoryStore
+from amemctl.store.verify import verify
+from tests.conftest import ROOT
+
+
+def _images(n=100, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 4, 4), generator=g).float() / 255
+
+
+@pytest.mark.parametrize(
+    "storage,make",
+    [
+        ("float32", lambda: torch.randn(50, 7)),
+        ("float16", lambda: torch.randn(50, 7).half().float()),
+        ("bfloat16", lambda: torch.randn(50, 7).bfloat16().float()),
+        ("uint8", lambda: _images(50)),
+    ],
+)
+def test_what_was_stored_comes_back_exactly(tmp_path, storage, make):
+    x = make()
+    store = MemoryStore.create(tmp_path / "s.zarr")
+    store.append(patterns=x, labels=torch.arange(len(x)), storage={"patterns": storage})
+    again = MemoryStore.open(tmp_path / "s.zarr")
+    assert again.storage("patterns") == storage
+    assert torch.equal(again.to_tensor("patterns"), x)
+    assert torch.equal(again.to_tensor("labels"), torch.arange(len(x)))
+
+
+def test_uint8_refuses_what_it_would_change(tmp_path):
+    store = MemoryStore.create(tmp_path / "s.zarr")
+    with pytest.raises(StoreError, match="not 8-bit images.*\n.*float16"):
+        store.append(patterns=torch.full((3, 4), 1 / 16), storage={"patterns": "uint8"})
+
+
+def test_appends_keep_ids_and_check_shapes(tmp_path):
+    store = MemoryStore.create(tmp_path / "s.zarr", chunk_bytes=1024)
+    first = store.append(patterns=_images(30), labels=torch.zeros(30, dtype=torch.long))
+    second = store.append(patterns=_images(20, seed=1), labels=torch.ones(20, dtype=torch.long))
+    assert first.tolist() == list(range(30)) and second.tolist() == list(range(30, 50))
+    assert len(MemoryStore.open(tmp_path / "s.zarr")) == 50
+    with pytest.raises(StoreError, match=r"patterns rows are shaped \(3, 4, 4\).*got \(3, 5, 5\)"):
+        store.append(patterns=torch.rand(2, 3, 5, 5), labels=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(StoreError, match="missing labels"):
+        store.append(patterns=_images(2))
+    provenance = MemoryStore.open(tmp_path / "s.zarr").attrs["provenance"]
+    assert [p["rows"] for p in provenance] == [[0, 30], [30, 50]]
+
+
+def test_forget_then_compact(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = MemoryStore.create(path, chunk_bytes=512)
+    x = _images(60)
+    store.append(patterns=x, labels=torch.arange(60) % 3)
+    assert store.forget(ids=[4, 5]) == 2
+    assert store.forget(where=lambda labels: labels == 2) == 20 - (1 if 5 % 3 == 2 else 0)
+    reader = MemoryStore.open(path)
+    live = reader.ids()
+    assert 4 not in live and 5 not in live and all(int(i) % 3 != 2 for i in live)
+    # a forgotten row is never retrieved, even by its exact copy
+    result = recall(x[4:5], reader.rows("patterns"), similarity="euclidean", separation="max")
+    assert int(live[result.index]) != 4
+    dropped = store.compact()
+    compacted = MemoryStore.open(path)
+    assert dropped == 60 - len(live) and compacted.count == len(live)
+    assert torch.equal(compacted.ids(), live)
+    assert torch.equal(compacted.to_tensor("patterns"), x[live])
+    assert verify(path).ok
+    with pytest.raises(StoreError, match="no rows with ids 999"):
+        store.forget(ids=[999])
+
+
+def test_streaming_matches_memory_with_tiny_chunks(tmp_path):
+    x = torch.rand(500, 12)
+    values = torch.rand(500, 3)
+    store = MemoryStore.create(tmp_path / "s.zarr", chunk_bytes=12 * 4 * 7)  # 7 rows a chunk
+    store.append(patterns=x, values=values)
+    store.forget(ids=list(range(0, 500, 9)))
+    reader = MemoryStore.open(tmp_path / "s.zarr")
+    assert reader.chunk_rows("patterns") == 7
+    chunks = list(reader.iter_chunks("patterns", prefetch=2))
+    assert all(len(c) <= 7 for _, c in chunks)
+    assert [o for o, _ in chunks] == list(np.cumsum([0] + [len(c) for _, c in chunks[:-1]]))
+    live = reader.live_rows()
+    assert torch.equal(torch.cat([c for _, c in chunks]), x[live])
+    q = torch.rand(20, 12)
+    for separation in ("softmax", "max", "topk"):
+        streamed = recall(q, reader.rows("patterns"), reader.rows("values"), similarity="manhattan", separation=separation, budget=20 * 16 * 16)
+        direct = recall(q, x[live], values[live], similarity="manhattan", separation=separation)
+        torch.testing.assert_close(streamed.output, direct.output)
+        assert torch.equal(streamed.index, direct.index)
+
+
+CHILD = """
+import sys, torch
+from amemctl.store.memory import MemoryStore
+store = MemoryStore.open(sys.argv[1], mode="a")
+big = torch.rand(int(sys.argv[2]), 3, 32, 32)
+print("appending", flush=True)
+store.append(patterns=big, labels=torch.zeros(len(big), dtype=torch.long))
+print("done", flush=True)
+"""
+
+
+def test_a_writer_killed_mid_append_leaves_the_previous_store(tmp_path):
+    path = tmp_path / "s.zarr"
+    before = torch.rand(40, 3, 32, 32)
+    store = MemoryStore.create(path, chunk_bytes=64 * 1024)  # 5 images a chunk: a big append writes thousands of files
+    store.append(patterns=before, labels=torch.zeros(40, dtype=torch.long))
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(CHILD))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, str(script), str(path), "20000"], stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout.readline().strip() == "appending"
+    chunks = path / "patterns" / "c"
+    deadline = time.monotonic() + 60
+    while len(list(chunks.iterdir())) <= 8 and time.monotonic() < deadline:  # 8 chunks hold the first 40 rows
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    rest = child.stdout.read()
+    child.wait()
+    assert "done" not in rest, "the writer finished before it was killed; the test proves nothing"
+    assert len(list(chunks.iterdir())) > 8, "the writer was killed before it wrote new rows"
+    after = MemoryStore.open(path)
+    assert after.count == 40 and len(after) == 40
+    assert torch.equal(after.to_tensor("patterns"), before)
+    assert verify(path).ok
+    # the dead writer's lock is recognised as stale, and the next append succeeds
+    assert (path / LOCK_NAME).exists()
+    MemoryStore.open(path, mode="a").append(patterns=torch.rand(5, 3, 32, 32), labels=torch.ones(5, dtype=torch.long))
+    assert len(MemoryStore.open(path)) == 45
+
+
+def test_one_writer_at_a_time(tmp_path):
+    path = tmp_path / "s.zarr"
+    MemoryStore.create(path)
+    (path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "user": "ann", "since": "noon", "command": "amemctl run big.yaml"}))
+    with pytest.raises(StoreError, match="being written by another process: pid 1 on elsewhere .*amemctl run big.yaml"):
+        MemoryStore.open(path, mode="a").append(patterns=torch.rand(2, 3))
+    (path / LOCK_NAME).unlink()
+    with WriterLock(path):
+        with pytest.raises(StoreError, match=f"pid {os.getpid()}"):
+            with WriterLock(path):
+                pass
+    assert not (path / LOCK_NAME).exists()
+
+
+def test_verify_finds_a_damaged_chunk(tmp_path):
+    path = tmp_path / "s.zarr"
+    MemoryStore.create(path, chunk_bytes=3 * 4 * 4 * 4 * 10).append(patterns=_images(50), labels=torch.zeros(50, dtype=torch.long))
+    assert verify(path).ok and verify(path).chunks_checked == 4 * 5
+    chunk = path / "patterns" / "c" / "2" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    report = verify(path)
+    assert not report.ok
+    assert any("patterns chunk 2 (rows 20..29, file patterns/c/2/0/0/0) does not decode" in p for p in report.problems)
+
+
+def test_opening_what_is_not_a_usable_store(tmp_path):
+    with pytest.raises(StoreError, match="no store at"):
+        MemoryStore.open(tmp_path / "missing.zarr")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match="not a zarr v3 store"):
+        MemoryStore.open(tmp_path / "plain")
+    import zarr
+
+    zarr.create_group(store=str(tmp_path / "foreign.zarr"), zarr_format=3)
+    with pytest.raises(StoreError, match="not an amemctl store"):
+        MemoryStore.open(tmp_path / "foreign.zarr")
+    path = tmp_path / "future.zarr"
+    store = MemoryStore.create(path)
+    attrs = store.attrs
+    attrs["schema"] = 99
+    store._publish(attrs)
+    before = (path / "zarr.json").read_bytes()
+    with pytest.raises(StoreError, match="schema 99, newer than this amemctl understands"):
+        MemoryStore.open(path, mode="a")
+    assert (path / "zarr.json").read_bytes() == before
+
+
+def test_keys_made_by_another_encoder_are_refused(tmp_path):
+    store = MemoryStore.create(tmp_path / "s.zarr")
+    identity = {"architecture": "resnet18", "weights_sha256": "abc", "preprocessing": "cifar"}
+    store.append(patterns=torch.rand(4, 3), keys={"resnet18": torch.rand(4, 8)}, identities={"resnet18": identity})
+    store.check_space("resnet18", identity)
+    with pytest.raises(StoreError, match="made by another encoder \\(weights_sha256: store 'abc', pipeline 'def'\\)"):
+        store.check_space("resnet18", {**identity, "weights_sha256": "def"})
+    store.add_space("pca", torch.rand(4, 2), {"encoder": "pca"})
+    assert set(MemoryStore.open(tmp_path / "s.zarr").spaces) == {"resnet18", "pca"}
+
+
+def test_pipelines_persist_and_reopen_a_store(tmp_path, run_text):
+    path = tmp_path / "digits.zarr"
+    write = f"data: {{dataset: digits, limit: 200}}\nstages:\n  - persist: {{store: {path}, dtype: float16}}\n"
+    assert run_text(write).points[0].metrics["persisted"] == 200
+    with pytest.raises(StoreError, match="already exists"):
+        run_text(write)
+    read = f"""\
+stages:
+  - open_store: {{store: {path}}}
+  - corrupt: {{kind: gaussian, variance: 0.01, count: 50}}
+  - score: {{similarity: manhattan}}
+  - separate: {{function: max}}
+  - project: {{}}
+  - evaluate: {{}}
+"""
+    metrics = run_text(read).points[0].metrics
+    assert metrics["stored"] == 200 and metrics["error_index"] < 0.1
+
+
+def test_replace_keeps_the_old_store_until_the_new_one_is_written(tmp_path, run_text):
+    path = tmp_path / "s.zarr"
+    run_text(f"data: {{dataset: digits, limit: 10}}\nstages:\n  - persist: {{store: {path}}}\n")
+    bad = f"data: {{dataset: digits, limit: 10}}\nstages:\n  - persist: {{store: {path}, mode: replace, dtype: uint8}}\n"
+    with pytest.raises(StoreError, match="not 8-bit images"):
+        run_text(bad)
+    assert len(MemoryStore.open(path)) == 10 and not (tmp_path / "s.zarr.new").exists()
