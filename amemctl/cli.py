@@ -129,13 +129,15 @@ def stages(name: str | None, markdown: bool) -> None:
         console.print(table)
 
 
-def _register_store_commands() -> None:
+def _register_command_groups() -> None:
+    from amemctl.cli_data import corrupt, data
     from amemctl.cli_store import store
 
-    main.add_command(store)
+    for group in (store, data, corrupt):
+        main.add_command(group)
 
 
-_register_store_commands()
+_register_command_groups()
 
 
 def _doc(param: Any) -> str:

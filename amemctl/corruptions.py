@@ -31,6 +31,7 @@ class Spec:
     low: float | None = None
     high: float | None = None
     choices: tuple[Any, ...] | None = None
+    validate: Callable[[Any], Any] | None = None  #: raises StageError for a bad value
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,12 @@ class Corruption:
         resolved = {}
         for key, spec in self.params.items():
             value = given.get(key, spec.default)
+            if isinstance(spec.default, list) and not isinstance(value, list):
+                raise StageError(f"{key} of {self.name} must be a list, got {value!r}", hint=f"{key}: {spec.doc}, e.g. {spec.default}")
             if spec.choices is not None and value not in spec.choices:
                 raise StageError(f"{key}={value!r} is not valid for {self.name}", hint=f"choose one of {', '.join(map(str, spec.choices))}")
+            if spec.validate is not None:
+                spec.validate(value)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
                     raise StageError(f"{key}={value} is out of range for {self.name}", hint=f"{key} must lie in [{spec.low}, {spec.high}]: {spec.doc}")
@@ -148,6 +153,100 @@ def salt_pepper(images: Tensor, generator: torch.Generator | None, p: float) -> 
     return out.masked_fill(salt, 1.0)
 
 
+def _spatial(images: Tensor, kind: str) -> None:
+    if images.dim() != 4:
+        raise StageError(f"{kind} needs images shaped N x C x H x W, got {tuple(images.shape)}", hint="load images with a `load` stage; flat patterns cannot be cropped or rotated")
+
+
+def crop(images: Tensor, generator: torch.Generator | None, scale: list) -> Tensor:
+    """A zoomed view: a random square crop covering a fraction of the area in `scale`, resized back."""
+    from torchvision.ops import roi_align
+
+    _spatial(images, "crop")
+    low, high = _pair(scale, "scale")
+    n, _, h, w = images.shape
+    area = low + (high - low) * torch.rand(n, generator=generator, device=images.device)
+    side_h, side_w = area.sqrt() * h, area.sqrt() * w
+    top = torch.rand(n, generator=generator, device=images.device) * (h - side_h)
+    left = torch.rand(n, generator=generator, device=images.device) * (w - side_w)
+    boxes = torch.stack([torch.arange(n, device=images.device, dtype=images.dtype), left, top, left + side_w, top + side_h], 1)
+    return roi_align(images, boxes.to(images.dtype), output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True).clamp_(0, 1)
+
+
+def inpaint(images: Tensor, generator: torch.Generator | None, fraction: float) -> Tensor:
+    """The border zeroed, the centre kept: `fraction` of each side is masked, half on each edge (UHN paper)."""
+    _spatial(images, "inpaint")
+    h, w = images.shape[-2:]
+    dh, dw = int(h * fraction // 2), int(w * fraction // 2)
+    keep = torch.zeros(h, w, dtype=torch.bool, device=images.device)
+    keep[dh : h - dh, dw : w - dw] = True
+    return images.masked_fill(~keep, 0.0)
+
+
+def color(images: Tensor, generator: torch.Generator | None, brightness: float, saturation: float, hue: float, channels: float) -> Tensor:
+    """A random colour filter per image: channel gains, brightness, saturation and hue changes."""
+    from torchvision.transforms.v2 import functional as F
+
+    _spatial(images, "color")
+    if images.shape[1] != 3:
+        raise StageError(f"color needs RGB images (3 channels), got {images.shape[1]}", hint="use another corruption for grey images, or load colour images")
+    n = images.shape[0]
+
+    def factors(strength: float) -> Tensor:
+        u = torch.rand(n, 1, 1, 1, generator=generator, device=images.device, dtype=images.dtype)
+        return 1 + strength * (2 * u - 1)
+
+    gains = 1 + channels * (2 * torch.rand(n, 3, 1, 1, generator=generator, device=images.device, dtype=images.dtype) - 1)
+    out = (images * gains * factors(brightness)).clamp(0, 1)
+    grey = F.rgb_to_grayscale(out, num_output_channels=1)
+    out = (grey + factors(saturation) * (out - grey)).clamp(0, 1)
+    if hue > 0:
+        shifts = hue * (2 * torch.rand(n, generator=generator) - 1)
+        out = torch.stack([F.adjust_hue(img, float(shift)) for img, shift in zip(out, shifts)])
+    return out.clamp_(0, 1)
+
+
+def rotate(images: Tensor, generator: torch.Generator | None, angles: list) -> Tensor:
+    """Each image turned by an angle drawn from `angles` (degrees; the paper's {0, 90, -90, 180})."""
+    from torchvision.transforms.v2 import functional as F
+
+    _spatial(images, "rotate")
+    if not angles:
+        raise StageError("rotate needs at least one angle", hint="e.g. angles: [0, 90, -90, 180]")
+    choice = torch.randint(0, len(angles), (images.shape[0],), generator=generator, device=images.device)
+    out = images.clone()
+    for i, angle in enumerate(angles):
+        chosen = choice == i
+        if chosen.any():
+            out[chosen] = F.rotate(images[chosen], float(angle))
+    return out
+
+
+def compose(images: Tensor, generator: torch.Generator | None, steps: list) -> Tensor:
+    """Several corruptions in order, each a mapping {kind: ..., parameters...}."""
+    for step in steps:
+        spec = dict(step)
+        kind = spec.pop("kind", None)
+        if kind is None or kind == "compose":
+            raise StageError(f"each compose step needs a `kind` other than compose, got {step!r}", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]")
+        images = get_corruption(kind)(images, generator, **spec)
+    return images
+
+
+def _angles(value: object) -> None:
+    if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise StageError(f"angles must be a non-empty list of degrees, got {value!r}", hint="e.g. angles: [0, 90, -90, 180]")
+
+
+def _pair(value: object, name: str) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
+        raise StageError(f"{name} must be two numbers [low, high], got {value!r}")
+    low, high = float(value[0]), float(value[1])
+    if not 0 < low <= high <= 1:
+        raise StageError(f"{name} = [{low}, {high}] is out of range", hint=f"{name} needs 0 < low <= high <= 1")
+    return low, high
+
+
 _FRACTION = Spec(0.5, "fraction of the rows (or columns) masked", 0.0, 1.0)
 
 CORRUPTIONS: dict[str, Corruption] = {
@@ -174,6 +273,21 @@ CORRUPTIONS: dict[str, Corruption] = {
         ),
         Corruption("random_mask", "each pixel zeroed with probability p", random_mask, {"p": Spec(0.5, "probability that a pixel is zeroed", 0.0, 1.0)}),
         Corruption("salt_pepper", "a fraction p of pixels set to 0 or 1", salt_pepper, {"p": Spec(0.1, "fraction of pixels hit", 0.0, 1.0)}),
+        Corruption("crop", "a zoomed view: a random square crop resized back to full size", crop, {"scale": Spec([0.3, 0.6], "range of the fraction of the area kept", validate=lambda v: _pair(v, "scale"))}),
+        Corruption("inpaint", "the border zeroed and the centre kept (UHN paper)", inpaint, {"fraction": Spec(0.5, "fraction of each side masked, half on each edge", 0.0, 0.99)}),
+        Corruption(
+            "color",
+            "a random colour filter per image (channel gains, brightness, saturation, hue)",
+            color,
+            {
+                "brightness": Spec(0.4, "largest relative change of brightness", 0.0, 1.0),
+                "saturation": Spec(0.6, "largest relative change of saturation", 0.0, 1.0),
+                "hue": Spec(0.1, "largest hue shift, as a fraction of the colour circle", 0.0, 0.5),
+                "channels": Spec(0.5, "largest relative gain of a single colour channel", 0.0, 1.0),
+            },
+        ),
+        Corruption("rotate", "each image turned by an angle drawn from a set", rotate, {"angles": Spec([0, 90, -90, 180], "the angles in degrees", validate=_angles)}),
+        Corruption("compose", "several corruptions applied in order", compose, {"steps": Spec([], "the corruptions, each {kind: ..., parameters}")}),
     )
 }
 

@@ -79,3 +79,21 @@ def test_stages_lists_and_describes():
 def test_a_missing_file_is_exit_2(tmp_path):
     result = _invoke("run", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2 and "no such pipeline file" in result.output
+
+
+def test_corrupt_preview_writes_the_grid(tmp_path):
+    out = tmp_path / "corruptions.png"
+    result = _invoke("corrupt", "preview", "--dataset", "patches32", "--count", "4", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    with Image.open(out) as img:
+        assert img.height > img.width  # one row per corruption: taller than wide
+    assert _invoke("corrupt", "preview", "--kinds", "gausian", "-o", str(out)).exit_code == 2
+
+
+def test_data_ls_and_download_errors(tmp_path):
+    listing = _invoke("data", "ls", "--root", str(tmp_path))
+    assert listing.exit_code == 0 and "patches32" in listing.output and "cifar10" in listing.output
+    result = _invoke("data", "download", "cifar-10", "--root", str(tmp_path))
+    assert result.exit_code == 2 and "did you mean 'cifar10'?" in result.output

@@ -59,8 +59,9 @@ def test_random_mask_and_salt_pepper_hit_the_asked_fraction_of_pixels():
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
 def test_seeds_reproduce_and_outputs_stay_in_range(kind):
     x = _images()
-    a = corrupt(x, kind, _rng(5))
-    b = corrupt(x, kind, _rng(5))
+    params = {"steps": [{"kind": "crop"}, {"kind": "salt_pepper"}]} if kind == "compose" else {}
+    a = corrupt(x, kind, _rng(5), **params)
+    b = corrupt(x, kind, _rng(5), **params)
     assert torch.equal(a, b)
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
     assert torch.equal(x, _images())  # the input is never modified
@@ -84,3 +85,55 @@ def test_bad_input_gets_the_allowed_range():
         corrupt(x, "gaussian", p=0.1)
     with pytest.raises(StageError, match="float images"):
         corrupt((x * 255).to(torch.uint8), "none")
+
+
+def test_rotate_preserves_the_pixel_multiset_and_uses_the_papers_angles():
+    x = _images(n=200)
+    out = corrupt(x, "rotate", _rng())
+    for a, b in zip(x, out):
+        assert torch.equal(a.flatten().sort().values, b.flatten().sort().values)
+    turned = {next(k for k in range(4) if torch.equal(torch.rot90(a, k, (-2, -1)), b)) for a, b in zip(x, out)}
+    assert turned == {0, 1, 2, 3}  # 0, 90, 180 and -90 degrees all drawn
+    only = corrupt(x, "rotate", _rng(), angles=[180])
+    assert torch.equal(only, torch.rot90(x, 2, (-2, -1)))
+
+
+def test_crop_zooms_in():
+    # a horizontal ramp: zooming in narrows the range of values a row spans
+    ramp = torch.linspace(0, 1, 32).expand(50, 3, 32, 32).contiguous()
+    out = corrupt(ramp, "crop", _rng(), scale=[0.25, 0.25])
+    spans = out[:, 0, 16].amax(1) - out[:, 0, 16].amin(1)
+    assert torch.allclose(spans, torch.full_like(spans, 0.5), atol=0.05)
+    whole = corrupt(ramp, "crop", _rng(), scale=[1.0, 1.0])  # the full image: unchanged away from the border
+    assert torch.allclose(whole[..., 1:-1], ramp[..., 1:-1], atol=1e-5)
+
+
+def test_inpaint_keeps_exactly_the_centre():
+    x = _images()
+    out = corrupt(x, "inpaint", fraction=0.5)
+    assert torch.equal(out[..., 2:6, 2:6], x[..., 2:6, 2:6])
+    assert (out.sum((0, 1)) == 0).sum() == 64 - 16
+
+
+def test_color_filters_change_colour_not_structure():
+    x = _images(n=100)
+    out = corrupt(x, "color", _rng())
+    assert not torch.allclose(out, x)
+    # the spatial pattern survives: each image stays strongly correlated with its original
+    a = (x - x.mean((1, 2, 3), keepdim=True)).flatten(1)
+    b = (out - out.mean((1, 2, 3), keepdim=True)).flatten(1)
+    corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    assert corr.median() > 0.5
+    with pytest.raises(StageError, match="color needs RGB images"):
+        corrupt(torch.rand(2, 1, 8, 8), "color")
+
+
+def test_compose_applies_in_order():
+    x = _images()
+    steps = [{"kind": "mask_zero", "fraction": 0.5}, {"kind": "rotate", "angles": [180]}]
+    out = corrupt(x, "compose", _rng(), steps=steps)
+    assert torch.equal(out, torch.rot90(corrupt(x, "mask_zero", fraction=0.5), 2, (-2, -1)))
+    with pytest.raises(StageError, match="needs a `kind`"):
+        corrupt(x, "compose", steps=[{"variance": 0.1}])
+    with pytest.raises(StageError, match=r"scale = \[0.0, 0.5\] is out of range"):
+        corrupt(x, "crop", scale=[0.0, 0.5])

@@ -64,6 +64,12 @@ def test_source_map_remembers_lines_and_columns():
             "stages:\n  - load: {dataset: digits}\n  - corrupt: {kind: gaussian, p: 0.2}\n",
             "bad.yaml:3:31: corruption 'gaussian' takes no parameter 'p'\n  hint: gaussian accepts mean, variance",
         ),
+        (
+            "stages:\n  - load: {dataset: digits}\n  - corrupt: {kind: compose, steps: [{kind: crop, scale: [0.5, 2]}]}\n",
+            "bad.yaml:3:37: step 1 of compose: scale = [0.5, 2.0] is out of range",
+        ),
+        ("stages:\n  - load: {dataset: digits}\n  - corrupt: {kind: compose}\n", "corruption 'compose' needs `steps:`"),
+        ("stages:\n  - load: {dataset: folder}\n", "bad.yaml:2:11: dataset 'folder' needs `root:`"),
         ("stages:\n  - load: {dataset: digits}\n  - score: {}\n", "bad.yaml:3:5: stage 'score' reads tensor 'queries' (queries), which no earlier stage writes"),
         (
             "stages:\n  - load: {dataset: digits}\n  - corrupt: {}\n  - score: {memory: pattern}\n",

@@ -24,6 +24,7 @@ class Request:
     split: str
     root: Path
     download: bool
+    size: int | None = None  #: square size to resize to, for loaders that must (image folders)
 
 
 @dataclass(frozen=True)

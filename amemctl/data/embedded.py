@@ -1,10 +1,24 @@
-"""Real data that ships inside installed packages, for offline runs and tests."""
+"""Real data that ships inside installed packages, for offline runs and tests.
+
+- `digits`: scikit-learn's 1,797 handwritten digits, 8x8.
+- `patches32` / `patches96`: natural-image patches cut from scikit-image's bundled colour
+  photographs, shaped like CIFAR-10 (3x32x32) and STL-10 (3x96x96) images, labelled by the
+  photograph they come from. The patch list is deterministic: see `patch_grid`.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from amemctl.data.datasets import Loaded, Request
+
+#: The bundled colour photographs, in label order.
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle_left")
+#: patch size -> (stride, most patches kept per photograph)
+GRIDS = {32: (32, 256), 96: (48, 48)}
+#: Patches whose pixel standard deviation is below this are flat (sky, black background) and dropped.
+MIN_STD = 0.05
 
 
 def read_digits(request: Request) -> Loaded:
@@ -15,3 +29,34 @@ def read_digits(request: Request) -> Loaded:
     images = torch.from_numpy(bunch.images).float().div_(16.0).unsqueeze(1)
     labels = torch.from_numpy(bunch.target).long()
     return Loaded(images.contiguous(), labels)
+
+
+def photo(name: str) -> np.ndarray:
+    """One bundled photograph as H x W x 3 uint8."""
+    import skimage.data
+
+    if name == "motorcycle_left":
+        return skimage.data.stereo_motorcycle()[0]
+    return getattr(skimage.data, name)()[..., :3]
+
+
+def patch_grid(height: int, width: int, size: int) -> list[tuple[int, int]]:
+    """Top-left corners of the candidate patches: a raster grid with the size's stride."""
+    stride = GRIDS[size][0]
+    return [(top, left) for top in range(0, height - size + 1, stride) for left in range(0, width - size + 1, stride)]
+
+
+def read_patches(size: int) -> Loaded:
+    """Patches of every photograph: grid corners, flat ones dropped, at most N per photo evenly spaced."""
+    images, labels = [], []
+    for label, name in enumerate(PHOTOS):
+        img = torch.from_numpy(photo(name)).permute(2, 0, 1).float().div_(255)
+        patches = [img[:, t : t + size, l : l + size] for t, l in patch_grid(img.shape[1], img.shape[2], size)]
+        patches = [p for p in patches if p.std() >= MIN_STD]
+        keep = GRIDS[size][1]
+        if len(patches) > keep:
+            picks = np.round(np.linspace(0, len(patches) - 1, keep)).astype(int)
+            patches = [patches[i] for i in picks]
+        images += patches
+        labels += [label] * len(patches)
+    return Loaded(torch.stack(images).contiguous(), torch.tensor(labels, dtype=torch.long))

@@ -12,7 +12,7 @@ from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
 
 #: Parameters of the individual corruptions, offered flat on the stage.
-_KIND_PARAMS = ("mean", "variance", "fraction", "side", "p")
+_KIND_PARAMS = ("mean", "variance", "fraction", "side", "p", "scale", "angles", "brightness", "saturation", "hue", "channels", "steps")
 
 
 class Corrupt(Stage):
@@ -23,9 +23,16 @@ class Corrupt(Stage):
     count = Param(int, None, "number of queries: a seeded random choice of rows (default: every row)", min=1)
     mean = Param(float, None, "gaussian: mean of the noise (default 0)")
     variance = Param(float, None, "gaussian: variance of the noise (default 0.1)", min=0)
-    fraction = Param(float, None, "mask_zero, mask_noise: fraction of rows masked (default 0.5)", min=0, max=1)
+    fraction = Param(float, None, "mask_zero, mask_noise: fraction of rows masked (default 0.5); inpaint: fraction of each side masked (default 0.5)", min=0, max=1)
     side = Param(str, None, "mask_zero, mask_noise: top, bottom, left, right (mask_noise also random)")
-    p = Param(float, None, "random_mask, salt_pepper: probability per pixel", min=0, max=1)
+    p = Param(float, None, "random_mask (default 0.5), salt_pepper (default 0.1): probability per pixel", min=0, max=1)
+    scale = Param(list, None, "crop: [low, high] fraction of the area kept (default [0.3, 0.6])", items=float)
+    angles = Param(list, None, "rotate: angles in degrees to draw from (default [0, 90, -90, 180])", items=float)
+    brightness = Param(float, None, "color: largest relative brightness change (default 0.4)", min=0, max=1)
+    saturation = Param(float, None, "color: largest relative saturation change (default 0.6)", min=0, max=1)
+    hue = Param(float, None, "color: largest hue shift (default 0.1)", min=0, max=0.5)
+    channels = Param(float, None, "color: largest relative gain of one channel (default 0.5)", min=0, max=1)
+    steps = Param(list, None, "compose: the corruptions in order, each {kind: ..., parameters}", items=dict)
     input = Input("patterns", "the stored patterns to corrupt")
     output = Output("queries", "the corrupted queries")
     targets = Output("targets", "for each query, the row it was made from", optional=True)
@@ -35,6 +42,16 @@ class Corrupt(Stage):
 
     def check(self) -> None:
         corruption = get_corruption(self.kind)
+        if self.kind == "compose" and not self.steps:
+            raise ParamError("corruption 'compose' needs `steps:`", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]", param="kind")
+        for i, step in enumerate(self.steps or []):
+            kind = step.get("kind")
+            if kind is None or kind == "compose" or kind not in CORRUPTIONS:
+                raise ParamError(f"step {i + 1} of compose needs a known `kind`, got {kind!r}", hint=f"choose one of {', '.join(k for k in CORRUPTIONS if k != 'compose')}", param="steps")
+            try:
+                get_corruption(kind).resolve({k: v for k, v in step.items() if k != "kind"})
+            except StageError as exc:
+                raise ParamError(f"step {i + 1} of compose: {exc.message}", hint=exc.hint, param="steps") from None
         for key, value in self.given().items():
             if key not in corruption.params:
                 accepted = ", ".join(corruption.params) or "no parameters"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from amemctl.data import torchvision_sets
 from amemctl.data.datasets import Dataset, Request, data_root
-from amemctl.data.embedded import read_digits
+from amemctl.data.embedded import read_digits, read_patches
+from amemctl.data.folders import read_folder, read_tinyimagenet
 from amemctl.engine.context import Context
 from amemctl.plugins import get_registry, hookimpl
 from amemctl.stage import REQUIRED, Output, Param, ParamError, Stage
@@ -19,12 +23,13 @@ class Load(Stage):
     """Load a dataset's images (N x C x H x W in [0, 1]) and labels."""
 
     name = "load"
-    dataset = Param(str, REQUIRED, "dataset name (see `amemctl stages load` for the list)", choices=_dataset_names)
+    dataset = Param(str, REQUIRED, "the dataset (`amemctl data ls` says which are here)", choices=_dataset_names)
     split = Param(str, None, "which split; default: the dataset's usual one")
     limit = Param(int, None, "keep only the first `limit` images", min=1)
     subset = Param(int, None, "then keep a seeded random subset of this many images", min=1)
-    root = Param(str, None, "folder of downloaded datasets (default: $AMEMCTL_DATA or ~/.cache/amemctl/data)")
+    root = Param(str, None, "folder of downloaded datasets (default: $AMEMCTL_DATA or ~/.cache/amemctl/data); for `folder`, the image folder itself")
     download = Param(bool, True, "download missing files (for online users; tests never download)")
+    size = Param(int, None, "resize images to size x size (shorter side, then centre crop)", min=1)
     output = Output("patterns", "the images")
     labels = Output("labels", "their integer labels", optional=True)
 
@@ -32,6 +37,8 @@ class Load(Stage):
         return get_registry().datasets[self.dataset]
 
     def check(self) -> None:
+        if self.dataset == "folder" and self.root is None:
+            raise ParamError("dataset 'folder' needs `root:`, the folder whose sub-folders are the classes", param="root", about="key")
         spec = self.spec()
         if self.split is not None and self.split not in spec.splits:
             raise ParamError(f"dataset {self.dataset!r} has no split {self.split!r}", hint=f"its splits are {', '.join(spec.splits)}", param="split")
@@ -41,8 +48,11 @@ class Load(Stage):
 
     def run(self, ctx: Context) -> None:
         spec = self.spec()
-        loaded = spec.read(Request(self.split or spec.default_split, data_root(self.root), self.download))
+        root = Path(self.root).expanduser() if self.dataset == "folder" and self.root else data_root(self.root)
+        loaded = spec.read(Request(self.split or spec.default_split, root, self.download, self.size))
         images, labels = loaded.images, loaded.labels
+        if self.size is not None and tuple(images.shape[-2:]) != (self.size, self.size):
+            images = resize_square(images, self.size)
         indices: "list[int] | dict" = {"start": 0, "stop": len(images)}
         if self.limit is not None:
             images, labels = images[: self.limit], labels[: self.limit]
@@ -69,12 +79,17 @@ def amemctl_register_stages() -> list[type[Stage]]:
 @hookimpl
 def amemctl_register_datasets() -> list[Dataset]:
     return [
-        Dataset(
-            "digits",
-            "scikit-learn's 1,797 handwritten digits (8x8 grey, offline)",
-            splits=("all",),
-            default_split="all",
-            read=read_digits,
-            shape=(1, 8, 8),
-        ),
+        Dataset("digits", "scikit-learn's 1,797 handwritten digits (8x8 grey, offline)", ("all",), "all", read_digits, (1, 8, 8)),
+        Dataset("patches32", "1,801 32x32 patches of scikit-image's photographs, CIFAR-10-shaped (offline)", ("all",), "all", lambda r: read_patches(32), (3, 32, 32)),
+        Dataset("patches96", "376 96x96 patches of scikit-image's photographs, STL-10-shaped (offline)", ("all",), "all", lambda r: read_patches(96), (3, 96, 96)),
+        *torchvision_sets.datasets(),
+        Dataset("tinyimagenet", "Tiny ImageNet, 64x64 colour, 200 classes (unzipped under the root)", ("train", "val"), "val", read_tinyimagenet, (3, 64, 64)),
+        Dataset("folder", "your own images: <root>/<class>/<image>, one label per class folder", ("all",), "all", read_folder),
     ]
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a batch so the shorter side is `size`, then centre-crop to size x size."""
+    from torchvision.transforms.v2 import functional as F
+
+    return F.center_crop(F.resize(images, [size], antialias=True), [size, size]).clamp_(0, 1)

@@ -1,0 +1,77 @@
+"""Images in folders: one sub-folder per class (torchvision's ImageFolder), and Tiny ImageNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from amemctl.data.datasets import Loaded, Request
+from amemctl.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def read_folder(request: Request) -> Loaded:
+    """Every image under `folder` (default: the root), labelled by its class sub-folder, in sorted order.
+
+    All images must share one size unless `size` resizes them (shorter side, then centre crop).
+    """
+    from torchvision.datasets import ImageFolder
+
+    folder = Path(request.root)
+    if not folder.is_dir():
+        raise DataError(f"no image folder at {folder}", hint="give `root:` the folder whose sub-folders are the classes")
+    try:
+        dataset = ImageFolder(str(folder))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{folder} holds no class sub-folders with images: {exc}", hint="lay it out as <root>/<class>/<image>.png") from None
+    return _stack([path for path, _ in dataset.samples], [label for _, label in dataset.samples], request.size, folder)
+
+
+def read_tinyimagenet(request: Request) -> Loaded:
+    """Tiny ImageNet (64x64, 200 classes) as distributed: train/<wnid>/images/*, val/ with val_annotations.txt."""
+    base = request.root / "tiny-imagenet-200"
+    wnids_file = base / "wnids.txt"
+    if not wnids_file.is_file():
+        raise DataError(
+            f"Tiny ImageNet is not in {request.root}: missing tiny-imagenet-200/wnids.txt",
+            hint=f"unzip tiny-imagenet-200.zip (from http://cs231n.stanford.edu/tiny-imagenet-200.zip) into {request.root}",
+        )
+    wnids = wnids_file.read_text().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    if request.split == "train":
+        paths, labels = [], []
+        for w in wnids:
+            for p in sorted((base / "train" / w / "images").glob("*")):
+                if p.suffix.lower() in IMAGE_SUFFIXES:
+                    paths.append(str(p))
+                    labels.append(index[w])
+    else:
+        annotations = base / "val" / "val_annotations.txt"
+        if not annotations.is_file():
+            raise DataError(f"missing {annotations}", hint="the val split needs val/val_annotations.txt from the original archive")
+        rows = [line.split("\t") for line in annotations.read_text().splitlines() if line.strip()]
+        paths = [str(base / "val" / "images" / r[0]) for r in rows]
+        labels = [index[r[1]] for r in rows]
+    return _stack(paths, labels, request.size, base)
+
+
+def _stack(paths: list[str], labels: list[int], size: int | None, where: Path) -> Loaded:
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    if not paths:
+        raise DataError(f"no images found under {where}", hint=f"images need one of the suffixes {', '.join(IMAGE_SUFFIXES)}")
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            t = F.pil_to_tensor(img.convert("RGB"))
+        if size is not None:
+            t = F.center_crop(F.resize(t, [size], antialias=True), [size, size])
+        images.append(t)
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) > 1:
+        raise DataError(f"images under {where} differ in size ({', '.join(map(str, sorted(shapes)[:3]))})", hint="set `size:` to resize them to one square size")
+    return Loaded(torch.stack(images).float().div_(255), torch.as_tensor(np.asarray(labels), dtype=torch.long))
