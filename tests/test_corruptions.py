@@ -56,15 +56,33 @@ def test_random_mask_and_salt_pepper_hit_the_asked_fraction_of_pixels():
     assert abs((sp == 1).all(1).float().mean().item() - 0.1) < 0.01
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
-def test_seeds_reproduce_and_outputs_stay_in_range(kind):
-    x = _images()
+def test_seeds_reproduce_and_outputs_stay_in_range(kind, device):
+    x = _images().to(device)
     params = {"steps": [{"kind": "crop"}, {"kind": "salt_pepper"}]} if kind == "compose" else {}
-    a = corrupt(x, kind, _rng(5), **params)
-    b = corrupt(x, kind, _rng(5), **params)
-    assert torch.equal(a, b)
+    a = corrupt(x, kind, torch.Generator(device).manual_seed(5), **params)
+    b = corrupt(x, kind, torch.Generator(device).manual_seed(5), **params)
+    assert torch.equal(a, b) and a.device == x.device
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
-    assert torch.equal(x, _images())  # the input is never modified
+    assert torch.equal(x.cpu(), _images())  # the input is never modified
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_defining_properties_hold_on_every_device(device):
+    x = _images(n=128).to(device)
+    g = torch.Generator(device).manual_seed(0)
+    top = corrupt(x, "mask_zero", fraction=0.5, side="top")
+    assert (top[..., :4, :] == 0).all() and torch.equal(top[..., 4:, :], x[..., 4:, :])
+    turned = corrupt(x, "rotate", g)
+    assert torch.equal(turned.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+    kept = corrupt(x, "inpaint", fraction=0.5)
+    assert torch.equal(kept[..., 2:6, 2:6], x[..., 2:6, 2:6])
+    dropped = (corrupt(x, "random_mask", g, p=0.25) == 0).all(1).float().mean().item()
+    assert abs(dropped - 0.25) < 0.02
 
 
 def test_flat_patterns_are_masked_by_features():
