@@ -101,6 +101,7 @@ class TableSpec:
     columns: str | None
     title: str
     format: str
+    reduce: str = "none"  #: none: one table per value of the other variables; else mean, median, min, max over them
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,7 @@ def _sweep(value: Any, source: SourceMap, errors: _Collector) -> dict[str, list[
         return {}
     result = {}
     for var, values in value.items():
-        if not isinstance(var, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", var):
+        if not isinstance(var, str) or not sweeps.NAME.fullmatch(var):
             errors.add(PipelineError(f"sweep variable {var!r} is not a valid name", hint="use letters, digits and _"), source.key(("sweep", var)))
             continue
         if not isinstance(values, list) or not values:
@@ -377,7 +378,8 @@ def _stage_entries(data: Any, raw: list, source: SourceMap, errors: _Collector) 
 def _check_references(entries: list[_Entry], sweep: dict, source: SourceMap, errors: _Collector) -> None:
     used = set()
     for entry in entries:
-        for sub, var in sweeps.references(entry.params):
+        for sub, reference in sweeps.references(entry.params):
+            var = reference.split(".")[0]
             used.add(var)
             if var not in sweep:
                 hint = did_you_mean(var, sweep) or (f"defined: {', '.join(sweep)}" if sweep else "add it under `sweep:`")
@@ -404,7 +406,15 @@ def _plan_point(
     available: dict[str, str] = {}  # tensor -> stage that writes it
     for entry in entries:
         where = source.key(entry.path) if entry.index < 0 else source.value(entry.path)
-        params, whole = sweeps.substitute(entry.params, point.values)
+        try:
+            params, whole = sweeps.substitute(entry.params, point.values)
+        except sweeps.MissingField as exc:
+            var = exc.reference.split(".")[0]
+            errors.add(
+                PipelineError(f"${{{exc.reference}}}: the sweep value {sweeps.value_label(exc.value)!r} of {var!r} has no such field", hint="give every value of the variable that field"),
+                source.value(("sweep", var, point.positions[var])),
+            )
+            continue
         try:
             cls = stage_class(entry.name, registry)
         except AmemctlError as exc:
@@ -487,7 +497,8 @@ def _list(value: dict, key: str, source: SourceMap, errors: _Collector) -> list:
     return items
 
 
-_TABLE_KEYS = {"metric", "rows", "columns", "title", "format"}
+_TABLE_KEYS = {"metric", "rows", "columns", "title", "format", "reduce"}
+REDUCTIONS = ("none", "mean", "median", "min", "max")
 _CURVE_KEYS = {"metric", "x", "series", "title", "log_x"}
 FORMATS = ("percent", "float", "seconds", "int")
 
@@ -513,9 +524,10 @@ def _metric(raw: dict, path: tuple, declared: set[str], source: SourceMap, error
 
 
 def _vars(raw: Any, path: tuple, sweep: dict, source: SourceMap, errors: _Collector) -> list[str]:
+    """Sweep variables named by a report entry; `var.field` reads a field of mapping values."""
     names = [] if raw is None else raw if isinstance(raw, list) else [raw]
     for name in names:
-        if name not in sweep:
+        if str(name).split(".")[0] not in sweep:
             errors.add(
                 PipelineError(f"{name!r} is not a sweep variable", hint=did_you_mean(str(name), sweep) or f"sweep variables: {', '.join(sweep) or 'none'}"),
                 source.value(path),
@@ -530,11 +542,14 @@ def _table(raw: Any, path: tuple, sweep: dict, declared: set[str], source: Sourc
     names = list(sweep)
     columns_given = _vars(raw.get("columns"), (*path, "columns"), sweep, source, errors)
     columns = columns_given[0] if columns_given else (names[-1] if names and "rows" not in raw else None)
-    rows = _vars(raw.get("rows"), (*path, "rows"), sweep, source, errors) if "rows" in raw else [n for n in names if n != columns]
+    rows = _vars(raw.get("rows"), (*path, "rows"), sweep, source, errors) if "rows" in raw else [n for n in names if n != (columns or "").split(".")[0]]
     fmt = raw.get("format", "percent" if "error" in metric else "float")
     if fmt not in FORMATS:
         errors.add(PipelineError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}"), source.value((*path, "format")))
-    return TableSpec(metric, rows, columns, str(raw.get("title", metric)), fmt)
+    reduce = raw.get("reduce", "none")
+    if reduce not in REDUCTIONS:
+        errors.add(PipelineError(f"unknown reduction {reduce!r}", hint=f"use one of {', '.join(REDUCTIONS)}"), source.value((*path, "reduce")))
+    return TableSpec(metric, rows, columns, str(raw.get("title", metric)), fmt, reduce)
 
 
 def _curve(raw: Any, path: tuple, sweep: dict, declared: set[str], source: SourceMap, errors: _Collector) -> CurveSpec | None:
@@ -545,5 +560,6 @@ def _curve(raw: Any, path: tuple, sweep: dict, declared: set[str], source: Sourc
         errors.add(PipelineError("a curve needs `x:`, the sweep variable on the horizontal axis"), source.value(path))
         return None
     x = _vars(raw["x"], (*path, "x"), sweep, source, errors)
-    series = _vars(raw.get("series"), (*path, "series"), sweep, source, errors) if "series" in raw else [n for n in sweep if n not in x]
+    shown = {v.split(".")[0] for v in x}
+    series = _vars(raw.get("series"), (*path, "series"), sweep, source, errors) if "series" in raw else [n for n in sweep if n not in shown]
     return CurveSpec(metric, x[0] if x else "", series, str(raw.get("title", metric)), bool(raw.get("log_x", False)))

@@ -12,7 +12,28 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}")
+REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\s*\}")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class MissingField(LookupError):
+    """`${var.field}` where the sweep value has no such field."""
+
+    def __init__(self, reference: str, value: Any) -> None:
+        super().__init__(reference)
+        self.reference = reference
+        self.value = value
+
+
+def lookup(reference: str, bindings: dict[str, Any]) -> Any:
+    """The value of `name` or `name.field.field` among the bindings (KeyError if name is unbound)."""
+    name, *fields = reference.split(".")
+    value = bindings[name]
+    for field in fields:
+        if not isinstance(value, dict) or field not in value:
+            raise MissingField(reference, bindings[name])
+        value = value[field]
+    return value
 
 
 @dataclass(frozen=True)
@@ -77,18 +98,22 @@ def references(value: Any) -> Iterator[tuple[tuple[Any, ...], str]]:
 
 
 def substitute(value: Any, bindings: dict[str, Any]) -> tuple[Any, dict[tuple[Any, ...], str]]:
-    """The value with every `${name}` replaced, and which paths came whole from which name."""
+    """The value with every `${name}` (or `${name.field}`) replaced, and which paths came whole from which name.
+
+    Raises MissingField when a mapping-valued variable lacks a field a reference asks for.
+    """
     whole: dict[tuple[Any, ...], str] = {}
+
+    def bound(reference: str) -> bool:
+        return reference.split(".")[0] in bindings
 
     def walk(v: Any, path: tuple[Any, ...]) -> Any:
         if isinstance(v, str):
             match = REFERENCE.fullmatch(v.strip())
-            if match and match.group(1) in bindings:
-                whole[path] = match.group(1)
-                return bindings[match.group(1)]
-            return REFERENCE.sub(
-                lambda m: value_label(bindings[m.group(1)]) if m.group(1) in bindings else m.group(0), v
-            )
+            if match and bound(match.group(1)):
+                whole[path] = match.group(1).split(".")[0]
+                return lookup(match.group(1), bindings)
+            return REFERENCE.sub(lambda m: value_label(lookup(m.group(1), bindings)) if bound(m.group(1)) else m.group(0), v)
         if isinstance(v, dict):
             return {k: walk(x, (*path, k)) for k, x in v.items()}
         if isinstance(v, list):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from amemctl import figures
 from amemctl.dsl.pipeline import CurveSpec, Pipeline, TableSpec
-from amemctl.dsl.sweep import value_label
+from amemctl.dsl.sweep import MissingField, Point, lookup, value_label
 from amemctl.engine.runner import PointResult, RunResult, environment
 
 
@@ -71,27 +72,53 @@ def _metrics_document(run: RunResult) -> dict[str, Any]:
     }
 
 
+def axis_label(point: Point, reference: str) -> str | None:
+    """How a point reads on a table or curve axis (`var` or `var.field`); None when the field is absent."""
+    try:
+        return value_label(lookup(reference, point.values))
+    except MissingField:
+        return None
+
+
+def _others(point: Point, shown: set[str]) -> tuple:
+    return tuple((k, value_label(v)) for k, v in point.values.items() if k not in shown)
+
+
 def build_grids(spec: TableSpec, points: list[PointResult]) -> list[Grid]:
-    """One grid per combination of the sweep variables the table does not show."""
-    shown = set(spec.rows) | ({spec.columns} if spec.columns else set())
+    """One grid per combination of the sweep variables the table does not show (or one, reduced over them)."""
+    axes = [*spec.rows, *([spec.columns] if spec.columns else [])]
+    shown = {a.split(".")[0] for a in axes}
+    usable = [p for p in points if all(axis_label(p.point, a) is not None for a in axes)]
     groups: "OrderedDict[tuple, list[PointResult]]" = OrderedDict()
-    for p in points:
-        others = tuple((k, value_label(v)) for k, v in p.point.values.items() if k not in shown)
-        groups.setdefault(others, []).append(p)
+    for p in usable:
+        groups.setdefault(() if spec.reduce != "none" else _others(p.point, shown), []).append(p)
     grids = []
     for others, members in groups.items():
         columns: list[str] = []
-        cells: "OrderedDict[tuple[str, ...], dict[str, float | None]]" = OrderedDict()
+        cells: "OrderedDict[tuple[str, ...], dict[str, list[float]]]" = OrderedDict()
         for p in members:
-            row = tuple(value_label(p.point.values[r]) for r in spec.rows) or (spec.metric,)
-            column = value_label(p.point.values[spec.columns]) if spec.columns else spec.metric
+            row = tuple(axis_label(p.point, r) for r in spec.rows) or (spec.metric,)
+            column = axis_label(p.point, spec.columns) if spec.columns else spec.metric
             if column not in columns:
                 columns.append(column)
-            cells.setdefault(row, {})[column] = p.metrics.get(spec.metric)
+            if spec.metric in p.metrics:
+                cells.setdefault(row, {}).setdefault(column, []).append(p.metrics[spec.metric])
+            else:
+                cells.setdefault(row, {})
         title = spec.title + (" (" + ", ".join(f"{k}={v}" for k, v in others) + ")" if others else "")
-        rows = [(row, [values.get(c) for c in columns]) for row, values in cells.items()]
+        if spec.reduce != "none" and len(points) > len(cells) * max(len(columns), 1):
+            title += f" ({spec.reduce} over the other sweep variables)"
+        rows = [(row, [_reduce(values.get(c), spec.reduce) for c in columns]) for row, values in cells.items()]
         grids.append(Grid(title, list(spec.rows) or ["metric"], columns, rows, spec.format))
     return grids
+
+
+def _reduce(values: list[float] | None, how: str) -> float | None:
+    if not values:
+        return None
+    if how in ("none", "mean"):
+        return statistics.fmean(values)
+    return {"median": statistics.median, "min": min, "max": max}[how](values)
 
 
 def format_value(value: float | None, fmt: str) -> str:
@@ -130,26 +157,24 @@ def markdown_table(grid: Grid) -> str:
 
 
 def _write_curves(spec: CurveSpec, run: RunResult) -> list[Path]:
-    shown = {spec.x, *spec.series}
+    shown = {a.split(".")[0] for a in (spec.x, *spec.series)}
     groups: "OrderedDict[tuple, list[PointResult]]" = OrderedDict()
     for p in run.points:
-        others = tuple((k, value_label(v)) for k, v in p.point.values.items() if k not in shown)
-        groups.setdefault(others, []).append(p)
+        if axis_label(p.point, spec.x) is not None and spec.metric in p.metrics:
+            groups.setdefault(_others(p.point, shown), []).append(p)
     paths = []
     for n, (others, members) in enumerate(groups.items()):
         series: "OrderedDict[str, tuple[list, list]]" = OrderedDict()
         for p in members:
-            if spec.metric not in p.metrics:
-                continue
-            name = ", ".join(value_label(p.point.values[s]) for s in spec.series)
+            name = ", ".join(axis_label(p.point, s) or "-" for s in spec.series)
             xs, ys = series.setdefault(name, ([], []))
-            x = p.point.values[spec.x]
+            x = lookup(spec.x, p.point.values)
             xs.append(x if isinstance(x, (int, float)) else value_label(x))
             ys.append(p.metrics[spec.metric])
         if not series:
             continue
         title = spec.title + (" (" + ", ".join(f"{k}={v}" for k, v in others) + ")" if others else "")
-        stem = "".join(ch if ch.isalnum() else "-" for ch in spec.metric) + f"-vs-{spec.x}" + (f"-{n}" if len(groups) > 1 else "")
+        stem = "".join(ch if ch.isalnum() else "-" for ch in f"{spec.metric}-vs-{spec.x}") + (f"-{n}" if len(groups) > 1 else "")
         paths.append(
             figures.curves(
                 series,
