@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = (
     "amemctl.stages.evaluate",
     "amemctl.stages.report",
     "amemctl.stages.store",
+    "amemctl.stages.embed",
 )
 
 BUILTIN = "amemctl"

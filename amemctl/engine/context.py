@@ -39,6 +39,8 @@ class Context:
     progress: Any = None  #: the engine's rich Progress, or None when quiet
     #: where the data came from and which run made it, written into stores by `persist`
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: tensor name -> identity of the encoder that made it (embeddings), for `persist`
+    identities: dict[str, dict] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
         try:

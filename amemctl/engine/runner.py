@@ -173,7 +173,7 @@ class _PrefixCache:
         for i, keys in enumerate(self.keys):
             for key in keys:
                 self.last_use[key] = i
-        self.snapshots: dict[tuple[str, ...], tuple[dict, dict, list, dict, dict]] = {}
+        self.snapshots: dict[tuple[str, ...], tuple[dict, dict, list, dict, dict, dict]] = {}
 
     def restore(self, point: int, ctx: Context) -> int:
         for j in range(len(self.keys[point]) - 1, -1, -1):
@@ -182,6 +182,7 @@ class _PrefixCache:
                 ctx.values, ctx.metrics, ctx.figures = dict(snap[0]), dict(snap[1]), list(snap[2])
                 ctx.examples = {k: list(v) for k, v in snap[3].items()}
                 ctx.provenance.update(snap[4])
+                ctx.identities.update(snap[5])
                 return j + 1
         return 0
 
@@ -189,7 +190,7 @@ class _PrefixCache:
         key = self.keys[point][step]
         if self.last_use[key] > point:
             examples = {k: list(v) for k, v in ctx.examples.items()}
-            self.snapshots[key] = (dict(ctx.values), dict(ctx.metrics), list(ctx.figures), examples, dict(ctx.provenance))
+            self.snapshots[key] = (dict(ctx.values), dict(ctx.metrics), list(ctx.figures), examples, dict(ctx.provenance), dict(ctx.identities))
 
     def release(self, point: int) -> None:
         for key in [k for k in self.snapshots if self.last_use[k] <= point]:

@@ -53,7 +53,7 @@ class Persist(Stage):
         storage = {"patterns": self.dtype, "values": self.dtype}
         options = dict(chunk_bytes=int(self.chunk_mib * 2**20), compression=self.compression, checksum=self.checksum, description=ctx.provenance.get("pipeline", ""))
         provenance = {k: v for k, v in ctx.provenance.items() if k != "data"} | ctx.provenance.get("data", {})
-        identities = {space: {"encoder": "context tensor", "tensor": tensor} for space, tensor in (self.keys or {}).items()}
+        identities = {space: ctx.identities.get(tensor, {"encoder": "context tensor", "tensor": tensor}) for space, tensor in (self.keys or {}).items()}
         if self.mode == "append":
             store = MemoryStore.create(path, exist_ok=True, **options)
             store.append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance)

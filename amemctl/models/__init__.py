@@ -1,0 +1,1 @@
+"""Neural networks used as encoders (phi) and decoders (psi), and their checkpoints."""

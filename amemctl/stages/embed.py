@@ -1,0 +1,167 @@
+"""Stages `embed` (phi) and `train-simclr`: the feature space of semantic memories."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from amemctl.engine.context import Context
+from amemctl.errors import StageError
+from amemctl.figures import curves
+from amemctl.models.encoders import ARCHITECTURES, NORMALIZATIONS, Encoder, Preprocessing, checkpoint_encoder, random_encoder, torchvision_encoder
+from amemctl.plugins import hookimpl
+from amemctl.stage import Input, Output, Param, ParamError, Stage
+from amemctl.training.simclr import SimCLRConfig, data_sha256, train_simclr
+
+
+class Embed(Stage):
+    """Embed images with an encoder phi: a trained one from the pipeline, a checkpoint, torchvision weights, or random.
+
+    With `store:`, the stored patterns of that store are embedded instead of a context tensor,
+    and the embeddings are kept in the store under the encoder's key space: a later run with
+    the same encoder and the same stored patterns reads them back instead of recomputing.
+    """
+
+    name = "embed"
+    encoder = Input(None, "an encoder made earlier in the pipeline (the output of train-simclr)", optional=True)
+    checkpoint = Param(str, None, "a local checkpoint: an amemctl encoder, or a plain state dict (then give arch)")
+    weights = Param(str, None, "torchvision weights of arch, e.g. IMAGENET1K_V1 (downloaded once, then cached)")
+    arch = Param(str, None, "architecture (default resnet18; amemctl checkpoints know their own)", choices=list(ARCHITECTURES))
+    seed = Param(int, 0, "seed of a random encoder (used when no encoder, checkpoint or weights is given)")
+    cifar_stem = Param(bool, None, "3x3 first convolution, no max-pool, as SimCLR for 32x32 images (default: true, false for torchvision weights)")
+    normalize = Param(str, None, "per-channel normalisation (default cifar10; imagenet for torchvision weights)", choices=list(NORMALIZATIONS))
+    resize = Param(int, None, "resize images to this square size first", min=1)
+    batch_size = Param(int, 256, "images per forward pass", min=1)
+    amp = Param(bool, None, "bfloat16 autocast (default: on GPUs)")
+    store = Param(str, None, "embed this store's patterns, keeping the keys in it for reuse")
+    input = Input("patterns", "the images to embed (ignored with `store:`)", optional=True)
+    output = Output("embeddings", "the embeddings, N x dim")
+
+    def inputs(self) -> list[str]:
+        names = [n for n in super().inputs() if not (self.store and n == self.input)]
+        return names
+
+    def check(self) -> None:
+        sources = [k for k in ("encoder", "checkpoint", "weights") if self.settings[k] is not None]
+        if len(sources) > 1:
+            raise ParamError(f"embed takes one encoder source, got {' and '.join(sources)}", hint="give encoder, checkpoint or weights, not several", param=sources[1], about="key")
+
+    def describe(self) -> str:
+        return f"embed {self.input if not self.store else self.store}"
+
+    def phi(self, ctx: Context) -> Encoder:
+        if self.encoder is not None:
+            encoder = ctx[self.encoder]
+            if not isinstance(encoder, Encoder):
+                raise StageError(f"{self.encoder!r} is not an encoder (it is a {type(encoder).__name__})", hint="wire `encoder:` to the output of train-simclr")
+            return encoder
+        preprocessing = Preprocessing(self.normalize or ("imagenet" if self.weights else "cifar10"), self.resize)
+        if self.checkpoint is not None:
+            explicit = Preprocessing(self.normalize, self.resize) if self.normalize else None
+            return checkpoint_encoder(self.checkpoint, self.arch, self.cifar_stem, explicit)
+        arch = self.arch or "resnet18"
+        if self.weights is not None:
+            return torchvision_encoder(arch, self.weights, preprocessing)
+        return random_encoder(arch, True if self.cifar_stem is None else self.cifar_stem, preprocessing, self.seed)
+
+    def run(self, ctx: Context) -> None:
+        phi = self.phi(ctx)
+        if self.store is None:
+            ctx[self.output] = phi.embed(ctx[self.input], ctx.device, self.batch_size, self.amp, ctx.track)
+            ctx.identities[self.output] = phi.identity()
+            return
+        from amemctl.store.memory import MemoryStore
+
+        store = MemoryStore.open(self.store, mode="a")
+        patterns = store.read("patterns")
+        identity = {**phi.identity(), "inputs_sha256": hashlib.sha256(patterns.numpy().tobytes()).hexdigest()}
+        space = phi.space()
+        if store.spaces.get(space) == identity:
+            ctx.metric("embeddings_reused", 1)
+        else:
+            keys = phi.embed(patterns, ctx.device, self.batch_size, self.amp, ctx.track)
+            store.add_space(space, keys, identity)
+            store = MemoryStore.open(self.store, mode="a")
+            ctx.metric("embeddings_reused", 0)
+        ctx[self.output] = store.rows(f"keys/{space}", ctx.device)
+        ctx.identities[self.output] = identity
+
+    def metrics(self) -> list[str]:
+        return ["embeddings_reused"] if self.store else []
+
+
+class TrainSimCLR(Stage):
+    """Train a SimCLR encoder on images (NT-Xent, the SimCLR augmentations); checkpoints every epoch, resumes."""
+
+    name = "train-simclr"
+    arch = Param(str, "resnet18", "the encoder's architecture", choices=list(ARCHITECTURES))
+    cifar_stem = Param(bool, True, "3x3 first convolution without max-pool (for 32x32 images)")
+    epochs = Param(int, 100, "passes over the images", min=0)
+    batch_size = Param(int, 256, "images per step (each gives two views)", min=2)
+    lr = Param(float, 3e-4, "learning rate", min=0)
+    weight_decay = Param(float, 1e-4, "weight decay", min=0)
+    temperature = Param(float, 0.5, "NT-Xent temperature", min=1e-6)
+    projection_dim = Param(int, 128, "width of the projection head's output", min=1)
+    optimizer = Param(str, "adam", "adam, or lars (layer-wise adaptive rates)", choices=["adam", "lars"])
+    crop_scale = Param(list, [0.08, 1.0], "random resized crop: range of the area fraction kept", items=float)
+    jitter = Param(float, 0.5, "colour jitter strength s (brightness/contrast/saturation 0.8s, hue 0.2s, p=0.8)", min=0, max=1)
+    grayscale = Param(float, 0.2, "probability of a grey view", min=0, max=1)
+    blur = Param(bool, False, "also blur views (p=0.5)")
+    normalize = Param(str, "cifar10", "per-channel normalisation of the encoder's input", choices=list(NORMALIZATIONS))
+    amp = Param(bool, None, "bfloat16 autocast (default: on GPUs)")
+    checkpoints = Param(str, None, "folder of the epoch checkpoints (default: checkpoints/<pipeline>-simclr-<config hash>); training resumes from it")
+    input = Input("patterns", "the training images")
+    output = Output("encoder", "the trained encoder, for `embed`")
+
+    def check(self) -> None:
+        scale = self.crop_scale
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ParamError(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {scale}", param="crop_scale")
+
+    def config(self, seed: int) -> SimCLRConfig:
+        return SimCLRConfig(
+            arch=self.arch,
+            cifar_stem=self.cifar_stem,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            temperature=self.temperature,
+            projection_dim=self.projection_dim,
+            optimizer=self.optimizer,
+            crop_scale=(float(self.crop_scale[0]), float(self.crop_scale[1])),
+            jitter=self.jitter,
+            grayscale=self.grayscale,
+            blur=self.blur,
+            normalize=self.normalize,
+            seed=seed,
+        )
+
+    def describe(self) -> str:
+        return f"train-simclr {self.arch} x{self.epochs}"
+
+    def run(self, ctx: Context) -> None:
+        from amemctl.core.rows import materialize
+
+        images = materialize(ctx[self.input])
+        if images.dim() != 4:
+            raise StageError(f"train-simclr needs images N x C x H x W, got {tuple(images.shape)}")
+        config = self.config(ctx.stage_seed % 2**31)
+        folder = Path(self.checkpoints) if self.checkpoints else Path("checkpoints") / f"{ctx.provenance.get('pipeline', 'run')}-simclr-{config.digest(data_sha256(images))}"
+        trained = train_simclr(images, config, folder, ctx.device, amp=self.amp, track=ctx.track)
+        ctx[self.output] = trained.encoder
+        ctx.identities[self.output] = trained.encoder.identity()
+        if trained.losses:
+            ctx.metric("simclr_loss", trained.losses[-1])
+            ctx.metric("simclr_loss_first", trained.losses[0])
+            curves({"NT-Xent": (list(range(1, len(trained.losses) + 1)), trained.losses)}, ctx.figure_path("simclr-loss"), title=f"SimCLR {self.arch}: training loss", xlabel="epoch", ylabel="loss")
+        ctx.metric("simclr_epochs_resumed", trained.resumed_from)
+
+    def metrics(self) -> list[str]:
+        return ["simclr_loss", "simclr_loss_first", "simclr_epochs_resumed"]
+
+
+
+@hookimpl
+def amemctl_register_stages() -> list[type[Stage]]:
+    return [Embed, TrainSimCLR]

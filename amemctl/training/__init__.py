@@ -1,0 +1,1 @@
+"""Training loops: SimCLR encoders, autoencoders, hetero-encoders, dense associative memories."""

@@ -1,0 +1,242 @@
+"""SimCLR (Chen et al. 2020): a contrastively trained encoder, the phi of semantic memories.
+
+Two augmented views of each image are pulled together and pushed from the other images of
+the batch by the NT-Xent loss; the encoder (without its projection head) becomes phi.
+Defaults follow Salvatori et al.'s setup: Adam, learning rate 3e-4, weight decay 1e-4, batch
+256, temperature 0.5, the CIFAR augmentations (random resized crop, flip, colour jitter of
+strength 0.5 with p=0.8, grayscale with p=0.2; blur optional). LARS is available.
+
+Training writes a checkpoint every epoch into its folder and resumes from the latest one
+whose configuration and data match; an encoder that already finished is reused as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from amemctl.models.encoders import ARCHITECTURES, Encoder, Preprocessing, build, save_encoder
+
+CHECKPOINT_FORMAT = "amemctl-simclr"
+
+
+@dataclass(frozen=True)
+class SimCLRConfig:
+    """Everything that determines a SimCLR training run (its hash names the checkpoint folder)."""
+
+    arch: str = "resnet18"
+    cifar_stem: bool = True
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    temperature: float = 0.5
+    projection_dim: int = 128
+    optimizer: str = "adam"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    jitter: float = 0.5
+    grayscale: float = 0.2
+    blur: bool = False
+    normalize: str = "cifar10"
+    seed: int = 0
+
+    def digest(self, data_sha256: str) -> str:
+        text = json.dumps({**asdict(self), "epochs": None, "data": data_sha256}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Trained:
+    """The outcome of train_simclr: phi, the loss per epoch, and where training started."""
+
+    encoder: Encoder
+    losses: list[float]
+    resumed_from: int
+    folder: Path
+    step_losses: list[float] = field(default_factory=list)
+
+
+class SimCLR(nn.Module):
+    """Encoder plus the projection head g (dim -> dim -> projection_dim) the loss is computed on."""
+
+    def __init__(self, arch: str, cifar_stem: bool, projection_dim: int) -> None:
+        super().__init__()
+        dim = ARCHITECTURES[arch]
+        self.encoder = build(arch, cifar_stem)
+        self.projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, projection_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projector(self.encoder(x))
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """The normalised temperature-scaled cross entropy of SimCLR over 2B views."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = z @ z.T / temperature
+    n = z1.shape[0]
+    logits.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling (You et al. 2017) over SGD with momentum.
+
+    Biases and normalisation parameters (1-D tensors) get neither weight decay nor adaptation,
+    as in SimCLR.
+    """
+
+    def __init__(self, params: Iterable, lr: float, weight_decay: float = 1e-6, momentum: float = 0.9, trust: float = 1e-3) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust=trust))
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> Any:  # noqa: D102
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if p.ndim > 1:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                    w, g = p.norm(), grad.norm()
+                    ratio = torch.where((w > 0) & (g > 0), group["trust"] * w / g, torch.ones_like(w))
+                    grad = grad * ratio
+                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(grad)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+def augmentation(size: int, config: SimCLRConfig) -> Callable[[Tensor], Tensor]:
+    """SimCLR's view generator for one image (C x H x W in [0, 1]), from torchvision.transforms.v2."""
+    from torchvision.transforms import v2
+
+    s = config.jitter
+    steps = [
+        v2.RandomResizedCrop(size, scale=config.crop_scale, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
+        v2.RandomGrayscale(p=config.grayscale),
+    ]
+    if config.blur:
+        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    return v2.Compose(steps)
+
+
+def data_sha256(images: Tensor) -> str:
+    return hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def train_simclr(
+    images: Tensor,
+    config: SimCLRConfig,
+    folder: "str | Path",
+    device: torch.device,
+    *,
+    amp: bool | None = None,
+    track: Callable[[Iterable, int, str], Iterable] | None = None,
+) -> Trained:
+    """Train (or resume, or reuse) a SimCLR encoder on images N x C x H x W in [0, 1]."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    digest = data_sha256(images)
+    preprocessing = Preprocessing(config.normalize)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = SimCLR(config.arch, config.cifar_stem, config.projection_dim)
+    model.to(device)
+    optimizer = _optimizer(model, config)
+    losses: list[float] = []
+    step_losses: list[float] = []
+    start = 0
+    latest = _latest(folder, config, digest)
+    if latest is not None:
+        model.load_state_dict(latest["model"])
+        optimizer.load_state_dict(latest["optimizer"])
+        losses, step_losses, start = list(latest["losses"]), list(latest.get("step_losses", [])), int(latest["epoch"])
+    resumed_from = start
+    amp = device.type == "cuda" if amp is None else amp
+    views = augmentation(images.shape[-1], config)
+    n = len(images)
+    batch = max(2, min(config.batch_size, n))
+    epochs = range(start, config.epochs)
+    for epoch in track(epochs, len(epochs), f"simclr {config.arch}") if track else epochs:
+        model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        total, count = 0.0, 0
+        for step, begin in enumerate(range(0, n, batch)):
+            index = order[begin : begin + batch]
+            if len(index) < 2:
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed * 1_000_003 + epoch * 10_007 + step)
+                pair = [torch.stack([views(images[i]) for i in index]) for _ in range(2)]
+            x1, x2 = (preprocessing(v).to(device, non_blocking=True) for v in pair)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = nt_xent(model(x1).float(), model(x2).float(), config.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step_losses.append(loss.item())
+            total += step_losses[-1] * len(index)
+            count += len(index)
+        losses.append(total / max(count, 1))
+        _save_epoch(folder, model, optimizer, config, digest, epoch + 1, losses, step_losses)
+    sha = save_encoder(model.encoder, folder / "encoder.pt", config.arch, config.cifar_stem, preprocessing, simclr=asdict(config), losses=losses)
+    (folder / "loss.json").write_text(json.dumps({"epoch_losses": losses, "step_losses": step_losses}) + "\n")
+    encoder = Encoder(model.encoder.cpu(), config.arch, config.cifar_stem, preprocessing, f"simclr:{folder}", sha)
+    return Trained(encoder, losses, resumed_from, folder, step_losses)
+
+
+def _optimizer(model: nn.Module, config: SimCLRConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "lars":
+        return LARS(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def _save_epoch(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: SimCLRConfig, digest: str, epoch: int, losses: list[float], step_losses: list[float]) -> None:
+    import os
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(config),
+        "data_sha256": digest,
+        "epoch": epoch,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "losses": losses,
+        "step_losses": step_losses,
+    }
+    path = folder / f"epoch-{epoch:04d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # a checkpoint is either whole or absent
+    for old in sorted(folder.glob("epoch-*.pt"))[:-2]:
+        old.unlink()
+
+
+def _latest(folder: Path, config: SimCLRConfig, digest: str) -> dict | None:
+    """The newest checkpoint of this configuration and data, if training had started before."""
+    for path in sorted(folder.glob("epoch-*.pt"), reverse=True):
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged file: fall back to the one before it
+            continue
+        saved = dict(payload.get("config", {}))
+        saved["crop_scale"] = tuple(saved.get("crop_scale", ()))
+        same = {k: v for k, v in saved.items() if k != "epochs"} == {k: v for k, v in asdict(config).items() if k != "epochs"}
+        if payload.get("format") == CHECKPOINT_FORMAT and same and payload.get("data_sha256") == digest and payload["epoch"] <= config.epochs:
+            return payload
+    return None
