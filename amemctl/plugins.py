@@ -33,6 +33,8 @@ BUILTIN_PLUGINS = (
     "amemctl.stages.report",
     "amemctl.stages.store",
     "amemctl.stages.embed",
+    "amemctl.stages.generative",
+    "amemctl.stages.stories",
 )
 
 BUILTIN = "amemctl"

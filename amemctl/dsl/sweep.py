@@ -58,9 +58,11 @@ class Point:
 def value_label(value: Any) -> str:
     """How a sweep value reads in a table: scalars as written, mappings as `name k=v`."""
     if isinstance(value, dict):
+        if "name" in value:  # a named alternative reads as its name
+            return str(value["name"])
         items = list(value.items())
         head = ""
-        if items and items[0][0] in ("function", "kind", "name", "similarity", "model"):
+        if items and items[0][0] in ("function", "kind", "similarity", "model"):
             head = str(items[0][1])
             items = items[1:]
         rest = " ".join(f"{k}={value_label(v)}" for k, v in items)

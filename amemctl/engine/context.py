@@ -41,6 +41,8 @@ class Context:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: tensor name -> identity of the encoder that made it (embeddings), for `persist`
     identities: dict[str, dict] = field(default_factory=dict)
+    #: (title, markdown) sections this point adds to report.md
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> Any:
         try:
@@ -73,6 +75,10 @@ class Context:
         drawn once, labelled with the sweep values they have in common.
         """
         self.examples.setdefault(figure, []).append((label, images.detach().cpu()))
+
+    def note(self, title: str, markdown: str) -> None:
+        """Add a section to report.md under this sweep point (lists, small tables, findings)."""
+        self.notes.append((title, markdown))
 
     def figure_path(self, name: str) -> Path:
         """Path for a PNG of this point: figures/<point>-<name>.png (registered for the report)."""

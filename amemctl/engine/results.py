@@ -140,9 +140,9 @@ def _unit(fmt: str) -> str:
 def _rich_table(grid: Grid) -> Table:
     table = Table(title=grid.title + _unit(grid.format), title_justify="left")
     for name in grid.row_names:
-        table.add_column(name, style="bold")
+        table.add_column(name, style="bold", overflow="fold")
     for column in grid.columns:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", overflow="fold")
     for row, values in grid.rows:
         table.add_row(*row, *(format_value(v, grid.format) for v in values))
     return table
@@ -244,7 +244,11 @@ def _markdown(run: RunResult, grids: list[Grid], curve_paths: list[Path], overvi
     timing = _timing(run.points)
     if timing:
         lines += ["## Time per step (s, median over sweep points)", "", timing, ""]
-    pictures = [*curve_paths, *overviews] or [f for p in run.points for f in p.figures][:16]
+    for p in run.points:
+        for title, text in p.notes:
+            lines += [f"## {title}" + (f" ({p.point.label()})" if len(run.points) > 1 else ""), "", text.strip(), ""]
+    own = list(dict.fromkeys(f for p in run.points for f in p.figures if f.exists()))[:24]
+    pictures = [*curve_paths, *overviews, *own]
     if pictures:
         lines += ["## Figures", ""]
         lines += [f"![{p.stem}](figures/{p.name})" for p in pictures]

@@ -38,6 +38,7 @@ class PointResult:
     metrics: dict[str, float]
     figures: list[Path] = field(default_factory=list)
     examples: dict[str, list] = field(default_factory=dict)
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -147,7 +148,7 @@ def _run_point(
         cache.store(point.index, j, ctx)
         bar.advance(task)
     bar.remove_task(task)
-    return PointResult(point, dict(ctx.metrics), list(ctx.figures), dict(ctx.examples))
+    return PointResult(point, dict(ctx.metrics), list(ctx.figures), dict(ctx.examples), list(ctx.notes))
 
 
 def _seed_globals(seed: int) -> None:
@@ -173,7 +174,7 @@ class _PrefixCache:
         for i, keys in enumerate(self.keys):
             for key in keys:
                 self.last_use[key] = i
-        self.snapshots: dict[tuple[str, ...], tuple[dict, dict, list, dict, dict, dict]] = {}
+        self.snapshots: dict[tuple[str, ...], tuple] = {}
 
     def restore(self, point: int, ctx: Context) -> int:
         for j in range(len(self.keys[point]) - 1, -1, -1):
@@ -183,6 +184,7 @@ class _PrefixCache:
                 ctx.examples = {k: list(v) for k, v in snap[3].items()}
                 ctx.provenance.update(snap[4])
                 ctx.identities.update(snap[5])
+                ctx.notes = list(snap[6])
                 return j + 1
         return 0
 
@@ -190,7 +192,7 @@ class _PrefixCache:
         key = self.keys[point][step]
         if self.last_use[key] > point:
             examples = {k: list(v) for k, v in ctx.examples.items()}
-            self.snapshots[key] = (dict(ctx.values), dict(ctx.metrics), list(ctx.figures), examples, dict(ctx.provenance), dict(ctx.identities))
+            self.snapshots[key] = (dict(ctx.values), dict(ctx.metrics), list(ctx.figures), examples, dict(ctx.provenance), dict(ctx.identities), list(ctx.notes))
 
     def release(self, point: int) -> None:
         for key in [k for k in self.snapshots if self.last_use[k] <= point]:

@@ -23,7 +23,7 @@ class Embed(Stage):
     """
 
     name = "embed"
-    encoder = Input(None, "an encoder made earlier in the pipeline (the output of train-simclr)", optional=True)
+    encoder = Input(None, "an encoder made earlier in the pipeline (train-simclr's, or train-autoencoder's phi)", optional=True)
     checkpoint = Param(str, None, "a local checkpoint: an amemctl encoder, or a plain state dict (then give arch)")
     weights = Param(str, None, "torchvision weights of arch, e.g. IMAGENET1K_V1 (downloaded once, then cached)")
     arch = Param(str, None, "architecture (default resnet18; amemctl checkpoints know their own)", choices=list(ARCHITECTURES))
@@ -52,8 +52,8 @@ class Embed(Stage):
     def phi(self, ctx: Context) -> Encoder:
         if self.encoder is not None:
             encoder = ctx[self.encoder]
-            if not isinstance(encoder, Encoder):
-                raise StageError(f"{self.encoder!r} is not an encoder (it is a {type(encoder).__name__})", hint="wire `encoder:` to the output of train-simclr")
+            if not (hasattr(encoder, "embed") and hasattr(encoder, "identity")):
+                raise StageError(f"{self.encoder!r} is not an encoder (it is a {type(encoder).__name__})", hint="wire `encoder:` to the output of train-simclr or train-autoencoder")
             return encoder
         preprocessing = Preprocessing(self.normalize or ("imagenet" if self.weights else "cifar10"), self.resize)
         if self.checkpoint is not None:

@@ -21,10 +21,12 @@ class Evaluate(Stage):
     retrieved = Input("retrieved", "the retrievals, Q x (value shape)")
     values = Input("patterns", "the stored values the retrievals should reproduce")
     targets = Input("targets", "for each query, the row of the stored value it should retrieve")
+    labels = Input(None, "labels of the stored values: also count retrievals nearest a memory of another label (error_label)", optional=True)
     recalled = Output("recalled", "for each query, the row of the stored value nearest its retrieval", optional=True)
 
     def metrics(self) -> list[str]:
-        return [f"{self.prefix}{m}" for m in ("error_index", "error_pixels", "mse")]
+        names = ["error_index", "error_pixels", "mse"] + (["error_label"] if self.labels else [])
+        return [f"{self.prefix}{m}" for m in names]
 
     def run(self, ctx: Context) -> None:
         retrieved, values, targets = ctx[self.retrieved], ctx[self.values], ctx[self.targets]
@@ -42,6 +44,9 @@ class Evaluate(Stage):
         ctx.metric(f"{self.prefix}error_index", (nearest != targets).float().mean())
         ctx.metric(f"{self.prefix}error_pixels", (sse > self.threshold).float().mean())
         ctx.metric(f"{self.prefix}mse", sse.mean() / wanted.shape[1])
+        if self.labels is not None:
+            labels = ctx[self.labels].to(nearest.device)
+            ctx.metric(f"{self.prefix}error_label", (labels[nearest] != labels[targets]).float().mean())
         if self.recalled is not None:
             ctx[self.recalled] = nearest
 

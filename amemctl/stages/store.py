@@ -27,6 +27,7 @@ class Persist(Stage):
     chunk_mib = Param(float, DEFAULT_CHUNK_BYTES / 2**20, "size of a chunk of rows, in MiB (retrieval streams chunk by chunk)", min=0.001)
     compression = Param(str, "zstd", "chunk compression", choices=["zstd", "none"])
     checksum = Param(bool, True, "record a CRC32C checksum per chunk, checked on every read and by `amemctl store verify`")
+    prefix = Param(str, "", "put before the metric names (persisted, store_bytes), to tell several stores apart")
     patterns = Input("patterns", "the patterns to store", optional=True)
     values = Input(None, "hetero-associated values, one row per pattern", optional=True)
     labels = Input("labels", "integer labels", optional=True)
@@ -61,10 +62,11 @@ class Persist(Stage):
             MemoryStore.create(path, **options).append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance)
         else:
             _replace(path, lambda tmp: MemoryStore.create(tmp, **options).append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance))
-        ctx.metric("persisted", len(next(iter({**tensors, **keys}.values()))))
+        ctx.metric(f"{self.prefix}persisted", len(next(iter({**tensors, **keys}.values()))))
+        ctx.metric(f"{self.prefix}store_bytes", sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
 
     def metrics(self) -> list[str]:
-        return ["persisted"]
+        return [f"{self.prefix}persisted", f"{self.prefix}store_bytes"]
 
 
 def _replace(path: Path, write) -> None:

@@ -1,0 +1,79 @@
+"""Stages `train-autoencoder` and `generate` (psi): fully semantic memories store only embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amemctl.core.rows import materialize
+from amemctl.engine.context import Context
+from amemctl.errors import StageError
+from amemctl.figures import curves
+from amemctl.models.autoencoders import Autoencoder, load_autoencoder
+from amemctl.plugins import hookimpl
+from amemctl.stage import Input, Output, Param, Stage
+from amemctl.training.autoencoder import train_autoencoder
+
+
+class TrainAutoencoder(Stage):
+    """Train an autoencoder whose encoder is phi and decoder psi (saved together as one checkpoint).
+
+    The defaults are the paper's MLP for 28x28 images: 784-64-32-16-12 and its mirror, ReLU,
+    Adam with learning rate 1e-3, batches of 250 (it trains 300 epochs). `kind: conv` is a
+    small convolutional autoencoder for colour images.
+    """
+
+    name = "train-autoencoder"
+    kind = Param(str, "mlp", "mlp (the paper's) or conv (colour images)", choices=["mlp", "conv"])
+    hidden = Param(list, [64, 32, 16], "hidden widths (mlp) or the two channel counts (conv)", items=int)
+    code = Param(int, 12, "width of the embedding", min=1)
+    epochs = Param(int, 300, "passes over the images", min=0)
+    batch_size = Param(int, 250, "images per step", min=1)
+    lr = Param(float, 1e-3, "Adam learning rate", min=0)
+    checkpoint = Param(str, None, "where to save phi and psi (default: checkpoints/<pipeline>-autoencoder.pt)")
+    input = Input("patterns", "the training images")
+    output = Output("autoencoder", "phi and psi, for `embed` (encoder:) and `generate` (decoder:)")
+
+    def describe(self) -> str:
+        return f"train-autoencoder {self.kind} x{self.epochs}"
+
+    def run(self, ctx: Context) -> None:
+        images = materialize(ctx[self.input])
+        path = Path(self.checkpoint) if self.checkpoint else Path("checkpoints") / f"{ctx.provenance.get('pipeline', 'run')}-autoencoder.pt"
+        model, losses = train_autoencoder(
+            images, kind=self.kind, hidden=list(self.hidden), code=self.code, epochs=self.epochs, batch_size=self.batch_size,
+            lr=self.lr, seed=ctx.stage_seed % 2**31, path=path, device=ctx.device, track=ctx.track,
+        )
+        ctx[self.output] = model
+        ctx.identities[self.output] = model.identity()
+        if losses:
+            ctx.metric("reconstruction_mse", losses[-1])
+            curves({"reconstruction": (list(range(1, len(losses) + 1)), losses)}, ctx.figure_path("autoencoder-loss"), title=f"autoencoder ({self.kind}): training loss", xlabel="epoch", ylabel="mean squared error")
+
+    def metrics(self) -> list[str]:
+        return ["reconstruction_mse"]
+
+
+class Generate(Stage):
+    """Decode embeddings into images with psi, the autoencoder's decoder."""
+
+    name = "generate"
+    decoder = Input("autoencoder", "an autoencoder (train-autoencoder's output)", optional=True)
+    checkpoint = Param(str, None, "an autoencoder checkpoint instead of `decoder`")
+    input = Input("retrieved", "the embeddings to decode, N x code")
+    output = Output("generated", "the decoded images")
+
+    def run(self, ctx: Context) -> None:
+        if self.checkpoint is not None:
+            model = load_autoencoder(self.checkpoint)
+        elif self.decoder is not None:
+            model = ctx[self.decoder]
+        else:
+            raise StageError("generate needs a decoder", hint="wire `decoder:` to an autoencoder, or give `checkpoint:`")
+        if not isinstance(model, Autoencoder):
+            raise StageError(f"{self.decoder!r} is not an autoencoder (it is a {type(model).__name__})", hint="wire `decoder:` to train-autoencoder's output")
+        ctx[self.output] = model.decode(materialize(ctx[self.input]), ctx.device)
+
+
+@hookimpl
+def amemctl_register_stages() -> list[type[Stage]]:
+    return [TrainAutoencoder, Generate]
