@@ -65,8 +65,10 @@ def run(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root
 @main.command()
 @click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Check with these overrides applied.")
-def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
+@click.option("--explain", is_flag=True, help="Also print the stages each sweep point runs, with presets expanded.")
+def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...], explain: bool) -> None:
     """Check PIPELINES without running them: syntax, stages, parameters, sweep, wiring."""
+    from amemctl.dsl.pipeline import explain as explain_plans
     from amemctl.dsl.pipeline import load_pipeline
 
     failed = 0
@@ -79,6 +81,8 @@ def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
             continue
         stages = len(checked.plans[0].stages)
         click.echo(f"ok: {path} ({len(checked.plans)} sweep point(s), {stages} stage(s))")
+        if explain:
+            click.echo(explain_plans(checked))
     _warn_failed_plugins()
     if failed:
         raise click.exceptions.Exit(2)

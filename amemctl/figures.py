@@ -70,7 +70,7 @@ def image_grid(rows: Sequence[tuple[str, Tensor]], path: "str | Path", title: st
 
 
 def curves(
-    series: dict[str, tuple[list[float], list[float]]],
+    series: "dict[str, tuple[list[float], list[float]] | tuple[list[float], list[float], list[float]]]",
     path: "str | Path",
     *,
     title: str,
@@ -79,11 +79,15 @@ def curves(
     log_x: bool = False,
     percent: bool = False,
 ) -> Path:
-    """Lines of y against x, one per named series."""
+    """Lines of y against x, one per named series; a third list per series gives a +-1 std band."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (xs, ys) in series.items():
-        ys = [100 * y for y in ys] if percent else ys
-        ax.plot(xs, ys, marker="o", label=name)
+    scale = 100 if percent else 1
+    for name, (xs, ys, *rest) in series.items():
+        ys = [scale * y for y in ys]
+        line = ax.plot(xs, ys, marker="o", label=name)[0]
+        if rest and any(rest[0]) and all(isinstance(x, (int, float)) for x in xs):
+            err = [scale * e for e in rest[0]]
+            ax.fill_between(xs, [y - e for y, e in zip(ys, err)], [y + e for y, e in zip(ys, err)], color=line.get_color(), alpha=0.2)
     if log_x:
         ax.set_xscale("log")
     ax.set_title(title)

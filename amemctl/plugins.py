@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "amemctl.stages.embed",
     "amemctl.stages.generative",
     "amemctl.stages.stories",
+    "amemctl.stages.transform",
 )
 
 BUILTIN = "amemctl"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amemctl.dsl import presets
 from amemctl.dsl import sweep as sweeps
 from amemctl.dsl.source import SourceMap, load_yaml, read_yaml
 from amemctl.errors import AmemctlError, Location, PipelineError
@@ -27,6 +28,7 @@ TOP_LEVEL = {
     "name": "the pipeline's name; runs go to runs/<name>/ (default: the file name)",
     "description": "free text shown in the report",
     "seed": "integer seed of every random choice (default 0)",
+    "repeats": "run every sweep point this many times, with seeds seed, seed+1, ...; tables show mean and std (default 1)",
     "device": "auto, cpu, cuda or cuda:N (default auto)",
     "budget": "bytes of score-sized temporaries a retrieval may hold, e.g. 256MiB (default)",
     "data": "a dataset to load first, as the parameters of a `load` stage",
@@ -131,6 +133,7 @@ class Pipeline:
     plans: list[PointPlan]
     tables: list[TableSpec] = field(default_factory=list)
     curves: list[CurveSpec] = field(default_factory=list)
+    repeats: int = 1
 
 
 def load_pipeline(
@@ -247,6 +250,10 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
     name = _scalar(doc, "name", str, Path(file).stem, source, errors)
     description = _scalar(doc, "description", str, "", source, errors)
     seed = _scalar(doc, "seed", int, 0, source, errors)
+    repeats = _scalar(doc, "repeats", int, 1, source, errors)
+    if repeats < 1:
+        errors.add(PipelineError(f"`repeats` must be at least 1, got {repeats}"), source.value(("repeats",)))
+        repeats = 1
     device = _scalar(doc, "device", str, "auto", source, errors)
     if isinstance(device, str) and not DEVICE.match(device):
         errors.add(PipelineError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N"), source.value(("device",)))
@@ -267,7 +274,7 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
     plans = [_plan_point(point, entries, sweep, source, registry, errors) for point in sweeps.points(sweep)]
     tables, curves = _report(doc.get("report"), sweep, plans, source, errors)
     errors.raise_if_any()
-    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves)
+    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves, repeats)
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,6 +331,14 @@ def _sweep(value: Any, source: SourceMap, errors: _Collector) -> dict[str, list[
         if not isinstance(values, list) or not values:
             errors.add(
                 PipelineError(f"sweep variable {var!r} needs a non-empty list of values", hint=f"write `{var}: [{values!r}]` for a single value"),
+                source.value(("sweep", var)),
+            )
+            continue
+        labels = [sweeps.value_label(v) for v in values]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            errors.add(
+                PipelineError(f"values of sweep variable {var!r} read the same in tables: {', '.join(repr(t) for t in twice)}", hint="give mapping values distinct `name:` fields"),
                 source.value(("sweep", var)),
             )
             continue
@@ -404,7 +419,7 @@ def _plan_point(
 
     planned: list[PlannedStage] = []
     available: dict[str, str] = {}  # tensor -> stage that writes it
-    for entry in entries:
+    for entry in _expanded(entries, point, sweep, source, errors):
         where = source.key(entry.path) if entry.index < 0 else source.value(entry.path)
         try:
             params, whole = sweeps.substitute(entry.params, point.values)
@@ -440,6 +455,27 @@ def _plan_point(
             available[name] = stage.name
         planned.append(PlannedStage(stage, where, entry.index))
     return PointPlan(point, planned)
+
+
+def _expanded(entries: list[_Entry], point: sweeps.Point, sweep: dict, source: SourceMap, errors: _Collector) -> list[_Entry]:
+    """Entries with every `model:` preset replaced by the stages it stands for (after substitution)."""
+    result = []
+    for entry in entries:
+        if entry.name != "model":
+            result.append(entry)
+            continue
+        try:
+            params, whole = sweeps.substitute(entry.params, point.values)
+            stages = presets.expand(params)
+        except sweeps.MissingField:
+            result.append(entry)  # reported with the other substitution errors
+            continue
+        except PipelineError as exc:
+            var = whole.get(()) or whole.get(("name",))
+            errors.add(exc, source.value(("sweep", var, point.positions[var])) if var else source.value(entry.params_path))
+            continue
+        result += [_Entry(name, stage_params, entry.path, entry.params_path, entry.index) for name, stage_params in stages]
+    return result
 
 
 def _locate(exc: ParamError, entry: _Entry, whole: dict, point: sweeps.Point, sweep: dict, source: SourceMap) -> ParamError:
@@ -563,3 +599,21 @@ def _curve(raw: Any, path: tuple, sweep: dict, declared: set[str], source: Sourc
     shown = {v.split(".")[0] for v in x}
     series = _vars(raw.get("series"), (*path, "series"), sweep, source, errors) if "series" in raw else [n for n in sweep if n not in shown]
     return CurveSpec(metric, x[0] if x else "", series, str(raw.get("title", metric)), bool(raw.get("log_x", False)))
+
+
+def explain(pipeline: Pipeline) -> str:
+    """Each distinct plan of the pipeline's sweep points: the stages with their resolved settings."""
+    groups: dict[str, list[PointPlan]] = {}
+    for plan in pipeline.plans:
+        groups.setdefault("|".join(s.key for s in plan.stages), []).append(plan)
+    lines = []
+    for plans in groups.values():
+        labels = [p.point.label() for p in plans]
+        head = labels[0] if len(labels) == 1 else f"{labels[0]} (and {len(labels) - 1} more point(s) with the same plan)"
+        lines.append(f"{head}:")
+        for i, planned in enumerate(plans[0].stages, 1):
+            stage = planned.stage
+            given = {k: v for k, v in stage.settings.items() if v != stage.params[k].default}
+            shown = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in given.items())
+            lines.append(f"  {i}. {stage.name}" + (f": {shown}" if shown else "") + f"    ({planned.location})")
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ class Grid:
     columns: list[str]
     rows: list[tuple[tuple[str, ...], list[float | None]]]
     format: str
+    spread: dict[tuple[tuple[str, ...], str], float] | None = None  #: (row, column) -> std over repeats
 
 
 def write_inputs(run_dir: Path, pipeline: Pipeline, device: torch.device) -> None:
@@ -65,6 +66,7 @@ def _metrics_document(run: RunResult) -> dict[str, Any]:
                 "index": p.point.index,
                 "sweep": {k: value_label(v) for k, v in p.point.values.items()},
                 "metrics": p.metrics,
+                "repeats": p.repeats,
                 "figures": [str(f.relative_to(run.run_dir)) for f in p.figures],
             }
             for p in run.points
@@ -96,6 +98,7 @@ def build_grids(spec: TableSpec, points: list[PointResult]) -> list[Grid]:
     for others, members in groups.items():
         columns: list[str] = []
         cells: "OrderedDict[tuple[str, ...], dict[str, list[float]]]" = OrderedDict()
+        spread: dict[tuple[tuple[str, ...], str], list[float]] = {}
         for p in members:
             row = tuple(axis_label(p.point, r) for r in spec.rows) or (spec.metric,)
             column = axis_label(p.point, spec.columns) if spec.columns else spec.metric
@@ -103,13 +106,16 @@ def build_grids(spec: TableSpec, points: list[PointResult]) -> list[Grid]:
                 columns.append(column)
             if spec.metric in p.metrics:
                 cells.setdefault(row, {}).setdefault(column, []).append(p.metrics[spec.metric])
+                if f"{spec.metric}.std" in p.metrics:
+                    spread.setdefault((row, column), []).append(p.metrics[f"{spec.metric}.std"])
             else:
                 cells.setdefault(row, {})
         title = spec.title + (" (" + ", ".join(f"{k}={v}" for k, v in others) + ")" if others else "")
         if spec.reduce != "none" and len(points) > len(cells) * max(len(columns), 1):
             title += f" ({spec.reduce} over the other sweep variables)"
         rows = [(row, [_reduce(values.get(c), spec.reduce) for c in columns]) for row, values in cells.items()]
-        grids.append(Grid(title, list(spec.rows) or ["metric"], columns, rows, spec.format))
+        single = {k: v[0] for k, v in spread.items() if len(v) == 1}  # a std is shown only for one point per cell
+        grids.append(Grid(title, list(spec.rows) or ["metric"], columns, rows, spec.format, single or None))
     return grids
 
 
@@ -119,6 +125,13 @@ def _reduce(values: list[float] | None, how: str) -> float | None:
     if how in ("none", "mean"):
         return statistics.fmean(values)
     return {"median": statistics.median, "min": min, "max": max}[how](values)
+
+
+def cell(grid: Grid, row: tuple[str, ...], column: str, value: float | None) -> str:
+    """A table cell: the value, and ± its standard deviation over repeats when there is one."""
+    text = format_value(value, grid.format)
+    std = (grid.spread or {}).get((row, column))
+    return text if std is None or value is None else f"{text} ± {format_value(std, grid.format)}"
 
 
 def format_value(value: float | None, fmt: str) -> str:
@@ -144,7 +157,7 @@ def _rich_table(grid: Grid) -> Table:
     for column in grid.columns:
         table.add_column(column, justify="right", overflow="fold")
     for row, values in grid.rows:
-        table.add_row(*row, *(format_value(v, grid.format) for v in values))
+        table.add_row(*row, *(cell(grid, row, c, v) for c, v in zip(grid.columns, values)))
     return table
 
 
@@ -152,7 +165,7 @@ def markdown_table(grid: Grid) -> str:
     head = [*grid.row_names, *grid.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(grid.row_names) + ["---:"] * len(grid.columns)) + "|"]
     for row, values in grid.rows:
-        lines.append("| " + " | ".join([*row, *(format_value(v, grid.format) for v in values)]) + " |")
+        lines.append("| " + " | ".join([*row, *(cell(grid, row, c, v) for c, v in zip(grid.columns, values))]) + " |")
     return "\n".join(lines)
 
 
@@ -164,13 +177,14 @@ def _write_curves(spec: CurveSpec, run: RunResult) -> list[Path]:
             groups.setdefault(_others(p.point, shown), []).append(p)
     paths = []
     for n, (others, members) in enumerate(groups.items()):
-        series: "OrderedDict[str, tuple[list, list]]" = OrderedDict()
+        series: "OrderedDict[str, tuple[list, list, list]]" = OrderedDict()
         for p in members:
             name = ", ".join(axis_label(p.point, s) or "-" for s in spec.series)
-            xs, ys = series.setdefault(name, ([], []))
+            xs, ys, errs = series.setdefault(name, ([], [], []))
             x = lookup(spec.x, p.point.values)
             xs.append(x if isinstance(x, (int, float)) else value_label(x))
             ys.append(p.metrics[spec.metric])
+            errs.append(p.metrics.get(f"{spec.metric}.std", 0.0))
         if not series:
             continue
         title = spec.title + (" (" + ", ".join(f"{k}={v}" for k, v in others) + ")" if others else "")

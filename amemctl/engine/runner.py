@@ -39,6 +39,7 @@ class PointResult:
     figures: list[Path] = field(default_factory=list)
     examples: dict[str, list] = field(default_factory=dict)
     notes: list[tuple[str, str]] = field(default_factory=list)
+    repeats: list[dict[str, float]] = field(default_factory=list)  #: each repeat's metrics, when repeated
 
 
 @dataclass
@@ -91,7 +92,9 @@ def run_pipeline(
     run_dir = new_run_dir(Path(out_root), pipeline.name)
     results.write_inputs(run_dir, pipeline, torch_device)
     planned = [(plan.point, plan_steps(plan.stages)) for plan in pipeline.plans]
-    cache = _PrefixCache([steps for _, steps in planned])
+    # Each repeat is a run of its own with the next seed; repeats of a point run back to back.
+    runs = [(point, steps, r) for point, steps in planned for r in range(pipeline.repeats)]
+    cache = _PrefixCache([[f"seed={pipeline.seed + r}", *[s.key for s in steps]] for _, steps, r in runs])
     run = RunResult(pipeline, run_dir, torch_device, [])
     bar = Progress(
         SpinnerColumn(),
@@ -105,11 +108,15 @@ def run_pipeline(
     )
     try:
         with bar:
-            sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(planned))
-            for point, steps in planned:
-                run.points.append(_run_point(pipeline, point, steps, run_dir, torch_device, cache, bar))
-                cache.release(point.index)
+            sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
+            done: list[PointResult] = []
+            for i, (point, steps, r) in enumerate(runs):
+                done.append(_run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, i, pipeline.seed + r))
+                cache.release(i)
                 bar.advance(sweep_task)
+                if r == pipeline.repeats - 1:
+                    run.points.append(combine(done))
+                    done = []
     except BaseException:
         run.status = "failed"
         raise
@@ -126,15 +133,17 @@ def _run_point(
     device: torch.device,
     cache: "_PrefixCache",
     bar: Progress,
+    slot: int,
+    seed: int,
 ) -> PointResult:
-    ctx = Context(device, pipeline.seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None)
-    ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=pipeline.seed)
-    first = cache.restore(point.index, ctx)
+    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None)
+    ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=seed)
+    first = cache.restore(slot, ctx)
     task = bar.add_task(point.label(), total=len(steps), completed=first)
     for j in range(first, len(steps)):
         step = steps[j]
         bar.update(task, description=f"{point.label()}: {step.describe()}")
-        ctx.stage_seed = stage_seed(pipeline.seed, step.parts[0].index)
+        ctx.stage_seed = stage_seed(seed, step.parts[0].index)
         _seed_globals(ctx.stage_seed)
         start = time.perf_counter()
         try:
@@ -145,7 +154,7 @@ def _run_point(
             exc.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {exc.message}"
             raise exc.at(step.parts[0].location)
         ctx.metrics[f"seconds.{step.name}"] = time.perf_counter() - start
-        cache.store(point.index, j, ctx)
+        cache.store(slot, j, ctx)
         bar.advance(task)
     bar.remove_task(task)
     return PointResult(point, dict(ctx.metrics), list(ctx.figures), dict(ctx.examples), list(ctx.notes))
@@ -158,16 +167,33 @@ def _seed_globals(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _PrefixCache:
-    """Snapshots of a context after each step, kept only while a later point shares that prefix."""
+def combine(repeats: list[PointResult]) -> PointResult:
+    """One point from its repeats: metrics are means, `<metric>.std` their standard deviations."""
+    first = repeats[0]
+    if len(repeats) == 1:
+        return first
+    metrics: dict[str, float] = {}
+    for name in first.metrics:
+        values = [r.metrics[name] for r in repeats if name in r.metrics]
+        metrics[name] = float(np.mean(values))
+        metrics[f"{name}.std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    figures = list(dict.fromkeys(f for r in repeats for f in r.figures))
+    return PointResult(first.point, metrics, figures, first.examples, first.notes, [r.metrics for r in repeats])
 
-    def __init__(self, plans: list[list[Step]]) -> None:
+
+class _PrefixCache:
+    """Snapshots of a context after each step, kept only while a later run shares that prefix.
+
+    A run's key list starts with its seed, so only runs of the same seed share anything.
+    """
+
+    def __init__(self, plans: list[list[str]]) -> None:
         self.keys: list[list[tuple[str, ...]]] = []
-        for steps in plans:
-            prefix: tuple[str, ...] = ()
+        for seed, *steps in plans:
+            prefix: tuple[str, ...] = (seed,)
             keys = []
             for step in steps:
-                prefix = (*prefix, step.key)
+                prefix = (*prefix, step)
                 keys.append(prefix)
             self.keys.append(keys)
         self.last_use: dict[tuple[str, ...], int] = {}

@@ -12,12 +12,14 @@ from typing import Any
 
 import torch
 
+from amemctl.core.dynamics import ACTIVATIONS, hopfield_asynchronous, iterate
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
 from amemctl.core.separation import SEPARATIONS, Separation, make_separation
 from amemctl.core.similarity import ALIASES, Similarity, get_similarity
 from amemctl.engine.context import Context
 from amemctl.errors import StageError
+from amemctl.figures import curves
 from amemctl.plugins import get_registry, hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
 from amemctl.suggest import did_you_mean
@@ -104,25 +106,46 @@ class Separate(Stage):
 
 
 class Project(Stage):
-    """Project weights onto stored values: the keys (auto-association) or other rows (hetero)."""
+    """Project weights onto stored values: the keys (auto-association) or other rows (hetero).
+
+    `activation` is the neurons' output nonlinearity (sign for the classical Hopfield network).
+    With `steps` > 1 the output is fed back as the next query (auto-association), until it
+    moves less than `tolerance`; `energy: true` records the energy at every step.
+    """
 
     name = "project"
+    activation = Param(str, "none", "applied to the projection: none, sign (+1/-1), binary (> 0.5), clip ([0, 1])", choices=list(ACTIVATIONS))
+    steps = Param(int, 1, "retrieval steps, each output the next query (auto-association)", min=1)
+    tolerance = Param(float, None, "stop a query once its state moves less than this (max absolute change)", min=0)
+    energy = Param(bool, False, "record the energy at every step (defined for the dot similarity)")
+    update = Param(str, "synchronous", "synchronous, or asynchronous: the classical network's neuron-by-neuron updates", choices=["synchronous", "asynchronous"])
     weights = Input("weights", "Q x N weights")
     values = Input("patterns", "the stored values (N x ...): the keys themselves, or their hetero partners")
     output = Output("retrieved", "the retrieved values, Q x (value shape)")
 
+    def iterative(self) -> bool:
+        return self.steps > 1 or self.energy or self.update == "asynchronous"
+
+    def metrics(self) -> list[str]:
+        return ["iterations", "converged", "energy_increases"] if self.iterative() else []
+
     def run(self, ctx: Context) -> None:
+        if self.iterative():
+            raise StageError("iterating (steps, energy, asynchronous updates) needs score, separate and project together", hint="keep the three stages consecutive, with nothing else reading scores or weights")
         weights, values = ctx[self.weights], materialize(ctx[self.values])
         if weights.shape[1] != len(values):
             raise StageError(f"weights cover {weights.shape[1]} memories but there are {len(values)} values", hint="project onto values stored beside the scored keys")
         out = weights @ values.reshape(len(values), -1).to(weights.dtype)
-        ctx[self.output] = out.reshape(len(weights), *values.shape[1:])
+        ctx[self.output] = ACTIVATIONS[self.activation](out.reshape(len(weights), *values.shape[1:]))
 
 
 def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) -> None:
     """score -> separate -> project as one streaming retrieval, within the context's budget."""
     keys = ctx[score.memory]
     values = None if project.values == score.memory else ctx[project.values]
+    if project.iterative():
+        _iterate(score, separate, project, ctx, keys, values)
+        return
     result = recall(
         ctx[score.queries],
         keys,
@@ -133,7 +156,33 @@ def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) 
         normalize_scores=score.normalize,
         budget=ctx.budget,
     )
-    ctx[project.output] = result.output
+    ctx[project.output] = ACTIVATIONS[project.activation](result.output)
+
+
+def _iterate(score: Score, separate: Separate, project: Project, ctx: Context, keys, values) -> None:
+    if values is not None:
+        raise StageError("iterated retrieval feeds outputs back as queries, so values must be the keys (auto-association)", hint="project onto the scored memory, or use steps: 1")
+    sim, sep = similarity_of(score.similarity), separate.separation()
+    if project.update == "asynchronous":
+        if not (sim.name == "dot" and sep.name == "identity" and project.activation == "sign"):
+            raise StageError("asynchronous updates are the classical Hopfield network's: dot, identity (normalize: false) and sign", hint="use `- model: {name: hn, update: asynchronous}`")
+        result = hopfield_asynchronous(ctx[score.queries], keys, project.steps, ctx.rng("cpu"), project.energy)
+    else:
+        if score.distance_form != "negative" or score.normalize:
+            raise StageError("iterated retrieval uses plain scores", hint="drop distance_form and normalize from the score stage")
+        result = iterate(ctx[score.queries], keys, similarity=sim, separation=sep, activation=project.activation, steps=project.steps,
+                         tolerance=project.tolerance, track_energy=project.energy, budget=ctx.budget)
+    ctx[project.output] = result.state
+    ctx.metric("iterations", result.steps.float().mean())
+    ctx.metric("converged", result.converged.float().mean())
+    if result.energies:
+        ctx.metric("energy_increases", result.increases())
+        trace = torch.stack(result.energies).mean(1).tolist()
+        curves({"mean energy": (list(range(len(trace))), trace)}, ctx.figure_path("energy"), title=f"energy per step ({'never increases in theory' if result.guaranteed else 'no guarantee'})", xlabel="step", ylabel="E")
+        ctx.note("energy", f"Mean energy per step: {', '.join(f'{e:.4g}' for e in trace)}. "
+                 f"Increases: {result.increases()} (query, step) pairs; theory {'guarantees none' if result.guaranteed else 'gives no guarantee for this model'}.")
+    elif project.energy:
+        ctx.note("energy", f"No energy is defined for {sim.name} with {sep.describe()}; only the dot similarity with softmax or an unnormalised polynomial separation has one.")
 
 
 def _fits_budget(queries: int, memories: int, budget: int, stage: str) -> None:

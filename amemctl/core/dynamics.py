@@ -1,0 +1,175 @@
+"""Iterative retrieval and its energy: the output fed back as the next query.
+
+Millidge et al. (2022) write the universal Hopfield update z <- M^T sep(sim(M, z)) as the
+fixed-point iteration of an energy. With the dot similarity and a separation sep = F' whose
+integral F is convex, the energy
+
+    E(z) = 1/2 ||z||^2 - sum_i F(m_i . z)        (softmax: F-sum = (1/beta) logsumexp(beta M z))
+
+never increases from one step to the next (the update is the concave-convex procedure). For
+other pairs the energy is still reported when it can be written, flagged as not guaranteed.
+The classical Hopfield network, E(s) = -1/2 s^T W s with W = M^T M and a zero diagonal,
+never increases under asynchronous (one neuron at a time) sign updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from amemctl.core.retrieval import DEFAULT_BUDGET, recall
+from amemctl.core.rows import Rows, materialize
+from amemctl.core.separation import Elementwise, Separation, Softmax
+from amemctl.core.similarity import Similarity, get_similarity
+from amemctl.errors import StageError
+
+#: Output activations applied after projection: the classical networks' neuron nonlinearities.
+ACTIVATIONS = {
+    "none": lambda x: x,
+    "sign": lambda x: torch.where(x >= 0, 1.0, -1.0).to(x.dtype),
+    "binary": lambda x: (x > 0.5).to(x.dtype),
+    "clip": lambda x: x.clamp(0, 1),
+}
+
+
+@dataclass
+class Iteration:
+    """Where iterating left each query, how many steps it took, and the energy along the way."""
+
+    state: Tensor
+    steps: Tensor  #: per query, the step at which it stopped changing (or the step budget)
+    converged: Tensor  #: per query, whether it stopped changing within tolerance
+    energies: list[Tensor] = field(default_factory=list)  #: one Q-vector per step, the start first
+    guaranteed: bool = False  #: whether theory says the energy never increases for this model
+
+    def increases(self, slack: float = 1e-5) -> int:
+        """How many (query, step) pairs raised the energy by more than `slack` (relative)."""
+        count = 0
+        for before, after in zip(self.energies, self.energies[1:]):
+            count += int((after > before + slack * (1 + before.abs())).sum())
+        return count
+
+
+def energy_defined(similarity: Similarity, separation: Separation, activation: str = "none") -> bool:
+    """Whether `energy` can be written for this model (dot similarity, softmax or a known elementwise F)."""
+    if similarity.name != "dot":
+        return False
+    if isinstance(separation, Softmax):
+        return True
+    return isinstance(separation, Elementwise) and separation.name in _INTEGRALS and not separation.normalize
+
+
+def energy_guaranteed(similarity: Similarity, separation: Separation, activation: str) -> bool:
+    """Whether the energy provably never increases under synchronous updates."""
+    if not energy_defined(similarity, separation) or activation != "none":
+        return False
+    if isinstance(separation, Softmax):
+        return True
+    if separation.name in ("identity", "square", "rectified_polynomial"):
+        return True
+    n = separation.params.get("n", 2)
+    return separation.name == "polynomial" and float(n).is_integer() and int(n) % 2 == 1  # F = x^(n+1)/(n+1), convex for odd n
+
+
+_INTEGRALS = {
+    "identity": lambda s, p: s.square() / 2,
+    "square": lambda s, p: s.pow(3) / 3,
+    "polynomial": lambda s, p: s.pow(p.get("n", 2) + 1) / (p.get("n", 2) + 1),
+    "rectified_polynomial": lambda s, p: s.clamp_min(0).pow(p.get("n", 2) + 1) / (p.get("n", 2) + 1),
+}
+
+
+def energy(state: Tensor, keys: "Tensor | Rows", separation: Separation, chunk: int = 4096) -> Tensor:
+    """E(z) for each row of `state` against the stored keys (dot similarity), streamed over the keys."""
+    z = state.reshape(len(state), -1).float()
+    flat_keys = materialize(keys).reshape(len(keys), -1).to(z)
+    quadratic = 0.5 * (z * z).sum(1)
+    if isinstance(separation, Softmax):
+        beta = separation.beta
+        parts = [torch.logsumexp(beta * (z @ flat_keys[s : s + chunk].T), dim=1) for s in range(0, len(flat_keys), chunk)]
+        return quadratic - torch.logsumexp(torch.stack(parts, 1), dim=1) / beta
+    integral = _INTEGRALS[separation.name]
+    total = torch.zeros(len(z), device=z.device)
+    for s in range(0, len(flat_keys), chunk):
+        total += integral(z @ flat_keys[s : s + chunk].T, separation.params).sum(1)
+    return quadratic - total
+
+
+def iterate(
+    queries: Tensor,
+    keys: "Tensor | Rows",
+    *,
+    similarity: "str | Similarity" = "dot",
+    separation: Separation,
+    activation: str = "none",
+    steps: int = 1,
+    tolerance: float | None = None,
+    track_energy: bool = False,
+    budget: int = DEFAULT_BUDGET,
+) -> Iteration:
+    """Auto-associative retrieval repeated: each output (after the activation) is the next query.
+
+    Stops for a query once its state moves less than `tolerance` (max absolute change), or
+    after `steps` updates.
+    """
+    sim = similarity if isinstance(similarity, Similarity) else get_similarity(similarity)
+    act = _activation(activation)
+    state = queries.float()
+    shape = state.shape
+    taken = torch.full((len(state),), steps, dtype=torch.long, device=state.device)
+    converged = torch.zeros(len(state), dtype=torch.bool, device=state.device)
+    with_energy = track_energy and energy_defined(sim, separation)
+    energies = [energy(state, keys, separation)] if with_energy else []
+    for step in range(1, steps + 1):
+        nxt = act(recall(state, keys, similarity=sim, separation=separation, budget=budget).output.reshape(shape))
+        moved = (nxt - state).reshape(len(state), -1).abs().amax(1)
+        state = torch.where(converged.reshape(-1, *[1] * (state.dim() - 1)), state, nxt)
+        if with_energy:
+            energies.append(energy(state, keys, separation))
+        if tolerance is not None:
+            newly = ~converged & (moved <= tolerance)
+            taken[newly] = step
+            converged |= newly
+            if bool(converged.all()):
+                break
+    return Iteration(state, taken, converged, energies, with_energy and energy_guaranteed(sim, separation, activation))
+
+
+def hopfield_asynchronous(queries: Tensor, patterns: "Tensor | Rows", steps: int, generator: torch.Generator | None = None, track_energy: bool = False) -> Iteration:
+    """The classical Hopfield network with neuron-by-neuron sign updates (W = M^T M, zero diagonal).
+
+    Each sweep visits every neuron once in a random order; a state that a whole sweep leaves
+    unchanged is a fixed point, and the query stops there.
+    """
+    m = materialize(patterns).reshape(len(patterns), -1).float()
+    if not torch.all((m == 1) | (m == -1)):
+        raise StageError("the classical Hopfield network stores bipolar patterns (+1/-1)", hint="add a `binarize` stage (bipolar: true) before storing")
+    shape = queries.shape
+    s = torch.where(queries.reshape(len(queries), -1).float() >= 0, 1.0, -1.0)
+    weights = m.T @ m
+    weights.fill_diagonal_(0)
+    energies = [-0.5 * ((s @ weights) * s).sum(1)] if track_energy else []
+    taken = torch.full((len(s),), steps, dtype=torch.long, device=s.device)
+    converged = torch.zeros(len(s), dtype=torch.bool, device=s.device)
+    for sweep in range(1, steps + 1):
+        before = s.clone()
+        for i in torch.randperm(s.shape[1], generator=generator).tolist():
+            field_i = s @ weights[:, i]
+            s[:, i] = torch.where(field_i > 0, 1.0, torch.where(field_i < 0, -1.0, s[:, i]))
+        if track_energy:
+            energies.append(-0.5 * ((s @ weights) * s).sum(1))
+        newly = ~converged & (s == before).all(1)
+        taken[newly] = sweep
+        converged |= newly
+        if bool(converged.all()):
+            break
+    return Iteration(s.reshape(shape), taken, converged, energies, guaranteed=track_energy)
+
+
+def _activation(name: str):
+    if name not in ACTIVATIONS:
+        raise StageError(f"unknown activation {name!r}", hint=f"use one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
