@@ -1,0 +1,118 @@
+"""Classical models, presets, iterated retrieval and its energy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amemctl.core.dynamics import energy, hopfield_asynchronous, iterate
+from amemctl.core.retrieval import recall
+from amemctl.core.separation import make_separation
+from amemctl.dsl import presets
+from amemctl.errors import PipelineError
+from tests.conftest import error_of
+
+
+def _bipolar(p, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, (p, n), generator=g).float() * 2 - 1
+
+
+def _flip(x, fraction, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    flips = torch.rand(x.shape, generator=g) < fraction
+    return torch.where(flips, -x, x)
+
+
+def _recalled(out, patterns):
+    return (out == patterns).all(1).float().mean().item()
+
+
+def test_classical_capacity_collapses_near_0_14_n_and_the_modern_network_goes_far_beyond():
+    n = 200
+    low, high = _bipolar(10, n), _bipolar(60, n)  # 0.05 N and 0.3 N patterns
+    hn_low = _recalled(hopfield_asynchronous(_flip(low, 0.05), low, steps=10, generator=torch.Generator().manual_seed(0)).state, low)
+    hn_high = _recalled(hopfield_asynchronous(_flip(high, 0.05), high, steps=10, generator=torch.Generator().manual_seed(0)).state, high)
+    assert hn_low == 1.0 and hn_high < 0.2
+    many = _bipolar(1000, n)  # 5 N patterns
+    mchn = recall(_flip(many, 0.05), many, similarity="dot", separation=make_separation("softmax", beta=1.0)).output
+    assert _recalled(torch.sign(mchn), many) == 1.0
+
+
+def test_the_classical_energy_never_increases_under_asynchronous_updates():
+    patterns = _bipolar(30, 100)
+    result = hopfield_asynchronous(_flip(patterns, 0.2), patterns, steps=8, generator=torch.Generator().manual_seed(3), track_energy=True)
+    assert result.guaranteed and result.increases(slack=0) == 0 and len(result.energies) >= 2
+
+
+@pytest.mark.parametrize("name,params", [("softmax", {"beta": 2.0}), ("rectified_polynomial", {"n": 3, "normalize": False}), ("identity", {"normalize": False}), ("polynomial", {"n": 3, "normalize": False})])
+def test_the_energy_never_increases_where_theory_says_so(name, params):
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(40, 16, generator=g) / 8  # small enough that polynomial updates do not overflow
+    queries = keys[:10] + 0.1 * torch.randn(10, 16, generator=g)
+    result = iterate(queries, keys, similarity="dot", separation=make_separation(name, **params), steps=15, track_energy=True)
+    assert result.guaranteed and len(result.energies) == 16
+    assert result.increases() == 0
+
+
+def test_where_theory_is_silent_the_energy_is_reported_not_promised():
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(40, 16, generator=g) / 4
+    result = iterate(keys[:10] * 1.5, keys, similarity="dot", separation=make_separation("polynomial", n=2, normalize=False), steps=6, track_energy=True)
+    assert not result.guaranteed and len(result.energies) == 7
+    none = iterate(keys[:4], keys, similarity="manhattan", separation=make_separation("softmax"), steps=3, track_energy=True)
+    assert none.energies == [] and not none.guaranteed
+
+
+def test_energy_matches_its_formula():
+    keys = torch.randn(7, 5, dtype=torch.float64)
+    z = torch.randn(3, 5, dtype=torch.float64)
+    beta = 3.0
+    expected = 0.5 * (z * z).sum(1) - torch.logsumexp(beta * z @ keys.T, 1) / beta
+    torch.testing.assert_close(energy(z, keys, make_separation("softmax", beta=beta)).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_iteration_stops_at_a_fixed_point():
+    keys = _bipolar(5, 64)
+    result = iterate(_flip(keys, 0.1), keys, similarity="dot", separation=make_separation("softmax", beta=1.0), activation="sign", steps=10, tolerance=0.0)
+    assert torch.equal(result.state, keys) and result.converged.all() and (result.steps <= 3).all()
+
+
+def test_presets_expand_to_the_classic_models():
+    assert presets.expand("hn") == [("score", {"similarity": "dot"}), ("separate", {"function": "identity", "normalize": False}), ("project", {"activation": "sign"})]
+    assert presets.expand({"name": "dam", "n": 10, "rectified": True})[1] == ("separate", {"function": "rectified_polynomial", "n": 10, "normalize": False})
+    assert presets.expand({"name": "sdm", "radius": 5})[1] == ("separate", {"function": "threshold", "t": -5.0, "normalize": True})
+    assert presets.expand({"name": "uhn", "memory": "keys", "output": "out"}) == [
+        ("score", {"similarity": "manhattan", "memory": "keys"}),
+        ("separate", {"function": "softmax", "beta": 1000.0}),
+        ("project", {"output": "out"}),
+    ]
+    with pytest.raises(PipelineError, match="did you mean 'mchn'"):
+        presets.expand("mhcn")
+
+
+def test_presets_in_pipelines(run_text):
+    text = """\
+data: {dataset: digits, limit: 60}
+sweep:
+  model: [mchn, {name: dam, n: 8}, {name: sdm, k: 1}, {name: hn-async, preset: hn}]
+stages:
+  - corrupt: {kind: salt_pepper, p: 0.05}
+  - binarize: {bipolar: true}
+  - model: ${model}
+  - evaluate: {}
+"""
+    assert "unknown model preset 'hn-async'" in error_of(text) or "no parameter 'preset'" in error_of(text)
+    run = run_text(text.replace(", {name: hn-async, preset: hn}", ""))
+    errors = {p.point.values["model"] if isinstance(p.point.values["model"], str) else p.point.values["model"]["name"]: p.metrics["error_index"] for p in run.points}
+    assert errors["mchn"] < 0.2 and set(errors) == {"mchn", "dam", "sdm"}
+    message = error_of("data: {dataset: digits}\nstages:\n  - corrupt: {}\n  - model: {name: mchn, temperature: 2}\n")
+    assert "bad.yaml:4:12: model presets take no parameter 'temperature'" in message
+
+
+def test_asynchronous_updates_only_for_the_classical_network(run_text):
+    base = "data: {dataset: digits, limit: 40}\nstages:\n  - corrupt: {kind: salt_pepper, p: 0.02}\n  - binarize: {}\n  - model: MODEL\n  - evaluate: {}\n"
+    metrics = run_text(base.replace("MODEL", "{name: hn, update: asynchronous, steps: 5, energy: true}")).points[0].metrics
+    assert metrics["energy_increases"] == 0 and 1 <= metrics["iterations"] <= 5
+    with pytest.raises(Exception, match="asynchronous updates are the classical Hopfield network's"):
+        run_text(base.replace("MODEL", "{name: mchn, update: asynchronous}"))
