@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = (
     "amemctl.stages.generative",
     "amemctl.stages.stories",
     "amemctl.stages.transform",
+    "amemctl.stages.dam",
 )
 
 BUILTIN = "amemctl"

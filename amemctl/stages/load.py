@@ -79,7 +79,7 @@ def amemctl_register_stages() -> list[type[Stage]]:
 @hookimpl
 def amemctl_register_datasets() -> list[Dataset]:
     return [
-        Dataset("digits", "scikit-learn's 1,797 handwritten digits (8x8 grey, offline)", ("all",), "all", read_digits, (1, 8, 8)),
+        Dataset("digits", "scikit-learn's 1,797 handwritten digits (8x8 grey, offline; train: first 1,200, test: last 597)", ("all", "train", "test"), "all", read_digits, (1, 8, 8)),
         Dataset("patches32", "1,801 32x32 patches of scikit-image's photographs, CIFAR-10-shaped (offline)", ("all",), "all", lambda r: read_patches(32), (3, 32, 32)),
         Dataset("patches96", "376 96x96 patches of scikit-image's photographs, STL-10-shaped (offline)", ("all",), "all", lambda r: read_patches(96), (3, 96, 96)),
         *torchvision_sets.datasets(),

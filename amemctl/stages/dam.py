@@ -1,0 +1,65 @@
+"""Stage `train-dam`: dense associative memories trained to classify (Krotov & Hopfield 2016)."""
+
+from __future__ import annotations
+
+from amemctl.core.rows import materialize
+from amemctl.engine.context import Context
+from amemctl.errors import StageError
+from amemctl.models.dam import accuracy, train_dam
+from amemctl.plugins import hookimpl
+from amemctl.stage import Input, Output, Param, Stage
+
+
+class TrainDAM(Stage):
+    """Train K memories of a dense associative memory (rectified polynomial energy of order n) to classify images.
+
+    Records train and test accuracy, and shows the learned memories (their visible parts)
+    in figures/memories.png: features at low n, prototypes at high n.
+    """
+
+    name = "train-dam"
+    n = Param(float, 3, "order of the energy F(x) = max(x, 0)^n", min=1)
+    memories = Param(int, 100, "number of memories K (hidden units)", min=1)
+    rectified = Param(bool, True, "F = max(x, 0)^n; false gives x^n")
+    temperature = Param(float, None, "T of F(b / T) (default: the 99th percentile of the initial inputs)", min=0)
+    power = Param(int, 1, "m of the loss sum (c - t)^(2m); larger focuses on misclassified images (the paper: up to 30)", min=1)
+    epochs = Param(int, 100, "passes over the training images", min=0)
+    batch_size = Param(int, 100, "images per step", min=1)
+    lr = Param(float, 2e-2, "initial learning rate (decays by 0.998 per epoch; momentum 0.6)", min=0)
+    shown = Param(int, 24, "memories drawn in figures/memories.png", min=0)
+    input = Input("patterns", "training images")
+    labels = Input("labels", "their labels, 0 .. C-1")
+    test = Input(None, "test images", optional=True)
+    test_labels = Input(None, "their labels", optional=True)
+    output = Output("dam", "the trained model")
+
+    def metrics(self) -> list[str]:
+        return ["dam_train_accuracy", "dam_test_accuracy", "dam_loss"]
+
+    def describe(self) -> str:
+        return f"train-dam n={self.n:g}"
+
+    def run(self, ctx: Context) -> None:
+        images, labels = materialize(ctx[self.input]), ctx[self.labels].long()
+        if len(images) != len(labels):
+            raise StageError(f"{len(images)} images but {len(labels)} labels")
+        classes = int(labels.max()) + 1
+        model, losses = train_dam(
+            images, labels, classes, memories=self.memories, n=self.n, temperature=self.temperature, rectified=self.rectified,
+            power=self.power, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=ctx.stage_seed % 2**31,
+            device=ctx.device, track=ctx.track,
+        )
+        ctx[self.output] = model
+        ctx.metric("dam_train_accuracy", accuracy(model, images, labels))
+        if losses:
+            ctx.metric("dam_loss", losses[-1])
+        if self.test is not None and self.test_labels is not None:
+            ctx.metric("dam_test_accuracy", accuracy(model, materialize(ctx[self.test]), ctx[self.test_labels].long()))
+        if self.shown:
+            pictures = model.memories()[: self.shown].reshape(-1, *images.shape[1:])
+            ctx.show("memories", f"n={self.n:g}", (pictures + 1) / 2)
+
+
+@hookimpl
+def amemctl_register_stages() -> list[type[Stage]]:
+    return [TrainDAM]
