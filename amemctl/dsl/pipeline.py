@@ -422,6 +422,11 @@ def _plan_point(
     for entry in _expanded(entries, point, sweep, source, errors):
         where = source.key(entry.path) if entry.index < 0 else source.value(entry.path)
         try:
+            cls = stage_class(entry.name, registry)
+        except AmemctlError as exc:
+            errors.add(exc, source.key((*entry.path, entry.name)) if entry.index >= 0 else where)
+            continue
+        try:
             params, whole = sweeps.substitute(entry.params, point.values)
         except sweeps.MissingField as exc:
             var = exc.reference.split(".")[0]
@@ -429,12 +434,10 @@ def _plan_point(
                 PipelineError(f"${{{exc.reference}}}: the sweep value {sweeps.value_label(exc.value)!r} of {var!r} has no such field", hint="give every value of the variable that field"),
                 source.value(("sweep", var, point.positions[var])),
             )
+            _assume_outputs(cls, entry.params if isinstance(entry.params, dict) else {}, entry, available)
             continue
-        try:
-            cls = stage_class(entry.name, registry)
-        except AmemctlError as exc:
-            errors.add(exc, source.key((*entry.path, entry.name)) if entry.index >= 0 else where)
-            continue
+        if () in whole and isinstance(params, dict):
+            params = {k: v for k, v in params.items() if k != "name"}  # `name` labels a sweep value; no stage takes it
         if not isinstance(params, dict):
             errors.add(PipelineError(f"the parameters of stage {entry.name!r} must be a mapping, got {params!r}"), source.value(entry.params_path))
             continue
@@ -445,16 +448,20 @@ def _plan_point(
                 errors.add(_locate(exc, entry, whole, point, sweep, source))
             else:
                 errors.add(exc, where)
-            # Later stages may read what this one would have written: assume it did.
-            for key, param in cls.params.items():
-                if param.role == "output" and params.get(key, param.default) is not None:
-                    available[str(params.get(key, param.default))] = entry.name
+            _assume_outputs(cls, params, entry, available)
             continue
         _check_wiring(stage, entry, available, source, errors)
         for name in stage.outputs():
             available[name] = stage.name
         planned.append(PlannedStage(stage, where, entry.index))
     return PointPlan(point, planned)
+
+
+def _assume_outputs(cls: type, params: dict, entry: _Entry, available: dict[str, str]) -> None:
+    """After a stage's own error, let later stages read what it would have written (no cascade of errors)."""
+    for key, param in cls.params.items():
+        if param.role == "output" and params.get(key, param.default) is not None:
+            available[str(params.get(key, param.default))] = entry.name
 
 
 def _expanded(entries: list[_Entry], point: sweeps.Point, sweep: dict, source: SourceMap, errors: _Collector) -> list[_Entry]:
@@ -467,8 +474,12 @@ def _expanded(entries: list[_Entry], point: sweeps.Point, sweep: dict, source: S
         try:
             params, whole = sweeps.substitute(entry.params, point.values)
             stages = presets.expand(params)
-        except sweeps.MissingField:
-            result.append(entry)  # reported with the other substitution errors
+        except sweeps.MissingField as exc:
+            var = exc.reference.split(".")[0]
+            errors.add(
+                PipelineError(f"${{{exc.reference}}}: the sweep value {sweeps.value_label(exc.value)!r} of {var!r} has no such field", hint="give every value of the variable that field"),
+                source.value(("sweep", var, point.positions[var])),
+            )
             continue
         except PipelineError as exc:
             var = whole.get(()) or whole.get(("name",))

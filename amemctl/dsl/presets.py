@@ -3,12 +3,13 @@
 | preset | similarity | separation | projection |
 |---|---|---|---|
 | hn   | dot       | identity (raw sum)                     | sign: the classical Hopfield network (bipolar patterns) |
-| sdm  | hamming   | threshold at -radius, or the k nearest | binary majority: sparse distributed memory (binary patterns) |
+| sdm  | hamming   | threshold at -radius, or the k nearest | majority vote: sparse distributed memory (binary patterns; bipolar: true for +-1) |
 | dam  | dot       | polynomial of order n (or rectified)   | sign: dense associative memory (Krotov & Hopfield 2016) |
 | mchn | dot       | softmax(beta)                          | the modern continuous Hopfield network (Ramsauer et al.) |
 | uhn  | manhattan | softmax(beta)                          | the UHN paper's best combination |
 
-`amemctl validate --explain` shows what a preset becomes.
+`amemctl validate --explain` shows what a preset becomes. In a sweep, `{name: "hn async",
+preset: hn, update: asynchronous}` labels a variant by `name` and picks the model by `preset`.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ PRESETS: dict[str, str] = {
 #: parameters a model entry may carry, passed to the stage that owns them
 WIRING = {"memory": "score", "queries": "score", "values": "project", "output": "project"}
 DYNAMICS = ("steps", "tolerance", "energy", "update", "activation")
-OWN = {"name", "beta", "n", "rectified", "radius", "k", *WIRING, *DYNAMICS}
+OWN = {"name", "preset", "beta", "n", "rectified", "radius", "k", "bipolar", *WIRING, *DYNAMICS}
 
 
 def expand(params: Any) -> list[tuple[str, dict[str, Any]]]:
     """The (stage, parameters) a `model:` entry stands for."""
     spec = {"name": params} if isinstance(params, str) else dict(params or {})
-    name = spec.get("name")
+    name = spec.get("preset", spec.get("name"))  # `preset` picks the model when `name` is a label
     if name not in PRESETS:
         hint = did_you_mean(str(name), PRESETS) or "presets: " + ", ".join(f"{k} ({v})" for k, v in PRESETS.items())
         raise PipelineError(f"unknown model preset {name!r}", hint=hint)
@@ -55,7 +56,7 @@ def expand(params: Any) -> list[tuple[str, dict[str, Any]]]:
             separate.update(function="threshold", t=-float(spec["radius"]), normalize=True)
         else:
             separate.update(function="topk", k=int(spec.get("k", 5)))
-        project["activation"] = "binary"
+        project["activation"] = "sign" if spec.get("bipolar") else "binary"
     elif name == "dam":
         score["similarity"] = "dot"
         separate.update(function="rectified_polynomial" if spec.get("rectified") else "polynomial", n=spec.get("n", 3), normalize=False)
