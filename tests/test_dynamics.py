@@ -95,17 +95,18 @@ def test_presets_in_pipelines(run_text):
     text = """\
 data: {dataset: digits, limit: 60}
 sweep:
-  model: [mchn, {name: dam, n: 8}, {name: sdm, k: 1}, {name: hn-async, preset: hn}]
+  model: [mchn, {name: dam, n: 8}, {name: sdm, k: 1, bipolar: true}, {name: hn-async, preset: hn, update: asynchronous, steps: 3}]
 stages:
   - corrupt: {kind: salt_pepper, p: 0.05}
   - binarize: {bipolar: true}
   - model: ${model}
   - evaluate: {}
 """
-    assert "unknown model preset 'hn-async'" in error_of(text) or "no parameter 'preset'" in error_of(text)
-    run = run_text(text.replace(", {name: hn-async, preset: hn}", ""))
+    assert "unknown model preset 'hn-sync'" in error_of(text.replace("preset: hn,", "preset: hn-sync,"))
+    run = run_text(text)
     errors = {p.point.values["model"] if isinstance(p.point.values["model"], str) else p.point.values["model"]["name"]: p.metrics["error_index"] for p in run.points}
-    assert errors["mchn"] < 0.2 and set(errors) == {"mchn", "dam", "sdm"}
+    assert errors["mchn"] < 0.2 and errors["sdm"] < 0.2 and set(errors) == {"mchn", "dam", "sdm", "hn-async"}
+    assert "iterations" in run.points[3].metrics
     message = error_of("data: {dataset: digits}\nstages:\n  - corrupt: {}\n  - model: {name: mchn, temperature: 2}\n")
     assert "bad.yaml:4:12: model presets take no parameter 'temperature'" in message
 
