@@ -47,8 +47,10 @@ def main() -> None:
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the pipeline's device).")
 @click.option("--out", "out_root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Folder under which the run folder is made.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool) -> None:
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(1), help="Processes (torch.distributed ranks) to split retrieval over.")
+def run(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int) -> None:
     """Run PIPELINE: every sweep point, then the tables and figures of its report."""
+    from amemctl import launch
     from amemctl.dsl.pipeline import load_pipeline
     from amemctl.engine.runner import run_pipeline
 
@@ -57,9 +59,31 @@ def run(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root
 
         if not DEVICE.match(device):
             raise AmemctlError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
-    checked = load_pipeline(pipeline, list(overrides))
+    checked = load_pipeline(pipeline, list(overrides))  # checked once before any worker starts
     _warn_failed_plugins()
-    run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet)
+    if nproc > 1 and not launch.in_worker():
+        arguments = ["run", str(pipeline), "--out", str(out_root), *[a for o in overrides for a in ("--set", o)]]
+        arguments += [*(["--device", device] if device else []), *(["--quiet"] if quiet else [])]
+        launch.launch(nproc, arguments)
+        return
+    if not launch.in_worker():
+        run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet)
+        return
+    group, rank, device = launch.start_worker(device)
+    try:
+        if rank == 0:
+            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group)
+        else:  # the other ranks compute their shards; rank 0 alone reports
+            import io
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as scratch:
+                run_pipeline(checked, out_root=scratch, device=device, console=Console(file=io.StringIO()), progress=False, group=group)
+    except AmemctlError as exc:
+        exc.message = f"(rank {rank}) {exc.message}"
+        raise
+    finally:
+        launch.stop_worker()
 
 
 @main.command()

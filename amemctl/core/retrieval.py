@@ -36,6 +36,19 @@ _FULL_ROW_BYTES = 4 * 8
 
 
 @dataclass(frozen=True)
+class Shard:
+    """This rank's part of a memory split across torch.distributed ranks.
+
+    The keys and values given to `recall` are rows start..start+len of a memory of `total`
+    rows; `recall` merges every rank's partial state so that all ranks get the full answer.
+    """
+
+    group: object
+    start: int
+    total: int
+
+
+@dataclass(frozen=True)
 class Recall:
     """What a retrieval returns: the projected output and the best-scoring memory."""
 
@@ -64,6 +77,7 @@ def recall(
     distance_form: str = "negative",
     normalize_scores: bool = False,
     budget: int = DEFAULT_BUDGET,
+    shard: Shard | None = None,
 ) -> Recall:
     """Retrieve from stored keys (N x ...) and values (N x ..., default: the keys) for Q queries.
 
@@ -74,6 +88,7 @@ def recall(
     normalize_scores: divide each query's scores by their sum first (UHN paper, appendix E;
         meaningful for positive scores, e.g. inverse distances).
     budget: bytes of score-sized temporaries allowed at once.
+    shard: when the keys and values are this rank's rows of a memory split across ranks.
     """
     sim = similarity if isinstance(similarity, Similarity) else get_similarity(similarity)
     sep = separation if isinstance(separation, Separation) else make_separation(separation)
@@ -86,12 +101,13 @@ def recall(
             f"{n} stored keys but {len(value_rows)} stored values",
             hint="hetero-associative values need one row per stored key",
         )
-    if n == 0:
+    if n == 0 and shard is None:
         raise StageError("the memory is empty: nothing is stored to retrieve from")
 
     width = math.prod(value_rows.row_shape)
     pair_bytes = q.element_size() * (3 + sim.workspace(q.shape[1]))
-    block_q, block_n = plan_blocks(q.shape[0], n, pair_bytes, budget, sep.needs_full_rows)
+    # every rank must make the same collective calls: plan with the whole memory's size
+    block_q, block_n = plan_blocks(q.shape[0], shard.total if shard else n, pair_bytes, budget, sep.needs_full_rows)
 
     output = q.new_empty(q.shape[0], width)
     best_index = torch.empty(q.shape[0], dtype=torch.long, device=q.device)
@@ -99,7 +115,7 @@ def recall(
     for start in range(0, q.shape[0], block_q):
         block = slice(start, start + block_q)
         out, idx, score = _recall_block(
-            q[block], key_rows, value_rows, sim, sep, distance_form, normalize_scores, block_n, width
+            q[block], key_rows, value_rows, sim, sep, distance_form, normalize_scores, block_n, width, shard
         )
         output[block], best_index[block], best_score[block] = out, idx, score
     return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
@@ -115,8 +131,10 @@ def _recall_block(
     normalize_scores: bool,
     block_n: int,
     width: int,
+    shard: Shard | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One block of queries against every chunk of stored memories."""
+    """One block of queries against every chunk of stored memories (this rank's, with a shard)."""
+    start = shard.start if shard else 0
 
     def scores_of(chunk: Tensor) -> Tensor:
         _check_finite(chunk, "stored keys")
@@ -124,7 +142,13 @@ def _recall_block(
 
     totals = None
     if normalize_scores:
-        totals = sum(scores_of(chunk).sum(1, keepdim=True) for _, chunk in key_rows.chunks(block_n))
+        totals = q.new_zeros(q.shape[0], 1)
+        for _, chunk in key_rows.chunks(block_n):
+            totals += scores_of(chunk).sum(1, keepdim=True)
+        if shard is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(totals, group=shard.group)
         totals = torch.where(totals == 0, torch.ones_like(totals), totals)
 
     reducer = sep.reducer(q.shape[0], width, q)
@@ -138,13 +162,31 @@ def _recall_block(
         chunk_best, chunk_index = s.max(1)
         better = chunk_best > best
         best = torch.where(better, chunk_best, best)
-        best_index = torch.where(better, chunk_index + offset, best_index)
+        best_index = torch.where(better, chunk_index + offset + start, best_index)
         values = None
         if value_chunks is not None:
             _, values = next(value_chunks)
             values = values.to(device=q.device, dtype=q.dtype)
-        reducer.update(s, offset, values)
-    return reducer.finish(_OnDevice(value_rows, q)), best_index, best
+        reducer.update(s, offset + start, values)
+    local_values = _OnDevice(value_rows, q)
+    if shard is not None:
+        reducer.merge(shard.group, local_values, start)
+        best, best_index = _merge_best(best, best_index, shard.group)
+    return reducer.finish(local_values), best_index, best
+
+
+def _merge_best(best: Tensor, index: Tensor, group: object) -> tuple[Tensor, Tensor]:
+    """The best score over every rank, and its index (the lowest rank's on ties, so the lowest index)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    scores = [torch.empty_like(best) for _ in range(world)]
+    indices = [torch.empty_like(index) for _ in range(world)]
+    dist.all_gather(scores, best, group=group)
+    dist.all_gather(indices, index, group=group)
+    stacked = torch.stack(scores)
+    winner = stacked.argmax(0)  # first maximum: the lowest rank
+    return stacked.gather(0, winner[None])[0], torch.stack(indices).gather(0, winner[None])[0]
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,14 @@ class Reducer(ABC):
     def finish(self, values: Rows) -> Tensor:
         """The projected output (rows x width) once every chunk has been seen."""
 
+    def merge(self, group: object, values: Rows, start: int) -> None:
+        """Combine this rank's state with every other rank's (torch.distributed), exactly.
+
+        `values` are this rank's rows, the first of which is global row `start`. Called by all
+        ranks together after each has seen its own shard of the memories.
+        """
+        raise StageError(f"{type(self).__name__} cannot be merged across ranks", hint="use softmax, max, top-k or an elementwise separation")
+
 
 class Separation(ABC):
     """A named separation function with its parameters."""
@@ -112,6 +120,12 @@ class _WeightedSum(Reducer):
 
     def finish(self, values: Rows) -> Tensor:
         return _normalised(self.acc, self.total) if self.sep.normalize else self.acc
+
+    def merge(self, group: object, values: Rows, start: int) -> None:
+        import torch.distributed as dist
+
+        dist.all_reduce(self.acc, group=group)
+        dist.all_reduce(self.total, group=group)
 
 
 def _normalised(x: Tensor, total: Tensor) -> Tensor:
@@ -194,6 +208,17 @@ class _OnlineSoftmax(Reducer):
     def finish(self, values: Rows) -> Tensor:
         return self.acc / self.l
 
+    def merge(self, group: object, values: Rows, start: int) -> None:
+        """The log-sum-exp merge: rescale every rank's sums to the global maximum, then add."""
+        import torch.distributed as dist
+
+        m = self.m.clone()
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+        rescale = torch.where(torch.isfinite(self.m), torch.exp(self.m - m), torch.zeros_like(m))
+        self.l, self.acc, self.m = self.l * rescale, self.acc * rescale, m
+        dist.all_reduce(self.l, group=group)
+        dist.all_reduce(self.acc, group=group)
+
 
 # ---------------------------------------------------------------------------------------
 # max and top-k
@@ -247,6 +272,7 @@ class _RunningTopK(Reducer):
     best: Tensor
     index: Tensor
     reads_values = False
+    picked: Tensor | None = None  #: the chosen values, when a cross-rank merge already gathered them
 
     def update(self, scores: Tensor, offset: int, values: Tensor) -> None:
         vals, idx = top_k(scores, self.sep.k)
@@ -258,9 +284,33 @@ class _RunningTopK(Reducer):
         self.index = merged_idx.gather(1, order)
 
     def finish(self, values: Rows) -> Tensor:
-        picked = values.take(self.index.reshape(-1)).reshape(*self.index.shape, -1)
+        picked = self.picked if self.picked is not None else values.take(self.index.reshape(-1)).reshape(*self.index.shape, -1)
         w = self.sep._select_weights(self.best)
         return torch.einsum("qk,qkw->qw", w, picked)
+
+    def merge(self, group: object, values: Rows, start: int) -> None:
+        """Gather every rank's top-k (scores, global indices, values) and keep the best k overall."""
+        import torch.distributed as dist
+
+        k, rows, have = self.sep.k, self.best.shape[0], self.best.shape[1]
+        width = math.prod(values.row_shape)
+        # every rank sends k candidates (padded with -inf when its shard holds fewer)
+        best = self.best.new_full((rows, k), -math.inf)
+        index = torch.full((rows, k), -1, dtype=torch.long, device=self.index.device)
+        vals = self.best.new_zeros(rows, k, width)
+        best[:, :have], index[:, :have] = self.best, self.index
+        if have:
+            vals[:, :have] = values.take((self.index - start).reshape(-1)).reshape(rows, have, width).to(vals.dtype)
+        world = dist.get_world_size(group)
+        parts = [[torch.empty_like(t) for _ in range(world)] for t in (best, index, vals)]
+        for gathered, mine in zip(parts, (best, index, vals)):
+            dist.all_gather(gathered, mine, group=group)
+        # ranks hold increasing row ranges, so rank order is index order: a stable sort keeps ties low
+        merged = torch.cat(parts[0], 1)
+        order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :k]
+        self.best = merged.gather(1, order)
+        self.index = torch.cat(parts[1], 1).gather(1, order)
+        self.picked = torch.cat(parts[2], 1).gather(1, order[:, :, None].expand(-1, -1, width))
 
 
 def top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -43,6 +43,28 @@ class Context:
     identities: dict[str, dict] = field(default_factory=dict)
     #: (title, markdown) sections this point adds to report.md
     notes: list[tuple[str, str]] = field(default_factory=list)
+    #: the torch.distributed group when the run spans several ranks (None: one process)
+    group: Any = None
+
+    @property
+    def distributed(self) -> bool:
+        import torch.distributed as dist
+
+        return self.group is not None and dist.is_initialized() and dist.get_world_size(self.group) > 1
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes stores and reports: always, except ranks other than 0."""
+        import torch.distributed as dist
+
+        return not self.distributed or dist.get_rank(self.group) == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (a no-op in one process)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier(self.group)
 
     def __getitem__(self, name: str) -> Any:
         try:

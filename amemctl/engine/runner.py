@@ -83,8 +83,12 @@ def run_pipeline(
     device: str | None = None,
     console: Console | None = None,
     progress: bool = True,
+    group: object = None,
 ) -> RunResult:
-    """Run every sweep point of `pipeline` and write its run folder; see the module docstring."""
+    """Run every sweep point of `pipeline` and write its run folder; see the module docstring.
+
+    With a torch.distributed `group`, retrievals are split across its ranks (amemctl.launch).
+    """
     from amemctl.engine import results
 
     console = console or Console()
@@ -111,7 +115,7 @@ def run_pipeline(
             sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
             done: list[PointResult] = []
             for i, (point, steps, r) in enumerate(runs):
-                done.append(_run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, i, pipeline.seed + r))
+                done.append(_run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, i, pipeline.seed + r, group))
                 cache.release(i)
                 bar.advance(sweep_task)
                 if r == pipeline.repeats - 1:
@@ -135,8 +139,9 @@ def _run_point(
     bar: Progress,
     slot: int,
     seed: int,
+    group: object = None,
 ) -> PointResult:
-    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None)
+    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None, group=group)
     ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=seed)
     first = cache.restore(slot, ctx)
     task = bar.add_task(point.label(), total=len(steps), completed=first)

@@ -72,16 +72,18 @@ class Embed(Stage):
             return
         from amemctl.store.memory import MemoryStore
 
-        store = MemoryStore.open(self.store, mode="a")
+        store = MemoryStore.open(self.store, mode="a" if ctx.writer else "r")
         patterns = store.read("patterns")
         identity = {**phi.identity(), "inputs_sha256": hashlib.sha256(patterns.numpy().tobytes()).hexdigest()}
         space = phi.space()
         if store.spaces.get(space) == identity:
             ctx.metric("embeddings_reused", 1)
         else:
-            keys = phi.embed(patterns, ctx.device, self.batch_size, self.amp, ctx.track)
-            store.add_space(space, keys, identity)
-            store = MemoryStore.open(self.store, mode="a")
+            if ctx.writer:
+                keys = phi.embed(patterns, ctx.device, self.batch_size, self.amp, ctx.track)
+                store.add_space(space, keys, identity)
+            ctx.barrier()  # other ranks read the keys rank 0 wrote
+            store = MemoryStore.open(self.store)
             ctx.metric("embeddings_reused", 0)
         ctx[self.output] = store.rows(f"keys/{space}", ctx.device)
         ctx.identities[self.output] = identity

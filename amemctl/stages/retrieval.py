@@ -146,16 +146,22 @@ def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) 
     if project.iterative():
         _iterate(score, separate, project, ctx, keys, values)
         return
-    result = recall(
-        ctx[score.queries],
-        keys,
-        values,
+    options = dict(
         similarity=similarity_of(score.similarity),
         separation=separate.separation(),
         distance_form=score.distance_form,
         normalize_scores=score.normalize,
         budget=ctx.budget,
     )
+    if ctx.distributed:  # each rank scores its shard of the memory; the partial states are merged
+        from amemctl.core.distributed import sharded_recall
+
+        result = sharded_recall(ctx[score.queries], keys, values, group=ctx.group, **options)
+        import torch.distributed as dist
+
+        ctx.metric("ranks", dist.get_world_size(ctx.group))
+    else:
+        result = recall(ctx[score.queries], keys, values, **options)
     ctx[project.output] = ACTIVATIONS[project.activation](result.output)
 
 

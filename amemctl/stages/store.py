@@ -55,6 +55,9 @@ class Persist(Stage):
         options = dict(chunk_bytes=int(self.chunk_mib * 2**20), compression=self.compression, checksum=self.checksum, description=ctx.provenance.get("pipeline", ""))
         provenance = {k: v for k, v in ctx.provenance.items() if k != "data"} | ctx.provenance.get("data", {})
         identities = {space: ctx.identities.get(tensor, {"encoder": "context tensor", "tensor": tensor}) for space, tensor in (self.keys or {}).items()}
+        if not ctx.writer:  # with several ranks, rank 0 writes and the others wait for it
+            ctx.barrier()
+            return
         if self.mode == "append":
             store = MemoryStore.create(path, exist_ok=True, **options)
             store.append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance)
@@ -62,6 +65,7 @@ class Persist(Stage):
             MemoryStore.create(path, **options).append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance)
         else:
             _replace(path, lambda tmp: MemoryStore.create(tmp, **options).append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance))
+        ctx.barrier()
         ctx.metric(f"{self.prefix}persisted", len(next(iter({**tensors, **keys}.values()))))
         ctx.metric(f"{self.prefix}store_bytes", sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
 

@@ -22,14 +22,16 @@ if TYPE_CHECKING:
 class StoreRows:
     """Rows (in the sense of amemctl.core.rows) over one array of a store, forgotten rows skipped."""
 
-    def __init__(self, store: "MemoryStore", name: str, device: torch.device, prefetch: int = 1) -> None:
+    def __init__(self, store: "MemoryStore", name: str, device: torch.device, prefetch: int = 1, bounds: tuple[int, int] | None = None) -> None:
         self.store = store
         self.name = name
         self.device = device
         self.prefetch = max(0, prefetch)
         self._shape = store.row_shape(name)
-        self._alive = store.alive()
-        self._live = np.flatnonzero(self._alive)
+        alive = store.alive()
+        self._first, last = bounds if bounds is not None else (0, len(alive))
+        self._alive = alive[self._first : last]  # physical rows first..last
+        self._live = np.flatnonzero(self._alive)  # relative to first
 
     def __len__(self) -> int:
         return len(self._live)
@@ -65,16 +67,24 @@ class StoreRows:
                     yield offset, self._to_device(block)
                     offset += len(block)
 
+    def shard(self, start: int, stop: int) -> "StoreRows":
+        """Live rows start..stop of these rows (for one rank of several)."""
+        if start >= stop:
+            return StoreRows(self.store, self.name, self.device, self.prefetch, (self._first, self._first))
+        lo = self._first + int(self._live[start])
+        hi = self._first + int(self._live[stop - 1]) + 1
+        return StoreRows(self.store, self.name, self.device, self.prefetch, (lo, hi))
+
     def take(self, index: Tensor) -> Tensor:
-        physical = self._live[index.detach().cpu().numpy().astype(np.int64)]
+        physical = self._first + self._live[index.detach().cpu().numpy().astype(np.int64)]
         return self._to_device(self.store.take(self.name, physical).reshape(len(physical), -1))
 
     def to_tensor(self) -> Tensor:
         """All live rows in their stored shape (for stores that fit in memory)."""
-        return self.store.to_tensor(self.name, self.device)
+        return self.store.take(self.name, self._first + self._live).to(self.device)
 
     def _read(self, start: int, stop: int) -> Tensor:
-        block = self.store.read(self.name, start, stop).reshape(stop - start, -1)
+        block = self.store.read(self.name, self._first + start, self._first + stop).reshape(stop - start, -1)
         keep = self._alive[start:stop]
         if not keep.all():
             block = block[torch.from_numpy(keep)]

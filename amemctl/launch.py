@@ -1,0 +1,71 @@
+"""Running one pipeline on several processes with torch.distributed (torchrun's machinery).
+
+`amemctl run --nproc N` starts N local workers through torch's elastic launcher, exactly as
+`torchrun --standalone --nproc-per-node N -m amemctl run ...` would; on clusters, use torchrun
+with --nnodes and a rendezvous endpoint. Every worker runs the whole pipeline on the same data
+and seed; retrievals split the stored rows across ranks and merge partial states; rank 0
+alone writes stores, the run folder and the report. NCCL on GPUs, gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from typing import Any
+
+import torch
+
+from amemctl.errors import AmemctlError
+
+
+def in_worker() -> bool:
+    """Whether this process was started by torchrun (or `--nproc`) as one of several ranks."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def start_worker(device: str | None) -> tuple[Any, int, str | None]:
+    """Join the process group; returns (group, rank, the device this rank should use)."""
+    import torch.distributed as dist
+
+    wants_gpu = device not in ("cpu",) and torch.cuda.is_available()
+    backend = "nccl" if wants_gpu else "gloo"
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if wants_gpu:
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group(backend)
+    return dist.group.WORLD, dist.get_rank(), device
+
+
+def stop_worker() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, arguments: list[str]) -> None:
+    """Run `python -m amemctl <arguments>` on `nproc` local ranks and wait; a failed rank is an error naming it."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"amemctl-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "amemctl", *arguments)
+    except ChildFailedError as exc:
+        failed = sorted(exc.failures.items())
+        detail = "; ".join(f"rank {rank} exited with code {f.exitcode}" for rank, f in failed)
+        raise AmemctlError(
+            f"the distributed run failed: {detail}",
+            hint="the failing rank's own message is printed above; nothing was written to stores after the failure",
+        ) from None

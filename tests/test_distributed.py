@@ -1,0 +1,124 @@
+"""Retrieval split across torch.distributed ranks (gloo on CPU) equals retrieval in one process."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from click.testing import CliRunner
+
+from amemctl.core.distributed import shard_range
+from amemctl.core.retrieval import recall
+from amemctl.core.separation import make_separation
+from amemctl.store.memory import MemoryStore
+
+CASES = [("softmax", {"beta": 5.0}), ("topk", {"k": 3}), ("max", {}), ("identity", {}), ("polynomial", {"n": 3})]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _memory(path):
+    g = torch.Generator().manual_seed(0)
+    keys, values, queries = torch.rand(1001, 12, generator=g), torch.rand(1001, 5, generator=g), torch.rand(37, 12, generator=g)
+    store = MemoryStore.create(path, chunk_bytes=12 * 4 * 64)  # 64 rows a chunk: 16 chunks
+    store.append(patterns=keys, values=values)
+    store.forget(ids=list(range(0, 1001, 97)))  # shards must skip forgotten rows too
+    return queries
+
+
+def _worker(rank: int, world: int, port: int, path: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from amemctl.core.distributed import sharded_recall
+
+    store = MemoryStore.open(path)
+    queries = torch.load(out + ".queries")
+    results = {}
+    for name, params in CASES:
+        for hetero in (False, True):
+            r = sharded_recall(queries, store.rows("patterns"), store.rows("values") if hetero else None, similarity="manhattan",
+                               separation=make_separation(name, **params), budget=37 * 16 * 40)
+            results[(name, hetero)] = (r.output, r.index)
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_merge_to_the_single_process_answer(tmp_path, world):
+    path = tmp_path / "m.zarr"
+    queries = _memory(path)
+    out = str(tmp_path / "out.pt")
+    torch.save(queries, out + ".queries")
+    mp.spawn(_worker, args=(world, _free_port(), str(path), out), nprocs=world)
+    results = torch.load(out)
+    store = MemoryStore.open(path)
+    keys, values = store.to_tensor("patterns"), store.to_tensor("values")
+    for (name, hetero), (output, index) in results.items():
+        expected = recall(queries, keys, values if hetero else None, similarity="manhattan", separation=make_separation(name, **dict(CASES)[name]))
+        torch.testing.assert_close(output, expected.output, rtol=1e-5, atol=1e-5)
+        assert torch.equal(index, expected.index), (name, hetero)
+
+
+def test_shards_cover_the_rows_once():
+    for rows in (0, 1, 7, 1000):
+        for world in (1, 2, 3, 8):
+            ranges = [shard_range(rows, r, world) for r in range(world)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == rows
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1
+
+
+PIPELINE = """\
+name: dist
+sweep:
+  separation: [{function: softmax, beta: 50}, {function: topk, k: 3}]
+  association: [{name: auto, values: patterns}, {name: hetero, values: successors}]
+stages:
+  - open_store: {store: STORE}
+  - associate: {mode: shift}
+  - corrupt: {kind: gaussian, variance: 0.05, count: 64}
+  - score: {similarity: manhattan}
+  - separate: ${separation}
+  - project: {values: "${association.values}"}
+  - persist: {store: "OUT/${association.name}-${separation.function}.zarr", patterns: retrieved, labels: null}
+"""
+
+
+def test_nproc_runs_the_same_pipeline_on_two_ranks(tmp_path):
+    from amemctl.cli import main
+
+    store = tmp_path / "memory.zarr"
+    MemoryStore.create(store, chunk_bytes=64 * 4 * 50).append(patterns=torch.rand(600, 1, 8, 8), labels=torch.arange(600))
+    outputs = {}
+    for nproc in (1, 2):
+        (tmp_path / f"out{nproc}").mkdir()
+        path = tmp_path / f"p{nproc}.yaml"
+        path.write_text(PIPELINE.replace("STORE", str(store)).replace("OUT", str(tmp_path / f"out{nproc}")))
+        result = CliRunner().invoke(main, ["run", str(path), "--nproc", str(nproc), "--quiet", "--out", str(tmp_path / "runs"), "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        outputs[nproc] = {p.name: MemoryStore.open(p).to_tensor() for p in sorted((tmp_path / f"out{nproc}").iterdir())}
+    assert set(outputs[1]) == set(outputs[2]) and len(outputs[1]) == 4
+    for name in outputs[1]:
+        torch.testing.assert_close(outputs[2][name], outputs[1][name], rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_rank_fails_the_run_and_names_itself(tmp_path, capfd):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {dataset: digits, limit: 20}\nstages:\n  - corrupt: {count: 50}\n  - persist: {store: " + str(tmp_path / "never.zarr") + "}\n")
+    proc = subprocess.run([sys.executable, "-m", "amemctl", "run", str(path), "--nproc", "2", "--quiet", "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "(rank 0) stage 'corrupt' failed" in proc.stderr or "(rank 1) stage 'corrupt' failed" in proc.stderr
+    assert "the distributed run failed: rank" in proc.stderr
+    assert not (tmp_path / "never.zarr").exists()
