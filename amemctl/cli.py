@@ -157,6 +157,43 @@ def stages(name: str | None, markdown: bool) -> None:
         console.print(table)
 
 
+@main.command()
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--n", "sizes", multiple=True, type=int, help="Stored patterns (repeatable; default 1e5 and 1e6 on a GPU, 1e4 and 5e4 on the CPU).")
+@click.option("--d", "dim", default=512, show_default=True, help="Pattern width.")
+@click.option("--q", "queries", default=None, type=int, help="Queries (default 1024 on a GPU, 256 on the CPU).")
+@click.option("--similarity", "similarities", multiple=True, default=("dot", "cosine", "euclidean", "manhattan"), show_default=True)
+@click.option("--dtype", "dtypes", multiple=True, default=("float32", "bfloat16"), show_default=True)
+@click.option("--cifar/--no-cifar", default=True, help="Also the UHN paper's CIFAR-10 pixel workload (10,000 x 3,072, 10,000 queries; 1,000 on the CPU).")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append the table to this file (e.g. docs/BENCHMARKS.md).")
+def bench(device: str, sizes: tuple[int, ...], dim: int, queries: int | None, similarities: tuple[str, ...], dtypes: tuple[str, ...], cifar: bool, repeats: int, output: Path | None) -> None:
+    """Time retrieval against the plain PyTorch way, side by side, and print the table."""
+    import torch
+
+    from amemctl import bench as b
+    from amemctl.engine.runner import resolve_device
+
+    dev = resolve_device(device)
+    gpu = dev.type == "cuda"
+    sizes = sizes or ((100_000, 1_000_000) if gpu else (10_000, 50_000))
+    queries = queries or (1024 if gpu else 256)
+    rows = []
+    for dtype in dtypes:
+        for similarity in similarities:
+            for n in sizes:
+                rows.append(b.measure("random", similarity, getattr(torch, dtype), n, dim, queries, dev, repeats))
+                click.echo(b.markdown(rows[-1:], dev).splitlines()[-1])
+    if cifar:
+        for similarity in ("cosine", "euclidean", "manhattan"):
+            rows.append(b.measure("CIFAR-10 pixels", similarity, torch.float32, 10_000, 3072, 10_000 if gpu else 1_000, dev, repeats, beta=1000.0))
+            click.echo(b.markdown(rows[-1:], dev).splitlines()[-1])
+    click.echo(b.markdown(rows, dev))
+    if output is not None:
+        b.write(rows, dev, output)
+        click.echo(f"appended to {output}")
+
+
 def _register_command_groups() -> None:
     from amemctl.cli_data import corrupt, data
     from amemctl.cli_store import store

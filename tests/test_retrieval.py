@@ -131,3 +131,16 @@ def test_module_wrapper_iterates_to_a_stored_pattern():
     assert torch.equal(net.nearest(noisy), torch.arange(5))
     out = net(noisy, steps=3)
     torch.testing.assert_close(out, keys[:5], atol=1e-3, rtol=0)
+
+
+def test_nan_in_stored_keys_names_the_rows():
+    keys = torch.rand(3000, 4)
+    keys[2500, 1] = float("nan")
+    with pytest.raises(StageError, match=r"stored keys contain NaN .*rows 2500\b"):
+        recall(torch.rand(2, 4), keys, budget=4096)
+
+
+def test_an_overflowing_separation_says_so():
+    keys = torch.full((10, 4), 100.0)
+    with pytest.raises(StageError, match="overflowed"):
+        recall(torch.full((1, 4), 100.0), keys, separation=make_separation("polynomial", n=40, normalize=False))

@@ -118,7 +118,22 @@ def recall(
             q[block], key_rows, value_rows, sim, sep, distance_form, normalize_scores, block_n, width, shard
         )
         output[block], best_index[block], best_score[block] = out, idx, score
+    if not bool(torch.isfinite(output).all()):
+        _explain_non_finite(key_rows, value_rows, block_n)  # the checks cost a pass over the memory: only on failure
     return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
+
+
+def _explain_non_finite(key_rows: Rows, value_rows: Rows, block_n: int) -> None:
+    for rows, what in ((key_rows, "stored keys"), (value_rows, "stored values")):
+        for offset, chunk in rows.chunks(block_n):
+            if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
+                bad = (~torch.isfinite(chunk)).reshape(chunk.shape[0], -1).any(1).nonzero()[:, 0] + offset
+                shown = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+                raise StageError(f"{what} contain NaN or infinite values (rows {shown})", hint="check the stage that stored or embedded them")
+    raise StageError(
+        "the retrieval overflowed to NaN or infinity",
+        hint="scores too large for this separation: lower beta or the polynomial order, or normalise the patterns",
+    )
 
 
 def _recall_block(
@@ -137,8 +152,8 @@ def _recall_block(
     start = shard.start if shard else 0
 
     def scores_of(chunk: Tensor) -> Tensor:
-        _check_finite(chunk, "stored keys")
-        return sim(q, chunk.to(device=q.device, dtype=q.dtype), distance_form)
+        low = sim.mixed_precision and chunk.dtype in (torch.float16, torch.bfloat16)
+        return sim(q, chunk.to(device=q.device) if low else chunk.to(device=q.device, dtype=q.dtype), distance_form)
 
     totals = None
     if normalize_scores:

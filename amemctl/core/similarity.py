@@ -43,6 +43,8 @@ class Similarity:
     distance: bool = False
     per_feature_workspace: bool = False
     doc: str = ""
+    #: the kernel takes keys in their own (lower) precision next to float32 queries
+    mixed_precision: bool = False
 
     def workspace(self, dim: int) -> int:
         return dim if self.per_feature_workspace else 1
@@ -83,8 +85,12 @@ def euclidean(queries: Tensor, keys: Tensor) -> Tensor:
 
 
 def manhattan(queries: Tensor, keys: Tensor) -> Tensor:
-    """||q - k||_1, the similarity both UHN papers find most robust."""
-    return torch.cdist(queries, keys, p=1)
+    """||q - k||_1, the similarity both UHN papers find most robust (a Triton kernel on GPUs)."""
+    from amemctl.core.kernels import l1
+
+    if l1.available(queries):
+        return l1.l1_distances(queries, keys)
+    return torch.cdist(queries.float(), keys.float(), p=1) if keys.dtype != queries.dtype else torch.cdist(queries, keys, p=1)
 
 
 def kl(queries: Tensor, keys: Tensor) -> Tensor:
@@ -137,7 +143,7 @@ SIMILARITIES: dict[str, Similarity] = {
         Similarity("cosine", cosine, doc="cosine of the angle between q and k"),
         Similarity("euclidean", euclidean, distance=True, doc="L2 distance ||q-k||"),
         Similarity("squared_euclidean", squared_euclidean, distance=True, doc="squared L2 distance"),
-        Similarity("manhattan", manhattan, distance=True, doc="L1 distance sum |q-k|"),
+        Similarity("manhattan", manhattan, distance=True, doc="L1 distance sum |q-k|", mixed_precision=True),
         Similarity("kl", kl, distance=True, doc="KL(k||q), patterns read as distributions"),
         Similarity("reverse_kl", reverse_kl, distance=True, doc="KL(q||k)"),
         Similarity(

@@ -1,0 +1,136 @@
+"""`amemctl bench`: retrieval speed against the plain PyTorch way, measured side by side.
+
+The plain way is what a careful user writes: two passes over chunks of the stored patterns
+(pass 1: running maximum of the scores; pass 2: exp, normaliser and weighted sum), with the
+similarity from torch (a matrix product for dot, cosine and squared L2; torch.cdist for L2
+and L1). Both run in the same process on the same tensors; times are medians over repeats,
+rates are query x pattern x dimension elements per second.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from amemctl.core.retrieval import recall
+from amemctl.core.separation import Softmax
+
+PLAIN_CHUNK = 65536
+
+
+@dataclass
+class Row:
+    """One measurement: a workload, both times, and what they mean."""
+
+    workload: str
+    similarity: str
+    dtype: str
+    n: int
+    d: int
+    q: int
+    ours_s: float
+    plain_s: float
+    peak_mib: float | None
+
+    @property
+    def rate(self) -> float:
+        return self.q * self.n * self.d / self.ours_s
+
+    @property
+    def speedup(self) -> float:
+        return self.plain_s / self.ours_s
+
+
+def plain_scores(similarity: str, q: Tensor, k: Tensor) -> Tensor:
+    if similarity == "dot":
+        return q @ k.T
+    if similarity == "cosine":
+        return torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(k, dim=1).T
+    if similarity == "euclidean":
+        return -torch.cdist(q, k, p=2)
+    if similarity == "manhattan":
+        return -torch.cdist(q, k, p=1)
+    raise ValueError(similarity)
+
+
+def plain_retrieve(q: Tensor, keys: Tensor, values: Tensor, similarity: str, beta: float) -> Tensor:
+    """z = V^T softmax(beta * sim(K, q)) in two chunked passes, the way a careful user writes it."""
+    m = torch.full((q.shape[0], 1), -torch.inf, device=q.device, dtype=torch.float32)
+    for s in range(0, len(keys), PLAIN_CHUNK):
+        m = torch.maximum(m, (beta * plain_scores(similarity, q, keys[s : s + PLAIN_CHUNK]).float()).amax(1, keepdim=True))
+    total = torch.zeros_like(m)
+    out = torch.zeros(q.shape[0], values.shape[1], device=q.device, dtype=torch.float32)
+    for s in range(0, len(keys), PLAIN_CHUNK):
+        p = torch.exp(beta * plain_scores(similarity, q, keys[s : s + PLAIN_CHUNK]).float() - m)
+        total += p.sum(1, keepdim=True)
+        out += p @ values[s : s + PLAIN_CHUNK].float()
+    return out / total
+
+
+def _time(fn: Callable[[], Tensor], device: torch.device, repeats: int) -> float:
+    fn()  # warm up (kernels, autotuning, allocator)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(workload: str, similarity: str, dtype: torch.dtype, n: int, d: int, q: int, device: torch.device, repeats: int, beta: float = 1.0, seed: int = 0) -> Row:
+    g = torch.Generator(device=device).manual_seed(seed)
+    keys = torch.rand(n, d, generator=g, device=device).to(dtype)
+    queries = torch.rand(q, d, generator=g, device=device).to(dtype)
+    sep = Softmax(beta)
+    ours = lambda: recall(queries, keys, similarity=similarity, separation=sep).output  # noqa: E731
+    plain = lambda: plain_retrieve(queries, keys, keys, similarity, beta)  # noqa: E731
+    peak = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        ours()
+        torch.cuda.synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return Row(workload, similarity, str(dtype).removeprefix("torch."), n, d, q, _time(ours, device, repeats), _time(plain, device, repeats), peak)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def markdown(rows: list[Row], device: torch.device) -> str:
+    lines = [
+        f"Device: {device_name(device)}; torch {torch.__version__}. Softmax retrieval z = V^T softmax(beta sim(K, q)), values = keys.",
+        "",
+        "| workload | similarity | dtype | N | d | Q | amemctl (ms) | plain PyTorch (ms) | speed-up | amemctl rate (T elem/s) | peak extra memory (MiB) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        peak = f"{r.peak_mib:.0f}" if r.peak_mib is not None else "n/a"
+        lines.append(
+            f"| {r.workload} | {r.similarity} | {r.dtype} | {r.n:,} | {r.d} | {r.q:,} | {1e3 * r.ours_s:.1f} | {1e3 * r.plain_s:.1f} | {r.speedup:.2f}x | {r.rate / 1e12:.3f} | {peak} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[Row], device: torch.device, path: Path) -> None:
+    """Append a dated section with this run's table to `path` (BENCHMARKS.md)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    section = f"\n## {stamp}: {device_name(device)}\n\n" + markdown(rows, device)
+    head = "" if path.exists() else "# Benchmarks\n\nWritten by `amemctl bench`; each section is one run, measured side by side.\n"
+    with open(path, "a") as f:
+        f.write(head + section)

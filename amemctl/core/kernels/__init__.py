@@ -1,0 +1,1 @@
+"""GPU kernels (Triton) behind the plain torch functions; used only where they are faster."""

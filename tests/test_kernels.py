@@ -1,0 +1,57 @@
+"""The Triton kernels, checked on the CPU through the Triton interpreter (and on a GPU when present)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from tests.conftest import ROOT  # noqa: E402
+
+INTERPRETED = textwrap.dedent(
+    """
+    import torch
+    from amemctl.core.kernels.l1 import available, l1_distances
+    from amemctl.core import recall, make_separation
+
+    g = torch.Generator().manual_seed(0)
+    assert available(torch.zeros(1))
+    for n_q, n_k, d in [(1, 1, 1), (1, 37, 8), (33, 65, 13), (70, 150, 40)]:   # ragged, Q = 1, d off the blocks
+        q, k = torch.rand(n_q, d, generator=g), torch.rand(n_k, d, generator=g)
+        torch.testing.assert_close(l1_distances(q, k), torch.cdist(q, k, p=1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(l1_distances(q.bfloat16(), k.bfloat16()), torch.cdist(q.bfloat16().float(), k.bfloat16().float(), p=1), rtol=1e-5, atol=1e-4)
+    # through retrieval: softmax with beta up to 1e4, values wider than keys, chunked over N
+    k, v, q = torch.rand(300, 24, generator=g), torch.rand(300, 100, generator=g), torch.rand(9, 24, generator=g)
+    for beta in (1.0, 1e4):
+        sep = make_separation("softmax", beta=beta)
+        got = recall(q, k, v, similarity="manhattan", separation=sep, budget=9 * 16 * 128).output
+        ref = sep.weights(-torch.cdist(q, k, p=1)) @ v
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    got = recall(q, k.bfloat16(), v, similarity="manhattan", separation="max").index
+    assert torch.equal(got, torch.cdist(q, k.bfloat16().float(), p=1).argmin(1))
+    print("ok")
+    """
+)
+
+
+def test_l1_kernel_in_the_triton_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_l1_kernel_on_the_gpu_at_full_width():
+    from amemctl.core.kernels.l1 import l1_distances
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for d in (8, 512, 3072, 4096):
+        q = torch.rand(257, d, generator=g, device="cuda")
+        k = torch.rand(1000, d, generator=g, device="cuda")
+        torch.testing.assert_close(l1_distances(q, k), torch.cdist(q, k, p=1), rtol=1e-4, atol=1e-3)
