@@ -52,10 +52,10 @@ def plain_scores(similarity: str, q: Tensor, k: Tensor) -> Tensor:
         return q @ k.T
     if similarity == "cosine":
         return torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(k, dim=1).T
-    if similarity == "euclidean":
-        return -torch.cdist(q, k, p=2)
-    if similarity == "manhattan":
-        return -torch.cdist(q, k, p=1)
+    if similarity in ("euclidean", "manhattan"):
+        if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):
+            q, k = q.float(), k.float()  # cdist has no half-precision CPU kernel
+        return -torch.cdist(q, k, p=2 if similarity == "euclidean" else 1)
     raise ValueError(similarity)
 
 

@@ -14,7 +14,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
@@ -125,7 +124,3 @@ def _save(fig: plt.Figure, path: "str | Path", tight: bool = True) -> Path:
     fig.savefig(path, dpi=100, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return path
-
-
-def to_tensor(x: object) -> Tensor:
-    return x if isinstance(x, Tensor) else torch.as_tensor(x)

@@ -11,7 +11,7 @@ from amemctl import Input, Output, Param, Stage, StageError
 from amemctl.dsl.pipeline import parse_text
 from amemctl.engine.context import Context
 from amemctl.engine.plan import plan_steps
-from amemctl.engine.runner import resolve_device, run_pipeline
+from amemctl.engine.runner import resolve_device
 from amemctl.errors import AmemctlError, DeviceError
 from amemctl.plugins import build_registry
 

@@ -6,7 +6,7 @@ import torch
 
 from amemctl.core.chains import canonical, distinct_cycles, follow, permutation_cycles
 from amemctl.core.retrieval import recall
-from amemctl.models.autoencoders import build_autoencoder, load_autoencoder, save_autoencoder
+from amemctl.models.autoencoders import build_autoencoder, load_autoencoder
 from amemctl.training.autoencoder import train_autoencoder
 from amemctl.training.hetero import train_hetero
 

@@ -125,7 +125,7 @@ def _to_loaded(dataset: object) -> Loaded:
         images = torch.from_numpy(array)
     labels = getattr(dataset, "targets", None)
     if labels is None:
-        labels = getattr(dataset, "labels")
+        labels = dataset.labels
     return Loaded(images.float().div_(255).contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import row_shape, take
