@@ -97,3 +97,20 @@ def test_data_ls_and_download_errors(tmp_path):
     assert listing.exit_code == 0 and "patches32" in listing.output and "cifar10" in listing.output
     result = _invoke("data", "download", "cifar-10", "--root", str(tmp_path))
     assert result.exit_code == 2 and "did you mean 'cifar10'?" in result.output
+
+
+def test_bench_measures_side_by_side(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    result = _invoke("bench", "--device", "cpu", "--n", "500", "--q", "8", "--d", "16", "--repeats", "1", "--similarity", "manhattan", "--dtype", "float32", "--no-cifar", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    table = out.read_text()
+    assert "| random | manhattan | float32 | 500 | 16 | 8 |" in table and "plain PyTorch (ms)" in table
+
+
+def test_plain_reference_of_the_bench_is_the_formula():
+    from amemctl.bench import plain_retrieve
+
+    g = torch.Generator().manual_seed(0)
+    keys, q = torch.rand(300, 7, generator=g), torch.rand(5, 7, generator=g)
+    expected = torch.softmax(-3.0 * torch.cdist(q, keys, p=1), 1) @ keys
+    torch.testing.assert_close(plain_retrieve(q, keys, keys, "manhattan", 3.0), expected)
