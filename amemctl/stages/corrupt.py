@@ -37,9 +37,6 @@ class Corrupt(Stage):
     output = Output("queries", "the corrupted queries")
     targets = Output("targets", "for each query, the row it was made from", optional=True)
 
-    def given(self) -> dict:
-        return {k: self.settings[k] for k in _KIND_PARAMS if self.settings[k] is not None}
-
     def check(self) -> None:
         corruption = get_corruption(self.kind)
         if self.kind == "compose" and not self.steps:
@@ -52,10 +49,8 @@ class Corrupt(Stage):
                 get_corruption(kind).resolve({k: v for k, v in step.items() if k != "kind"})
             except StageError as exc:
                 raise ParamError(f"step {i + 1} of compose: {exc.message}", hint=exc.hint, param="steps") from None
-        for key, value in self.given().items():
-            if key not in corruption.params:
-                accepted = ", ".join(corruption.params) or "no parameters"
-                raise ParamError(f"corruption {self.kind!r} takes no parameter {key!r}", hint=f"{self.kind} accepts {accepted}", param=key, about="key")
+        self.refuse_foreign(_KIND_PARAMS, corruption.params, f"corruption {self.kind!r}")
+        for key, value in self.forwarded(_KIND_PARAMS).items():
             try:
                 corruption.resolve({key: value})
             except StageError as exc:
@@ -72,7 +67,7 @@ class Corrupt(Stage):
                 raise StageError(f"count={self.count} queries asked of {len(patterns)} stored patterns", hint=f"use count <= {len(patterns)}")
             rows = torch.randperm(len(patterns), generator=ctx.rng("cpu"))[: self.count].sort().values
         chosen = take(patterns, rows).to(ctx.device)
-        ctx[self.output] = get_corruption(self.kind)(chosen, ctx.rng(), **self.given())
+        ctx[self.output] = get_corruption(self.kind)(chosen, ctx.rng(), **self.forwarded(_KIND_PARAMS))
         if self.targets is not None:
             ctx[self.targets] = rows.to(ctx.device)
 

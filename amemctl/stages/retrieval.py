@@ -8,7 +8,6 @@ pipeline's `budget`.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
@@ -85,18 +84,11 @@ class Separate(Stage):
 
     _OWN = ("beta", "n", "k", "t", "weighting", "normalize")
 
-    def given(self) -> dict[str, Any]:
-        return {k: self.settings[k] for k in self._OWN if self.settings[k] is not None}
-
     def check(self) -> None:
-        allowed = SEPARATIONS[self.function][1]
-        for key in self.given():
-            if key not in allowed:
-                accepted = ", ".join(allowed) or "no parameters"
-                raise ParamError(f"separation {self.function!r} takes no parameter {key!r}", hint=f"{self.function} accepts {accepted}", param=key, about="key")
+        self.refuse_foreign(self._OWN, SEPARATIONS[self.function][1], f"separation {self.function!r}")
 
     def separation(self) -> Separation:
-        return make_separation(self.function, **self.given())
+        return make_separation(self.function, **self.forwarded(self._OWN))
 
     def describe(self) -> str:
         return self.separation().describe()
