@@ -127,10 +127,59 @@ def markdown(rows: list[Row], device: torch.device) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(rows: list[Row], device: torch.device, path: Path) -> None:
-    """Append a dated section with this run's table to `path` (BENCHMARKS.md)."""
+def write(rows: list[Row], device: torch.device, path: Path, extra: str = "") -> None:
+    """Append a dated section with this run's tables to `path` (BENCHMARKS.md)."""
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    section = f"\n## {stamp}: {device_name(device)}\n\n" + markdown(rows, device)
+    section = f"\n## {stamp}: {device_name(device)}\n\n" + markdown(rows, device) + (f"\n{extra}" if extra else "")
     head = "" if path.exists() else "# Benchmarks\n\nWritten by `amemctl bench`; each section is one run, measured side by side.\n"
     with open(path, "a") as f:
         f.write(head + section)
+
+
+@dataclass
+class Streaming:
+    """Retrieval from a store read chunk by chunk, against the same rows held in memory."""
+
+    n: int
+    d: int
+    q: int
+    chunk_mib: float
+    in_memory_s: float
+    streamed_s: float
+
+    @property
+    def fraction(self) -> float:
+        return self.in_memory_s / self.streamed_s
+
+
+def measure_streaming(n: int, d: int, q: int, device: torch.device, repeats: int, chunk_mib: float = 32.0, similarity: str = "dot") -> Streaming:
+    """Time softmax retrieval over a temporary float16 store against the same keys on the device."""
+    import tempfile
+
+    from amemctl.store.memory import MemoryStore
+
+    g = torch.Generator().manual_seed(0)
+    keys = torch.rand(n, d, generator=g).half()
+    queries = torch.rand(q, d, generator=g).to(device)
+    with tempfile.TemporaryDirectory() as folder:
+        store = MemoryStore.create(f"{folder}/bench.zarr", chunk_bytes=int(chunk_mib * 2**20), compression="none", checksum=False)
+        for start in range(0, n, 1 << 20):
+            store.append(patterns=keys[start : start + (1 << 20)], storage={"patterns": "float16"})
+        reader = MemoryStore.open(f"{folder}/bench.zarr")
+        resident = keys.to(device)
+        sep = Softmax(1.0)
+        in_memory = _time(lambda: recall(queries, resident, similarity=similarity, separation=sep).output, device, repeats)
+        streamed = _time(lambda: recall(queries, reader.rows("patterns", device, prefetch=2), similarity=similarity, separation=sep).output, device, repeats)
+    return Streaming(n, d, q, chunk_mib, in_memory, streamed)
+
+
+def streaming_markdown(rows: list[Streaming]) -> str:
+    lines = [
+        "Streaming from a store (float16, uncompressed, prefetch 2) against the same keys in memory:",
+        "",
+        "| N | d | Q | chunk (MiB) | in memory (ms) | streamed (ms) | fraction of the in-memory rate |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.n:,} | {r.d} | {r.q:,} | {r.chunk_mib:g} | {1e3 * r.in_memory_s:.1f} | {1e3 * r.streamed_s:.1f} | {r.fraction:.2f} |")
+    return "\n".join(lines) + "\n"

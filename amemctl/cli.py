@@ -165,9 +165,10 @@ def stages(name: str | None, markdown: bool) -> None:
 @click.option("--similarity", "similarities", multiple=True, default=("dot", "cosine", "euclidean", "manhattan"), show_default=True)
 @click.option("--dtype", "dtypes", multiple=True, default=("float32", "bfloat16"), show_default=True)
 @click.option("--cifar/--no-cifar", default=True, help="Also the UHN paper's CIFAR-10 pixel workload (10,000 x 3,072, 10,000 queries; 1,000 on the CPU).")
+@click.option("--streaming/--no-streaming", default=True, help="Also time retrieval streamed from a store against the same keys in memory.")
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append the table to this file (e.g. docs/BENCHMARKS.md).")
-def bench(device: str, sizes: tuple[int, ...], dim: int, queries: int | None, similarities: tuple[str, ...], dtypes: tuple[str, ...], cifar: bool, repeats: int, output: Path | None) -> None:
+def bench(device: str, sizes: tuple[int, ...], dim: int, queries: int | None, similarities: tuple[str, ...], dtypes: tuple[str, ...], cifar: bool, streaming: bool, repeats: int, output: Path | None) -> None:
     """Time retrieval against the plain PyTorch way, side by side, and print the table."""
     import torch
 
@@ -189,8 +190,12 @@ def bench(device: str, sizes: tuple[int, ...], dim: int, queries: int | None, si
             rows.append(b.measure("CIFAR-10 pixels", similarity, torch.float32, 10_000, 3072, 10_000 if gpu else 1_000, dev, repeats, beta=1000.0))
             click.echo(b.markdown(rows[-1:], dev).splitlines()[-1])
     click.echo(b.markdown(rows, dev))
+    extra = ""
+    if streaming:
+        extra = b.streaming_markdown([b.measure_streaming(n, dim, queries, dev, repeats) for n in sizes])
+        click.echo(extra)
     if output is not None:
-        b.write(rows, dev, output)
+        b.write(rows, dev, output, extra)
         click.echo(f"appended to {output}")
 
 

@@ -105,6 +105,7 @@ def test_bench_measures_side_by_side(tmp_path):
     assert result.exit_code == 0, result.output
     table = out.read_text()
     assert "| random | manhattan | float32 | 500 | 16 | 8 |" in table and "plain PyTorch (ms)" in table
+    assert "| 500 | 16 | 8 | 32 |" in table  # the streaming table: a store against the same keys in memory
 
 
 def test_plain_reference_of_the_bench_is_the_formula():
