@@ -139,3 +139,12 @@ stages:
     with tempfile.TemporaryDirectory() as folder:
         metrics = run_text(text.replace("CKPT", folder)).points[0].metrics
     assert 0 <= metrics["error_index"] <= 1 and metrics["simclr_loss"] > 0
+
+
+def test_the_optional_rotation_and_filter_augmentations_keep_views_valid():
+    from amemctl.training.simclr import augmentation
+
+    views = augmentation(16, SimCLRConfig(rotations=1.0, filters=0.5))
+    torch.manual_seed(0)
+    out = torch.stack([views(img) for img in _images(20)])
+    assert out.shape == (20, 3, 16, 16) and out.min() >= 0 and out.max() <= 1

@@ -109,6 +109,8 @@ class TrainSimCLR(Stage):
     jitter = Param(float, 0.5, "colour jitter strength s (brightness/contrast/saturation 0.8s, hue 0.2s, p=0.8)", min=0, max=1)
     grayscale = Param(float, 0.2, "probability of a grey view", min=0, max=1)
     blur = Param(bool, False, "also blur views (p=0.5)")
+    rotations = Param(float, 0.0, "probability of turning a view by a right angle (SimCLR's rotation augmentation; 0 = off)", min=0, max=1)
+    filters = Param(float, 0.0, "strength of random per-channel gains on views (colour filters; 0 = off)", min=0, max=1)
     normalize = Param(str, "cifar10", "per-channel normalisation of the encoder's input", choices=list(NORMALIZATIONS))
     amp = Param(bool, None, "bfloat16 autocast (default: on GPUs)")
     checkpoints = Param(str, None, "folder of the epoch checkpoints (default: checkpoints/<pipeline>-simclr-<config hash>); training resumes from it")
@@ -137,6 +139,8 @@ class TrainSimCLR(Stage):
             blur=self.blur,
             normalize=self.normalize,
             seed=seed,
+            rotations=self.rotations,
+            filters=self.filters,
         )
 
     def describe(self) -> str:

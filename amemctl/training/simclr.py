@@ -46,6 +46,8 @@ class SimCLRConfig:
     blur: bool = False
     normalize: str = "cifar10"
     seed: int = 0
+    rotations: float = 0.0  #: probability of turning a view by a right angle (SimCLR's rotation augmentation)
+    filters: float = 0.0  #: strength of random per-channel gains (colour filters), 0 for none
 
     def digest(self, data_sha256: str) -> str:
         text = json.dumps({**asdict(self), "epochs": None, "data": data_sha256}, sort_keys=True)
@@ -129,6 +131,12 @@ def augmentation(size: int, config: SimCLRConfig) -> Callable[[Tensor], Tensor]:
     if config.blur:
         kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    if config.filters > 0:
+        strength = config.filters
+        steps.append(v2.Lambda(lambda x: (x * (1 + strength * (2 * torch.rand(x.shape[0], 1, 1) - 1))).clamp(0, 1)))
+    if config.rotations > 0:
+        turns = [v2.RandomRotation((a, a)) for a in (90, 180, 270)]
+        steps.append(v2.RandomApply([v2.RandomChoice(turns)], p=config.rotations))
     return v2.Compose(steps)
 
 
