@@ -122,3 +122,33 @@ def test_a_failing_rank_fails_the_run_and_names_itself(tmp_path, capfd):
     assert "(rank 0) stage 'corrupt' failed" in proc.stderr or "(rank 1) stage 'corrupt' failed" in proc.stderr
     assert "the distributed run failed: rank" in proc.stderr
     assert not (tmp_path / "never.zarr").exists()
+
+
+def _embed_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from amemctl.core.distributed import embed_sharded, gather_rows, shard_range
+    from amemctl.models.encoders import Preprocessing, random_encoder
+
+    phi = random_encoder("small", True, Preprocessing(), seed=1)
+    images = torch.rand(23, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    seen = []
+    embeddings = embed_sharded(lambda part: seen.append(len(part)) or phi.embed(part, torch.device("cpu")), images)
+    start, stop = shard_range(23, rank, world)
+    rows = gather_rows(torch.full((stop - start, 1), float(rank)), 23)
+    if rank == 0:
+        torch.save({"embeddings": embeddings, "rows": rows, "seen": seen}, out)
+    dist.destroy_process_group()
+
+
+def test_embedding_is_split_across_ranks_and_gathered(tmp_path):
+    from amemctl.models.encoders import Preprocessing, random_encoder
+
+    out = str(tmp_path / "e.pt")
+    mp.spawn(_embed_worker, args=(3, _free_port(), out), nprocs=3)
+    result = torch.load(out)
+    phi = random_encoder("small", True, Preprocessing(), seed=1)
+    images = torch.rand(23, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(result["embeddings"], phi.embed(images, torch.device("cpu")), rtol=1e-4, atol=1e-5)
+    assert result["seen"] == [8]  # rank 0 embedded only its own 8 of 23 rows
+    assert result["rows"][:, 0].tolist() == [0.0] * 8 + [1.0] * 8 + [2.0] * 7

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import Tensor
 
@@ -42,3 +43,24 @@ def sharded_recall(queries: Tensor, keys: "Tensor | Rows", values: "Tensor | Row
     local_keys = shard_rows(key_rows, start, stop)
     local_values = None if values is None else shard_rows(as_rows(values), start, stop)
     return recall(queries, local_keys, local_values, shard=Shard(group, start, total), **options)
+
+
+def gather_rows(local: Tensor, total: int, group: Any = None) -> Tensor:
+    """Every rank's contiguous block of rows (as shard_range splits `total`), concatenated in rank order."""
+    world = dist.get_world_size(group)
+    sizes = [stop - start for start, stop in (shard_range(total, r, world) for r in range(world))]
+    padded = local.new_zeros(max(sizes), *local.shape[1:])
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+def embed_sharded(embed: Any, images: "Tensor | Rows", group: Any = None) -> Tensor:
+    """`embed(rows)` computed on this rank's shard of `images` and gathered on every rank."""
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    rows = as_rows(images) if isinstance(images, Tensor) and images.dim() < 2 else images
+    total = len(rows)
+    start, stop = shard_range(total, rank, world)
+    part = rows[start:stop] if isinstance(rows, Tensor) else shard_rows(rows, start, stop)
+    return gather_rows(embed(part), total, group)

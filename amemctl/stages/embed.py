@@ -67,7 +67,7 @@ class Embed(Stage):
     def run(self, ctx: Context) -> None:
         phi = self.phi(ctx)
         if self.store is None:
-            ctx[self.output] = phi.embed(ctx[self.input], ctx.device, self.batch_size, self.amp, ctx.track)
+            ctx[self.output] = self._embed(phi, ctx[self.input], ctx)
             ctx.identities[self.output] = phi.identity()
             return
         from amemctl.store.memory import MemoryStore
@@ -79,8 +79,8 @@ class Embed(Stage):
         if store.spaces.get(space) == identity:
             ctx.metric("embeddings_reused", 1)
         else:
+            keys = self._embed(phi, patterns, ctx)  # every rank embeds its shard; rank 0 writes them all
             if ctx.writer:
-                keys = phi.embed(patterns, ctx.device, self.batch_size, self.amp, ctx.track)
                 store.add_space(space, keys, identity)
             ctx.barrier()  # other ranks read the keys rank 0 wrote
             store = MemoryStore.open(self.store)
@@ -90,6 +90,16 @@ class Embed(Stage):
 
     def metrics(self) -> list[str]:
         return ["embeddings_reused"] if self.store else []
+
+    def _embed(self, phi: Encoder, images, ctx: Context):
+        def run(part):
+            return phi.embed(part, ctx.device, self.batch_size, self.amp, ctx.track)
+
+        if ctx.distributed:  # each rank embeds its own rows, then every rank gathers all of them
+            from amemctl.core.distributed import embed_sharded
+
+            return embed_sharded(run, images, ctx.group)
+        return run(images)
 
 
 class TrainSimCLR(Stage):
