@@ -37,6 +37,7 @@ class Row:
     ours_s: float
     plain_s: float
     peak_mib: float | None
+    fused_s: float | None = None  #: the experimental one-pass Triton kernel, where it applies (GPU)
 
     @property
     def rate(self) -> float:
@@ -94,14 +95,18 @@ def measure(workload: str, similarity: str, dtype: torch.dtype, n: int, d: int, 
     sep = Softmax(beta)
     ours = lambda: recall(queries, keys, similarity=similarity, separation=sep).output  # noqa: E731
     plain = lambda: plain_retrieve(queries, keys, keys, similarity, beta)  # noqa: E731
-    peak = None
+    peak = fused_s = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         ours()
         torch.cuda.synchronize(device)
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return Row(workload, similarity, str(dtype).removeprefix("torch."), n, d, q, _time(ours, device, repeats), _time(plain, device, repeats), peak)
+        from amemctl.core.kernels import fused
+
+        if fused.supported(similarity, keys):  # dot and manhattan; it has no cosine or (unsquared) L2
+            fused_s = _time(lambda: fused.softmax_retrieve(queries, keys, keys, similarity, beta), device, repeats)
+    return Row(workload, similarity, str(dtype).removeprefix("torch."), n, d, q, _time(ours, device, repeats), _time(plain, device, repeats), peak, fused_s)
 
 
 def device_name(device: torch.device) -> str:
@@ -116,13 +121,14 @@ def markdown(rows: list[Row], device: torch.device) -> str:
     lines = [
         f"Device: {device_name(device)}; torch {torch.__version__}. Softmax retrieval z = V^T softmax(beta sim(K, q)), values = keys.",
         "",
-        "| workload | similarity | dtype | N | d | Q | amemctl (ms) | plain PyTorch (ms) | speed-up | amemctl rate (T elem/s) | peak extra memory (MiB) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | similarity | dtype | N | d | Q | amemctl (ms) | plain PyTorch (ms) | speed-up | amemctl rate (T elem/s) | peak extra memory (MiB) | one-pass Triton, experimental (ms) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         peak = f"{r.peak_mib:.0f}" if r.peak_mib is not None else "n/a"
+        fused_ms = f"{1e3 * r.fused_s:.1f}" if r.fused_s is not None else "n/a"
         lines.append(
-            f"| {r.workload} | {r.similarity} | {r.dtype} | {r.n:,} | {r.d} | {r.q:,} | {1e3 * r.ours_s:.1f} | {1e3 * r.plain_s:.1f} | {r.speedup:.2f}x | {r.rate / 1e12:.3f} | {peak} |"
+            f"| {r.workload} | {r.similarity} | {r.dtype} | {r.n:,} | {r.d} | {r.q:,} | {1e3 * r.ours_s:.1f} | {1e3 * r.plain_s:.1f} | {r.speedup:.2f}x | {r.rate / 1e12:.3f} | {peak} | {fused_ms} |"
         )
     return "\n".join(lines) + "\n"
 

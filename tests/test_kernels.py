@@ -35,6 +35,14 @@ INTERPRETED = textwrap.dedent(
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
     got = recall(q, k.bfloat16(), v, similarity="manhattan", separation="max").index
     assert torch.equal(got, torch.cdist(q, k.bfloat16().float(), p=1).argmin(1))
+
+    # the one-pass kernel: L1, dot and squared L2 with online softmax and projection, split over N
+    from amemctl.core.kernels.fused import softmax_retrieve
+    for sim in ("manhattan", "dot", "squared_euclidean"):
+        for n_q, n_k, d, dv, beta, splits in [(1, 40, 5, 3, 1.0, 2), (33, 100, 13, 20, 10.0, 3), (17, 77, 8, 8, 1e4, None)]:
+            q, k, v = torch.rand(n_q, d, generator=g), torch.rand(n_k, d, generator=g), torch.rand(n_k, dv, generator=g)
+            ref = recall(q, k, v, similarity=sim, separation=make_separation("softmax", beta=beta)).output
+            torch.testing.assert_close(softmax_retrieve(q, k, v, sim, beta, splits=splits), ref, rtol=1e-5, atol=1e-5)
     print("ok")
     """
 )
@@ -44,6 +52,19 @@ def test_l1_kernel_in_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_kernel_on_the_gpu():
+    from amemctl.core.kernels.fused import softmax_retrieve
+    from amemctl.core.retrieval import recall
+    from amemctl.core.separation import Softmax
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k = torch.rand(300, 512, generator=g, device="cuda"), torch.rand(20_000, 512, generator=g, device="cuda")
+    for sim in ("manhattan", "dot", "squared_euclidean"):
+        ref = recall(q, k, similarity=sim, separation=Softmax(0.05)).output
+        torch.testing.assert_close(softmax_retrieve(q, k, k, sim, 0.05), ref, rtol=2e-3, atol=2e-3)  # tf32 projection
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
