@@ -40,7 +40,7 @@ def _worker(rank: int, world: int, port: int, path: str, out: str) -> None:
     from amemctl.core.distributed import sharded_recall
 
     store = MemoryStore.open(path)
-    queries = torch.load(out + ".queries")
+    queries = torch.load(out + ".queries", weights_only=True)
     results = {}
     for name, params in CASES:
         for hetero in (False, True):
@@ -59,7 +59,7 @@ def test_ranks_merge_to_the_single_process_answer(tmp_path, world):
     out = str(tmp_path / "out.pt")
     torch.save(queries, out + ".queries")
     mp.spawn(_worker, args=(world, _free_port(), str(path), out), nprocs=world)
-    results = torch.load(out)
+    results = torch.load(out, weights_only=True)
     store = MemoryStore.open(path)
     keys, values = store.to_tensor("patterns"), store.to_tensor("values")
     for (name, hetero), (output, index) in results.items():
@@ -146,7 +146,7 @@ def test_embedding_is_split_across_ranks_and_gathered(tmp_path):
 
     out = str(tmp_path / "e.pt")
     mp.spawn(_embed_worker, args=(3, _free_port(), out), nprocs=3)
-    result = torch.load(out)
+    result = torch.load(out, weights_only=True)
     phi = random_encoder("small", True, Preprocessing(), seed=1)
     images = torch.rand(23, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(result["embeddings"], phi.embed(images, torch.device("cpu")), rtol=1e-4, atol=1e-5)

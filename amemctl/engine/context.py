@@ -66,6 +66,18 @@ class Context:
 
             dist.barrier(self.group)
 
+    #: what a stage may add to; a snapshot copies these (not the tensors themselves, which
+    #: stages never modify in place), so a later sweep point can start from it
+    _GROWING = ("values", "metrics", "figures", "examples", "provenance", "identities", "notes")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state after a stage, for `restore` in a later sweep point that shares the prefix."""
+        return {name: _copy(getattr(self, name)) for name in self._GROWING}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        for name in self._GROWING:
+            setattr(self, name, _copy(snapshot[name]))
+
     def __getitem__(self, name: str) -> Any:
         try:
             return self.values[name]
@@ -122,3 +134,10 @@ class Context:
                 self.progress.advance(task)
         finally:
             self.progress.remove_task(task)
+
+
+def _copy(container: Any) -> Any:
+    """One level deeper than a shallow copy: lists inside dicts are copied too (the examples)."""
+    if isinstance(container, dict):
+        return {k: list(v) if isinstance(v, list) else v for k, v in container.items()}
+    return list(container)

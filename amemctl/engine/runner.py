@@ -205,25 +205,20 @@ class _PrefixCache:
         for i, keys in enumerate(self.keys):
             for key in keys:
                 self.last_use[key] = i
-        self.snapshots: dict[tuple[str, ...], tuple] = {}
+        self.snapshots: dict[tuple[str, ...], dict] = {}
 
     def restore(self, point: int, ctx: Context) -> int:
         for j in range(len(self.keys[point]) - 1, -1, -1):
             snap = self.snapshots.get(self.keys[point][j])
             if snap is not None:
-                ctx.values, ctx.metrics, ctx.figures = dict(snap[0]), dict(snap[1]), list(snap[2])
-                ctx.examples = {k: list(v) for k, v in snap[3].items()}
-                ctx.provenance.update(snap[4])
-                ctx.identities.update(snap[5])
-                ctx.notes = list(snap[6])
+                ctx.restore(snap)
                 return j + 1
         return 0
 
     def store(self, point: int, step: int, ctx: Context) -> None:
         key = self.keys[point][step]
         if self.last_use[key] > point:
-            examples = {k: list(v) for k, v in ctx.examples.items()}
-            self.snapshots[key] = (dict(ctx.values), dict(ctx.metrics), list(ctx.figures), examples, dict(ctx.provenance), dict(ctx.identities), list(ctx.notes))
+            self.snapshots[key] = ctx.snapshot()
 
     def release(self, point: int) -> None:
         for key in [k for k in self.snapshots if self.last_use[k] <= point]:
