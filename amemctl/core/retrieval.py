@@ -126,10 +126,7 @@ def recall(
 def _explain_non_finite(key_rows: Rows, value_rows: Rows, block_n: int) -> None:
     for rows, what in ((key_rows, "stored keys"), (value_rows, "stored values")):
         for offset, chunk in rows.chunks(block_n):
-            if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
-                bad = (~torch.isfinite(chunk)).reshape(chunk.shape[0], -1).any(1).nonzero()[:, 0] + offset
-                shown = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
-                raise StageError(f"{what} contain NaN or infinite values (rows {shown})", hint="check the stage that stored or embedded them")
+            _check_finite(chunk, what, offset, hint="check the stage that stored or embedded them")
     raise StageError(
         "the retrieval overflowed to NaN or infinity",
         hint="scores too large for this separation: lower beta or the polynomial order, or normalise the patterns",
@@ -268,11 +265,9 @@ def _flat_queries(queries: Tensor, keys: Rows) -> Tensor:
     return q
 
 
-def _check_finite(x: Tensor, what: str) -> None:
+def _check_finite(x: Tensor, what: str, offset: int = 0, hint: str = "check the stage that produced them (e.g. a corruption or an embedding)") -> None:
+    """A StageError naming the first rows (numbered from `offset`) that hold NaN or infinity."""
     if x.is_floating_point() and not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero()[:, 0]
+        bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero()[:, 0] + offset
         shown = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
-        raise StageError(
-            f"{what} contain NaN or infinite values (rows {shown})",
-            hint="check the stage that produced them (e.g. a corruption or an embedding)",
-        )
+        raise StageError(f"{what} contain NaN or infinite values (rows {shown})", hint=hint)

@@ -31,13 +31,12 @@ import torch
 from torch import Tensor
 
 from amemctl.errors import StoreError
-from amemctl.store.encoding import STORAGE, decode, encode
+from amemctl.store.encoding import decode, encode
 from amemctl.store.lock import WriterLock
 
 SCHEMA = 1
 ATTR = "amemctl"
 DEFAULT_CHUNK_BYTES = 32 * 2**20
-ROW_FIELDS = ("patterns", "values", "labels")
 
 
 def _now() -> str:
@@ -446,4 +445,4 @@ def _recover_compaction(path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["MemoryStore", "ROW_FIELDS", "STORAGE", "SCHEMA"]
+__all__ = ["MemoryStore", "SCHEMA"]
