@@ -236,3 +236,15 @@ def test_replace_keeps_the_old_store_until_the_new_one_is_written(tmp_path, run_
     with pytest.raises(StoreError, match="not 8-bit images"):
         run_text(bad)
     assert len(MemoryStore.open(path)) == 10 and not (tmp_path / "s.zarr.new").exists()
+
+
+def test_a_swap_interrupted_between_its_renames_is_finished_on_open(tmp_path):
+    from amemctl.store.memory import replacement_path
+
+    path = tmp_path / "s.zarr"
+    MemoryStore.create(path).append(patterns=torch.zeros(3, 2))
+    MemoryStore.create(replacement_path(path)).append(patterns=torch.ones(5, 2))
+    path.rename(tmp_path / "s.zarr.old")  # the first rename happened, the second did not
+    recovered = MemoryStore.open(path)
+    assert torch.equal(recovered.to_tensor(), torch.ones(5, 2))
+    assert not (tmp_path / "s.zarr.old").exists() and not replacement_path(path).exists()

@@ -11,7 +11,7 @@ from amemctl.engine.context import Context
 from amemctl.errors import StoreError
 from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Input, Output, Param, ParamError, Stage
-from amemctl.store.memory import DEFAULT_CHUNK_BYTES, MemoryStore
+from amemctl.store.memory import DEFAULT_CHUNK_BYTES, MemoryStore, replacement_path, swap_in
 
 MODES = ("create", "append", "replace")
 
@@ -75,24 +75,14 @@ class Persist(Stage):
 
 def _replace(path: Path, write) -> None:
     """Write a new store beside `path` and swap it in only once it is complete."""
-    tmp = path.with_name(path.name + ".new")
+    tmp = replacement_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        if not (path / "zarr.json").exists():
-            raise StoreError(f"{path} exists and is not a store; refusing to replace it", hint="move it away or choose another path")
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(path)
+    swap_in(path, tmp)
 
 
 class OpenStore(Stage):

@@ -101,7 +101,7 @@ class MemoryStore:
     def open(cls, path: "str | Path", mode: str = "r") -> "MemoryStore":
         """Open an existing store; mode "r" reads, "a" may also write (taking the lock per write)."""
         path = Path(path)
-        _recover_compaction(path)
+        _recover_swap(path)
         if not path.exists():
             raise StoreError(f"no store at {path}", hint="check the path, or create it with a `persist` stage")
         if not (path / "zarr.json").is_file():
@@ -337,7 +337,7 @@ class MemoryStore:
             dropped = self.count - len(live)
             if dropped == 0:
                 return 0
-            tmp = self.path.with_name(self.path.name + ".compact")
+            tmp = replacement_path(self.path)
             shutil.rmtree(tmp, ignore_errors=True)
             new = MemoryStore.create(tmp, chunk_bytes=attrs["chunk_bytes"], compression=attrs["compression"], checksum=attrs["checksum"], description=attrs["description"])
             new_attrs = new.attrs
@@ -352,11 +352,7 @@ class MemoryStore:
             )
             new_attrs["provenance"] = [*attrs["provenance"], {"time": _now(), "compacted": {"dropped": dropped}}]
             new._publish(new_attrs)
-            old = self.path.with_name(self.path.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            self.path.rename(old)
-            tmp.rename(self.path)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_in(self.path, tmp)
         reopened = MemoryStore.open(self.path, mode="a")
         self.group, self._alive = reopened.group, None
         return dropped
@@ -436,12 +432,36 @@ def _storage_of(name: str, data: np.ndarray) -> str:
     return {np.dtype("uint16"): "bfloat16"}.get(data.dtype, str(data.dtype)) if name != "labels" else "int64"
 
 
-def _recover_compaction(path: Path) -> None:
-    """Finish a compaction interrupted between its two renames (the new copy was complete)."""
-    tmp = path.with_name(path.name + ".compact")
+def replacement_path(path: Path) -> Path:
+    """Where a complete new version of the store at `path` is written before `swap_in`."""
+    return path.with_name(path.name + ".new")
+
+
+def swap_in(path: Path, new: Path) -> None:
+    """Put the complete store `new` at `path` by renaming, the old one (if any) aside then away.
+
+    Compaction and `persist` with mode replace both end here; an interruption between the two
+    renames is finished by the next `open` (_recover_swap).
+    """
+    if path.exists():
+        if not (path / "zarr.json").exists():
+            raise StoreError(f"{path} exists and is not a store; refusing to replace it", hint="move it away or choose another path")
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        new.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new.rename(path)
+
+
+def _recover_swap(path: Path) -> None:
+    """Finish a swap interrupted between its two renames (the new copy was complete)."""
+    new = replacement_path(path)
     old = path.with_name(path.name + ".old")
-    if not path.exists() and tmp.exists() and old.exists():
-        tmp.rename(path)
+    if not path.exists() and new.exists() and old.exists():
+        new.rename(path)
         shutil.rmtree(old, ignore_errors=True)
 
 
