@@ -85,10 +85,11 @@ def show(path: Path, selection: str, space: str, output: Path) -> None:
         missing = wanted[~torch.isin(wanted, ids)]
         if len(missing):
             raise StoreError(f"no live rows with ids {missing.tolist()}", hint="list ids with `amemctl store export` or use START:STOP")
-        picked = torch.nonzero(ids[:, None] == wanted[None]).T[0][torch.argsort(torch.nonzero(ids[:, None] == wanted[None]).T[1])]
+        picked = torch.searchsorted(ids, wanted)  # ids increase, so this is each wanted id's position
     if len(picked) == 0:
         raise StoreError(f"the selection {selection!r} picks no rows of {len(ids)}")
-    rows = s.take(space if space in s.arrays else f"keys/{space}" if f"keys/{space}" in s.arrays else space, s.live_rows()[picked.numpy()])
+    array = f"keys/{space}" if space not in s.arrays and f"keys/{space}" in s.arrays else space
+    rows = s.take(array, s.live_rows()[picked.numpy()])
     per_row = 16
     grid = [(f"ids {int(ids[picked[i]])}..", rows[i : i + per_row]) for i in range(0, len(rows), per_row)]
     image_grid(grid, output, title=f"{path} {space}")

@@ -65,3 +65,13 @@ def test_verify_exits_non_zero_on_damage(store_path):
 def test_inspecting_a_missing_store_is_a_clear_error(tmp_path):
     result = _invoke("store", "inspect", tmp_path / "nope.zarr")
     assert result.exit_code == 2 and "no store at" in result.output and "Traceback" not in result.output
+
+
+def test_show_draws_the_asked_ids_in_the_asked_order(store_path, tmp_path, monkeypatch):
+    import amemctl.figures as figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "image_grid", lambda rows, path, title="": drawn.setdefault("rows", rows))
+    assert _invoke("store", "show", store_path, "--ids", "7,3", "-o", tmp_path / "g.png").exit_code == 0
+    stored = MemoryStore.open(store_path).to_tensor()
+    assert torch.equal(drawn["rows"][0][1], stored[[7, 3]])
