@@ -70,6 +70,11 @@ def test_source_map_remembers_lines_and_columns():
         ),
         ("stages:\n  - load: {dataset: digits}\n  - corrupt: {kind: compose}\n", "corruption 'compose' needs `steps:`"),
         ("stages:\n  - load: {dataset: folder}\n", "bad.yaml:2:11: dataset 'folder' needs `root:`"),
+        (
+            "sweep:\n  c: [{name: a, variance: 0.1}, {name: b}]\nstages:\n  - load: {dataset: digits}\n  - corrupt: {variance: '${c.variance}'}\n",
+            "bad.yaml:2:33: ${c.variance}: the sweep value 'b' of 'c' has no such field",
+        ),
+        ("sweep:\n  m: [{name: x, beta: 2}, {name: y}]\nstages:\n  - load: {dataset: digits}\n  - corrupt: {}\n  - model: {name: mchn, beta: '${m.beta}'}\n", "bad.yaml:2:27: ${m.beta}: the sweep value 'y'"),
         ("stages:\n  - load: {dataset: digits}\n  - score: {}\n", "bad.yaml:3:5: stage 'score' reads tensor 'queries' (queries), which no earlier stage writes"),
         (
             "stages:\n  - load: {dataset: digits}\n  - corrupt: {}\n  - score: {memory: pattern}\n",

@@ -429,11 +429,7 @@ def _plan_point(
         try:
             params, whole = sweeps.substitute(entry.params, point.values)
         except sweeps.MissingField as exc:
-            var = exc.reference.split(".")[0]
-            errors.add(
-                PipelineError(f"${{{exc.reference}}}: the sweep value {sweeps.value_label(exc.value)!r} of {var!r} has no such field", hint="give every value of the variable that field"),
-                source.value(("sweep", var, point.positions[var])),
-            )
+            _missing_field(exc, point, source, errors)
             _assume_outputs(cls, entry.params if isinstance(entry.params, dict) else {}, entry, available)
             continue
         if () in whole and isinstance(params, dict):
@@ -457,6 +453,15 @@ def _plan_point(
     return PointPlan(point, planned)
 
 
+def _missing_field(exc: sweeps.MissingField, point: sweeps.Point, source: SourceMap, errors: _Collector) -> None:
+    """`${var.field}` where this point's value of var lacks the field: reported at that sweep value."""
+    var = exc.reference.split(".")[0]
+    errors.add(
+        PipelineError(f"${{{exc.reference}}}: the sweep value {sweeps.value_label(exc.value)!r} of {var!r} has no such field", hint="give every value of the variable that field"),
+        source.value(("sweep", var, point.positions[var])),
+    )
+
+
 def _assume_outputs(cls: type, params: dict, entry: _Entry, available: dict[str, str]) -> None:
     """After a stage's own error, let later stages read what it would have written (no cascade of errors)."""
     for key, param in cls.params.items():
@@ -475,11 +480,7 @@ def _expanded(entries: list[_Entry], point: sweeps.Point, sweep: dict, source: S
             params, whole = sweeps.substitute(entry.params, point.values)
             stages = presets.expand(params)
         except sweeps.MissingField as exc:
-            var = exc.reference.split(".")[0]
-            errors.add(
-                PipelineError(f"${{{exc.reference}}}: the sweep value {sweeps.value_label(exc.value)!r} of {var!r} has no such field", hint="give every value of the variable that field"),
-                source.value(("sweep", var, point.positions[var])),
-            )
+            _missing_field(exc, point, source, errors)
             continue
         except PipelineError as exc:
             var = whole.get(()) or whole.get(("name",))
