@@ -9,7 +9,6 @@ convolutional one is a small model for colour images.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from amemctl.errors import DataError, StageError
-from amemctl.models.encoders import file_sha256
+from amemctl.models.encoders import file_sha256, save_atomically
 
 AUTOENCODER_FORMAT = "amemctl-autoencoder"
 
@@ -136,8 +135,6 @@ def build_autoencoder(kind: str, input_shape: tuple[int, ...], hidden: list[int]
 
 def save_autoencoder(module: nn.Module, path: "str | Path", kind: str, input_shape: tuple[int, ...], hidden: list[int], code: int, **extra: Any) -> str:
     """Write phi and psi into one checkpoint, atomically; returns its sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": AUTOENCODER_FORMAT,
         "kind": kind,
@@ -147,10 +144,7 @@ def save_autoencoder(module: nn.Module, path: "str | Path", kind: str, input_sha
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
         **extra,
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return file_sha256(path)
+    return file_sha256(save_atomically(payload, path))
 
 
 def load_autoencoder(path: "str | Path") -> Autoencoder:

@@ -279,10 +279,18 @@ def _load_state(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
     module.load_state_dict(state)
 
 
-def save_encoder(encoder_module: nn.Module, path: "str | Path", arch: str, cifar_stem: bool, preprocessing: Preprocessing, **extra: Any) -> str:
-    """Write an amemctl encoder checkpoint atomically; returns its sha256 (the new identity)."""
+def save_atomically(payload: dict[str, Any], path: "str | Path") -> Path:
+    """torch.save to a temporary name, then rename: a checkpoint is either whole or absent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_encoder(encoder_module: nn.Module, path: "str | Path", arch: str, cifar_stem: bool, preprocessing: Preprocessing, **extra: Any) -> str:
+    """Write an amemctl encoder checkpoint atomically; returns its sha256 (the new identity)."""
     payload = {
         "format": ENCODER_FORMAT,
         "arch": arch,
@@ -291,7 +299,4 @@ def save_encoder(encoder_module: nn.Module, path: "str | Path", arch: str, cifar
         "state_dict": {k: v.detach().cpu() for k, v in encoder_module.state_dict().items()},
         **extra,
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return file_sha256(path)
+    return file_sha256(save_atomically(payload, path))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amemctl.models.encoders import ARCHITECTURES, Encoder, Preprocessing, build, save_encoder
+from amemctl.models.encoders import ARCHITECTURES, Encoder, Preprocessing, build, save_atomically, save_encoder
 
 CHECKPOINT_FORMAT = "amemctl-simclr"
 
@@ -215,8 +215,6 @@ def _optimizer(model: nn.Module, config: SimCLRConfig) -> torch.optim.Optimizer:
 
 
 def _save_epoch(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: SimCLRConfig, digest: str, epoch: int, losses: list[float], step_losses: list[float]) -> None:
-    import os
-
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": asdict(config),
@@ -227,10 +225,7 @@ def _save_epoch(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer
         "losses": losses,
         "step_losses": step_losses,
     }
-    path = folder / f"epoch-{epoch:04d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # a checkpoint is either whole or absent
+    save_atomically(payload, folder / f"epoch-{epoch:04d}.pt")
     for old in sorted(folder.glob("epoch-*.pt"))[:-2]:
         old.unlink()
 
