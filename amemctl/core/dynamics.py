@@ -121,13 +121,14 @@ def iterate(
     taken = torch.full((len(state),), steps, dtype=torch.long, device=state.device)
     converged = torch.zeros(len(state), dtype=torch.bool, device=state.device)
     with_energy = track_energy and energy_defined(sim, separation)
-    energies = [energy(state, keys, separation)] if with_energy else []
+    resident = materialize(keys) if with_energy else None  # read once, not at every step
+    energies = [energy(state, resident, separation)] if with_energy else []
     for step in range(1, steps + 1):
         nxt = act(recall(state, keys, similarity=sim, separation=separation, budget=budget).output.reshape(shape))
         moved = (nxt - state).reshape(len(state), -1).abs().amax(1)
         state = torch.where(converged.reshape(-1, *[1] * (state.dim() - 1)), state, nxt)
         if with_energy:
-            energies.append(energy(state, keys, separation))
+            energies.append(energy(state, resident, separation))
         if tolerance is not None:
             newly = ~converged & (moved <= tolerance)
             taken[newly] = step
