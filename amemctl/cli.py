@@ -152,7 +152,7 @@ def stages(name: str | None, markdown: bool) -> None:
                 table.add_column(column)
         for key, p in params:
             default = "required" if p.required else repr(p.default)
-            cells = [key, p.type_name(), default, _doc(p)] if role == "param" else [key, str(p.default), _doc(p)]
+            cells = [key, p.type_name(), default, p.described()] if role == "param" else [key, str(p.default), p.described()]
             table.add_row(*cells)
         console.print(table)
 
@@ -208,12 +208,6 @@ def _register_command_groups() -> None:
 
 
 _register_command_groups()
-
-
-def _doc(param: Any) -> str:
-    choices = param.choices
-    extra = f" (one of: {', '.join(map(str, choices))})" if choices and len(choices) <= 12 else ""
-    return param.doc + extra
 
 
 def _warn_failed_plugins() -> None:

@@ -112,6 +112,11 @@ class Param:
             return None
         return list(self._choices() if callable(self._choices) else self._choices)
 
+    def described(self) -> str:
+        """The documentation line with the allowed choices appended (when there are few)."""
+        choices = self.choices
+        return self.doc + (f" (one of: {', '.join(map(str, choices))})" if choices and len(choices) <= 12 else "")
+
     def type_name(self) -> str:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         if self.type is None:

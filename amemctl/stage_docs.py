@@ -33,8 +33,7 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
         lines += ["| name | role | type | default | meaning |", "|---|---|---|---|---|"]
         for key, param in cls.params.items():
             default = "required" if param.required else f"`{param.default!r}`"
-            choices = param.choices
-            doc = param.doc + (f" (one of: {', '.join(map(str, choices))})" if choices and len(choices) <= 12 else "")
+            doc = param.described()
             lines.append(f"| `{key}` | {ROLES[param.role]} | {param.type_name()} | {default} | {doc.replace('|', '/')} |")
         lines.append("")
     return "\n".join(lines)
