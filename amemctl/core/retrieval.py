@@ -4,7 +4,8 @@
 alike. It streams the stored memories in chunks and folds each chunk's scores into the
 separation's running state (see `amemctl.core.separation`), so no Q x N score matrix
 beyond `budget` bytes ever exists; the answer equals the unchunked formula up to
-floating-point rounding, and exactly for max and top-k.
+floating-point rounding, and exactly for max and top-k. On the CPU, softmax, max and top-k
+with the built-in similarities take a cache-blocked route (`amemctl.core.kernels.cpu`).
 
 Auto-association: values are the keys. Hetero-association: values are other rows (the
 bottom half of an image for a query of its top half, the next image of a story).
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from amemctl.core.kernels import cpu
 from amemctl.core.rows import Rows, as_rows
 from amemctl.core.separation import Separation, make_separation
 from amemctl.core.similarity import Similarity, get_similarity
@@ -103,6 +105,12 @@ def recall(
         )
     if n == 0 and shard is None:
         raise StageError("the memory is empty: nothing is stored to retrieve from")
+
+    if shard is None and n and cpu.applies(q, sim, sep, distance_form, normalize_scores):
+        output, best_index, best_score = cpu.recall(q, key_rows, value_rows, sim, sep, budget)
+        if not bool(torch.isfinite(output).all()):
+            _explain_non_finite(key_rows, value_rows, cpu.plan(q.shape[0], n, q.element_size(), 1, budget)[1])
+        return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
 
     width = math.prod(value_rows.row_shape)
     pair_bytes = q.element_size() * (3 + sim.workspace(q.shape[1]))

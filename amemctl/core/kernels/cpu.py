@@ -1,0 +1,214 @@
+"""Softmax, max and top-k retrieval on the CPU at the speed of its matrix products.
+
+The general streaming retrieval (`amemctl.core.retrieval`) works for every similarity and
+separation; on a CPU three things made it slower than the plain formula or FAISS, and this
+route removes them for the built-in similarities (dot, cosine, euclidean, squared_euclidean,
+manhattan) with softmax (beta > 0), max and top-k:
+
+- Blocks sized to a core's L2 cache (`CACHE_BYTES` of scores, all queries against a slice of
+  the memories, never more than the retrieval budget): the passes after the score product
+  (max, exp, sum, the projection's read) read cache, not main memory.
+- No subnormal exponentials: at beta = 1000 most exp arguments lie far below -87, where exp
+  returns subnormal floats about 30 times slower than normal ones. Arguments are floored at
+  `EXP_FLOOR` first; exp(-80) is below 1e-34 of the largest weight, which cannot change a
+  float32 sum, so the answer is the same.
+- Max and top-k select on the block itself: `Tensor.max` returns the first maximum, top-k
+  takes torch.topk and falls back to the exact tie-breaking `top_k` only for rows where a
+  score ties the k-th. Euclidean selection uses 2 q.k - |k|^2 (one fused product, same order
+  as -|q - k|); the returned scores are recomputed exactly for the chosen memories.
+
+beta is folded into the queries, so the score product yields beta * s directly. L1 distances
+come from FAISS's SIMD kernel when faiss-cpu is installed (`faiss_backend`), torch.cdist
+otherwise; the answer is the same either way. Ties go to the lowest memory index everywhere,
+as in the general path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from amemctl.core.kernels import faiss_backend
+from amemctl.core.rows import Rows, TensorRows
+from amemctl.core.separation import Separation, Softmax, TopK, top_k
+from amemctl.core.similarity import EPS, SIMILARITIES, Similarity
+
+#: The similarities this route computes itself.
+ROUTED = ("dot", "cosine", "euclidean", "squared_euclidean", "manhattan")
+
+#: Bytes of scores per block: about one core's L2 cache.
+CACHE_BYTES = 2 * 2**20
+
+#: Fewest stored memories per block before the route takes fewer queries at a time instead.
+MIN_COLUMNS = 512
+
+#: Floor of the exp arguments (see the module docstring): exp(-80) is still a normal float.
+EXP_FLOOR = -80.0
+
+
+def applies(q: Tensor, sim: Similarity, sep: Separation, distance_form: str, normalize_scores: bool) -> bool:
+    """Whether this route computes the retrieval (otherwise the general streaming path does)."""
+    if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
+        return False
+    if sim.name not in ROUTED or SIMILARITIES.get(sim.name) is not sim:
+        return False  # a plugin's own similarity: run it as given
+    if distance_form != "negative" or normalize_scores:
+        return False
+    if type(sep) is Softmax:
+        return float(sep.beta) > 0
+    return type(sep) is TopK
+
+
+def plan(queries: int, memories: int, element_size: int, workspace: int, budget: int) -> tuple[int, int]:
+    """Queries and memories per block: about `CACHE_BYTES` of scores, never beyond `budget`."""
+    pairs = max(1, min(budget // (element_size * (1 + workspace)), CACHE_BYTES // element_size))
+    block_q = max(1, min(queries, pairs // MIN_COLUMNS))
+    return block_q, max(1, min(memories, pairs // block_q))
+
+
+def recall(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Separation, budget: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(output Q x width, best index Q, its score Q) for flat queries q (Q x d) on the CPU."""
+    width = math.prod(value_rows.row_shape)
+    block_q, block_n = plan(q.shape[0], len(key_rows), q.element_size(), sim.workspace(q.shape[1]), budget)
+    same = _same_rows(key_rows, value_rows)
+    output = q.new_empty(q.shape[0], width)
+    index = torch.empty(q.shape[0], dtype=torch.long)
+    for start in range(0, q.shape[0], block_q):
+        block = slice(start, start + block_q)
+        if isinstance(sep, Softmax):
+            scores = _Scores(sim.name, q[block], float(sep.beta), exact=True)
+            output[block], index[block] = _softmax(scores, key_rows, None if same else value_rows, block_n, width)
+        else:
+            scores = _Scores(sim.name, q[block], 1.0, exact=False)
+            chosen = _top_k(scores, key_rows, sep.k, block_n)
+            true = row_scores(sim.name, q[block, None, :].expand(-1, chosen.shape[1], -1), key_rows.take(chosen.reshape(-1)).reshape(*chosen.shape, -1).to(q.dtype))
+            picked = value_rows.take(chosen.reshape(-1)).reshape(*chosen.shape, width).to(q.dtype)
+            output[block] = torch.einsum("qk,qkw->qw", sep._select_weights(true), picked)
+            index[block] = chosen[:, 0]
+    best = key_rows.take(index).reshape(q.shape[0], -1).to(q.dtype)
+    return output, index, row_scores(sim.name, q, best)
+
+
+def _same_rows(a: Rows, b: Rows) -> bool:
+    return a is b or (isinstance(a, TensorRows) and isinstance(b, TensorRows) and a.data is b.data)
+
+
+class _Scores:
+    """beta * score(q, k) for a block of queries against chunks of keys, up to a per-query constant.
+
+    exact=False (selection only) may return any order-preserving stand-in instead.
+    """
+
+    def __init__(self, name: str, q: Tensor, beta: float, exact: bool) -> None:
+        self.name, self.beta, self.exact = name, beta, exact
+        if name == "cosine":
+            q = _unit(q)
+        self.q = q
+        self.scaled = q * beta if name in ("dot", "cosine") else q
+        self.q_sq = (q * q).sum(1, keepdim=True)
+
+    def __call__(self, keys: Tensor) -> Tensor:
+        name, beta = self.name, self.beta
+        if name == "dot":
+            return torch.mm(self.scaled, keys.T)
+        if name == "cosine":
+            return torch.mm(self.scaled, _unit(keys).T)
+        if name == "squared_euclidean" or (name == "euclidean" and not self.exact):
+            # -beta |q - k|^2 = beta (2 q.k - |k|^2) - beta |q|^2, the last term the same for every key
+            return torch.addmm((keys * keys).sum(1)[None], self.q, keys.T, beta=-beta, alpha=2 * beta)
+        if name == "euclidean":
+            s = torch.addmm((keys * keys).sum(1)[None], self.q, keys.T, alpha=-2)
+            return s.add_(self.q_sq).clamp_min_(0).sqrt_().mul_(-beta)
+        if faiss_backend.available(self.q):
+            d = faiss_backend.l1_distances(self.q, keys)
+        else:
+            d = torch.cdist(self.q, keys, p=1)
+        return d.mul_(-beta)
+
+
+def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: int, width: int) -> tuple[Tensor, Tensor]:
+    """The online softmax over chunks (running maximum m, normaliser l, weighted sum acc)."""
+    q = scores.q
+    rows = q.shape[0]
+    m = q.new_full((rows, 1), -math.inf)
+    l = q.new_zeros(rows, 1)
+    acc = q.new_zeros(rows, width)
+    best = q.new_full((rows,), -math.inf)
+    best_index = torch.zeros(rows, dtype=torch.long)
+    value_chunks = value_rows.chunks(block_n) if value_rows is not None else None
+    for offset, chunk in key_rows.chunks(block_n):
+        keys = chunk.to(q.dtype)
+        z = scores(keys)
+        chunk_best, chunk_index = z.max(1)  # the first maximum: ties to the lowest index
+        better = chunk_best > best
+        best = torch.where(better, chunk_best, best)
+        best_index = torch.where(better, chunk_index + offset, best_index)
+        m_new = torch.maximum(m, chunk_best[:, None])
+        p = z.sub_(m_new).clamp_min_(EXP_FLOOR).exp_()
+        rescale = torch.exp(m - m_new)
+        l = l.mul_(rescale).add_(p.sum(1, keepdim=True))
+        values = keys if value_chunks is None else next(value_chunks)[1].to(q.dtype)
+        acc = acc.mul_(rescale).addmm_(p, values)
+        m = m_new
+    return acc / l, best_index
+
+
+def _top_k(scores: _Scores, key_rows: Rows, k: int, block_n: int) -> Tensor:
+    """The indices of the k best memories per query (best first, ties to the lowest index)."""
+    best = scores.q.new_empty(scores.q.shape[0], 0)
+    index = torch.empty(scores.q.shape[0], 0, dtype=torch.long)
+    for offset, chunk in key_rows.chunks(block_n):
+        z = scores(chunk.to(scores.q.dtype))
+        if k == 1:
+            value, at = z.max(1)  # the first maximum
+            if best.shape[1] == 0:
+                best, index = value[:, None], at[:, None] + offset
+            else:
+                better = value > best[:, 0]  # strictly: earlier chunks keep ties
+                best = torch.where(better, value, best[:, 0])[:, None]
+                index = torch.where(better, at + offset, index[:, 0])[:, None]
+            continue
+        vals, idx = chunk_top_k(z, k)
+        merged = torch.cat([best, vals], 1)
+        merged_index = torch.cat([index, idx + offset], 1)
+        order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :k]
+        best, index = merged.gather(1, order), merged_index.gather(1, order)
+    return index
+
+
+def chunk_top_k(z: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """`separation.top_k` of a block (best first, ties to the lowest column), through torch.topk.
+
+    torch.topk picks the right set unless a score left out equals the k-th; only those rows
+    take the exact (slower) `top_k`.
+    """
+    k = min(k, z.shape[1])
+    vals, idx = torch.topk(z, k, dim=1)
+    clear = (z >= vals[:, -1:]).sum(1) == k
+    if not bool(clear.all()):
+        rows = (~clear).nonzero()[:, 0]
+        vals[rows], idx[rows] = top_k(z[rows], k)
+    idx, order = idx.sort(1)  # equal scores in index order, then a stable sort by score
+    vals = vals.gather(1, order)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    return vals.gather(1, order), idx.gather(1, order)
+
+
+def row_scores(name: str, q: Tensor, k: Tensor) -> Tensor:
+    """The score of each query with its own key (q and k: ... x d), the similarity's exact value."""
+    if name == "dot":
+        return (q * k).sum(-1)
+    if name == "cosine":
+        return (_unit(q) * _unit(k)).sum(-1)
+    if name == "euclidean":
+        return -(q - k).norm(dim=-1)
+    if name == "squared_euclidean":
+        return -(q - k).square().sum(-1)
+    return -(q - k).abs().sum(-1)
+
+
+def _unit(x: Tensor) -> Tensor:
+    """x / |x| per row, as `similarity.cosine` does (zero rows stay zero)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
