@@ -168,13 +168,17 @@ def stages(name: str | None, markdown: bool) -> None:
 @click.option("--streaming/--no-streaming", default=True, help="Also time retrieval streamed from a store against the same keys in memory.")
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append the table to this file (e.g. docs/BENCHMARKS.md).")
-def bench(device: str, sizes: tuple[int, ...], dim: int, queries: int | None, similarities: tuple[str, ...], dtypes: tuple[str, ...], cifar: bool, streaming: bool, repeats: int, output: Path | None) -> None:
+@click.option("--peers", is_flag=True, help="On the CPU: max and softmax (beta 1000 and 1) beside the one-pass formula, two passes, FAISS and KeOps (default N = 1e5).")
+def bench(device: str, sizes: tuple[int, ...], dim: int, queries: int | None, similarities: tuple[str, ...], dtypes: tuple[str, ...], cifar: bool, streaming: bool, repeats: int, output: Path | None, peers: bool) -> None:
     """Time retrieval against the plain PyTorch way, side by side, and print the table."""
     import torch
 
     from amemctl import bench as b
     from amemctl.engine.runner import resolve_device
 
+    if peers:
+        _bench_peers(sizes or (100_000,), dim, queries or 256, repeats, output)
+        return
     dev = resolve_device(device)
     gpu = dev.type == "cuda"
     sizes = sizes or ((100_000, 1_000_000) if gpu else (10_000, 50_000))
@@ -196,6 +200,22 @@ def bench(device: str, sizes: tuple[int, ...], dim: int, queries: int | None, si
         click.echo(extra)
     if output is not None:
         b.write(rows, dev, output, extra)
+        click.echo(f"appended to {output}")
+
+
+def _bench_peers(sizes: tuple[int, ...], dim: int, queries: int, repeats: int, output: Path | None) -> None:
+    """`amemctl bench --peers`: the CPU peers table (amemctl.bench_peers)."""
+    from amemctl import bench_peers as bp
+
+    click.echo(bp.header(__import__("torch").get_num_threads()))
+    rows = []
+    for n in sizes:
+        for separation, beta, similarity in bp.WORKLOADS:
+            rows.append(bp.measure(separation, beta, similarity, n, dim, queries, repeats))
+            click.echo(bp.markdown(rows[-1:]).splitlines()[2])
+    click.echo(bp.markdown(rows))
+    if output is not None:
+        bp.write(rows, output)
         click.echo(f"appended to {output}")
 
 
