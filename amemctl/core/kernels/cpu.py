@@ -83,11 +83,11 @@ def recall(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Se
         else:
             scores = _Scores(sim.name, q[block], 1.0, exact=False)
             chosen = _top_k(scores, key_rows, sep.k, block_n)
-            true = row_scores(sim.name, q[block, None, :].expand(-1, chosen.shape[1], -1), key_rows.take(chosen.reshape(-1)).reshape(*chosen.shape, -1).to(q.dtype))
-            picked = value_rows.take(chosen.reshape(-1)).reshape(*chosen.shape, width).to(q.dtype)
+            true = row_scores(sim.name, q[block, None, :].expand(-1, chosen.shape[1], -1), key_rows.take(chosen.reshape(-1)).reshape(*chosen.shape, -1).to(device=q.device, dtype=q.dtype))
+            picked = value_rows.take(chosen.reshape(-1)).reshape(*chosen.shape, width).to(device=q.device, dtype=q.dtype)
             output[block] = torch.einsum("qk,qkw->qw", sep._select_weights(true), picked)
             index[block] = chosen[:, 0]
-    best = key_rows.take(index).reshape(q.shape[0], -1).to(q.dtype)
+    best = key_rows.take(index).reshape(q.shape[0], -1).to(device=q.device, dtype=q.dtype)
     return output, index, row_scores(sim.name, q, best)
 
 
@@ -139,7 +139,7 @@ def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: 
     best_index = torch.zeros(rows, dtype=torch.long)
     value_chunks = value_rows.chunks(block_n) if value_rows is not None else None
     for offset, chunk in key_rows.chunks(block_n):
-        keys = chunk.to(q.dtype)
+        keys = chunk.to(device=q.device, dtype=q.dtype)
         z = scores(keys)
         chunk_best, chunk_index = z.max(1)  # the first maximum: ties to the lowest index
         better = chunk_best > best
@@ -149,7 +149,7 @@ def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: 
         p = z.sub_(m_new).clamp_min_(EXP_FLOOR).exp_()
         rescale = torch.exp(m - m_new)
         l = l.mul_(rescale).add_(p.sum(1, keepdim=True))
-        values = keys if value_chunks is None else next(value_chunks)[1].to(q.dtype)
+        values = keys if value_chunks is None else next(value_chunks)[1].to(device=q.device, dtype=q.dtype)
         acc = acc.mul_(rescale).addmm_(p, values)
         m = m_new
     return acc / l, best_index
@@ -160,7 +160,7 @@ def _top_k(scores: _Scores, key_rows: Rows, k: int, block_n: int) -> Tensor:
     best = scores.q.new_empty(scores.q.shape[0], 0)
     index = torch.empty(scores.q.shape[0], 0, dtype=torch.long)
     for offset, chunk in key_rows.chunks(block_n):
-        z = scores(chunk.to(scores.q.dtype))
+        z = scores(chunk.to(device=scores.q.device, dtype=scores.q.dtype))
         if k == 1:
             value, at = z.max(1)  # the first maximum
             if best.shape[1] == 0:
