@@ -117,15 +117,20 @@ class _Scores:
             return torch.mm(self.scaled, _unit(keys).T)
         if name == "squared_euclidean" or (name == "euclidean" and not self.exact):
             # -beta |q - k|^2 = beta (2 q.k - |k|^2) - beta |q|^2, the last term the same for every key
-            return torch.addmm((keys * keys).sum(1)[None], self.q, keys.T, beta=-beta, alpha=2 * beta)
+            return torch.addmm(_squared_norms(keys)[None], self.q, keys.T, beta=-beta, alpha=2 * beta)
         if name == "euclidean":
-            s = torch.addmm((keys * keys).sum(1)[None], self.q, keys.T, alpha=-2)
+            s = torch.addmm(_squared_norms(keys)[None], self.q, keys.T, alpha=-2)
             return s.add_(self.q_sq).clamp_min_(0).sqrt_().mul_(-beta)
         if faiss_backend.available(self.q):
             d = faiss_backend.l1_distances(self.q, keys)
         else:
             d = torch.cdist(self.q, keys, p=1)
         return d.mul_(-beta)
+
+
+def _squared_norms(keys: Tensor) -> Tensor:
+    """|k|^2 of each row without a keys-sized temporary."""
+    return torch.linalg.vector_norm(keys, dim=1).square_()
 
 
 def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: int, width: int) -> tuple[Tensor, Tensor]:
