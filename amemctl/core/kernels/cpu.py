@@ -108,29 +108,37 @@ class _Scores:
         self.q = q
         self.scaled = q * beta if name in ("dot", "cosine") else q
         self.q_sq = (q * q).sum(1, keepdim=True)
+        # one scores block and one keys-sized scratch, reused chunk after chunk: a fresh
+        # allocation of this size is a fresh mmap whose page faults cost as much as the pass
+        self._buffers: dict[str, Tensor] = {}
+
+    def _buffer(self, what: str, rows: int, cols: int) -> Tensor:
+        b = self._buffers.get(what)
+        if b is None or b.shape != (rows, cols):
+            b = self._buffers[what] = self.q.new_empty(rows, cols)
+        return b
 
     def __call__(self, keys: Tensor) -> Tensor:
+        """The scores block, in a buffer that the next call overwrites."""
         name, beta = self.name, self.beta
+        out = self._buffer("scores", self.q.shape[0], keys.shape[0])
         if name == "dot":
-            return torch.mm(self.scaled, keys.T)
+            return torch.mm(self.scaled, keys.T, out=out)
         if name == "cosine":
-            return torch.mm(self.scaled, _unit(keys).T)
-        if name == "squared_euclidean" or (name == "euclidean" and not self.exact):
-            # -beta |q - k|^2 = beta (2 q.k - |k|^2) - beta |q|^2, the last term the same for every key
-            return torch.addmm(_squared_norms(keys)[None], self.q, keys.T, beta=-beta, alpha=2 * beta)
-        if name == "euclidean":
-            s = torch.addmm(_squared_norms(keys)[None], self.q, keys.T, alpha=-2)
+            norms = torch.linalg.vector_norm(keys, dim=1, keepdim=True).clamp_min_(EPS)
+            return torch.mm(self.scaled, torch.div(keys, norms, out=self._buffer("keys", *keys.shape)).T, out=out)
+        if name in ("squared_euclidean", "euclidean"):
+            k_sq = torch.mul(keys, keys, out=self._buffer("keys", *keys.shape)).sum(1)[None]  # exact: ties stay ties
+            if name == "squared_euclidean" or not self.exact:
+                # -beta |q - k|^2 = beta (2 q.k - |k|^2) - beta |q|^2, the last term the same for every key
+                return torch.addmm(k_sq, self.q, keys.T, beta=-beta, alpha=2 * beta, out=out)
+            s = torch.addmm(k_sq, self.q, keys.T, alpha=-2, out=out)
             return s.add_(self.q_sq).clamp_min_(0).sqrt_().mul_(-beta)
         if faiss_backend.available(self.q):
-            d = faiss_backend.l1_distances(self.q, keys)
+            d = faiss_backend.l1_distances(self.q, keys, out=out)
         else:
             d = torch.cdist(self.q, keys, p=1)
         return d.mul_(-beta)
-
-
-def _squared_norms(keys: Tensor) -> Tensor:
-    """|k|^2 of each row without a keys-sized temporary."""
-    return torch.linalg.vector_norm(keys, dim=1).square_()
 
 
 def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: int, width: int) -> tuple[Tensor, Tensor]:
@@ -140,16 +148,12 @@ def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: 
     m = q.new_full((rows, 1), -math.inf)
     l = q.new_zeros(rows, 1)
     acc = q.new_zeros(rows, width)
-    best = q.new_full((rows,), -math.inf)
-    best_index = torch.zeros(rows, dtype=torch.long)
+    firsts = _FirstMaximum()
     value_chunks = value_rows.chunks(block_n) if value_rows is not None else None
     for offset, chunk in key_rows.chunks(block_n):
         keys = chunk.to(device=q.device, dtype=q.dtype)
         z = scores(keys)
-        chunk_best, chunk_index = z.max(1)  # the first maximum: ties to the lowest index
-        better = chunk_best > best
-        best = torch.where(better, chunk_best, best)
-        best_index = torch.where(better, chunk_index + offset, best_index)
+        chunk_best = firsts.add(z, offset)
         m_new = torch.maximum(m, chunk_best[:, None])
         p = z.sub_(m_new).clamp_min_(EXP_FLOOR).exp_()
         rescale = torch.exp(m - m_new)
@@ -157,30 +161,48 @@ def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: 
         values = keys if value_chunks is None else next(value_chunks)[1].to(device=q.device, dtype=q.dtype)
         acc = acc.mul_(rescale).addmm_(p, values)
         m = m_new
-    return acc / l, best_index
+    return acc / l, firsts.index()
+
+
+class _FirstMaximum:
+    """The first maximum of each row over chunks: kept per chunk, reduced once at the end."""
+
+    def __init__(self) -> None:
+        self.values: list[Tensor] = []
+        self.indices: list[Tensor] = []
+        self.offsets: list[int] = []
+
+    def add(self, z: Tensor, offset: int) -> Tensor:
+        """Note the chunk's first maximum per row (memories offset..); returns the maxima."""
+        value, at = z.max(1)  # Tensor.max returns the first maximum: ties to the lowest index
+        self.values.append(value)
+        self.indices.append(at)
+        self.offsets.append(offset)
+        return value
+
+    def index(self) -> Tensor:
+        """The overall first maximum's index per row (the earliest chunk wins ties)."""
+        chunk = torch.stack(self.values).argmax(0)  # argmax also returns the first maximum
+        at = torch.stack(self.indices).gather(0, chunk[None])[0]
+        return at + torch.tensor(self.offsets, device=at.device)[chunk]
 
 
 def _top_k(scores: _Scores, key_rows: Rows, k: int, block_n: int) -> Tensor:
     """The indices of the k best memories per query (best first, ties to the lowest index)."""
     best = scores.q.new_empty(scores.q.shape[0], 0)
     index = torch.empty(scores.q.shape[0], 0, dtype=torch.long)
+    firsts = _FirstMaximum()
     for offset, chunk in key_rows.chunks(block_n):
         z = scores(chunk.to(device=scores.q.device, dtype=scores.q.dtype))
         if k == 1:
-            value, at = z.max(1)  # the first maximum
-            if best.shape[1] == 0:
-                best, index = value[:, None], at[:, None] + offset
-            else:
-                better = value > best[:, 0]  # strictly: earlier chunks keep ties
-                best = torch.where(better, value, best[:, 0])[:, None]
-                index = torch.where(better, at + offset, index[:, 0])[:, None]
+            firsts.add(z, offset)
             continue
         vals, idx = chunk_top_k(z, k)
         merged = torch.cat([best, vals], 1)
         merged_index = torch.cat([index, idx + offset], 1)
         order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :k]
         best, index = merged.gather(1, order), merged_index.gather(1, order)
-    return index
+    return firsts.index()[:, None] if k == 1 else index
 
 
 def chunk_top_k(z: Tensor, k: int) -> tuple[Tensor, Tensor]:
