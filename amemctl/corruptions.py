@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from amemctl.core import colour, random
 from amemctl.errors import StageError
 from amemctl.suggest import did_you_mean
 
@@ -78,7 +79,7 @@ def _check_images(images: Tensor) -> None:
 
 
 def _uniform(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return random.rand(like.shape, generator, device=like.device, dtype=like.dtype)
 
 
 def _rows_mask(images: Tensor, fraction: float, side: str) -> Tensor:
@@ -114,7 +115,7 @@ def none(images: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 def gaussian(images: Tensor, generator: torch.Generator | None, mean: float, variance: float) -> Tensor:
-    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    noise = random.randn(images.shape, generator, device=images.device, dtype=images.dtype)
     return (images + mean + math.sqrt(variance) * noise).clamp_(0, 1)
 
 
@@ -125,7 +126,7 @@ def mask_zero(images: Tensor, generator: torch.Generator | None, fraction: float
 def mask_noise(images: Tensor, generator: torch.Generator | None, fraction: float, side: str) -> Tensor:
     if side == "random":
         n = images.shape[0]
-        picks = torch.randint(0, 4, (n,), generator=generator, device=images.device)
+        picks = random.randint(0, 4, (n,), generator, device=images.device)
         out = images.clone()
         for i, s in enumerate(SIDES):
             chosen = picks == i
@@ -139,14 +140,14 @@ def mask_noise(images: Tensor, generator: torch.Generator | None, fraction: floa
 def random_mask(images: Tensor, generator: torch.Generator | None, p: float) -> Tensor:
     """Each pixel (all its channels together) zeroed with probability p."""
     shape = (images.shape[0], 1, *images.shape[2:]) if images.dim() >= 3 else images.shape
-    drop = torch.rand(shape, generator=generator, device=images.device) < p
+    drop = random.rand(shape, generator, device=images.device) < p
     return images.masked_fill(drop, 0.0)
 
 
 def salt_pepper(images: Tensor, generator: torch.Generator | None, p: float) -> Tensor:
     """A fraction p of pixels set to 0 or 1 with equal chance (all channels of a pixel alike)."""
     shape = (images.shape[0], 1, *images.shape[2:]) if images.dim() >= 3 else images.shape
-    u = torch.rand(shape, generator=generator, device=images.device)
+    u = random.rand(shape, generator, device=images.device)
     hit = u < p
     salt = u < p / 2
     out = images.masked_fill(hit, 0.0)
@@ -165,10 +166,10 @@ def crop(images: Tensor, generator: torch.Generator | None, scale: list) -> Tens
     _spatial(images, "crop")
     low, high = _pair(scale, "scale")
     n, _, h, w = images.shape
-    area = low + (high - low) * torch.rand(n, generator=generator, device=images.device)
+    area = low + (high - low) * random.rand((n,), generator, device=images.device)
     side_h, side_w = area.sqrt() * h, area.sqrt() * w
-    top = torch.rand(n, generator=generator, device=images.device) * (h - side_h)
-    left = torch.rand(n, generator=generator, device=images.device) * (w - side_w)
+    top = random.rand((n,), generator, device=images.device) * (h - side_h)
+    left = random.rand((n,), generator, device=images.device) * (w - side_w)
     boxes = torch.stack([torch.arange(n, device=images.device, dtype=images.dtype), left, top, left + side_w, top + side_h], 1)
     return roi_align(images, boxes.to(images.dtype), output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True).clamp_(0, 1)
 
@@ -193,16 +194,16 @@ def color(images: Tensor, generator: torch.Generator | None, brightness: float, 
     n = images.shape[0]
 
     def factors(strength: float) -> Tensor:
-        u = torch.rand(n, 1, 1, 1, generator=generator, device=images.device, dtype=images.dtype)
+        u = random.rand((n, 1, 1, 1), generator, device=images.device, dtype=images.dtype)
         return 1 + strength * (2 * u - 1)
 
-    gains = 1 + channels * (2 * torch.rand(n, 3, 1, 1, generator=generator, device=images.device, dtype=images.dtype) - 1)
+    gains = 1 + channels * (2 * random.rand((n, 3, 1, 1), generator, device=images.device, dtype=images.dtype) - 1)
     out = (images * gains * factors(brightness)).clamp(0, 1)
     grey = F.rgb_to_grayscale(out, num_output_channels=1)
     out = (grey + factors(saturation) * (out - grey)).clamp(0, 1)
     if hue > 0:
-        shifts = hue * (2 * torch.rand(n, generator=generator) - 1)
-        out = torch.stack([F.adjust_hue(img, float(shift)) for img, shift in zip(out, shifts)])
+        shifts = hue * (2 * random.rand((n,), generator, device=images.device, dtype=images.dtype) - 1)
+        out = colour.adjust_hue(out, shifts)
     return out.clamp_(0, 1)
 
 
@@ -213,7 +214,7 @@ def rotate(images: Tensor, generator: torch.Generator | None, angles: list) -> T
     _spatial(images, "rotate")
     if not angles:
         raise StageError("rotate needs at least one angle", hint="e.g. angles: [0, 90, -90, 180]")
-    choice = torch.randint(0, len(angles), (images.shape[0],), generator=generator, device=images.device)
+    choice = random.randint(0, len(angles), (images.shape[0],), generator, device=images.device)
     out = images.clone()
     for i, angle in enumerate(angles):
         chosen = choice == i

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from amemctl.core import random
 from amemctl.core.retrieval import DEFAULT_BUDGET, recall
 from amemctl.core.rows import Rows, materialize
 from amemctl.core.separation import Elementwise, Separation, Softmax
@@ -156,7 +157,7 @@ def hopfield_asynchronous(queries: Tensor, patterns: "Tensor | Rows", steps: int
     converged = torch.zeros(len(s), dtype=torch.bool, device=s.device)
     for sweep in range(1, steps + 1):
         before = s.clone()
-        for i in torch.randperm(s.shape[1], generator=generator).tolist():
+        for i in random.randperm(s.shape[1], generator).tolist():
             field_i = s @ weights[:, i]
             s[:, i] = torch.where(field_i > 0, 1.0, torch.where(field_i < 0, -1.0, s[:, i]))
         if track_energy:

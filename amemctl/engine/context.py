@@ -19,8 +19,8 @@ class Context:
     """What stages share within one sweep point.
 
     `ctx["name"]` reads and writes tensors (or other values a stage passes on); `device`
-    is where new tensors belong; `rng()` gives this stage's own seeded random stream, so
-    a stage draws the same numbers whatever ran before it; `metric()` records numbers for
+    is where new tensors belong; `rng()` gives this stage's own seeded random stream (a CPU
+    generator), so a stage draws the same numbers whatever ran before it and on any device; `metric()` records numbers for
     the report; `figure_path()` says where a figure of this point goes.
     """
 
@@ -93,8 +93,15 @@ class Context:
         return name in self.values
 
     def rng(self, device: "torch.device | str | None" = None) -> torch.Generator:
-        """A generator seeded for the running stage, on `device` (default: the context's)."""
-        generator = torch.Generator(device=device or self.device)
+        """This stage's own seeded random stream: a CPU generator unless `device` names another.
+
+        CPU by default so that a run draws the same numbers on every device and so that
+        `torch.randn(shape, generator=ctx.rng())` never meets a generator of another device
+        (it gives CPU tensors: move them with `.to(ctx.device)`). `amemctl.core.random.randn(shape,
+        ctx.rng(), device=ctx.device)` and its siblings draw and move in one call, with a
+        generator on any device.
+        """
+        generator = torch.Generator(device=device or "cpu")
         generator.manual_seed(self.stage_seed)
         return generator
 

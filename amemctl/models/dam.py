@@ -16,6 +16,7 @@ clips memories to [-1, 1] after every step.
 from __future__ import annotations
 
 import torch
+from amemctl.core import random
 from torch import Tensor, nn
 
 
@@ -26,7 +27,7 @@ class DenseAssociativeMemory(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         # the paper's initialisation: normal with mean -0.3 and standard deviation 0.3
-        self.xi = nn.Parameter((-0.3 + 0.3 * torch.randn(memories, visible + classes, generator=generator)).clamp(-1, 1))
+        self.xi = nn.Parameter((-0.3 + 0.3 * random.randn((memories, visible + classes), generator)).clamp(-1, 1))
         self.visible, self.classes, self.n, self.rectified = visible, classes, n, rectified
         self.temperature = 1.0
 
@@ -94,7 +95,7 @@ def train_dam(
     losses = []
     epoch_range = range(epochs)
     for epoch in track(epoch_range, epochs, f"dam n={n:g}") if track else epoch_range:
-        order = torch.randperm(len(v), generator=torch.Generator().manual_seed(seed * 101 + epoch)).to(device)
+        order = random.randperm(len(v), torch.Generator().manual_seed(seed * 101 + epoch), device=device)
         rate = lr * decay**epoch
         total = 0.0
         for start in range(0, len(v), batch_size):

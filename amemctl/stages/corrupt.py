@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from amemctl.core import random
 from amemctl.core.rows import take
 from amemctl.corruptions import CORRUPTIONS, get_corruption
 from amemctl.engine.context import Context
@@ -65,7 +66,7 @@ class Corrupt(Stage):
         if self.count is not None:
             if self.count > len(patterns):
                 raise StageError(f"count={self.count} queries asked of {len(patterns)} stored patterns", hint=f"use count <= {len(patterns)}")
-            rows = torch.randperm(len(patterns), generator=ctx.rng("cpu"))[: self.count].sort().values
+            rows = random.randperm(len(patterns), ctx.rng())[: self.count].sort().values
         chosen = take(patterns, rows).to(ctx.device)
         ctx[self.output] = get_corruption(self.kind)(chosen, ctx.rng(), **self.forwarded(_KIND_PARAMS))
         if self.targets is not None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from amemctl.core import random
 from amemctl.data import torchvision_sets
 from amemctl.data.datasets import Dataset, Request, data_root
 from amemctl.data.embedded import read_digits, read_patches
@@ -58,7 +59,7 @@ class Load(Stage):
             images, labels = images[: self.limit], labels[: self.limit]
             indices = {"start": 0, "stop": len(images)}
         if self.subset is not None and self.subset < len(images):
-            keep = torch.randperm(len(images), generator=ctx.rng("cpu"))[: self.subset].sort().values
+            keep = random.randperm(len(images), ctx.rng())[: self.subset].sort().values
             images, labels = images[keep], labels[keep]
             indices = keep.tolist()
         ctx.provenance["data"] = {"dataset": self.dataset, "split": self.split or spec.default_split, "indices": indices}

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from amemctl.core import random
 from amemctl.core.chains import distinct_cycles, follow, permutation_cycles
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
@@ -35,7 +36,7 @@ class Associate(Stage):
         if self.mode == "shift":
             perm = (torch.arange(n) + 1) % n
         else:
-            perm = torch.randperm(n, generator=ctx.rng("cpu"))
+            perm = random.randperm(n, ctx.rng())
         ctx[self.output] = patterns[perm.to(patterns.device)]
         ctx[self.permutation] = perm
         cycles = permutation_cycles(perm)
@@ -115,7 +116,7 @@ class ChainRecall(Stage):
         starts = list(range(n))
         queries = memory[:n].clone()
         if self.start_noise > 0:
-            noise = torch.randn(queries.shape, generator=ctx.rng(), device=queries.device)
+            noise = random.randn(queries.shape, ctx.rng(), device=queries.device)
             queries = (queries + math.sqrt(self.start_noise) * noise).clamp(0, 1)
 
         def nearest(x):

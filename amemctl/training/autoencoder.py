@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from amemctl.core import random
 from amemctl.models.autoencoders import Autoencoder, build_autoencoder, save_autoencoder
 
 
@@ -34,7 +35,7 @@ def train_autoencoder(
     losses = []
     epoch_range = range(epochs)
     for epoch in track(epoch_range, epochs, f"autoencoder {kind}") if track else epoch_range:
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 7919 + epoch)).to(device)
+        order = random.randperm(len(data), torch.Generator().manual_seed(seed * 7919 + epoch), device=device)
         total = 0.0
         for start in range(0, len(data), batch_size):
             batch = data[order[start : start + batch_size]]

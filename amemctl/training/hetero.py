@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from amemctl.core import random
 from amemctl.models.hetero import HeteroEncoder, HeteroEncoderNet
 
 
@@ -39,18 +40,18 @@ def train_hetero(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
     x, y = inputs.to(device, torch.float32), targets.to(device, torch.float32)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on every device
     losses = []
     epoch_range = range(epochs)
     for epoch in track(epoch_range, epochs, "hetero-encoder") if track else epoch_range:
         net.train()
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 31 + epoch)).to(device)
+        order = random.randperm(len(x), torch.Generator().manual_seed(seed * 31 + epoch), device=device)
         total = 0.0
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
             batch = x[idx]
             if noise > 0:
-                batch = (batch + math.sqrt(noise) * torch.randn(batch.shape, generator=generator, device=device)).clamp(0, 1)
+                batch = (batch + math.sqrt(noise) * random.randn(batch.shape, generator, device=device)).clamp(0, 1)
             code_ = net.encoder(batch)
             loss = F.mse_loss(net.decoder(code_), y[idx])
             if sparsity > 0:
