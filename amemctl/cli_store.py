@@ -29,9 +29,13 @@ def list_stores(root: Path) -> None:
         table.add_column(column, overflow="fold")
     found = sorted(p.parent for p in root.glob("**/zarr.json") if p.parent.parent == root or p.parent.suffix == ".zarr") if root.exists() else []
     for path in found:
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # a writer's temporary or discarded copy, never a store
         try:
             s = MemoryStore.open(path)
-        except StoreError:
+        except StoreError as exc:
+            if "is damaged" in exc.message:
+                table.add_row(str(path.relative_to(root)), "damaged", "-", "-", "-", _size(disk_size(path)), f"run `amemctl store verify {path}`")
             continue
         table.add_row(str(path.relative_to(root)), str(len(s)), str(s.count - len(s)), ", ".join(s.arrays), ", ".join(s.spaces) or "-", _size(disk_size(path)), s.attrs["updated"])
     Console().print(table if table.row_count else f"no stores under {root}")
