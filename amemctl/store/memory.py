@@ -25,6 +25,7 @@ a missing or truncated chunk is refused instead of read as zeros.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -610,11 +611,10 @@ def tidy(path: Path) -> None:
         if new is not None and not path.exists() and (new / "zarr.json").exists():
             new.rename(path)
         journal.unlink(missing_ok=True)
-    for leftover in path.parent.glob(f".{path.name}.new-*"):
+    name = glob.escape(path.name)
+    for leftover in [*path.parent.glob(f".{name}.new-*"), *path.parent.glob(f".{name}.old-*")]:
         _discard(leftover)
-    for leftover in path.parent.glob(f".{path.name}.old-*"):
-        _discard(leftover)
-    for leftover in path.parent.glob(f".{path.name}.swap-*"):
+    for leftover in path.parent.glob(f".{name}.swap-*"):
         leftover.unlink(missing_ok=True)
 
 
