@@ -146,6 +146,8 @@ class Param:
     def _check_bounds(self, value: Any) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return
+        if value != value:  # NaN passes every comparison; it would only fail later, elsewhere
+            raise ParamError(f"parameter {self.name!r} is NaN", hint=self._expect())
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
             raise ParamError(f"parameter {self.name!r} is {value}, out of range", hint=self._expect())
 

@@ -242,13 +242,18 @@ def checkpoint_encoder(path: "str | Path", arch: str | None, cifar_stem: bool | 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a zip/pickle torch file, or one holding arbitrary objects
-        raise DataError(f"{path} is not a PyTorch tensor file that can be loaded safely: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", hint="checkpoints are loaded with weights_only=True: save plain state dicts") from None
+        raise DataError(f"{path} is not a PyTorch tensor file that can be loaded safely: {type(exc).__name__}: {(str(exc).splitlines() or ['(no detail)'])[0][:200]}", hint="checkpoints are loaded with weights_only=True: save plain state dicts") from None
     if isinstance(payload, dict) and payload.get("format") == ENCODER_FORMAT:
         if arch is not None and arch != payload["arch"]:
             raise DataError(f"{path} holds a {payload['arch']} encoder, not {arch}", hint=f"set arch: {payload['arch']}, or leave arch out")
-        arch, cifar_stem = payload["arch"], bool(payload["cifar_stem"])
-        preprocessing = preprocessing or Preprocessing(**payload["preprocessing"])
-        state = payload["state_dict"]
+        try:
+            arch, cifar_stem = payload["arch"], bool(payload["cifar_stem"])
+            preprocessing = preprocessing or Preprocessing(**payload["preprocessing"])
+            state = payload["state_dict"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path} is an amemctl encoder checkpoint with damaged metadata ({type(exc).__name__}: {exc})", hint="write it again with train-simclr") from None
+        if arch not in ARCHITECTURES or not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise DataError(f"{path} is an amemctl encoder checkpoint with damaged metadata (arch {arch!r} or its state dict)", hint="write it again with train-simclr")
     else:
         state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -262,7 +267,8 @@ def checkpoint_encoder(path: "str | Path", arch: str | None, cifar_stem: bool | 
     return Encoder(module, arch, bool(cifar_stem), preprocessing or Preprocessing(), f"checkpoint:{path.name}", file_sha256(path))
 
 
-def _load_state(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
+def _load_state(module: nn.Module, state: dict[str, Tensor], what: str, assign: bool = True) -> None:
+    """Load `state` into `module`, or (assign False) only check that every key and shape fits."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -276,7 +282,8 @@ def _load_state(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
         if wrong:
             parts.append(f"wrong shapes: {', '.join(f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in wrong[:3])}")
         raise DataError(f"{what} does not fit this architecture: " + "; ".join(parts), hint="check arch and cifar_stem against how the checkpoint was trained")
-    module.load_state_dict(state)
+    if assign:
+        module.load_state_dict(state)
 
 
 def save_atomically(payload: dict[str, Any], path: "str | Path") -> Path:

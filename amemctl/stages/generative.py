@@ -62,6 +62,10 @@ class Generate(Stage):
     input = Input("retrieved", "the embeddings to decode, N x code")
     output = Output("generated", "the decoded images")
 
+    def inputs(self) -> list[str]:
+        names = super().inputs()  # with a checkpoint, no decoder is wired from the context
+        return [n for n in names if n != self.decoder] if self.checkpoint is not None else names
+
     def run(self, ctx: Context) -> None:
         if self.checkpoint is not None:
             model = load_autoencoder(self.checkpoint)
