@@ -37,8 +37,17 @@ def print_error(exc: AmemctlError) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="amemctl")
-def main() -> None:
+@click.option("--no-plugin", "no_plugin", multiple=True, metavar="NAME", help="Do not load this plugin (entry-point or package name; repeatable). Same as AMEMCTL_DISABLE_PLUGINS=NAME,...")
+def main(no_plugin: tuple[str, ...]) -> None:
     """Associative memories as declared experiments: run YAML pipelines of pluggable stages."""
+    if no_plugin:
+        import os
+
+        from amemctl.plugins import DISABLE_ENV
+
+        # through the environment, so worker processes (--nproc) skip the same plugins
+        names = [n for n in os.environ.get(DISABLE_ENV, "").split(",") if n]
+        os.environ[DISABLE_ENV] = ",".join([*names, *no_plugin])
 
 
 @main.command()
@@ -211,10 +220,11 @@ _register_command_groups()
 
 
 def _warn_failed_plugins() -> None:
+    """One warning line per plugin that was disabled because it is broken."""
     from amemctl.plugins import get_registry
 
     for failure in get_registry().failures:
-        err_console.print(f"warning: {failure}", markup=False, soft_wrap=True)
+        err_console.print(f"warning: {failure.warning()}", markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
