@@ -73,7 +73,7 @@ def preview(dataset: str, kinds: str, count: int, seed: int, root: str | None, o
     import torch
 
     from amemctl.corruptions import CORRUPTIONS, corrupt as apply
-    from amemctl.engine.context import Context
+    from amemctl.context import Context
     from amemctl.figures import image_grid
     from amemctl.stages.load import Load
 

@@ -51,6 +51,9 @@ BUILTIN = "amemctl"
 KINDS: dict[str, tuple[str, str]] = {
     "stages": ("amemctl_register_stages", "stage"),
     "similarities": ("amemctl_register_similarities", "similarity"),
+    "separations": ("amemctl_register_separations", "separation"),
+    "corruptions": ("amemctl_register_corruptions", "corruption"),
+    "encoders": ("amemctl_register_encoders", "encoder"),
     "datasets": ("amemctl_register_datasets", "dataset"),
 }
 
@@ -231,6 +234,28 @@ def get_registry() -> Registry:
     registry) fall back to it; stages receive the registry they were checked with.
     """
     return build_registry()
+
+
+def lookup(registry: Registry, kind: str, name: str) -> Any:
+    """The entry `name` of one kind (similarity aliases such as L1 allowed), or a ParamError
+    with the closest name and any disabled plugins."""
+    from amemctl.stage import ParamError
+    from amemctl.suggest import did_you_mean
+
+    table = registry.table(kind)
+    if name in table:
+        return table[name]
+    names = list(table)
+    if kind == "similarities":
+        from amemctl.core.similarity import ALIASES
+
+        key = ALIASES.get(str(name).lower(), str(name).lower())
+        if key in table:
+            return table[key]
+        names += list(ALIASES)
+    noun = KINDS[kind][1]
+    hint = did_you_mean(str(name), names) or f"choose one of {', '.join(table)}"
+    raise ParamError(f"unknown {noun} {name!r}{registry.failure_note()}", hint=hint)
 
 
 def stage_class(name: str, registry: Registry | None = None) -> Any:

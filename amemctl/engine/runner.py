@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from amemctl.dsl.pipeline import Pipeline
 from amemctl.dsl.sweep import Point
-from amemctl.engine.context import Context
+from amemctl.context import Context
 from amemctl.engine.plan import Step, plan_steps
 from amemctl.errors import AmemctlError, DeviceError, StageCrash
 
@@ -145,7 +145,7 @@ def _run_point(
     seed: int,
     group: object = None,
 ) -> PointResult:
-    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None, group=group)
+    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None, group=group, registry=pipeline.registry)
     ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=seed)
     first = cache.restore(slot, ctx)
     task = bar.add_task(point.label(), total=len(steps), completed=first)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amemctl.core.rows import take
-from amemctl.engine.context import Context
+from amemctl.context import Context
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Param, Stage

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from amemctl.core.rows import materialize
-from amemctl.engine.context import Context
+from amemctl.context import Context
 from amemctl.errors import StoreError
 from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Input, Output, Param, ParamError, Stage

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amemctl.core.rows import materialize
-from amemctl.engine.context import Context
+from amemctl.context import Context
 from amemctl.plugins import hookimpl
 from amemctl.stage import Param, Stage
 
