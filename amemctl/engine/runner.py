@@ -24,9 +24,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from amemctl.context import Context
 from amemctl.dsl.pipeline import Pipeline
 from amemctl.dsl.sweep import Point
-from amemctl.context import Context
 from amemctl.engine.plan import Step, plan_steps
 from amemctl.errors import AmemctlError, DeviceError, StageCrash
 
@@ -161,7 +161,7 @@ def _run_point(
                 torch.cuda.synchronize(device)
         except AmemctlError as exc:
             exc.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {exc.message}"
-            raise exc.at(step.parts[0].location)
+            raise exc.at(step.parts[0].location)  # noqa: B904 (the same error, located)
         except Exception as exc:  # a bug in the stage: one message, the traceback in the run folder
             raise _crash(exc, step, point, pipeline, run_dir) from exc
         ctx.metrics[f"seconds.{step.name}"] = time.perf_counter() - start

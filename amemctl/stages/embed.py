@@ -8,9 +8,17 @@ from pathlib import Path
 from amemctl.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import curves
-from amemctl.models.encoders import ARCHITECTURES, NORMALIZATIONS, Encoder, Preprocessing, checkpoint_encoder, random_encoder, torchvision_encoder
 from amemctl.functions import EncoderArchitecture
-from amemctl.models.encoders import build
+from amemctl.models.encoders import (
+    ARCHITECTURES,
+    NORMALIZATIONS,
+    Encoder,
+    Preprocessing,
+    build,
+    checkpoint_encoder,
+    random_encoder,
+    torchvision_encoder,
+)
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
 from amemctl.training.simclr import SimCLRConfig, data_sha256, train_simclr

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
+from amemctl.context import Context
 from amemctl.data import torchvision_sets
 from amemctl.data.datasets import Dataset, Request, data_root
 from amemctl.data.embedded import read_digits, read_patches
 from amemctl.data.folders import read_folder, read_tinyimagenet
-from amemctl.context import Context
 from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Output, Param, ParamError, Stage
 

@@ -12,13 +12,13 @@ from typing import Sequence
 
 import torch
 
+from amemctl.context import Context
+from amemctl.core import separation as sep
 from amemctl.core.dynamics import ACTIVATIONS, hopfield_asynchronous, iterate
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
-from amemctl.core import separation as sep
 from amemctl.core.separation import Separation
 from amemctl.core.similarity import Similarity
-from amemctl.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import curves
 from amemctl.functions import SeparationFunction

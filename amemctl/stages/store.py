@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from amemctl.core.rows import materialize
 from amemctl.context import Context
+from amemctl.core.rows import materialize
 from amemctl.errors import StoreError
 from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Input, Output, Param, ParamError, Stage

@@ -6,10 +6,10 @@ import math
 
 import torch
 
+from amemctl.context import Context
 from amemctl.core.chains import distinct_cycles, follow, permutation_cycles
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
-from amemctl.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import image_grid
 from amemctl.models.hetero import HeteroEncoder

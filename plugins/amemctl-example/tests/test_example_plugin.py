@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from amemctl.dsl.pipeline import load_pipeline, parse_text
+from amemctl.dsl.pipeline import parse_text
 from amemctl.engine.runner import run_pipeline
 from amemctl.plugins import build_registry
 from amemctl_example.pca import fit_pca
