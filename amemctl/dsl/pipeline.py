@@ -135,6 +135,8 @@ class Pipeline:
     tables: list[TableSpec] = field(default_factory=list)
     curves: list[CurveSpec] = field(default_factory=list)
     repeats: int = 1
+    #: the registry the pipeline was checked with; the engine hands it to the stages
+    registry: Registry | None = field(default=None, repr=False, compare=False)
 
 
 def load_pipeline(
@@ -280,7 +282,7 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
     plans = [_plan_point(point, entries, sweep, source, registry, errors) for point in sweeps.points(sweep)]
     tables, curves = _report(doc.get("report"), sweep, plans, source, errors)
     errors.raise_if_any()
-    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves, repeats)
+    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves, repeats, registry)
 
 
 # ---------------------------------------------------------------------------------------

@@ -128,10 +128,12 @@ class Encoder:
     weights: str  #: random(seed=...), torchvision:<enum>, checkpoint:<path>, simclr:<path>
     weights_sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the embedding width of an architecture that is not built in (a plugin's)
+    width: int | None = None
 
     @property
     def dim(self) -> int:
-        return ARCHITECTURES[self.arch]
+        return self.width if self.width is not None else ARCHITECTURES[self.arch]
 
     def identity(self) -> dict[str, Any]:
         """What makes two embedding spaces the same: compared field by field against stored keys."""
@@ -205,12 +207,17 @@ def file_sha256(path: "str | Path") -> str:
     return digest.hexdigest()
 
 
-def random_encoder(arch: str, cifar_stem: bool, preprocessing: Preprocessing, seed: int = 0) -> Encoder:
-    """A randomly initialised encoder (tests, baselines); the seed fixes its weights and identity."""
+def random_encoder(arch: str, cifar_stem: bool, preprocessing: Preprocessing, seed: int = 0, architecture: Any = None) -> Encoder:
+    """A randomly initialised encoder (tests, baselines); the seed fixes its weights and identity.
+
+    `architecture` builds an architecture that is not built in: `architecture(cifar_stem)` is
+    the module, `architecture.width` its embedding width (a plugin's EncoderArchitecture).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = build(arch, cifar_stem)
-    return Encoder(module, arch, cifar_stem, preprocessing, f"random(seed={seed})", state_sha256(module.state_dict()))
+        module = architecture(cifar_stem) if architecture is not None else build(arch, cifar_stem)
+    width = architecture.width if architecture is not None else None
+    return Encoder(module, arch, cifar_stem, preprocessing, f"random(seed={seed})", state_sha256(module.state_dict()), width=width)
 
 
 def torchvision_encoder(arch: str, weights: str, preprocessing: Preprocessing) -> Encoder:
@@ -230,7 +237,7 @@ def torchvision_encoder(arch: str, weights: str, preprocessing: Preprocessing) -
     return Encoder(module, arch, False, preprocessing, f"torchvision:{weights}", state_sha256(state))
 
 
-def checkpoint_encoder(path: "str | Path", arch: str | None, cifar_stem: bool | None, preprocessing: Preprocessing | None) -> Encoder:
+def checkpoint_encoder(path: "str | Path", arch: str | None, cifar_stem: bool | None, preprocessing: Preprocessing | None, architecture: Any = None) -> Encoder:
     """An encoder from a local checkpoint: amemctl's own format, or a plain (torchvision-style) state dict.
 
     amemctl checkpoints carry their architecture, stem and preprocessing; for plain state
@@ -262,9 +269,10 @@ def checkpoint_encoder(path: "str | Path", arch: str | None, cifar_stem: bool | 
             raise DataError(f"{path} is a plain state dict: say which architecture it is for", hint=f"set arch: one of {', '.join(ARCHITECTURES)}")
         state = {k.removeprefix("module.").removeprefix("encoder.").removeprefix("backbone."): v for k, v in state.items() if not k.startswith(("fc.", "module.fc."))}
         cifar_stem = bool(cifar_stem) if cifar_stem is not None else state.get("conv1.weight", torch.empty(0, 0, 7)).shape[-1] == 3
-    module = build(arch, bool(cifar_stem))
+    module = architecture(bool(cifar_stem)) if architecture is not None else build(arch, bool(cifar_stem))
     _load_state(module, state, str(path))
-    return Encoder(module, arch, bool(cifar_stem), preprocessing or Preprocessing(), f"checkpoint:{path.name}", file_sha256(path))
+    width = architecture.width if architecture is not None else None
+    return Encoder(module, arch, bool(cifar_stem), preprocessing or Preprocessing(), f"checkpoint:{path.name}", file_sha256(path), width=width)
 
 
 def _load_state(module: nn.Module, state: dict[str, Tensor], what: str, assign: bool = True) -> None:

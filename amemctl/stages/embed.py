@@ -6,11 +6,21 @@ import hashlib
 import statistics
 from pathlib import Path
 
-from amemctl.engine.context import Context
+from amemctl.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import curves
-from amemctl.models.encoders import ARCHITECTURES, NORMALIZATIONS, Encoder, Preprocessing, checkpoint_encoder, random_encoder, torchvision_encoder
+from amemctl.functions import EncoderArchitecture
 from amemctl.models import pretrained as shipped_encoders
+from amemctl.models.encoders import (
+    ARCHITECTURES,
+    NORMALIZATIONS,
+    Encoder,
+    Preprocessing,
+    build,
+    checkpoint_encoder,
+    random_encoder,
+    torchvision_encoder,
+)
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
 from amemctl.training.simclr import SimCLRConfig, data_sha256, train_simclr
@@ -33,7 +43,7 @@ class Embed(Stage):
     pretrained = Param(str, None, "an encoder shipped with amemctl, by name (no download; its file is checked against its sha256)", choices=pretrained_names)
     checkpoint = Param(str, None, "a local checkpoint: an amemctl encoder, or a plain state dict (then give arch)")
     weights = Param(str, None, "torchvision weights of arch, e.g. IMAGENET1K_V1 (downloaded once, then cached)")
-    arch = Param(str, None, "architecture (default resnet18; amemctl checkpoints know their own)", choices=list(ARCHITECTURES))
+    arch = Param(str, None, "architecture: a built-in one or a plugin's encoder (default resnet18; amemctl checkpoints know their own)")
     seed = Param(int, 0, "seed of a random encoder (used when no encoder, checkpoint or weights is given)")
     cifar_stem = Param(bool, None, "3x3 first convolution, no max-pool, as SimCLR for 32x32 images (default: true, false for torchvision weights)")
     normalize = Param(str, None, "per-channel normalisation (default cifar10; imagenet for torchvision weights)", choices=list(NORMALIZATIONS))
@@ -44,6 +54,8 @@ class Embed(Stage):
     input = Input("patterns", "the images to embed (ignored with `store:`)", optional=True)
     output = Output("embeddings", "the embeddings, N x dim")
 
+    dispatch = {"arch": "encoders"}
+
     def inputs(self) -> list[str]:
         names = [n for n in super().inputs() if not (self.store and n == self.input)]
         return names
@@ -52,6 +64,17 @@ class Embed(Stage):
         sources = [k for k in ("encoder", "pretrained", "checkpoint", "weights") if self.settings[k] is not None]
         if len(sources) > 1:
             raise ParamError(f"embed takes one encoder source, got {' and '.join(sources)}", hint="give encoder, pretrained, checkpoint or weights, not several", param=sources[1], about="key")
+        if self.weights is not None and self._plugin_architecture() is not None:
+            raise ParamError(f"torchvision weights exist only for the built-in architectures, not {self.arch!r}", hint="give a checkpoint, or leave weights out for a seeded random encoder", param="weights", about="key")
+
+    def _plugin_architecture(self):
+        """The chosen encoder architecture when it is not one of models/encoders.py's (a plugin's), else None."""
+        if self.arch is None or self.arch in ARCHITECTURES:
+            return None
+        chosen, options = self.chosen("arch"), self.options["arch"]
+        build = lambda cifar_stem: chosen(cifar_stem, **options)  # noqa: E731
+        build.width = chosen.width
+        return build
 
     def describe(self) -> str:
         return f"embed {self.input if not self.store else self.store}"
@@ -70,11 +93,11 @@ class Embed(Stage):
         preprocessing = Preprocessing(self.normalize or ("imagenet" if self.weights else "cifar10"), self.resize)
         if self.checkpoint is not None:
             explicit = Preprocessing(self.normalize, self.resize) if self.normalize else None
-            return checkpoint_encoder(self.checkpoint, self.arch, self.cifar_stem, explicit)
+            return checkpoint_encoder(self.checkpoint, self.arch, self.cifar_stem, explicit, self._plugin_architecture())
         arch = self.arch or "resnet18"
         if self.weights is not None:
             return torchvision_encoder(arch, self.weights, preprocessing)
-        return random_encoder(arch, True if self.cifar_stem is None else self.cifar_stem, preprocessing, self.seed)
+        return random_encoder(arch, True if self.cifar_stem is None else self.cifar_stem, preprocessing, self.seed, self._plugin_architecture())
 
     def run(self, ctx: Context) -> None:
         phi = self.phi(ctx)
@@ -226,3 +249,19 @@ class KnnAccuracy(Stage):
 @hookimpl
 def amemctl_register_stages() -> list[type[Stage]]:
     return [Embed, TrainSimCLR, KnnAccuracy]
+
+
+_ENCODER_DOCS = {
+    "small": "a small ResNet (4 stages of one block; fast on the CPU)",
+    "wide_resnet50_2": "torchvision's wide ResNet-50-2",
+    "wide_resnet101_2": "torchvision's wide ResNet-101-2",
+}
+
+
+def _builtin_encoder(arch: str, width: int) -> EncoderArchitecture:
+    return EncoderArchitecture(arch, lambda cifar_stem: build(arch, cifar_stem), width, doc=_ENCODER_DOCS.get(arch, f"torchvision's {arch}") + f", without its classifier: {width} features")
+
+
+@hookimpl
+def amemctl_register_encoders() -> list[EncoderArchitecture]:
+    return [_builtin_encoder(arch, width) for arch, width in ARCHITECTURES.items()]

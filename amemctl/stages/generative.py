@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from amemctl.context import Context
 from amemctl.core.rows import materialize
-from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import curves
 from amemctl.models.autoencoders import Autoencoder, load_autoencoder

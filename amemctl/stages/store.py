@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from amemctl.context import Context
 from amemctl.core.rows import materialize
-from amemctl.engine.context import Context
 from amemctl.errors import StoreError
 from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Input, Output, Param, ParamError, Stage

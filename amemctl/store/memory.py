@@ -605,9 +605,9 @@ def tidy(path: Path) -> None:
     if journal.exists():
         try:
             names = json.loads(journal.read_text())
-            new, old = path.with_name(names["new"]), path.with_name(names["old"])
+            new = path.with_name(names["new"])  # the old copy, if any, is discarded below
         except (OSError, ValueError, KeyError, TypeError):
-            new = old = None
+            new = None
         if new is not None and not path.exists() and (new / "zarr.json").exists():
             new.rename(path)
         journal.unlink(missing_ok=True)
