@@ -12,7 +12,7 @@ from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
 
 #: Parameters of the individual corruptions, offered flat on the stage.
-_KIND_PARAMS = ("mean", "variance", "fraction", "side", "p", "scale", "angles", "brightness", "saturation", "hue", "channels", "steps")
+_KIND_PARAMS = ("mean", "variance", "std", "abs", "rounding", "fraction", "side", "p", "scale", "angles", "brightness", "saturation", "hue", "channels", "steps")
 
 
 class Corrupt(Stage):
@@ -23,6 +23,9 @@ class Corrupt(Stage):
     count = Param(int, None, "number of queries: a seeded random choice of rows (default: every row)", min=1)
     mean = Param(float, None, "gaussian: mean of the noise (default 0)")
     variance = Param(float, None, "gaussian: variance of the noise (default 0.1)", min=0)
+    std = Param(float, None, "gaussian: standard deviation instead of the variance (the UHN code's sigma)", min=0)
+    abs = Param(bool, None, "gaussian: |x + noise| before clipping to [0, 1] (the UHN code's; default false)")
+    rounding = Param(str, None, "mask_zero: masked rows rounded to the nearest (default) or up (the UHN code's)", choices=["nearest", "up"])
     fraction = Param(float, None, "mask_zero, mask_noise: fraction of rows masked (default 0.5); inpaint: fraction of each side masked (default 0.5)", min=0, max=1)
     side = Param(str, None, "mask_zero, mask_noise: top, bottom, left, right (mask_noise also random)")
     p = Param(float, None, "random_mask (default 0.5), salt_pepper (default 0.1): probability per pixel", min=0, max=1)
@@ -50,6 +53,8 @@ class Corrupt(Stage):
             except StageError as exc:
                 raise ParamError(f"step {i + 1} of compose: {exc.message}", hint=exc.hint, param="steps") from None
         self.refuse_foreign(_KIND_PARAMS, corruption.params, f"corruption {self.kind!r}")
+        if self.variance is not None and self.std is not None:
+            raise ParamError("gaussian takes a variance or a standard deviation, not both", hint="keep `variance:` (amemctl's) or `std:` (the UHN code's sigma)", param="std")
         for key, value in self.forwarded(_KIND_PARAMS).items():
             try:
                 corruption.resolve({key: value})

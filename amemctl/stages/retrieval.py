@@ -15,7 +15,7 @@ from amemctl.core.dynamics import ACTIVATIONS, hopfield_asynchronous, iterate
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
 from amemctl.core.separation import SEPARATIONS, Separation, make_separation
-from amemctl.core.similarity import ALIASES, Similarity, get_similarity
+from amemctl.core.similarity import ALIASES, SMOOTHINGS, Similarity, get_similarity
 from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import curves
@@ -36,10 +36,12 @@ class Score(Stage):
     similarity = Param(
         str,
         "dot",
-        "dot, cosine, euclidean, squared_euclidean, manhattan, kl, reverse_kl, jensen_shannon, hamming (L1, L2 too), or a plugin's",
+        "dot, normalized_dot, cosine, euclidean, squared_euclidean, manhattan, kl, reverse_kl, jensen_shannon, hamming (L1, L2 too), or a plugin's",
     )
     distance_form = Param(str, "negative", "how distances become scores: negative (-d) or inverse (1/d, the UHN code's)", choices=["negative", "inverse"])
     normalize = Param(bool, False, "divide each query's scores by their sum (UHN paper, appendix E)")
+    eps = Param(float, None, "kl, reverse_kl, jensen_shannon: what keeps zeros finite (default 1e-6; the UHN code: 1e-4)", min=0)
+    smoothing = Param(str, None, "kl, reverse_kl, jensen_shannon: renormalize (eps added, rows summed to 1 again; the default) or log (log(p + eps), the UHN code's)", choices=list(SMOOTHINGS))
     memory = Input("patterns", "the stored keys (N x ...)")
     queries = Input("queries", "the queries, shaped like the keys")
     output = Output("scores", "Q x N scores; only formed when a later stage reads them")
@@ -48,6 +50,14 @@ class Score(Stage):
         names = [*get_registry().similarities, *ALIASES]
         if self.similarity.lower() not in names:
             raise ParamError(f"unknown similarity {self.similarity!r}", hint=did_you_mean(self.similarity, names) or f"choose one of {', '.join(get_registry().similarities)}", param="similarity")
+        try:
+            self.similarity_fn()
+        except StageError as exc:
+            raise ParamError(exc.message, hint=exc.hint, param="eps" if self.eps is not None else "smoothing") from None
+
+    def similarity_fn(self) -> Similarity:
+        """The similarity with this stage's options (the divergences' eps and smoothing)."""
+        return similarity_of(self.similarity).with_options(eps=self.eps, smoothing=self.smoothing)
 
     def describe(self) -> str:
         return f"score {self.similarity}"
@@ -56,7 +66,7 @@ class Score(Stage):
         queries, keys = ctx[self.queries], ctx[self.memory]
         _fits_budget(len(queries), len(keys), ctx.budget, "score")
         keys = materialize(keys)
-        sim = similarity_of(self.similarity)
+        sim = self.similarity_fn()
         q = queries.reshape(len(queries), -1).float()
         k = keys.reshape(len(keys), -1).float()
         if q.shape[1] != k.shape[1]:
@@ -139,7 +149,7 @@ def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) 
         _iterate(score, separate, project, ctx, keys, values)
         return
     options = dict(
-        similarity=similarity_of(score.similarity),
+        similarity=score.similarity_fn(),
         separation=separate.separation(),
         distance_form=score.distance_form,
         normalize_scores=score.normalize,
@@ -160,7 +170,7 @@ def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) 
 def _iterate(score: Score, separate: Separate, project: Project, ctx: Context, keys, values) -> None:
     if values is not None:
         raise StageError("iterated retrieval feeds outputs back as queries, so values must be the keys (auto-association)", hint="project onto the scored memory, or use steps: 1")
-    sim, sep = similarity_of(score.similarity), separate.separation()
+    sim, sep = score.similarity_fn(), separate.separation()
     if project.update == "asynchronous":
         if not (sim.name == "dot" and sep.name == "identity" and project.activation == "sign"):
             raise StageError("asynchronous updates are the classical Hopfield network's: dot, identity (normalize: false) and sign", hint="use `- model: {name: hn, update: asynchronous}`")
