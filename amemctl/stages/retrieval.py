@@ -40,7 +40,7 @@ class Score(Stage):
     )
     distance_form = Param(str, "negative", "how distances become scores: negative (-d) or inverse (1/d, the UHN code's)", choices=["negative", "inverse"])
     normalize = Param(bool, False, "divide each query's scores by their sum (UHN paper, appendix E)")
-    eps = Param(float, None, "kl, reverse_kl, jensen_shannon: what keeps zeros finite (default 1e-6; the UHN code: 1e-4)", min=0)
+    eps = Param(float, None, "kl, reverse_kl, jensen_shannon: what keeps zeros finite (default 1e-6; the UHN code: 1e-4); other similarities ignore it", min=0)
     smoothing = Param(str, None, "kl, reverse_kl, jensen_shannon: renormalize (eps added, rows summed to 1 again; the default) or log (log(p + eps), the UHN code's)", choices=list(SMOOTHINGS))
     memory = Input("patterns", "the stored keys (N x ...)")
     queries = Input("queries", "the queries, shaped like the keys")
@@ -50,14 +50,16 @@ class Score(Stage):
         names = [*get_registry().similarities, *ALIASES]
         if self.similarity.lower() not in names:
             raise ParamError(f"unknown similarity {self.similarity!r}", hint=did_you_mean(self.similarity, names) or f"choose one of {', '.join(get_registry().similarities)}", param="similarity")
-        try:
-            self.similarity_fn()
-        except StageError as exc:
-            raise ParamError(exc.message, hint=exc.hint, param="eps" if self.eps is not None else "smoothing") from None
 
     def similarity_fn(self) -> Similarity:
-        """The similarity with this stage's options (the divergences' eps and smoothing)."""
-        return similarity_of(self.similarity).with_options(eps=self.eps, smoothing=self.smoothing)
+        """The similarity with this stage's options (the divergences' eps and smoothing).
+
+        Similarities that take no such option ignore it, so one score stage can sweep over
+        divergences and distances alike.
+        """
+        sim = similarity_of(self.similarity)
+        options = {"eps": self.eps, "smoothing": self.smoothing}
+        return sim.with_options(**{k: v for k, v in options.items() if k in sim.options})
 
     def describe(self) -> str:
         return f"score {self.similarity}"
