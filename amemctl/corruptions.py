@@ -2,9 +2,10 @@
 
 Each corruption takes a batch N x C x H x W in [0, 1] (or N x d patterns) and a seeded
 generator and returns a batch of the same shape, on the same device, still in [0, 1].
-Parameters carry the papers' defaults: the UHN paper (Millidge et al. 2022) masks the top
-half and adds zero-mean Gaussian noise of a given variance; the semantic-memory paper
-(Salvatori et al.) uses variance 0.1 with means up to 0.5.
+Parameters carry amemctl's defaults; the UHN paper's code (Millidge et al. 2022) masks the
+bottom half (`side: bottom, rounding: up`) and draws Gaussian noise by its standard deviation,
+then takes the absolute value (`std: s, abs: true`); the semantic-memory paper (Salvatori et
+al.) uses variance 0.1 with means up to 0.5.
 """
 
 from __future__ import annotations
@@ -61,14 +62,23 @@ def _uniform(like: Tensor, generator: torch.Generator | None) -> Tensor:
     return random.rand(like.shape, generator, device=like.device, dtype=like.dtype)
 
 
-def _rows_mask(images: Tensor, fraction: float, side: str) -> Tensor:
+ROUNDINGS = ("nearest", "up")
+
+
+def _count(size: int, fraction: float, rounding: str = "nearest") -> int:
+    """How many of `size` rows a fraction masks: the nearest whole number, or rounded up as
+    the UHN code does (it keeps int(size * (1 - fraction)) rows and masks the rest)."""
+    return size - int(size * (1 - fraction)) if rounding == "up" else round(size * fraction)
+
+
+def _rows_mask(images: Tensor, fraction: float, side: str, rounding: str = "nearest") -> Tensor:
     """Boolean mask, broadcastable to the images, over `fraction` of the rows (or columns) from `side`.
 
     Flat patterns (N x d) count as one row: top/left mask their first features, bottom/right their last.
     """
     if images.dim() == 2:
         d = images.shape[1]
-        k = round(d * fraction)
+        k = _count(d, fraction, rounding)
         mask = torch.zeros(d, dtype=torch.bool, device=images.device)
         if side in ("top", "left"):
             mask[:k] = True
@@ -77,7 +87,7 @@ def _rows_mask(images: Tensor, fraction: float, side: str) -> Tensor:
         return mask
     h, w = images.shape[-2], images.shape[-1]
     mask = torch.zeros(h, w, dtype=torch.bool, device=images.device)
-    rows, cols = round(h * fraction), round(w * fraction)
+    rows, cols = _count(h, fraction, rounding), _count(w, fraction, rounding)
     if side == "top":
         mask[:rows] = True
     elif side == "bottom" and rows:
@@ -93,13 +103,22 @@ def none(images: Tensor, generator: torch.Generator | None) -> Tensor:
     return images.clone()
 
 
-def gaussian(images: Tensor, generator: torch.Generator | None, mean: float, variance: float) -> Tensor:
+def gaussian(images: Tensor, generator: torch.Generator | None, mean: float, variance: float | None, std: float | None = None, abs: bool = False) -> Tensor:
+    """x + mean + noise, clipped to [0, 1]; the noise has the given variance or standard deviation.
+
+    With `abs`, |x + mean + noise| is taken before clipping, as the UHN code's
+    `gaussian_perturb_image` does: clamp(abs(x + std * n), 0, 1).
+    """
+    if variance is not None and std is not None:
+        raise StageError("gaussian takes a variance or a standard deviation, not both", hint="keep `variance:` (amemctl's) or `std:` (the UHN code's sigma)")
+    scale = std if std is not None else math.sqrt(0.1 if variance is None else variance)
     noise = random.randn(images.shape, generator, device=images.device, dtype=images.dtype)
-    return (images + mean + math.sqrt(variance) * noise).clamp_(0, 1)
+    noisy = images + mean + scale * noise
+    return (noisy.abs_() if abs else noisy).clamp_(0, 1)
 
 
-def mask_zero(images: Tensor, generator: torch.Generator | None, fraction: float, side: str) -> Tensor:
-    return images.masked_fill(_rows_mask(images, fraction, side), 0.0)
+def mask_zero(images: Tensor, generator: torch.Generator | None, fraction: float, side: str, rounding: str = "nearest") -> Tensor:
+    return images.masked_fill(_rows_mask(images, fraction, side, rounding), 0.0)
 
 
 def mask_noise(images: Tensor, generator: torch.Generator | None, fraction: float, side: str) -> Tensor:
@@ -241,15 +260,24 @@ CORRUPTIONS: dict[str, Corruption] = {
         Corruption("none", "the images unchanged", none),
         Corruption(
             "gaussian",
-            "additive Gaussian noise of the given mean and variance, clipped to [0, 1]",
+            "additive Gaussian noise of the given mean and variance (or std), clipped to [0, 1]",
             gaussian,
-            {"mean": Param(float, 0.0, "mean of the noise (semantic-memory paper: 0 to 0.5)", min=-1.0, max=1.0), "variance": Param(float, 0.1, "variance of the noise", min=0.0)},
+            {
+                "mean": Param(float, 0.0, "mean of the noise (semantic-memory paper: 0 to 0.5)", min=-1.0, max=1.0),
+                "variance": Param(float, None, "variance of the noise (default 0.1 when std is not given)", min=0.0),
+                "std": Param(float, None, "standard deviation of the noise instead of its variance (the UHN code's sigma)", min=0.0),
+                "abs": Param(bool, False, "take the absolute value before clipping (the UHN code's)"),
+            },
         ),
         Corruption(
             "mask_zero",
-            "a fraction of the rows from one side set to zero (UHN paper: the top half)",
+            "a fraction of the rows from one side set to zero (the UHN code: the bottom half)",
             mask_zero,
-            {"fraction": _fraction(), "side": Param(str, "top", "which side is masked", choices=SIDES)},
+            {
+                "fraction": _fraction(),
+                "side": Param(str, "top", "which side is masked", choices=SIDES),
+                "rounding": Param(str, "nearest", "masked rows: the nearest whole number, or rounded up (the UHN code's)", choices=ROUNDINGS),
+            },
         ),
         Corruption(
             "mask_noise",

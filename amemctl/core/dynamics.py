@@ -84,7 +84,7 @@ _INTEGRALS = {
 
 def energy(state: Tensor, keys: "Tensor | Rows", separation: Separation, chunk: int = 4096) -> Tensor:
     """E(z) for each row of `state` against the stored keys (dot similarity), streamed over the keys."""
-    z = state.reshape(len(state), -1).float()
+    z = _floating(state.reshape(len(state), -1))
     flat_keys = materialize(keys).reshape(len(keys), -1).to(z)
     quadratic = 0.5 * (z * z).sum(1)
     if isinstance(separation, Softmax):
@@ -92,7 +92,7 @@ def energy(state: Tensor, keys: "Tensor | Rows", separation: Separation, chunk: 
         parts = [torch.logsumexp(beta * (z @ flat_keys[s : s + chunk].T), dim=1) for s in range(0, len(flat_keys), chunk)]
         return quadratic - torch.logsumexp(torch.stack(parts, 1), dim=1) / beta
     integral = _INTEGRALS[separation.name]
-    total = torch.zeros(len(z), device=z.device)
+    total = z.new_zeros(len(z))
     for s in range(0, len(flat_keys), chunk):
         total += integral(z @ flat_keys[s : s + chunk].T, separation.params).sum(1)
     return quadratic - total
@@ -113,11 +113,12 @@ def iterate(
     """Auto-associative retrieval repeated: each output (after the activation) is the next query.
 
     Stops for a query once its state moves less than `tolerance` (max absolute change), or
-    after `steps` updates.
+    after `steps` updates. The state keeps the queries' floating dtype (float64 stays float64);
+    integer queries are iterated in float32.
     """
     sim = similarity if isinstance(similarity, Similarity) else get_similarity(similarity)
     act = _activation(activation)
-    state = queries.float()
+    state = _floating(queries)
     shape = state.shape
     taken = torch.full((len(state),), steps, dtype=torch.long, device=state.device)
     converged = torch.zeros(len(state), dtype=torch.bool, device=state.device)
@@ -168,6 +169,11 @@ def hopfield_asynchronous(queries: Tensor, patterns: "Tensor | Rows", steps: int
         if bool(converged.all()):
             break
     return Iteration(s.reshape(shape), taken, converged, energies, guaranteed=track_energy)
+
+
+def _floating(x: Tensor) -> Tensor:
+    """x itself when it is floating point, else as float32."""
+    return x if x.is_floating_point() else x.float()
 
 
 def _activation(name: str):

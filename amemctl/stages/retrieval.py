@@ -18,7 +18,7 @@ from amemctl.core.dynamics import ACTIVATIONS, hopfield_asynchronous, iterate
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
 from amemctl.core.separation import Separation
-from amemctl.core.similarity import Similarity
+from amemctl.core.similarity import SMOOTHINGS, Similarity
 from amemctl.errors import StageError
 from amemctl.figures import curves
 from amemctl.functions import SeparationFunction
@@ -38,10 +38,12 @@ class Score(Stage):
     similarity = Param(
         str,
         "dot",
-        "dot, cosine, euclidean, squared_euclidean, manhattan, kl, reverse_kl, jensen_shannon, hamming (L1, L2 too), or a plugin's",
+        "dot, normalized_dot, cosine, euclidean, squared_euclidean, manhattan, kl, reverse_kl, jensen_shannon, hamming (L1, L2 too), or a plugin's",
     )
     distance_form = Param(str, "negative", "how distances become scores: negative (-d) or inverse (1/d, the UHN code's)", choices=["negative", "inverse"])
     normalize = Param(bool, False, "divide each query's scores by their sum (UHN paper, appendix E)")
+    eps = Param(float, None, "kl, reverse_kl, jensen_shannon: what keeps zeros finite (default 1e-6; the UHN code: 1e-4); other similarities ignore it", min=0)
+    smoothing = Param(str, None, "kl, reverse_kl, jensen_shannon: renormalize (eps added, rows summed to 1 again; the default) or log (log(p + eps), the UHN code's)", choices=list(SMOOTHINGS))
     memory = Input("patterns", "the stored keys (N x ...)")
     queries = Input("queries", "the queries, shaped like the keys")
     output = Output("scores", "Q x N scores; only formed when a later stage reads them")
@@ -59,6 +61,16 @@ class Score(Stage):
             return None
         return Fusion(3, lambda ctx: run_fused(self, separate, project, ctx), (self.output, separate.output), "retrieve")
 
+    def similarity_fn(self) -> Similarity:
+        """The similarity with this stage's options (the divergences' eps and smoothing).
+
+        Similarities that take no such option ignore it, so one score stage can sweep over
+        divergences and distances alike.
+        """
+        sim = self.chosen("similarity")
+        options = {"eps": self.eps, "smoothing": self.smoothing}
+        return sim.with_options(**{k: v for k, v in options.items() if k in sim.options})
+
     def describe(self) -> str:
         return f"score {self.similarity}"
 
@@ -66,7 +78,7 @@ class Score(Stage):
         queries, keys = ctx[self.queries], ctx[self.memory]
         _fits_budget(len(queries), len(keys), ctx.budget, "score")
         keys = materialize(keys)
-        sim = self.chosen("similarity")
+        sim = self.similarity_fn()
         q = queries.reshape(len(queries), -1).float()
         k = keys.reshape(len(keys), -1).float()
         if q.shape[1] != k.shape[1]:
@@ -140,7 +152,7 @@ def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) 
         _iterate(score, separate, project, ctx, keys, values)
         return
     options = dict(
-        similarity=score.chosen("similarity"),
+        similarity=score.similarity_fn(),
         separation=separate.separation(),
         distance_form=score.distance_form,
         normalize_scores=score.normalize,
@@ -161,7 +173,7 @@ def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) 
 def _iterate(score: Score, separate: Separate, project: Project, ctx: Context, keys, values) -> None:
     if values is not None:
         raise StageError("iterated retrieval feeds outputs back as queries, so values must be the keys (auto-association)", hint="project onto the scored memory, or use steps: 1")
-    sim, separation = score.chosen("similarity"), separate.separation()
+    sim, separation = score.similarity_fn(), separate.separation()
     if project.update == "asynchronous":
         if not (sim.name == "dot" and separation.name == "identity" and project.activation == "sign"):
             raise StageError("asynchronous updates are the classical Hopfield network's: dot, identity (normalize: false) and sign", hint="use `- model: {name: hn, update: asynchronous}`")
