@@ -5,6 +5,7 @@ The public API for notebooks and plugins:
 - retrieval math: `retrieve`, `recall`, `UniversalHopfield`, `Similarity`
 - writing stages: `Stage`, `Param`, `Input`, `Output`, `REQUIRED`, `Context`, `hookimpl`
 - errors: `AmemctlError` and its subclasses
+- results: `run_file` (run a pipeline file), `results` (a run's table: one row per point and repeat)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ _LAZY = {
     "UniversalHopfield": "amemctl.core.modules",
     "Similarity": "amemctl.core.similarity",
     "Context": "amemctl.engine.context",
+    "results": "amemctl.engine.results",
+    "run_file": "amemctl.engine.results",
 }
 
 
@@ -64,5 +67,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "recall",
+    "results",
     "retrieve",
+    "run_file",
 ]

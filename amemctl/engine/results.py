@@ -17,6 +17,7 @@ from rich.table import Table
 from amemctl import figures
 from amemctl.dsl.pipeline import CurveSpec, Pipeline, TableSpec
 from amemctl.dsl.sweep import MissingField, Point, lookup, value_label
+from amemctl.engine.records import write_atomically
 from amemctl.engine.runner import PointResult, RunResult, environment
 
 
@@ -41,9 +42,11 @@ def write_inputs(run_dir: Path, pipeline: Pipeline, device: torch.device) -> Non
 
 
 def write_outputs(run: RunResult, console: Console) -> None:
-    """metrics.json, the tables (printed and in report.md), curves and sweep overviews."""
+    """metrics.json, metrics.csv, the tables (printed and in report.md), curves and sweep overviews."""
     pipeline = run.pipeline
-    (run.run_dir / "metrics.json").write_text(json.dumps(_metrics_document(run), indent=2) + "\n")
+    document = _metrics_document(run)
+    write_atomically(run.run_dir / "metrics.json", json.dumps(document, indent=2, default=str) + "\n")
+    write_csv(rows_of(document), run.run_dir / "metrics.csv")
     grids = [grid for spec in pipeline.tables for grid in build_grids(spec, run.points)]
     curve_paths = [path for spec in pipeline.curves for path in _write_curves(spec, run)]
     overviews = _write_example_figures(run)
@@ -65,6 +68,8 @@ def _metrics_document(run: RunResult) -> dict[str, Any]:
             {
                 "index": p.point.index,
                 "sweep": {k: value_label(v) for k, v in p.point.values.items()},
+                "values": p.point.values,
+                "seeds": p.seeds,
                 "metrics": p.metrics,
                 "repeats": p.repeats,
                 "figures": [str(f.relative_to(run.run_dir)) for f in p.figures],
@@ -72,6 +77,90 @@ def _metrics_document(run: RunResult) -> dict[str, Any]:
             for p in run.points
         ],
     }
+
+
+def rows_of(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per sweep point and repeat, from a metrics.json document: a DataFrame-ready table.
+
+    Columns: `point` (its index), `repeat`, `seed`, each sweep variable (its value when a
+    scalar, else its label as tables show it, with `var.field` columns for a mapping's
+    scalar fields), then the metrics of that repeat (means with `.std` columns for runs
+    written before seeds were recorded).
+    """
+    rows: list[tuple[dict[str, Any], dict[str, float]]] = []
+    for p in document.get("points", []):
+        sweep: dict[str, Any] = {}
+        values = p.get("values")
+        for name, label in p.get("sweep", {}).items():
+            value = values.get(name, label) if isinstance(values, dict) else label
+            if isinstance(value, dict):
+                sweep[name] = label
+                sweep.update({f"{name}.{k}": v for k, v in value.items() if _scalar(v)})
+            else:
+                sweep[name] = value if _scalar(value) else label
+        repeats = p.get("repeats") or [p.get("metrics", {})]
+        seeds = p.get("seeds") or []
+        for r, metrics in enumerate(repeats):
+            rows.append(({"point": p.get("index"), "repeat": r, "seed": seeds[r] if r < len(seeds) else None, **sweep}, metrics))
+    columns: list[str] = []  # every row gets every sweep column, so they come before the metrics
+    for head, _ in rows:
+        columns += [c for c in head if c not in columns]
+    return [{**{c: head.get(c) for c in columns}, **metrics} for head, metrics in rows]
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """The rows as CSV, columns in order of first appearance (empty where a row lacks one)."""
+    import csv
+    import io
+
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, buffer.getvalue())
+
+
+def results(run: "str | Path | RunResult", **options: Any) -> list[dict[str, Any]]:
+    """The results of a run as a table: a list of rows (dicts), one per sweep point and repeat.
+
+    `run` is a RunResult, a run folder (runs/<pipeline>/<stamp>), or a pipeline file
+    (.yaml), which is then run first (`options`: overrides=[...], out_root, device,
+    progress; see run_file). `pandas.DataFrame(rows)` makes a DataFrame of it; see rows_of
+    for the columns.
+    """
+    from amemctl.errors import AmemctlError
+
+    if isinstance(run, (str, Path)) and Path(run).suffix in (".yaml", ".yml") and Path(run).is_file():
+        run = run_file(run, **options)
+    if isinstance(run, RunResult):
+        return rows_of(_metrics_document(run))
+    path = Path(run)
+    path = path / "metrics.json" if path.is_dir() else path
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AmemctlError(f"no metrics.json at {path}", hint="give a run folder, runs/<pipeline>/<stamp>") from None
+    except (OSError, ValueError) as exc:
+        raise AmemctlError(f"cannot read {path}: {exc}") from None
+    return rows_of(document)
+
+
+def run_file(
+    path: "str | Path", overrides: "list[str] | None" = None, *, out_root: "str | Path" = "runs", device: str | None = None, progress: bool = False
+) -> RunResult:
+    """Check and run the pipeline file at `path` (a notebook's `amemctl run`); returns the RunResult."""
+    from amemctl.dsl.pipeline import load_pipeline
+    from amemctl.engine.runner import run_pipeline
+
+    pipeline = load_pipeline(path, list(overrides or []))
+    return run_pipeline(pipeline, out_root=out_root, device=device, progress=progress, overrides=list(overrides or []), command=[])
 
 
 def axis_label(point: Point, reference: str) -> str | None:
