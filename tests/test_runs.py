@@ -183,3 +183,68 @@ def test_runs_ls_show_and_compare(tmp_path):
     assert "run 1" in text and "run 2" in text and f"{100 * a[0]['metrics']['error_index']:.1f} %" in text
     missing = _invoke("runs", "show", "nothing", "--root", tmp_path / "runs")
     assert missing.exit_code == 2 and "no run 'nothing'" in missing.output and "small" in missing.output
+
+
+TRAINING = {
+    "train-hetero-encoder": """\
+name: stories
+data: {dataset: digits, limit: 40}
+stages:
+  - associate: {}
+  - train-hetero-encoder: {code: 16, epochs: 6, batch_size: 10, noise: 0.01}
+  - chain-recall: {model: network, network: hetero_encoder, steps: 4, stories: 0}
+""",
+    "train-dam": """\
+name: dam
+stages:
+  - load: {dataset: digits, split: test, limit: 50, output: test_images, labels: test_labels}
+  - load: {dataset: digits, split: train, limit: 200}
+  - train-dam: {n: 3, memories: 10, epochs: 6, batch_size: 50, test: test_images, test_labels: test_labels, shown: 0}
+""",
+    "train-autoencoder": """\
+name: ae
+data: {dataset: digits, limit: 100}
+stages:
+  - train-autoencoder: {hidden: [16], code: 4, epochs: 6, batch_size: 25, checkpoint: AE}
+""",
+}
+
+
+@pytest.mark.parametrize("stage", list(TRAINING))
+def test_an_interrupted_training_resumes_from_its_checkpoint(stage, tmp_path, monkeypatch):
+    """Ctrl-C after epoch 3 of 6, then --resume: epochs 4-6 alone are trained, to the same numbers."""
+    from amemctl.engine.context import Context
+    from amemctl.training import checkpoints
+
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_SECONDS", 0.0)
+    epochs: list[int] = []
+    stop = {"at": None}
+
+    def spy(self, epoch, loss):
+        epochs.append(epoch)
+        if epoch == stop["at"]:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Context, "epoch_done", spy)
+
+    def run(name, **options):
+        monkeypatch.setenv("AMEMCTL_CHECKPOINTS", str(tmp_path / name / "checkpoints"))
+        text = TRAINING[stage].replace("AE", str(tmp_path / name / "ae.pt"))
+        return run_pipeline(parse_text(text, "t.yaml"), out_root=tmp_path / name / "runs", device="cpu", progress=False, **options)
+
+    whole = run("whole")
+    assert epochs == [1, 2, 3, 4, 5, 6]
+    epochs.clear()
+    stop["at"] = 3
+    with pytest.raises(KeyboardInterrupt):
+        run("cut")
+    (run_dir,) = (tmp_path / "cut" / "runs").glob("*/*")
+    assert read_record(run_dir)["status"] == "interrupted"
+    epochs.clear()
+    stop["at"] = None
+    run("cut", resume=run_dir)
+    assert epochs == [4, 5, 6]
+    assert _metrics(run_dir) == _metrics(whole.run_dir)
+    epochs.clear()
+    run("cut")  # a finished training is reused as it is
+    assert epochs == []

@@ -45,6 +45,7 @@ class Context:
     notes: list[tuple[str, str]] = field(default_factory=list)
     #: the torch.distributed group when the run spans several ranks (None: one process)
     group: Any = None
+    _bars: list = field(default_factory=list, repr=False)  #: (task, description) of the open track() bars
 
     @property
     def distributed(self) -> bool:
@@ -128,12 +129,20 @@ class Context:
             yield from items
             return
         task = self.progress.add_task(description or "working", total=total)
+        self._bars.append((task, description or "working"))
         try:
             for item in items:
                 yield item
                 self.progress.advance(task)
         finally:
+            self._bars.remove((task, description or "working"))
             self.progress.remove_task(task)
+
+    def epoch_done(self, epoch: int, loss: float) -> None:
+        """A training loop's report after an epoch: the loss shows in its progress bar."""
+        if self.progress is not None and self._bars:
+            task, description = self._bars[-1]
+            self.progress.update(task, description=f"{description} (epoch {epoch}, loss {loss:.4g})")
 
 
 def _copy(container: Any) -> Any:
