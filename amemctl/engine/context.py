@@ -33,7 +33,7 @@ class Context:
     values: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
-    #: example images for the run's overview figures: figure name -> [(row label, images)]
+    #: example images for the run's overview figures: figure name -> [(row label, images[, wrong])]
     examples: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
     stage_seed: int = 0  #: set by the engine before each stage, from the seed and the stage's position
     progress: Any = None  #: the engine's rich Progress, or None when quiet
@@ -103,13 +103,15 @@ class Context:
         """Record a number of this sweep point (a float, a 0-d tensor is converted)."""
         self.metrics[name] = float(value)
 
-    def show(self, figure: str, label: str, images: Any) -> None:
+    def show(self, figure: str, label: str, images: Any, wrong: Any = None) -> None:
         """Add a row of example images to the run's figure `figure` (figures/<figure>.png).
 
         Rows that several sweep points share (the same originals, the same queries) are
-        drawn once, labelled with the sweep values they have in common.
+        drawn once, labelled with the sweep values they have in common. `wrong` (a boolean
+        per image) frames those images in red.
         """
-        self.examples.setdefault(figure, []).append((label, images.detach().cpu()))
+        row = (label, images.detach().cpu()) if wrong is None else (label, images.detach().cpu(), wrong.detach().cpu().bool())
+        self.examples.setdefault(figure, []).append(row)
 
     def note(self, title: str, markdown: str) -> None:
         """Add a section to report.md under this sweep point (lists, small tables, findings)."""

@@ -28,6 +28,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from amemctl import figures
 from amemctl.dsl.pipeline import Pipeline
 from amemctl.dsl.sweep import Point
 from amemctl.engine.context import Context
@@ -143,6 +144,8 @@ def run_pipeline(
     if log is not None:
         log.line(f"{pipeline.name}: {len(runs)} sweep point(s) x repeat(s), run folder {run_dir}")
     error: BaseException | None = None
+    formats = figures.extra_formats(pipeline.formats)
+    formats.__enter__()  # every figure of the run, the stages' and the report's, in these formats too
     try:
         with bar, _sigterm_interrupts():
             sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
@@ -176,6 +179,7 @@ def run_pipeline(
             error = error or exc
             raise
         finally:
+            formats.__exit__(None, None, None)
             record.finish(error)
     return run
 
@@ -208,7 +212,7 @@ def save_point(run_dir: Path, key: str, result: PointResult, seed: int) -> None:
         "key": key,
         "seed": seed,
         "metrics": dict(result.metrics),
-        "examples": {name: [(label, images) for label, images in rows] for name, rows in result.examples.items()},
+        "examples": {name: [tuple(row) for row in rows] for name, rows in result.examples.items()},
         "notes": [list(n) for n in result.notes],
         "figures": [str(f.relative_to(run_dir)) if f.is_relative_to(run_dir) else str(f) for f in result.figures],
     }
@@ -226,7 +230,7 @@ def load_point(run_dir: Path, key: str, point: Point) -> PointResult | None:
         return None
     if not isinstance(payload, dict) or payload.get("format") != POINT_FORMAT or payload.get("key") != key:
         return None
-    examples = {name: [(str(label), images) for label, images in rows] for name, rows in payload["examples"].items()}
+    examples = {name: [(str(row[0]), *row[1:]) for row in rows] for name, rows in payload["examples"].items()}
     notes = [(str(t), str(m)) for t, m in payload["notes"]]
     figures = [run_dir / f for f in payload["figures"]]
     return PointResult(point, dict(payload["metrics"]), figures, examples, notes, seeds=[int(payload["seed"])])
