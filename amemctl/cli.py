@@ -125,6 +125,8 @@ def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...], explain: b
             continue
         stages = len(checked.plans[0].stages)
         click.echo(f"ok: {path} ({len(checked.plans)} sweep point(s), {stages} stage(s))")
+        for warning in _missing_data(checked):
+            err_console.print(f"warning: {path}: {warning}", markup=False, soft_wrap=True)
         if explain:
             click.echo(explain_plans(checked))
     _warn_failed_plugins()
@@ -171,7 +173,7 @@ def stages(name: str | None, markdown: bool) -> None:
             if column:
                 table.add_column(column)
         for key, p in params:
-            default = "required" if p.required else repr(p.default)
+            default = p.default_text()
             cells = [key, p.type_name(), default, p.described()] if role == "param" else [key, str(p.default), p.described()]
             table.add_row(*cells)
         console.print(table)
@@ -229,6 +231,31 @@ def _register_command_groups() -> None:
 
 
 _register_command_groups()
+
+
+#: approximate download size of the torchvision datasets, for `validate`'s warning
+_DOWNLOAD_SIZES = {"mnist": "about 12 MB", "fashion-mnist": "about 30 MB", "cifar10": "about 170 MB", "cifar100": "about 170 MB", "stl10": "about 2.6 GB"}
+
+
+def _missing_data(pipeline: Any) -> list[str]:
+    """What the pipeline's `load` stages would read that is not on this machine, and how to get it."""
+    from amemctl.data import torchvision_sets
+    from amemctl.data.datasets import data_root
+
+    warnings: list[str] = []
+    for plan in pipeline.plans:
+        for planned in plan.stages:
+            settings = planned.stage.settings
+            source = torchvision_sets.SOURCES.get(settings.get("dataset")) if planned.stage.name == "load" else None
+            if source is None:
+                continue
+            root = data_root(settings.get("root"))
+            split = settings.get("split") or ("test" if "test" in source.files else next(iter(source.files)))
+            if torchvision_sets.missing_files(source, root, split):
+                text = f"dataset {source.name!r} (split {split}) is not in {root}: `amemctl data download {source.name}` ({_DOWNLOAD_SIZES.get(source.name, 'size unknown')})"
+                if text not in warnings:
+                    warnings.append(text)
+    return warnings
 
 
 def _warn_failed_plugins() -> None:

@@ -248,3 +248,60 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(stage, tmp_path, mo
     epochs.clear()
     run("cut")  # a finished training is reused as it is
     assert epochs == []
+
+
+def test_example_grids_split_per_condition_fit_a_screen_and_mark_wrong_retrievals(run_text):
+    import matplotlib.pyplot as plt
+
+    from amemctl import figures
+
+    text = SWEEP.replace("  - corrupt: ${corruption}", "  - corrupt: {count: 24, kind: '${corruption.kind}'}").replace("report: {count: 3}", "report: {count: 24}")
+    text = text.replace("corruption: [{kind: gaussian, variance: 0.1}, {kind: mask_zero, fraction: 0.5}]", "corruption: [{kind: gaussian}, {kind: mask_zero}]")
+    run = run_text(text + "  formats: [png, svg]\n")
+    pngs = sorted((run.run_dir / "figures").glob("retrievals*.png"))
+    assert len(pngs) >= 2, "1 original + 2 query rows + 8 retrieval rows must not be one figure"
+    for png in pngs:
+        height, width = plt.imread(png).shape[:2]
+        assert height <= 100 * (figures.MAX_ROWS + 1.5) and png.with_suffix(".svg").is_file(), png
+    assert any("corruption=gaussian" in p.name for p in pngs) or any("beta=" in p.name for p in pngs)
+    for point in run.points:
+        (retrieved,) = [row for row in point.examples["retrievals"] if row[0] == "retrieved"]
+        assert retrieved[2].float().mean().item() == pytest.approx(point.metrics["error_index"])
+
+
+def test_curve_bands_stay_within_the_metric_bounds(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from amemctl import figures
+
+    seen = []
+    original = matplotlib.axes.Axes.fill_between
+
+    def spy(self, x, low, high, **kw):
+        seen.append((list(low), list(high)))
+        return original(self, x, low, high, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", spy)
+    figures.curves({"a": ([1, 2, 3], [0.02, 0.5, 0.97], [0.1, 0.1, 0.1])}, tmp_path / "c.png", title="t", xlabel="x", ylabel="y", percent=True, bounds=(0.0, 1.0))
+    (low, high), = seen
+    assert low == pytest.approx([0, 40, 87]) and high == pytest.approx([12, 60, 100])
+
+
+def test_validate_warns_about_absent_data_and_tables_name_the_column_variable(tmp_path, monkeypatch, run_text):
+    monkeypatch.setenv("AMEMCTL_DATA", str(tmp_path / "empty"))
+    result = CliRunner().invoke(main, ["validate", str(ROOT / "pipelines" / "mnist_dam.yaml"), str(ROOT / "pipelines" / "quickstart.yaml")])
+    assert result.exit_code == 0
+    assert "dataset 'mnist' (split train) is not in" in result.stderr and "amemctl data download mnist" in result.stderr
+    assert "quickstart" not in result.stderr  # bundled data: nothing to warn about
+    run = run_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
+    assert "| corruption \\ beta | 1 |" in (run.run_dir / "report.md").read_text()
+
+
+def test_the_default_column_says_what_an_unset_parameter_means():
+    from amemctl.plugins import build_registry
+
+    stages = build_registry(entry_points=False).stages
+    assert stages["train-dam"].params["temperature"].default_text() == "the 99th percentile of the initial inputs"
+    assert stages["train-dam"].params["n"].default_text() == "3"
+    assert stages["load"].params["dataset"].default_text() == "required"
+    assert stages["chain-recall"].params["beta"].default_text() == "none"

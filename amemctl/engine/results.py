@@ -69,6 +69,14 @@ class Grid:
     rows: list[tuple[tuple[str, ...], list[float | None]]]
     format: str
     spread: dict[tuple[tuple[str, ...], str], float] | None = None  #: (row, column) -> std over repeats
+    column_name: str | None = None  #: the sweep variable across the columns
+
+    def headers(self) -> list[str]:
+        """Row-variable names, the last one naming the column variable too (`similarity \\ separation`)."""
+        names = list(self.row_names)
+        if self.column_name and names:
+            names[-1] = f"{names[-1]} \\ {self.column_name}"
+        return names
 
 
 def write_inputs(run_dir: Path, pipeline: Pipeline, device: torch.device) -> None:
@@ -242,7 +250,7 @@ def build_grids(spec: TableSpec, points: list[PointResult]) -> list[Grid]:
             title += f" ({spec.reduce} over the other sweep variables)"
         rows = [(row, [_reduce(values.get(c), spec.reduce) for c in columns]) for row, values in cells.items()]
         single = {k: v[0] for k, v in spread.items() if len(v) == 1}  # a std is shown only for one point per cell
-        grids.append(Grid(title, list(spec.rows) or ["metric"], columns, rows, spec.format, single or None))
+        grids.append(Grid(title, list(spec.rows) or ["metric"], columns, rows, spec.format, single or None, spec.columns))
     return grids
 
 
@@ -279,7 +287,7 @@ def _unit(fmt: str) -> str:
 
 def _rich_table(grid: Grid) -> Table:
     table = Table(title=grid.title + _unit(grid.format), title_justify="left")
-    for name in grid.row_names:
+    for name in grid.headers():
         table.add_column(name, style="bold", overflow="fold")
     for column in grid.columns:
         table.add_column(column, justify="right", overflow="fold")
@@ -289,7 +297,7 @@ def _rich_table(grid: Grid) -> Table:
 
 
 def markdown_table(grid: Grid) -> str:
-    head = [*grid.row_names, *grid.columns]
+    head = [*grid.headers(), *grid.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(grid.row_names) + ["---:"] * len(grid.columns)) + "|"]
     for row, values in grid.rows:
         lines.append("| " + " | ".join([*row, *(cell(grid, row, c, v) for c, v in zip(grid.columns, values))]) + " |")
