@@ -14,6 +14,7 @@ The public API, for notebooks and plugins (a plugin needs nothing from elsewhere
 - randomness: `random.rand/randn/randint/randperm(shape, generator, device=...)` draw with a
   generator of any device (`ctx.rng()` is a CPU one) onto any device
 - errors: `AmemctlError` and its subclasses, `ParamError` for parameters
+- results: `run_file` (run a pipeline file), `results` (a run's table: one row per point and repeat)
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ _LAZY = {
     "Loaded": "amemctl.data.datasets",
     "Request": "amemctl.data.datasets",
     "Context": "amemctl.context",
+    "results": "amemctl.engine.results",
+    "run_file": "amemctl.engine.results",
 }
 
 
@@ -105,6 +108,8 @@ __all__ = [
     "materialize",
     "recall",
     "retrieve",
+    "results",
     "row_shape",
+    "run_file",
     "take",
 ]

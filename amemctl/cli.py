@@ -51,13 +51,14 @@ def main(no_plugin: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("pipeline", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a value of the pipeline, e.g. --set seed=3 or --set stages.score.similarity=cosine.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the pipeline's device).")
 @click.option("--out", "out_root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Folder under which the run folder is made.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(1), help="Processes (torch.distributed ranks) to split retrieval over.")
-def run(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int) -> None:
+@click.option("--resume", "resume", default=None, metavar="RUN", help="Continue the run folder RUN (interrupted or failed): finished points are reused, training resumes from its checkpoints.")
+def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int, resume: str | None) -> None:
     """Run PIPELINE: every sweep point, then the tables and figures of its report."""
     from amemctl import launch
     from amemctl.dsl.pipeline import load_pipeline
@@ -68,20 +69,39 @@ def run(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root
 
         if not DEVICE.match(device):
             raise AmemctlError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
-    checked = load_pipeline(pipeline, list(overrides))  # checked once before any worker starts
+    resume_dir = None
+    if resume is not None:
+        from amemctl.engine.runs import resume_source
+
+        if pipeline is not None or overrides:
+            raise AmemctlError("--resume continues a run with its own pipeline and overrides", hint=f"run `amemctl run --resume {resume}` alone")
+        resume_dir, pipeline, recorded, extra = resume_source(resume, out_root)
+        overrides = tuple(recorded)
+        checked = load_pipeline(pipeline, [*overrides, *extra])
+        err_console.print(f"resuming {resume_dir}", markup=False)
+    elif pipeline is None:
+        raise click.UsageError("give a PIPELINE file, or --resume RUN")
+    else:
+        checked = load_pipeline(pipeline, list(overrides))  # checked once before any worker starts
     _warn_failed_plugins()
+    command = ["amemctl", "run", *([str(pipeline)] if resume is None else ["--resume", resume]), *[a for o in overrides if resume is None for a in ("--set", o)]]
+    command += [*(["--device", device] if device else []), *(["--out", str(out_root)] if str(out_root) != "runs" else []), *(["--quiet"] if quiet else [])]
+    record = {"overrides": list(overrides), "command": command, "resume": resume_dir}
+    if nproc > 1 and not launch.in_worker():
+        if resume_dir is not None:
+            raise AmemctlError("--resume runs in one process", hint="leave out --nproc")
     if nproc > 1 and not launch.in_worker():
         arguments = ["run", str(pipeline), "--out", str(out_root), *[a for o in overrides for a in ("--set", o)]]
         arguments += [*(["--device", device] if device else []), *(["--quiet"] if quiet else [])]
         launch.launch(nproc, arguments)
         return
     if not launch.in_worker():
-        run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet)
+        run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, **record)
         return
     group, rank, device = launch.start_worker(device)
     try:
         if rank == 0:
-            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group)
+            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group, **record)
         else:  # the other ranks compute their shards; rank 0 alone reports
             import io
             import tempfile
@@ -114,6 +134,8 @@ def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...], explain: b
             continue
         stages = len(checked.plans[0].stages)
         click.echo(f"ok: {path} ({len(checked.plans)} sweep point(s), {stages} stage(s))")
+        for warning in _missing_data(checked):
+            err_console.print(f"warning: {path}: {warning}", markup=False, soft_wrap=True)
         if explain:
             click.echo(explain_plans(checked))
     _warn_failed_plugins()
@@ -173,7 +195,7 @@ def _params_table(title: str, params: "list[tuple[str, Any]]", role: str) -> Tab
         if column:
             table.add_column(column)
     for key, p in params:
-        default = "required" if p.required else repr(p.default)
+        default = p.default_text()
         cells = [key, p.type_name(), default, p.described()] if role == "param" else [key, str(p.default), p.described()]
         table.add_row(*cells)
     return table
@@ -255,13 +277,39 @@ def bench(device: str, sizes: tuple[int, ...], dim: int, queries: int | None, si
 
 def _register_command_groups() -> None:
     from amemctl.cli_data import corrupt, data
+    from amemctl.cli_runs import runs
     from amemctl.cli_store import store
 
-    for group in (store, data, corrupt):
+    for group in (store, data, corrupt, runs):
         main.add_command(group)
 
 
 _register_command_groups()
+
+
+#: approximate download size of the torchvision datasets, for `validate`'s warning
+_DOWNLOAD_SIZES = {"mnist": "about 12 MB", "fashion-mnist": "about 30 MB", "cifar10": "about 170 MB", "cifar100": "about 170 MB", "stl10": "about 2.6 GB"}
+
+
+def _missing_data(pipeline: Any) -> list[str]:
+    """What the pipeline's `load` stages would read that is not on this machine, and how to get it."""
+    from amemctl.data import torchvision_sets
+    from amemctl.data.datasets import data_root
+
+    warnings: list[str] = []
+    for plan in pipeline.plans:
+        for planned in plan.stages:
+            settings = planned.stage.settings
+            source = torchvision_sets.SOURCES.get(settings.get("dataset")) if planned.stage.name == "load" else None
+            if source is None:
+                continue
+            root = data_root(settings.get("root"))
+            split = settings.get("split") or ("test" if "test" in source.files else next(iter(source.files)))
+            if torchvision_sets.missing_files(source, root, split):
+                text = f"dataset {source.name!r} (split {split}) is not in {root}: `amemctl data download {source.name}` ({_DOWNLOAD_SIZES.get(source.name, 'size unknown')})"
+                if text not in warnings:
+                    warnings.append(text)
+    return warnings
 
 
 def _warn_failed_plugins() -> None:

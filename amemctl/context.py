@@ -37,7 +37,7 @@ class Context:
     values: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
-    #: example images for the run's overview figures: figure name -> [(row label, images)]
+    #: example images for the run's overview figures: figure name -> [(row label, images[, wrong])]
     examples: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
     stage_seed: int = 0  #: set by the engine before each stage, from the seed and the stage's position
     progress: Any = None  #: the engine's rich Progress, or None when quiet
@@ -51,6 +51,7 @@ class Context:
     group: Any = None
     #: the registry the pipeline was checked with: where stages look up what they dispatch to
     registry: Any = None
+    _bars: list = field(default_factory=list, repr=False)  #: (task, description) of the open track() bars
 
     @property
     def distributed(self) -> bool:
@@ -115,13 +116,15 @@ class Context:
         """Record a number of this sweep point (a float, a 0-d tensor is converted)."""
         self.metrics[name] = float(value)
 
-    def show(self, figure: str, label: str, images: Any) -> None:
+    def show(self, figure: str, label: str, images: Any, wrong: Any = None) -> None:
         """Add a row of example images to the run's figure `figure` (figures/<figure>.png).
 
         Rows that several sweep points share (the same originals, the same queries) are
-        drawn once, labelled with the sweep values they have in common.
+        drawn once, labelled with the sweep values they have in common. `wrong` (a boolean
+        per image) frames those images in red.
         """
-        self.examples.setdefault(figure, []).append((label, images.detach().cpu()))
+        row = (label, images.detach().cpu()) if wrong is None else (label, images.detach().cpu(), wrong.detach().cpu().bool())
+        self.examples.setdefault(figure, []).append(row)
 
     def note(self, title: str, markdown: str) -> None:
         """Add a section to report.md under this sweep point (lists, small tables, findings)."""
@@ -141,12 +144,20 @@ class Context:
             yield from items
             return
         task = self.progress.add_task(description or "working", total=total)
+        self._bars.append((task, description or "working"))
         try:
             for item in items:
                 yield item
                 self.progress.advance(task)
         finally:
+            self._bars.remove((task, description or "working"))
             self.progress.remove_task(task)
+
+    def epoch_done(self, epoch: int, loss: float) -> None:
+        """A training loop's report after an epoch: the loss shows in its progress bar."""
+        if self.progress is not None and self._bars:
+            task, description = self._bars[-1]
+            self.progress.update(task, description=f"{description} (epoch {epoch}, loss {loss:.4g})")
 
 
 def _copy(container: Any) -> Any:

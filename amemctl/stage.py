@@ -123,6 +123,15 @@ class Param:
         choices = self.choices
         return self.doc + (f" (one of: {', '.join(map(str, choices))})" if choices and len(choices) <= 12 else "")
 
+    def default_text(self) -> str:
+        """The default as a reader needs it: `required`, the value, or what the doc says an unset (None) value means."""
+        if self.required:
+            return "required"
+        if self.default is None:
+            said = re.findall(r"\(default:? ([^()]*(?:\([^()]*\)[^()]*)*)\)", self.doc)
+            return said[0].strip() if len(said) == 1 else ("see meaning" if said else "none")
+        return repr(self.default)
+
     def type_name(self) -> str:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         if self.type is None:

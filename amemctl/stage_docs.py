@@ -32,7 +32,7 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
             lines += ["\n".join(body).strip(), ""]
         lines += ["| name | role | type | default | meaning |", "|---|---|---|---|---|"]
         for key, param in cls.params.items():
-            default = "required" if param.required else f"`{param.default!r}`"
+            default = "required" if param.required else (f"`{param.default!r}`" if param.default is not None else param.default_text().replace("|", "/"))
             doc = param.described()
             lines.append(f"| `{key}` | {ROLES[param.role]} | {param.type_name()} | {default} | {doc.replace('|', '/')} |")
         for key, kind in cls.dispatch.items():

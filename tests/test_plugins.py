@@ -198,7 +198,7 @@ def test_a_crash_inside_a_plugin_stage_is_one_message_with_the_traceback_in_the_
     assert f"{pipeline}:4:5: stage 'crash' (package crash-plugin) crashed (run): AttributeError" in result.output
     assert "Traceback (most recent call last)" not in result.output and result.output.count("\n") <= 8
     (run_dir,) = (tmp_path / "runs" / "crash").iterdir()
-    assert "ctx[self.input].no_such_method()" in (run_dir / "traceback.txt").read_text()
-    assert str(run_dir / "traceback.txt") in result.output
+    assert "ctx[self.input].no_such_method()" in (run_dir / "error.txt").read_text()
+    assert str(run_dir / "error.txt") in result.output
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "stage 'crash' (package crash-plugin) crashed" in metrics["error"]

@@ -35,7 +35,7 @@ TOP_LEVEL = {
     "data": "a dataset to load first, as the parameters of a `load` stage",
     "sweep": "variables and their values; every combination is one run",
     "stages": "the stages in order, each `- name: {parameters}`",
-    "report": "tables and curves to write across the sweep points",
+    "report": "tables and curves to write across the sweep points, and `formats: [png, svg, pdf]` of the figures",
 }
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -135,6 +135,7 @@ class Pipeline:
     tables: list[TableSpec] = field(default_factory=list)
     curves: list[CurveSpec] = field(default_factory=list)
     repeats: int = 1
+    formats: tuple[str, ...] = ()  #: figure formats written beside the PNGs (report.formats)
     #: the registry the pipeline was checked with; the engine hands it to the stages
     registry: Registry | None = field(default=None, repr=False, compare=False)
 
@@ -281,8 +282,9 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
 
     plans = [_plan_point(point, entries, sweep, source, registry, errors) for point in sweeps.points(sweep)]
     tables, curves = _report(doc.get("report"), sweep, plans, source, errors)
+    formats = _formats(doc.get("report"), source, errors)
     errors.raise_if_any()
-    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves, repeats, registry)
+    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves, repeats, formats, registry)
 
 
 # ---------------------------------------------------------------------------------------
@@ -537,12 +539,29 @@ def _report(value: Any, sweep: dict, plans: list[PointPlan], source: SourceMap, 
         errors.add(PipelineError("`report:` must be a mapping with `tables:` and/or `curves:`"), source.value(("report",)))
         return [], []
     for key in value:
-        if key not in ("tables", "curves"):
-            errors.add(PipelineError(f"unknown report key {key!r}", hint=did_you_mean(str(key), ["tables", "curves"]) or "use tables or curves"), source.key(("report", key)))
+        if key not in ("tables", "curves", "formats"):
+            errors.add(PipelineError(f"unknown report key {key!r}", hint=did_you_mean(str(key), ["tables", "curves", "formats"]) or "use tables, curves or formats"), source.key(("report", key)))
     declared = {m for plan in plans for s in plan.stages for m in s.stage.metrics()}
     tables = [t for i, raw in enumerate(_list(value, "tables", source, errors)) if (t := _table(raw, ("report", "tables", i), sweep, declared, source, errors))]
     curves = [c for i, raw in enumerate(_list(value, "curves", source, errors)) if (c := _curve(raw, ("report", "curves", i), sweep, declared, source, errors))]
     return tables, curves
+
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def _formats(value: Any, source: SourceMap, errors: _Collector) -> tuple[str, ...]:
+    """`report.formats`: figure formats written beside the PNGs (svg, pdf)."""
+    if not isinstance(value, dict) or value.get("formats") is None:
+        return ()
+    formats = value["formats"]
+    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+        errors.add(PipelineError("`report.formats` must be a list of figure formats", hint="e.g. formats: [png, svg]"), source.value(("report", "formats")))
+        return ()
+    for i, f in enumerate(formats):
+        if f not in FIGURE_FORMATS:
+            errors.add(PipelineError(f"unknown figure format {f!r}", hint=did_you_mean(f, list(FIGURE_FORMATS)) or "use png, svg or pdf"), source.value(("report", "formats", i)))
+    return tuple(f for f in formats if f in FIGURE_FORMATS and f != "png")
 
 
 def _list(value: dict, key: str, source: SourceMap, errors: _Collector) -> list:

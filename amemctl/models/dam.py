@@ -78,6 +78,8 @@ def train_dam(
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
     track=None,
+    checkpoint=None,
+    on_epoch=None,
 ) -> tuple[DenseAssociativeMemory, list[float]]:
     """Minimise sum_alpha (c_alpha - t_alpha)^(2 power) with the paper's normalised momentum updates.
 
@@ -85,6 +87,9 @@ def train_dam(
 
     Without a temperature, T is the 99th percentile of the initial inputs b: the most excited
     memories start near the knee of F, so gradients flow at every order n.
+
+    With a `checkpoint` (amemctl.training.checkpoints.TrainingCheckpoint), training saves
+    its state as it goes and resumes from it; `on_epoch` hears (epoch, loss) after each epoch.
     """
     v = bipolar(images).to(device)
     targets = -torch.ones(len(labels), classes, device=device)
@@ -93,9 +98,16 @@ def train_dam(
     with torch.no_grad():
         model.temperature = float(temperature) if temperature else float(model.inputs(v[:2000]).quantile(0.99).clamp_min(1e-3))
     velocity = torch.zeros_like(model.xi)
-    losses = []
-    epoch_range = range(epochs)
-    for epoch in track(epoch_range, epochs, f"dam n={n:g}") if track else epoch_range:
+    losses: list[float] = []
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        with torch.no_grad():
+            model.xi.copy_(saved["xi"])
+            velocity.copy_(saved["velocity"])
+        model.temperature = float(saved["temperature"])
+        losses = list(saved["losses"])
+    epoch_range = range(len(losses), epochs)
+    for epoch in track(epoch_range, len(epoch_range), f"dam n={n:g}") if track else epoch_range:
         order = random.randperm(len(v), torch.Generator().manual_seed(seed * 101 + epoch), device=device)
         rate = lr * decay**epoch
         total = 0.0
@@ -113,6 +125,11 @@ def train_dam(
             model.clip()
             total += loss.item() * len(idx)
         losses.append(total / len(v))
+        if checkpoint is not None:
+            state = {"xi": model.xi.detach().cpu().clone(), "velocity": velocity.cpu().clone(), "temperature": model.temperature, "losses": losses}
+            checkpoint.save(epoch + 1, state, last=epoch + 1 == epochs)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, losses[-1])
     return model, losses
 
 

@@ -16,6 +16,7 @@ from amemctl.figures import image_grid
 from amemctl.models.hetero import HeteroEncoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
+from amemctl.training.checkpoints import TrainingCheckpoint, data_digest, default_folder
 from amemctl.training.hetero import train_hetero
 
 
@@ -42,7 +43,11 @@ class Associate(Stage):
 
 
 class TrainHeteroEncoder(Stage):
-    """Train the stories article's hetero-encoder to map each image to its associate (L2 loss)."""
+    """Train the stories article's hetero-encoder to map each image to its associate (L2 loss).
+
+    Training saves its state to checkpoints/<pipeline>-hetero-<hash>.pt as it goes and
+    resumes from there when run again with the same settings and data.
+    """
 
     name = "train-hetero-encoder"
     code = Param(int, 1024, "width of the dense code", min=1)
@@ -60,9 +65,13 @@ class TrainHeteroEncoder(Stage):
         x, y = materialize(ctx[self.input]), materialize(ctx[self.targets])
         if x.shape != y.shape:
             raise StageError(f"images {tuple(x.shape)} and associates {tuple(y.shape)} differ in shape")
+        seed = ctx.stage_seed % 2**31
+        config = {k: self.settings[k] for k in ("code", "epochs", "batch_size", "lr", "decay", "sparsity", "noise")}
+        checkpoint = TrainingCheckpoint(default_folder(), f"{ctx.provenance.get('pipeline', 'run')}-hetero", {**config, "seed": seed, "device": ctx.device.type}, data_digest(x, y))
         model, losses = train_hetero(
             x, y, code=self.code, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, decay=self.decay,
-            sparsity=self.sparsity, noise=self.noise, seed=ctx.stage_seed % 2**31, device=ctx.device, track=ctx.track,
+            sparsity=self.sparsity, noise=self.noise, seed=seed, device=ctx.device, track=ctx.track,
+            checkpoint=checkpoint, on_epoch=ctx.epoch_done,
         )
         ctx[self.output] = model
         if losses:

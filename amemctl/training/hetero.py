@@ -11,6 +11,7 @@ from torch import Tensor
 
 from amemctl.core import random
 from amemctl.models.hetero import HeteroEncoder, HeteroEncoderNet
+from amemctl.training.checkpoints import TrainingCheckpoint, cpu_state
 
 
 def train_hetero(
@@ -27,11 +28,15 @@ def train_hetero(
     seed: int,
     device: torch.device,
     track: Callable[[Iterable, int, str], Iterable] | None = None,
+    checkpoint: TrainingCheckpoint | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[HeteroEncoder, list[float]]:
     """Adam with an exponentially decaying learning rate (the article: 2.5e-4); returns the model and loss per epoch.
 
     With noise > 0, inputs get Gaussian noise of that variance during training, so chains
-    started from noisy images still find their way.
+    started from noisy images still find their way. With a `checkpoint`, training saves
+    its state as it goes and resumes from it (see amemctl.training.checkpoints); `on_epoch`
+    hears (epoch, loss) after each epoch.
     """
     shape = tuple(inputs.shape[1:])
     with torch.random.fork_rng(devices=[]):
@@ -41,9 +46,16 @@ def train_hetero(
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
     x, y = inputs.to(device, torch.float32), targets.to(device, torch.float32)
     generator = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on every device
-    losses = []
-    epoch_range = range(epochs)
-    for epoch in track(epoch_range, epochs, "hetero-encoder") if track else epoch_range:
+    losses: list[float] = []
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        net.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        generator.set_state(saved["generator"])
+        losses = list(saved["losses"])
+    epoch_range = range(len(losses), epochs)
+    for epoch in track(epoch_range, len(epoch_range), "hetero-encoder") if track else epoch_range:
         net.train()
         order = random.randperm(len(x), torch.Generator().manual_seed(seed * 31 + epoch), device=device)
         total = 0.0
@@ -62,4 +74,9 @@ def train_hetero(
             total += loss.item() * len(idx)
         schedule.step()
         losses.append(total / len(x))
+        if checkpoint is not None:
+            state = {"model": cpu_state(net), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "generator": generator.get_state(), "losses": losses}
+            checkpoint.save(epoch + 1, state, last=epoch + 1 == epochs)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, losses[-1])
     return HeteroEncoder(net.cpu(), shape), losses
