@@ -1,0 +1,67 @@
+"""Device hygiene: nothing made on the wrong device, no GPU synchronisation in the retrieval's chunk loop.
+
+The 'meta' device stands in for a GPU on machines without one: a meta tensor has a shape and
+a device but no data, so an operation that mixes it with a CPU tensor fails, and so does
+anything that reads a value back to the host (`.item()`, `bool(t)`, `nonzero()`), which on
+a GPU is a synchronisation. The tests marked "needs a CUDA device" check the same on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amemctl.core.retrieval import _recall_block, recall
+from amemctl.core.rows import TensorRows
+from amemctl.core.separation import make_separation
+from amemctl.core.similarity import SIMILARITIES
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+STREAMING = [("softmax", {"beta": 2.0}), ("max", {}), ("topk", {"k": 3}), ("topk", {"k": 2, "weighting": "softmax"}), ("identity", {}), ("polynomial", {"n": 3})]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("separation", STREAMING + [("sparsemax", {})], ids=lambda s: s[0] + str(s[1].get("k", "")))
+def test_the_chunk_loop_stays_on_the_queries_device_and_never_reads_back(separation, normalize):
+    """Every similarity x separation over several chunks, on meta tensors: no CPU tensor, no host read."""
+    meta = torch.device("meta")
+    q = torch.empty(5, 8, device=meta)
+    keys, values = TensorRows(torch.empty(40, 8, device=meta)), TensorRows(torch.empty(40, 3, device=meta))
+    sep = make_separation(separation[0], **separation[1])
+    for sim in SIMILARITIES.values():
+        out, index, score = _recall_block(q, keys, values, sim, sep, "negative", normalize, 16, 3)
+        assert out.shape == (5, 3) and index.shape == score.shape == (5,)
+        assert out.device == index.device == score.device == meta, sim.name
+
+
+@CUDA
+@pytest.mark.parametrize("separation", STREAMING)
+def test_the_chunk_loop_never_synchronises_on_the_gpu(separation):
+    sep = make_separation(separation[0], **separation[1])
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.rand(shape, generator=g, device="cuda") for shape in ((50, 16), (5000, 16), (5000, 7)))
+    for sim in ("dot", "cosine", "euclidean", "manhattan", "jensen_shannon"):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            _recall_block(q, TensorRows(k), TensorRows(v), SIMILARITIES[sim], sep, "negative", False, 1024, 7)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@CUDA
+@pytest.mark.parametrize("separation", STREAMING + [("sparsemax", {"beta": 5.0}), ("entmax15", {})], ids=lambda s: s[0] + str(s[1].get("k", "")))
+def test_the_gpu_retrieves_what_the_cpu_retrieves(separation):
+    """Every similarity, keys on the GPU and on the CPU (copied per chunk), against the CPU's answer."""
+    sep = make_separation(separation[0], **separation[1])
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.rand(3000, 24, generator=g), torch.rand(3000, 5, generator=g)
+    q = k[:40] + 0.05 * torch.randn(40, 24, generator=g)
+    for name, sim in SIMILARITIES.items():
+        want = recall(q, k, v, similarity=sim, separation=sep, budget=40 * 1024 * 64)
+        for keys in (k.cuda(), k):
+            got = recall(q.cuda(), keys, v.cuda(), similarity=sim, separation=sep, budget=40 * 1024 * 64)
+            assert got.output.device.type == "cuda" and got.index.device.type == "cuda"
+            torch.testing.assert_close(got.output.cpu(), want.output, rtol=2e-4, atol=2e-4, msg=f"{name}")
+            assert (got.index.cpu() == want.index).float().mean() > 0.97, name
