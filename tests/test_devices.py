@@ -67,3 +67,40 @@ def test_the_gpu_retrieves_what_the_cpu_retrieves(separation):
             assert got.output.device.type == "cuda" and got.index.device.type == "cuda"
             torch.testing.assert_close(got.output.cpu(), want.output, rtol=2e-4, atol=2e-4, msg=f"{name}")
             assert (got.index.cpu() == want.index).float().mean() > 0.97, name
+
+
+def test_a_rank_without_a_gpu_of_its_own_is_told_so(monkeypatch):
+    """Two ranks on a one-GPU machine: a clear error, not NCCL's duplicate-GPU failure or an invalid ordinal."""
+    from amemctl import launch
+    from amemctl.errors import AmemctlError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device reached"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(AmemctlError, match="rank 1 has no GPU of its own") as info:
+        launch.start_worker("auto")
+    assert "--nproc 1" in info.value.hint
+
+
+def test_simclr_never_pins_images(monkeypatch):
+    """Images too large for the GPU stay where they are: pinning them bought nothing and fails on GPU tensors."""
+    from amemctl.training import simclr
+
+    images = torch.rand(4, 3, 8, 8)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 0))
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pytest.fail("pinned"))
+    assert simclr._resident(images, torch.device("cuda")) is images
+    assert simclr._resident(images, torch.device("cpu")) is images
+
+
+def test_float64_manhattan_does_not_go_through_the_float32_kernel(monkeypatch):
+    from amemctl.core.kernels import l1
+    from amemctl.core.similarity import manhattan
+
+    monkeypatch.setattr(l1, "available", lambda x: True)
+    monkeypatch.setattr(l1, "l1_distances", lambda q, k: pytest.fail("float64 sent to the float32 kernel"))
+    q, k = torch.rand(3, 5, dtype=torch.float64), torch.rand(7, 5, dtype=torch.float64)
+    got = manhattan(q, k)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, (q[:, None] - k[None]).abs().sum(-1))

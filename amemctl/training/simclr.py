@@ -209,12 +209,15 @@ def train_simclr(
 
 
 def _resident(images: Tensor, device: torch.device) -> Tensor:
-    """The training images where batches are cut from: on the GPU when they fit in an eighth of it."""
-    if device.type == "cuda":
+    """The training images where batches are cut from: on the GPU when they fit in an eighth of it.
+
+    Otherwise where they are: not pinned, since a batch cut from pinned images by indexing is
+    an ordinary (pageable) tensor anyway, and images already on the GPU cannot be pinned.
+    """
+    if device.type == "cuda" and images.device.type != "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if images.numel() * images.element_size() < free // 8:
             return images.to(device)
-        return images.pin_memory()
     return images
 
 
