@@ -104,3 +104,20 @@ def test_float64_manhattan_does_not_go_through_the_float32_kernel(monkeypatch):
     got = manhattan(q, k)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, (q[:, None] - k[None]).abs().sum(-1))
+
+
+@CUDA
+def test_draws_from_a_cpu_generator_reach_the_gpu_without_a_sync():
+    from amemctl.core import random
+
+    want = random.rand((1000, 3), torch.Generator().manual_seed(4))
+    random.rand((8,), torch.Generator(), device="cuda")  # the first pinned block may be allocated here
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = random.rand((1000, 3), torch.Generator().manual_seed(4), device="cuda", dtype=torch.float64)
+        perm = random.randperm(50, torch.Generator().manual_seed(1), device="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert got.device.type == "cuda" and got.dtype == torch.float64
+    assert torch.equal(got.cpu(), want.double()) and torch.equal(perm.cpu(), torch.randperm(50, generator=torch.Generator().manual_seed(1)))

@@ -178,7 +178,7 @@ def train_simclr(
     for epoch in track(epochs, len(epochs), f"simclr {config.arch}") if track else epochs:
         model.train()
         began = time.perf_counter()
-        order = random.randperm(n, torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        order = random.randperm(n, torch.Generator().manual_seed(config.seed * 100_003 + epoch), device=source.device)  # moved once per epoch, not per step
         epoch_losses: list[Tensor] = []  # kept on the device: one synchronisation per epoch, not per step
         sizes: list[int] = []
         for step, begin in enumerate(range(0, n, batch)):
