@@ -121,3 +121,14 @@ def test_draws_from_a_cpu_generator_reach_the_gpu_without_a_sync():
         torch.cuda.set_sync_debug_mode("default")
     assert got.device.type == "cuda" and got.dtype == torch.float64
     assert torch.equal(got.cpu(), want.double()) and torch.equal(perm.cpu(), torch.randperm(50, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("separation", [("max", {}), ("topk", {"k": 2})])
+def test_a_nan_key_under_max_or_topk_is_named_not_hidden(separation):
+    """top-k picks exactly k per row without reading back; a NaN key still ends in the usual message."""
+    from amemctl.errors import StageError
+
+    keys = torch.rand(50, 4)
+    keys[7, 2] = float("nan")
+    with pytest.raises(StageError, match=r"stored keys contain NaN or infinite values \(rows 7\)"):
+        recall(torch.rand(3, 4), keys, separation=make_separation(separation[0], **separation[1]))
