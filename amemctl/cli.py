@@ -37,8 +37,17 @@ def print_error(exc: AmemctlError) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="amemctl")
-def main() -> None:
+@click.option("--no-plugin", "no_plugin", multiple=True, metavar="NAME", help="Do not load this plugin (entry-point or package name; repeatable). Same as AMEMCTL_DISABLE_PLUGINS=NAME,...")
+def main(no_plugin: tuple[str, ...]) -> None:
     """Associative memories as declared experiments: run YAML pipelines of pluggable stages."""
+    if no_plugin:
+        import os
+
+        from amemctl.plugins import DISABLE_ENV
+
+        # through the environment, so worker processes (--nproc) skip the same plugins
+        names = [n for n in os.environ.get(DISABLE_ENV, "").split(",") if n]
+        os.environ[DISABLE_ENV] = ",".join([*names, *no_plugin])
 
 
 @main.command()
@@ -114,10 +123,11 @@ def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...], explain: b
 
 @main.command()
 @click.argument("name", required=False)
-@click.option("--markdown", is_flag=True, help="Print the reference of the built-in stages as Markdown (docs/stages.md).")
+@click.option("--markdown", is_flag=True, help="Print the reference of the built-in stages and functions as Markdown (docs/stages.md).")
 def stages(name: str | None, markdown: bool) -> None:
-    """List every stage (built-in and from plugins), or describe the stage NAME."""
-    from amemctl.plugins import get_registry, stage_class
+    """List every stage, similarity, separation, corruption, encoder and dataset (built-in and
+    from plugins), or describe the one called NAME."""
+    from amemctl.plugins import KINDS, get_registry, stage_class
 
     registry = get_registry()
     if markdown:
@@ -127,34 +137,78 @@ def stages(name: str | None, markdown: bool) -> None:
         return
     console = Console()
     if name is None:
-        table = Table(title="stages", title_justify="left")
-        for column in ("stage", "package", "summary"):
-            table.add_column(column)
-        for stage_name, cls in sorted(registry.stages.items()):
-            table.add_row(stage_name, registry.package_of("stages", stage_name), cls.summary)
-        console.print(table)
-        console.print("similarities: " + ", ".join(registry.similarities))
-        console.print("datasets: " + ", ".join(registry.datasets))
+        for kind, (_, noun) in KINDS.items():
+            table = Table(title=kind, title_justify="left")
+            for column in (noun, "package", "summary"):
+                table.add_column(column)
+            for entry_name, entry in sorted(registry.table(kind).items()):
+                table.add_row(entry_name, registry.package_of(kind, entry_name), _summary(entry))
+            console.print(table)
+        if registry.disabled:
+            console.print("disabled on request: " + ", ".join(registry.disabled))
         _warn_failed_plugins()
         return
-    cls = stage_class(name, registry)
-    console.print(f"[bold]{cls.name}[/] ({registry.package_of('stages', cls.name)}): {cls.summary}")
+    found = registry.find(name)
+    if not found:
+        stage_class(name, registry)  # the error, with a did-you-mean among the stages
+    for kind, entry in found:
+        if kind == "stages":
+            _describe_stage(console, registry, entry)
+        else:
+            _describe_function(console, registry, kind, entry)
+
+
+def _summary(entry: Any) -> str:
+    """The one-line summary of a stage class, function, similarity or dataset."""
+    for attribute in ("summary", "doc"):
+        text = getattr(entry, attribute, "") or ""
+        if isinstance(text, str) and text.strip():
+            return text.strip().splitlines()[0]
+    return ""
+
+
+def _params_table(title: str, params: "list[tuple[str, Any]]", role: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("name", "type" if role == "param" else "default tensor", "default" if role == "param" else "", "doc"):
+        if column:
+            table.add_column(column)
+    for key, p in params:
+        default = "required" if p.required else repr(p.default)
+        cells = [key, p.type_name(), default, p.described()] if role == "param" else [key, str(p.default), p.described()]
+        table.add_row(*cells)
+    return table
+
+
+def _describe_stage(console: Console, registry: Any, cls: Any) -> None:
+    from amemctl.plugins import KINDS
+
+    console.print(f"[bold]{cls.name}[/] (stage, {registry.package_of('stages', cls.name)}): {cls.summary}", soft_wrap=True)
     doc = (cls.__doc__ or "").strip().splitlines()[1:]
     if any(line.strip() for line in doc):
         console.print("\n".join(line.strip() for line in doc).strip())
     for role, title in (("param", "parameters"), ("input", "reads (context tensors)"), ("output", "writes (context tensors)")):
         params = [(k, p) for k, p in cls.params.items() if p.role == role]
-        if not params:
-            continue
-        table = Table(title=title, title_justify="left")
-        for column in ("name", "type" if role == "param" else "default tensor", "default" if role == "param" else "", "doc"):
-            if column:
-                table.add_column(column)
-        for key, p in params:
-            default = "required" if p.required else repr(p.default)
-            cells = [key, p.type_name(), default, p.described()] if role == "param" else [key, str(p.default), p.described()]
-            table.add_row(*cells)
-        console.print(table)
+        if params:
+            console.print(_params_table(title, params, role))
+    for param, kind in cls.dispatch.items():
+        names = ", ".join(registry.table(kind))
+        console.print(f"`{param}` chooses a {KINDS[kind][1]}, whose own parameters go beside it (`amemctl stages NAME` lists them): {names}", soft_wrap=True)
+
+
+def _describe_function(console: Console, registry: Any, kind: str, entry: Any) -> None:
+    from amemctl.plugins import KINDS
+
+    noun = KINDS[kind][1]
+    console.print(f"[bold]{entry.name}[/] ({noun}, {registry.package_of(kind, entry.name)}): {_summary(entry)}", soft_wrap=True)
+    if getattr(entry, "width", None):
+        console.print(f"embedding width: {entry.width}")
+    if getattr(entry, "distance", False):
+        console.print("a distance: `score` turns it into a score by its distance_form (-d or 1/d)")
+    params = list(getattr(entry, "params", {}).items())
+    if params:
+        console.print(_params_table(f"parameters (written beside the {noun}'s name)", params, "param"))
+    elif kind in ("similarities", "separations", "corruptions", "encoders"):
+        console.print("no parameters")
 
 
 @main.command()
@@ -211,10 +265,11 @@ _register_command_groups()
 
 
 def _warn_failed_plugins() -> None:
+    """One warning line per plugin that was disabled because it is broken."""
     from amemctl.plugins import get_registry
 
     for failure in get_registry().failures:
-        err_console.print(f"warning: {failure}", markup=False, soft_wrap=True)
+        err_console.print(f"warning: {failure.warning()}", markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

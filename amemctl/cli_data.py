@@ -72,8 +72,9 @@ def preview(dataset: str, kinds: str, count: int, seed: int, root: str | None, o
     """Write a grid of every corruption (with its default parameters) applied to the same images."""
     import torch
 
-    from amemctl.corruptions import CORRUPTIONS, corrupt as apply
-    from amemctl.engine.context import Context
+    from amemctl.context import Context
+    from amemctl.corruptions import CORRUPTIONS
+    from amemctl.corruptions import corrupt as apply
     from amemctl.figures import image_grid
     from amemctl.stages.load import Load
 

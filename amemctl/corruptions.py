@@ -10,7 +10,6 @@ half and adds zero-mean Gaussian noise of a given variance; the semantic-memory 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -18,56 +17,36 @@ from torch import Tensor
 
 from amemctl.core import colour, random
 from amemctl.errors import StageError
+from amemctl.functions import Function
+from amemctl.stage import Param
 from amemctl.suggest import did_you_mean
 
 SIDES = ("top", "bottom", "left", "right")
 
 
-@dataclass(frozen=True)
-class Spec:
-    """One parameter of a corruption: default, documentation and allowed range."""
+class Corruption(Function):
+    """A named corruption, its declared parameters and the function applying it to a batch.
 
-    default: Any
-    doc: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[Any, ...] | None = None
-    validate: Callable[[Any], Any] | None = None  #: raises StageError for a bad value
+    `apply(images, generator, **parameters)` gets every parameter, checked and completed
+    with its default. Calling the corruption checks the images and the parameters first.
+    """
 
+    kind = "corruption"
 
-@dataclass(frozen=True)
-class Corruption:
-    """A named corruption, its parameters and the function applying it to a batch."""
+    def __init__(self, name: str, doc: str, apply: Callable[..., Tensor], params: "dict[str, Param] | None" = None) -> None:
+        super().__init__(name, apply, params, doc)
 
-    name: str
-    doc: str
-    apply: Callable[..., Tensor]
-    params: dict[str, Spec] = field(default_factory=dict)
+    @property
+    def apply(self) -> Callable[..., Tensor]:
+        return self.make
 
     def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
-        """The full parameter set: given values checked against their ranges, defaults for the rest."""
-        unknown = [k for k in given if k not in self.params]
-        if unknown:
-            accepted = ", ".join(self.params) or "no parameters"
-            raise StageError(f"corruption {self.name!r} takes no parameter {unknown[0]!r}", hint=f"{self.name} accepts {accepted}")
-        resolved = {}
-        for key, spec in self.params.items():
-            value = given.get(key, spec.default)
-            if isinstance(spec.default, list) and not isinstance(value, list):
-                raise StageError(f"{key} of {self.name} must be a list, got {value!r}", hint=f"{key}: {spec.doc}, e.g. {spec.default}")
-            if spec.choices is not None and value not in spec.choices:
-                raise StageError(f"{key}={value!r} is not valid for {self.name}", hint=f"choose one of {', '.join(map(str, spec.choices))}")
-            if spec.validate is not None:
-                spec.validate(value)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
-                    raise StageError(f"{key}={value} is out of range for {self.name}", hint=f"{key} must lie in [{spec.low}, {spec.high}]: {spec.doc}")
-            resolved[key] = value
-        return resolved
+        """The full parameter set: given values checked against their declarations, defaults for the rest."""
+        return self.configure(given)
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None, **params: Any) -> Tensor:
         _check_images(images)
-        return self.apply(images, generator, **self.resolve(params))
+        return self.apply(images, generator, **self.configure(params))
 
 
 def _check_images(images: Tensor) -> None:
@@ -248,7 +227,13 @@ def _pair(value: object, name: str) -> tuple[float, float]:
     return low, high
 
 
-_FRACTION = Spec(0.5, "fraction of the rows (or columns) masked", 0.0, 1.0)
+def _fraction(doc: str = "fraction of the rows (or columns) masked", high: float = 1.0) -> Param:
+    return Param(float, 0.5, doc, min=0.0, max=high)
+
+
+def _probability(default: float, doc: str) -> Param:
+    return Param(float, default, doc, min=0.0, max=1.0)
+
 
 CORRUPTIONS: dict[str, Corruption] = {
     c.name: c
@@ -258,37 +243,37 @@ CORRUPTIONS: dict[str, Corruption] = {
             "gaussian",
             "additive Gaussian noise of the given mean and variance, clipped to [0, 1]",
             gaussian,
-            {"mean": Spec(0.0, "mean of the noise (semantic-memory paper: 0 to 0.5)", -1.0, 1.0), "variance": Spec(0.1, "variance of the noise", 0.0, None)},
+            {"mean": Param(float, 0.0, "mean of the noise (semantic-memory paper: 0 to 0.5)", min=-1.0, max=1.0), "variance": Param(float, 0.1, "variance of the noise", min=0.0)},
         ),
         Corruption(
             "mask_zero",
             "a fraction of the rows from one side set to zero (UHN paper: the top half)",
             mask_zero,
-            {"fraction": _FRACTION, "side": Spec("top", "which side is masked", choices=SIDES)},
+            {"fraction": _fraction(), "side": Param(str, "top", "which side is masked", choices=SIDES)},
         ),
         Corruption(
             "mask_noise",
             "a fraction of the image from one side replaced by uniform noise",
             mask_noise,
-            {"fraction": _FRACTION, "side": Spec("bottom", "which side (or random per image)", choices=(*SIDES, "random"))},
+            {"fraction": _fraction(), "side": Param(str, "bottom", "which side (or random per image)", choices=(*SIDES, "random"))},
         ),
-        Corruption("random_mask", "each pixel zeroed with probability p", random_mask, {"p": Spec(0.5, "probability that a pixel is zeroed", 0.0, 1.0)}),
-        Corruption("salt_pepper", "a fraction p of pixels set to 0 or 1", salt_pepper, {"p": Spec(0.1, "fraction of pixels hit", 0.0, 1.0)}),
-        Corruption("crop", "a zoomed view: a random square crop resized back to full size", crop, {"scale": Spec([0.3, 0.6], "range of the fraction of the area kept", validate=lambda v: _pair(v, "scale"))}),
-        Corruption("inpaint", "the border zeroed and the centre kept (UHN paper)", inpaint, {"fraction": Spec(0.5, "fraction of each side masked, half on each edge", 0.0, 0.99)}),
+        Corruption("random_mask", "each pixel zeroed with probability p", random_mask, {"p": _probability(0.5, "probability that a pixel is zeroed")}),
+        Corruption("salt_pepper", "a fraction p of pixels set to 0 or 1", salt_pepper, {"p": _probability(0.1, "fraction of pixels hit")}),
+        Corruption("crop", "a zoomed view: a random square crop resized back to full size", crop, {"scale": Param(list, [0.3, 0.6], "[low, high]: range of the fraction of the area kept", items=float, validate=lambda v: _pair(v, "scale"))}),
+        Corruption("inpaint", "the border zeroed and the centre kept (UHN paper)", inpaint, {"fraction": _fraction("fraction of each side masked, half on each edge", 0.99)}),
         Corruption(
             "color",
             "a random colour filter per image (channel gains, brightness, saturation, hue)",
             color,
             {
-                "brightness": Spec(0.4, "largest relative change of brightness", 0.0, 1.0),
-                "saturation": Spec(0.6, "largest relative change of saturation", 0.0, 1.0),
-                "hue": Spec(0.1, "largest hue shift, as a fraction of the colour circle", 0.0, 0.5),
-                "channels": Spec(0.5, "largest relative gain of a single colour channel", 0.0, 1.0),
+                "brightness": _probability(0.4, "largest relative change of brightness"),
+                "saturation": _probability(0.6, "largest relative change of saturation"),
+                "hue": Param(float, 0.1, "largest hue shift, as a fraction of the colour circle", min=0.0, max=0.5),
+                "channels": _probability(0.5, "largest relative gain of a single colour channel"),
             },
         ),
-        Corruption("rotate", "each image turned by an angle drawn from a set", rotate, {"angles": Spec([0, 90, -90, 180], "the angles in degrees", validate=_angles)}),
-        Corruption("compose", "several corruptions applied in order", compose, {"steps": Spec([], "the corruptions, each {kind: ..., parameters}")}),
+        Corruption("rotate", "each image turned by an angle drawn from a set", rotate, {"angles": Param(list, [0, 90, -90, 180], "the angles in degrees to draw from", items=float, validate=_angles)}),
+        Corruption("compose", "several corruptions applied in order", compose, {"steps": Param(list, [], "the corruptions in order, each {kind: ..., parameters}", items=dict)}),
     )
 }
 

@@ -132,7 +132,7 @@ def test_bundled_patches_are_deterministic_and_textured():
 
 
 def test_load_limit_subset_and_size():
-    from amemctl.engine.context import Context
+    from amemctl.context import Context
     from amemctl.stages.load import Load
 
     ctx = Context(torch.device("cpu"), 0, 2**20, None, stage_seed=7)

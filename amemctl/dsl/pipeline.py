@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,8 @@ class Pipeline:
     tables: list[TableSpec] = field(default_factory=list)
     curves: list[CurveSpec] = field(default_factory=list)
     repeats: int = 1
+    #: the registry the pipeline was checked with; the engine hands it to the stages
+    registry: Registry | None = field(default=None, repr=False, compare=False)
 
 
 def load_pipeline(
@@ -156,17 +159,12 @@ def parse_text(text: str, file: str = "<pipeline>", registry: Registry | None = 
 
 def apply_overrides(doc: Any, overrides: list[str], source: SourceMap) -> Any:
     """Apply `--set key.path=value` overrides; stages may be addressed by index or unique name."""
-    import yaml
-
     for item in overrides:
         where = Location(f"--set {item}")
         if "=" not in item:
             raise PipelineError("an override reads key.path=value", hint="e.g. --set seed=3", location=where)
         dotted, _, raw = item.partition("=")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise PipelineError(f"cannot read the value {raw!r}: {exc}", location=where) from None
+        value = load_yaml(raw, str(where))[0] if raw.strip() else ""  # the same limits and tags as files
         if not isinstance(doc, dict):
             raise PipelineError("the pipeline is not a mapping; nothing to override", location=where)
         doc = _set_path(doc, [p for p in dotted.strip().split(".") if p], value, where, source)
@@ -259,6 +257,16 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
         errors.add(PipelineError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N"), source.value(("device",)))
     budget = _budget(doc.get("budget"), source, errors)
     sweep = _sweep(doc.get("sweep"), source, errors)
+    if sweeps.size(sweep) > sweeps.max_points():
+        shape = " x ".join(f"{len(v):,} {k}" for k, v in sweep.items())
+        errors.add(
+            PipelineError(
+                f"the sweep has {sweeps.size(sweep):,} points ({shape}), more than the limit of {sweeps.max_points():,}",
+                hint=f"sweep fewer values, or raise the limit with the environment variable {sweeps.MAX_POINTS_ENV}=N",
+            ),
+            source.value(("sweep",)),
+        )
+        errors.raise_if_any()
 
     raw_stages = doc.get("stages")
     if raw_stages is None:
@@ -274,7 +282,7 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
     plans = [_plan_point(point, entries, sweep, source, registry, errors) for point in sweeps.points(sweep)]
     tables, curves = _report(doc.get("report"), sweep, plans, source, errors)
     errors.raise_if_any()
-    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves, repeats)
+    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves, repeats, registry)
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,8 +342,8 @@ def _sweep(value: Any, source: SourceMap, errors: _Collector) -> dict[str, list[
                 source.value(("sweep", var)),
             )
             continue
-        labels = [sweeps.value_label(v) for v in values]
-        twice = sorted({label for label in labels if labels.count(label) > 1})
+        labels = Counter(sweeps.value_label(v) for v in values)
+        twice = sorted(label for label, n in labels.items() if n > 1)
         if twice:
             errors.add(
                 PipelineError(f"values of sweep variable {var!r} read the same in tables: {', '.join(repr(t) for t in twice)}", hint="give mapping values distinct `name:` fields"),

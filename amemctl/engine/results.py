@@ -60,6 +60,7 @@ def _metrics_document(run: RunResult) -> dict[str, Any]:
     return {
         "pipeline": run.pipeline.name,
         "status": run.status,
+        **({"error": run.error} if run.error else {}),
         "device": str(run.device),
         "points": [
             {

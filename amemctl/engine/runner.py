@@ -13,6 +13,7 @@ from __future__ import annotations
 import platform
 import random
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +24,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from amemctl.context import Context
 from amemctl.dsl.pipeline import Pipeline
 from amemctl.dsl.sweep import Point
-from amemctl.engine.context import Context
 from amemctl.engine.plan import Step, plan_steps
-from amemctl.errors import AmemctlError, DeviceError
+from amemctl.errors import AmemctlError, DeviceError, StageCrash
 
 
 @dataclass
@@ -51,6 +52,7 @@ class RunResult:
     device: torch.device
     points: list[PointResult]
     status: str = "ok"
+    error: str | None = None  #: what stopped a failed run, as the CLI prints it
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -121,8 +123,10 @@ def run_pipeline(
                 if r == pipeline.repeats - 1:
                     run.points.append(combine(done))
                     done = []
-    except BaseException:
+    except BaseException as exc:
         run.status = "failed"
+        if isinstance(exc, AmemctlError):
+            run.error = exc.render()
         raise
     finally:
         results.write_outputs(run, console)
@@ -141,7 +145,7 @@ def _run_point(
     seed: int,
     group: object = None,
 ) -> PointResult:
-    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None, group=group)
+    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None, group=group, registry=pipeline.registry)
     ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=seed)
     first = cache.restore(slot, ctx)
     task = bar.add_task(point.label(), total=len(steps), completed=first)
@@ -157,12 +161,31 @@ def _run_point(
                 torch.cuda.synchronize(device)
         except AmemctlError as exc:
             exc.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {exc.message}"
-            raise exc.at(step.parts[0].location)
+            raise exc.at(step.parts[0].location)  # noqa: B904 (the same error, located)
+        except Exception as exc:  # a bug in the stage: one message, the traceback in the run folder
+            raise _crash(exc, step, point, pipeline, run_dir) from exc
         ctx.metrics[f"seconds.{step.name}"] = time.perf_counter() - start
         cache.store(slot, j, ctx)
         bar.advance(task)
     bar.remove_task(task)
     return PointResult(point, dict(ctx.metrics), list(ctx.figures), dict(ctx.examples), list(ctx.notes))
+
+
+def _crash(exc: Exception, step: Step, point: Point, pipeline: Pipeline, run_dir: Path) -> StageCrash:
+    """A StageCrash naming the stage, its package and pipeline line; saves the traceback as traceback.txt."""
+    stage = step.parts[0].stage
+    package = pipeline.registry.package_of("stages", stage.name) if pipeline.registry is not None else "?"
+    path = run_dir / "traceback.txt"
+    where = step.parts[0].location
+    with path.open("a") as out:
+        out.write(f"stage {stage.name!r} (package {package}) at {where}, {point.label()}:\n")
+        out.write("".join(traceback.format_exception(exc)) + "\n")
+    blame = "amemctl (please report it)" if package == "amemctl" else f"the plugin package {package}"
+    return StageCrash(
+        f"stage {stage.name!r} (package {package}) crashed ({point.label()}): {type(exc).__name__}: {exc}",
+        hint=f"a bug in {blame}, not in the pipeline; the traceback is in {path}",
+        location=where,
+    )
 
 
 def _seed_globals(seed: int) -> None:

@@ -16,8 +16,9 @@ clips memories to [-1, 1] after every step.
 from __future__ import annotations
 
 import torch
-from amemctl.core import random
 from torch import Tensor, nn
+
+from amemctl.core import random
 
 
 class DenseAssociativeMemory(nn.Module):

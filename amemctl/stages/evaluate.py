@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-
+from amemctl.context import Context
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import row_shape, take
-from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, Stage

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from amemctl.context import Context
 from amemctl.core.rows import materialize
-from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import curves
 from amemctl.models.autoencoders import Autoencoder, load_autoencoder
@@ -61,6 +61,10 @@ class Generate(Stage):
     checkpoint = Param(str, None, "an autoencoder checkpoint instead of `decoder`")
     input = Input("retrieved", "the embeddings to decode, N x code")
     output = Output("generated", "the decoded images")
+
+    def inputs(self) -> list[str]:
+        names = super().inputs()  # with a checkpoint, no decoder is wired from the context
+        return [n for n in names if n != self.decoder] if self.checkpoint is not None else names
 
     def run(self, ctx: Context) -> None:
         if self.checkpoint is not None:

@@ -6,25 +6,21 @@ from pathlib import Path
 
 import torch
 
+from amemctl.context import Context
 from amemctl.core import random
 from amemctl.data import torchvision_sets
 from amemctl.data.datasets import Dataset, Request, data_root
 from amemctl.data.embedded import read_digits, read_patches
 from amemctl.data.folders import read_folder, read_tinyimagenet
-from amemctl.engine.context import Context
-from amemctl.plugins import get_registry, hookimpl
+from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Output, Param, ParamError, Stage
-
-
-def _dataset_names() -> list[str]:
-    return list(get_registry().datasets)
 
 
 class Load(Stage):
     """Load a dataset's images (N x C x H x W in [0, 1]) and labels."""
 
     name = "load"
-    dataset = Param(str, REQUIRED, "the dataset (`amemctl data ls` says which are here)", choices=_dataset_names)
+    dataset = Param(str, REQUIRED, "the dataset: a built-in one or a plugin's (`amemctl data ls` says which are here)")
     split = Param(str, None, "which split; default: the dataset's usual one")
     limit = Param(int, None, "keep only the first `limit` images", min=1)
     subset = Param(int, None, "then keep a seeded random subset of this many images", min=1)
@@ -34,8 +30,10 @@ class Load(Stage):
     output = Output("patterns", "the images")
     labels = Output("labels", "their integer labels", optional=True)
 
+    dispatch = {"dataset": "datasets"}
+
     def spec(self) -> Dataset:
-        return get_registry().datasets[self.dataset]
+        return self.chosen("dataset")
 
     def check(self) -> None:
         if self.dataset == "folder" and self.root is None:

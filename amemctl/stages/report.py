@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from amemctl.context import Context
 from amemctl.core.rows import take
-from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Param, Stage

@@ -6,18 +6,16 @@ import math
 
 import torch
 
+from amemctl.context import Context
 from amemctl.core import random
 from amemctl.core.chains import distinct_cycles, follow, permutation_cycles
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
-from amemctl.core.separation import SEPARATIONS, make_separation
-from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import image_grid
 from amemctl.models.hetero import HeteroEncoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
-from amemctl.stages.retrieval import similarity_of
 from amemctl.training.hetero import train_hetero
 
 
@@ -88,8 +86,8 @@ class ChainRecall(Stage):
     starts = Param(int, None, "number of starting memories, the first ones (default: every stored pattern)", min=1)
     start_noise = Param(float, 0.0, "variance of Gaussian noise on the starting images", min=0)
     snap = Param(bool, False, "feed the nearest stored pattern back instead of the raw recall")
-    similarity = Param(str, "euclidean", "exact model: the similarity")
-    separation = Param(str, "max", "exact model: the separation", choices=list(SEPARATIONS))
+    similarity = Param(str, "euclidean", "exact model: the similarity (any registered one)")
+    separation = Param(str, "max", "exact model: the separation (any registered one)")
     beta = Param(float, None, "exact model: inverse temperature of softmax", min=0)
     stories = Param(int, 8, "how many distinct cycles to draw as 2 x 10 strips", min=0)
     memory = Input("patterns", "the stored patterns (keys)")
@@ -97,6 +95,8 @@ class ChainRecall(Stage):
     network = Input(None, "network model: the trained hetero-encoder", optional=True)
     permutation = Input(None, "the true permutation, to check the cycles against", optional=True)
     output = Output("chains", "memories visited: starts x (steps + 1) indices")
+
+    dispatch = {"similarity": "similarities", "separation": "separations"}
 
     def check(self) -> None:
         if self.model == "network" and self.network is None:
@@ -150,8 +150,8 @@ class ChainRecall(Stage):
             return network.recall
         values = materialize(ctx[self.values]).to(ctx.device)
         params = {"beta": self.beta} if self.beta is not None else {}
-        separation = make_separation(self.separation, **params)
-        sim = similarity_of(self.similarity)
+        separation = self.chosen("separation")(**params)
+        sim = self.chosen("similarity")
         return lambda x: recall(x, memory, values, similarity=sim, separation=separation, budget=ctx.budget).output
 
     def _draw(self, ctx: Context, chains, cycles, outputs) -> None:
