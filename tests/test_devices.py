@@ -42,12 +42,12 @@ def test_the_chunk_loop_never_synchronises_on_the_gpu(separation):
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.rand(shape, generator=g, device="cuda") for shape in ((50, 16), (5000, 16), (5000, 7)))
     for sim in ("dot", "cosine", "euclidean", "manhattan", "jensen_shannon"):
-        run = lambda: _recall_block(q, TensorRows(k), TensorRows(v), SIMILARITIES[sim], sep, "negative", False, 1024, 7)  # noqa: E731
-        run()  # the first call may autotune the L1 kernel, which synchronises on purpose
+        args = (q, TensorRows(k), TensorRows(v), SIMILARITIES[sim], sep, "negative", False, 1024, 7)
+        _recall_block(*args)  # the first call may autotune the L1 kernel, which synchronises on purpose
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            run()
+            _recall_block(*args)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
