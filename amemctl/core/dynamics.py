@@ -133,7 +133,7 @@ def iterate(
             energies.append(energy(state, resident, separation))
         if tolerance is not None:
             newly = ~converged & (moved <= tolerance)
-            taken[newly] = step
+            taken = torch.where(newly, step, taken)  # a boolean-mask assignment would sync the GPU
             converged |= newly
             if bool(converged.all()):
                 break
@@ -164,7 +164,7 @@ def hopfield_asynchronous(queries: Tensor, patterns: "Tensor | Rows", steps: int
         if track_energy:
             energies.append(-0.5 * ((s @ weights) * s).sum(1))
         newly = ~converged & (s == before).all(1)
-        taken[newly] = sweep
+        taken = torch.where(newly, sweep, taken)
         converged |= newly
         if bool(converged.all()):
             break

@@ -35,7 +35,7 @@ def knn_accuracy(
     ref_labels = reference_labels.to(q.device).long()
     classes = int(max(ref_labels.max(), query_labels.max())) + 1
     k = min(k, len(r) - int(leave_one_out))
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=q.device)  # counted on the device: one sync, not one per block
     for start in range(0, len(q), block):
         sims = q[start : start + block] @ r.T
         if leave_one_out:
@@ -44,5 +44,5 @@ def knn_accuracy(
         top, index = sims.topk(k, dim=1)
         votes = torch.zeros(sims.shape[0], classes, device=q.device)
         votes.scatter_add_(1, ref_labels[index], torch.exp(top / tau))
-        correct += int((votes.argmax(1).cpu() == query_labels[start : start + block].cpu().long()).sum())
-    return correct / len(q)
+        correct += (votes.argmax(1) == query_labels[start : start + block].to(q.device).long()).sum()
+    return int(correct) / len(q)

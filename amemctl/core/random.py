@@ -20,7 +20,12 @@ def _home(generator: torch.Generator | None) -> torch.device:
 
 
 def _move(x: Tensor, device: "torch.device | str | None", dtype: torch.dtype | None) -> Tensor:
-    return x.to(device=device if device is not None else x.device, dtype=dtype if dtype is not None else x.dtype)
+    target = torch.device(device) if device is not None else x.device
+    if target.type == "cuda" and x.device.type == "cpu":
+        # a plain copy from pageable memory waits for the GPU (a sync per draw); from pinned
+        # memory it is queued on the stream, and the caching host allocator keeps the block alive
+        x = x.pin_memory().to(target, non_blocking=True)
+    return x.to(device=target, dtype=dtype if dtype is not None else x.dtype)
 
 
 def rand(shape: Sequence[int], generator: torch.Generator | None = None, *, device: "torch.device | str | None" = None, dtype: torch.dtype | None = None) -> Tensor:

@@ -110,7 +110,7 @@ def manhattan(queries: Tensor, keys: Tensor) -> Tensor:
     """||q - k||_1, the similarity both UHN papers find most robust (a Triton kernel on GPUs)."""
     from amemctl.core.kernels import l1
 
-    if l1.available(queries):
+    if l1.available(queries) and torch.float64 not in (queries.dtype, keys.dtype):  # the kernel sums in float32
         return l1.l1_distances(queries, keys)
     return torch.cdist(queries.float(), keys.float(), p=1) if keys.dtype != queries.dtype else torch.cdist(queries, keys, p=1)
 

@@ -112,7 +112,7 @@ class Autoencoder:
         n = len(images)
         out = torch.empty(n, self.code, device=device)
         for start in range(0, n, batch_size):
-            index = torch.arange(start, min(start + batch_size, n))
+            index = torch.arange(start, min(start + batch_size, n), device=images.device if isinstance(images, Tensor) else None)  # no H2D copy (a sync) per batch
             out[start : start + len(index)] = encoder(take(images, index).to(device, torch.float32))
         return out
 

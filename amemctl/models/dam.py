@@ -93,7 +93,7 @@ def train_dam(
     """
     v = bipolar(images).to(device)
     targets = -torch.ones(len(labels), classes, device=device)
-    targets[torch.arange(len(labels)), labels.to(device)] = 1
+    targets[torch.arange(len(labels), device=device), labels.to(device)] = 1
     model = DenseAssociativeMemory(v.shape[1], classes, memories, n, rectified, seed).to(device)
     with torch.no_grad():
         model.temperature = float(temperature) if temperature else float(model.inputs(v[:2000]).quantile(0.99).clamp_min(1e-3))
@@ -110,7 +110,7 @@ def train_dam(
     for epoch in track(epoch_range, len(epoch_range), f"dam n={n:g}") if track else epoch_range:
         order = random.randperm(len(v), torch.Generator().manual_seed(seed * 101 + epoch), device=device)
         rate = lr * decay**epoch
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per step
         for start in range(0, len(v), batch_size):
             idx = order[start : start + batch_size]
             loss = (model(v[idx]) - targets[idx]).pow(2 * power).sum(1).mean()
@@ -123,8 +123,8 @@ def train_dam(
                 velocity.mul_(momentum).add_(grad)
                 model.xi.sub_(rate * velocity)
             model.clip()
-            total += loss.item() * len(idx)
-        losses.append(total / len(v))
+            total += loss.detach() * len(idx)
+        losses.append(total.item() / len(v))
         if checkpoint is not None:
             state = {"xi": model.xi.detach().cpu().clone(), "velocity": velocity.cpu().clone(), "temperature": model.temperature, "losses": losses}
             checkpoint.save(epoch + 1, state, last=epoch + 1 == epochs)

@@ -181,7 +181,7 @@ class Encoder:
         steps = track(starts, len(starts), f"embed {self.arch}") if track else starts
         out = torch.empty(n, self.dim, device=device)
         for start in steps:
-            index = torch.arange(start, min(start + batch_size, n))
+            index = torch.arange(start, min(start + batch_size, n), device=images.device if isinstance(images, Tensor) else None)  # no H2D copy (a sync) per batch
             batch = self.preprocessing(take(images, index).to(device, torch.float32))
             if device.type == "cuda":
                 batch = batch.contiguous(memory_format=torch.channels_last)

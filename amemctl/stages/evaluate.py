@@ -42,7 +42,7 @@ class Evaluate(Stage):
             )
         nearest = recall(retrieved, values, similarity="squared_euclidean", separation="max", budget=ctx.budget).index
         targets = targets.to(nearest.device)
-        wanted = take(values, targets).reshape(len(targets), -1).to(retrieved.dtype)
+        wanted = take(values, targets).reshape(len(targets), -1).to(retrieved.device, retrieved.dtype)
         sse = (retrieved.reshape(len(retrieved), -1) - wanted).square().sum(1)
         ctx.metric(f"{self.prefix}error_index", (nearest != targets).float().mean())
         ctx.metric(f"{self.prefix}error_pixels", (sse > self.scaled_threshold(wanted.shape[1])).float().mean())

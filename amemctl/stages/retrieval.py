@@ -80,7 +80,7 @@ class Score(Stage):
         keys = materialize(keys)
         sim = self.similarity_fn()
         q = queries.reshape(len(queries), -1).float()
-        k = keys.reshape(len(keys), -1).float()
+        k = keys.reshape(len(keys), -1).to(q.device, torch.float32)
         if q.shape[1] != k.shape[1]:
             raise StageError(f"queries have {q.shape[1]} features but stored keys have {k.shape[1]}", hint="score queries against keys of the same shape")
         scores = sim(q, k, self.distance_form)
@@ -140,7 +140,7 @@ class Project(Stage):
         weights, values = ctx[self.weights], materialize(ctx[self.values])
         if weights.shape[1] != len(values):
             raise StageError(f"weights cover {weights.shape[1]} memories but there are {len(values)} values", hint="project onto values stored beside the scored keys")
-        out = weights @ values.reshape(len(values), -1).to(weights.dtype)
+        out = weights @ values.reshape(len(values), -1).to(weights.device, weights.dtype)
         ctx[self.output] = ACTIVATIONS[self.activation](out.reshape(len(weights), *values.shape[1:]))
 
 

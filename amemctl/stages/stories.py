@@ -132,7 +132,7 @@ class ChainRecall(Stage):
             return recall(x, memory, similarity="squared_euclidean", separation="max", budget=ctx.budget).index
 
         chains, outputs = follow(queries, starts, self._recall_fn(ctx, memory), nearest, self.steps, snap=(lambda i: memory[i]) if self.snap else None)
-        ctx[self.output] = torch.tensor([c.visits for c in chains])
+        ctx[self.output] = torch.tensor([c.visits for c in chains], device=ctx.device)
         cycles = distinct_cycles(chains)
         closed = [c for c in chains if c.period is not None]
         ctx.metric("cycles_found", len(cycles))

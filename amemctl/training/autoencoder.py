@@ -48,15 +48,15 @@ def train_autoencoder(
     epoch_range = range(len(losses), epochs)
     for epoch in track(epoch_range, len(epoch_range), f"autoencoder {kind}") if track else epoch_range:
         order = random.randperm(len(data), torch.Generator().manual_seed(seed * 7919 + epoch), device=device)
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per step
         for start in range(0, len(data), batch_size):
             batch = data[order[start : start + batch_size]]
             loss = F.mse_loss(module(batch), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(batch)
-        losses.append(total / len(data))
+            total += loss.detach() * len(batch)
+        losses.append(total.item() / len(data))
         if checkpoint is not None:
             checkpoint.save(epoch + 1, {"model": cpu_state(module), "optimizer": optimizer.state_dict(), "losses": losses}, last=epoch + 1 == epochs)
         if on_epoch is not None:

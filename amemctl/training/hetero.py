@@ -58,7 +58,7 @@ def train_hetero(
     for epoch in track(epoch_range, len(epoch_range), "hetero-encoder") if track else epoch_range:
         net.train()
         order = random.randperm(len(x), torch.Generator().manual_seed(seed * 31 + epoch), device=device)
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per step
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
             batch = x[idx]
@@ -71,9 +71,9 @@ def train_hetero(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
+            total += loss.detach() * len(idx)
         schedule.step()
-        losses.append(total / len(x))
+        losses.append(total.item() / len(x))
         if checkpoint is not None:
             state = {"model": cpu_state(net), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "generator": generator.get_state(), "losses": losses}
             checkpoint.save(epoch + 1, state, last=epoch + 1 == epochs)

@@ -178,7 +178,7 @@ def train_simclr(
     for epoch in track(epochs, len(epochs), f"simclr {config.arch}") if track else epochs:
         model.train()
         began = time.perf_counter()
-        order = random.randperm(n, torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        order = random.randperm(n, torch.Generator().manual_seed(config.seed * 100_003 + epoch), device=source.device)  # moved once per epoch, not per step
         epoch_losses: list[Tensor] = []  # kept on the device: one synchronisation per epoch, not per step
         sizes: list[int] = []
         for step, begin in enumerate(range(0, n, batch)):
@@ -209,12 +209,15 @@ def train_simclr(
 
 
 def _resident(images: Tensor, device: torch.device) -> Tensor:
-    """The training images where batches are cut from: on the GPU when they fit in an eighth of it."""
-    if device.type == "cuda":
+    """The training images where batches are cut from: on the GPU when they fit in an eighth of it.
+
+    Otherwise where they are: not pinned, since a batch cut from pinned images by indexing is
+    an ordinary (pageable) tensor anyway, and images already on the GPU cannot be pinned.
+    """
+    if device.type == "cuda" and images.device.type != "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if images.numel() * images.element_size() < free // 8:
             return images.to(device)
-        return images.pin_memory()
     return images
 
 
