@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make demo   create .venv, install, run the offline quickstart pipeline
-#   make test   create .venv, install with the test extras and the example plugin, run pytest
+#   make test   create .venv, install with the test extras and the example plugin, run ruff and pytest
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -22,6 +22,7 @@ demo: $(VENV)/.installed
 	$(BIN)/amemctl run pipelines/quickstart.yaml
 
 test: $(VENV)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:

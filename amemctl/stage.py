@@ -25,13 +25,15 @@ which lets the engine reuse results shared by several sweep points.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
 
-from amemctl.errors import PipelineError
+from amemctl.errors import AmemctlError, PipelineError
 from amemctl.suggest import did_you_mean
 
 if TYPE_CHECKING:
-    from amemctl.engine.context import Context
+    from amemctl.context import Context
+    from amemctl.plugins import Registry
 
 
 class _Required:
@@ -68,6 +70,8 @@ class Param:
     min / max: bounds for numbers (inclusive).
     items: the type of a list's items.
     nullable: whether `null` is accepted (always true when the default is None).
+    validate: a function of the converted value raising an AmemctlError when it does not fit
+        (checks the other options cannot say, e.g. "two numbers, low <= high").
     """
 
     role = "param"
@@ -83,6 +87,7 @@ class Param:
         max: float | None = None,
         items: Any = None,
         nullable: bool = False,
+        validate: "Callable[[Any], Any] | None" = None,
     ) -> None:
         self.type = type
         self.default = default
@@ -92,6 +97,7 @@ class Param:
         self.max = max
         self.items = items
         self.nullable = nullable or default is None
+        self.validate = validate
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -117,6 +123,15 @@ class Param:
         choices = self.choices
         return self.doc + (f" (one of: {', '.join(map(str, choices))})" if choices and len(choices) <= 12 else "")
 
+    def default_text(self) -> str:
+        """The default as a reader needs it: `required`, the value, or what the doc says an unset (None) value means."""
+        if self.required:
+            return "required"
+        if self.default is None:
+            said = re.findall(r"\(default:? ([^()]*(?:\([^()]*\)[^()]*)*)\)", self.doc)
+            return said[0].strip() if len(said) == 1 else ("see meaning" if said else "none")
+        return repr(self.default)
+
     def type_name(self) -> str:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         if self.type is None:
@@ -141,11 +156,20 @@ class Param:
                 f"{value!r} is not a valid {self.name!r}",
                 hint=did_you_mean(str(value), map(str, choices)) or f"choose one of {', '.join(map(str, choices))}",
             )
+        if self.validate is not None:
+            try:
+                self.validate(value)
+            except ParamError:
+                raise
+            except AmemctlError as exc:
+                raise ParamError(exc.message, hint=exc.hint, param=self.name) from None
         return value
 
     def _check_bounds(self, value: Any) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return
+        if value != value:  # NaN passes every comparison; it would only fail later, elsewhere
+            raise ParamError(f"parameter {self.name!r} is NaN", hint=self._expect())
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
             raise ParamError(f"parameter {self.name!r} is {value}, out of range", hint=self._expect())
 
@@ -221,7 +245,25 @@ class Output(Param):
         super().__init__(str, default, doc, nullable=optional)
 
 
-_RESERVED = {"settings", "name", "summary", "params", "run", "check", "inputs", "outputs", "metrics", "describe"}
+@dataclass(frozen=True)
+class Fusion:
+    """What a stage offers to run together with the stages after it (see `Stage.fuse`).
+
+    stages: how many stages the fused run covers, this one included.
+    run: runs them all on a context, writing the last stage's outputs.
+    unformed: tensors the covered stages would write that the fused run never forms; the
+        engine fuses only when no later stage reads them.
+    name: the step's name in timings (`seconds.<name>`) and progress bars.
+    """
+
+    stages: int
+    run: "Callable[[Context], None]"
+    unformed: tuple[str, ...] = ()
+    name: str = "fused"
+
+
+_RESERVED = {"settings", "name", "summary", "params", "run", "check", "inputs", "outputs", "metrics", "describe",
+             "registry", "dispatch", "options", "chosen", "fusion", "materialize"}
 
 
 class Stage:
@@ -233,6 +275,14 @@ class Stage:
     summary: ClassVar[str] = ""
     #: Parameters in declaration order, collected from the class and its bases.
     params: ClassVar[dict[str, Param]] = {}
+    #: Parameters that choose a registered function, and the registry table they choose from,
+    #: e.g. {"function": "separations"}: the chosen function's own parameters are accepted
+    #: flat beside the stage's, checked against its declaration, and kept in `options`.
+    dispatch: ClassVar[dict[str, str]] = {}
+    #: Input parameters whose stored rows the engine reads into one tensor before `run`
+    #: (within the budget), for stages that index or reshape their inputs as tensors. Other
+    #: inputs may arrive as `Rows` (a store opened lazily); see `amemctl.Rows`.
+    materialize: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -243,20 +293,31 @@ class Stage:
         if clash:
             raise TypeError(f"stage {cls.__name__}: parameter name(s) {', '.join(clash)} are reserved by Stage")
         cls.params = params
+        wrong = [k for k in cls.materialize if k not in params or params[k].role != "input"]
+        if wrong:
+            raise TypeError(f"stage {cls.__name__}: `materialize` names {', '.join(wrong)}, which are not Input parameters")
         if not cls.summary and cls.__doc__:
             cls.summary = cls.__doc__.strip().splitlines()[0]
 
-    def __init__(self, **values: Any) -> None:
-        """Configure from parameter values, checking names and types; see `configure`."""
+    def __init__(self, registry: "Registry | None" = None, /, **values: Any) -> None:
+        """Configure from parameter values, checking names and types, then `check()`.
+
+        `registry` is the one the pipeline is checked with (the process's when None); a
+        stage looks up the functions it dispatches to there, never in a global.
+        """
+        self.registry = registry
         self.settings: dict[str, Any] = {}
-        for key in values:
-            if key not in self.params:
-                raise ParamError(
-                    f"stage {self.name!r} has no parameter {key!r}",
-                    hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params) or 'none'}",
-                    param=key,
-                    about="key",
-                )
+        #: dispatching parameter -> the chosen function's checked parameters
+        self.options: dict[str, dict[str, Any]] = {}
+        extra = {k: v for k, v in values.items() if k not in self.params}
+        if extra and not self.dispatch:
+            key = next(iter(extra))
+            raise ParamError(
+                f"stage {self.name!r} has no parameter {key!r}",
+                hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params) or 'none'}",
+                param=key,
+                about="key",
+            )
         for key, param in self.params.items():
             if key in values:
                 try:
@@ -269,10 +330,72 @@ class Stage:
                 raise ParamError(f"stage {self.name!r} needs parameter {key!r}", hint=param._expect() + doc)
             else:
                 self.settings[key] = param.default
+        self._configure_choices(extra)
         self.check()
+
+    def _configure_choices(self, extra: dict[str, Any]) -> None:
+        """Check the parameters meant for the functions this stage dispatches to."""
+        for key in self.dispatch:
+            chosen = self.chosen(key)
+            params = getattr(chosen, "params", {}) if chosen is not None else {}
+            mine = {k: v for k, v in extra.items() if k in params}
+            if chosen is not None and hasattr(chosen, "configure"):
+                self.options[key] = chosen.configure(mine)
+            else:
+                self.options[key] = dict(mine)
+            self.settings.update({k: v for k, v in self.options[key].items() if k not in self.params})
+        taken = list(dict.fromkeys(k for options in self.options.values() for k in options))
+        for key in extra:
+            if key not in taken:
+                from amemctl.plugins import KINDS
+
+                takers = [k for k in self.dispatch if hasattr(self.chosen(k), "configure")]
+                what = " nor ".join(f"{KINDS[self.dispatch[k]][1]} {self.settings[k]!r}" for k in takers) or f"stage {self.name!r}"
+                if not takers:
+                    raise ParamError(
+                        f"stage {self.name!r} has no parameter {key!r}",
+                        hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params)}",
+                        param=key,
+                        about="key",
+                    )
+                own = [k for k, p in self.params.items() if p.role == "param"]
+                raise ParamError(
+                    f"{what} takes no parameter {key!r}",
+                    hint=did_you_mean(key, [*self.params, *taken]) or f"it accepts {', '.join(taken) or 'no parameters'} (and the stage's own: {', '.join(own)})",
+                    param=key,
+                    about="key",
+                )
+
+    def __getattr__(self, name: str) -> Any:
+        """A dispatched function's parameter reads like the stage's own (`separate.beta`)."""
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in settings:
+            return settings[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def chosen(self, param: str) -> Any:
+        """The registered function a dispatching parameter names (None when the parameter is null)."""
+        from amemctl.plugins import get_registry, lookup
+
+        name = self.settings[param]
+        if name is None:
+            return None
+        try:
+            return lookup(self.registry or get_registry(), self.dispatch[param], name)
+        except ParamError as exc:
+            exc.param = param
+            raise
 
     def check(self) -> None:
         """Validate parameters against each other; raise ParamError. Runs before anything runs."""
+
+    def fuse(self, following: "Sequence[Stage]") -> Fusion | None:
+        """A run of this stage fused with some of the `following` ones, or None to run alone.
+
+        The engine asks every stage; `score` offers score -> separate -> project as one
+        streaming retrieval, which never forms the Q x N scores.
+        """
+        return None
 
     def inputs(self) -> list[str]:
         """Names of the context tensors this stage reads (from its Input parameters)."""

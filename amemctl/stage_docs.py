@@ -1,14 +1,14 @@
-"""The stage reference as Markdown, generated from the stages' own declarations.
+"""The stage reference as Markdown, generated from the stages' and functions' own declarations.
 
-docs/stages.md is this text for the built-in stages; a test regenerates it, so the
-reference cannot drift from the code.
+docs/stages.md is this text for the built-in stages, similarities, separations, corruptions
+and encoders; a test regenerates it, so the reference cannot drift from the code.
 """
 
 from __future__ import annotations
 
 import inspect
 
-from amemctl.plugins import Registry
+from amemctl.plugins import KINDS, Registry
 
 ROLES = {"param": "parameter", "input": "reads", "output": "writes"}
 
@@ -32,8 +32,26 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
             lines += ["\n".join(body).strip(), ""]
         lines += ["| name | role | type | default | meaning |", "|---|---|---|---|---|"]
         for key, param in cls.params.items():
-            default = "required" if param.required else f"`{param.default!r}`"
+            default = "required" if param.required else (f"`{param.default!r}`" if param.default is not None else param.default_text().replace("|", "/"))
             doc = param.described()
             lines.append(f"| `{key}` | {ROLES[param.role]} | {param.type_name()} | {default} | {doc.replace('|', '/')} |")
+        for key, kind in cls.dispatch.items():
+            lines += ["", f"`{key}` chooses one of the [{kind}](#{kind}); its parameters are written beside it."]
         lines.append("")
+    for kind in ("similarities", "separations", "corruptions", "encoders"):
+        lines += _functions(registry, kind, package)
     return "\n".join(lines)
+
+
+def _functions(registry: Registry, kind: str, package: str | None) -> list[str]:
+    """One table row per function of a kind, with its parameters, for docs/stages.md."""
+    lines = [f"## {kind}", "", f"Chosen by name; each {KINDS[kind][1]}'s parameters go beside its name.", "", "| name | meaning | parameters |", "|---|---|---|"]
+    for name, entry in sorted(registry.table(kind).items()):
+        if package is not None and registry.package_of(kind, name) != package:
+            continue
+        doc = (getattr(entry, "doc", "") or "").strip().splitlines()
+        params = "; ".join(
+            f"`{key}` ({param.type_name()}, default `{param.default!r}`): {param.described()}" for key, param in getattr(entry, "params", {}).items()
+        )
+        lines.append(f"| `{name}` | {(doc[0] if doc else '').replace('|', '/')} | {params.replace('|', '/') or 'none'} |")
+    return [*lines, ""]

@@ -12,6 +12,12 @@ from amemctl.engine.runner import RunResult, run_pipeline
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _training_checkpoints(tmp_path, monkeypatch):
+    """Training checkpoints of each test in its own folder: no test resumes another's training."""
+    monkeypatch.setenv("AMEMCTL_CHECKPOINTS", str(tmp_path / "checkpoints"))
+
+
 @pytest.fixture
 def run_text(tmp_path):
     """Check and run a pipeline given as YAML text; returns the RunResult."""

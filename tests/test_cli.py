@@ -71,7 +71,12 @@ def test_stages_lists_and_describes():
     for name in ("load", "corrupt", "score", "separate", "project", "evaluate", "report", "pca"):
         assert name in listing.output
     detail = _invoke("stages", "separate")
-    assert detail.exit_code == 0 and "beta" in detail.output and "weights" in detail.output
+    assert detail.exit_code == 0 and "weights" in detail.output and "softmax, max, topk" in detail.output
+    # any kind of name: a separation's parameters, a similarity's doc
+    softmax = _invoke("stages", "softmax")
+    assert softmax.exit_code == 0 and "separation, amemctl" in softmax.output and "beta" in softmax.output
+    chebyshev = _invoke("stages", "chebyshev")
+    assert chebyshev.exit_code == 0 and "similarity, amemctl-example" in chebyshev.output and "L-infinity distance max |q-k|" in chebyshev.output
     unknown = _invoke("stages", "scor")
     assert unknown.exit_code == 2 and "did you mean 'score'?" in unknown.output
 

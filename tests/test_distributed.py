@@ -105,7 +105,7 @@ def test_nproc_runs_the_same_pipeline_on_two_ranks(tmp_path):
         path.write_text(PIPELINE.replace("STORE", str(store)).replace("OUT", str(tmp_path / f"out{nproc}")))
         result = CliRunner().invoke(main, ["run", str(path), "--nproc", str(nproc), "--quiet", "--out", str(tmp_path / "runs"), "--device", "cpu"])
         assert result.exit_code == 0, result.output
-        outputs[nproc] = {p.name: MemoryStore.open(p).to_tensor() for p in sorted((tmp_path / f"out{nproc}").iterdir())}
+        outputs[nproc] = {p.name: MemoryStore.open(p).to_tensor() for p in sorted((tmp_path / f"out{nproc}").glob("*.zarr"))}
     assert set(outputs[1]) == set(outputs[2]) and len(outputs[1]) == 4
     for name in outputs[1]:
         torch.testing.assert_close(outputs[2][name], outputs[1][name], rtol=1e-5, atol=1e-5)

@@ -48,7 +48,7 @@ def test_source_map_remembers_lines_and_columns():
         ("stages: []\n", "bad.yaml:1:9: `stages:` must be a non-empty list"),
         ("stages:\n  - lod: {dataset: digits}\n", "bad.yaml:2:5: unknown stage 'lod'\n  hint: did you mean 'load'?"),
         ("stages:\n  - load: {dataset: digits, limt: 3}\n", "bad.yaml:2:29: stage 'load' has no parameter 'limt'\n  hint: did you mean 'limit'?"),
-        ("stages:\n  - load: {dataset: digit}\n", "bad.yaml:2:21: 'digit' is not a valid 'dataset'\n  hint: did you mean 'digits'?"),
+        ("stages:\n  - load: {dataset: digit}\n", "bad.yaml:2:21: unknown dataset 'digit'\n  hint: did you mean 'digits'?"),
         ("stages:\n  - load: {}\n", "bad.yaml:2:5: stage 'load' needs parameter 'dataset'"),
         ("stages:\n  - load: {dataset: digits, limit: -3}\n", "bad.yaml:2:36: parameter 'limit' is -3, out of range\n  hint: limit takes an integer >= 1"),
         ("stages:\n  - load: {dataset: digits}\n  - corrupt: {count: 2.5}\n", "bad.yaml:3:22: parameter 'count' must be an integer, got 2.5"),

@@ -117,3 +117,17 @@ def test_asynchronous_updates_only_for_the_classical_network(run_text):
     assert metrics["energy_increases"] == 0 and 1 <= metrics["iterations"] <= 5
     with pytest.raises(Exception, match="asynchronous updates are the classical Hopfield network's"):
         run_text(base.replace("MODEL", "{name: mchn, update: asynchronous}"))
+
+
+def test_iteration_keeps_float64_queries_in_float64():
+    g = torch.Generator().manual_seed(0)
+    keys = torch.rand(30, 12, generator=g, dtype=torch.float64)
+    queries = keys[:4] + 1e-3 * torch.randn(4, 12, generator=g, dtype=torch.float64)
+    sep = make_separation("softmax", beta=20.0)
+    result = iterate(queries, keys, separation=sep, steps=2, track_energy=True)
+    assert result.state.dtype == torch.float64 and result.energies[-1].dtype == torch.float64
+    # two steps of the plain formula, in float64: float32 would miss this by ~1e-8
+    state = queries
+    for _ in range(2):
+        state = torch.softmax(20.0 * state @ keys.T, 1) @ keys
+    torch.testing.assert_close(result.state, state, rtol=1e-12, atol=1e-12)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from amemctl import Input, Output, Param, Stage, StageError
+from amemctl.context import Context
 from amemctl.dsl.pipeline import parse_text
-from amemctl.engine.context import Context
 from amemctl.engine.plan import plan_steps
 from amemctl.engine.runner import resolve_device
 from amemctl.errors import AmemctlError, DeviceError

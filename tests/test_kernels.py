@@ -43,6 +43,14 @@ INTERPRETED = textwrap.dedent(
             q, k, v = torch.rand(n_q, d, generator=g), torch.rand(n_k, d, generator=g), torch.rand(n_k, dv, generator=g)
             ref = recall(q, k, v, similarity=sim, separation=make_separation("softmax", beta=beta)).output
             torch.testing.assert_close(softmax_retrieve(q, k, v, sim, beta, splits=splits), ref, rtol=1e-5, atol=1e-5)
+    for precision in ("ieee", "tf32x3"):  # the projection's tl.dot precision reaches the kernel (exact here)
+        torch.testing.assert_close(softmax_retrieve(q, k, v, "dot", 1.0, block_q=16, block_n=64, precision=precision), recall(q, k, v, separation="softmax").output, rtol=1e-5, atol=1e-5)
+    for bad in (dict(block_q=8), dict(block_n=48), dict(precision="fp16")):  # what compiles only in the interpreter
+        try:
+            softmax_retrieve(q, k, v, "dot", 1.0, **bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} accepted")
     print("ok")
     """
 )
@@ -65,6 +73,35 @@ def test_fused_kernel_on_the_gpu():
     for sim in ("manhattan", "dot", "squared_euclidean"):
         ref = recall(q, k, similarity=sim, separation=Softmax(0.05)).output
         torch.testing.assert_close(softmax_retrieve(q, k, k, sim, 0.05), ref, rtol=2e-3, atol=2e-3)  # tf32 projection
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_kernel_in_float32_on_the_gpu():
+    from amemctl.core.kernels.fused import softmax_retrieve
+    from amemctl.core.retrieval import recall
+    from amemctl.core.separation import Softmax
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q, k, v = torch.rand(100, 64, generator=g, device="cuda"), torch.rand(5000, 64, generator=g, device="cuda"), torch.rand(5000, 300, generator=g, device="cuda")
+    ref = recall(q, k, v, similarity="dot", separation=Softmax(0.5)).output
+    torch.testing.assert_close(softmax_retrieve(q, k, v, "dot", 0.5, precision="ieee"), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.mem_get_info()[0] < 30 * 2**30, reason="needs a CUDA device with 30 GiB free")
+def test_kernels_address_more_than_2_to_the_31_elements():
+    """d x N past 2^31 (1.1e6 keys of 2,048 bf16): offsets in int32 would wrap and read the wrong keys."""
+    from amemctl.core.kernels.fused import softmax_retrieve
+    from amemctl.core.kernels.l1 import l1_distances
+
+    n, d = 1_100_000, 2048
+    keys = torch.rand(n, d, device="cuda", dtype=torch.bfloat16)
+    q = keys[-3:].float() + 0.01
+    tail = torch.cdist(q, keys[-2000:].float(), p=1)
+    torch.testing.assert_close(l1_distances(q, keys)[:, -2000:], tail, rtol=1e-4, atol=1e-2)
+    values = torch.zeros(n, 16, device="cuda")
+    values[-1] = 1.0  # only the last key's value is non-zero: it is the nearest to q[-1] by far
+    got = softmax_retrieve(q, keys, values, "manhattan", 10.0, precision="ieee")
+    assert got[-1, 0] > 0.99 and got[0, 0] < 0.01
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

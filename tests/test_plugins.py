@@ -64,15 +64,17 @@ def test_a_plugin_that_fails_to_import_is_named_and_the_rest_load(install):
     (failure,) = [f for f in registry.failures if f.plugin == "broken_mod"]
     assert failure.package == "broken-plugin" and "ImportError: needs the moon" in failure.reason
     assert "score" in registry.stages and "pca" in registry.stages
-    with pytest.raises(PluginError, match="unknown stage 'whiten' \\(plugin 'broken_mod' \\(package broken-plugin\\) failed to load"):
+    with pytest.raises(PluginError, match="unknown stage 'whiten' \\(plugin 'broken_mod' \\(package broken-plugin\\) is disabled: ImportError"):
         stage_class("whiten", registry)
 
 
-def test_a_misspelt_hook_is_reported_not_ignored(install):
+def test_a_misspelt_hook_disables_that_plugin_with_a_did_you_mean(install):
     install("typo-plugin", "typo_mod", "from amemctl import hookimpl\n\n@hookimpl\ndef amemctl_register_stage():\n    return []\n")
     registry = build_registry()
     (failure,) = [f for f in registry.failures if f.plugin == "typo_mod"]
-    assert "amemctl_register_stage" in failure.reason and failure.package == "typo-plugin"
+    assert "'amemctl_register_stage'" in failure.reason and failure.package == "typo-plugin"
+    assert "did you mean 'amemctl_register_stages'?" in failure.hint
+    assert "pca" in registry.stages  # the other plugins still load
 
 
 def test_a_hook_that_raises_is_reported(install):
@@ -81,18 +83,122 @@ def test_a_hook_that_raises_is_reported(install):
     assert any(f.plugin == "raising_mod" and "RuntimeError: boom" in f.reason for f in registry.failures)
 
 
-def test_two_packages_with_one_stage_name_is_an_error_naming_both(install):
-    source = """\
-        from amemctl import Stage, hookimpl
+CLASH = """\
+    from amemctl import Similarity, Stage, hookimpl
 
-        class Score(Stage):
-            '''Another score.'''
-            name = "score"
+    class Score(Stage):
+        '''Another score.'''
+        name = "score"
 
-        @hookimpl
-        def amemctl_register_stages():
-            return [Score]
-        """
-    install("clash-plugin", "clash_mod", source)
-    with pytest.raises(PluginError, match="two packages provide the stage 'score': amemctl and clash-plugin"):
-        build_registry()
+    class Fine(Stage):
+        '''A stage of the clashing plugin that does not clash itself.'''
+        name = "fine_but_disabled"
+
+    @hookimpl
+    def amemctl_register_stages():
+        return [Fine, Score]
+
+    @hookimpl
+    def amemctl_register_similarities():
+        return [Similarity("clash_similarity", lambda q, k: q @ k.T)]
+    """
+
+
+def test_a_name_collision_disables_that_plugin_whole_and_names_both_packages(install):
+    install("clash-plugin", "clash_mod", CLASH)
+    registry = build_registry()
+    (failure,) = [f for f in registry.failures if f.plugin == "clash_mod"]
+    assert failure.package == "clash-plugin" and "the stage 'score', which package amemctl provides already" in failure.reason
+    assert registry.package_of("stages", "score") == "amemctl"
+    # nothing of the disabled plugin is half-registered
+    assert "fine_but_disabled" not in registry.stages and "clash_similarity" not in registry.similarities
+    assert "pca" in registry.stages
+
+
+def test_the_cli_still_works_and_warns_when_a_plugin_collides(install):
+    from click.testing import CliRunner
+
+    from amemctl.cli import main
+    from amemctl.plugins import get_registry
+
+    install("clash-plugin", "clash_mod", CLASH)
+    get_registry.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["stages"])
+    finally:
+        get_registry.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "plugin 'clash_mod' (package clash-plugin) is disabled" in result.output
+    assert "score" in result.output and "pca" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("how", ["env", "option", "package"])
+def test_plugins_can_be_disabled_by_name(install, monkeypatch, how):
+    from click.testing import CliRunner
+
+    from amemctl.cli import main
+    from amemctl.plugins import DISABLE_ENV, get_registry
+
+    install("clash-plugin", "clash_mod", CLASH)
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    args = ["stages"]
+    if how == "env":
+        monkeypatch.setenv(DISABLE_ENV, "other,clash_mod")
+    elif how == "option":
+        args = ["--no-plugin", "clash_mod", "stages"]
+    else:
+        monkeypatch.setenv(DISABLE_ENV, "clash-plugin")
+    get_registry.cache_clear()
+    try:
+        result = CliRunner().invoke(main, args)
+        registry = get_registry()
+    finally:
+        get_registry.cache_clear()
+        monkeypatch.delenv(DISABLE_ENV, raising=False)
+    assert result.exit_code == 0 and "is disabled" not in result.output
+    assert not registry.failures and registry.disabled == ["clash_mod (clash-plugin)"]
+    assert "pca" in registry.stages
+
+
+CRASHING = """\
+    from amemctl import Input, Output, Stage, hookimpl
+
+    class Crash(Stage):
+        '''A stage with a bug.'''
+        name = "crash"
+        input = Input("patterns")
+        output = Output("crashed")
+
+        def run(self, ctx):
+            return ctx[self.input].no_such_method()
+
+    @hookimpl
+    def amemctl_register_stages():
+        return [Crash]
+    """
+
+
+def test_a_crash_inside_a_plugin_stage_is_one_message_with_the_traceback_in_the_run_folder(install, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from amemctl.cli import main
+    from amemctl.plugins import get_registry
+
+    install("crash-plugin", "crash_mod", CRASHING)
+    pipeline = tmp_path / "crash.yaml"
+    pipeline.write_text("name: crash\ndata: {dataset: digits, limit: 10}\nstages:\n  - crash: {}\n")
+    get_registry.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["run", str(pipeline), "--out", str(tmp_path / "runs"), "--quiet", "--device", "cpu"])
+    finally:
+        get_registry.cache_clear()
+    assert result.exit_code == 1
+    assert f"{pipeline}:4:5: stage 'crash' (package crash-plugin) crashed (run): AttributeError" in result.output
+    assert "Traceback (most recent call last)" not in result.output and result.output.count("\n") <= 8
+    (run_dir,) = (tmp_path / "runs" / "crash").iterdir()
+    assert "ctx[self.input].no_such_method()" in (run_dir / "error.txt").read_text()
+    assert str(run_dir / "error.txt") in result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "stage 'crash' (package crash-plugin) crashed" in metrics["error"]

@@ -142,9 +142,8 @@ stages:
 
 
 def test_the_optional_rotation_and_filter_augmentations_keep_views_valid():
-    from amemctl.training.simclr import augmentation
+    from amemctl.training.augment import views
+    from amemctl.training.simclr import view_spec
 
-    views = augmentation(16, SimCLRConfig(rotations=1.0, filters=0.5))
-    torch.manual_seed(0)
-    out = torch.stack([views(img) for img in _images(20)])
+    out = views(_images(20), view_spec(16, SimCLRConfig(rotations=1.0, filters=0.5, blur=True)), torch.Generator().manual_seed(0))
     assert out.shape == (20, 3, 16, 16) and out.min() >= 0 and out.max() <= 1

@@ -22,6 +22,7 @@ def _kl(a, b):  # KL(a || b) for distributions broadcast over the last axis
 
 REFERENCE = {
     "dot": lambda q, k: (q[:, None, :] * k[None]).sum(-1),
+    "normalized_dot": lambda q, k: ((q / q.sum(1, keepdim=True))[:, None, :] * (k / k.sum(1, keepdim=True))[None]).sum(-1),
     "cosine": lambda q, k: (q[:, None, :] * k[None]).sum(-1) / (q.norm(dim=1)[:, None] * k.norm(dim=1)[None]),
     "euclidean": lambda q, k: ((q[:, None, :] - k[None]) ** 2).sum(-1).sqrt(),
     "squared_euclidean": lambda q, k: ((q[:, None, :] - k[None]) ** 2).sum(-1),
@@ -51,7 +52,7 @@ def test_similarity_matches_its_definition(name):
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
     # as a score, higher means more similar: the identical pattern scores best
     scores = sim(k, k)
-    assert torch.equal(scores.argmax(1), torch.arange(len(k))) or name in ("dot", "kl", "reverse_kl")
+    assert torch.equal(scores.argmax(1), torch.arange(len(k))) or name in ("dot", "normalized_dot", "kl", "reverse_kl")
 
 
 def test_distances_become_scores_by_negation_or_inversion():

@@ -16,7 +16,7 @@ import torch
 
 from amemctl.core.retrieval import recall
 from amemctl.errors import StoreError
-from amemctl.store.lock import LOCK_NAME, WriterLock
+from amemctl.store.lock import WriterLock, lock_path
 from amemctl.store.memory import MemoryStore
 from amemctl.store.verify import verify
 from tests.conftest import ROOT
@@ -144,24 +144,39 @@ def test_a_writer_killed_mid_append_leaves_the_previous_store(tmp_path):
     assert after.count == 40 and len(after) == 40
     assert torch.equal(after.to_tensor("patterns"), before)
     assert verify(path).ok
-    # the dead writer's lock is recognised as stale, and the next append succeeds
-    assert (path / LOCK_NAME).exists()
+    # the kernel released the dead writer's lock, and the next append succeeds
+    assert lock_path(path).exists()
     MemoryStore.open(path, mode="a").append(patterns=torch.rand(5, 3, 32, 32), labels=torch.ones(5, dtype=torch.long))
     assert len(MemoryStore.open(path)) == 45
+
+
+HOLDER = """
+import sys, time
+from amemctl.store.lock import WriterLock
+with WriterLock(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(60)
+"""
 
 
 def test_one_writer_at_a_time(tmp_path):
     path = tmp_path / "s.zarr"
     MemoryStore.create(path)
-    (path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "user": "ann", "since": "noon", "command": "amemctl run big.yaml"}))
-    with pytest.raises(StoreError, match="being written by another process: pid 1 on elsewhere .*amemctl run big.yaml"):
-        MemoryStore.open(path, mode="a").append(patterns=torch.rand(2, 3))
-    (path / LOCK_NAME).unlink()
-    with WriterLock(path):
-        with pytest.raises(StoreError, match=f"pid {os.getpid()}"):
-            with WriterLock(path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(StoreError, match=f"being written by another process: pid {holder.pid} on .*\n.*AMEMCTL_LOCK_WAIT"):
+            with WriterLock(path, wait=0.2):
                 pass
-    assert not (path / LOCK_NAME).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with WriterLock(path, wait=5):  # the kernel released the killed holder's lock
+        with WriterLock(path):  # reentrant within one thread
+            pass
+    MemoryStore.open(path, mode="a").append(patterns=torch.rand(2, 3))
+    assert len(MemoryStore.open(path)) == 2
 
 
 def test_verify_finds_a_damaged_chunk(tmp_path):
@@ -235,16 +250,35 @@ def test_replace_keeps_the_old_store_until_the_new_one_is_written(tmp_path, run_
     bad = f"data: {{dataset: digits, limit: 10}}\nstages:\n  - persist: {{store: {path}, mode: replace, dtype: uint8}}\n"
     with pytest.raises(StoreError, match="not 8-bit images"):
         run_text(bad)
-    assert len(MemoryStore.open(path)) == 10 and not (tmp_path / "s.zarr.new").exists()
+    assert len(MemoryStore.open(path)) == 10 and sorted(p.name for p in tmp_path.iterdir() if "zarr" in p.name) == [".s.zarr.lock", "s.zarr"]
 
 
 def test_a_swap_interrupted_between_its_renames_is_finished_on_open(tmp_path):
-    from amemctl.store.memory import replacement_path
+    from amemctl.store.memory import _aside, _journal, swap_in
 
     path = tmp_path / "s.zarr"
     MemoryStore.create(path).append(patterns=torch.zeros(3, 2))
-    MemoryStore.create(replacement_path(path)).append(patterns=torch.ones(5, 2))
-    path.rename(tmp_path / "s.zarr.old")  # the first rename happened, the second did not
+    new = _aside(path, "new")
+    MemoryStore._create_at(new).append(patterns=torch.ones(5, 2))
+    old = _aside(path, "old")
+    _journal(path).write_text(json.dumps({"new": new.name, "old": old.name}))
+    path.rename(old)  # the first rename happened, the second did not
     recovered = MemoryStore.open(path)
     assert torch.equal(recovered.to_tensor(), torch.ones(5, 2))
-    assert not (tmp_path / "s.zarr.old").exists() and not replacement_path(path).exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if "zarr" in p.name) == [".s.zarr.lock", "s.zarr"]
+    # a kill while the old copy was being deleted leaves no folder that looks like a store
+    new = _aside(path, "new")
+    MemoryStore._create_at(new).append(patterns=torch.full((2, 2), 2.0))
+    deleted = []
+    import shutil
+
+    real = shutil.rmtree
+    shutil.rmtree = lambda p, **kw: deleted.append(p)  # the kill came before the deletion
+    try:
+        swap_in(path, new)
+    finally:
+        shutil.rmtree = real
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".s.zarr.old-")]
+    assert len(leftovers) == 1 and not (leftovers[0] / "zarr.json").exists()
+    MemoryStore.open(path, mode="a").forget(ids=[0])  # the next writer clears it
+    assert not leftovers[0].exists()

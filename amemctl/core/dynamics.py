@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from amemctl.core import random
 from amemctl.core.retrieval import DEFAULT_BUDGET, recall
 from amemctl.core.rows import Rows, materialize
 from amemctl.core.separation import Elementwise, Separation, Softmax
@@ -83,7 +84,7 @@ _INTEGRALS = {
 
 def energy(state: Tensor, keys: "Tensor | Rows", separation: Separation, chunk: int = 4096) -> Tensor:
     """E(z) for each row of `state` against the stored keys (dot similarity), streamed over the keys."""
-    z = state.reshape(len(state), -1).float()
+    z = _floating(state.reshape(len(state), -1))
     flat_keys = materialize(keys).reshape(len(keys), -1).to(z)
     quadratic = 0.5 * (z * z).sum(1)
     if isinstance(separation, Softmax):
@@ -91,7 +92,7 @@ def energy(state: Tensor, keys: "Tensor | Rows", separation: Separation, chunk: 
         parts = [torch.logsumexp(beta * (z @ flat_keys[s : s + chunk].T), dim=1) for s in range(0, len(flat_keys), chunk)]
         return quadratic - torch.logsumexp(torch.stack(parts, 1), dim=1) / beta
     integral = _INTEGRALS[separation.name]
-    total = torch.zeros(len(z), device=z.device)
+    total = z.new_zeros(len(z))
     for s in range(0, len(flat_keys), chunk):
         total += integral(z @ flat_keys[s : s + chunk].T, separation.params).sum(1)
     return quadratic - total
@@ -112,11 +113,12 @@ def iterate(
     """Auto-associative retrieval repeated: each output (after the activation) is the next query.
 
     Stops for a query once its state moves less than `tolerance` (max absolute change), or
-    after `steps` updates.
+    after `steps` updates. The state keeps the queries' floating dtype (float64 stays float64);
+    integer queries are iterated in float32.
     """
     sim = similarity if isinstance(similarity, Similarity) else get_similarity(similarity)
     act = _activation(activation)
-    state = queries.float()
+    state = _floating(queries)
     shape = state.shape
     taken = torch.full((len(state),), steps, dtype=torch.long, device=state.device)
     converged = torch.zeros(len(state), dtype=torch.bool, device=state.device)
@@ -131,7 +133,7 @@ def iterate(
             energies.append(energy(state, resident, separation))
         if tolerance is not None:
             newly = ~converged & (moved <= tolerance)
-            taken[newly] = step
+            taken = torch.where(newly, step, taken)  # a boolean-mask assignment would sync the GPU
             converged |= newly
             if bool(converged.all()):
                 break
@@ -156,17 +158,22 @@ def hopfield_asynchronous(queries: Tensor, patterns: "Tensor | Rows", steps: int
     converged = torch.zeros(len(s), dtype=torch.bool, device=s.device)
     for sweep in range(1, steps + 1):
         before = s.clone()
-        for i in torch.randperm(s.shape[1], generator=generator).tolist():
+        for i in random.randperm(s.shape[1], generator).tolist():
             field_i = s @ weights[:, i]
             s[:, i] = torch.where(field_i > 0, 1.0, torch.where(field_i < 0, -1.0, s[:, i]))
         if track_energy:
             energies.append(-0.5 * ((s @ weights) * s).sum(1))
         newly = ~converged & (s == before).all(1)
-        taken[newly] = sweep
+        taken = torch.where(newly, sweep, taken)
         converged |= newly
         if bool(converged.all()):
             break
     return Iteration(s.reshape(shape), taken, converged, energies, guaranteed=track_energy)
+
+
+def _floating(x: Tensor) -> Tensor:
+    """x itself when it is floating point, else as float32."""
+    return x if x.is_floating_point() else x.float()
 
 
 def _activation(name: str):

@@ -126,7 +126,7 @@ def recall(
             q[block], key_rows, value_rows, sim, sep, distance_form, normalize_scores, block_n, width, shard
         )
         output[block], best_index[block], best_score[block] = out, idx, score
-    if not bool(torch.isfinite(output).all()):
+    if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):  # one sync; NaN keys give NaN best scores under max/top-k
         _explain_non_finite(key_rows, value_rows, block_n)  # the checks cost a pass over the memory: only on failure
     return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
 

@@ -325,7 +325,8 @@ def top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     ties = scores == kth
     room = k - above.sum(1, keepdim=True)
     chosen = above | (ties & (ties.cumsum(1) <= room))
-    idx = chosen.nonzero()[:, 1].reshape(rows, k)
+    # exactly k chosen per row: nonzero_static has a static output size, so no GPU sync (nonzero has one)
+    idx = torch.nonzero_static(chosen, size=rows * k, fill_value=0)[:, 1].reshape(rows, k)
     vals = scores.gather(1, idx)
     order = torch.sort(vals, dim=1, descending=True, stable=True).indices
     return vals.gather(1, order), idx.gather(1, order)

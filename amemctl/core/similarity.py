@@ -12,8 +12,9 @@ slice of the stored keys: the chunked retrieval calls them once per chunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -45,6 +46,17 @@ class Similarity:
     doc: str = ""
     #: the kernel takes keys in their own (lower) precision next to float32 queries
     mixed_precision: bool = False
+    #: keyword options the kernel accepts (`with_options`), e.g. the divergences' smoothing
+    options: tuple[str, ...] = ()
+
+    def with_options(self, **options: Any) -> "Similarity":
+        """This similarity with some of its kernel's keyword options fixed (unset ones ignored)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        unknown = [k for k in given if k not in self.options]
+        if unknown:
+            accepted = ", ".join(self.options) or "no options"
+            raise StageError(f"similarity {self.name!r} takes no option {unknown[0]!r}", hint=f"{self.name} accepts {accepted}")
+        return replace(self, kernel=partial(self.kernel, **given)) if given else self
 
     def workspace(self, dim: int) -> int:
         return dim if self.per_feature_workspace else 1
@@ -68,6 +80,16 @@ def dot(queries: Tensor, keys: Tensor) -> Tensor:
     return queries @ keys.T
 
 
+def normalized_dot(queries: Tensor, keys: Tensor) -> Tensor:
+    """(q / sum q) . (k / sum k): the UHN code's "dot product" (`normalized_dot_product`).
+
+    Each pattern is divided by the sum of its entries first, so bright images (many ink
+    pixels) no longer win every query as they do under the raw dot product. A pattern that
+    sums to 0 is left as it is.
+    """
+    return _sum_one(queries) @ _sum_one(keys).T
+
+
 def cosine(queries: Tensor, keys: Tensor) -> Tensor:
     """Cosine of the angle between q and k; zero vectors score 0."""
     return _unit(queries) @ _unit(keys).T
@@ -88,35 +110,42 @@ def manhattan(queries: Tensor, keys: Tensor) -> Tensor:
     """||q - k||_1, the similarity both UHN papers find most robust (a Triton kernel on GPUs)."""
     from amemctl.core.kernels import l1
 
-    if l1.available(queries):
+    if l1.available(queries) and torch.float64 not in (queries.dtype, keys.dtype):  # the kernel sums in float32
         return l1.l1_distances(queries, keys)
     return torch.cdist(queries.float(), keys.float(), p=1) if keys.dtype != queries.dtype else torch.cdist(queries, keys, p=1)
 
 
-def kl(queries: Tensor, keys: Tensor) -> Tensor:
+def kl(queries: Tensor, keys: Tensor, eps: float = EPS, smoothing: str = "renormalize") -> Tensor:
     """KL(k || q): the divergence of the stored pattern from the query, as in the UHN code.
 
-    Patterns are read as distributions: negatives clipped to 0, eps added, rows summed to 1.
+    Patterns are read as distributions (negatives clipped to 0, rows summed to 1); `eps` and
+    `smoothing` say how zeros stay finite (see `_distribution`).
     """
-    p, logp = _distribution(keys)
-    _, logq = _distribution(queries)
+    p, logp = _distribution(keys, eps, smoothing)
+    _, logq = _distribution(queries, eps, smoothing)
     return (p * logp).sum(1) - logq @ p.T
 
 
-def reverse_kl(queries: Tensor, keys: Tensor) -> Tensor:
+def reverse_kl(queries: Tensor, keys: Tensor, eps: float = EPS, smoothing: str = "renormalize") -> Tensor:
     """KL(q || k): the divergence of the query from the stored pattern."""
-    q, logq = _distribution(queries)
-    _, logp = _distribution(keys)
+    q, logq = _distribution(queries, eps, smoothing)
+    _, logp = _distribution(keys, eps, smoothing)
     return (q * logq).sum(1, keepdim=True) - q @ logp.T
 
 
-def jensen_shannon(queries: Tensor, keys: Tensor) -> Tensor:
-    """Jensen-Shannon divergence, symmetric and bounded by log 2."""
-    q, logq = _distribution(queries)
-    p, logp = _distribution(keys)
+def jensen_shannon(queries: Tensor, keys: Tensor, eps: float = EPS, smoothing: str = "renormalize") -> Tensor:
+    """Jensen-Shannon divergence: KL of each side from their mixture m = (p + q) / 2, averaged.
+
+    The true divergence, symmetric and bounded by log 2. (The UHN paper's code instead takes
+    the reciprocal of the mean of two already inverted KL scores, with no mixture, which
+    ranks the least similar memory first; amemctl does not copy that.)
+    """
+    q, logq = _distribution(queries, eps, smoothing)
+    p, logp = _distribution(keys, eps, smoothing)
     own = 0.5 * ((q * logq).sum(1, keepdim=True) + (p * logp).sum(1))
     mix = 0.5 * (q[:, None, :] + p[None, :, :])
-    return own - (mix * mix.log()).sum(-1)
+    log_mix = (mix + eps).log() if smoothing == "log" else mix.log()
+    return own - (mix * log_mix).sum(-1)
 
 
 def hamming(queries: Tensor, keys: Tensor) -> Tensor:
@@ -130,28 +159,49 @@ def _unit(x: Tensor) -> Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(EPS)
 
 
-def _distribution(x: Tensor) -> tuple[Tensor, Tensor]:
-    p = x.clamp_min(0) + EPS
-    p = p / p.sum(1, keepdim=True)
-    return p, p.log()
+def _sum_one(x: Tensor) -> Tensor:
+    total = x.sum(1, keepdim=True)
+    return x / torch.where(total == 0, torch.ones_like(total), total)
 
+
+#: How the divergences keep zeros finite: "renormalize" adds eps to every entry and sums the
+#: row to 1 again (amemctl's default); "log" sums the row to 1 and adds eps inside the
+#: logarithms only, log(p + eps), as the UHN paper's code does (there with eps = 1e-4).
+SMOOTHINGS = ("renormalize", "log")
+
+
+def _distribution(x: Tensor, eps: float = EPS, smoothing: str = "renormalize") -> tuple[Tensor, Tensor]:
+    """The rows of x as distributions (negatives clipped to 0) and the logarithms the divergences use."""
+    if smoothing == "renormalize":
+        p = x.clamp_min(0) + eps
+        p = p / p.sum(1, keepdim=True)
+        return p, p.log()
+    if smoothing == "log":
+        p = _sum_one(x.clamp_min(0))
+        return p, (p + eps).log()
+    raise StageError(f"unknown smoothing {smoothing!r}", hint=f"use one of {', '.join(SMOOTHINGS)}")
+
+
+_DIVERGENCE_OPTIONS = ("eps", "smoothing")
 
 SIMILARITIES: dict[str, Similarity] = {
     s.name: s
     for s in (
         Similarity("dot", dot, doc="dot product q.k"),
+        Similarity("normalized_dot", normalized_dot, doc="dot product of patterns each divided by its sum (the UHN code's)"),
         Similarity("cosine", cosine, doc="cosine of the angle between q and k"),
         Similarity("euclidean", euclidean, distance=True, doc="L2 distance ||q-k||"),
         Similarity("squared_euclidean", squared_euclidean, distance=True, doc="squared L2 distance"),
         Similarity("manhattan", manhattan, distance=True, doc="L1 distance sum |q-k|", mixed_precision=True),
-        Similarity("kl", kl, distance=True, doc="KL(k||q), patterns read as distributions"),
-        Similarity("reverse_kl", reverse_kl, distance=True, doc="KL(q||k)"),
+        Similarity("kl", kl, distance=True, doc="KL(k||q), patterns read as distributions", options=_DIVERGENCE_OPTIONS),
+        Similarity("reverse_kl", reverse_kl, distance=True, doc="KL(q||k)", options=_DIVERGENCE_OPTIONS),
         Similarity(
             "jensen_shannon",
             jensen_shannon,
             distance=True,
             per_feature_workspace=True,
             doc="Jensen-Shannon divergence",
+            options=_DIVERGENCE_OPTIONS,
         ),
         Similarity("hamming", hamming, distance=True, doc="differing bits (entries > 0 read as 1)"),
     )
@@ -166,6 +216,8 @@ ALIASES: dict[str, str] = {
     "reverse-kl": "reverse_kl",
     "squared-euclidean": "squared_euclidean",
     "jensen-shannon": "jensen_shannon",
+    "normalized-dot": "normalized_dot",
+    "normalised_dot": "normalized_dot",
 }
 
 

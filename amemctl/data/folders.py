@@ -59,19 +59,64 @@ def read_tinyimagenet(request: Request) -> Loaded:
 
 
 def _stack(paths: list[str], labels: list[int], size: int | None, where: Path) -> Loaded:
-    from PIL import Image
     from torchvision.transforms.v2 import functional as F
 
     if not paths:
         raise DataError(f"no images found under {where}", hint=f"images need one of the suffixes {', '.join(IMAGE_SUFFIXES)}")
     images = []
     for path in paths:
-        with Image.open(path) as img:
-            t = F.pil_to_tensor(img.convert("RGB"))
+        t = read_image(path)
         if size is not None:
-            t = F.center_crop(F.resize(t, [size], antialias=True), [size, size])
+            t = F.center_crop(F.resize(t, [size], antialias=True), [size, size]).clamp_(0, 1)
         images.append(t)
     shapes = {tuple(t.shape) for t in images}
     if len(shapes) > 1:
         raise DataError(f"images under {where} differ in size ({', '.join(map(str, sorted(shapes)[:3]))})", hint="set `size:` to resize them to one square size")
-    return Loaded(torch.stack(images).float().div_(255), torch.as_tensor(np.asarray(labels), dtype=torch.long))
+    return Loaded(torch.stack(images), torch.as_tensor(np.asarray(labels), dtype=torch.long))
+
+
+def read_image(path: "str | Path") -> torch.Tensor:
+    """One image file as a 3 x H x W float tensor in [0, 1].
+
+    8-bit images keep their exact values (k/255); 16- and 32-bit greyscale ones are scaled by
+    their bit depth rather than clipped to white. An image larger than PIL's decompression-bomb
+    limit (Image.MAX_IMAGE_PIXELS), or one that does not decode, is a DataError naming the file.
+    """
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                    raise Image.DecompressionBombError("")
+                if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                    grey = np.asarray(img).astype(np.float64)
+                    depth = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and grey.max(initial=0) <= 65535) else max(1.0, float(grey.max(initial=1)))
+                    scaled = torch.from_numpy(np.clip(grey / depth, 0, 1).astype(np.float32))
+                    return scaled.expand(3, *scaled.shape).clone()
+                rgb = np.asarray(img.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(
+            f"{path} is too large to load safely ({_pixels(path)}, over PIL's limit of {Image.MAX_IMAGE_PIXELS:,})",
+            hint="resize the image, or remove it from the folder",
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports damaged files as these
+        raise DataError(f"{path} is not a readable image: {exc}", hint="replace or remove the damaged file") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255)
+
+
+def _pixels(path: "str | Path") -> str:
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                return f"{img.width}x{img.height} pixels"
+    except Exception:  # the size is only a courtesy
+        return "too many pixels"

@@ -41,6 +41,39 @@ def _train_flag(cls_name: str) -> Callable[[Path, str, bool], object]:
     return open_
 
 
+@dataclass(frozen=True)
+class _Raw:
+    """An MNIST-like split read straight from its idx files (what `_to_loaded` needs of a dataset)."""
+
+    data: torch.Tensor
+    targets: torch.Tensor
+
+
+def _idx_files(cls_name: str) -> Callable[[Path, str, bool], object]:
+    """Opener for MNIST and FashionMNIST: torchvision downloads; the split's own idx files are read.
+
+    torchvision's classes insist on the train and test files both being there; reading the
+    two files a split needs lets a folder holding only the test files load its test split.
+    """
+
+    def open_(root: Path, split: str, download: bool) -> object:
+        import torchvision
+        from torchvision.datasets.mnist import read_image_file, read_label_file
+
+        if download:
+            return getattr(torchvision.datasets, cls_name)(str(root), train=split == "train", download=True)
+        images, labels = (root / cls_name / f for f in _MNIST_FILES[split])
+        try:
+            data, targets = read_image_file(str(images)), read_label_file(str(labels))
+        except (AssertionError, KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise RuntimeError(f"{images.name} or {labels.name} is not an idx file of images and labels ({type(exc).__name__}: {exc})") from None
+        if len(data) != len(targets):
+            raise RuntimeError(f"{images.name} holds {len(data)} images but {labels.name} {len(targets)} labels")
+        return _Raw(data, targets)
+
+    return open_
+
+
 def _stl10(root: Path, split: str, download: bool) -> object:
     import torchvision
 
@@ -57,8 +90,8 @@ _STL10_COMMON = ("class_names.txt", "train_X.bin", "train_y.bin", "test_X.bin", 
 SOURCES = {
     s.name: s
     for s in (
-        Source("mnist", "MNIST", _MNIST_FILES, _train_flag("MNIST"), "MNIST handwritten digits, 28x28 grey", (1, 28, 28)),
-        Source("fashion-mnist", "FashionMNIST", _MNIST_FILES, _train_flag("FashionMNIST"), "Fashion-MNIST clothing, 28x28 grey", (1, 28, 28)),
+        Source("mnist", "MNIST", _MNIST_FILES, _idx_files("MNIST"), "MNIST handwritten digits, 28x28 grey", (1, 28, 28)),
+        Source("fashion-mnist", "FashionMNIST", _MNIST_FILES, _idx_files("FashionMNIST"), "Fashion-MNIST clothing, 28x28 grey", (1, 28, 28)),
         Source("cifar10", "cifar-10-batches-py", {"train": _CIFAR10_FILES, "test": _CIFAR10_FILES}, _train_flag("CIFAR10"), "CIFAR-10, 32x32 colour, 10 classes", (3, 32, 32)),
         Source("cifar100", "cifar-100-python", {"train": ("train", "test", "meta"), "test": ("train", "test", "meta")}, _train_flag("CIFAR100"), "CIFAR-100, 32x32 colour, 100 classes", (3, 32, 32)),
         Source(

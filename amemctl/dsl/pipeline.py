@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ TOP_LEVEL = {
     "data": "a dataset to load first, as the parameters of a `load` stage",
     "sweep": "variables and their values; every combination is one run",
     "stages": "the stages in order, each `- name: {parameters}`",
-    "report": "tables and curves to write across the sweep points",
+    "report": "tables and curves to write across the sweep points, and `formats: [png, svg, pdf]` of the figures",
 }
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -134,6 +135,9 @@ class Pipeline:
     tables: list[TableSpec] = field(default_factory=list)
     curves: list[CurveSpec] = field(default_factory=list)
     repeats: int = 1
+    formats: tuple[str, ...] = ()  #: figure formats written beside the PNGs (report.formats)
+    #: the registry the pipeline was checked with; the engine hands it to the stages
+    registry: Registry | None = field(default=None, repr=False, compare=False)
 
 
 def load_pipeline(
@@ -156,17 +160,12 @@ def parse_text(text: str, file: str = "<pipeline>", registry: Registry | None = 
 
 def apply_overrides(doc: Any, overrides: list[str], source: SourceMap) -> Any:
     """Apply `--set key.path=value` overrides; stages may be addressed by index or unique name."""
-    import yaml
-
     for item in overrides:
         where = Location(f"--set {item}")
         if "=" not in item:
             raise PipelineError("an override reads key.path=value", hint="e.g. --set seed=3", location=where)
         dotted, _, raw = item.partition("=")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise PipelineError(f"cannot read the value {raw!r}: {exc}", location=where) from None
+        value = load_yaml(raw, str(where))[0] if raw.strip() else ""  # the same limits and tags as files
         if not isinstance(doc, dict):
             raise PipelineError("the pipeline is not a mapping; nothing to override", location=where)
         doc = _set_path(doc, [p for p in dotted.strip().split(".") if p], value, where, source)
@@ -259,6 +258,16 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
         errors.add(PipelineError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N"), source.value(("device",)))
     budget = _budget(doc.get("budget"), source, errors)
     sweep = _sweep(doc.get("sweep"), source, errors)
+    if sweeps.size(sweep) > sweeps.max_points():
+        shape = " x ".join(f"{len(v):,} {k}" for k, v in sweep.items())
+        errors.add(
+            PipelineError(
+                f"the sweep has {sweeps.size(sweep):,} points ({shape}), more than the limit of {sweeps.max_points():,}",
+                hint=f"sweep fewer values, or raise the limit with the environment variable {sweeps.MAX_POINTS_ENV}=N",
+            ),
+            source.value(("sweep",)),
+        )
+        errors.raise_if_any()
 
     raw_stages = doc.get("stages")
     if raw_stages is None:
@@ -273,8 +282,9 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
 
     plans = [_plan_point(point, entries, sweep, source, registry, errors) for point in sweeps.points(sweep)]
     tables, curves = _report(doc.get("report"), sweep, plans, source, errors)
+    formats = _formats(doc.get("report"), source, errors)
     errors.raise_if_any()
-    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves, repeats)
+    return Pipeline(name, description, file, text, doc, seed, device, budget, sweep, plans, tables, curves, repeats, formats, registry)
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,8 +344,8 @@ def _sweep(value: Any, source: SourceMap, errors: _Collector) -> dict[str, list[
                 source.value(("sweep", var)),
             )
             continue
-        labels = [sweeps.value_label(v) for v in values]
-        twice = sorted({label for label in labels if labels.count(label) > 1})
+        labels = Counter(sweeps.value_label(v) for v in values)
+        twice = sorted(label for label, n in labels.items() if n > 1)
         if twice:
             errors.add(
                 PipelineError(f"values of sweep variable {var!r} read the same in tables: {', '.join(repr(t) for t in twice)}", hint="give mapping values distinct `name:` fields"),
@@ -529,12 +539,29 @@ def _report(value: Any, sweep: dict, plans: list[PointPlan], source: SourceMap, 
         errors.add(PipelineError("`report:` must be a mapping with `tables:` and/or `curves:`"), source.value(("report",)))
         return [], []
     for key in value:
-        if key not in ("tables", "curves"):
-            errors.add(PipelineError(f"unknown report key {key!r}", hint=did_you_mean(str(key), ["tables", "curves"]) or "use tables or curves"), source.key(("report", key)))
+        if key not in ("tables", "curves", "formats"):
+            errors.add(PipelineError(f"unknown report key {key!r}", hint=did_you_mean(str(key), ["tables", "curves", "formats"]) or "use tables, curves or formats"), source.key(("report", key)))
     declared = {m for plan in plans for s in plan.stages for m in s.stage.metrics()}
     tables = [t for i, raw in enumerate(_list(value, "tables", source, errors)) if (t := _table(raw, ("report", "tables", i), sweep, declared, source, errors))]
     curves = [c for i, raw in enumerate(_list(value, "curves", source, errors)) if (c := _curve(raw, ("report", "curves", i), sweep, declared, source, errors))]
     return tables, curves
+
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def _formats(value: Any, source: SourceMap, errors: _Collector) -> tuple[str, ...]:
+    """`report.formats`: figure formats written beside the PNGs (svg, pdf)."""
+    if not isinstance(value, dict) or value.get("formats") is None:
+        return ()
+    formats = value["formats"]
+    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+        errors.add(PipelineError("`report.formats` must be a list of figure formats", hint="e.g. formats: [png, svg]"), source.value(("report", "formats")))
+        return ()
+    for i, f in enumerate(formats):
+        if f not in FIGURE_FORMATS:
+            errors.add(PipelineError(f"unknown figure format {f!r}", hint=did_you_mean(f, list(FIGURE_FORMATS)) or "use png, svg or pdf"), source.value(("report", "formats", i)))
+    return tuple(f for f in formats if f in FIGURE_FORMATS and f != "png")
 
 
 def _list(value: dict, key: str, source: SourceMap, errors: _Collector) -> list:

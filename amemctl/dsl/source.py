@@ -2,8 +2,11 @@
 
 Errors about a pipeline must name the file, line and column of the offending text, so the
 loader keeps a `SourceMap` from each path in the document (`("stages", 2, "score", "beta")`)
-to the place of its key and of its value. Only YAML's safe tags are accepted; duplicate
-keys, which YAML silently collapses, are an error.
+to the place of its key and of its value. Only YAML's safe tags are accepted (on lists and
+mappings too); duplicate keys, which YAML silently collapses, are an error. A small file must
+not take the machine down: nesting is bounded before the document is composed (PyYAML
+composes recursively), and the nodes built, aliases expanded included, are bounded too (an
+"alias bomb" of a few hundred bytes otherwise expands to gigabytes).
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ import yaml
 from amemctl.errors import Location, PipelineError
 
 Path_ = tuple[Any, ...]
+
+#: deepest nesting of lists and mappings a pipeline may have
+MAX_DEPTH = 64
+#: most values a pipeline document may hold once its aliases are expanded
+MAX_NODES = 250_000
+_PLAIN_TAGS = (yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG)
 
 
 @dataclass
@@ -49,10 +58,11 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     source = SourceMap(file)
     loader = yaml.SafeLoader(text)
     try:
+        _check_depth(text, file)
         node = loader.get_single_node()
         if node is None:
             return None, source
-        return _build(loader, node, (), source), source
+        return _build(loader, node, (), source, [0]), source
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
@@ -64,6 +74,8 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
         ) from None
     except yaml.YAMLError as exc:
         raise PipelineError(f"invalid YAML: {exc}", location=Location(file)) from None
+    except RecursionError:  # a backstop: _check_depth refuses deep nesting before this can happen
+        raise PipelineError(f"the YAML nests too deeply (more than {MAX_DEPTH} levels)", location=Location(file)) from None
     finally:
         loader.dispose()
 
@@ -85,12 +97,43 @@ def _where(file: str, node: yaml.Node) -> Location:
     return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, source: SourceMap) -> Any:
+def _check_depth(text: str, file: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the event stream, before anything recurses."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise PipelineError(
+                    f"the YAML nests more than {MAX_DEPTH} lists and mappings deep",
+                    hint="a pipeline needs a few levels; flatten this part",
+                    location=Location(file, event.start_mark.line + 1, event.start_mark.column + 1),
+                )
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, source: SourceMap, built: list[int]) -> Any:
+    built[0] += 1
+    if built[0] > MAX_NODES:
+        raise PipelineError(
+            f"the YAML holds more than {MAX_NODES:,} values once its aliases (*name) are expanded",
+            hint="a pipeline this large is almost certainly a mistake (or an alias bomb); write sweeps as lists of values",
+            location=_where(source.file, node),
+        )
     source.values[path] = _where(source.file, node)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+        raise PipelineError(
+            f"the YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed",
+            hint="pipelines are plain YAML: lists, mappings, strings, numbers, booleans and null",
+            location=_where(source.file, node),
+        )
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise PipelineError("mapping keys must be plain names, not lists or mappings", location=_where(source.file, key_node))
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise PipelineError(
@@ -103,8 +146,8 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, source: Source
                     location=_where(source.file, key_node),
                 )
             source.keys[path + (key,)] = _where(source.file, key_node)
-            out[key] = _build(loader, value_node, path + (key,), source)
+            out[key] = _build(loader, value_node, path + (key,), source, built)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, path + (i,), source) for i, item in enumerate(node.value)]
+        return [_build(loader, item, path + (i,), source, built) for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)

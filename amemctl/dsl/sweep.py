@@ -8,9 +8,15 @@ whole mapping of parameters); inside a longer string it is interpolated as text.
 from __future__ import annotations
 
 import itertools
+import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
+
+#: sweeps with more points than this are refused before any is expanded (environment AMEMCTL_MAX_POINTS)
+DEFAULT_MAX_POINTS = 10_000
+MAX_POINTS_ENV = "AMEMCTL_MAX_POINTS"
 
 REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\s*\}")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -72,6 +78,19 @@ def value_label(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def size(sweep: dict[str, list[Any]]) -> int:
+    """How many points the sweep has, computed without expanding it."""
+    return math.prod(len(values) for values in sweep.values())
+
+
+def max_points() -> int:
+    """The most points a sweep may have: AMEMCTL_MAX_POINTS, or DEFAULT_MAX_POINTS."""
+    try:
+        return int(os.environ.get(MAX_POINTS_ENV, DEFAULT_MAX_POINTS))
+    except ValueError:
+        return DEFAULT_MAX_POINTS
 
 
 def points(sweep: dict[str, list[Any]]) -> list[Point]:

@@ -17,7 +17,45 @@ from rich.table import Table
 from amemctl import figures
 from amemctl.dsl.pipeline import CurveSpec, Pipeline, TableSpec
 from amemctl.dsl.sweep import MissingField, Point, lookup, value_label
+from amemctl.engine.records import write_atomically
 from amemctl.engine.runner import PointResult, RunResult, environment
+
+#: what the common metrics mean, for figure titles and axes: name -> (description, lower, upper bound)
+METRICS: dict[str, tuple[str, float | None, float | None]] = {
+    "error_index": ("wrongly retrieved (nearest stored pattern is not the original)", 0.0, 1.0),
+    "error_pixels": ("not retrieved exactly (squared error above the threshold)", 0.0, 1.0),
+    "error_label": ("retrieved a pattern of another label", 0.0, 1.0),
+    "mse": ("mean squared error per value", 0.0, None),
+    "dam_test_accuracy": ("test accuracy", 0.0, 1.0),
+    "dam_train_accuracy": ("training accuracy", 0.0, 1.0),
+    "step_accuracy": ("recalls that reach the true associate", 0.0, 1.0),
+    "closed_chains": ("chains that close into a cycle", 0.0, 1.0),
+    "reconstruction_mse": ("reconstruction error (mean squared)", 0.0, None),
+}
+
+#: how common sweep variables read on an axis
+VARIABLES = {
+    "n": "patterns stored (n)",
+    "beta": "inverse temperature (beta)",
+    "variance": "noise variance",
+    "corruption.mean": "mean of the Gaussian noise",
+    "corruption.variance": "variance of the Gaussian noise",
+    "corruption.fraction": "fraction masked",
+    "fraction": "fraction masked",
+}
+
+
+def describe_metric(name: str) -> tuple[str, float | None, float | None]:
+    """A metric's description and bounds; an evaluate `prefix` is kept in front; unknown metrics read as their name."""
+    for known, (text, low, high) in METRICS.items():
+        if name == known or name.endswith(known) and not name.startswith("seconds."):
+            prefix = name[: len(name) - len(known)].strip("_. ")
+            return (f"{prefix}: {text}" if prefix else text), low, high
+    return name, None, None
+
+
+def describe_variable(reference: str) -> str:
+    return VARIABLES.get(reference, reference.replace(".", " "))
 
 
 @dataclass
@@ -30,6 +68,14 @@ class Grid:
     rows: list[tuple[tuple[str, ...], list[float | None]]]
     format: str
     spread: dict[tuple[tuple[str, ...], str], float] | None = None  #: (row, column) -> std over repeats
+    column_name: str | None = None  #: the sweep variable across the columns
+
+    def headers(self) -> list[str]:
+        """Row-variable names, the last one naming the column variable too (`similarity \\ separation`)."""
+        names = list(self.row_names)
+        if self.column_name and names:
+            names[-1] = f"{names[-1]} \\ {self.column_name}"
+        return names
 
 
 def write_inputs(run_dir: Path, pipeline: Pipeline, device: torch.device) -> None:
@@ -41,9 +87,11 @@ def write_inputs(run_dir: Path, pipeline: Pipeline, device: torch.device) -> Non
 
 
 def write_outputs(run: RunResult, console: Console) -> None:
-    """metrics.json, the tables (printed and in report.md), curves and sweep overviews."""
+    """metrics.json, metrics.csv, the tables (printed and in report.md), curves and sweep overviews."""
     pipeline = run.pipeline
-    (run.run_dir / "metrics.json").write_text(json.dumps(_metrics_document(run), indent=2) + "\n")
+    document = _metrics_document(run)
+    write_atomically(run.run_dir / "metrics.json", json.dumps(document, indent=2, default=str) + "\n")
+    write_csv(rows_of(document), run.run_dir / "metrics.csv")
     grids = [grid for spec in pipeline.tables for grid in build_grids(spec, run.points)]
     curve_paths = [path for spec in pipeline.curves for path in _write_curves(spec, run)]
     overviews = _write_example_figures(run)
@@ -60,11 +108,14 @@ def _metrics_document(run: RunResult) -> dict[str, Any]:
     return {
         "pipeline": run.pipeline.name,
         "status": run.status,
+        **({"error": run.error} if run.error else {}),
         "device": str(run.device),
         "points": [
             {
                 "index": p.point.index,
                 "sweep": {k: value_label(v) for k, v in p.point.values.items()},
+                "values": p.point.values,
+                "seeds": p.seeds,
                 "metrics": p.metrics,
                 "repeats": p.repeats,
                 "figures": [str(f.relative_to(run.run_dir)) for f in p.figures],
@@ -72,6 +123,90 @@ def _metrics_document(run: RunResult) -> dict[str, Any]:
             for p in run.points
         ],
     }
+
+
+def rows_of(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per sweep point and repeat, from a metrics.json document: a DataFrame-ready table.
+
+    Columns: `point` (its index), `repeat`, `seed`, each sweep variable (its value when a
+    scalar, else its label as tables show it, with `var.field` columns for a mapping's
+    scalar fields), then the metrics of that repeat (means with `.std` columns for runs
+    written before seeds were recorded).
+    """
+    rows: list[tuple[dict[str, Any], dict[str, float]]] = []
+    for p in document.get("points", []):
+        sweep: dict[str, Any] = {}
+        values = p.get("values")
+        for name, label in p.get("sweep", {}).items():
+            value = values.get(name, label) if isinstance(values, dict) else label
+            if isinstance(value, dict):
+                sweep[name] = label
+                sweep.update({f"{name}.{k}": v for k, v in value.items() if _scalar(v)})
+            else:
+                sweep[name] = value if _scalar(value) else label
+        repeats = p.get("repeats") or [p.get("metrics", {})]
+        seeds = p.get("seeds") or []
+        for r, metrics in enumerate(repeats):
+            rows.append(({"point": p.get("index"), "repeat": r, "seed": seeds[r] if r < len(seeds) else None, **sweep}, metrics))
+    columns: list[str] = []  # every row gets every sweep column, so they come before the metrics
+    for head, _ in rows:
+        columns += [c for c in head if c not in columns]
+    return [{**{c: head.get(c) for c in columns}, **metrics} for head, metrics in rows]
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """The rows as CSV, columns in order of first appearance (empty where a row lacks one)."""
+    import csv
+    import io
+
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, buffer.getvalue())
+
+
+def results(run: "str | Path | RunResult", **options: Any) -> list[dict[str, Any]]:
+    """The results of a run as a table: a list of rows (dicts), one per sweep point and repeat.
+
+    `run` is a RunResult, a run folder (runs/<pipeline>/<stamp>), or a pipeline file
+    (.yaml), which is then run first (`options`: overrides=[...], out_root, device,
+    progress; see run_file). `pandas.DataFrame(rows)` makes a DataFrame of it; see rows_of
+    for the columns.
+    """
+    from amemctl.errors import AmemctlError
+
+    if isinstance(run, (str, Path)) and Path(run).suffix in (".yaml", ".yml") and Path(run).is_file():
+        run = run_file(run, **options)
+    if isinstance(run, RunResult):
+        return rows_of(_metrics_document(run))
+    path = Path(run)
+    path = path / "metrics.json" if path.is_dir() else path
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AmemctlError(f"no metrics.json at {path}", hint="give a run folder, runs/<pipeline>/<stamp>") from None
+    except (OSError, ValueError) as exc:
+        raise AmemctlError(f"cannot read {path}: {exc}") from None
+    return rows_of(document)
+
+
+def run_file(
+    path: "str | Path", overrides: "list[str] | None" = None, *, out_root: "str | Path" = "runs", device: str | None = None, progress: bool = False
+) -> RunResult:
+    """Check and run the pipeline file at `path` (a notebook's `amemctl run`); returns the RunResult."""
+    from amemctl.dsl.pipeline import load_pipeline
+    from amemctl.engine.runner import run_pipeline
+
+    pipeline = load_pipeline(path, list(overrides or []))
+    return run_pipeline(pipeline, out_root=out_root, device=device, progress=progress, overrides=list(overrides or []), command=[])
 
 
 def axis_label(point: Point, reference: str) -> str | None:
@@ -115,7 +250,7 @@ def build_grids(spec: TableSpec, points: list[PointResult]) -> list[Grid]:
             title += f" ({spec.reduce} over the other sweep variables)"
         rows = [(row, [_reduce(values.get(c), spec.reduce) for c in columns]) for row, values in cells.items()]
         single = {k: v[0] for k, v in spread.items() if len(v) == 1}  # a std is shown only for one point per cell
-        grids.append(Grid(title, list(spec.rows) or ["metric"], columns, rows, spec.format, single or None))
+        grids.append(Grid(title, list(spec.rows) or ["metric"], columns, rows, spec.format, single or None, spec.columns))
     return grids
 
 
@@ -152,7 +287,7 @@ def _unit(fmt: str) -> str:
 
 def _rich_table(grid: Grid) -> Table:
     table = Table(title=grid.title + _unit(grid.format), title_justify="left")
-    for name in grid.row_names:
+    for name in grid.headers():
         table.add_column(name, style="bold", overflow="fold")
     for column in grid.columns:
         table.add_column(column, justify="right", overflow="fold")
@@ -162,7 +297,7 @@ def _rich_table(grid: Grid) -> Table:
 
 
 def markdown_table(grid: Grid) -> str:
-    head = [*grid.row_names, *grid.columns]
+    head = [*grid.headers(), *grid.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(grid.row_names) + ["---:"] * len(grid.columns)) + "|"]
     for row, values in grid.rows:
         lines.append("| " + " | ".join([*row, *(cell(grid, row, c, v) for c, v in zip(grid.columns, values))]) + " |")
@@ -187,57 +322,117 @@ def _write_curves(spec: CurveSpec, run: RunResult) -> list[Path]:
             errs.append(p.metrics.get(f"{spec.metric}.std", 0.0))
         if not series:
             continue
-        title = spec.title + (" (" + ", ".join(f"{k}={v}" for k, v in others) + ")" if others else "")
+        description, low, high = describe_metric(spec.metric)
+        base = spec.title if spec.title != spec.metric else description
+        title = base + ("\n(" + ", ".join(f"{k}={v}" for k, v in others) + ")" if others else "")
         stem = "".join(ch if ch.isalnum() else "-" for ch in f"{spec.metric}-vs-{spec.x}") + (f"-{n}" if len(groups) > 1 else "")
+        fraction = (low, high) == (0.0, 1.0)
         paths.append(
             figures.curves(
                 series,
                 run.run_dir / "figures" / f"curve-{stem}.png",
                 title=title,
-                xlabel=spec.x,
-                ylabel=spec.metric,
+                xlabel=describe_variable(spec.x),
+                ylabel=description if len(description) <= 40 else spec.metric,
                 log_x=spec.log_x,
-                percent="error" in spec.metric,
+                percent=fraction,
+                bounds=(low, high),
+                legend_title=", ".join(spec.series) or None,
             )
         )
     return paths
 
 
 def _write_example_figures(run: RunResult) -> list[Path]:
-    """figures/<figure>.png for each figure the points showed examples in.
+    """figures/<figure>[-<condition>][-<part>].png for each figure the points showed examples in.
 
     A row several points share (the same originals, the same queries, or retrievals that
-    came out identical) is drawn once, labelled with the sweep values those points share.
+    came out identical) is drawn once, labelled with the sweep values of the points it
+    stands for. A figure of more than figures.MAX_ROWS rows is split by the sweep variable
+    that keeps the parts smallest (one figure per corruption, say), then into parts, so
+    every figure fits a screen at 100 % zoom; its title says which condition it shows.
     """
     names: list[str] = []
     for p in run.points:
         names += [n for n in p.examples if n not in names]
     paths = []
     for figure in names:
-        clusters: list[tuple[str, Any, list[PointResult]]] = []
+        clusters: list[tuple[tuple, list[PointResult]]] = []
         for p in run.points:
-            for label, images in p.examples.get(figure, []):
-                same = next((c for c in clusters if c[0] == label and _same(c[1], images)), None)
+            for entry in p.examples.get(figure, []):
+                same = next((c for c in clusters if c[0][0] == entry[0] and _same(c[0][1], entry[1])), None)
                 if same is not None:
-                    same[2].append(p)
+                    same[1].append(p)
                 else:
-                    clusters.append((label, images, [p]))
-        rows = [(_row_label(label, members, run), images) for label, images, members in clusters]
-        paths.append(figures.image_grid(rows, run.run_dir / "figures" / f"{figure}.png", title=run.pipeline.name))
+                    clusters.append((tuple(entry), [p]))
+        pages = _pages(clusters, [p for p in run.points if figure in p.examples])
+        for n, (condition, group, rows) in enumerate(pages):
+            entries = [(_row_label(entry[0], members, group, condition), *entry[1:]) for entry, members in rows]
+            title = run.pipeline.name + (f": {figure}" if figure != "retrievals" else "") + (f" ({', '.join(condition)})" if condition else "")
+            if len(pages) > 1:
+                title += f" [{n + 1}/{len(pages)}]"
+            stem = figure if len(pages) == 1 else f"{figure}-{n + 1:02d}" + ("-" + _slug(condition) if condition else "")
+            paths.append(figures.image_grid(entries, run.run_dir / "figures" / f"{stem}.png", title=title))
     return paths
+
+
+def _pages(clusters: list, points: list[PointResult]) -> list[tuple[list[str], list[PointResult], list]]:
+    """(condition, its points, its rows) per figure, each at most figures.MAX_ROWS rows."""
+    limit = figures.MAX_ROWS
+    split: list[tuple[list[str], list[PointResult]]] = [([], points)]
+    if len(clusters) > limit and points:
+        best = None
+        for var in points[0].point.values:
+            values = list(dict.fromkeys(value_label(p.point.values[var]) for p in points))
+            if len(values) < 2:
+                continue
+            groups = [([f"{var}={v}"], [p for p in points if value_label(p.point.values[var]) == v]) for v in values]
+            worst = max(len(_rows_of(clusters, g)) for _, g in groups)
+            if best is None or worst < best[0]:
+                best = (worst, groups)
+        if best is not None and best[0] < len(clusters):
+            split = best[1]
+    pages = []
+    for condition, group in split:
+        rows = _rows_of(clusters, group)
+        common = [r for r in rows if len(r[1]) == len(group) and len(group) > 1 and r[0][0] == "original"]
+        rest = [r for r in rows if r not in common]
+        size = max(1, limit - len(common))
+        for start in range(0, max(len(rest), 1), size):
+            pages.append((condition, group, common + rest[start : start + size]))
+    return pages
+
+
+def _rows_of(clusters: list, group: list[PointResult]) -> list:
+    ids = {id(p) for p in group}
+    return [(entry, [m for m in members if id(m) in ids]) for entry, members in clusters if any(id(m) in ids for m in members)]
+
+
+def _slug(condition: list[str]) -> str:
+    return "".join(ch if ch.isalnum() or ch in ".=" else "-" for ch in "_".join(condition))[:60].strip("-")
 
 
 def _same(a: Any, b: Any) -> bool:
     return a.shape == b.shape and torch.equal(a, b)
 
 
-def _row_label(label: str, members: list[PointResult], run: RunResult) -> str:
-    if len(members) == len(run.points):
+def _row_label(label: str, members: list[PointResult], group: list[PointResult], condition: list[str]) -> str:
+    """The row's label, under it the sweep values of the points it stands for (those that vary in its figure)."""
+    if len(members) == len(group):
         return label
-    first = members[0].point.values
-    shared = [value_label(first[k]) for k in first if all(value_label(m.point.values[k]) == value_label(first[k]) for m in members)]
-    alike = f" ({len(members)} points alike)" if len(members) > 1 else ""
-    return label + "\n" + ", ".join(shared) + alike
+    fixed = {c.split("=", 1)[0] for c in condition}
+    varying = [k for k in group[0].point.values if k not in fixed and len({value_label(p.point.values[k]) for p in group}) > 1]
+    parts = []
+    for k in varying:
+        values = list(dict.fromkeys(value_label(m.point.values[k]) for m in members))
+        parts.append(f"{k}={'|'.join(values)}")
+    return label + "\n" + _wrap(", ".join(parts))
+
+
+def _wrap(text: str, width: int = 34) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def _markdown(run: RunResult, grids: list[Grid], curve_paths: list[Path], overviews: list[Path]) -> str:

@@ -10,24 +10,31 @@ is what makes that reuse exact.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import platform
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from amemctl import figures
+from amemctl.context import Context
 from amemctl.dsl.pipeline import Pipeline
 from amemctl.dsl.sweep import Point
-from amemctl.engine.context import Context
 from amemctl.engine.plan import Step, plan_steps
-from amemctl.errors import AmemctlError, DeviceError
+from amemctl.engine.records import TRACEBACK, Interrupted, RunRecord, read_record, status_of
+from amemctl.errors import AmemctlError, DeviceError, StageCrash
 
 
 @dataclass
@@ -40,6 +47,7 @@ class PointResult:
     examples: dict[str, list] = field(default_factory=dict)
     notes: list[tuple[str, str]] = field(default_factory=list)
     repeats: list[dict[str, float]] = field(default_factory=list)  #: each repeat's metrics, when repeated
+    seeds: list[int] = field(default_factory=list)  #: the seed of each repeat (one seed when not repeated)
 
 
 @dataclass
@@ -51,6 +59,7 @@ class RunResult:
     device: torch.device
     points: list[PointResult]
     status: str = "ok"
+    error: str | None = None  #: what stopped a failed run, as the CLI prints it
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -84,22 +93,44 @@ def run_pipeline(
     console: Console | None = None,
     progress: bool = True,
     group: object = None,
+    overrides: "list[str] | tuple[str, ...]" = (),
+    command: list[str] | None = None,
+    resume: "str | Path | None" = None,
 ) -> RunResult:
     """Run every sweep point of `pipeline` and write its run folder; see the module docstring.
 
     With a torch.distributed `group`, retrievals are split across its ranks (amemctl.launch).
+    `overrides` and `command` are recorded in run.json. With `resume`, the run continues in
+    that run folder: every (point, repeat) whose result is saved there under the same
+    resolved configuration is reused, not recomputed.
     """
     from amemctl.engine import results
 
     console = console or Console()
     torch_device = resolve_device(device or pipeline.device)
-    run_dir = new_run_dir(Path(out_root), pipeline.name)
+    previous = None
+    if resume is not None:
+        run_dir = Path(resume)
+        previous = _resumable(run_dir)
+    else:
+        run_dir = new_run_dir(Path(out_root), pipeline.name)
     results.write_inputs(run_dir, pipeline, torch_device)
     planned = [(plan.point, plan_steps(plan.stages)) for plan in pipeline.plans]
     # Each repeat is a run of its own with the next seed; repeats of a point run back to back.
     runs = [(point, steps, r) for point, steps in planned for r in range(pipeline.repeats)]
+    keys = [point_key(pipeline.seed + r, steps) for _, steps, r in runs]
     cache = _PrefixCache([[f"seed={pipeline.seed + r}", *[s.key for s in steps]] for _, steps, r in runs])
     run = RunResult(pipeline, run_dir, torch_device, [])
+    record = RunRecord.start(
+        run_dir,
+        pipeline=pipeline.name,
+        file=pipeline.file,
+        overrides=list(overrides),
+        command=command,
+        points=len(runs),
+        headline={"metric": pipeline.tables[0].metric, "format": pipeline.tables[0].format} if pipeline.tables else None,
+        previous=previous,
+    )
     bar = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -110,23 +141,149 @@ def run_pipeline(
         disable=not progress,
         transient=True,
     )
+    log = _LogLines(console, len(runs)) if progress and not console.is_terminal else None
+    if log is not None:
+        log.line(f"{pipeline.name}: {len(runs)} sweep point(s) x repeat(s), run folder {run_dir}")
+    error: BaseException | None = None
+    formats = figures.extra_formats(pipeline.formats)
+    formats.__enter__()  # every figure of the run, the stages' and the report's, in these formats too
     try:
-        with bar:
+        with bar, _sigterm_interrupts():
             sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
             done: list[PointResult] = []
+            reused = 0
             for i, (point, steps, r) in enumerate(runs):
-                done.append(_run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, i, pipeline.seed + r, group))
+                seed = pipeline.seed + r
+                result = load_point(run_dir, keys[i], point) if previous is not None else None
+                was_reused = result is not None
+                if result is None:
+                    result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, i, seed, group)
+                    save_point(run_dir, keys[i], result, seed)
+                reused += was_reused
+                done.append(result)
                 cache.release(i)
                 bar.advance(sweep_task)
+                record.progress(i + 1, reused)
+                if log is not None:
+                    log.point(i, point.label() + (f" (repeat {r + 1})" if pipeline.repeats > 1 else ""), reused=was_reused)
                 if r == pipeline.repeats - 1:
                     run.points.append(combine(done))
                     done = []
-    except BaseException:
-        run.status = "failed"
+    except BaseException as exc:
+        error = exc
+        run.status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
+        if isinstance(exc, AmemctlError):
+            run.error = exc.render()
         raise
     finally:
-        results.write_outputs(run, console)
+        try:
+            results.write_outputs(run, console)
+        except BaseException as exc:
+            error = error or exc
+            raise
+        finally:
+            formats.__exit__(None, None, None)
+            record.finish(error)
     return run
+
+
+def _resumable(run_dir: Path) -> dict[str, Any]:
+    """The record of a run folder that may be resumed: one that exists and is not running now."""
+    if not (run_dir / "pipeline.yaml").is_file():
+        raise AmemctlError(f"{run_dir} is not a run folder (it has no pipeline.yaml)", hint="give a folder under runs/<pipeline>/, e.g. from `amemctl runs ls`")
+    previous = read_record(run_dir) or {}
+    if status_of(previous) == "running":
+        raise AmemctlError(f"run {run_dir} is still running (pid {previous.get('pid')} on {previous.get('host')})", hint="wait for it to end, or stop that process first")
+    return previous
+
+
+def point_key(seed: int, steps: list[Step]) -> str:
+    """The identity of one (point, repeat): its seed and every step's resolved configuration."""
+    text = json.dumps([seed, [s.key for s in steps]])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+POINT_FORMAT = "amemctl-point"
+
+
+def save_point(run_dir: Path, key: str, result: PointResult, seed: int) -> None:
+    """points/<key>.pt: what a finished (point, repeat) produced, so a resumed run reuses it."""
+    from amemctl.models.encoders import save_atomically
+
+    payload = {
+        "format": POINT_FORMAT,
+        "key": key,
+        "seed": seed,
+        "metrics": dict(result.metrics),
+        "examples": {name: [tuple(row) for row in rows] for name, rows in result.examples.items()},
+        "notes": [list(n) for n in result.notes],
+        "figures": [str(f.relative_to(run_dir)) if f.is_relative_to(run_dir) else str(f) for f in result.figures],
+    }
+    save_atomically(payload, run_dir / "points" / f"{key}.pt")
+
+
+def load_point(run_dir: Path, key: str, point: Point) -> PointResult | None:
+    """A saved (point, repeat) result, or None when absent or unreadable (then it is recomputed)."""
+    path = run_dir / "points" / f"{key}.pt"
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # damaged: recompute rather than trust it
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != POINT_FORMAT or payload.get("key") != key:
+        return None
+    examples = {name: [(str(row[0]), *row[1:]) for row in rows] for name, rows in payload["examples"].items()}
+    notes = [(str(t), str(m)) for t, m in payload["notes"]]
+    figures = [run_dir / f for f in payload["figures"]]
+    return PointResult(point, dict(payload["metrics"]), figures, examples, notes, seeds=[int(payload["seed"])])
+
+
+class _LogLines:
+    """Plain progress lines for logs (stdout not a terminal): one per finished point, with the ETA."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console, self.total = console, total
+        self.start = time.perf_counter()
+        self.computed = 0
+        self.computed_seconds = 0.0
+        self.last = self.start
+
+    def line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def point(self, i: int, label: str, reused: bool) -> None:
+        now = time.perf_counter()
+        took, self.last = now - self.last, now
+        if not reused:
+            self.computed += 1
+            self.computed_seconds += took
+        left = self.total - i - 1
+        eta = _clock(self.computed_seconds / self.computed * left) if self.computed else "?"
+        how = "reused" if reused else f"{took:.1f}s"
+        self.line(f"[{i + 1}/{self.total}] {label}: {how}; elapsed {_clock(now - self.start)}, ETA {eta}")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While running, SIGTERM (a scheduler's stop) ends the run as interrupted, with its record."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Interrupted(f"stopped by signal {signal.Signals(signum).name}")
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _run_point(
@@ -141,7 +298,7 @@ def _run_point(
     seed: int,
     group: object = None,
 ) -> PointResult:
-    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None, group=group)
+    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None, group=group, registry=pipeline.registry)
     ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=seed)
     first = cache.restore(slot, ctx)
     task = bar.add_task(point.label(), total=len(steps), completed=first)
@@ -157,12 +314,26 @@ def _run_point(
                 torch.cuda.synchronize(device)
         except AmemctlError as exc:
             exc.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {exc.message}"
-            raise exc.at(step.parts[0].location)
+            raise exc.at(step.parts[0].location)  # noqa: B904 (the same error, located)
+        except Exception as exc:  # a bug in the stage: one message, the traceback in the run folder
+            raise _crash(exc, step, point, pipeline, run_dir) from exc
         ctx.metrics[f"seconds.{step.name}"] = time.perf_counter() - start
         cache.store(slot, j, ctx)
         bar.advance(task)
     bar.remove_task(task)
-    return PointResult(point, dict(ctx.metrics), list(ctx.figures), dict(ctx.examples), list(ctx.notes))
+    return PointResult(point, dict(ctx.metrics), list(ctx.figures), dict(ctx.examples), list(ctx.notes), seeds=[seed])
+
+
+def _crash(exc: Exception, step: Step, point: Point, pipeline: Pipeline, run_dir: Path) -> StageCrash:
+    """A StageCrash naming the stage, its package and pipeline line (the run record saves its traceback)."""
+    stage = step.parts[0].stage
+    package = pipeline.registry.package_of("stages", stage.name) if pipeline.registry is not None else "?"
+    blame = "amemctl (please report it)" if package == "amemctl" else f"the plugin package {package}"
+    return StageCrash(
+        f"stage {stage.name!r} (package {package}) crashed ({point.label()}): {type(exc).__name__}: {exc}",
+        hint=f"a bug in {blame}, not in the pipeline; the traceback is in {run_dir / TRACEBACK}",
+        location=step.parts[0].location,
+    )
 
 
 def _seed_globals(seed: int) -> None:
@@ -177,13 +348,14 @@ def combine(repeats: list[PointResult]) -> PointResult:
     first = repeats[0]
     if len(repeats) == 1:
         return first
+    seeds = [s for r in repeats for s in r.seeds]
     metrics: dict[str, float] = {}
     for name in first.metrics:
         values = [r.metrics[name] for r in repeats if name in r.metrics]
         metrics[name] = float(np.mean(values))
         metrics[f"{name}.std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     figures = list(dict.fromkeys(f for r in repeats for f in r.figures))
-    return PointResult(first.point, metrics, figures, first.examples, first.notes, [r.metrics for r in repeats])
+    return PointResult(first.point, metrics, figures, first.examples, first.notes, [r.metrics for r in repeats], seeds)
 
 
 class _PrefixCache:

@@ -112,7 +112,7 @@ class Autoencoder:
         n = len(images)
         out = torch.empty(n, self.code, device=device)
         for start in range(0, n, batch_size):
-            index = torch.arange(start, min(start + batch_size, n))
+            index = torch.arange(start, min(start + batch_size, n), device=images.device if isinstance(images, Tensor) else None)  # no H2D copy (a sync) per batch
             out[start : start + len(index)] = encoder(take(images, index).to(device, torch.float32))
         return out
 
@@ -148,15 +148,46 @@ def save_autoencoder(module: nn.Module, path: "str | Path", kind: str, input_sha
 
 
 def load_autoencoder(path: "str | Path") -> Autoencoder:
+    """The autoencoder in an amemctl checkpoint; its metadata is checked before anything is allocated."""
+    from amemctl.models.encoders import _load_state
+
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DataError(f"no autoencoder checkpoint at {path}") from None
     except Exception as exc:
-        raise DataError(f"{path} is not a tensor file that loads safely: {type(exc).__name__}") from None
+        raise DataError(f"{path} is not a tensor file that loads safely: {type(exc).__name__}", hint="write one with the train-autoencoder stage") from None
     if not isinstance(payload, dict) or payload.get("format") != AUTOENCODER_FORMAT:
         raise DataError(f"{path} is not an amemctl autoencoder checkpoint", hint="write one with the train-autoencoder stage")
-    module = build_autoencoder(payload["kind"], tuple(payload["input_shape"]), payload["hidden"], payload["code"])
-    module.load_state_dict(payload["state_dict"])
-    return Autoencoder(module, payload["kind"], tuple(payload["input_shape"]), list(payload["hidden"]), int(payload["code"]), file_sha256(path))
+    kind, input_shape, hidden, code = _metadata(payload, path)
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise DataError(f"{path} holds no state dict of tensors", hint="write one with the train-autoencoder stage")
+    with torch.device("meta"):  # shapes only: metadata asking for a huge layer allocates nothing
+        shapes = build_autoencoder(kind, input_shape, hidden, code)
+    _load_state(shapes, state, str(path), assign=False)
+    module = build_autoencoder(kind, input_shape, hidden, code)
+    _load_state(module, state, str(path))
+    return Autoencoder(module, kind, input_shape, hidden, code, file_sha256(path))
+
+
+def _metadata(payload: dict, path: Path) -> tuple[str, tuple[int, ...], list[int], int]:
+    """kind, input_shape, hidden and code from a checkpoint, each checked to be what it must be."""
+
+    def positive_ints(value: Any) -> bool:
+        return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+
+    kind, input_shape, hidden, code = (payload.get(k) for k in ("kind", "input_shape", "hidden", "code"))
+    problems = []
+    if kind not in KINDS:
+        problems.append(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if not positive_ints(input_shape) or not 1 <= len(input_shape) <= 4:
+        problems.append(f"input_shape {input_shape!r} is not 1 to 4 positive integers")
+    if not positive_ints(hidden):
+        problems.append(f"hidden {hidden!r} is not a list of positive integers")
+    if not (isinstance(code, int) and not isinstance(code, bool) and code > 0):
+        problems.append(f"code {code!r} is not a positive integer")
+    if problems:
+        raise DataError(f"{path} has damaged metadata: {'; '.join(problems)}", hint="write the checkpoint again with the train-autoencoder stage")
+    return kind, tuple(input_shape), list(hidden), code

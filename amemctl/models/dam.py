@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from amemctl.core import random
+
 
 class DenseAssociativeMemory(nn.Module):
     """K memories over `visible` + `classes` neurons, with energy F of order n at temperature T."""
@@ -26,7 +28,7 @@ class DenseAssociativeMemory(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         # the paper's initialisation: normal with mean -0.3 and standard deviation 0.3
-        self.xi = nn.Parameter((-0.3 + 0.3 * torch.randn(memories, visible + classes, generator=generator)).clamp(-1, 1))
+        self.xi = nn.Parameter((-0.3 + 0.3 * random.randn((memories, visible + classes), generator)).clamp(-1, 1))
         self.visible, self.classes, self.n, self.rectified = visible, classes, n, rectified
         self.temperature = 1.0
 
@@ -76,6 +78,8 @@ def train_dam(
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
     track=None,
+    checkpoint=None,
+    on_epoch=None,
 ) -> tuple[DenseAssociativeMemory, list[float]]:
     """Minimise sum_alpha (c_alpha - t_alpha)^(2 power) with the paper's normalised momentum updates.
 
@@ -83,20 +87,30 @@ def train_dam(
 
     Without a temperature, T is the 99th percentile of the initial inputs b: the most excited
     memories start near the knee of F, so gradients flow at every order n.
+
+    With a `checkpoint` (amemctl.training.checkpoints.TrainingCheckpoint), training saves
+    its state as it goes and resumes from it; `on_epoch` hears (epoch, loss) after each epoch.
     """
     v = bipolar(images).to(device)
     targets = -torch.ones(len(labels), classes, device=device)
-    targets[torch.arange(len(labels)), labels.to(device)] = 1
+    targets[torch.arange(len(labels), device=device), labels.to(device)] = 1
     model = DenseAssociativeMemory(v.shape[1], classes, memories, n, rectified, seed).to(device)
     with torch.no_grad():
         model.temperature = float(temperature) if temperature else float(model.inputs(v[:2000]).quantile(0.99).clamp_min(1e-3))
     velocity = torch.zeros_like(model.xi)
-    losses = []
-    epoch_range = range(epochs)
-    for epoch in track(epoch_range, epochs, f"dam n={n:g}") if track else epoch_range:
-        order = torch.randperm(len(v), generator=torch.Generator().manual_seed(seed * 101 + epoch)).to(device)
+    losses: list[float] = []
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        with torch.no_grad():
+            model.xi.copy_(saved["xi"])
+            velocity.copy_(saved["velocity"])
+        model.temperature = float(saved["temperature"])
+        losses = list(saved["losses"])
+    epoch_range = range(len(losses), epochs)
+    for epoch in track(epoch_range, len(epoch_range), f"dam n={n:g}") if track else epoch_range:
+        order = random.randperm(len(v), torch.Generator().manual_seed(seed * 101 + epoch), device=device)
         rate = lr * decay**epoch
-        total = 0.0
+        total = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per step
         for start in range(0, len(v), batch_size):
             idx = order[start : start + batch_size]
             loss = (model(v[idx]) - targets[idx]).pow(2 * power).sum(1).mean()
@@ -109,8 +123,13 @@ def train_dam(
                 velocity.mul_(momentum).add_(grad)
                 model.xi.sub_(rate * velocity)
             model.clip()
-            total += loss.item() * len(idx)
-        losses.append(total / len(v))
+            total += loss.detach() * len(idx)
+        losses.append(total.item() / len(v))
+        if checkpoint is not None:
+            state = {"xi": model.xi.detach().cpu().clone(), "velocity": velocity.cpu().clone(), "temperature": model.temperature, "losses": losses}
+            checkpoint.save(epoch + 1, state, last=epoch + 1 == epochs)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, losses[-1])
     return model, losses
 
 

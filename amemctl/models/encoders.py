@@ -128,10 +128,12 @@ class Encoder:
     weights: str  #: random(seed=...), torchvision:<enum>, checkpoint:<path>, simclr:<path>
     weights_sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the embedding width of an architecture that is not built in (a plugin's)
+    width: int | None = None
 
     @property
     def dim(self) -> int:
-        return ARCHITECTURES[self.arch]
+        return self.width if self.width is not None else ARCHITECTURES[self.arch]
 
     def identity(self) -> dict[str, Any]:
         """What makes two embedding spaces the same: compared field by field against stored keys."""
@@ -179,7 +181,7 @@ class Encoder:
         steps = track(starts, len(starts), f"embed {self.arch}") if track else starts
         out = torch.empty(n, self.dim, device=device)
         for start in steps:
-            index = torch.arange(start, min(start + batch_size, n))
+            index = torch.arange(start, min(start + batch_size, n), device=images.device if isinstance(images, Tensor) else None)  # no H2D copy (a sync) per batch
             batch = self.preprocessing(take(images, index).to(device, torch.float32))
             if device.type == "cuda":
                 batch = batch.contiguous(memory_format=torch.channels_last)
@@ -205,12 +207,17 @@ def file_sha256(path: "str | Path") -> str:
     return digest.hexdigest()
 
 
-def random_encoder(arch: str, cifar_stem: bool, preprocessing: Preprocessing, seed: int = 0) -> Encoder:
-    """A randomly initialised encoder (tests, baselines); the seed fixes its weights and identity."""
+def random_encoder(arch: str, cifar_stem: bool, preprocessing: Preprocessing, seed: int = 0, architecture: Any = None) -> Encoder:
+    """A randomly initialised encoder (tests, baselines); the seed fixes its weights and identity.
+
+    `architecture` builds an architecture that is not built in: `architecture(cifar_stem)` is
+    the module, `architecture.width` its embedding width (a plugin's EncoderArchitecture).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = build(arch, cifar_stem)
-    return Encoder(module, arch, cifar_stem, preprocessing, f"random(seed={seed})", state_sha256(module.state_dict()))
+        module = architecture(cifar_stem) if architecture is not None else build(arch, cifar_stem)
+    width = architecture.width if architecture is not None else None
+    return Encoder(module, arch, cifar_stem, preprocessing, f"random(seed={seed})", state_sha256(module.state_dict()), width=width)
 
 
 def torchvision_encoder(arch: str, weights: str, preprocessing: Preprocessing) -> Encoder:
@@ -230,7 +237,7 @@ def torchvision_encoder(arch: str, weights: str, preprocessing: Preprocessing) -
     return Encoder(module, arch, False, preprocessing, f"torchvision:{weights}", state_sha256(state))
 
 
-def checkpoint_encoder(path: "str | Path", arch: str | None, cifar_stem: bool | None, preprocessing: Preprocessing | None) -> Encoder:
+def checkpoint_encoder(path: "str | Path", arch: str | None, cifar_stem: bool | None, preprocessing: Preprocessing | None, architecture: Any = None) -> Encoder:
     """An encoder from a local checkpoint: amemctl's own format, or a plain (torchvision-style) state dict.
 
     amemctl checkpoints carry their architecture, stem and preprocessing; for plain state
@@ -242,13 +249,18 @@ def checkpoint_encoder(path: "str | Path", arch: str | None, cifar_stem: bool | 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a zip/pickle torch file, or one holding arbitrary objects
-        raise DataError(f"{path} is not a PyTorch tensor file that can be loaded safely: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", hint="checkpoints are loaded with weights_only=True: save plain state dicts") from None
+        raise DataError(f"{path} is not a PyTorch tensor file that can be loaded safely: {type(exc).__name__}: {(str(exc).splitlines() or ['(no detail)'])[0][:200]}", hint="checkpoints are loaded with weights_only=True: save plain state dicts") from None
     if isinstance(payload, dict) and payload.get("format") == ENCODER_FORMAT:
         if arch is not None and arch != payload["arch"]:
             raise DataError(f"{path} holds a {payload['arch']} encoder, not {arch}", hint=f"set arch: {payload['arch']}, or leave arch out")
-        arch, cifar_stem = payload["arch"], bool(payload["cifar_stem"])
-        preprocessing = preprocessing or Preprocessing(**payload["preprocessing"])
-        state = payload["state_dict"]
+        try:
+            arch, cifar_stem = payload["arch"], bool(payload["cifar_stem"])
+            preprocessing = preprocessing or Preprocessing(**payload["preprocessing"])
+            state = payload["state_dict"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path} is an amemctl encoder checkpoint with damaged metadata ({type(exc).__name__}: {exc})", hint="write it again with train-simclr") from None
+        if arch not in ARCHITECTURES or not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise DataError(f"{path} is an amemctl encoder checkpoint with damaged metadata (arch {arch!r} or its state dict)", hint="write it again with train-simclr")
     else:
         state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -257,12 +269,14 @@ def checkpoint_encoder(path: "str | Path", arch: str | None, cifar_stem: bool | 
             raise DataError(f"{path} is a plain state dict: say which architecture it is for", hint=f"set arch: one of {', '.join(ARCHITECTURES)}")
         state = {k.removeprefix("module.").removeprefix("encoder.").removeprefix("backbone."): v for k, v in state.items() if not k.startswith(("fc.", "module.fc."))}
         cifar_stem = bool(cifar_stem) if cifar_stem is not None else state.get("conv1.weight", torch.empty(0, 0, 7)).shape[-1] == 3
-    module = build(arch, bool(cifar_stem))
+    module = architecture(bool(cifar_stem)) if architecture is not None else build(arch, bool(cifar_stem))
     _load_state(module, state, str(path))
-    return Encoder(module, arch, bool(cifar_stem), preprocessing or Preprocessing(), f"checkpoint:{path.name}", file_sha256(path))
+    width = architecture.width if architecture is not None else None
+    return Encoder(module, arch, bool(cifar_stem), preprocessing or Preprocessing(), f"checkpoint:{path.name}", file_sha256(path), width=width)
 
 
-def _load_state(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
+def _load_state(module: nn.Module, state: dict[str, Tensor], what: str, assign: bool = True) -> None:
+    """Load `state` into `module`, or (assign False) only check that every key and shape fits."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -276,7 +290,8 @@ def _load_state(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
         if wrong:
             parts.append(f"wrong shapes: {', '.join(f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in wrong[:3])}")
         raise DataError(f"{what} does not fit this architecture: " + "; ".join(parts), hint="check arch and cifar_stem against how the checkpoint was trained")
-    module.load_state_dict(state)
+    if assign:
+        module.load_state_dict(state)
 
 
 def save_atomically(payload: dict[str, Any], path: "str | Path") -> Path:

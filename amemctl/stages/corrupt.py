@@ -2,59 +2,56 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from amemctl.context import Context
+from amemctl.core import random
 from amemctl.core.rows import take
-from amemctl.corruptions import CORRUPTIONS, get_corruption
-from amemctl.engine.context import Context
-from amemctl.errors import StageError
+from amemctl.corruptions import CORRUPTIONS, Corruption
+from amemctl.errors import AmemctlError, StageError
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
 
-#: Parameters of the individual corruptions, offered flat on the stage.
-_KIND_PARAMS = ("mean", "variance", "fraction", "side", "p", "scale", "angles", "brightness", "saturation", "hue", "channels", "steps")
-
 
 class Corrupt(Stage):
-    """Corrupt stored patterns into queries (noise, masks), remembering each query's source row."""
+    """Corrupt stored patterns into queries (noise, masks), remembering each query's source row.
+
+    The corruption's own parameters are written beside `kind` (`amemctl stages gaussian`
+    lists them): `corrupt: {kind: mask_zero, fraction: 0.5, side: top}`.
+    """
 
     name = "corrupt"
-    kind = Param(str, "gaussian", "the corruption", choices=list(CORRUPTIONS))
+    kind = Param(str, "gaussian", "the corruption: a built-in one or a plugin's (`amemctl stages` lists them)")
     count = Param(int, None, "number of queries: a seeded random choice of rows (default: every row)", min=1)
-    mean = Param(float, None, "gaussian: mean of the noise (default 0)")
-    variance = Param(float, None, "gaussian: variance of the noise (default 0.1)", min=0)
-    fraction = Param(float, None, "mask_zero, mask_noise: fraction of rows masked (default 0.5); inpaint: fraction of each side masked (default 0.5)", min=0, max=1)
-    side = Param(str, None, "mask_zero, mask_noise: top, bottom, left, right (mask_noise also random)")
-    p = Param(float, None, "random_mask (default 0.5), salt_pepper (default 0.1): probability per pixel", min=0, max=1)
-    scale = Param(list, None, "crop: [low, high] fraction of the area kept (default [0.3, 0.6])", items=float)
-    angles = Param(list, None, "rotate: angles in degrees to draw from (default [0, 90, -90, 180])", items=float)
-    brightness = Param(float, None, "color: largest relative brightness change (default 0.4)", min=0, max=1)
-    saturation = Param(float, None, "color: largest relative saturation change (default 0.6)", min=0, max=1)
-    hue = Param(float, None, "color: largest hue shift (default 0.1)", min=0, max=0.5)
-    channels = Param(float, None, "color: largest relative gain of one channel (default 0.5)", min=0, max=1)
-    steps = Param(list, None, "compose: the corruptions in order, each {kind: ..., parameters}", items=dict)
     input = Input("patterns", "the stored patterns to corrupt")
     output = Output("queries", "the corrupted queries")
     targets = Output("targets", "for each query, the row it was made from", optional=True)
 
+    dispatch = {"kind": "corruptions"}
+
     def check(self) -> None:
-        corruption = get_corruption(self.kind)
-        if self.kind == "compose" and not self.steps:
+        options = self.options["kind"]
+        if self.kind == "gaussian" and options.get("variance") is not None and options.get("std") is not None:
+            raise ParamError("gaussian takes a variance or a standard deviation, not both", hint="keep `variance:` (amemctl's) or `std:` (the UHN code's sigma)", param="std")
+        if self.kind == "compose" and not self.options["kind"]["steps"]:
             raise ParamError("corruption 'compose' needs `steps:`", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]", param="kind")
-        for i, step in enumerate(self.steps or []):
-            kind = step.get("kind")
-            if kind is None or kind == "compose" or kind not in CORRUPTIONS:
-                raise ParamError(f"step {i + 1} of compose needs a known `kind`, got {kind!r}", hint=f"choose one of {', '.join(k for k in CORRUPTIONS if k != 'compose')}", param="steps")
+        for i, step in enumerate(self.options["kind"].get("steps", []) if self.kind == "compose" else []):
             try:
-                get_corruption(kind).resolve({k: v for k, v in step.items() if k != "kind"})
-            except StageError as exc:
+                self._step(step)
+            except AmemctlError as exc:
                 raise ParamError(f"step {i + 1} of compose: {exc.message}", hint=exc.hint, param="steps") from None
-        self.refuse_foreign(_KIND_PARAMS, corruption.params, f"corruption {self.kind!r}")
-        for key, value in self.forwarded(_KIND_PARAMS).items():
-            try:
-                corruption.resolve({key: value})
-            except StageError as exc:
-                raise ParamError(exc.message, hint=exc.hint, param=key) from None
+
+    def _step(self, step: dict[str, Any]) -> tuple[Corruption, dict[str, Any]]:
+        """A compose step's corruption (from this stage's registry) and its checked parameters."""
+        from amemctl.plugins import get_registry, lookup
+
+        kind = step.get("kind")
+        if kind is None or kind == "compose":
+            raise ParamError(f"needs a known `kind` other than compose, got {kind!r}", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]")
+        corruption = lookup(self.registry or get_registry(), "corruptions", kind)
+        return corruption, corruption.configure({k: v for k, v in step.items() if k != "kind"})
 
     def describe(self) -> str:
         return f"corrupt {self.kind}"
@@ -65,9 +62,16 @@ class Corrupt(Stage):
         if self.count is not None:
             if self.count > len(patterns):
                 raise StageError(f"count={self.count} queries asked of {len(patterns)} stored patterns", hint=f"use count <= {len(patterns)}")
-            rows = torch.randperm(len(patterns), generator=ctx.rng("cpu"))[: self.count].sort().values
-        chosen = take(patterns, rows).to(ctx.device)
-        ctx[self.output] = get_corruption(self.kind)(chosen, ctx.rng(), **self.forwarded(_KIND_PARAMS))
+            rows = random.randperm(len(patterns), ctx.rng())[: self.count].sort().values
+        images = take(patterns, rows).to(ctx.device)
+        generator = ctx.rng()
+        if self.kind == "compose":  # each step from the registry, so plugin corruptions compose too
+            for step in self.options["kind"]["steps"]:
+                corruption, params = self._step(step)
+                images = corruption(images, generator, **params)
+        else:
+            images = self.chosen("kind")(images, generator, **self.options["kind"])
+        ctx[self.output] = images
         if self.targets is not None:
             ctx[self.targets] = rows.to(ctx.device)
 
@@ -75,3 +79,8 @@ class Corrupt(Stage):
 @hookimpl
 def amemctl_register_stages() -> list[type[Stage]]:
     return [Corrupt]
+
+
+@hookimpl
+def amemctl_register_corruptions() -> list[Corruption]:
+    return list(CORRUPTIONS.values())

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from amemctl.context import Context
 from amemctl.core.rows import materialize
-from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.models.dam import accuracy, train_dam
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, Stage
+from amemctl.training.checkpoints import TrainingCheckpoint, data_digest, default_folder
 
 
 class TrainDAM(Stage):
     """Train K memories of a dense associative memory (rectified polynomial energy of order n) to classify images.
 
     Records train and test accuracy, and shows the learned memories (their visible parts)
-    in figures/memories.png: features at low n, prototypes at high n.
+    in figures/memories.png: features at low n, prototypes at high n. Training saves its
+    state to checkpoints/<pipeline>-dam-<hash>.pt as it goes and resumes from there when run
+    again with the same settings and data.
     """
 
     name = "train-dam"
@@ -44,10 +47,13 @@ class TrainDAM(Stage):
         if len(images) != len(labels):
             raise StageError(f"{len(images)} images but {len(labels)} labels")
         classes = int(labels.max()) + 1
+        seed = ctx.stage_seed % 2**31
+        config = {k: self.settings[k] for k in ("n", "memories", "rectified", "temperature", "power", "epochs", "batch_size", "lr")}
+        checkpoint = TrainingCheckpoint(default_folder(), f"{ctx.provenance.get('pipeline', 'run')}-dam", {**config, "seed": seed, "device": ctx.device.type}, data_digest(images, labels))
         model, losses = train_dam(
             images, labels, classes, memories=self.memories, n=self.n, temperature=self.temperature, rectified=self.rectified,
-            power=self.power, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=ctx.stage_seed % 2**31,
-            device=ctx.device, track=ctx.track,
+            power=self.power, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
+            device=ctx.device, track=ctx.track, checkpoint=checkpoint, on_epoch=ctx.epoch_done,
         )
         ctx[self.output] = model
         ctx.metric("dam_train_accuracy", accuracy(model, images, labels))

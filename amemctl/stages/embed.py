@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import hashlib
+import statistics
 from pathlib import Path
 
-from amemctl.engine.context import Context
+from amemctl.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import curves
-from amemctl.models.encoders import ARCHITECTURES, NORMALIZATIONS, Encoder, Preprocessing, checkpoint_encoder, random_encoder, torchvision_encoder
+from amemctl.functions import EncoderArchitecture
+from amemctl.models import pretrained as shipped_encoders
+from amemctl.models.encoders import (
+    ARCHITECTURES,
+    NORMALIZATIONS,
+    Encoder,
+    Preprocessing,
+    build,
+    checkpoint_encoder,
+    random_encoder,
+    torchvision_encoder,
+)
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
 from amemctl.training.simclr import SimCLRConfig, data_sha256, train_simclr
 
 
+def pretrained_names() -> list[str]:
+    return shipped_encoders.names()
+
+
 class Embed(Stage):
-    """Embed images with an encoder phi: a trained one from the pipeline, a checkpoint, torchvision weights, or random.
+    """Embed images with an encoder phi: a trained one from the pipeline, a shipped one, a checkpoint, torchvision weights, or random.
 
     With `store:`, the stored patterns of that store are embedded instead of a context tensor,
     and the embeddings are kept in the store under the encoder's key space: a later run with
@@ -24,9 +40,10 @@ class Embed(Stage):
 
     name = "embed"
     encoder = Input(None, "an encoder made earlier in the pipeline (train-simclr's, or train-autoencoder's phi)", optional=True)
+    pretrained = Param(str, None, "an encoder shipped with amemctl, by name (no download; its file is checked against its sha256)", choices=pretrained_names)
     checkpoint = Param(str, None, "a local checkpoint: an amemctl encoder, or a plain state dict (then give arch)")
     weights = Param(str, None, "torchvision weights of arch, e.g. IMAGENET1K_V1 (downloaded once, then cached)")
-    arch = Param(str, None, "architecture (default resnet18; amemctl checkpoints know their own)", choices=list(ARCHITECTURES))
+    arch = Param(str, None, "architecture: a built-in one or a plugin's encoder (default resnet18; amemctl checkpoints know their own)")
     seed = Param(int, 0, "seed of a random encoder (used when no encoder, checkpoint or weights is given)")
     cifar_stem = Param(bool, None, "3x3 first convolution, no max-pool, as SimCLR for 32x32 images (default: true, false for torchvision weights)")
     normalize = Param(str, None, "per-channel normalisation (default cifar10; imagenet for torchvision weights)", choices=list(NORMALIZATIONS))
@@ -37,14 +54,27 @@ class Embed(Stage):
     input = Input("patterns", "the images to embed (ignored with `store:`)", optional=True)
     output = Output("embeddings", "the embeddings, N x dim")
 
+    dispatch = {"arch": "encoders"}
+
     def inputs(self) -> list[str]:
         names = [n for n in super().inputs() if not (self.store and n == self.input)]
         return names
 
     def check(self) -> None:
-        sources = [k for k in ("encoder", "checkpoint", "weights") if self.settings[k] is not None]
+        sources = [k for k in ("encoder", "pretrained", "checkpoint", "weights") if self.settings[k] is not None]
         if len(sources) > 1:
-            raise ParamError(f"embed takes one encoder source, got {' and '.join(sources)}", hint="give encoder, checkpoint or weights, not several", param=sources[1], about="key")
+            raise ParamError(f"embed takes one encoder source, got {' and '.join(sources)}", hint="give encoder, pretrained, checkpoint or weights, not several", param=sources[1], about="key")
+        if self.weights is not None and self._plugin_architecture() is not None:
+            raise ParamError(f"torchvision weights exist only for the built-in architectures, not {self.arch!r}", hint="give a checkpoint, or leave weights out for a seeded random encoder", param="weights", about="key")
+
+    def _plugin_architecture(self):
+        """The chosen encoder architecture when it is not one of models/encoders.py's (a plugin's), else None."""
+        if self.arch is None or self.arch in ARCHITECTURES:
+            return None
+        chosen, options = self.chosen("arch"), self.options["arch"]
+        build = lambda cifar_stem: chosen(cifar_stem, **options)  # noqa: E731
+        build.width = chosen.width
+        return build
 
     def describe(self) -> str:
         return f"embed {self.input if not self.store else self.store}"
@@ -55,14 +85,19 @@ class Embed(Stage):
             if not (hasattr(encoder, "embed") and hasattr(encoder, "identity")):
                 raise StageError(f"{self.encoder!r} is not an encoder (it is a {type(encoder).__name__})", hint="wire `encoder:` to the output of train-simclr or train-autoencoder")
             return encoder
+        if self.pretrained is not None:
+            phi = shipped_encoders.load(self.pretrained)
+            if self.normalize or self.resize:
+                phi.preprocessing = Preprocessing(self.normalize or phi.preprocessing.normalize, self.resize)
+            return phi
         preprocessing = Preprocessing(self.normalize or ("imagenet" if self.weights else "cifar10"), self.resize)
         if self.checkpoint is not None:
             explicit = Preprocessing(self.normalize, self.resize) if self.normalize else None
-            return checkpoint_encoder(self.checkpoint, self.arch, self.cifar_stem, explicit)
+            return checkpoint_encoder(self.checkpoint, self.arch, self.cifar_stem, explicit, self._plugin_architecture())
         arch = self.arch or "resnet18"
         if self.weights is not None:
             return torchvision_encoder(arch, self.weights, preprocessing)
-        return random_encoder(arch, True if self.cifar_stem is None else self.cifar_stem, preprocessing, self.seed)
+        return random_encoder(arch, True if self.cifar_stem is None else self.cifar_stem, preprocessing, self.seed, self._plugin_architecture())
 
     def run(self, ctx: Context) -> None:
         phi = self.phi(ctx)
@@ -172,12 +207,61 @@ class TrainSimCLR(Stage):
             ctx.metric("simclr_loss_first", trained.losses[0])
             curves({"NT-Xent": (list(range(1, len(trained.losses) + 1)), trained.losses)}, ctx.figure_path("simclr-loss"), title=f"SimCLR {self.arch}: training loss", xlabel="epoch", ylabel="loss")
         ctx.metric("simclr_epochs_resumed", trained.resumed_from)
+        if trained.images_per_second is not None:
+            ctx.metric("simclr_images_per_second", trained.images_per_second)
+            ctx.metric("simclr_seconds_per_epoch", statistics.median(trained.epoch_seconds))
 
     def metrics(self) -> list[str]:
-        return ["simclr_loss", "simclr_loss_first", "simclr_epochs_resumed"]
+        return ["simclr_loss", "simclr_loss_first", "simclr_epochs_resumed", "simclr_images_per_second", "simclr_seconds_per_epoch"]
 
+
+
+class KnnAccuracy(Stage):
+    """How well embeddings separate classes: weighted kNN accuracy (Wu et al. 2018), leave-one-out without references."""
+
+    name = "knn-accuracy"
+    k = Param(int, 200, "neighbours that vote", min=1)
+    tau = Param(float, 0.1, "temperature of the votes' weights exp(similarity / tau)", min=1e-6)
+    embeddings = Input("embeddings", "the embeddings to classify")
+    labels = Input("labels", "their labels")
+    references = Input(None, "embeddings of labelled references (default: the embeddings themselves, each leaving itself out)", optional=True)
+    reference_labels = Input(None, "the references' labels", optional=True)
+
+    def check(self) -> None:
+        if (self.references is None) != (self.reference_labels is None):
+            raise ParamError("references and reference_labels go together", hint="give both, or neither for leave-one-out", param="references", about="key")
+
+    def metrics(self) -> list[str]:
+        return ["knn_accuracy"]
+
+    def run(self, ctx: Context) -> None:
+        from amemctl.core.knn import knn_accuracy
+        from amemctl.core.rows import materialize
+
+        embeddings, labels = materialize(ctx[self.embeddings]), materialize(ctx[self.labels])
+        if len(embeddings) != len(labels):
+            raise StageError(f"{len(embeddings)} embeddings but {len(labels)} labels", hint="embed the images the labels belong to")
+        references = materialize(ctx[self.references]) if self.references else None
+        reference_labels = materialize(ctx[self.reference_labels]) if self.reference_labels else None
+        ctx.metric("knn_accuracy", knn_accuracy(embeddings.reshape(len(embeddings), -1), labels, references, reference_labels, self.k, self.tau))
 
 
 @hookimpl
 def amemctl_register_stages() -> list[type[Stage]]:
-    return [Embed, TrainSimCLR]
+    return [Embed, TrainSimCLR, KnnAccuracy]
+
+
+_ENCODER_DOCS = {
+    "small": "a small ResNet (4 stages of one block; fast on the CPU)",
+    "wide_resnet50_2": "torchvision's wide ResNet-50-2",
+    "wide_resnet101_2": "torchvision's wide ResNet-101-2",
+}
+
+
+def _builtin_encoder(arch: str, width: int) -> EncoderArchitecture:
+    return EncoderArchitecture(arch, lambda cifar_stem: build(arch, cifar_stem), width, doc=_ENCODER_DOCS.get(arch, f"torchvision's {arch}") + f", without its classifier: {width} features")
+
+
+@hookimpl
+def amemctl_register_encoders() -> list[EncoderArchitecture]:
+    return [_builtin_encoder(arch, width) for arch, width in ARCHITECTURES.items()]

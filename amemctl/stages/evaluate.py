@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-
+from amemctl.context import Context
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import row_shape, take
-from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, Stage
@@ -15,7 +14,8 @@ class Evaluate(Stage):
     """Score retrievals: nearest stored memory is the source (index rule), squared error under a threshold (pixel rule)."""
 
     name = "evaluate"
-    threshold = Param(float, 50.0, "a retrieval is correct when its sum of squared errors to the target is at most this (UHN paper: 50)", min=0)
+    threshold = Param(float, 50.0, "a retrieval is correct when its sum of squared errors to the target is at most this (the UHN code: 60)", min=0)
+    threshold_pixels = Param(int, None, "the threshold is meant for patterns of this many values: scale it by this / the values per pattern (the UHN code's Fig. 2: 784)", min=1)
     prefix = Param(str, "", "put before each metric name, to evaluate several retrievals in one pipeline")
     retrieved = Input("retrieved", "the retrievals, Q x (value shape)")
     values = Input("patterns", "the stored values the retrievals should reproduce")
@@ -26,6 +26,10 @@ class Evaluate(Stage):
     def metrics(self) -> list[str]:
         names = ["error_index", "error_pixels", "mse"] + (["error_label"] if self.labels else [])
         return [f"{self.prefix}{m}" for m in names]
+
+    def scaled_threshold(self, values: int) -> float:
+        """The threshold for patterns of `values` entries: as given, or scaled as the UHN code does."""
+        return self.threshold if self.threshold_pixels is None else self.threshold * self.threshold_pixels / values
 
     def run(self, ctx: Context) -> None:
         retrieved, values, targets = ctx[self.retrieved], ctx[self.values], ctx[self.targets]
@@ -38,10 +42,10 @@ class Evaluate(Stage):
             )
         nearest = recall(retrieved, values, similarity="squared_euclidean", separation="max", budget=ctx.budget).index
         targets = targets.to(nearest.device)
-        wanted = take(values, targets).reshape(len(targets), -1).to(retrieved.dtype)
+        wanted = take(values, targets).reshape(len(targets), -1).to(retrieved.device, retrieved.dtype)
         sse = (retrieved.reshape(len(retrieved), -1) - wanted).square().sum(1)
         ctx.metric(f"{self.prefix}error_index", (nearest != targets).float().mean())
-        ctx.metric(f"{self.prefix}error_pixels", (sse > self.threshold).float().mean())
+        ctx.metric(f"{self.prefix}error_pixels", (sse > self.scaled_threshold(wanted.shape[1])).float().mean())
         ctx.metric(f"{self.prefix}mse", sse.mean() / wanted.shape[1])
         if self.labels is not None:
             labels = ctx[self.labels].to(nearest.device)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from amemctl.context import Context
 from amemctl.core.rows import materialize
-from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import curves
 from amemctl.models.autoencoders import Autoencoder, load_autoencoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, Stage
 from amemctl.training.autoencoder import train_autoencoder
+from amemctl.training.checkpoints import TrainingCheckpoint, data_digest
 
 
 class TrainAutoencoder(Stage):
@@ -19,7 +20,9 @@ class TrainAutoencoder(Stage):
 
     The defaults are the paper's MLP for 28x28 images: 784-64-32-16-12 and its mirror, ReLU,
     Adam with learning rate 1e-3, batches of 250 (it trains 300 epochs). `kind: conv` is a
-    small convolutional autoencoder for colour images.
+    small convolutional autoencoder for colour images. Training saves its state beside the
+    checkpoint (<checkpoint stem>-training-<hash>.pt) as it goes and resumes from there when
+    run again with the same settings and data.
     """
 
     name = "train-autoencoder"
@@ -39,9 +42,12 @@ class TrainAutoencoder(Stage):
     def run(self, ctx: Context) -> None:
         images = materialize(ctx[self.input])
         path = Path(self.checkpoint) if self.checkpoint else Path("checkpoints") / f"{ctx.provenance.get('pipeline', 'run')}-autoencoder.pt"
+        seed = ctx.stage_seed % 2**31
+        config = {k: self.settings[k] for k in ("kind", "hidden", "code", "epochs", "batch_size", "lr")}
+        checkpoint = TrainingCheckpoint(path.parent, f"{path.stem}-training", {**config, "seed": seed, "device": ctx.device.type}, data_digest(images))
         model, losses = train_autoencoder(
             images, kind=self.kind, hidden=list(self.hidden), code=self.code, epochs=self.epochs, batch_size=self.batch_size,
-            lr=self.lr, seed=ctx.stage_seed % 2**31, path=path, device=ctx.device, track=ctx.track,
+            lr=self.lr, seed=seed, path=path, device=ctx.device, track=ctx.track, checkpoint=checkpoint, on_epoch=ctx.epoch_done,
         )
         ctx[self.output] = model
         ctx.identities[self.output] = model.identity()
@@ -61,6 +67,10 @@ class Generate(Stage):
     checkpoint = Param(str, None, "an autoencoder checkpoint instead of `decoder`")
     input = Input("retrieved", "the embeddings to decode, N x code")
     output = Output("generated", "the decoded images")
+
+    def inputs(self) -> list[str]:
+        names = super().inputs()  # with a checkpoint, no decoder is wired from the context
+        return [n for n in names if n != self.decoder] if self.checkpoint is not None else names
 
     def run(self, ctx: Context) -> None:
         if self.checkpoint is not None:

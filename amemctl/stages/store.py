@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
+from amemctl.context import Context
 from amemctl.core.rows import materialize
-from amemctl.engine.context import Context
 from amemctl.errors import StoreError
 from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Input, Output, Param, ParamError, Stage
-from amemctl.store.memory import DEFAULT_CHUNK_BYTES, MemoryStore, replacement_path, swap_in
+from amemctl.store.lock import WriterLock
+from amemctl.store.memory import DEFAULT_CHUNK_BYTES, MemoryStore, store_root, tidy
 
 MODES = ("create", "append", "replace")
 
@@ -39,6 +39,11 @@ class Persist(Stage):
         for space, tensor in (self.keys or {}).items():
             if not isinstance(tensor, str) or not str(space).replace("-", "").replace("_", "").isalnum():
                 raise ParamError(f"keys maps a space name to a context tensor; got {space!r}: {tensor!r}", hint="e.g. keys: {pca: pca_patterns}", param="keys")
+        if isinstance(self.store, str):
+            try:
+                store_root(self.store)
+            except StoreError as exc:
+                raise ParamError(exc.message, hint=exc.hint, param="store") from None
 
     def describe(self) -> str:
         return f"persist {self.store}"
@@ -58,31 +63,23 @@ class Persist(Stage):
         if not ctx.writer:  # with several ranks, rank 0 writes and the others wait for it
             ctx.barrier()
             return
-        if self.mode == "append":
-            store = MemoryStore.create(path, exist_ok=True, **options)
+        path = store_root(path)
+
+        def fill(store: MemoryStore) -> None:
             store.append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance)
-        elif self.mode == "create":
-            MemoryStore.create(path, **options).append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance)
-        else:
-            _replace(path, lambda tmp: MemoryStore.create(tmp, **options).append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance))
+
+        with WriterLock(path):  # held from the first check to the last rename: no other writer interleaves
+            tidy(path)
+            if self.mode == "append" and path.exists():
+                fill(MemoryStore.open(path, mode="a"))
+            else:  # a whole new store, written aside and renamed into place once complete
+                MemoryStore.write_new(path, fill, replace=self.mode == "replace", **options)
         ctx.barrier()
         ctx.metric(f"{self.prefix}persisted", len(next(iter({**tensors, **keys}.values()))))
         ctx.metric(f"{self.prefix}store_bytes", sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
 
     def metrics(self) -> list[str]:
         return [f"{self.prefix}persisted", f"{self.prefix}store_bytes"]
-
-
-def _replace(path: Path, write) -> None:
-    """Write a new store beside `path` and swap it in only once it is complete."""
-    tmp = replacement_path(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    swap_in(path, tmp)
 
 
 class OpenStore(Stage):

@@ -6,17 +6,17 @@ import math
 
 import torch
 
+from amemctl.context import Context
+from amemctl.core import random
 from amemctl.core.chains import distinct_cycles, follow, permutation_cycles
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
-from amemctl.core.separation import SEPARATIONS, make_separation
-from amemctl.engine.context import Context
 from amemctl.errors import StageError
 from amemctl.figures import image_grid
 from amemctl.models.hetero import HeteroEncoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
-from amemctl.stages.retrieval import similarity_of
+from amemctl.training.checkpoints import TrainingCheckpoint, data_digest, default_folder
 from amemctl.training.hetero import train_hetero
 
 
@@ -35,7 +35,7 @@ class Associate(Stage):
         if self.mode == "shift":
             perm = (torch.arange(n) + 1) % n
         else:
-            perm = torch.randperm(n, generator=ctx.rng("cpu"))
+            perm = random.randperm(n, ctx.rng())
         ctx[self.output] = patterns[perm.to(patterns.device)]
         ctx[self.permutation] = perm
         cycles = permutation_cycles(perm)
@@ -43,7 +43,11 @@ class Associate(Stage):
 
 
 class TrainHeteroEncoder(Stage):
-    """Train the stories article's hetero-encoder to map each image to its associate (L2 loss)."""
+    """Train the stories article's hetero-encoder to map each image to its associate (L2 loss).
+
+    Training saves its state to checkpoints/<pipeline>-hetero-<hash>.pt as it goes and
+    resumes from there when run again with the same settings and data.
+    """
 
     name = "train-hetero-encoder"
     code = Param(int, 1024, "width of the dense code", min=1)
@@ -61,9 +65,13 @@ class TrainHeteroEncoder(Stage):
         x, y = materialize(ctx[self.input]), materialize(ctx[self.targets])
         if x.shape != y.shape:
             raise StageError(f"images {tuple(x.shape)} and associates {tuple(y.shape)} differ in shape")
+        seed = ctx.stage_seed % 2**31
+        config = {k: self.settings[k] for k in ("code", "epochs", "batch_size", "lr", "decay", "sparsity", "noise")}
+        checkpoint = TrainingCheckpoint(default_folder(), f"{ctx.provenance.get('pipeline', 'run')}-hetero", {**config, "seed": seed, "device": ctx.device.type}, data_digest(x, y))
         model, losses = train_hetero(
             x, y, code=self.code, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, decay=self.decay,
-            sparsity=self.sparsity, noise=self.noise, seed=ctx.stage_seed % 2**31, device=ctx.device, track=ctx.track,
+            sparsity=self.sparsity, noise=self.noise, seed=seed, device=ctx.device, track=ctx.track,
+            checkpoint=checkpoint, on_epoch=ctx.epoch_done,
         )
         ctx[self.output] = model
         if losses:
@@ -87,8 +95,8 @@ class ChainRecall(Stage):
     starts = Param(int, None, "number of starting memories, the first ones (default: every stored pattern)", min=1)
     start_noise = Param(float, 0.0, "variance of Gaussian noise on the starting images", min=0)
     snap = Param(bool, False, "feed the nearest stored pattern back instead of the raw recall")
-    similarity = Param(str, "euclidean", "exact model: the similarity")
-    separation = Param(str, "max", "exact model: the separation", choices=list(SEPARATIONS))
+    similarity = Param(str, "euclidean", "exact model: the similarity (any registered one)")
+    separation = Param(str, "max", "exact model: the separation (any registered one)")
     beta = Param(float, None, "exact model: inverse temperature of softmax", min=0)
     stories = Param(int, 8, "how many distinct cycles to draw as 2 x 10 strips", min=0)
     memory = Input("patterns", "the stored patterns (keys)")
@@ -96,6 +104,8 @@ class ChainRecall(Stage):
     network = Input(None, "network model: the trained hetero-encoder", optional=True)
     permutation = Input(None, "the true permutation, to check the cycles against", optional=True)
     output = Output("chains", "memories visited: starts x (steps + 1) indices")
+
+    dispatch = {"similarity": "similarities", "separation": "separations"}
 
     def check(self) -> None:
         if self.model == "network" and self.network is None:
@@ -115,14 +125,14 @@ class ChainRecall(Stage):
         starts = list(range(n))
         queries = memory[:n].clone()
         if self.start_noise > 0:
-            noise = torch.randn(queries.shape, generator=ctx.rng(), device=queries.device)
+            noise = random.randn(queries.shape, ctx.rng(), device=queries.device)
             queries = (queries + math.sqrt(self.start_noise) * noise).clamp(0, 1)
 
         def nearest(x):
             return recall(x, memory, similarity="squared_euclidean", separation="max", budget=ctx.budget).index
 
         chains, outputs = follow(queries, starts, self._recall_fn(ctx, memory), nearest, self.steps, snap=(lambda i: memory[i]) if self.snap else None)
-        ctx[self.output] = torch.tensor([c.visits for c in chains])
+        ctx[self.output] = torch.tensor([c.visits for c in chains], device=ctx.device)
         cycles = distinct_cycles(chains)
         closed = [c for c in chains if c.period is not None]
         ctx.metric("cycles_found", len(cycles))
@@ -149,8 +159,8 @@ class ChainRecall(Stage):
             return network.recall
         values = materialize(ctx[self.values]).to(ctx.device)
         params = {"beta": self.beta} if self.beta is not None else {}
-        separation = make_separation(self.separation, **params)
-        sim = similarity_of(self.similarity)
+        separation = self.chosen("separation")(**params)
+        sim = self.chosen("similarity")
         return lambda x: recall(x, memory, values, similarity=sim, separation=separation, budget=ctx.budget).output
 
     def _draw(self, ctx: Context, chains, cycles, outputs) -> None:

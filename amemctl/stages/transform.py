@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from amemctl.context import Context
 from amemctl.core.rows import materialize
-from amemctl.engine.context import Context
 from amemctl.plugins import hookimpl
 from amemctl.stage import Param, Stage
 

@@ -1,7 +1,14 @@
-"""One writer at a time: a lock file inside the store naming its holder.
+"""One writer at a time: an OS lock (flock, through `filelock`) on a file beside the store.
 
-Readers never take the lock; they see only what a writer has published. A lock left by a
-process that died on this machine is recognised (its pid no longer runs) and taken over.
+The lock file sits next to the store (`stores/.x.zarr.lock` for `stores/x.zarr`), not inside
+it, so that it outlives the store folder being swapped for a new copy (replace, compact) and
+every writer of one path contends on one file. The kernel releases the lock when its holder
+dies, so there is no stale lock to take over and no way to take a live holder's lock. The
+holder writes who it is into the file (waiters never truncate it), so a writer that gives up
+waiting can say whom it waited for.
+
+Readers never take the lock; they see only what a writer has published. The lock is
+reentrant within one thread, so an operation that holds it may call others that take it.
 """
 
 from __future__ import annotations
@@ -11,20 +18,34 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
+import filelock
+
 from amemctl.errors import StoreError
 
-LOCK_NAME = ".amemctl.lock"
+#: seconds a writer waits for another to finish before giving up (environment AMEMCTL_LOCK_WAIT)
+DEFAULT_WAIT = 120.0
+WAIT_ENV = "AMEMCTL_LOCK_WAIT"
+
+_held: dict[tuple[Path, int], list] = {}  # (lock file, thread) -> [FileLock, depth]
+
+
+def lock_path(store_path: "str | Path") -> Path:
+    """The lock file guarding the store at `store_path`: `.NAME.lock` in the same folder."""
+    full = Path(os.path.abspath(store_path))
+    return full.parent / f".{full.name}.lock"
 
 
 class WriterLock:
-    """`with WriterLock(store_path):` holds the store's writer lock for the block."""
+    """`with WriterLock(store_path):` holds the store's writer lock for the block, waiting up to `wait` seconds."""
 
-    def __init__(self, store_path: Path) -> None:
-        self.path = Path(store_path) / LOCK_NAME
-        self.held = False
+    def __init__(self, store_path: "str | Path", wait: float | None = None) -> None:
+        self.store = Path(store_path)
+        self.path = lock_path(store_path)
+        self.wait = wait
 
     def __enter__(self) -> "WriterLock":
         self.acquire()
@@ -34,6 +55,39 @@ class WriterLock:
         self.release()
 
     def acquire(self) -> None:
+        key = (self.path, threading.get_ident())
+        if key in _held:
+            _held[key][1] += 1
+            return
+        wait = self.wait if self.wait is not None else float(os.environ.get(WAIT_ENV, DEFAULT_WAIT))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = filelock.FileLock(self.path, thread_local=False)
+            lock.acquire(timeout=wait)
+        except filelock.Timeout:
+            raise StoreError(
+                f"store {self.store} is being written by another process: {_describe(self._holder())}",
+                hint=f"wait for it to finish (waited {wait:g} s; set {WAIT_ENV} to wait longer)",
+            ) from None
+        except OSError as exc:
+            raise StoreError(
+                f"cannot lock {self.store} for writing: {exc.strerror or exc}",
+                hint=f"a writer needs write access to {self.path.parent}",
+            ) from None
+        _held[key] = [lock, 1]
+        self._write_holder()
+
+    def release(self) -> None:
+        key = (self.path, threading.get_ident())
+        entry = _held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _held[key]
+            entry[0].release()
+
+    def _write_holder(self) -> None:
         me = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -41,27 +95,10 @@ class WriterLock:
             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": " ".join(sys.argv)[:200],
         }
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and _is_stale(holder):
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise StoreError(
-                    f"store {self.path.parent} is being written by another process: {_describe(holder)}",
-                    hint=f"wait for it to finish; if it no longer runs, delete {self.path}",
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        try:
+            self.path.write_text(json.dumps(me))
+        except OSError:  # only a courtesy for whoever waits
+            pass
 
     def _holder(self) -> dict | None:
         try:
@@ -77,19 +114,7 @@ def _user() -> str:
         return "?"
 
 
-def _is_stale(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return False
-    return False
-
-
 def _describe(holder: dict | None) -> str:
     if holder is None:
-        return "unknown holder (unreadable lock file)"
+        return "unknown holder"
     return f"pid {holder.get('pid')} on {holder.get('host')} (user {holder.get('user')}) since {holder.get('since')}: {holder.get('command')}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -22,9 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from amemctl.core import random
 from amemctl.models.encoders import ARCHITECTURES, Encoder, Preprocessing, build, save_atomically, save_encoder
+from amemctl.training.augment import ViewSpec, views
 
-CHECKPOINT_FORMAT = "amemctl-simclr"
+#: version 2: views made per batch on the device (training/augment.py); version-1 checkpoints are not resumed
+CHECKPOINT_FORMAT = "amemctl-simclr-2"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,13 @@ class Trained:
     resumed_from: int
     folder: Path
     step_losses: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)  #: wall time of each epoch trained by this call
+    images: int = 0  #: training images (each seen as two views per epoch)
+
+    @property
+    def images_per_second(self) -> float | None:
+        """Training throughput of this call, augmentation included (None when nothing was trained)."""
+        return None if not self.epoch_seconds else self.images * len(self.epoch_seconds) / sum(self.epoch_seconds)
 
 
 class SimCLR(nn.Module):
@@ -117,27 +128,9 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def augmentation(size: int, config: SimCLRConfig) -> Callable[[Tensor], Tensor]:
-    """SimCLR's view generator for one image (C x H x W in [0, 1]), from torchvision.transforms.v2."""
-    from torchvision.transforms import v2
-
-    s = config.jitter
-    steps = [
-        v2.RandomResizedCrop(size, scale=config.crop_scale, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
-        v2.RandomGrayscale(p=config.grayscale),
-    ]
-    if config.blur:
-        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
-    if config.filters > 0:
-        strength = config.filters
-        steps.append(v2.Lambda(lambda x: (x * (1 + strength * (2 * torch.rand(x.shape[0], 1, 1) - 1))).clamp(0, 1)))
-    if config.rotations > 0:
-        turns = [v2.RandomRotation((a, a)) for a in (90, 180, 270)]
-        steps.append(v2.RandomApply([v2.RandomChoice(turns)], p=config.rotations))
-    return v2.Compose(steps)
+def view_spec(size: int, config: SimCLRConfig) -> ViewSpec:
+    """The augmentations of a SimCLR configuration, for views of `size` x `size` pixels."""
+    return ViewSpec(size, config.crop_scale, config.jitter, 0.8, config.grayscale, config.blur, config.filters, config.rotations)
 
 
 def data_sha256(images: Tensor) -> str:
@@ -166,6 +159,7 @@ def train_simclr(
     optimizer = _optimizer(model, config)
     losses: list[float] = []
     step_losses: list[float] = []
+    seconds: list[float] = []
     start = 0
     latest = _latest(folder, config, digest)
     if latest is not None:
@@ -174,36 +168,61 @@ def train_simclr(
         losses, step_losses, start = list(latest["losses"]), list(latest.get("step_losses", [])), int(latest["epoch"])
     resumed_from = start
     amp = device.type == "cuda" if amp is None else amp
-    views = augmentation(images.shape[-1], config)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    spec = view_spec(images.shape[-1], config)
+    source = _resident(images, device)
     n = len(images)
     batch = max(2, min(config.batch_size, n))
     epochs = range(start, config.epochs)
     for epoch in track(epochs, len(epochs), f"simclr {config.arch}") if track else epochs:
         model.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        total, count = 0.0, 0
+        began = time.perf_counter()
+        order = random.randperm(n, torch.Generator().manual_seed(config.seed * 100_003 + epoch), device=source.device)  # moved once per epoch, not per step
+        epoch_losses: list[Tensor] = []  # kept on the device: one synchronisation per epoch, not per step
+        sizes: list[int] = []
         for step, begin in enumerate(range(0, n, batch)):
             index = order[begin : begin + batch]
             if len(index) < 2:
                 continue
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.seed * 1_000_003 + epoch * 10_007 + step)
-                pair = [torch.stack([views(images[i]) for i in index]) for _ in range(2)]
-            x1, x2 = (preprocessing(v).to(device, non_blocking=True) for v in pair)
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 10_007 + step)
+            originals = source[index.to(source.device)].to(device, torch.float32, non_blocking=True)
+            x1, x2 = (_network_input(preprocessing(views(originals, spec, generator)), device) for _ in range(2))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = nt_xent(model(x1).float(), model(x2).float(), config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step_losses.append(loss.item())
-            total += step_losses[-1] * len(index)
-            count += len(index)
-        losses.append(total / max(count, 1))
+            epoch_losses.append(loss.detach())
+            sizes.append(len(index))
+        values = torch.stack(epoch_losses).tolist() if epoch_losses else []
+        step_losses.extend(values)
+        losses.append(sum(v * k for v, k in zip(values, sizes)) / max(sum(sizes), 1))
+        seconds.append(time.perf_counter() - began)
         _save_epoch(folder, model, optimizer, config, digest, epoch + 1, losses, step_losses)
+    timing = {"epoch_seconds": seconds, "images_per_second": (n * len(seconds) / sum(seconds)) if seconds else None, "device": str(device)}
     sha = save_encoder(model.encoder, folder / "encoder.pt", config.arch, config.cifar_stem, preprocessing, simclr=asdict(config), losses=losses)
-    (folder / "loss.json").write_text(json.dumps({"epoch_losses": losses, "step_losses": step_losses}) + "\n")
-    encoder = Encoder(model.encoder.cpu(), config.arch, config.cifar_stem, preprocessing, f"simclr:{folder}", sha)
-    return Trained(encoder, losses, resumed_from, folder, step_losses)
+    (folder / "loss.json").write_text(json.dumps({"epoch_losses": losses, "step_losses": step_losses, **timing}) + "\n")
+    module = model.encoder.cpu().to(memory_format=torch.contiguous_format)
+    encoder = Encoder(module, config.arch, config.cifar_stem, preprocessing, f"simclr:{folder}", sha)
+    return Trained(encoder, losses, resumed_from, folder, step_losses, seconds, n)
+
+
+def _resident(images: Tensor, device: torch.device) -> Tensor:
+    """The training images where batches are cut from: on the GPU when they fit in an eighth of it.
+
+    Otherwise where they are: not pinned, since a batch cut from pinned images by indexing is
+    an ordinary (pageable) tensor anyway, and images already on the GPU cannot be pinned.
+    """
+    if device.type == "cuda" and images.device.type != "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.numel() * images.element_size() < free // 8:
+            return images.to(device)
+    return images
+
+
+def _network_input(x: Tensor, device: torch.device) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
 def _optimizer(model: nn.Module, config: SimCLRConfig) -> torch.optim.Optimizer:

@@ -32,7 +32,7 @@ if triton is not None:
         QT, KT, V, M, L, ACC,
         n_q, n_k, d, dv, beta, per_split,
         stride_qt, stride_kt, stride_v, stride_ms, stride_accs, stride_accq,
-        SIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr,
+        SIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
     ):
         pid_q = tl.program_id(0)
         pid_s = tl.program_id(1)
@@ -49,9 +49,13 @@ if triton is not None:
             rn = n0 + tl.arange(0, BLOCK_N)
             mn = rn < stop
             s = tl.zeros((BLOCK_Q, BLOCK_N), tl.float32)
-            for j in range(0, d):
-                qj = tl.load(QT + j * stride_qt + rq, mask=mq, other=0.0).to(tl.float32)
-                kj = tl.load(KT + j * stride_kt + rn, mask=mn, other=0.0).to(tl.float32)
+            q_ptr = QT + rq  # advanced by a stride per dimension: j * stride would overflow int32
+            k_ptr = KT + rn
+            for _ in range(0, d):
+                qj = tl.load(q_ptr, mask=mq, other=0.0).to(tl.float32)
+                kj = tl.load(k_ptr, mask=mn, other=0.0).to(tl.float32)
+                q_ptr += stride_qt
+                k_ptr += stride_kt
                 if SIM == 0:
                     s += tl.abs(qj[:, None] - kj[None, :])
                 elif SIM == 1:
@@ -68,8 +72,8 @@ if triton is not None:
             alpha = tl.exp(m - m_new)
             p = tl.exp(z - m_new[:, None])
             l = l * alpha + tl.sum(p, 1)
-            v = tl.load(V + rn[:, None] * stride_v + rdv[None, :], mask=mn[:, None] & mdv[None, :], other=0.0).to(tl.float32)
-            acc = acc * alpha[:, None] + tl.dot(p, v)
+            v = tl.load(V + rn.to(tl.int64)[:, None] * stride_v + rdv[None, :], mask=mn[:, None] & mdv[None, :], other=0.0).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
             m = m_new
         tl.store(M + pid_s * stride_ms + rq, m, mask=mq)
         tl.store(L + pid_s * stride_ms + rq, l, mask=mq)
@@ -80,10 +84,24 @@ def supported(similarity: str, values: Tensor) -> bool:
     return triton is not None and similarity in SIMILARITIES and values.shape[1] <= MAX_VALUE_WIDTH
 
 
-def softmax_retrieve(queries: Tensor, keys: Tensor, values: Tensor, similarity: str, beta: float, splits: int | None = None, block_q: int = 32, block_n: int = 32) -> Tensor:
-    """V^T softmax(beta * sim(K, q)) for each query, in one pass over the keys (see the module docstring)."""
+def softmax_retrieve(
+    queries: Tensor, keys: Tensor, values: Tensor, similarity: str, beta: float, splits: int | None = None, block_q: int = 32, block_n: int = 32, precision: str = "tf32"
+) -> Tensor:
+    """V^T softmax(beta * sim(K, q)) for each query, in one pass over the keys (see the module docstring).
+
+    precision: how the projection's tl.dot multiplies on tensor cores: "tf32" (10-bit mantissa,
+    about 1e-3 relative), "tf32x3" or "ieee" (float32, as torch's default matmul). The
+    interpreter is always exact, so only a GPU shows the difference.
+    """
     if not supported(similarity, values):
         raise ValueError(f"the fused kernel takes {', '.join(SIMILARITIES)} and values up to {MAX_VALUE_WIDTH} wide")
+    for name, block in (("block_q", block_q), ("block_n", block_n)):  # tl.dot needs >= 16 and powers of 2 on a GPU
+        if block < 16 or block & (block - 1):
+            raise ValueError(f"{name} must be a power of 2 of at least 16, got {block}")
+    if keys.device != queries.device or values.device != queries.device:
+        raise ValueError(f"queries, keys and values must be on one device, got {queries.device}, {keys.device}, {values.device}")
+    if precision not in ("tf32", "tf32x3", "ieee"):
+        raise ValueError(f"precision must be tf32, tf32x3 or ieee, got {precision!r}")
     n_q, d = queries.shape
     n_k, dv = values.shape
     q_t, k_t = queries.T.contiguous(), keys.T.contiguous()
@@ -94,14 +112,14 @@ def softmax_retrieve(queries: Tensor, keys: Tensor, values: Tensor, similarity: 
     per_split = math.ceil(n_k / splits / block_n) * block_n
     splits = math.ceil(n_k / per_split)
     block_dv = max(16, triton.next_power_of_2(dv))
-    m = torch.empty(splits, n_q, device=queries.device)
+    m = torch.empty(splits, n_q, device=queries.device, dtype=torch.float32)
     l = torch.empty_like(m)
-    acc = torch.empty(splits, n_q, dv, device=queries.device)
+    acc = torch.empty(splits, n_q, dv, device=queries.device, dtype=torch.float32)
     grid = (math.ceil(n_q / block_q), splits)
     _fused_kernel[grid](
         q_t, k_t, values, m, l, acc, n_q, n_k, d, dv, float(beta), per_split,
         q_t.stride(0), k_t.stride(0), values.stride(0), m.stride(0), acc.stride(0), acc.stride(1),
-        SIM=SIMILARITIES[similarity], BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_DV=block_dv,
+        SIM=SIMILARITIES[similarity], BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_DV=block_dv, PRECISION=precision,
     )
     top = m.amax(0, keepdim=True)
     scale = torch.exp(m - top)  # splits that saw nothing have m = -inf and weigh 0

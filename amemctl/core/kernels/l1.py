@@ -40,11 +40,17 @@ if triton is not None:
         mq = rq < n_q
         mn = rn < n_k
         acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-        for j in range(0, d):
-            qj = tl.load(QT + j * stride_qt + rq, mask=mq, other=0.0).to(tl.float32)
-            kj = tl.load(KT + j * stride_kt + rn, mask=mn, other=0.0).to(tl.float32)
+        # pointers advance one row per dimension: j * stride in int32 would overflow past 2^31
+        # elements (N = 1e6 keys x d = 3072), a pointer plus a stride does not
+        q_ptr = QT + rq
+        k_ptr = KT + rn
+        for _ in range(0, d):
+            qj = tl.load(q_ptr, mask=mq, other=0.0).to(tl.float32)
+            kj = tl.load(k_ptr, mask=mn, other=0.0).to(tl.float32)
             acc += tl.abs(qj[:, None] - kj[None, :])
-        tl.store(S + rq[:, None] * stride_s + rn[None, :], acc, mask=mq[:, None] & mn[None, :])
+            q_ptr += stride_qt
+            k_ptr += stride_kt
+        tl.store(S + rq.to(tl.int64)[:, None] * stride_s + rn[None, :], acc, mask=mq[:, None] & mn[None, :])
 
     #: block sizes tried on each GPU (autotuned per shape); the interpreter takes the first
     CONFIGS = [

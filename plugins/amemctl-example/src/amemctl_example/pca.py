@@ -40,6 +40,11 @@ class PCA(Stage):
     memory_out = Output("pca_patterns", "the stored patterns' embeddings, N x components")
     queries_out = Output("pca_queries", "the queries' embeddings, Q x components")
 
+    # Inputs may be lazy stored rows (after `open_store`); the engine reads these two into
+    # tensors for `run`, within the pipeline's budget. A stage that streams its input would
+    # instead iterate `amemctl.Rows.chunks()`.
+    materialize = ("memory", "queries")
+
     def run(self, ctx: Context) -> None:
         patterns, queries = ctx[self.memory], ctx[self.queries]
         width = patterns[0].numel()

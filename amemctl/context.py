@@ -1,0 +1,167 @@
+"""The context a stage runs in: named tensors on one device, metrics, figures, randomness.
+
+It lives beside `amemctl.stage` rather than in the engine, because every stage (built-in or
+a plugin's) needs it: stages import it; the engine makes one per sweep point.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+import torch
+
+from amemctl.errors import StageError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    """What stages share within one sweep point.
+
+    `ctx["name"]` reads and writes tensors (or other values a stage passes on); `device`
+    is where new tensors belong; `rng()` gives this stage's own seeded random stream (a CPU
+    generator), so a stage draws the same numbers whatever ran before it and on any device; `metric()` records numbers for
+    the report; `figure_path()` says where a figure of this point goes.
+    """
+
+    device: torch.device
+    seed: int
+    budget: int
+    run_dir: Path
+    point_label: str = "run"
+    point_slug: str = "run"
+    values: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+    #: example images for the run's overview figures: figure name -> [(row label, images[, wrong])]
+    examples: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+    stage_seed: int = 0  #: set by the engine before each stage, from the seed and the stage's position
+    progress: Any = None  #: the engine's rich Progress, or None when quiet
+    #: where the data came from and which run made it, written into stores by `persist`
+    provenance: dict[str, Any] = field(default_factory=dict)
+    #: tensor name -> identity of the encoder that made it (embeddings), for `persist`
+    identities: dict[str, dict] = field(default_factory=dict)
+    #: (title, markdown) sections this point adds to report.md
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    #: the torch.distributed group when the run spans several ranks (None: one process)
+    group: Any = None
+    #: the registry the pipeline was checked with: where stages look up what they dispatch to
+    registry: Any = None
+    _bars: list = field(default_factory=list, repr=False)  #: (task, description) of the open track() bars
+
+    @property
+    def distributed(self) -> bool:
+        import torch.distributed as dist
+
+        return self.group is not None and dist.is_initialized() and dist.get_world_size(self.group) > 1
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes stores and reports: always, except ranks other than 0."""
+        import torch.distributed as dist
+
+        return not self.distributed or dist.get_rank(self.group) == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (a no-op in one process)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier(self.group)
+
+    #: what a stage may add to; a snapshot copies these (not the tensors themselves, which
+    #: stages never modify in place), so a later sweep point can start from it
+    _GROWING = ("values", "metrics", "figures", "examples", "provenance", "identities", "notes")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state after a stage, for `restore` in a later sweep point that shares the prefix."""
+        return {name: _copy(getattr(self, name)) for name in self._GROWING}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        for name in self._GROWING:
+            setattr(self, name, _copy(snapshot[name]))
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self.values), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"available: {', '.join(self.values) or 'nothing yet'}"
+            raise StageError(f"no tensor named {name!r} in the context", hint=hint) from None
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.values[name] = value
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.values
+
+    def rng(self, device: "torch.device | str | None" = None) -> torch.Generator:
+        """This stage's own seeded random stream: a CPU generator unless `device` names another.
+
+        CPU by default so that a run draws the same numbers on every device and so that
+        `torch.randn(shape, generator=ctx.rng())` never meets a generator of another device
+        (it gives CPU tensors: move them with `.to(ctx.device)`). `amemctl.random.randn(shape,
+        ctx.rng(), device=ctx.device)` and its siblings draw and move in one call, with a
+        generator on any device.
+        """
+        generator = torch.Generator(device=device or "cpu")
+        generator.manual_seed(self.stage_seed)
+        return generator
+
+    def metric(self, name: str, value: float) -> None:
+        """Record a number of this sweep point (a float, a 0-d tensor is converted)."""
+        self.metrics[name] = float(value)
+
+    def show(self, figure: str, label: str, images: Any, wrong: Any = None) -> None:
+        """Add a row of example images to the run's figure `figure` (figures/<figure>.png).
+
+        Rows that several sweep points share (the same originals, the same queries) are
+        drawn once, labelled with the sweep values they have in common. `wrong` (a boolean
+        per image) frames those images in red.
+        """
+        row = (label, images.detach().cpu()) if wrong is None else (label, images.detach().cpu(), wrong.detach().cpu().bool())
+        self.examples.setdefault(figure, []).append(row)
+
+    def note(self, title: str, markdown: str) -> None:
+        """Add a section to report.md under this sweep point (lists, small tables, findings)."""
+        self.notes.append((title, markdown))
+
+    def figure_path(self, name: str) -> Path:
+        """Path for a PNG of this point: figures/<point>-<name>.png (registered for the report)."""
+        folder = self.run_dir / "figures"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.point_slug}-{name}.png"
+        self.figures.append(path)
+        return path
+
+    def track(self, items: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
+        """Iterate with a progress bar under the pipeline's bars (plain iteration when quiet)."""
+        if self.progress is None:
+            yield from items
+            return
+        task = self.progress.add_task(description or "working", total=total)
+        self._bars.append((task, description or "working"))
+        try:
+            for item in items:
+                yield item
+                self.progress.advance(task)
+        finally:
+            self._bars.remove((task, description or "working"))
+            self.progress.remove_task(task)
+
+    def epoch_done(self, epoch: int, loss: float) -> None:
+        """A training loop's report after an epoch: the loss shows in its progress bar."""
+        if self.progress is not None and self._bars:
+            task, description = self._bars[-1]
+            self.progress.update(task, description=f"{description} (epoch {epoch}, loss {loss:.4g})")
+
+
+def _copy(container: Any) -> Any:
+    """One level deeper than a shallow copy: lists inside dicts are copied too (the examples)."""
+    if isinstance(container, dict):
+        return {k: list(v) if isinstance(v, list) else v for k, v in container.items()}
+    return list(container)

@@ -1,0 +1,155 @@
+"""The record of a run: run.json in its folder, and error.txt when it stops on an error.
+
+run.json says who started the run (command line, `--set` overrides, git commit and whether
+the checkout was dirty), when it started and ended, and how it stands: running, finished,
+failed or interrupted. It is rewritten atomically (a temporary file renamed over it) at
+every change, so a reader never sees half of one. A run killed outright (SIGKILL, a lost
+node) cannot write its end: its record still says `running`, with the pid and host that
+ran it, which is how `status_of` recognises it as dead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RECORD = "run.json"
+TRACEBACK = "error.txt"
+STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+def now() -> str:
+    """The current time, ISO 8601 with the local offset (what a reader compares by eye)."""
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def git_state(path: "str | Path") -> dict[str, Any] | None:
+    """The commit of the git checkout holding `path` and whether it has uncommitted changes; None outside git."""
+    folder = Path(path).resolve()
+    folder = folder if folder.is_dir() else folder.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):  # no git installed, or it hangs
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary name in the same folder, then rename: the file is whole or unchanged."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunRecord:
+    """run.json of one run folder, kept up to date while the run goes on."""
+
+    def __init__(self, run_dir: Path, data: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.data = data
+
+    @classmethod
+    def start(
+        cls,
+        run_dir: Path,
+        *,
+        pipeline: str,
+        file: str,
+        overrides: list[str],
+        command: list[str] | None,
+        points: int,
+        headline: dict[str, str] | None,
+        previous: dict[str, Any] | None = None,
+    ) -> "RunRecord":
+        """Record a run (or the resumption of one, keeping its history) as running, now."""
+        data: dict[str, Any] = dict(previous or {})
+        if previous:
+            attempts = list(previous.get("attempts", []))
+            attempts.append({k: previous.get(k) for k in ("started", "ended", "status", "command", "pid", "host")})
+            data["attempts"] = attempts
+        data.update(
+            pipeline=pipeline,
+            file=file,
+            overrides=list(overrides),
+            command=list(command if command is not None else sys.argv),
+            cwd=os.getcwd(),
+            git=git_state(file) if Path(file).exists() else None,
+            started=now(),
+            ended=None,
+            status="running",
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            points_total=points,
+            points_done=0,
+            points_reused=0,
+            headline=headline,
+            error=None,
+        )
+        record = cls(run_dir, data)
+        record.save()
+        return record
+
+    def save(self) -> None:
+        write_atomically(self.run_dir / RECORD, json.dumps(self.data, indent=2) + "\n")
+
+    def progress(self, done: int, reused: int) -> None:
+        self.data.update(points_done=done, points_reused=reused)
+        self.save()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """End the record: finished, or failed/interrupted with the error's message and traceback."""
+        self.data["ended"] = now()
+        if error is None:
+            self.data["status"] = "finished"
+        else:
+            interrupted = isinstance(error, (KeyboardInterrupt, Interrupted))
+            self.data["status"] = "interrupted" if interrupted else "failed"
+            render = getattr(error, "render", None)
+            message = render() if callable(render) else (str(error) or type(error).__name__)
+            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            (self.run_dir / TRACEBACK).write_text(f"{message}\n\n{text}")
+            self.data["error"] = {"type": type(error).__name__, "message": message, "traceback": TRACEBACK}
+        self.save()
+
+
+class Interrupted(Exception):
+    """The process was asked to stop (SIGTERM, as cluster schedulers send before a kill)."""
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """run.json of a run folder; None when absent or unreadable (runs from before records)."""
+    try:
+        data = json.loads((run_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def status_of(record: dict[str, Any]) -> str:
+    """The record's status, with a `running` run whose process is gone on this host read as `dead`."""
+    status = str(record.get("status", "unknown"))
+    if status == "running" and record.get("host") == socket.gethostname() and not _alive(record.get("pid")):
+        return "dead"
+    return status
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -1,0 +1,184 @@
+"""Run folders seen together: find them, summarise each, compare their metrics side by side.
+
+A run is named by its folder (a path), by `<pipeline>/<stamp>` under the runs root, or by
+its pipeline's name alone, which means that pipeline's latest run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from amemctl.engine.records import read_record, status_of
+from amemctl.errors import AmemctlError
+
+
+@dataclass
+class RunSummary:
+    """What `runs ls` shows of one run folder."""
+
+    path: Path
+    id: str
+    pipeline: str
+    status: str
+    started: str | None
+    seconds: float | None
+    points_done: int | None
+    points_total: int | None
+    overrides: list[str]
+    headline: str | None  #: the first table's metric
+    headline_value: float | None  #: its mean over the finished points
+    headline_format: str = "number"
+    record: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def run_folders(root: "str | Path") -> list[Path]:
+    """Every run folder under root (runs/<pipeline>/<stamp>/), oldest first by start."""
+    root = Path(root)
+    found = [p.parent for p in root.glob("*/*/pipeline.yaml")]
+    return sorted(found, key=lambda p: (p.name, p.parent.name))
+
+
+def find_run(name: str, root: "str | Path" = "runs") -> Path:
+    """The run folder `name` names: a folder path, `<pipeline>/<stamp>` under root, or a pipeline's latest run."""
+    root = Path(root)
+    for candidate in (Path(name), root / name):
+        if (candidate / "pipeline.yaml").is_file():
+            return candidate
+    latest = sorted((p.parent for p in (root / name).glob("*/pipeline.yaml")), key=lambda p: p.name)
+    if latest:
+        return latest[-1]
+    known = sorted({p.parent.name for p in run_folders(root)})
+    hint = f"runs under {root}: {', '.join(known)}" if known else f"there are no runs under {root}"
+    raise AmemctlError(f"no run {name!r}: not a run folder, nor <pipeline>/<stamp> or a pipeline name under {root}", hint=hint + " (see `amemctl runs ls`)")
+
+
+def summarise(path: Path, root: "str | Path" = "runs") -> RunSummary:
+    """One run's status, timing, overrides and headline metric, from run.json and metrics.json."""
+    record = read_record(path) or {}
+    metrics = _read_json(path / "metrics.json") or {}
+    try:
+        ident = str(path.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        ident = str(path)
+    status = status_of(record) if record else ("finished" if metrics.get("status") == "ok" else metrics.get("status", "unknown"))
+    headline = record.get("headline") or {}
+    metric = headline.get("metric") if isinstance(headline, dict) else None
+    values = [p["metrics"][metric] for p in metrics.get("points", []) if metric and metric in p.get("metrics", {})]
+    return RunSummary(
+        path=path,
+        id=ident,
+        pipeline=record.get("pipeline") or metrics.get("pipeline") or path.parent.name,
+        status=status,
+        started=record.get("started"),
+        seconds=_duration(record),
+        points_done=record.get("points_done", len(metrics.get("points", [])) if metrics else None),
+        points_total=record.get("points_total"),
+        overrides=list(record.get("overrides") or []),
+        headline=metric,
+        headline_value=sum(values) / len(values) if values else None,
+        headline_format=headline.get("format", "number") if isinstance(headline, dict) else "number",
+        record=record,
+        metrics=metrics,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _duration(record: dict[str, Any]) -> float | None:
+    try:
+        start = datetime.fromisoformat(record["started"])
+        end = datetime.fromisoformat(record["ended"]) if record.get("ended") else None
+    except (KeyError, TypeError, ValueError):
+        return None
+    if end is None:
+        return (datetime.now(start.tzinfo) - start).total_seconds() if record.get("status") == "running" else None
+    return (end - start).total_seconds()
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def format_metric(value: float | None, fmt: str) -> str:
+    from amemctl.engine.results import format_value
+
+    text = format_value(value, fmt)
+    return text + (" %" if fmt == "percent" and value is not None else "")
+
+
+@dataclass
+class Comparison:
+    """Metrics of several runs side by side: one row per (sweep point, metric), one column per run."""
+
+    runs: list[RunSummary]
+    rows: list[tuple[str, str, list[float | None]]]  #: (point label, metric, value of each run)
+    formats: dict[str, str]
+
+
+def compare(paths: list[Path], metrics: list[str] | None = None, root: "str | Path" = "runs") -> Comparison:
+    """Line up the points of `paths` by their sweep values; `metrics` default to the runs' headline metrics.
+
+    Without headline metrics (no report tables) every metric the runs share is compared,
+    except timings (seconds.*).
+    """
+    runs = [summarise(p, root) for p in paths]
+    formats = {r.headline: r.headline_format for r in runs if r.headline}
+    if not metrics:
+        metrics = list(dict.fromkeys(r.headline for r in runs if r.headline))
+    if not metrics:
+        shared = None
+        for r in runs:
+            names = [k for p in r.metrics.get("points", []) for k in p.get("metrics", {}) if not k.startswith("seconds.") and not k.endswith(".std")]
+            shared = list(dict.fromkeys(names)) if shared is None else [n for n in shared if n in names]
+        metrics = shared or []
+    labels: list[str] = []
+    table: dict[tuple[str, str], list[float | None]] = {}
+    for i, r in enumerate(runs):
+        for p in r.metrics.get("points", []):
+            label = ", ".join(f"{k}={v}" for k, v in p.get("sweep", {}).items()) or "run"
+            if label not in labels:
+                labels.append(label)
+            for m in metrics:
+                cells = table.setdefault((label, m), [None] * len(runs))
+                cells[i] = p.get("metrics", {}).get(m)
+    rows = [(label, m, table[(label, m)]) for label in labels for m in metrics if (label, m) in table]
+    return Comparison(runs, rows, formats)
+
+
+def resume_source(name: str, root: "str | Path") -> tuple[Path, Path, list[str], list[str]]:
+    """For `run --resume`: the run folder, the pipeline file to load, its recorded overrides, extra ones.
+
+    The pipeline file is the original when it still reads as the copy in the run folder;
+    otherwise the copy itself (named as the run was), so a pipeline edited since does not
+    change what the run resumes.
+    """
+    run_dir = find_run(name, root)
+    record = read_record(run_dir) or {}
+    copy = run_dir / "pipeline.yaml"
+    original = Path(record.get("file") or "")
+    overrides = [str(o) for o in record.get("overrides") or []]
+    try:
+        if original.is_file() and original.read_text(encoding="utf-8") == copy.read_text(encoding="utf-8"):
+            return run_dir, original, overrides, []
+    except OSError:
+        pass
+    name_override = [f"name={record.get('pipeline') or run_dir.parent.name}"]
+    return run_dir, copy, overrides, name_override

@@ -1,0 +1,92 @@
+"""What a stage dispatches to by name: separations, corruptions, encoder architectures.
+
+A `Function` is declared like a stage: a name, a docstring-like `doc`, and its own `Param`s.
+A stage that chooses one by a parameter (`separate`'s `function`, `corrupt`'s `kind`) says
+so in its `dispatch`; the chosen function's parameters are then written flat beside the
+stage's own, and checked at their YAML line against the function's declaration:
+
+    SeparationFunction(
+        "sparsemax",
+        lambda beta: Sparse("sparsemax", beta),
+        {"beta": Param(float, 1.0, "inverse temperature", min=0)},
+        doc="Euclidean projection of beta * scores onto the simplex (sparse weights)",
+    )
+
+Built-ins and plugins register them through the same hooks (amemctl/hookspecs.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Mapping
+
+from amemctl.stage import Param, ParamError
+from amemctl.suggest import did_you_mean
+
+
+class Function:
+    """A named, documented callable with declared parameters, chosen by name in a pipeline."""
+
+    #: the noun for this kind of function in messages ("separation", "corruption", ...)
+    kind: ClassVar[str] = "function"
+
+    def __init__(self, name: str, make: Callable[..., Any], params: "Mapping[str, Param] | None" = None, doc: str = "") -> None:
+        self.name = name
+        self.make = make
+        self.doc = doc
+        self.params: dict[str, Param] = dict(params or {})
+        for key, param in self.params.items():
+            param.name = param.name or key
+
+    @property
+    def summary(self) -> str:
+        """The first line of the documentation."""
+        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+
+    def configure(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Every parameter: the given values checked against their declarations, defaults for the rest."""
+        for key in given:
+            if key not in self.params:
+                accepted = ", ".join(self.params) or "no parameters"
+                raise ParamError(
+                    f"{self.kind} {self.name!r} takes no parameter {key!r}",
+                    hint=did_you_mean(key, self.params) or f"{self.name} accepts {accepted}",
+                    param=key,
+                    about="key",
+                )
+        values: dict[str, Any] = {}
+        for key, param in self.params.items():
+            if key in given:
+                try:
+                    values[key] = param.coerce(given[key])
+                except ParamError as exc:
+                    exc.param = key
+                    raise
+            elif param.required:
+                raise ParamError(f"{self.kind} {self.name!r} needs parameter {key!r}", hint=param._expect() + (f": {param.doc}" if param.doc else ""), param=key, about="key")
+            else:
+                values[key] = param.default
+        return values
+
+    def __call__(self, *args: Any, **given: Any) -> Any:
+        """`make(*args, **parameters)` with the parameters checked and completed."""
+        return self.make(*args, **self.configure(given))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class SeparationFunction(Function):
+    """A separation: `make(**parameters)` returns an `amemctl.core.separation.Separation`."""
+
+    kind = "separation"
+
+
+class EncoderArchitecture(Function):
+    """An encoder (phi) architecture: `make(cifar_stem: bool, **parameters)` returns an
+    `nn.Module` mapping N x 3 x H x W images to N x `width` embeddings."""
+
+    kind = "encoder"
+
+    def __init__(self, name: str, make: Callable[..., Any], width: int, params: "Mapping[str, Param] | None" = None, doc: str = "") -> None:
+        super().__init__(name, make, params, doc)
+        self.width = width

@@ -1,0 +1,134 @@
+"""Device hygiene: nothing made on the wrong device, no GPU synchronisation in the retrieval's chunk loop.
+
+The 'meta' device stands in for a GPU on machines without one: a meta tensor has a shape and
+a device but no data, so an operation that mixes it with a CPU tensor fails, and so does
+anything that reads a value back to the host (`.item()`, `bool(t)`, `nonzero()`), which on
+a GPU is a synchronisation. The tests marked "needs a CUDA device" check the same on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amemctl.core.retrieval import _recall_block, recall
+from amemctl.core.rows import TensorRows
+from amemctl.core.separation import make_separation
+from amemctl.core.similarity import SIMILARITIES
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+STREAMING = [("softmax", {"beta": 2.0}), ("max", {}), ("topk", {"k": 3}), ("topk", {"k": 2, "weighting": "softmax"}), ("identity", {}), ("polynomial", {"n": 3})]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("separation", STREAMING + [("sparsemax", {})], ids=lambda s: s[0] + str(s[1].get("k", "")))
+def test_the_chunk_loop_stays_on_the_queries_device_and_never_reads_back(separation, normalize):
+    """Every similarity x separation over several chunks, on meta tensors: no CPU tensor, no host read."""
+    meta = torch.device("meta")
+    q = torch.empty(5, 8, device=meta)
+    keys, values = TensorRows(torch.empty(40, 8, device=meta)), TensorRows(torch.empty(40, 3, device=meta))
+    sep = make_separation(separation[0], **separation[1])
+    for sim in SIMILARITIES.values():
+        out, index, score = _recall_block(q, keys, values, sim, sep, "negative", normalize, 16, 3)
+        assert out.shape == (5, 3) and index.shape == score.shape == (5,)
+        assert out.device == index.device == score.device == meta, sim.name
+
+
+@CUDA
+@pytest.mark.parametrize("separation", STREAMING)
+def test_the_chunk_loop_never_synchronises_on_the_gpu(separation):
+    sep = make_separation(separation[0], **separation[1])
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.rand(shape, generator=g, device="cuda") for shape in ((50, 16), (5000, 16), (5000, 7)))
+    for sim in ("dot", "cosine", "euclidean", "manhattan", "jensen_shannon"):
+        args = (q, TensorRows(k), TensorRows(v), SIMILARITIES[sim], sep, "negative", False, 1024, 7)
+        _recall_block(*args)  # the first call may autotune the L1 kernel, which synchronises on purpose
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            _recall_block(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@CUDA
+@pytest.mark.parametrize("separation", STREAMING + [("sparsemax", {"beta": 5.0}), ("entmax15", {})], ids=lambda s: s[0] + str(s[1].get("k", "")))
+def test_the_gpu_retrieves_what_the_cpu_retrieves(separation):
+    """Every similarity, keys on the GPU and on the CPU (copied per chunk), against the CPU's answer."""
+    sep = make_separation(separation[0], **separation[1])
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.rand(3000, 24, generator=g), torch.rand(3000, 5, generator=g)
+    q = k[:40] + 0.05 * torch.randn(40, 24, generator=g)
+    for name, sim in SIMILARITIES.items():
+        want = recall(q, k, v, similarity=sim, separation=sep, budget=40 * 1024 * 64)
+        for keys in (k.cuda(), k):
+            got = recall(q.cuda(), keys, v.cuda(), similarity=sim, separation=sep, budget=40 * 1024 * 64)
+            assert got.output.device.type == "cuda" and got.index.device.type == "cuda"
+            torch.testing.assert_close(got.output.cpu(), want.output, rtol=2e-4, atol=2e-4, msg=f"{name}")
+            assert (got.index.cpu() == want.index).float().mean() > 0.97, name
+
+
+def test_a_rank_without_a_gpu_of_its_own_is_told_so(monkeypatch):
+    """Two ranks on a one-GPU machine: a clear error, not NCCL's duplicate-GPU failure or an invalid ordinal."""
+    from amemctl import launch
+    from amemctl.errors import AmemctlError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device reached"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(AmemctlError, match="rank 1 has no GPU of its own") as info:
+        launch.start_worker("auto")
+    assert "--nproc 1" in info.value.hint
+
+
+def test_simclr_never_pins_images(monkeypatch):
+    """Images too large for the GPU stay where they are: pinning them bought nothing and fails on GPU tensors."""
+    from amemctl.training import simclr
+
+    images = torch.rand(4, 3, 8, 8)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 0))
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pytest.fail("pinned"))
+    assert simclr._resident(images, torch.device("cuda")) is images
+    assert simclr._resident(images, torch.device("cpu")) is images
+
+
+def test_float64_manhattan_does_not_go_through_the_float32_kernel(monkeypatch):
+    from amemctl.core.kernels import l1
+    from amemctl.core.similarity import manhattan
+
+    monkeypatch.setattr(l1, "available", lambda x: True)
+    monkeypatch.setattr(l1, "l1_distances", lambda q, k: pytest.fail("float64 sent to the float32 kernel"))
+    q, k = torch.rand(3, 5, dtype=torch.float64), torch.rand(7, 5, dtype=torch.float64)
+    got = manhattan(q, k)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, (q[:, None] - k[None]).abs().sum(-1))
+
+
+@CUDA
+def test_draws_from_a_cpu_generator_reach_the_gpu_without_a_sync():
+    from amemctl.core import random
+
+    want = random.rand((1000, 3), torch.Generator().manual_seed(4))
+    random.rand((8,), torch.Generator(), device="cuda")  # the first pinned block may be allocated here
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = random.rand((1000, 3), torch.Generator().manual_seed(4), device="cuda", dtype=torch.float64)
+        perm = random.randperm(50, torch.Generator().manual_seed(1), device="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert got.device.type == "cuda" and got.dtype == torch.float64
+    assert torch.equal(got.cpu(), want.double()) and torch.equal(perm.cpu(), torch.randperm(50, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("separation", [("max", {}), ("topk", {"k": 2})])
+def test_a_nan_key_under_max_or_topk_is_named_not_hidden(separation):
+    """top-k picks exactly k per row without reading back; a NaN key still ends in the usual message."""
+    from amemctl.errors import StageError
+
+    keys = torch.rand(50, 4)
+    keys[7, 2] = float("nan")
+    with pytest.raises(StageError, match=r"stored keys contain NaN or infinite values \(rows 7\)"):
+        recall(torch.rand(3, 4), keys, separation=make_separation(separation[0], **separation[1]))

@@ -1,0 +1,53 @@
+"""Small hostile pipeline files are refused quickly and clearly, before they can exhaust memory or the stack."""
+
+from __future__ import annotations
+
+import pytest
+
+from amemctl.dsl.pipeline import apply_overrides
+from amemctl.dsl.source import MAX_DEPTH, MAX_NODES, load_yaml
+from amemctl.errors import PipelineError
+from tests.conftest import error_of
+
+GOOD = "stages:\n  - load: {dataset: digits, limit: 20}\n  - corrupt: {kind: gaussian, variance: 0.1, count: 5}\n  - score: {}\n  - separate: {function: softmax, beta: 1}\n  - project: {}\n  - evaluate: {}\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_expands():
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10^9 values once expanded
+    with pytest.raises(PipelineError, match=f"more than {MAX_NODES:,} values once its aliases"):
+        load_yaml("\n".join(lines) + "\n", "bomb.yaml")
+    data, _ = load_yaml("base: &b {beta: 1}\nuse: *b\n", "ok.yaml")  # ordinary aliases still work
+    assert data["use"] == {"beta": 1}
+
+
+def test_deep_nesting_is_refused_without_a_recursion_error():
+    text = "x: " + "{a: " * 330 + "1" + "}" * 330 + "\n"
+    with pytest.raises(PipelineError, match=f"nests more than {MAX_DEPTH}") as info:
+        load_yaml(text, "deep.yaml")
+    assert info.value.location.line == 1
+    load_yaml("x: " + "[" * (MAX_DEPTH - 1) + "1" + "]" * (MAX_DEPTH - 1) + "\n", "ok.yaml")
+
+
+@pytest.mark.parametrize("tagged", ["!!python/object/apply:os.system ['true']", "!!python/object/apply:os.system {args: ['true']}", "!!set {a: null}"])
+def test_tags_on_lists_and_mappings_are_refused_not_dropped(tagged):
+    with pytest.raises(PipelineError, match="the YAML tag !!.* is not allowed") as info:
+        load_yaml(f"seed: 1\nstages: {tagged}\n", "tags.yaml")
+    assert info.value.location.line == 2
+    doc, source = load_yaml(GOOD, "good.yaml")
+    with pytest.raises(PipelineError, match="is not allowed"):
+        apply_overrides(doc, [f"seed={tagged}"], source)
+
+
+def test_a_huge_sweep_is_refused_by_its_size_before_expansion(monkeypatch):
+    values = ", ".join(str(i) for i in range(1000))
+    text = GOOD.replace("beta: 1", "beta: \"${a}\"") + f"sweep:\n  a: [{values}]\n  b: [{values}]\n  c: [{values}]\n"
+    message = error_of(text)
+    assert "the sweep has 1,000,000,000 points (1,000 a x 1,000 b x 1,000 c), more than the limit of 10,000" in message
+    assert "AMEMCTL_MAX_POINTS=N" in message
+    monkeypatch.setenv("AMEMCTL_MAX_POINTS", "100")
+    assert "more than the limit of 100" in error_of(GOOD.replace("beta: 1", "beta: \"${a}\"") + "sweep:\n  a: [" + ", ".join(map(str, range(101))) + "]\n")
+
+
+def test_nan_parameters_are_refused_at_validation():
+    assert "parameter 'beta' is NaN" in error_of(GOOD.replace("beta: 1", "beta: .nan"))

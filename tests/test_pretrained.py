@@ -1,0 +1,94 @@
+"""Shipped encoders by name (identity checked before loading) and the kNN accuracy of embeddings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amemctl.core.knn import knn_accuracy
+from amemctl.errors import DataError
+from amemctl.models import pretrained
+from amemctl.models.encoders import Preprocessing, random_encoder, save_encoder
+
+CPU = torch.device("cpu")
+
+
+def _ship(folder, name="tiny-phi"):
+    phi = random_encoder("small", True, Preprocessing(), seed=3)
+    checkpoint = folder / "encoder.pt"
+    save_encoder(phi.module, checkpoint, "small", True, phi.preprocessing, losses=[1.0, 0.5])
+    entry = pretrained.ship(checkpoint, name, "a random small encoder", "# tiny-phi\n\nsha256: {sha256}\n", folder)
+    return phi, entry
+
+
+def test_a_shipped_encoder_loads_by_name_with_its_recorded_identity(tmp_path):
+    phi, entry = _ship(tmp_path)
+    assert pretrained.names(tmp_path) == ["tiny-phi"]
+    loaded = pretrained.load("tiny-phi", tmp_path)
+    assert loaded.weights_sha256 == entry.sha256 and loaded.weights == "pretrained:tiny-phi"
+    assert loaded.identity()["weights_sha256"] == entry.sha256
+    assert entry.sha256 in (tmp_path / "tiny-phi.md").read_text()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rounded = random_encoder("small", True, Preprocessing(), seed=3)
+    rounded.module.load_state_dict({k: v.to(torch.bfloat16).to(v.dtype) if v.is_floating_point() else v for k, v in phi.module.state_dict().items()})
+    torch.testing.assert_close(loaded.embed(images, CPU), rounded.embed(images, CPU))
+    assert (tmp_path / "tiny-phi.pt").stat().st_size < (tmp_path / "encoder.pt").stat().st_size * 0.6  # bfloat16 weights
+
+
+def test_a_damaged_or_missing_shipped_file_is_refused_before_loading(tmp_path):
+    _ship(tmp_path)
+    data = bytearray((tmp_path / "tiny-phi.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "tiny-phi.pt").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="damaged or replaced"):
+        pretrained.load("tiny-phi", tmp_path)
+    (tmp_path / "tiny-phi.pt").unlink()
+    with pytest.raises(DataError, match="missing its weights file"):
+        pretrained.load("tiny-phi", tmp_path)
+    with pytest.raises(DataError, match="did you mean 'tiny-phi'"):
+        pretrained.load("tiny-pho", tmp_path)
+
+
+def test_embed_takes_a_shipped_encoder_by_name(tmp_path, monkeypatch, run_text):
+    _ship(tmp_path)
+    monkeypatch.setattr(pretrained, "WEIGHTS", tmp_path)
+    text = """\
+data: {dataset: patches32, limit: 16}
+stages:
+  - embed: {pretrained: tiny-phi, input: patterns, output: keys}
+  - corrupt: {kind: rotate}
+  - embed: {pretrained: tiny-phi, input: queries, output: query_keys}
+  - score: {memory: keys, queries: query_keys, similarity: cosine}
+  - separate: {function: max}
+  - project: {values: patterns}
+  - evaluate: {}
+"""
+    metrics = run_text(text).points[0].metrics
+    assert 0 <= metrics["error_index"] <= 1
+
+
+def _plain_knn(x, y, k, tau):
+    x = torch.nn.functional.normalize(x, dim=1)
+    correct = 0
+    for i in range(len(x)):
+        sims = [(float(x[i] @ x[j]), int(y[j])) for j in range(len(x)) if j != i]
+        sims.sort(key=lambda t: -t[0])
+        votes = {}
+        for s, label in sims[:k]:
+            votes[label] = votes.get(label, 0.0) + torch.exp(torch.tensor(s / tau)).item()
+        correct += max(votes, key=votes.get) == int(y[i])
+    return correct / len(x)
+
+
+def test_knn_accuracy_equals_a_plain_leave_one_out_vote():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 8, generator=g)
+    labels = torch.randint(0, 4, (60,), generator=g)
+    x = centres[labels] + 0.9 * torch.randn(60, 8, generator=g)
+    for k in (1, 5, 20):
+        assert knn_accuracy(x, labels, k=k, tau=0.1, block=7) == pytest.approx(_plain_knn(x, labels, k, 0.1))
+    # leave-one-out: a lone point of its class cannot vote for itself
+    lone = torch.cat([x, torch.randn(1, 8, generator=g)]), torch.cat([labels, torch.tensor([9])])
+    assert knn_accuracy(*lone, k=1) == pytest.approx(_plain_knn(x, labels, 1, 0.1) * 60 / 61)
+    # with separate references, every query is classified against them
+    assert knn_accuracy(centres, torch.arange(4), x, labels, k=5) == 1.0

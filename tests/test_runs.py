@@ -1,0 +1,307 @@
+"""Run records, `amemctl runs`, typed results and `run --resume`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from amemctl import Stage, results
+from amemctl.cli import main
+from amemctl.dsl.pipeline import parse_text
+from amemctl.engine.records import read_record, status_of
+from amemctl.engine.runner import run_pipeline
+from amemctl.plugins import build_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SWEEP = """\
+name: small
+seed: 0
+data: {dataset: digits, limit: 200}
+sweep:
+  beta: [1, 10, 100, 1000]
+  corruption: [{kind: gaussian, variance: 0.1}, {kind: mask_zero, fraction: 0.5}]
+stages:
+  - corrupt: ${corruption}
+  - score: {similarity: manhattan}
+  - separate: {function: softmax, beta: "${beta}"}
+  - project: {}
+  - evaluate: {threshold: 1.0}
+  - report: {count: 3}
+report:
+  tables: [{metric: error_index, rows: [corruption], columns: beta}]
+"""
+
+
+class Tick(Stage):
+    """Count the points it runs in; with `stop_at` armed, Ctrl-C at that call."""
+
+    name = "tick"
+    calls = 0
+    stop_at: int | None = None
+
+    def run(self, ctx):
+        type(self).calls += 1
+        if type(self).calls == type(self).stop_at:
+            raise KeyboardInterrupt
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _metrics(run_dir: Path) -> list[tuple]:
+    doc = json.loads((run_dir / "metrics.json").read_text())
+    return [(p["index"], {k: v for k, v in p["metrics"].items() if not k.startswith("seconds.")}) for p in doc["points"]]
+
+
+def test_a_run_records_its_command_overrides_times_and_status(tmp_path):
+    (tmp_path / "small.yaml").write_text(SWEEP)
+    result = _invoke("run", tmp_path / "small.yaml", "--set", "seed=2", "--set", "sweep.beta=[1, 10]", "--out", tmp_path / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    record = read_record(run_dir)
+    assert record["status"] == "finished" and status_of(record) == "finished"
+    assert record["overrides"] == ["seed=2", "sweep.beta=[1, 10]"] and record["command"][:2] == ["amemctl", "run"]
+    assert record["started"] <= record["ended"] and record["points_done"] == record["points_total"] == 4
+    assert record["pid"] == os.getpid() and record["error"] is None and record["headline"]["metric"] == "error_index"
+
+
+def test_a_failed_run_records_its_error_and_traceback(run_text, tmp_path):
+    text = "name: small\ndata: {dataset: digits, limit: 200}\nsweep: {n: [10, 20, 5000]}\nstages:\n  - corrupt: {kind: gaussian, count: '${n}'}\n"
+    with pytest.raises(Exception, match="count=5000"):
+        run_text(text)
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    record = read_record(run_dir)
+    assert record["status"] == "failed" and "count=5000 queries asked of 200 stored patterns" in record["error"]["message"]
+    assert "Traceback" in (run_dir / record["error"]["traceback"]).read_text()
+    assert record["points_done"] == 2 and record["ended"] is not None
+
+
+def test_results_are_typed_with_seeds_in_json_csv_and_rows(run_text):
+    run = run_text(SWEEP.replace("seed: 0", "seed: 4\nrepeats: 2").replace("beta: [1, 10, 100, 1000]", "beta: [1, 100]"))
+    doc = json.loads((run.run_dir / "metrics.json").read_text())
+    first = doc["points"][0]
+    assert first["sweep"] == {"beta": "1", "corruption": "gaussian variance=0.1"}
+    assert first["values"] == {"beta": 1, "corruption": {"kind": "gaussian", "variance": 0.1}} and first["seeds"] == [4, 5]
+    rows = results(run.run_dir)
+    assert len(rows) == 4 * 2 and rows == results(run)
+    assert rows[0]["beta"] == 1 and rows[0]["corruption.variance"] == 0.1 and rows[0]["corruption.fraction"] is None
+    assert [(r["point"], r["repeat"], r["seed"]) for r in rows[:2]] == [(0, 0, 4), (0, 1, 5)]
+    assert (rows[0]["error_index"] + rows[1]["error_index"]) / 2 == pytest.approx(first["metrics"]["error_index"])
+    with open(run.run_dir / "metrics.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 8 and float(table[1]["error_index"]) == pytest.approx(rows[1]["error_index"]) and table[1]["seed"] == "5"
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame(rows)
+    assert frame.groupby("beta")["error_index"].mean().index.tolist() == [1, 100]
+
+
+def test_an_interrupted_sweep_resumes_recomputing_nothing_finished(tmp_path):
+    registry = build_registry()
+    registry.stages["tick"] = Tick
+    text = SWEEP.replace("  - report: {count: 3}\n", "  - report: {count: 3}\n  - tick: {}\n")
+    Tick.calls, Tick.stop_at = 0, None
+    whole = run_pipeline(parse_text(text, "t.yaml", registry=registry), out_root=tmp_path / "whole", device="cpu", progress=False)
+    assert Tick.calls == 8
+    Tick.calls, Tick.stop_at = 0, 4
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(parse_text(text, "t.yaml", registry=registry), out_root=tmp_path / "runs", device="cpu", progress=False)
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    record = read_record(run_dir)
+    assert record["status"] == "interrupted" and record["points_done"] == 3 and record["error"]["type"] == "KeyboardInterrupt"
+    Tick.calls, Tick.stop_at = 0, None
+    resumed = run_pipeline(parse_text(text, "t.yaml", registry=registry), device="cpu", progress=False, resume=run_dir)
+    assert Tick.calls == 5  # the 3 finished points were not run again
+    assert _metrics(run_dir) == _metrics(whole.run_dir)
+    record = read_record(run_dir)
+    assert record["status"] == "finished" and record["points_reused"] == 3 and record["attempts"][0]["status"] == "interrupted"
+    assert resumed.run_dir == run_dir and len(list((run_dir / "figures").glob("retrievals*.png"))) >= 2
+
+
+def test_resume_refuses_a_run_that_is_still_running(tmp_path, run_text):
+    run = run_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
+    record = json.loads((run.run_dir / "run.json").read_text())
+    record.update(status="running", pid=os.getpid())
+    (run.run_dir / "run.json").write_text(json.dumps(record))
+    result = _invoke("run", "--resume", run.run_dir)
+    assert result.exit_code == 2 and "is still running" in result.output
+
+
+def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
+    """SIGKILL in the middle of a sweep (a run that cannot write its end), then `run --resume`."""
+    text = SWEEP.replace("limit: 200", "limit: 600").replace("beta: [1, 10, 100, 1000]", "beta: [1, 3, 10, 30, 100, 300, 1000, 3000]")
+    pipeline = tmp_path / "small.yaml"
+    pipeline.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen([sys.executable, "-m", "amemctl", "run", str(pipeline), "--out", str(tmp_path / "runs"), "--quiet"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((tmp_path / "runs").glob("small/*/points/*.pt"))) < 2 and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    finished = len(list((run_dir / "points").glob("*.pt")))
+    assert 2 <= finished < 16, "the child finished before it was killed: make the sweep longer"
+    assert status_of(read_record(run_dir)) == "dead"
+    listing = _invoke("runs", "ls", "--root", tmp_path / "runs")
+    assert "dead" in listing.output
+    result = _invoke("run", "--resume", "small", "--out", tmp_path / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    record = read_record(run_dir)
+    assert record["status"] == "finished" and record["points_reused"] == finished and record["attempts"][0]["status"] == "running"
+    whole = run_pipeline(parse_text(text, str(pipeline)), out_root=tmp_path / "whole", device="cpu", progress=False)
+    assert _metrics(run_dir) == _metrics(whole.run_dir)
+
+
+def test_runs_ls_show_and_compare(tmp_path):
+    (tmp_path / "small.yaml").write_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1, 100]"))
+    for seed in (0, 1):
+        assert _invoke("run", tmp_path / "small.yaml", "--set", f"seed={seed}", "--out", tmp_path / "runs", "--quiet").exit_code == 0
+        time.sleep(1.1)  # run folders are named by the second they started
+    first, second = sorted((tmp_path / "runs" / "small").iterdir())
+    listing = _invoke("runs", "ls", "--root", tmp_path / "runs")
+    assert listing.exit_code == 0 and f"small/{first.name}" in listing.output and "seed=1" in listing.output
+    shown = _invoke("runs", "show", "small", "--root", tmp_path / "runs")
+    assert shown.exit_code == 0 and second.name in shown.output and "seed=1" in shown.output and "finished" in shown.output
+    compared = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs", "--json")
+    assert compared.exit_code == 0, compared.output
+    table = json.loads(compared.output)
+    a, b = (json.loads((d / "metrics.json").read_text())["points"] for d in (first, second))
+    assert table["rows"][0]["values"] == [a[0]["metrics"]["error_index"], b[0]["metrics"]["error_index"]]
+    assert len(table["rows"]) == 4 and table["rows"][0]["point"] == "beta=1, corruption=gaussian variance=0.1"
+    text = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs").output
+    assert "run 1" in text and "run 2" in text and f"{100 * a[0]['metrics']['error_index']:.1f} %" in text
+    missing = _invoke("runs", "show", "nothing", "--root", tmp_path / "runs")
+    assert missing.exit_code == 2 and "no run 'nothing'" in missing.output and "small" in missing.output
+
+
+TRAINING = {
+    "train-hetero-encoder": """\
+name: stories
+data: {dataset: digits, limit: 40}
+stages:
+  - associate: {}
+  - train-hetero-encoder: {code: 16, epochs: 6, batch_size: 10, noise: 0.01}
+  - chain-recall: {model: network, network: hetero_encoder, steps: 4, stories: 0}
+""",
+    "train-dam": """\
+name: dam
+stages:
+  - load: {dataset: digits, split: test, limit: 50, output: test_images, labels: test_labels}
+  - load: {dataset: digits, split: train, limit: 200}
+  - train-dam: {n: 3, memories: 10, epochs: 6, batch_size: 50, test: test_images, test_labels: test_labels, shown: 0}
+""",
+    "train-autoencoder": """\
+name: ae
+data: {dataset: digits, limit: 100}
+stages:
+  - train-autoencoder: {hidden: [16], code: 4, epochs: 6, batch_size: 25, checkpoint: AE}
+""",
+}
+
+
+@pytest.mark.parametrize("stage", list(TRAINING))
+def test_an_interrupted_training_resumes_from_its_checkpoint(stage, tmp_path, monkeypatch):
+    """Ctrl-C after epoch 3 of 6, then --resume: epochs 4-6 alone are trained, to the same numbers."""
+    from amemctl.engine.context import Context
+    from amemctl.training import checkpoints
+
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_SECONDS", 0.0)
+    epochs: list[int] = []
+    stop = {"at": None}
+
+    def spy(self, epoch, loss):
+        epochs.append(epoch)
+        if epoch == stop["at"]:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Context, "epoch_done", spy)
+
+    def run(name, **options):
+        monkeypatch.setenv("AMEMCTL_CHECKPOINTS", str(tmp_path / name / "checkpoints"))
+        text = TRAINING[stage].replace("AE", str(tmp_path / name / "ae.pt"))
+        return run_pipeline(parse_text(text, "t.yaml"), out_root=tmp_path / name / "runs", device="cpu", progress=False, **options)
+
+    whole = run("whole")
+    assert epochs == [1, 2, 3, 4, 5, 6]
+    epochs.clear()
+    stop["at"] = 3
+    with pytest.raises(KeyboardInterrupt):
+        run("cut")
+    (run_dir,) = (tmp_path / "cut" / "runs").glob("*/*")
+    assert read_record(run_dir)["status"] == "interrupted"
+    epochs.clear()
+    stop["at"] = None
+    run("cut", resume=run_dir)
+    assert epochs == [4, 5, 6]
+    assert _metrics(run_dir) == _metrics(whole.run_dir)
+    epochs.clear()
+    run("cut")  # a finished training is reused as it is
+    assert epochs == []
+
+
+def test_example_grids_split_per_condition_fit_a_screen_and_mark_wrong_retrievals(run_text):
+    import matplotlib.pyplot as plt
+
+    from amemctl import figures
+
+    text = SWEEP.replace("  - corrupt: ${corruption}", "  - corrupt: {count: 24, kind: '${corruption.kind}'}").replace("report: {count: 3}", "report: {count: 24}")
+    text = text.replace("corruption: [{kind: gaussian, variance: 0.1}, {kind: mask_zero, fraction: 0.5}]", "corruption: [{kind: gaussian}, {kind: mask_zero}]")
+    run = run_text(text + "  formats: [png, svg]\n")
+    pngs = sorted((run.run_dir / "figures").glob("retrievals*.png"))
+    assert len(pngs) >= 2, "1 original + 2 query rows + 8 retrieval rows must not be one figure"
+    for png in pngs:
+        height, width = plt.imread(png).shape[:2]
+        assert height <= 100 * (figures.MAX_ROWS + 1.5) and png.with_suffix(".svg").is_file(), png
+    assert any("corruption=gaussian" in p.name for p in pngs) or any("beta=" in p.name for p in pngs)
+    for point in run.points:
+        (retrieved,) = [row for row in point.examples["retrievals"] if row[0] == "retrieved"]
+        assert retrieved[2].float().mean().item() == pytest.approx(point.metrics["error_index"])
+
+
+def test_curve_bands_stay_within_the_metric_bounds(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from amemctl import figures
+
+    seen = []
+    original = matplotlib.axes.Axes.fill_between
+
+    def spy(self, x, low, high, **kw):
+        seen.append((list(low), list(high)))
+        return original(self, x, low, high, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", spy)
+    figures.curves({"a": ([1, 2, 3], [0.02, 0.5, 0.97], [0.1, 0.1, 0.1])}, tmp_path / "c.png", title="t", xlabel="x", ylabel="y", percent=True, bounds=(0.0, 1.0))
+    (low, high), = seen
+    assert low == pytest.approx([0, 40, 87]) and high == pytest.approx([12, 60, 100])
+
+
+def test_validate_warns_about_absent_data_and_tables_name_the_column_variable(tmp_path, monkeypatch, run_text):
+    monkeypatch.setenv("AMEMCTL_DATA", str(tmp_path / "empty"))
+    result = CliRunner().invoke(main, ["validate", str(ROOT / "pipelines" / "mnist_dam.yaml"), str(ROOT / "pipelines" / "quickstart.yaml")])
+    assert result.exit_code == 0
+    assert "dataset 'mnist' (split train) is not in" in result.stderr and "amemctl data download mnist" in result.stderr
+    assert "quickstart" not in result.stderr  # bundled data: nothing to warn about
+    run = run_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
+    assert "| corruption \\ beta | 1 |" in (run.run_dir / "report.md").read_text()
+
+
+def test_the_default_column_says_what_an_unset_parameter_means():
+    from amemctl.plugins import build_registry
+
+    stages = build_registry(entry_points=False).stages
+    assert stages["train-dam"].params["temperature"].default_text() == "the 99th percentile of the initial inputs"
+    assert stages["train-dam"].params["n"].default_text() == "3"
+    assert stages["load"].params["dataset"].default_text() == "required"
+    assert stages["chain-recall"].params["beta"].default_text() == "none"

@@ -1,0 +1,196 @@
+"""Stores under races, kills, hostile paths and damage: nothing lost, nothing silently wrong."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from amemctl.errors import AmemctlError, StoreError
+from amemctl.store.memory import MemoryStore
+from amemctl.store.verify import verify
+from tests.conftest import ROOT
+
+WRITER = """
+import sys, time, torch
+from amemctl.store.memory import MemoryStore
+path, role = sys.argv[1], sys.argv[2]
+print("ready", flush=True)
+k = 0
+while True:
+    k += 1
+    if role == "replace":  # a whole new store of 300 rows, every row holding (and labelled) 1000 + k
+        n = 300
+        fill = lambda s: s.append(patterns=torch.full((n, 6), 1000.0 + k), labels=torch.full((n,), 1000 + k))
+        MemoryStore.write_new(path, fill, replace=True, chunk_bytes=6 * 4 * 64)
+    elif role == "append":  # 50 rows holding (and labelled) k
+        MemoryStore.open(path, mode="a").append(patterns=torch.full((50, 6), float(k)), labels=torch.full((50,), k))
+    else:  # forget the oldest live rows, then compact
+        store = MemoryStore.open(path, mode="a")
+        store.forget(ids=store.ids()[:30])
+        store.compact()
+    print(role, k, flush=True)
+    time.sleep(0.02)  # flock is not fair: a writer that loops without a pause could starve the other
+"""
+
+
+def _consistent(path) -> None:
+    """The store is whole: verify finds nothing, and every row's pattern agrees with its label."""
+    report = verify(path)
+    assert report.ok, report.problems
+    store = MemoryStore.open(path)
+    patterns, labels = store.to_tensor("patterns"), store.to_tensor("labels")
+    assert len(patterns) == len(labels) == len(store)
+    assert torch.equal(patterns, labels[:, None].float().expand_as(patterns)), "rows of different writers mixed"
+    assert torch.equal(store.ids(), torch.sort(store.ids()).values)
+
+
+def test_replace_racing_append_and_compact_under_sigkill_never_publishes_a_mixed_store(tmp_path):
+    path = tmp_path / "s.zarr"
+    MemoryStore.create(path, chunk_bytes=6 * 4 * 64).append(patterns=torch.zeros(200, 6), labels=torch.zeros(200, dtype=torch.long))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = {"replace": 0, "append": 0, "compact": 0}
+    rng = random.Random(0)
+    deadline = time.monotonic() + 90
+    for _ in range(2):
+        children = {role: subprocess.Popen([sys.executable, "-c", WRITER, str(path), role], stdout=subprocess.PIPE, text=True, env=env) for role in done}
+        for child in children.values():
+            assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5 + rng.random())  # both run side by side a while
+        for child in children.values():
+            child.send_signal(signal.SIGKILL)
+        for role, child in children.items():
+            done[role] += sum(1 for line in child.stdout.read().splitlines() if line.startswith(role))
+            child.wait()
+        _consistent(path)
+        assert time.monotonic() < deadline
+    assert all(n > 0 for n in done.values()), f"a writer never completed an operation; the test proves nothing: {done}"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("s.zarr", ".s.zarr.lock")]
+    MemoryStore.open(path, mode="a").append(patterns=torch.ones(1, 6), labels=torch.ones(1, dtype=torch.long))
+    assert [p.name for p in tmp_path.iterdir() if p.name not in ("s.zarr", ".s.zarr.lock")] == [], f"the next writer clears {leftovers}"
+
+
+def test_a_store_path_must_be_a_store_root_outside_other_stores(tmp_path, run_text, monkeypatch):
+    path = tmp_path / "x.zarr"
+    MemoryStore.create(path).append(patterns=torch.rand(5, 3))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for bad in (path / "patterns", path / "sub" / "y.zarr"):
+        with pytest.raises(AmemctlError, match="lies inside the store"):
+            run_text(f"data: {{dataset: digits, limit: 10}}\nstages:\n  - persist: {{store: {bad}, mode: replace}}\n")
+        with pytest.raises(StoreError, match="lies inside the store"):
+            MemoryStore.create(bad)
+    monkeypatch.chdir(tmp_path)
+    for bad in (".", "x.zarr/..", ""):
+        with pytest.raises(StoreError, match="cannot be a store path"):
+            MemoryStore.write_new(bad, lambda s: None, replace=True)
+    from tests.conftest import error_of
+
+    assert "cannot be a store path" in error_of("data: {dataset: digits, limit: 10}\nstages:\n  - persist: {store: ., mode: replace}\n")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert len(MemoryStore.open(path)) == 5
+
+
+def _store(tmp_path, **options):
+    path = tmp_path / "s.zarr"
+    MemoryStore.create(path, chunk_bytes=4 * 4 * 10, **options).append(patterns=torch.rand(40, 4) + 0.5, labels=torch.zeros(40, dtype=torch.long))
+    return path
+
+
+def test_a_missing_chunk_is_refused_not_read_as_zeros(tmp_path):
+    path = _store(tmp_path)
+    (path / "patterns" / "c" / "2" / "0").unlink()
+    with pytest.raises(StoreError, match=r"damaged: patterns chunk 2 \(rows 20..29, file patterns/c/2/0\) is missing(.|\n)*store verify"):
+        MemoryStore.open(path)
+    assert any("patterns chunk 2 (rows 20..29, file patterns/c/2/0) is missing" in p for p in verify(path).problems)
+
+
+def test_an_all_zero_chunk_is_kept_so_it_is_not_mistaken_for_damage(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = MemoryStore.create(path, chunk_bytes=4 * 4 * 10)
+    store.append(patterns=torch.zeros(40, 4), labels=torch.zeros(40, dtype=torch.long))
+    store.forget(ids=list(range(10)))
+    assert verify(path).ok and len(MemoryStore.open(path)) == 30
+
+
+def test_a_zero_byte_or_bad_chunk_is_a_clear_error(tmp_path, run_text):
+    path = _store(tmp_path, compression="none", checksum=False)
+    chunk = path / "patterns" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-8])
+    with pytest.raises(StoreError, match=r"file patterns/c/1/0\) is truncated \(152 bytes, expected 160\)"):
+        MemoryStore.open(path)
+    chunk.write_bytes(b"")
+    assert any("patterns/c/1/0) is truncated (0 bytes" in p for p in verify(path).problems)
+    # damage after opening (a flipped byte under a checksum): the read fails with a StoreError
+    path = _store(tmp_path / "b")
+    store = MemoryStore.open(path)
+    chunk = path / "patterns" / "c" / "3" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="cannot read rows 0..39 of patterns(.|\n)*store verify"):
+        store.read("patterns")
+    read = f"stages:\n  - open_store: {{store: {path}}}\n  - corrupt: {{kind: gaussian, variance: 0.01, count: 5}}\n  - score: {{}}\n  - separate: {{function: max}}\n  - project: {{}}\n  - evaluate: {{}}\n"
+    with pytest.raises(StoreError, match="of patterns in"):
+        run_text(read)
+
+
+def test_metadata_that_disagrees_with_the_data_is_refused(tmp_path):
+    path = _store(tmp_path)
+    store = MemoryStore.open(path, mode="a")
+    attrs = store.attrs
+    attrs["arrays"]["patterns"]["storage"] = "uint8"
+    store._publish(attrs)
+    with pytest.raises(StoreError, match="patterns: the attributes say uint8 \\(zarr uint8\\) but the array holds float32"):
+        MemoryStore.open(path)
+    attrs["arrays"]["patterns"]["storage"] = "float32"
+    attrs["count"] = 1210
+    store._publish(attrs)
+    with pytest.raises(StoreError, match="patterns has 40 rows but the store publishes 1210"):
+        MemoryStore.open(path)
+    assert not verify(path).ok
+
+
+def test_verify_reports_nan_and_inf_rows(tmp_path):
+    x = torch.rand(30, 4)
+    x[7, 1] = float("nan")
+    x[12, 0] = float("inf")
+    x[20, 2] = float("nan")
+    path = tmp_path / "s.zarr"
+    store = MemoryStore.create(path, chunk_bytes=4 * 4 * 10)
+    store.append(patterns=x, storage={"patterns": "float16"})
+    store.forget(ids=[20])
+    report = verify(path)
+    assert report.problems == ["patterns: 2 row(s) hold NaN or inf (ids 7, 12); forget them with `amemctl store forget --ids ...`"]
+
+
+def test_a_refused_write_is_a_store_error(tmp_path, monkeypatch):
+    path = _store(tmp_path)
+    store = MemoryStore.open(path, mode="a")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path / "alive" / "c" / "0"))
+
+    monkeypatch.setattr(MemoryStore, "_publish", refuse)
+    with pytest.raises(StoreError, match="cannot write to the store .*Permission denied"):
+        store.forget(ids=[1])
+
+
+def test_store_ls_lists_neither_temporary_nor_discarded_copies(tmp_path):
+    from click.testing import CliRunner
+
+    from amemctl.cli import main
+    from amemctl.store.memory import _aside
+
+    path = _store(tmp_path)
+    MemoryStore._create_at(_aside(path, "old")).append(patterns=torch.rand(3, 4))  # a kill before the old copy was deleted
+    (path / "labels" / "c" / "0").unlink()
+    (tmp_path / "t.zarr").mkdir()
+    result = CliRunner().invoke(main, ["store", "ls", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "old" not in result.output and "s.zarr" in result.output and "damaged" in result.output
