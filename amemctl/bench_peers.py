@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from amemctl.bench import plain_retrieve, plain_scores
+from amemctl.core import random
 from amemctl.core.retrieval import recall
 from amemctl.core.separation import Softmax, max_
 
@@ -170,8 +171,8 @@ def _agreement(separation: str, beta: float, plain: tuple[Tensor, Tensor], other
 def measure(separation: str, beta: float, similarity: str, n: int, d: int, q: int, repeats: int, seed: int = 0) -> PeerRow:
     """Time every contender on one workload (float32, CPU) and check their answers."""
     g = torch.Generator().manual_seed(seed)
-    keys = torch.rand(n, d, generator=g)
-    queries = torch.rand(q, d, generator=g)
+    keys = random.rand((n, d), g)
+    queries = random.rand((q, d), g)
     sep = max_() if separation == "max" else Softmax(beta)
 
     def ours() -> tuple[Tensor, Tensor]:
