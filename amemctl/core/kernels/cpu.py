@@ -213,7 +213,8 @@ def chunk_top_k(z: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     k = min(k, z.shape[1])
     vals, idx = torch.topk(z, k, dim=1)
-    clear = (z >= vals[:, -1:]).sum(1) == k
+    # (a NaN score, which torch.topk ranks first, is kept so that retrieval reports the bad key)
+    clear = ((z >= vals[:, -1:]).sum(1) == k) | vals.isnan().any(1)
     if not bool(clear.all()):
         rows = (~clear).nonzero()[:, 0]
         vals[rows], idx[rows] = top_k(z[rows], k)
