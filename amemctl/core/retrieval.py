@@ -108,7 +108,7 @@ def recall(
 
     if shard is None and n and cpu.applies(q, sim, sep, distance_form, normalize_scores):
         output, best_index, best_score = cpu.recall(q, key_rows, value_rows, sim, sep, budget)
-        if not bool(torch.isfinite(output).all()):
+        if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):
             _explain_non_finite(key_rows, value_rows, cpu.plan(q.shape[0], n, q.element_size(), 1, budget)[1])
         return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
 
