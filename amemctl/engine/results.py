@@ -12,8 +12,8 @@ from typing import Any
 import torch
 import yaml
 from rich.console import Console
-from rich.table import Table
 from rich.measure import Measurement
+from rich.table import Table
 
 from amemctl import figures
 from amemctl.dsl.pipeline import CurveSpec, Pipeline, TableSpec
