@@ -194,3 +194,26 @@ def test_a_damaged_mnist5k_file_is_named(tmp_path):
         f.write("1,2,3\n4,5,6\n")
     with pytest.raises(DataError, match="rows of 3 numbers"):
         mnist5k.read_mnist5k(Request("all", tmp_path, False))
+
+
+def test_mnist5k_is_parsed_once_per_file_and_each_load_gets_its_own_tensors(tmp_path, monkeypatch):
+    from amemctl.data import mnist5k
+
+    pixels, labels = fabricate.mnist5k(tmp_path)
+    parses = []
+    real_parse = mnist5k._parse
+    monkeypatch.setattr(mnist5k, "_parse", lambda path: parses.append(path) or real_parse(path))
+    monkeypatch.setattr(mnist5k, "_PARSED", {})
+    first = mnist5k.read_mnist5k(Request("all", tmp_path, False))
+    first.images.zero_()  # a stage that corrupts its images in place must not reach the cache
+    second = mnist5k.read_mnist5k(Request("all", tmp_path, False))
+    assert len(parses) == 1
+    assert torch.equal(second.images.reshape(len(pixels), -1), torch.from_numpy(pixels).float() / 255)
+    assert torch.equal(second.labels, torch.from_numpy(labels))
+    # a replaced file (other digits) is parsed again
+    import shutil
+
+    shutil.rmtree(tmp_path / "mnist5k")
+    pixels2, _ = fabricate.mnist5k(tmp_path, seed=1)
+    third = mnist5k.read_mnist5k(Request("all", tmp_path, False))
+    assert len(parses) == 2 and torch.equal(third.images.reshape(len(pixels2), -1), torch.from_numpy(pixels2).float() / 255)

@@ -66,6 +66,29 @@ def test_normalised_scores_as_in_the_uhn_code():
     torch.testing.assert_close(out, w @ values)
 
 
+@pytest.mark.parametrize("budget", [8 * 64 * 8, 2**20], ids=["recomputed", "kept"])
+def test_normalised_scores_are_computed_once_when_they_fit_and_equal_either_way(budget):
+    """Normalising needs a first pass for the sums; scores that fit a quarter of the budget are
+    kept from it (the similarity runs once per chunk), else recomputed: the same bits either way."""
+    queries, keys, values = _memory(n=200, d=6, q=3, width=2)
+    calls = []
+
+    def counting(q, k):
+        calls.append(len(q) * len(k))
+        return torch.cdist(q, k, p=1)
+
+    sim = Similarity("counted", counting, distance=True)
+    s = 1 / (torch.cdist(queries, keys, p=1) + 1e-6)
+    w = torch.softmax(5.0 * s / s.sum(1, keepdim=True), dim=1)
+    got = recall(queries, keys, values, similarity=sim, distance_form="inverse", normalize_scores=True,
+                 separation=make_separation("softmax", beta=5.0), budget=budget)
+    torch.testing.assert_close(got.output, w @ values)
+    assert sum(calls) == 3 * 200 * (1 if budget == 2**20 else 2)  # every (query, key) pair scored once, or twice
+    other = recall(queries, keys, values, similarity="manhattan", distance_form="inverse", normalize_scores=True,
+                   separation=make_separation("softmax", beta=5.0), budget=8 * 64 * 8 if budget == 2**20 else 2**20)
+    assert torch.equal(other.output, got.output) and torch.equal(other.index, got.index)
+
+
 def test_no_block_of_scores_exceeds_the_budget():
     seen = []
 

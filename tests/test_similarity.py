@@ -74,3 +74,23 @@ def test_zero_vectors_have_cosine_zero_not_nan():
     q = torch.zeros(1, 4)
     k = torch.ones(2, 4)
     assert torch.equal(SIMILARITIES["cosine"](q, k), torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("smoothing", ["renormalize", "log"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jensen_shannon_cpu_blocks_equal_the_whole_broadcast_bit_for_bit(monkeypatch, smoothing, dtype):
+    """The CPU path computes the mixture a cache-sized block at a time: partial blocks included,
+    every pair must get exactly the bits of the one-block formula (ties decide retrievals)."""
+    import amemctl.core.similarity as similarity
+
+    g = torch.Generator().manual_seed(3)
+    q = (torch.rand(9, 13, generator=g) * (torch.rand(9, 13, generator=g) < 0.4)).to(dtype)  # zeros, as in digits
+    k = (torch.rand(14, 13, generator=g) * (torch.rand(14, 13, generator=g) < 0.4)).to(dtype)
+    qd, logq = similarity._distribution(q, 1e-4, smoothing)
+    kd, logk = similarity._distribution(k, 1e-4, smoothing)
+    own = 0.5 * ((qd * logq).sum(1, keepdim=True) + (kd * logk).sum(1))
+    mix = 0.5 * (qd[:, None, :] + kd[None, :, :])
+    whole = own - (mix * ((mix + 1e-4).log() if smoothing == "log" else mix.log())).sum(-1)
+    for elements in (1, 13 * 5, 13 * 14 * 2, 2**18):  # one pair, 5 keys, 2 queries x all keys, everything
+        monkeypatch.setattr(similarity, "_CPU_BLOCK_ELEMENTS", elements)
+        assert torch.equal(similarity.jensen_shannon(q, k, eps=1e-4, smoothing=smoothing), whole), elements

@@ -14,6 +14,7 @@ bottom half of an image for a query of its top half, the next image of a story).
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -123,7 +124,7 @@ def recall(
     for start in range(0, q.shape[0], block_q):
         block = slice(start, start + block_q)
         out, idx, score = _recall_block(
-            q[block], key_rows, value_rows, sim, sep, distance_form, normalize_scores, block_n, width, shard
+            q[block], key_rows, value_rows, sim, sep, distance_form, normalize_scores, block_n, width, shard, budget
         )
         output[block], best_index[block], best_score[block] = out, idx, score
     if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):  # one sync; NaN keys give NaN best scores under max/top-k
@@ -152,6 +153,7 @@ def _recall_block(
     block_n: int,
     width: int,
     shard: Shard | None = None,
+    budget: int = DEFAULT_BUDGET,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One block of queries against every chunk of stored memories (this rank's, with a shard)."""
     start = shard.start if shard else 0
@@ -161,10 +163,19 @@ def _recall_block(
         return sim(q, chunk.to(device=q.device) if low else chunk.to(device=q.device, dtype=q.dtype), distance_form)
 
     totals = None
+    # Normalising needs every score's sum before the first chunk is separated: when this block's
+    # scores fit a quarter of the budget they are kept from that pass, not computed twice
+    # (the same numbers either way; half the time for costly similarities such as the divergences).
+    kept: deque[Tensor] | None = None
     if normalize_scores:
         totals = q.new_zeros(q.shape[0], 1)
+        fits = q.shape[0] * len(key_rows) * q.element_size() * 4 <= budget
+        kept = deque() if fits else None
         for _, chunk in key_rows.chunks(block_n):
-            totals += scores_of(chunk).sum(1, keepdim=True)
+            s = scores_of(chunk)
+            totals += s.sum(1, keepdim=True)
+            if kept is not None:
+                kept.append(s)
         if shard is not None:
             import torch.distributed as dist
 
@@ -176,7 +187,7 @@ def _recall_block(
     best_index = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     value_chunks = value_rows.chunks(block_n) if reducer.reads_values else None
     for offset, chunk in key_rows.chunks(block_n):
-        s = scores_of(chunk)
+        s = kept.popleft() if kept else scores_of(chunk)  # each kept block freed as it is used
         if totals is not None:
             s = s / totals
         chunk_best, chunk_index = s.max(1)

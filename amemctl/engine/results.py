@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import yaml
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from amemctl import figures
@@ -96,7 +97,7 @@ def write_outputs(run: RunResult, console: Console) -> None:
     curve_paths = [path for spec in pipeline.curves for path in _write_curves(spec, run)]
     overviews = _write_example_figures(run)
     for grid in grids:
-        console.print(_rich_table(grid))
+        print_table(console, grid)
     (run.run_dir / "report.md").write_text(_markdown(run, grids, curve_paths, overviews))
     if run.status != "ok":
         console.print(f"[yellow]run stopped after {len(run.points)} of {len(pipeline.plans)} point(s); what finished is in {run.run_dir}")
@@ -283,6 +284,21 @@ def format_value(value: float | None, fmt: str) -> str:
 
 def _unit(fmt: str) -> str:
     return {"percent": " (%)", "seconds": " (s)"}.get(fmt, "")
+
+
+def print_table(console: Console, grid: Grid) -> None:
+    """The grid as a box table when it fits the console's width, else as its markdown lines.
+
+    A box table wider than the console folds every header and cell into one-letter columns
+    (a UHN sweep of 17 conditions at 80 columns, the width of a log file, was unreadable);
+    markdown lines stay whole and wrap, so a log keeps exactly what report.md shows.
+    """
+    table = _rich_table(grid)
+    if Measurement.get(console, console.options.update_width(10**6), table).maximum <= console.width:
+        console.print(table)
+        return
+    console.print(grid.title + _unit(grid.format), markup=False, highlight=False)
+    console.print(markdown_table(grid), markup=False, highlight=False, soft_wrap=True)
 
 
 def _rich_table(grid: Grid) -> Table:
