@@ -287,6 +287,15 @@ def test_curve_bands_stay_within_the_metric_bounds(tmp_path, monkeypatch):
     assert low == pytest.approx([0, 40, 87]) and high == pytest.approx([12, 60, 100])
 
 
+def test_curves_name_the_metric_in_words_on_their_axis():
+    from amemctl.engine.results import metric_axis
+
+    assert metric_axis("error_index") == "wrongly retrieved"
+    assert metric_axis("semantic_error_pixels") == "semantic: not retrieved exactly"  # an evaluate prefix stays
+    assert metric_axis("cycles_found") == "cycles_found"  # unknown metrics read as their name
+    assert metric_axis("seconds.evaluate") == "seconds.evaluate"
+
+
 def test_validate_warns_about_absent_data_and_tables_name_the_column_variable(tmp_path, monkeypatch, run_text):
     monkeypatch.setenv("AMEMCTL_DATA", str(tmp_path / "empty"))
     result = CliRunner().invoke(main, ["validate", str(ROOT / "pipelines" / "mnist_dam.yaml"), str(ROOT / "pipelines" / "quickstart.yaml")])
