@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from amemctl import Stage, results
@@ -267,6 +268,18 @@ def test_example_grids_split_per_condition_fit_a_screen_and_mark_wrong_retrieval
     for point in run.points:
         (retrieved,) = [row for row in point.examples["retrievals"] if row[0] == "retrieved"]
         assert retrieved[2].float().mean().item() == pytest.approx(point.metrics["error_index"])
+
+
+def test_long_rows_wrap_so_a_grid_fits_one_screen(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from amemctl import figures
+
+    rows = [(f"n={n}", torch.rand(24, 1, 8, 8), torch.arange(24) % 5 == 0) for n in (2, 3, 20, 30)]  # digits_dam's memories
+    path = figures.image_grid(rows, tmp_path / "memories.png", title="digits_dam: memories")
+    height, width = plt.imread(path).shape[:2]
+    assert width <= 1600 and height <= 1000, (width, height)
+    assert figures.lines_per_row(24) == 2 and figures.lines_per_row(14) == 1
 
 
 def test_curve_bands_stay_within_the_metric_bounds(tmp_path, monkeypatch):

@@ -400,8 +400,9 @@ def _write_example_figures(run: RunResult) -> list[Path]:
 
 
 def _pages(clusters: list, points: list[PointResult]) -> list[tuple[list[str], list[PointResult], list]]:
-    """(condition, its points, its rows) per figure, each at most figures.MAX_ROWS rows."""
-    limit = figures.MAX_ROWS
+    """(condition, its points, its rows) per figure, each at most figures.MAX_ROWS lines (long rows wrap)."""
+    wraps = max((figures.lines_per_row(len(entry[1])) for entry, _ in clusters), default=1)
+    limit = max(1, figures.MAX_ROWS // wraps)
     split: list[tuple[list[str], list[PointResult]]] = [([], points)]
     if len(clusters) > limit and points:
         best = None
