@@ -138,6 +138,13 @@ class Context:
         self.figures.append(path)
         return path
 
+    def figure_title(self, title: str) -> str:
+        """`title` with the sweep point's condition under it, for a figure of this point alone.
+
+        A figure in figures/ must say which condition it shows without its file name.
+        """
+        return title if self.point_label == "run" else f"{title}\n({self.point_label})"
+
     def track(self, items: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
         """Iterate with a progress bar under the pipeline's bars (plain iteration when quiet)."""
         if self.progress is None:

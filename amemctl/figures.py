@@ -64,21 +64,35 @@ def extra_formats(formats: Sequence[str]) -> Iterator[None]:
 
 
 MAX_ROWS = 8  #: rows of images in one grid figure: at 100 px a row it fits a 1080p screen
+MAX_COLUMNS = 14  #: images across one line of a grid: at 95 px each, with the labels, under 1600 px
+
+
+def lines_per_row(images: int) -> int:
+    """Lines a row of `images` images takes in a grid: longer rows wrap, so a figure fits a screen."""
+    return max(1, math.ceil(images / MAX_COLUMNS))
 
 
 def image_grid(rows: Sequence[tuple], path: "str | Path", title: str = "") -> Path:
     """One labelled row per (label, images N x ...[, wrong]) entry, N images across; returns the path.
 
     `wrong`, a boolean per image, frames those images in red (a retrieval that is not the
-    query's original). Callers split grids longer than MAX_ROWS rows into several figures.
+    query's original). A row of more than MAX_COLUMNS images wraps onto several lines (its
+    label on the first); callers split grids longer than MAX_ROWS lines into several figures.
     """
     rows = [(entry[0], as_images(entry[1]), entry[2] if len(entry) > 2 else None) for entry in rows]
-    n_rows = len(rows)
-    n_cols = max(len(images) for _, images, _ in rows)
+    longest = max(len(images) for _, images, _ in rows)
+    wraps = lines_per_row(longest)
+    n_cols = math.ceil(longest / wraps)
+    lines = []  # (label or "", images, wrong) per drawn line
+    for label, images, wrong in rows:
+        for k in range(max(1, math.ceil(len(images) / n_cols))):
+            part = slice(k * n_cols, (k + 1) * n_cols)
+            lines.append((label if k == 0 else "", images[part], None if wrong is None else wrong[part]))
+    n_rows = len(lines)
     head = 0.45 if title else 0.0
     height = 1.0 * n_rows + head
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(0.95 * n_cols + 1.8, height), squeeze=False)
-    for r, (label, images, wrong) in enumerate(rows):
+    for r, (label, images, wrong) in enumerate(lines):
         for c in range(n_cols):
             ax = axes[r][c]
             ax.set_xticks([])

@@ -157,3 +157,37 @@ def test_sizes():
     for bad in ("-1", 0, "12 parsecs", True):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+DAM = """\
+sweep:
+  order: [{name: a, n: 2}, {name: b, n: 3}]
+stages:
+  - load: {dataset: digits, split: test, output: test_images, labels: test_labels}
+  - load: {dataset: digits, split: train}
+  - train-dam: {n: "${order.n}", epochs: 1, test: test_images, test_labels: test_labels}
+report: {tables: [{metric: dam_test_accuracy, columns: order}]}
+"""
+
+
+@pytest.mark.parametrize(
+    "typo,fixed,expected",
+    [
+        ("- load: {dataset: digits, split: test", "- lod: {dataset: digits, split: test", "bad.yaml:4:5: unknown stage 'lod'"),
+        ("output: test_images", "outptu: test_images", "bad.yaml:4:42: stage 'load' has no parameter 'outptu'"),
+        ("- train-dam:", "- train-dma:", "bad.yaml:6:5: unknown stage 'train-dma'"),
+        ('{n: "${order.n}"', '{m: "${order.n}"', "bad.yaml:6:17: stage 'train-dam' has no parameter 'm'"),
+        ("  order:", "  ordr:", "bad.yaml:6:20: ${order} is not a sweep variable\n  hint: the sweep defines 'ordr'"),
+    ],
+)
+def test_one_typo_gives_one_error_not_a_cascade(typo, fixed, expected):
+    assert parse_text(DAM).plans  # the pipeline as written is good
+    message = error_of(DAM.replace(typo, fixed))
+    assert expected in message
+    assert message.count("bad.yaml:") == 1, message  # nothing follows from the one mistake
+
+
+def test_a_reference_misspelt_in_several_places_is_reported_once():
+    text = "sweep: {limit: [1]}\nstages:\n  - load: {dataset: digits, limit: '${limt}'}\n  - corrupt: {count: '${limt}'}\n"
+    message = error_of(text)
+    assert message.count("is not a sweep variable") == 1 and "(used 2 times)" in message and "never used" not in message

@@ -202,3 +202,12 @@ def test_a_crash_inside_a_plugin_stage_is_one_message_with_the_traceback_in_the_
     assert str(run_dir / "error.txt") in result.output
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "stage 'crash' (package crash-plugin) crashed" in metrics["error"]
+
+
+def test_listing_stages_does_not_load_matplotlib():
+    """`amemctl stages` and `data ls` start without matplotlib: figures import it when they draw."""
+    import subprocess
+
+    code = "import sys; from amemctl.plugins import get_registry; get_registry(); print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from amemctl import Stage, results
@@ -269,6 +270,18 @@ def test_example_grids_split_per_condition_fit_a_screen_and_mark_wrong_retrieval
         assert retrieved[2].float().mean().item() == pytest.approx(point.metrics["error_index"])
 
 
+def test_long_rows_wrap_so_a_grid_fits_one_screen(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from amemctl import figures
+
+    rows = [(f"n={n}", torch.rand(24, 1, 8, 8), torch.arange(24) % 5 == 0) for n in (2, 3, 20, 30)]  # digits_dam's memories
+    path = figures.image_grid(rows, tmp_path / "memories.png", title="digits_dam: memories")
+    height, width = plt.imread(path).shape[:2]
+    assert width <= 1600 and height <= 1000, (width, height)
+    assert figures.lines_per_row(24) == 2 and figures.lines_per_row(14) == 1
+
+
 def test_curve_bands_stay_within_the_metric_bounds(tmp_path, monkeypatch):
     import matplotlib.axes
 
@@ -285,6 +298,15 @@ def test_curve_bands_stay_within_the_metric_bounds(tmp_path, monkeypatch):
     figures.curves({"a": ([1, 2, 3], [0.02, 0.5, 0.97], [0.1, 0.1, 0.1])}, tmp_path / "c.png", title="t", xlabel="x", ylabel="y", percent=True, bounds=(0.0, 1.0))
     (low, high), = seen
     assert low == pytest.approx([0, 40, 87]) and high == pytest.approx([12, 60, 100])
+
+
+def test_curves_name_the_metric_in_words_on_their_axis():
+    from amemctl.engine.results import metric_axis
+
+    assert metric_axis("error_index") == "wrongly retrieved"
+    assert metric_axis("semantic_error_pixels") == "semantic: not retrieved exactly"  # an evaluate prefix stays
+    assert metric_axis("cycles_found") == "cycles_found"  # unknown metrics read as their name
+    assert metric_axis("seconds.evaluate") == "seconds.evaluate"
 
 
 def test_validate_warns_about_absent_data_and_tables_name_the_column_variable(tmp_path, monkeypatch, run_text):

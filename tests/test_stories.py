@@ -70,7 +70,10 @@ def test_a_trained_hetero_encoder_recalls_the_right_successor():
     assert torch.equal(recall(out, images, similarity="squared_euclidean", separation="max").index, perm)
 
 
-def test_offline_fully_semantic_and_stories_pipelines(tmp_path):
+def test_offline_fully_semantic_and_stories_pipelines(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from amemctl import figures
     from amemctl.dsl.pipeline import load_pipeline
     from amemctl.engine.runner import run_pipeline
     from tests.conftest import ROOT
@@ -84,8 +87,22 @@ def test_offline_fully_semantic_and_stories_pipelines(tmp_path):
     assert cosine[1000] < cosine[1]  # sharper separation, better recalls
     assert (run.run_dir / "figures" / "recalls.png").exists() and "codes_store_bytes" in run.points[0].metrics
 
+    titles = {}
+    draw = figures.image_grid
+
+    def spy(rows, path, title=""):
+        titles[path.name] = title
+        return draw(rows, path, title)
+
+    monkeypatch.setattr(figures, "image_grid", spy)
     stories = load_pipeline(ROOT / "pipelines" / "patches_stories.yaml", ["stages.2.epochs=5", "sweep.start_noise=[0.0]"])
     run = run_pipeline(stories, out_root=tmp_path, device="cpu", progress=False)
+    strips = {name: title for name, title in titles.items() if "-story-" in name}
+    assert strips and all("recall=" in title and "start_noise=0" in title for title in strips.values()), strips  # which condition
+    assert any("recall=network, snapped" in title for title in strips.values())
+    for name in strips:
+        height, width = plt.imread(run.run_dir / "figures" / name).shape[:2]
+        assert width <= 1600 and height <= 1000, (name, width, height)  # one screen at 100 %
     exact = next(p for p in run.points if p.point.values["recall"]["name"] == "exact")
     assert exact.metrics["periods_match"] == 1.0 and exact.metrics["cycles_match"] == 1.0 and exact.metrics["step_accuracy"] == 1.0
     assert any(f.name.startswith(exact.point.slug() + "-story-exact") for f in exact.figures)

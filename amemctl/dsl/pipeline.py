@@ -93,6 +93,9 @@ class PlannedStage:
 class PointPlan:
     point: sweeps.Point
     stages: list[PlannedStage]
+    #: a stage of this point could not be configured (its error is reported): what it would
+    #: have written or recorded is unknown, so checks that depend on it are skipped
+    incomplete: bool = False
 
 
 @dataclass(frozen=True)
@@ -401,16 +404,34 @@ def _stage_entries(data: Any, raw: list, source: SourceMap, errors: _Collector) 
 
 
 def _check_references(entries: list[_Entry], sweep: dict, source: SourceMap, errors: _Collector) -> None:
-    used = set()
+    """Every ${var} names a sweep variable and every sweep variable is used.
+
+    One misspelling gives one error: a variable referenced several times is reported once
+    (at its first use), and an unused sweep variable that a wrong reference resembles is
+    named in that error rather than reported again.
+    """
+    used: set[str] = set()
+    unknown: dict[str, list[tuple]] = {}
     for entry in entries:
         for sub, reference in sweeps.references(entry.params):
             var = reference.split(".")[0]
             used.add(var)
             if var not in sweep:
-                hint = did_you_mean(var, sweep) or (f"defined: {', '.join(sweep)}" if sweep else "add it under `sweep:`")
-                errors.add(PipelineError(f"${{{var}}} is not a sweep variable", hint=hint), source.value((*entry.params_path, *sub)))
-    for var in sweep:
-        if var not in used:
+                unknown.setdefault(var, []).append((*entry.params_path, *sub))
+    unused = [var for var in sweep if var not in used]
+    explained: set[str] = set()
+    for var, paths in unknown.items():
+        times = f" (used {len(paths)} times)" if len(paths) > 1 else ""
+        close = did_you_mean(var, unused)
+        if close:
+            match = next(v for v in unused if close == did_you_mean(var, [v]))
+            explained.add(match)
+            hint = f"the sweep defines {match!r}, which nothing uses: rename one of them"
+        else:
+            hint = did_you_mean(var, sweep) or (f"defined: {', '.join(sweep)}" if sweep else "add it under `sweep:`")
+        errors.add(PipelineError(f"${{{var}}} is not a sweep variable{times}", hint=hint), source.value(paths[0]))
+    for var in unused:
+        if var not in explained:
             errors.add(
                 PipelineError(f"sweep variable {var!r} is never used", hint=f"write ${{{var}}} in a stage parameter, or remove it"),
                 source.key(("sweep", var)),
@@ -429,23 +450,28 @@ def _plan_point(
 
     planned: list[PlannedStage] = []
     available: dict[str, str] = {}  # tensor -> stage that writes it
+    incomplete = False
+    blind = False  # after an unknown stage, what later stages read cannot be checked
     for entry in _expanded(entries, point, sweep, source, errors):
         where = source.key(entry.path) if entry.index < 0 else source.value(entry.path)
         try:
             cls = stage_class(entry.name, registry)
         except AmemctlError as exc:
             errors.add(exc, source.key((*entry.path, entry.name)) if entry.index >= 0 else where)
+            incomplete = blind = True
             continue
         try:
             params, whole = sweeps.substitute(entry.params, point.values)
         except sweeps.MissingField as exc:
             _missing_field(exc, point, source, errors)
             _assume_outputs(cls, entry.params if isinstance(entry.params, dict) else {}, entry, available)
+            incomplete = True
             continue
         if () in whole and isinstance(params, dict):
             params = {k: v for k, v in params.items() if k != "name"}  # `name` labels a sweep value; no stage takes it
         if not isinstance(params, dict):
             errors.add(PipelineError(f"the parameters of stage {entry.name!r} must be a mapping, got {params!r}"), source.value(entry.params_path))
+            incomplete = True
             continue
         try:
             stage = cls(**params)
@@ -455,12 +481,14 @@ def _plan_point(
             else:
                 errors.add(exc, where)
             _assume_outputs(cls, params, entry, available)
+            incomplete = True
             continue
-        _check_wiring(stage, entry, available, source, errors)
+        if not blind:
+            _check_wiring(stage, entry, available, source, errors)
         for name in stage.outputs():
             available[name] = stage.name
         planned.append(PlannedStage(stage, where, entry.index))
-    return PointPlan(point, planned)
+    return PointPlan(point, planned, incomplete)
 
 
 def _missing_field(exc: sweeps.MissingField, point: sweeps.Point, source: SourceMap, errors: _Collector) -> None:
@@ -473,10 +501,17 @@ def _missing_field(exc: sweeps.MissingField, point: sweeps.Point, source: Source
 
 
 def _assume_outputs(cls: type, params: dict, entry: _Entry, available: dict[str, str]) -> None:
-    """After a stage's own error, let later stages read what it would have written (no cascade of errors)."""
+    """After a stage's own error, let later stages read what it would have written (no cascade of errors).
+
+    A misspelt output parameter (`outptu: test_images`) counts as the output it resembles.
+    """
     for key, param in cls.params.items():
         if param.role == "output" and params.get(key, param.default) is not None:
             available[str(params.get(key, param.default))] = entry.name
+    outputs = [key for key, param in cls.params.items() if param.role == "output"]
+    for key, value in params.items():
+        if key not in cls.params and isinstance(value, str) and did_you_mean(str(key), outputs):
+            available[value] = entry.name
 
 
 def _expanded(entries: list[_Entry], point: sweeps.Point, sweep: dict, source: SourceMap, errors: _Collector) -> list[_Entry]:
@@ -503,6 +538,9 @@ def _expanded(entries: list[_Entry], point: sweeps.Point, sweep: dict, source: S
 def _locate(exc: ParamError, entry: _Entry, whole: dict, point: sweeps.Point, sweep: dict, source: SourceMap) -> ParamError:
     """Point a parameter error at the text to change: the sweep value it came from, or the parameter."""
     param = exc.param
+    written = isinstance(entry.params, dict) and param in entry.params
+    if exc.about == "key" and written:  # a misspelt key is in the stage's text, not in the sweep value it takes
+        return exc.at(source.key((*entry.params_path, param)))
     var = whole.get(()) if () in whole else whole.get((param,)) if param is not None else None
     if var is not None:
         index = point.positions[var]
@@ -541,7 +579,8 @@ def _report(value: Any, sweep: dict, plans: list[PointPlan], source: SourceMap, 
     for key in value:
         if key not in ("tables", "curves", "formats"):
             errors.add(PipelineError(f"unknown report key {key!r}", hint=did_you_mean(str(key), ["tables", "curves", "formats"]) or "use tables, curves or formats"), source.key(("report", key)))
-    declared = {m for plan in plans for s in plan.stages for m in s.stage.metrics()}
+    # a stage that could not be configured records metrics nobody knows: check none then
+    declared = set() if any(plan.incomplete for plan in plans) else {m for plan in plans for s in plan.stages for m in s.stage.metrics()}
     tables = [t for i, raw in enumerate(_list(value, "tables", source, errors)) if (t := _table(raw, ("report", "tables", i), sweep, declared, source, errors))]
     curves = [c for i, raw in enumerate(_list(value, "curves", source, errors)) if (c := _curve(raw, ("report", "curves", i), sweep, declared, source, errors))]
     return tables, curves

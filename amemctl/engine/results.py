@@ -34,6 +34,19 @@ METRICS: dict[str, tuple[str, float | None, float | None]] = {
     "reconstruction_mse": ("reconstruction error (mean squared)", 0.0, None),
 }
 
+#: short names of the common metrics for a figure's y axis (the title carries the description)
+METRIC_AXES = {
+    "error_index": "wrongly retrieved",
+    "error_pixels": "not retrieved exactly",
+    "error_label": "wrong label",
+    "mse": "mean squared error",
+    "dam_test_accuracy": "test accuracy",
+    "dam_train_accuracy": "training accuracy",
+    "step_accuracy": "right successor",
+    "closed_chains": "closed chains",
+    "reconstruction_mse": "reconstruction MSE",
+}
+
 #: how common sweep variables read on an axis
 VARIABLES = {
     "n": "patterns stored (n)",
@@ -53,6 +66,16 @@ def describe_metric(name: str) -> tuple[str, float | None, float | None]:
             prefix = name[: len(name) - len(known)].strip("_. ")
             return (f"{prefix}: {text}" if prefix else text), low, high
     return name, None, None
+
+
+def metric_axis(name: str) -> str:
+    """A metric's name on a y axis: a few words (an evaluate `prefix` kept in front), never a raw key when known."""
+    for known, short in METRIC_AXES.items():
+        if name == known or name.endswith(known) and not name.startswith("seconds."):
+            prefix = name[: len(name) - len(known)].strip("_. ")
+            return f"{prefix}: {short}" if prefix else short
+    description = describe_metric(name)[0]
+    return description if len(description) <= 40 else name
 
 
 def describe_variable(reference: str) -> str:
@@ -349,7 +372,7 @@ def _write_curves(spec: CurveSpec, run: RunResult) -> list[Path]:
                 run.run_dir / "figures" / f"curve-{stem}.png",
                 title=title,
                 xlabel=describe_variable(spec.x),
-                ylabel=description if len(description) <= 40 else spec.metric,
+                ylabel=metric_axis(spec.metric),
                 log_x=spec.log_x,
                 percent=fraction,
                 bounds=(low, high),
@@ -393,8 +416,9 @@ def _write_example_figures(run: RunResult) -> list[Path]:
 
 
 def _pages(clusters: list, points: list[PointResult]) -> list[tuple[list[str], list[PointResult], list]]:
-    """(condition, its points, its rows) per figure, each at most figures.MAX_ROWS rows."""
-    limit = figures.MAX_ROWS
+    """(condition, its points, its rows) per figure, each at most figures.MAX_ROWS lines (long rows wrap)."""
+    wraps = max((figures.lines_per_row(len(entry[1])) for entry, _ in clusters), default=1)
+    limit = max(1, figures.MAX_ROWS // wraps)
     split: list[tuple[list[str], list[PointResult]]] = [([], points)]
     if len(clusters) > limit and points:
         best = None

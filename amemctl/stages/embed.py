@@ -8,7 +8,6 @@ from pathlib import Path
 
 from amemctl.context import Context
 from amemctl.errors import StageError
-from amemctl.figures import curves
 from amemctl.functions import EncoderArchitecture
 from amemctl.models import pretrained as shipped_encoders
 from amemctl.models.encoders import (
@@ -205,6 +204,7 @@ class TrainSimCLR(Stage):
         if trained.losses:
             ctx.metric("simclr_loss", trained.losses[-1])
             ctx.metric("simclr_loss_first", trained.losses[0])
+            from amemctl.figures import curves  # matplotlib loads only when a figure is drawn
             curves({"NT-Xent": (list(range(1, len(trained.losses) + 1)), trained.losses)}, ctx.figure_path("simclr-loss"), title=f"SimCLR {self.arch}: training loss", xlabel="epoch", ylabel="loss")
         ctx.metric("simclr_epochs_resumed", trained.resumed_from)
         if trained.images_per_second is not None:

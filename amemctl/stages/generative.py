@@ -7,7 +7,6 @@ from pathlib import Path
 from amemctl.context import Context
 from amemctl.core.rows import materialize
 from amemctl.errors import StageError
-from amemctl.figures import curves
 from amemctl.models.autoencoders import Autoencoder, load_autoencoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, Stage
@@ -53,6 +52,7 @@ class TrainAutoencoder(Stage):
         ctx.identities[self.output] = model.identity()
         if losses:
             ctx.metric("reconstruction_mse", losses[-1])
+            from amemctl.figures import curves  # matplotlib loads only when a figure is drawn
             curves({"reconstruction": (list(range(1, len(losses) + 1)), losses)}, ctx.figure_path("autoencoder-loss"), title=f"autoencoder ({self.kind}): training loss", xlabel="epoch", ylabel="mean squared error")
 
     def metrics(self) -> list[str]:

@@ -20,7 +20,6 @@ from amemctl.core.rows import materialize
 from amemctl.core.separation import Separation
 from amemctl.core.similarity import SMOOTHINGS, Similarity
 from amemctl.errors import StageError
-from amemctl.figures import curves
 from amemctl.functions import SeparationFunction
 from amemctl.plugins import Registry, get_registry, hookimpl, lookup
 from amemctl.stage import Fusion, Input, Output, Param, Stage
@@ -189,7 +188,8 @@ def _iterate(score: Score, separate: Separate, project: Project, ctx: Context, k
     if result.energies:
         ctx.metric("energy_increases", result.increases())
         trace = torch.stack(result.energies).mean(1).tolist()
-        curves({"mean energy": (list(range(len(trace))), trace)}, ctx.figure_path("energy"), title=f"energy per step ({'never increases in theory' if result.guaranteed else 'no guarantee'})", xlabel="step", ylabel="E")
+        from amemctl.figures import curves  # matplotlib loads only when a figure is drawn
+        curves({"mean energy": (list(range(len(trace))), trace)}, ctx.figure_path("energy"), title=ctx.figure_title(f"energy per step ({'never increases in theory' if result.guaranteed else 'no guarantee'})"), xlabel="step", ylabel="E")
         ctx.note("energy", f"Mean energy per step: {', '.join(f'{e:.4g}' for e in trace)}. "
                  f"Increases: {result.increases()} (query, step) pairs; theory {'guarantees none' if result.guaranteed else 'gives no guarantee for this model'}.")
     elif project.energy:

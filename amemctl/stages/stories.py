@@ -12,7 +12,6 @@ from amemctl.core.chains import distinct_cycles, follow, permutation_cycles
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
 from amemctl.errors import StageError
-from amemctl.figures import image_grid
 from amemctl.models.hetero import HeteroEncoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
@@ -171,7 +170,8 @@ class ChainRecall(Stage):
             row = next(i for i, c in enumerate(chains) if c.start == members[0])
             frames = torch.stack([out[row] for out in outputs[:20]])
             halves = [(f"steps {1 + 10 * k}-{min(10 * (k + 1), len(frames))}", frames[10 * k : 10 * (k + 1)]) for k in range((len(frames) + 9) // 10)]
-            image_grid(halves[:2], ctx.figure_path(f"story-{self.model}-{drawn + 1}"), title=f"story from memory {members[0]}: period {len(cycle)}")
+            from amemctl.figures import image_grid  # matplotlib loads only when a figure is drawn
+            image_grid(halves[:2], ctx.figure_path(f"story-{self.model}-{drawn + 1}"), title=ctx.figure_title(f"story from memory {members[0]} ({self.model} recall): period {len(cycle)}"))
             drawn += 1
 
 
