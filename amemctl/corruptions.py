@@ -184,8 +184,6 @@ def inpaint(images: Tensor, generator: torch.Generator | None, fraction: float) 
 
 def color(images: Tensor, generator: torch.Generator | None, brightness: float, saturation: float, hue: float, channels: float) -> Tensor:
     """A random colour filter per image: channel gains, brightness, saturation and hue changes."""
-    from torchvision.transforms.v2 import functional as F
-
     _spatial(images, "color")
     if images.shape[1] != 3:
         raise StageError(f"color needs RGB images (3 channels), got {images.shape[1]}", hint="use another corruption for grey images, or load colour images")
@@ -197,8 +195,7 @@ def color(images: Tensor, generator: torch.Generator | None, brightness: float, 
 
     gains = 1 + channels * (2 * random.rand((n, 3, 1, 1), generator, device=images.device, dtype=images.dtype) - 1)
     out = (images * gains * factors(brightness)).clamp(0, 1)
-    grey = F.rgb_to_grayscale(out, num_output_channels=1)
-    out = (grey + factors(saturation) * (out - grey)).clamp(0, 1)
+    out = colour.adjust_saturation(out, factors(saturation).view(n))
     if hue > 0:
         shifts = hue * (2 * random.rand((n,), generator, device=images.device, dtype=images.dtype) - 1)
         out = colour.adjust_hue(out, shifts)

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from amemctl.models import pretrained
+from amemctl.models.encoders import ARCHITECTURES
 
 CARD = """# {name}
 
@@ -61,7 +62,7 @@ def main() -> None:
     fields.update(
         name=args.name,
         arch=payload["arch"],
-        dim={"small": 256}.get(payload["arch"], 512),
+        dim=ARCHITECTURES[payload["arch"]],
         cifar_stem=payload["cifar_stem"],
         data=args.data,
         loss=losses[-1],

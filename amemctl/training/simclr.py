@@ -186,7 +186,7 @@ def train_simclr(
             if len(index) < 2:
                 continue
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 10_007 + step)
-            originals = source[index.to(source.device)].to(device, torch.float32, non_blocking=True)
+            originals = source[index].to(device, torch.float32, non_blocking=True)
             x1, x2 = (_network_input(preprocessing(views(originals, spec, generator)), device) for _ in range(2))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = nt_xent(model(x1).float(), model(x2).float(), config.temperature)
@@ -200,12 +200,13 @@ def train_simclr(
         losses.append(sum(v * k for v, k in zip(values, sizes)) / max(sum(sizes), 1))
         seconds.append(time.perf_counter() - began)
         _save_epoch(folder, model, optimizer, config, digest, epoch + 1, losses, step_losses)
-    timing = {"epoch_seconds": seconds, "images_per_second": (n * len(seconds) / sum(seconds)) if seconds else None, "device": str(device)}
     sha = save_encoder(model.encoder, folder / "encoder.pt", config.arch, config.cifar_stem, preprocessing, simclr=asdict(config), losses=losses)
-    (folder / "loss.json").write_text(json.dumps({"epoch_losses": losses, "step_losses": step_losses, **timing}) + "\n")
     module = model.encoder.cpu().to(memory_format=torch.contiguous_format)
     encoder = Encoder(module, config.arch, config.cifar_stem, preprocessing, f"simclr:{folder}", sha)
-    return Trained(encoder, losses, resumed_from, folder, step_losses, seconds, n)
+    trained = Trained(encoder, losses, resumed_from, folder, step_losses, seconds, n)
+    timing = {"epoch_seconds": seconds, "images_per_second": trained.images_per_second, "device": str(device)}
+    (folder / "loss.json").write_text(json.dumps({"epoch_losses": losses, "step_losses": step_losses, **timing}) + "\n")
+    return trained
 
 
 def _resident(images: Tensor, device: torch.device) -> Tensor:
