@@ -136,11 +136,16 @@ def markdown(rows: list[Row], device: torch.device) -> str:
 
 def write(rows: list[Row], device: torch.device, path: Path, extra: str = "") -> None:
     """Append a dated section with this run's tables to `path` (BENCHMARKS.md)."""
+    append_section(path, device_name(device), markdown(rows, device) + (f"\n{extra}" if extra else ""))
+
+
+def append_section(path: "str | Path", title: str, body: str) -> None:
+    """Append `## <date time>: title` and body to `path`, starting the file's heading if it is new."""
+    path = Path(path)
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    section = f"\n## {stamp}: {device_name(device)}\n\n" + markdown(rows, device) + (f"\n{extra}" if extra else "")
     head = "" if path.exists() else "# Benchmarks\n\nWritten by `amemctl bench`; each section is one run, measured side by side.\n"
     with open(path, "a") as f:
-        f.write(head + section)
+        f.write(head + f"\n## {stamp}: {title}\n\n{body}")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from amemctl.bench import plain_retrieve, plain_scores
+from amemctl.bench import PLAIN_CHUNK, append_section, device_name, plain_retrieve, plain_scores
 from amemctl.core import random
 from amemctl.core.retrieval import recall
 from amemctl.core.separation import Softmax, max_
@@ -93,7 +93,7 @@ def one_pass(q: Tensor, keys: Tensor, similarity: str, separation: str, beta: fl
     return torch.softmax(beta * s, dim=1) @ keys, best
 
 
-def two_pass(q: Tensor, keys: Tensor, similarity: str, separation: str, beta: float, chunk: int = 65536) -> tuple[Tensor, Tensor]:
+def two_pass(q: Tensor, keys: Tensor, similarity: str, separation: str, beta: float, chunk: int = PLAIN_CHUNK) -> tuple[Tensor, Tensor]:
     """The plain way in chunks: running best for max; two passes (max, then exp and sums) for softmax."""
     best = torch.full((q.shape[0],), -torch.inf)
     index = torch.zeros(q.shape[0], dtype=torch.long)
@@ -183,7 +183,10 @@ def measure(separation: str, beta: float, similarity: str, n: int, d: int, q: in
     fits = q * n * 4 <= ONE_PASS_BYTES
     if fits:
         contenders["one-pass"] = lambda: one_pass(queries, keys, similarity, separation, beta)
-    contenders["two-pass"] = lambda: two_pass(queries, keys, similarity, separation, beta)
+    if separation == "max":
+        contenders["two-pass"] = lambda: two_pass(queries, keys, similarity, separation, beta)
+    else:  # timed alone: two_pass also finds the best index first, a third pass over the scores
+        contenders["two-pass"] = lambda: plain_retrieve(queries, keys, keys, similarity, beta)
     if separation == "softmax" and similarity != "manhattan":
         contenders["floor"] = lambda: (queries @ keys.T) @ keys
     faiss_fn = _faiss(queries, keys, similarity, separation)
@@ -232,9 +235,9 @@ def markdown(rows: list[PeerRow]) -> str:
     return "\n".join(lines) + "\n" + ("".join(f"\n{note}." for note in notes) + "\n" if notes else "")
 
 
-def header(n_threads: int) -> str:
+def header() -> str:
     """What was measured, and on what: the line above the table."""
-    import platform
+    import os
 
     try:
         import faiss
@@ -242,11 +245,9 @@ def header(n_threads: int) -> str:
         faiss_version = f"faiss-cpu {faiss.__version__}"
     except ImportError:
         faiss_version = "FAISS not installed"
-    import os
-
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"CPU ({platform.processor() or platform.machine()}, {n_threads} threads); torch {torch.__version__}; {faiss_version}; "
+        f"{device_name(torch.device('cpu'))}; torch {torch.__version__}; {faiss_version}; "
         f"float32; load average {load:.1f} when the run began. Contenders interleaved, medians. "
         "FAISS: IndexFlat search (k = 1) for nearest neighbours; for L1 softmax its pairwise L1 distances alone."
     )
@@ -254,11 +255,4 @@ def header(n_threads: int) -> str:
 
 def write(rows: list[PeerRow], path, text: str = "") -> None:
     """Append a dated section with the peers table to `path` (BENCHMARKS.md)."""
-    from pathlib import Path
-
-    path = Path(path)
-    stamp = time.strftime("%Y-%m-%d %H:%M")
-    section = f"\n## {stamp}: CPU, amemctl beside its peers (`amemctl bench --peers`)\n\n{header(torch.get_num_threads())}\n\n{markdown(rows)}{text}"
-    head = "" if path.exists() else "# Benchmarks\n\nWritten by `amemctl bench`; each section is one run, measured side by side.\n"
-    with open(path, "a") as f:
-        f.write(head + section)
+    append_section(path, "CPU, amemctl beside its peers (`amemctl bench --peers`)", f"{header()}\n\n{markdown(rows)}{text}")

@@ -283,7 +283,7 @@ def _bench_peers(sizes: tuple[int, ...], dim: int, queries: int, repeats: int, o
     """`amemctl bench --peers`: the CPU peers table (amemctl.bench_peers)."""
     from amemctl import bench_peers as bp
 
-    click.echo(bp.header(__import__("torch").get_num_threads()))
+    click.echo(bp.header())
     rows = []
     for n in sizes:
         for separation, beta, similarity in bp.WORKLOADS:
