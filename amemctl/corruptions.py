@@ -41,10 +41,6 @@ class Corruption(Function):
     def apply(self) -> Callable[..., Tensor]:
         return self.make
 
-    def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
-        """The full parameter set: given values checked against their declarations, defaults for the rest."""
-        return self.configure(given)
-
     def __call__(self, images: Tensor, generator: torch.Generator | None = None, **params: Any) -> Tensor:
         _check_images(images)
         return self.apply(images, generator, **self.configure(params))

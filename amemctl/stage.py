@@ -413,18 +413,6 @@ class Stage:
         """Names of the metrics this stage records (for checking `report:` before a run)."""
         return []
 
-    def forwarded(self, names: Iterable[str]) -> dict[str, Any]:
-        """The given (non-null) values of `names`: optional parameters a stage passes on to a
-        function it chose by name (a corruption, a separation), whose defaults then apply."""
-        return {k: self.settings[k] for k in names if self.settings[k] is not None}
-
-    def refuse_foreign(self, names: Iterable[str], accepted: Iterable[str], what: str) -> None:
-        """ParamError for the first forwarded parameter that `what` (e.g. "separation 'max'") does not accept."""
-        accepted = list(accepted)
-        for key in self.forwarded(names):
-            if key not in accepted:
-                raise ParamError(f"{what} takes no parameter {key!r}", hint=f"it accepts {', '.join(accepted) or 'no parameters'}", param=key, about="key")
-
     def describe(self) -> str:
         """A short label of this configured stage for progress bars and tables."""
         return self.name

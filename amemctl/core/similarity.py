@@ -92,7 +92,7 @@ def normalized_dot(queries: Tensor, keys: Tensor) -> Tensor:
 
 def cosine(queries: Tensor, keys: Tensor) -> Tensor:
     """Cosine of the angle between q and k; zero vectors score 0."""
-    return _unit(queries) @ _unit(keys).T
+    return unit(queries) @ unit(keys).T
 
 
 def squared_euclidean(queries: Tensor, keys: Tensor) -> Tensor:
@@ -193,8 +193,9 @@ def hamming(queries: Tensor, keys: Tensor) -> Tensor:
     return q.sum(1, keepdim=True) + k.sum(1) - 2 * (q @ k.T)
 
 
-def _unit(x: Tensor) -> Tensor:
-    return x / x.norm(dim=1, keepdim=True).clamp_min(EPS)
+def unit(x: Tensor) -> Tensor:
+    """x / |x| along the last axis (rows of a matrix); zero rows stay zero."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
 
 
 def _sum_one(x: Tensor) -> Tensor:

@@ -21,13 +21,8 @@ from amemctl.core.separation import Separation
 from amemctl.core.similarity import SMOOTHINGS, Similarity
 from amemctl.errors import StageError
 from amemctl.functions import SeparationFunction
-from amemctl.plugins import Registry, get_registry, hookimpl, lookup
+from amemctl.plugins import hookimpl
 from amemctl.stage import Fusion, Input, Output, Param, Stage
-
-
-def similarity_of(name: str, registry: Registry | None = None) -> Similarity:
-    """The similarity called `name` among the built-in and plugin ones (aliases allowed)."""
-    return lookup(registry or get_registry(), "similarities", name)
 
 
 class Score(Stage):
@@ -203,11 +198,6 @@ def _fits_budget(queries: int, memories: int, budget: int, stage: str) -> None:
             f"stage {stage!r} would form a {queries} x {memories} matrix ({need / 2**20:.0f} MiB), over the budget of {budget / 2**20:.0f} MiB",
             hint="keep score, separate and project together so they run as one streaming retrieval, or raise `budget:`",
         )
-
-
-def fusable(a: Stage, b: Stage, c: Stage) -> bool:
-    """Whether three consecutive stages are a built-in score -> separate -> project chain."""
-    return isinstance(a, Score) and a.fuse([b, c]) is not None
 
 
 def _normalize() -> Param:

@@ -33,7 +33,7 @@ from torch import Tensor
 from amemctl.core.kernels import faiss_backend
 from amemctl.core.rows import Rows, TensorRows
 from amemctl.core.separation import Separation, Softmax, TopK, top_k
-from amemctl.core.similarity import EPS, SIMILARITIES, Similarity
+from amemctl.core.similarity import EPS, SIMILARITIES, Similarity, unit
 
 #: The similarities this route computes itself.
 ROUTED = ("dot", "cosine", "euclidean", "squared_euclidean", "manhattan")
@@ -104,7 +104,7 @@ class _Scores:
     def __init__(self, name: str, q: Tensor, beta: float, exact: bool) -> None:
         self.name, self.beta, self.exact = name, beta, exact
         if name == "cosine":
-            q = _unit(q)
+            q = unit(q)
         self.q = q
         self.scaled = q * beta if name in ("dot", "cosine") else q
         self.q_sq = (q * q).sum(1, keepdim=True)
@@ -229,14 +229,9 @@ def row_scores(name: str, q: Tensor, k: Tensor) -> Tensor:
     if name == "dot":
         return (q * k).sum(-1)
     if name == "cosine":
-        return (_unit(q) * _unit(k)).sum(-1)
+        return (unit(q) * unit(k)).sum(-1)
     if name == "euclidean":
         return -(q - k).norm(dim=-1)
     if name == "squared_euclidean":
         return -(q - k).square().sum(-1)
     return -(q - k).abs().sum(-1)
-
-
-def _unit(x: Tensor) -> Tensor:
-    """x / |x| per row, as `similarity.cosine` does (zero rows stay zero)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
