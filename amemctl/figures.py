@@ -50,7 +50,6 @@ def as_images(x: Tensor) -> np.ndarray:
 
 
 _FORMATS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("amemctl_figure_formats", default=())
-FORMATS = ("svg", "pdf")  #: formats a figure can be written in beside its PNG
 
 
 @contextlib.contextmanager

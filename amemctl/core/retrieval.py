@@ -132,6 +132,15 @@ def recall(
     return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
 
 
+def nearest_index(x: Tensor, memory: "Tensor | Rows", budget: int = DEFAULT_BUDGET) -> Tensor:
+    """For each row of x, the index of the nearest stored row (squared L2, ties to the lowest index).
+
+    The papers' rule for which memory a retrieval recalled: `evaluate` scores by it, `report`
+    frames by it, stories snap recalls to it.
+    """
+    return recall(x, memory, similarity="squared_euclidean", separation="max", budget=budget).index
+
+
 def _explain_non_finite(key_rows: Rows, value_rows: Rows, block_n: int) -> None:
     for rows, what in ((key_rows, "stored keys"), (value_rows, "stored values")):
         for offset, chunk in rows.chunks(block_n):

@@ -30,10 +30,6 @@ class Step:
     fusion: Fusion | None = None
 
     @property
-    def fused(self) -> bool:
-        return self.fusion is not None
-
-    @property
     def name(self) -> str:
         return self.fusion.name if self.fusion is not None else self.parts[0].stage.name
 

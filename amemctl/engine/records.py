@@ -22,7 +22,6 @@ from typing import Any
 
 RECORD = "run.json"
 TRACEBACK = "error.txt"
-STATUSES = ("running", "finished", "failed", "interrupted")
 
 
 def now() -> str:

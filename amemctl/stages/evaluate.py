@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amemctl.context import Context
-from amemctl.core.retrieval import recall
+from amemctl.core.retrieval import nearest_index
 from amemctl.core.rows import row_shape, take
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
@@ -40,7 +40,7 @@ class Evaluate(Stage):
                 f"retrievals are shaped {tuple(retrieved.shape[1:])} but stored values {row_shape(values)}",
                 hint="compare retrievals with the values they were projected from",
             )
-        nearest = recall(retrieved, values, similarity="squared_euclidean", separation="max", budget=ctx.budget).index
+        nearest = nearest_index(retrieved, values, ctx.budget)
         targets = targets.to(nearest.device)
         wanted = take(values, targets).reshape(len(targets), -1).to(retrieved.device, retrieved.dtype)
         sse = (retrieved.reshape(len(retrieved), -1) - wanted).square().sum(1)

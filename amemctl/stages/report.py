@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amemctl.context import Context
-from amemctl.core.retrieval import recall
+from amemctl.core.retrieval import nearest_index
 from amemctl.core.rows import row_shape, take
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
@@ -40,7 +40,7 @@ class Report(Stage):
             shown = tensor[: self.count]
             wrong = None
             if judged and name in self.judge and tuple(shown.shape[1:]) == row_shape(ctx[self.values]):
-                nearest = recall(shown, ctx[self.values], similarity="squared_euclidean", separation="max", budget=ctx.budget).index
+                nearest = nearest_index(shown, ctx[self.values], ctx.budget)
                 wrong = nearest.cpu() != targets[: len(shown)].cpu()
             ctx.show(self.figure, name, shown, wrong)
 

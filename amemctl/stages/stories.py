@@ -9,7 +9,7 @@ import torch
 from amemctl.context import Context
 from amemctl.core import random
 from amemctl.core.chains import distinct_cycles, follow, permutation_cycles
-from amemctl.core.retrieval import recall
+from amemctl.core.retrieval import nearest_index, recall
 from amemctl.core.rows import materialize
 from amemctl.errors import StageError
 from amemctl.models.hetero import HeteroEncoder
@@ -128,7 +128,7 @@ class ChainRecall(Stage):
             queries = (queries + math.sqrt(self.start_noise) * noise).clamp(0, 1)
 
         def nearest(x):
-            return recall(x, memory, similarity="squared_euclidean", separation="max", budget=ctx.budget).index
+            return nearest_index(x, memory, ctx.budget)
 
         chains, outputs = follow(queries, starts, self._recall_fn(ctx, memory), nearest, self.steps, snap=(lambda i: memory[i]) if self.snap else None)
         ctx[self.output] = torch.tensor([c.visits for c in chains], device=ctx.device)
