@@ -126,7 +126,7 @@ def train_dam(
             total += loss.detach() * len(idx)
         losses.append(total.item() / len(v))
         if checkpoint is not None:
-            state = {"xi": model.xi.detach().cpu().clone(), "velocity": velocity.cpu().clone(), "temperature": model.temperature, "losses": losses}
+            state = lambda: {"xi": model.xi.detach().cpu().clone(), "velocity": velocity.cpu().clone(), "temperature": model.temperature, "losses": losses}  # noqa: E731
             checkpoint.save(epoch + 1, state, last=epoch + 1 == epochs)
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1])

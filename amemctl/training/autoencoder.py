@@ -58,7 +58,7 @@ def train_autoencoder(
             total += loss.detach() * len(batch)
         losses.append(total.item() / len(data))
         if checkpoint is not None:
-            checkpoint.save(epoch + 1, {"model": cpu_state(module), "optimizer": optimizer.state_dict(), "losses": losses}, last=epoch + 1 == epochs)
+            checkpoint.save(epoch + 1, lambda: {"model": cpu_state(module), "optimizer": optimizer.state_dict(), "losses": losses}, last=epoch + 1 == epochs)
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1])
     sha = save_autoencoder(module, path, kind, shape, hidden, code, losses=losses, epochs=epochs, lr=lr, batch_size=batch_size)

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -62,11 +62,15 @@ class TrainingCheckpoint:
             return None
         return payload
 
-    def save(self, epoch: int, state: dict[str, Any], *, last: bool) -> None:
-        """Save the state after `epoch` epochs when the last save is old enough, or when it is the last."""
+    def save(self, epoch: int, state: Callable[[], dict[str, Any]], *, last: bool) -> None:
+        """Save the state after `epoch` epochs when the last save is old enough, or when it is the last.
+
+        `state` is called only then: copying a model to the CPU every epoch would cost a device
+        synchronisation and a copy for saves that mostly do not happen.
+        """
         if not last and time.monotonic() - self._saved_at < CHECKPOINT_SECONDS:
             return
-        save_atomically({"format": FORMAT, "identity": self.identity, "epoch": epoch, **state}, self.path)
+        save_atomically({"format": FORMAT, "identity": self.identity, "epoch": epoch, **state()}, self.path)
         self._saved_at = time.monotonic()
 
 

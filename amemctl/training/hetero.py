@@ -75,7 +75,7 @@ def train_hetero(
         schedule.step()
         losses.append(total.item() / len(x))
         if checkpoint is not None:
-            state = {"model": cpu_state(net), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "generator": generator.get_state(), "losses": losses}
+            state = lambda: {"model": cpu_state(net), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "generator": generator.get_state(), "losses": losses}  # noqa: E731
             checkpoint.save(epoch + 1, state, last=epoch + 1 == epochs)
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1])
