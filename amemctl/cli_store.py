@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from amemctl.errors import StoreError
+from amemctl.errors import DamagedStore, StoreError
 
 
 @click.group()
@@ -33,10 +33,11 @@ def list_stores(root: Path) -> None:
             continue  # a writer's temporary or discarded copy, never a store
         try:
             s = MemoryStore.open(path)
-        except StoreError as exc:
-            if "is damaged" in exc.message:
-                table.add_row(str(path.relative_to(root)), "damaged", "-", "-", "-", _size(disk_size(path)), f"run `amemctl store verify {path}`")
+        except DamagedStore:
+            table.add_row(str(path.relative_to(root)), "damaged", "-", "-", "-", _size(disk_size(path)), f"run `amemctl store verify {path}`")
             continue
+        except StoreError:
+            continue  # not a store this amemctl can list (another schema, a locked writer's)
         table.add_row(str(path.relative_to(root)), str(len(s)), str(s.count - len(s)), ", ".join(s.arrays), ", ".join(s.spaces) or "-", _size(disk_size(path)), s.attrs["updated"])
     Console().print(table if table.row_count else f"no stores under {root}")
 

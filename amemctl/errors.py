@@ -71,6 +71,10 @@ class StoreError(AmemctlError):
     """A memory store is missing, locked, damaged or of an incompatible kind."""
 
 
+class DamagedStore(StoreError):
+    """A store whose metadata and chunk files disagree (missing, truncated or of another dtype)."""
+
+
 class PluginError(AmemctlError):
     """A plugin failed to load or declares something that clashes with another."""
 

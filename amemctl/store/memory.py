@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amemctl.errors import StoreError
+from amemctl.errors import DamagedStore, StoreError
 from amemctl.store.encoding import decode, encode
 from amemctl.store.lock import WriterLock
 from amemctl.store.soundness import EVERY_CHUNK, problems
@@ -175,7 +175,7 @@ class MemoryStore:
         if check:
             found = problems(path, group, attrs)
             if found:
-                raise StoreError(
+                raise DamagedStore(
                     f"{path} is damaged: {'; '.join(found[:3])}{' ...' if len(found) > 3 else ''}",
                     hint=f"run `amemctl store verify {path}`; restore the store or write it again",
                 )
