@@ -19,7 +19,7 @@ from torch import Tensor
 from amemctl.core import colour, random
 from amemctl.errors import StageError
 from amemctl.functions import Function
-from amemctl.stage import Param
+from amemctl.stage import Param, ParamError
 from amemctl.suggest import did_you_mean
 
 SIDES = ("top", "bottom", "left", "right")
@@ -34,8 +34,8 @@ class Corruption(Function):
 
     kind = "corruption"
 
-    def __init__(self, name: str, doc: str, apply: Callable[..., Tensor], params: "dict[str, Param] | None" = None) -> None:
-        super().__init__(name, apply, params, doc)
+    def __init__(self, name: str, doc: str, apply: Callable[..., Tensor], params: "dict[str, Param] | None" = None, check: "Callable[[dict[str, Any]], None] | None" = None) -> None:
+        super().__init__(name, apply, params, doc, check)
 
     @property
     def apply(self) -> Callable[..., Tensor]:
@@ -99,14 +99,17 @@ def none(images: Tensor, generator: torch.Generator | None) -> Tensor:
     return images.clone()
 
 
+def _variance_or_std(values: dict[str, Any]) -> None:
+    if values["variance"] is not None and values["std"] is not None:
+        raise ParamError("gaussian takes a variance or a standard deviation, not both", hint="keep `variance:` (amemctl's) or `std:` (the UHN code's sigma)", param="std")
+
+
 def gaussian(images: Tensor, generator: torch.Generator | None, mean: float, variance: float | None, std: float | None = None, abs: bool = False) -> Tensor:
     """x + mean + noise, clipped to [0, 1]; the noise has the given variance or standard deviation.
 
     With `abs`, |x + mean + noise| is taken before clipping, as the UHN code's
     `gaussian_perturb_image` does: clamp(abs(x + std * n), 0, 1).
     """
-    if variance is not None and std is not None:
-        raise StageError("gaussian takes a variance or a standard deviation, not both", hint="keep `variance:` (amemctl's) or `std:` (the UHN code's sigma)")
     scale = std if std is not None else math.sqrt(0.1 if variance is None else variance)
     noise = random.randn(images.shape, generator, device=images.device, dtype=images.dtype)
     noisy = images + mean + scale * noise
@@ -261,6 +264,7 @@ CORRUPTIONS: dict[str, Corruption] = {
                 "std": Param(float, None, "standard deviation of the noise instead of its variance (the UHN code's sigma)", min=0.0),
                 "abs": Param(bool, False, "take the absolute value before clipping (the UHN code's)"),
             },
+            check=_variance_or_std,
         ),
         Corruption(
             "mask_zero",

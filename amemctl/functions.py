@@ -29,10 +29,19 @@ class Function:
     #: the noun for this kind of function in messages ("separation", "corruption", ...)
     kind: ClassVar[str] = "function"
 
-    def __init__(self, name: str, make: Callable[..., Any], params: "Mapping[str, Param] | None" = None, doc: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        make: Callable[..., Any],
+        params: "Mapping[str, Param] | None" = None,
+        doc: str = "",
+        check: "Callable[[dict[str, Any]], None] | None" = None,
+    ) -> None:
         self.name = name
         self.make = make
         self.doc = doc
+        #: raises ParamError when parameters that are each valid do not go together
+        self.check = check
         self.params: dict[str, Param] = dict(params or {})
         for key, param in self.params.items():
             param.name = param.name or key
@@ -65,6 +74,8 @@ class Function:
                 raise ParamError(f"{self.kind} {self.name!r} needs parameter {key!r}", hint=param._expect() + (f": {param.doc}" if param.doc else ""), param=key, about="key")
             else:
                 values[key] = param.default
+        if self.check is not None:
+            self.check(values)
         return values
 
     def __call__(self, *args: Any, **given: Any) -> Any:

@@ -157,3 +157,16 @@ def test_compose_applies_in_order():
         corrupt(x, "compose", steps=[{"variance": 0.1}])
     with pytest.raises(ParamError, match=r"scale = \[0.0, 0.5\] is out of range"):
         corrupt(x, "crop", scale=[0.0, 0.5])
+
+
+def test_gaussian_takes_a_variance_or_a_std_not_both(tmp_path):
+    from click.testing import CliRunner
+
+    from amemctl.cli import main
+
+    with pytest.raises(ParamError, match="not both"):
+        corrupt(torch.rand(2, 1, 4, 4), "gaussian", torch.Generator(), variance=0.1, std=0.2)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("data: {dataset: digits}\nstages:\n  - corrupt: {kind: gaussian, variance: 0.1, std: 0.2}\n")
+    result = CliRunner().invoke(main, ["validate", str(pipeline)])
+    assert result.exit_code == 2 and "not both" in result.output and "p.yaml:3" in result.output

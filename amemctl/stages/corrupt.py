@@ -32,9 +32,6 @@ class Corrupt(Stage):
     dispatch = {"kind": "corruptions"}
 
     def check(self) -> None:
-        options = self.options["kind"]
-        if self.kind == "gaussian" and options.get("variance") is not None and options.get("std") is not None:
-            raise ParamError("gaussian takes a variance or a standard deviation, not both", hint="keep `variance:` (amemctl's) or `std:` (the UHN code's sigma)", param="std")
         if self.kind == "compose" and not self.options["kind"]["steps"]:
             raise ParamError("corruption 'compose' needs `steps:`", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]", param="kind")
         for i, step in enumerate(self.options["kind"].get("steps", []) if self.kind == "compose" else []):
