@@ -98,6 +98,14 @@ class EncoderArchitecture(Function):
 
     kind = "encoder"
 
-    def __init__(self, name: str, make: Callable[..., Any], width: int, params: "Mapping[str, Param] | None" = None, doc: str = "") -> None:
-        super().__init__(name, make, params, doc)
+    def __init__(
+        self,
+        name: str,
+        make: Callable[..., Any],
+        width: int,
+        params: "Mapping[str, Param] | None" = None,
+        doc: str = "",
+        check: "Callable[[dict[str, Any]], None] | None" = None,
+    ) -> None:
+        super().__init__(name, make, params, doc, check)
         self.width = width
