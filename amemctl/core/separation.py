@@ -266,6 +266,18 @@ class TopK(Separation):
         return _RunningTopK(self, empty, torch.empty(rows, 0, dtype=torch.long, device=like.device))
 
 
+def merge_top_k(best: Tensor, index: Tensor, values: Tensor, indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best of a running top-k (best, index) and a later chunk's (values, indices).
+
+    The later chunk holds higher indices and comes second, so the stable sort keeps the
+    earlier memory on ties: ties go to the lowest index.
+    """
+    merged = torch.cat([best, values], 1)
+    merged_index = torch.cat([index, indices], 1)
+    order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :k]
+    return merged.gather(1, order), merged_index.gather(1, order)
+
+
 @dataclass
 class _RunningTopK(Reducer):
     sep: TopK
@@ -276,12 +288,7 @@ class _RunningTopK(Reducer):
 
     def update(self, scores: Tensor, offset: int, values: Tensor) -> None:
         vals, idx = top_k(scores, self.sep.k)
-        # Earlier chunks hold lower indices and come first, so a stable sort keeps them on ties.
-        merged = torch.cat([self.best, vals], 1)
-        merged_idx = torch.cat([self.index, idx + offset], 1)
-        order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, : self.sep.k]
-        self.best = merged.gather(1, order)
-        self.index = merged_idx.gather(1, order)
+        self.best, self.index = merge_top_k(self.best, self.index, vals, idx + offset, self.sep.k)
 
     def finish(self, values: Rows) -> Tensor:
         picked = self.picked if self.picked is not None else values.take(self.index.reshape(-1)).reshape(*self.index.shape, -1)

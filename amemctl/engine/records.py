@@ -127,8 +127,13 @@ class Interrupted(Exception):
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
     """run.json of a run folder; None when absent or unreadable (runs from before records)."""
+    return read_json(run_dir / RECORD)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file of a run folder; None when absent, unreadable or not an object."""
     try:
-        data = json.loads((run_dir / RECORD).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -6,13 +6,12 @@ its pipeline's name alone, which means that pipeline's latest run.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from amemctl.engine.records import read_record, status_of
+from amemctl.engine.records import read_json, read_record, status_of
 from amemctl.errors import AmemctlError
 
 
@@ -60,7 +59,7 @@ def find_run(name: str, root: "str | Path" = "runs") -> Path:
 def summarise(path: Path, root: "str | Path" = "runs") -> RunSummary:
     """One run's status, timing, overrides and headline metric, from run.json and metrics.json."""
     record = read_record(path) or {}
-    metrics = _read_json(path / "metrics.json") or {}
+    metrics = read_json(path / "metrics.json") or {}
     try:
         ident = str(path.resolve().relative_to(Path(root).resolve()))
     except ValueError:
@@ -85,14 +84,6 @@ def summarise(path: Path, root: "str | Path" = "runs") -> RunSummary:
         record=record,
         metrics=metrics,
     )
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _duration(record: dict[str, Any]) -> float | None:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from amemctl.core.kernels import faiss_backend
 from amemctl.core.rows import Rows, TensorRows
-from amemctl.core.separation import Separation, Softmax, TopK, top_k
+from amemctl.core.separation import Separation, Softmax, TopK, merge_top_k, top_k
 from amemctl.core.similarity import EPS, SIMILARITIES, Similarity, unit
 
 #: The similarities this route computes itself.
@@ -198,10 +198,7 @@ def _top_k(scores: _Scores, key_rows: Rows, k: int, block_n: int) -> Tensor:
             firsts.add(z, offset)
             continue
         vals, idx = chunk_top_k(z, k)
-        merged = torch.cat([best, vals], 1)
-        merged_index = torch.cat([index, idx + offset], 1)
-        order = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :k]
-        best, index = merged.gather(1, order), merged_index.gather(1, order)
+        best, index = merge_top_k(best, index, vals, idx + offset, k)
     return firsts.index()[:, None] if k == 1 else index
 
 
