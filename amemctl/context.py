@@ -7,6 +7,7 @@ a plugin's) needs it: stages import it; the engine makes one per sweep point.
 from __future__ import annotations
 
 import difflib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
@@ -16,6 +17,7 @@ import torch
 from amemctl.errors import StageError
 
 T = TypeVar("T")
+LOG_SECONDS = 15.0  #: least time between two progress lines in a log
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Context:
     examples: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
     stage_seed: int = 0  #: set by the engine before each stage, from the seed and the stage's position
     progress: Any = None  #: the engine's rich Progress, or None when quiet
+    #: where track() writes a progress line now and then when there are no bars (a log, not a terminal)
+    log: Any = None
     #: where the data came from and which run made it, written into stores by `persist`
     provenance: dict[str, Any] = field(default_factory=dict)
     #: tensor name -> identity of the encoder that made it (embeddings), for `persist`
@@ -52,6 +56,7 @@ class Context:
     #: the registry the pipeline was checked with: where stages look up what they dispatch to
     registry: Any = None
     _bars: list = field(default_factory=list, repr=False)  #: (task, description) of the open track() bars
+    _loss: float | None = field(default=None, repr=False)  #: the last epoch's loss, for log lines
 
     @property
     def distributed(self) -> bool:
@@ -146,9 +151,13 @@ class Context:
         return title if self.point_label == "run" else f"{title}\n({self.point_label})"
 
     def track(self, items: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
-        """Iterate with a progress bar under the pipeline's bars (plain iteration when quiet)."""
+        """Iterate with a progress bar under the pipeline's bars; in a log, a line now and then.
+
+        Without a terminal a training of many minutes would otherwise print nothing until its
+        sweep point ends: a line (count, rate, ETA, the last epoch's loss) every `LOG_SECONDS`.
+        """
         if self.progress is None:
-            yield from items
+            yield from (items if self.log is None else self._logged(items, total, description or "working"))
             return
         task = self.progress.add_task(description or "working", total=total)
         self._bars.append((task, description or "working"))
@@ -160,11 +169,31 @@ class Context:
             self._bars.remove((task, description or "working"))
             self.progress.remove_task(task)
 
+    def _logged(self, items: Iterable[T], total: int | None, description: str) -> Iterator[T]:
+        start = last = time.perf_counter()
+        self._loss = None
+        for done, item in enumerate(items, 1):
+            yield item
+            now = time.perf_counter()
+            if now - last >= LOG_SECONDS or done == total:
+                last = now
+                each = (now - start) / done
+                left = f", ETA {clock(each * (total - done))}" if total else ""
+                loss = f", loss {self._loss:.4g}" if self._loss is not None else ""
+                self.log(f"    {description}: {done}/{total or '?'}{loss}; {each:.2f} s each{left}")
+
     def epoch_done(self, epoch: int, loss: float) -> None:
-        """A training loop's report after an epoch: the loss shows in its progress bar."""
+        """A training loop's report after an epoch: the loss shows in its progress bar (or log line)."""
+        self._loss = loss
         if self.progress is not None and self._bars:
             task, description = self._bars[-1]
             self.progress.update(task, description=f"{description} (epoch {epoch}, loss {loss:.4g})")
+
+
+def clock(seconds: float) -> str:
+    """Seconds as h:mm:ss, for progress lines."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _copy(container: Any) -> Any:

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from amemctl import figures
-from amemctl.context import Context
+from amemctl.context import Context, clock
 from amemctl.dsl.pipeline import Pipeline
 from amemctl.dsl.sweep import Point
 from amemctl.engine.plan import Step, plan_steps
@@ -157,7 +157,7 @@ def run_pipeline(
                 result = load_point(run_dir, keys[i], point) if previous is not None else None
                 was_reused = result is not None
                 if result is None:
-                    result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, i, seed, group)
+                    result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group)
                     save_point(run_dir, keys[i], result, seed)
                 reused += was_reused
                 done.append(result)
@@ -259,14 +259,9 @@ class _LogLines:
             self.computed += 1
             self.computed_seconds += took
         left = self.total - i - 1
-        eta = _clock(self.computed_seconds / self.computed * left) if self.computed else "?"
+        eta = clock(self.computed_seconds / self.computed * left) if self.computed else "?"
         how = "reused" if reused else f"{took:.1f}s"
-        self.line(f"[{i + 1}/{self.total}] {label}: {how}; elapsed {_clock(now - self.start)}, ETA {eta}")
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        self.line(f"[{i + 1}/{self.total}] {label}: {how}; elapsed {clock(now - self.start)}, ETA {eta}")
 
 
 @contextlib.contextmanager
@@ -294,11 +289,12 @@ def _run_point(
     device: torch.device,
     cache: "_PrefixCache",
     bar: Progress,
+    log: "_LogLines | None",
     slot: int,
     seed: int,
     group: object = None,
 ) -> PointResult:
-    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable else None, group=group, registry=pipeline.registry)
+    ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable and log is None else None, log=log.line if log is not None else None, group=group, registry=pipeline.registry)
     ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=seed)
     first = cache.restore(slot, ctx)
     task = bar.add_task(point.label(), total=len(steps), completed=first)

@@ -137,7 +137,7 @@ class Embed(Stage):
 
 
 class TrainSimCLR(Stage):
-    """Train a SimCLR encoder on images (NT-Xent, the SimCLR augmentations); checkpoints every epoch, resumes."""
+    """Train a SimCLR encoder on images (NT-Xent, the SimCLR augmentations); checkpoints as it goes (every 30 s), resumes."""
 
     name = "train-simclr"
     arch = Param(str, "resnet18", "the encoder's architecture", choices=list(ARCHITECTURES))
@@ -198,7 +198,7 @@ class TrainSimCLR(Stage):
             raise StageError(f"train-simclr needs images N x C x H x W, got {tuple(images.shape)}")
         config = self.config(ctx.stage_seed % 2**31)
         folder = Path(self.checkpoints) if self.checkpoints else Path("checkpoints") / f"{ctx.provenance.get('pipeline', 'run')}-simclr-{config.digest(data_sha256(images))}"
-        trained = train_simclr(images, config, folder, ctx.device, amp=self.amp, track=ctx.track)
+        trained = train_simclr(images, config, folder, ctx.device, amp=self.amp, track=ctx.track, on_epoch=ctx.epoch_done)
         ctx[self.output] = trained.encoder
         ctx.identities[self.output] = trained.encoder.identity()
         if trained.losses:

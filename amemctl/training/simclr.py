@@ -6,7 +6,7 @@ Defaults follow Salvatori et al.'s setup: Adam, learning rate 3e-4, weight decay
 256, temperature 0.5, the CIFAR augmentations (random resized crop, flip, colour jitter of
 strength 0.5 with p=0.8, grayscale with p=0.2; blur optional). LARS is available.
 
-Training writes a checkpoint every epoch into its folder and resumes from the latest one
+Training writes a checkpoint (at most every 30 s, and after the last epoch) into its folder and resumes from the latest one
 whose configuration and data match; an encoder that already finished is reused as is.
 """
 
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from amemctl.core import random
 from amemctl.models.encoders import ARCHITECTURES, Encoder, Preprocessing, build, save_atomically, save_encoder
+from amemctl.training import checkpoints
 from amemctl.training.augment import ViewSpec, views
 
 #: version 2: views made per batch on the device (training/augment.py); version-1 checkpoints are not resumed
@@ -145,8 +146,14 @@ def train_simclr(
     *,
     amp: bool | None = None,
     track: Callable[[Iterable, int, str], Iterable] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> Trained:
-    """Train (or resume, or reuse) a SimCLR encoder on images N x C x H x W in [0, 1]."""
+    """Train (or resume, or reuse) a SimCLR encoder on images N x C x H x W in [0, 1].
+
+    A checkpoint is written after an epoch at most every `checkpoints.CHECKPOINT_SECONDS` and after the
+    last one: a model and its optimiser copied to the CPU and written every epoch (135 MB for a
+    ResNet18, each second or two on a GPU) would cost more than the epoch.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
@@ -175,6 +182,7 @@ def train_simclr(
     n = len(images)
     batch = max(2, min(config.batch_size, n))
     epochs = range(start, config.epochs)
+    saved_at = time.monotonic()
     for epoch in track(epochs, len(epochs), f"simclr {config.arch}") if track else epochs:
         model.train()
         began = time.perf_counter()
@@ -199,7 +207,11 @@ def train_simclr(
         step_losses.extend(values)
         losses.append(sum(v * k for v, k in zip(values, sizes)) / max(sum(sizes), 1))
         seconds.append(time.perf_counter() - began)
-        _save_epoch(folder, model, optimizer, config, digest, epoch + 1, losses, step_losses)
+        if epoch + 1 == config.epochs or time.monotonic() - saved_at >= checkpoints.CHECKPOINT_SECONDS:
+            _save_epoch(folder, model, optimizer, config, digest, epoch + 1, losses, step_losses)
+            saved_at = time.monotonic()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, losses[-1])
     sha = save_encoder(model.encoder, folder / "encoder.pt", config.arch, config.cifar_stem, preprocessing, simclr=asdict(config), losses=losses)
     module = model.encoder.cpu().to(memory_format=torch.contiguous_format)
     encoder = Encoder(module, config.arch, config.cifar_stem, preprocessing, f"simclr:{folder}", sha)

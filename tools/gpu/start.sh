@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Device call 1 (about 9 minutes): set up, start chain.sh in the background, run the whole
+# test suite with CUDA visible while it trains, then show the chain's progress.
+set -uo pipefail
+source tools/gpu/setup.sh
+G=/tmp/gpu; mkdir -p $G
+setsid nohup bash tools/gpu/chain.sh > $G/chain.log 2>&1 < /dev/null &
+start=$(date +%s)
+timeout 360 python3 -m pytest -q -rs -p no:cacheprovider --durations=25 2>&1 | tee $OUT/pytest.log | tail -45
+echo "suite: $(( $(date +%s) - start )) s"
+while [ $(( $(date +%s) - start )) -lt ${WAIT:-500} ] && [ ! -e $G/chain.done ]; do sleep 15; done
+tail -n 4 $G/table1.log $G/phi.log; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
+bash tools/gpu/pack.sh
