@@ -130,8 +130,8 @@ def test_blocks_stay_within_the_budget(monkeypatch):
     seen = []
     original = cpu._Scores.__call__
 
-    def recording(self, keys):
-        z = original(self, keys)
+    def recording(self, keys, offset):
+        z = original(self, keys, offset)
         seen.append(z.numel())
         return z
 
@@ -179,3 +179,32 @@ def test_faiss_l1_distances_equal_cdist():
     assert faiss_backend.l1_distances(q, k, out) is out
     torch.testing.assert_close(out, torch.cdist(q, k, p=1), rtol=1e-5, atol=1e-5)
     assert not faiss_backend.available(q.double())
+
+
+def test_stored_norms_are_reused_until_the_keys_change_in_place():
+    """The euclidean route keeps |k|^2 beside a key tensor; an in-place change must not reuse stale norms."""
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randint(0, 4, (3000, 5), generator=g).float()
+    queries = torch.randint(0, 4, (40, 5), generator=g).float()
+    first = recall(queries, keys, similarity="euclidean", separation="max", budget=16 * 1024)
+    norms = cpu.stored_norms(TensorRows(keys), torch.float32)
+    assert cpu.stored_norms(TensorRows(keys), torch.float32) is norms  # computed once
+    assert torch.equal(norms, (keys * keys).sum(1))  # exact sums of squares: integer distances tie exactly
+    keys.mul_(-1).add_(3)  # every key changes, in place: the version counter moves
+    again = recall(queries, keys, similarity="euclidean", separation="max", budget=16 * 1024)
+    _, expected = top_k(SIMILARITIES["euclidean"](queries, keys), 1)
+    assert torch.equal(again.index, expected[:, 0]) and not torch.equal(again.index, first.index)
+    assert cpu.stored_norms(TensorRows(keys), torch.float32) is not norms
+
+
+def test_first_maximum_over_chunks_counts_nan_as_the_maximum():
+    """The running first maximum: ties to the lowest index across chunks, a NaN score wins (the bad key shows)."""
+    firsts = cpu._FirstMaximum()
+    chunks = [
+        torch.tensor([[1.0, 5.0, 5.0], [0.0, 0.0, 0.0], [2.0, 1.0, 0.0]]),
+        torch.tensor([[5.0, 6.0, 6.0], [0.0, float("nan"), float("nan")], [2.0, 2.0, 2.0]]),
+        torch.tensor([[6.0, 6.0, 0.0], [9.0, 9.0, 9.0], [float("nan"), 0.0, 0.0]]),
+    ]
+    for i, z in enumerate(chunks):
+        firsts.add(z, 3 * i)
+    assert firsts.index().tolist() == [4, 4, 6]
