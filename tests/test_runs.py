@@ -327,3 +327,19 @@ def test_the_default_column_says_what_an_unset_parameter_means():
     assert stages["train-dam"].params["n"].default_text() == "3"
     assert stages["load"].params["dataset"].default_text() == "required"
     assert stages["chain-recall"].params["beta"].default_text() == "none"
+
+
+def test_a_training_in_a_log_prints_progress_lines_with_its_loss(tmp_path, monkeypatch):
+    """Without a terminal a long training still says how far it is: count, loss, time each, ETA."""
+    import re
+
+    from amemctl import context
+
+    monkeypatch.setattr(context, "LOG_SECONDS", 0.0)  # a line after every epoch
+    monkeypatch.setenv("AMEMCTL_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    (tmp_path / "dam.yaml").write_text(TRAINING["train-dam"])
+    result = _invoke("run", tmp_path / "dam.yaml", "--out", tmp_path / "runs", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if re.match(r"^    \S.*: \d+/6, loss [-+.\de]+; [.\d]+ s each, ETA \d:\d\d:\d\d$", line)]
+    assert [line.split(": ")[1].split(",")[0] for line in lines] == [f"{k}/6" for k in range(1, 7)], result.output
+    assert lines[-1].endswith("ETA 0:00:00")
