@@ -217,14 +217,19 @@ def rotate(images: Tensor, generator: torch.Generator | None, angles: list) -> T
     return out
 
 
-def compose(images: Tensor, generator: torch.Generator | None, steps: list) -> Tensor:
-    """Several corruptions in order, each a mapping {kind: ..., parameters...}."""
+def compose(images: Tensor, generator: torch.Generator | None, steps: list, find: "Callable[[str], Corruption] | None" = None) -> Tensor:
+    """Several corruptions in order, each a mapping {kind: ..., parameters...}, drawing from one generator.
+
+    `find` gives the corruption a step's kind names: the built-in ones by default; the
+    `corrupt` stage passes its registry's, so plugin corruptions compose too.
+    """
+    find = find or get_corruption
     for step in steps:
         spec = dict(step)
         kind = spec.pop("kind", None)
         if kind is None or kind == "compose":
             raise StageError(f"each compose step needs a `kind` other than compose, got {step!r}", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]")
-        images = get_corruption(kind)(images, generator, **spec)
+        images = find(kind)(images, generator, **spec)
     return images
 
 

@@ -7,7 +7,7 @@ import torch
 
 from amemctl.corruptions import CORRUPTIONS, corrupt, get_corruption
 from amemctl.errors import StageError
-from amemctl.stage import ParamError
+from amemctl.stage import Param, ParamError
 
 
 def _images(n=64, c=3, h=8, w=8):
@@ -170,3 +170,35 @@ def test_gaussian_takes_a_variance_or_a_std_not_both(tmp_path):
     pipeline.write_text("data: {dataset: digits}\nstages:\n  - corrupt: {kind: gaussian, variance: 0.1, std: 0.2}\n")
     result = CliRunner().invoke(main, ["validate", str(pipeline)])
     assert result.exit_code == 2 and "not both" in result.output and "p.yaml:3" in result.output
+
+
+def test_the_corrupt_stage_composes_exactly_as_the_library_for_the_same_seed():
+    """The stage runs the library's compose (steps found in its registry): the same seed gives
+    the same queries, plugin corruptions included."""
+    from amemctl.context import Context
+    from amemctl.corruptions import Corruption, compose
+    from amemctl.plugins import build_registry
+    from amemctl.stages.corrupt import Corrupt
+
+    def dim_rows(images, generator, amount):
+        keep = torch.rand(images.shape[:-1] + (1,), generator=generator) > amount
+        return images * keep.to(images.dtype)
+
+    registry = build_registry(entry_points=False)
+    registry.corruptions["dim_rows"] = Corruption("dim_rows", "a plugin's: rows zeroed at random", dim_rows, {"amount": Param(float, 0.5, "share of rows zeroed")})
+    steps = [{"kind": "crop", "scale": [0.4, 0.8]}, {"kind": "dim_rows", "amount": 0.3}, {"kind": "gaussian", "std": 0.1}, {"kind": "mask_noise", "side": "random"}]
+    x = _images(n=16)
+    outputs = []
+    for seed in (3, 4):
+        ctx = Context(torch.device("cpu"), 0, 2**20, None, stage_seed=seed)
+        ctx["patterns"] = x
+        Corrupt(registry, kind="compose", steps=steps).run(ctx)
+        library = compose(x, _rng(seed), steps, find=registry.corruptions.__getitem__)
+        assert torch.equal(ctx["queries"], library)
+        outputs.append(library)
+    assert not torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], x)
+    builtin = steps[:1] + steps[2:]
+    ctx = Context(torch.device("cpu"), 0, 2**20, None, stage_seed=5)
+    ctx["patterns"] = x
+    Corrupt(registry, kind="compose", steps=builtin).run(ctx)
+    assert torch.equal(ctx["queries"], corrupt(x, "compose", _rng(5), steps=builtin))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from amemctl.core.rows import TensorRows
-from amemctl.core.separation import SEPARATIONS, Softmax, TopK, make_separation, top_k
+from amemctl.core.separation import SEPARATIONS, Softmax, TopK, make_separation, parameters, top_k
 from amemctl.errors import StageError
 
 
@@ -99,6 +99,17 @@ ALL = [
 
 def test_every_separation_is_covered():
     assert {name for name, _ in ALL} | {"log"} == set(SEPARATIONS)
+
+
+def test_the_separate_stage_registers_the_core_separations_with_their_defaults():
+    from amemctl.plugins import build_registry
+
+    registry = build_registry(entry_points=False)
+    assert list(registry.separations) == list(SEPARATIONS)
+    for name, function in registry.separations.items():
+        assert function.make is SEPARATIONS[name]
+        assert {key: param.default for key, param in function.params.items()} == parameters(name)
+        assert function().describe() == make_separation(name).describe()
 
 
 @pytest.mark.parametrize("name,params", ALL, ids=[f"{n}-{i}" for i, (n, _) in enumerate(ALL)])

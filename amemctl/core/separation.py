@@ -18,6 +18,7 @@ the memories were chunked.
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -234,7 +235,7 @@ class TopK(Separation):
     k: int = 1
     weighting: str = "uniform"
     beta: float = 1.0
-    name: str = field(default="topk", repr=False)
+    name: str = field(default="topk", init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.weighting not in ("uniform", "softmax"):
@@ -340,7 +341,10 @@ def top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def max_() -> TopK:
-    return TopK(k=1, name="max")
+    """One-hot on the best score: top-1, under its own name."""
+    best = TopK(k=1)
+    best.name = "max"
+    return best
 
 
 # ---------------------------------------------------------------------------------------
@@ -368,6 +372,14 @@ class Sparse(Separation):
 
     def reducer(self, rows: int, width: int, like: Tensor) -> Reducer:
         return _FullRows(self, [])
+
+
+def sparsemax(beta: float = 1.0) -> Sparse:
+    return Sparse("sparsemax", beta)
+
+
+def entmax15(beta: float = 1.0) -> Sparse:
+    return Sparse("entmax15", beta)
 
 
 @dataclass
@@ -417,20 +429,27 @@ def _entmax15(z: Tensor) -> Tensor:
 # by name
 
 
-#: name -> (factory, {parameter: default}); the parameters a user may give each one.
-SEPARATIONS: dict[str, tuple[Callable[..., Separation], dict]] = {
-    "identity": (identity, {"normalize": True}),
-    "square": (square, {"normalize": True}),
-    "polynomial": (polynomial, {"n": 2, "normalize": True}),
-    "rectified_polynomial": (rectified_polynomial, {"n": 2, "normalize": True}),
-    "log": (log, {"normalize": True}),
-    "threshold": (threshold, {"t": 0.0, "normalize": True}),
-    "softmax": (Softmax, {"beta": 1.0}),
-    "max": (max_, {}),
-    "topk": (TopK, {"k": 1, "weighting": "uniform", "beta": 1.0}),
-    "sparsemax": (lambda beta=1.0: Sparse("sparsemax", beta), {"beta": 1.0}),
-    "entmax15": (lambda beta=1.0: Sparse("entmax15", beta), {"beta": 1.0}),
+#: The built-in separations by name. A factory's keyword parameters, with their defaults, are
+#: the parameters a user may give it: the one declaration `make_separation` checks against and
+#: the `separate` stage describes (amemctl.stages.retrieval registers each as a Function).
+SEPARATIONS: dict[str, Callable[..., Separation]] = {
+    "identity": identity,
+    "square": square,
+    "polynomial": polynomial,
+    "rectified_polynomial": rectified_polynomial,
+    "log": log,
+    "threshold": threshold,
+    "softmax": Softmax,
+    "max": max_,
+    "topk": TopK,
+    "sparsemax": sparsemax,
+    "entmax15": entmax15,
 }
+
+
+def parameters(name: str) -> dict[str, object]:
+    """The parameters of the built-in separation `name` and their defaults, in order."""
+    return {p.name: p.default for p in inspect.signature(SEPARATIONS[name]).parameters.values()}
 
 
 def make_separation(name: str, **params: object) -> Separation:
@@ -440,7 +459,7 @@ def make_separation(name: str, **params: object) -> Separation:
             f"unknown separation {name!r}",
             hint=did_you_mean(name, SEPARATIONS) or f"choose one of {', '.join(SEPARATIONS)}",
         )
-    factory, allowed = SEPARATIONS[name]
+    allowed = parameters(name)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         accepted = ", ".join(allowed) if allowed else "no parameters"
@@ -448,4 +467,4 @@ def make_separation(name: str, **params: object) -> Separation:
             f"separation {name!r} takes no parameter {unknown[0]!r}",
             hint=f"{name} accepts {accepted}",
         )
-    return factory(**params)
+    return SEPARATIONS[name](**params)

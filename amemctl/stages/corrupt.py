@@ -9,7 +9,7 @@ import torch
 from amemctl.context import Context
 from amemctl.core import random
 from amemctl.core.rows import take
-from amemctl.corruptions import CORRUPTIONS, Corruption
+from amemctl.corruptions import CORRUPTIONS, Corruption, compose
 from amemctl.errors import AmemctlError, StageError
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
@@ -32,23 +32,29 @@ class Corrupt(Stage):
     dispatch = {"kind": "corruptions"}
 
     def check(self) -> None:
-        if self.kind == "compose" and not self.options["kind"]["steps"]:
+        if self.kind != "compose":
+            return
+        steps = self.options["kind"]["steps"]
+        if not steps:
             raise ParamError("corruption 'compose' needs `steps:`", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]", param="kind")
-        for i, step in enumerate(self.options["kind"].get("steps", []) if self.kind == "compose" else []):
+        for i, step in enumerate(steps):
             try:
-                self._step(step)
+                self._check_step(step)
             except AmemctlError as exc:
                 raise ParamError(f"step {i + 1} of compose: {exc.message}", hint=exc.hint, param="steps") from None
 
-    def _step(self, step: dict[str, Any]) -> tuple[Corruption, dict[str, Any]]:
-        """A compose step's corruption (from this stage's registry) and its checked parameters."""
-        from amemctl.plugins import get_registry, lookup
-
+    def _check_step(self, step: dict[str, Any]) -> None:
+        """A compose step names a corruption of this stage's registry, not compose, with parameters it takes."""
         kind = step.get("kind")
         if kind is None or kind == "compose":
             raise ParamError(f"needs a known `kind` other than compose, got {kind!r}", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]")
-        corruption = lookup(self.registry or get_registry(), "corruptions", kind)
-        return corruption, corruption.configure({k: v for k, v in step.items() if k != "kind"})
+        self._corruption(kind).configure({k: v for k, v in step.items() if k != "kind"})
+
+    def _corruption(self, kind: str) -> Corruption:
+        """The corruption `kind` of this stage's registry, so plugin corruptions compose too."""
+        from amemctl.plugins import get_registry, lookup
+
+        return lookup(self.registry or get_registry(), "corruptions", kind)
 
     def describe(self) -> str:
         return f"corrupt {self.kind}"
@@ -62,10 +68,8 @@ class Corrupt(Stage):
             rows = random.randperm(len(patterns), ctx.rng())[: self.count].sort().values
         images = take(patterns, rows).to(ctx.device)
         generator = ctx.rng()
-        if self.kind == "compose":  # each step from the registry, so plugin corruptions compose too
-            for step in self.options["kind"]["steps"]:
-                corruption, params = self._step(step)
-                images = corruption(images, generator, **params)
+        if self.kind == "compose":  # the library's compose, finding steps in this stage's registry
+            images = compose(images, generator, self.options["kind"]["steps"], find=self._corruption)
         else:
             images = self.chosen("kind")(images, generator, **self.options["kind"])
         ctx[self.output] = images

@@ -8,7 +8,7 @@ pipeline's `budget`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -200,39 +200,63 @@ def _fits_budget(queries: int, memories: int, budget: int, stage: str) -> None:
         )
 
 
-def _normalize() -> Param:
-    return Param(bool, True, "divide the weights by their sum")
+def _param(type_: Any, doc: str, **limits: Any) -> Callable[[Any], Param]:
+    """A separation parameter as users see it: its type, documentation and limits; it gets its
+    default from the core factory, which declares it."""
+    return lambda default: Param(type_, default, doc, **limits)
 
 
-def _beta(doc: str = "inverse temperature") -> Param:
-    return Param(float, 1.0, doc, min=0)
+_NORMALIZE = _param(bool, "divide the weights by their sum")
+_BETA = _param(float, "inverse temperature", min=0)
 
-
-#: The built-in separations with their parameters (the math: amemctl.core.separation).
-SEPARATION_FUNCTIONS: list[SeparationFunction] = [
-    SeparationFunction("identity", sep.identity, {"normalize": _normalize()}, doc="the scores themselves (the classical network's raw sum)"),
-    SeparationFunction("square", sep.square, {"normalize": _normalize()}, doc="scores squared"),
-    SeparationFunction("polynomial", sep.polynomial, {"n": Param(float, 2, "the order n of x^n"), "normalize": _normalize()}, doc="x^n (the dense associative memory's polynomial)"),
-    SeparationFunction(
-        "rectified_polynomial", sep.rectified_polynomial, {"n": Param(float, 2, "the order n of max(x, 0)^n"), "normalize": _normalize()}, doc="max(x, 0)^n (Krotov and Hopfield 2016)"
-    ),
-    SeparationFunction("log", sep.log, {"normalize": _normalize()}, doc="log of the scores"),
-    SeparationFunction("threshold", sep.threshold, {"t": Param(float, 0.0, "the score a memory must reach"), "normalize": _normalize()}, doc="1 where the score reaches t, else 0"),
-    SeparationFunction("softmax", sep.Softmax, {"beta": _beta()}, doc="softmax(beta * scores) (the modern continuous Hopfield network)"),
-    SeparationFunction("max", sep.max_, doc="one-hot on the best score"),
-    SeparationFunction(
-        "topk",
-        sep.TopK,
+#: What `amemctl stages` tells of each separation of amemctl.core.separation.SEPARATIONS: a line
+#: of documentation and, by parameter, its type, documentation and limits. Names, parameters
+#: and defaults are the core's own (see _as_function).
+_ABOUT: dict[str, tuple[str, dict[str, Callable[[Any], Param]]]] = {
+    "identity": ("the scores themselves (the classical network's raw sum)", {"normalize": _NORMALIZE}),
+    "square": ("scores squared", {"normalize": _NORMALIZE}),
+    "polynomial": ("x^n (the dense associative memory's polynomial)", {"n": _param(float, "the order n of x^n"), "normalize": _NORMALIZE}),
+    "rectified_polynomial": ("max(x, 0)^n (Krotov and Hopfield 2016)", {"n": _param(float, "the order n of max(x, 0)^n"), "normalize": _NORMALIZE}),
+    "log": ("log of the scores", {"normalize": _NORMALIZE}),
+    "threshold": ("1 where the score reaches t, else 0", {"t": _param(float, "the score a memory must reach"), "normalize": _NORMALIZE}),
+    "softmax": ("softmax(beta * scores) (the modern continuous Hopfield network)", {"beta": _BETA}),
+    "max": ("one-hot on the best score", {}),
+    "topk": (
+        "the k best scores, weighted uniformly or by a softmax",
         {
-            "k": Param(int, 1, "how many memories it keeps", min=1),
-            "weighting": Param(str, "uniform", "uniform (mean of the k) or softmax over them", choices=["uniform", "softmax"]),
-            "beta": _beta("inverse temperature of the softmax weighting"),
+            "k": _param(int, "how many memories it keeps", min=1),
+            "weighting": _param(str, "uniform (mean of the k) or softmax over them", choices=["uniform", "softmax"]),
+            "beta": _param(float, "inverse temperature of the softmax weighting", min=0),
         },
-        doc="the k best scores, weighted uniformly or by a softmax",
     ),
-    SeparationFunction("sparsemax", lambda beta: sep.Sparse("sparsemax", beta), {"beta": _beta()}, doc="sparsemax(beta * scores): sparse weights (sparse modern Hopfield models)"),
-    SeparationFunction("entmax15", lambda beta: sep.Sparse("entmax15", beta), {"beta": _beta()}, doc="1.5-entmax(beta * scores): between softmax and sparsemax"),
-]
+    "sparsemax": ("sparsemax(beta * scores): sparse weights (sparse modern Hopfield models)", {"beta": _BETA}),
+    "entmax15": ("1.5-entmax(beta * scores): between softmax and sparsemax", {"beta": _BETA}),
+}
+
+
+def _as_function(name: str) -> SeparationFunction:
+    """The core separation `name` as a Function, its parameters described by _ABOUT.
+
+    A parameter of the core factory that _ABOUT does not describe, or one it describes that the
+    factory does not take, fails here, at import, rather than reaching users half declared.
+    """
+    doc, described = _ABOUT[name]
+    defaults = sep.parameters(name)
+    if list(described) != list(defaults):
+        raise TypeError(f"separation {name!r} has the parameters {list(defaults)} but is described with {list(described)}")
+    return SeparationFunction(name, sep.SEPARATIONS[name], {key: described[key](default) for key, default in defaults.items()}, doc=doc)
+
+
+def _separation_functions() -> list[SeparationFunction]:
+    """Every core separation as a Function, in the core's order; _ABOUT describing another
+    set of separations than the core has fails at import."""
+    if set(_ABOUT) != set(sep.SEPARATIONS):
+        raise TypeError(f"the separations described {sorted(_ABOUT)} are not the core's {sorted(sep.SEPARATIONS)}")
+    return [_as_function(name) for name in sep.SEPARATIONS]
+
+
+#: The built-in separations, registered through amemctl_register_separations like a plugin's.
+SEPARATION_FUNCTIONS: list[SeparationFunction] = _separation_functions()
 
 
 @hookimpl
