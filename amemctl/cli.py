@@ -84,16 +84,12 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
     else:
         checked = load_pipeline(pipeline, list(overrides))  # checked once before any worker starts
     _warn_failed_plugins()
-    command = ["amemctl", "run", *([str(pipeline)] if resume is None else ["--resume", resume]), *[a for o in overrides if resume is None for a in ("--set", o)]]
-    command += [*(["--device", device] if device else []), *(["--out", str(out_root)] if str(out_root) != "runs" else []), *(["--quiet"] if quiet else [])]
-    record = {"overrides": list(overrides), "command": command, "resume": resume_dir}
+    arguments = _run_arguments(pipeline, overrides, device, out_root, quiet, resume)
+    record = {"overrides": list(overrides), "command": ["amemctl", *arguments], "resume": resume_dir}
     if nproc > 1 and not launch.in_worker():
         if resume_dir is not None:
             raise AmemctlError("--resume runs in one process", hint="leave out --nproc")
-    if nproc > 1 and not launch.in_worker():
-        arguments = ["run", str(pipeline), "--out", str(out_root), *[a for o in overrides for a in ("--set", o)]]
-        arguments += [*(["--device", device] if device else []), *(["--quiet"] if quiet else [])]
-        launch.launch(nproc, arguments)
+        launch.launch(nproc, arguments)  # each rank runs this command without --nproc
         return
     if not launch.in_worker():
         run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, **record)
@@ -113,6 +109,12 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
         raise
     finally:
         launch.stop_worker()
+
+
+def _run_arguments(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, resume: str | None) -> list[str]:
+    """The `amemctl run` arguments that repeat this run: recorded in run.json, and given to each --nproc rank."""
+    arguments = ["run", *([str(pipeline)] if resume is None else ["--resume", resume]), *[a for o in overrides if resume is None for a in ("--set", o)]]
+    return arguments + [*(["--device", device] if device else []), *(["--out", str(out_root)] if str(out_root) != "runs" else []), *(["--quiet"] if quiet else [])]
 
 
 @main.command()

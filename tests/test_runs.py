@@ -88,6 +88,16 @@ def test_a_failed_run_records_its_error_and_traceback(run_text, tmp_path):
     assert record["points_done"] == 2 and record["ended"] is not None
 
 
+def test_a_failed_run_stops_writing_its_figure_formats(run_text, tmp_path):
+    from amemctl import figures
+
+    text = "name: small\ndata: {dataset: digits, limit: 200}\nsweep: {n: [10, 5000]}\nstages:\n  - corrupt: {kind: gaussian, count: '${n}'}\nreport: {formats: [svg]}\n"
+    with pytest.raises(Exception, match="count=5000"):
+        run_text(text)
+    figures.image_grid([("after", torch.rand(2, 1, 8, 8))], tmp_path / "after.png")
+    assert (tmp_path / "after.png").is_file() and not (tmp_path / "after.svg").exists()  # the run's svg ended with it
+
+
 def test_results_are_typed_with_seeds_in_json_csv_and_rows(run_text):
     run = run_text(SWEEP.replace("seed: 0", "seed: 4\nrepeats: 2").replace("beta: [1, 10, 100, 1000]", "beta: [1, 100]"))
     doc = json.loads((run.run_dir / "metrics.json").read_text())

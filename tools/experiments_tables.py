@@ -20,12 +20,13 @@ scans them) and a line saying which run and seed it came from. Runs that did not
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
 import yaml
+
+from amemctl.engine.runs import summarise
 
 MARKER = re.compile(r"<!-- table (?P<pipeline>[^:]+): (?P<title>.+?) -->\n.*?<!-- /table -->", re.S)
 
@@ -76,15 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     by_pipeline = {}
     for run_dir in args.runs:
-        record_path = run_dir / "run.json"
-        if not record_path.is_file():
+        run = summarise(run_dir)
+        if not run.record:
             print(f"error: {run_dir} is not a run folder (no run.json)", file=sys.stderr)
             return 2
-        record = json.loads(record_path.read_text())
-        if record.get("status") != "finished":
-            print(f"error: the run {run_dir} did not finish (status {record.get('status')!r})\n  hint: resume it with `amemctl run --resume {run_dir}`", file=sys.stderr)
+        if run.status != "finished":
+            print(f"error: the run {run_dir} did not finish (status {run.status!r})\n  hint: resume it with `amemctl run --resume {run_dir}`", file=sys.stderr)
             return 2
-        by_pipeline[record.get("pipeline") or run_dir.parent.name] = run_dir
+        by_pipeline[run.pipeline] = run_dir
     if args.write is None:
         for name, run_dir in by_pipeline.items():
             for title in tables(run_dir):

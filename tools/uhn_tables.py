@@ -11,13 +11,13 @@ columns as the paper's figure plots them. `--std` adds the spread over repeats.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from amemctl import results
+from amemctl.engine.runs import summarise
 
 #: pipeline -> panels: (title, rows, columns, (column, prefix) the rows kept or None, the columns' label)
 PANELS: dict[str, list[tuple[str, str, str, tuple[str, str] | None, str]]] = {
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--std", action="store_true", help="add the spread (population std) over the repeats")
     args = parser.parse_args(argv)
     for run in args.runs:
-        name = json.loads((run / "run.json").read_text())["pipeline"]
+        name = summarise(run).pipeline
         if name not in PANELS:
             raise SystemExit(f"{run}: pipeline {name!r} is not a UHN figure ({', '.join(PANELS)})")
         rows = results(run)

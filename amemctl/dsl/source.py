@@ -4,9 +4,10 @@ Errors about a pipeline must name the file, line and column of the offending tex
 loader keeps a `SourceMap` from each path in the document (`("stages", 2, "score", "beta")`)
 to the place of its key and of its value. Only YAML's safe tags are accepted (on lists and
 mappings too); duplicate keys, which YAML silently collapses, are an error. A small file must
-not take the machine down: nesting is bounded before the document is composed (PyYAML
-composes recursively), and the nodes built, aliases expanded included, are bounded too (an
-"alias bomb" of a few hundred bytes otherwise expands to gigabytes).
+not take the machine down: the text is parsed once, and nesting is bounded as the parser hands
+each list or mapping to the composer, before composing (which recurses) goes a level deeper;
+the nodes built, aliases expanded included, are bounded too (an "alias bomb" of a few hundred
+bytes otherwise expands to gigabytes).
 """
 
 from __future__ import annotations
@@ -56,9 +57,8 @@ class SourceMap:
 def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     """Parse `text` (the contents of `file`) into plain Python data and its SourceMap."""
     source = SourceMap(file)
-    loader = yaml.SafeLoader(text)
+    loader = _DepthBoundedLoader(text, file)
     try:
-        _check_depth(text, file)
         node = loader.get_single_node()
         if node is None:
             return None, source
@@ -74,7 +74,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
         ) from None
     except yaml.YAMLError as exc:
         raise PipelineError(f"invalid YAML: {exc}", location=Location(file)) from None
-    except RecursionError:  # a backstop: _check_depth refuses deep nesting before this can happen
+    except RecursionError:  # a backstop: _DepthBoundedLoader refuses deep nesting before this can happen
         raise PipelineError(f"the YAML nests too deeply (more than {MAX_DEPTH} levels)", location=Location(file)) from None
     finally:
         loader.dispose()
@@ -97,20 +97,32 @@ def _where(file: str, node: yaml.Node) -> Location:
     return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _check_depth(text: str, file: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH from the event stream, before anything recurses."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+class _DepthBoundedLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses nesting deeper than MAX_DEPTH while it composes.
+
+    The composer takes each list or mapping's start event from `get_event` before it recurses
+    into the contents, so counting there stops a deep file at the first level too many, in the
+    same single pass over the text that builds the document.
+    """
+
+    def __init__(self, text: str, file: str) -> None:
+        super().__init__(text)
+        self._file = file
+        self._depth = 0
+
+    def get_event(self) -> yaml.Event:
+        event = super().get_event()
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_DEPTH:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
                 raise PipelineError(
                     f"the YAML nests more than {MAX_DEPTH} lists and mappings deep",
                     hint="a pipeline needs a few levels; flatten this part",
-                    location=Location(file, event.start_mark.line + 1, event.start_mark.column + 1),
+                    location=Location(self._file, event.start_mark.line + 1, event.start_mark.column + 1),
                 )
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            depth -= 1
+            self._depth -= 1
+        return event
 
 
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, source: SourceMap, built: list[int]) -> Any:

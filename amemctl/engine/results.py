@@ -21,30 +21,28 @@ from amemctl.dsl.sweep import MissingField, Point, lookup, value_label
 from amemctl.engine.records import write_atomically
 from amemctl.engine.runner import PointResult, RunResult, environment
 
-#: what the common metrics mean, for figure titles and axes: name -> (description, lower, upper bound)
-METRICS: dict[str, tuple[str, float | None, float | None]] = {
-    "error_index": ("wrongly retrieved (nearest stored pattern is not the original)", 0.0, 1.0),
-    "error_pixels": ("not retrieved exactly (squared error above the threshold)", 0.0, 1.0),
-    "error_label": ("retrieved a pattern of another label", 0.0, 1.0),
-    "mse": ("mean squared error per value", 0.0, None),
-    "dam_test_accuracy": ("test accuracy", 0.0, 1.0),
-    "dam_train_accuracy": ("training accuracy", 0.0, 1.0),
-    "step_accuracy": ("recalls that reach the true associate", 0.0, 1.0),
-    "closed_chains": ("chains that close into a cycle", 0.0, 1.0),
-    "reconstruction_mse": ("reconstruction error (mean squared)", 0.0, None),
-}
 
-#: short names of the common metrics for a figure's y axis (the title carries the description)
-METRIC_AXES = {
-    "error_index": "wrongly retrieved",
-    "error_pixels": "not retrieved exactly",
-    "error_label": "wrong label",
-    "mse": "mean squared error",
-    "dam_test_accuracy": "test accuracy",
-    "dam_train_accuracy": "training accuracy",
-    "step_accuracy": "right successor",
-    "closed_chains": "closed chains",
-    "reconstruction_mse": "reconstruction MSE",
+@dataclass(frozen=True)
+class MetricText:
+    """How a common metric reads: a description for figure titles, a few words for a y axis, its bounds."""
+
+    description: str
+    axis: str
+    low: float | None = None
+    high: float | None = None
+
+
+#: what the common metrics mean, for figure titles and axes
+METRICS: dict[str, MetricText] = {
+    "error_index": MetricText("wrongly retrieved (nearest stored pattern is not the original)", "wrongly retrieved", 0.0, 1.0),
+    "error_pixels": MetricText("not retrieved exactly (squared error above the threshold)", "not retrieved exactly", 0.0, 1.0),
+    "error_label": MetricText("retrieved a pattern of another label", "wrong label", 0.0, 1.0),
+    "mse": MetricText("mean squared error per value", "mean squared error", 0.0),
+    "dam_test_accuracy": MetricText("test accuracy", "test accuracy", 0.0, 1.0),
+    "dam_train_accuracy": MetricText("training accuracy", "training accuracy", 0.0, 1.0),
+    "step_accuracy": MetricText("recalls that reach the true associate", "right successor", 0.0, 1.0),
+    "closed_chains": MetricText("chains that close into a cycle", "closed chains", 0.0, 1.0),
+    "reconstruction_mse": MetricText("reconstruction error (mean squared)", "reconstruction MSE", 0.0),
 }
 
 #: how common sweep variables read on an axis
@@ -61,21 +59,32 @@ VARIABLES = {
 
 def describe_metric(name: str) -> tuple[str, float | None, float | None]:
     """A metric's description and bounds; an evaluate `prefix` is kept in front; unknown metrics read as their name."""
-    for known, (text, low, high) in METRICS.items():
-        if name == known or name.endswith(known) and not name.startswith("seconds."):
-            prefix = name[: len(name) - len(known)].strip("_. ")
-            return (f"{prefix}: {text}" if prefix else text), low, high
-    return name, None, None
+    known = _known_metric(name)
+    if known is None:
+        return name, None, None
+    prefix, text = known
+    return _prefixed(prefix, text.description), text.low, text.high
 
 
 def metric_axis(name: str) -> str:
     """A metric's name on a y axis: a few words (an evaluate `prefix` kept in front), never a raw key when known."""
-    for known, short in METRIC_AXES.items():
+    known = _known_metric(name)
+    if known is None:
+        return name
+    prefix, text = known
+    return _prefixed(prefix, text.axis)
+
+
+def _known_metric(name: str) -> tuple[str, MetricText] | None:
+    """The evaluate prefix and entry of the first common metric that `name` ends with (timings are never one)."""
+    for known, text in METRICS.items():
         if name == known or name.endswith(known) and not name.startswith("seconds."):
-            prefix = name[: len(name) - len(known)].strip("_. ")
-            return f"{prefix}: {short}" if prefix else short
-    description = describe_metric(name)[0]
-    return description if len(description) <= 40 else name
+            return name[: len(name) - len(known)].strip("_. "), text
+    return None
+
+
+def _prefixed(prefix: str, text: str) -> str:
+    return f"{prefix}: {text}" if prefix else text
 
 
 def describe_variable(reference: str) -> str:

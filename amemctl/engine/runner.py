@@ -145,45 +145,43 @@ def run_pipeline(
     if log is not None:
         log.line(f"{pipeline.name}: {len(runs)} sweep point(s) x repeat(s), run folder {run_dir}")
     error: BaseException | None = None
-    formats = figures.extra_formats(pipeline.formats)
-    formats.__enter__()  # every figure of the run, the stages' and the report's, in these formats too
-    try:
-        with bar, _sigterm_interrupts():
-            sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
-            done: list[PointResult] = []
-            reused = 0
-            for i, (point, steps, r) in enumerate(runs):
-                seed = pipeline.seed + r
-                result = load_point(run_dir, keys[i], point) if previous is not None else None
-                was_reused = result is not None
-                if result is None:
-                    result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group)
-                    save_point(run_dir, keys[i], result, seed)
-                reused += was_reused
-                done.append(result)
-                cache.release(i)
-                bar.advance(sweep_task)
-                record.progress(i + 1, reused)
-                if log is not None:
-                    log.point(i, point.label() + (f" (repeat {r + 1})" if pipeline.repeats > 1 else ""), reused=was_reused)
-                if r == pipeline.repeats - 1:
-                    run.points.append(combine(done))
-                    done = []
-    except BaseException as exc:
-        error = exc
-        run.status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
-        if isinstance(exc, AmemctlError):
-            run.error = exc.render()
-        raise
-    finally:
+    with figures.extra_formats(pipeline.formats):  # every figure of the run, the stages' and the report's, in these formats too
         try:
-            results.write_outputs(run, console)
+            with bar, _sigterm_interrupts():
+                sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
+                done: list[PointResult] = []
+                reused = 0
+                for i, (point, steps, r) in enumerate(runs):
+                    seed = pipeline.seed + r
+                    result = load_point(run_dir, keys[i], point) if previous is not None else None
+                    was_reused = result is not None
+                    if result is None:
+                        result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group)
+                        save_point(run_dir, keys[i], result, seed)
+                    reused += was_reused
+                    done.append(result)
+                    cache.release(i)
+                    bar.advance(sweep_task)
+                    record.progress(i + 1, reused)
+                    if log is not None:
+                        log.point(i, point.label() + (f" (repeat {r + 1})" if pipeline.repeats > 1 else ""), reused=was_reused)
+                    if r == pipeline.repeats - 1:
+                        run.points.append(combine(done))
+                        done = []
         except BaseException as exc:
-            error = error or exc
+            error = exc
+            run.status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
+            if isinstance(exc, AmemctlError):
+                run.error = exc.render()
             raise
         finally:
-            formats.__exit__(None, None, None)
-            record.finish(error)
+            try:
+                results.write_outputs(run, console)
+            except BaseException as exc:
+                error = error or exc
+                raise
+            finally:
+                record.finish(error)
     return run
 
 
