@@ -317,6 +317,7 @@ def test_curves_name_the_metric_in_words_on_their_axis():
     assert metric_axis("semantic_error_pixels") == "semantic: not retrieved exactly"  # an evaluate prefix stays
     assert metric_axis("cycles_found") == "cycles_found"  # unknown metrics read as their name
     assert metric_axis("seconds.evaluate") == "seconds.evaluate"
+    assert metric_axis("reconstruction_mse") == "reconstruction MSE"  # the longest known name, not mse with a prefix
 
 
 def test_validate_warns_about_absent_data_and_tables_name_the_column_variable(tmp_path, monkeypatch, run_text):

@@ -76,11 +76,17 @@ def metric_axis(name: str) -> str:
 
 
 def _known_metric(name: str) -> tuple[str, MetricText] | None:
-    """The evaluate prefix and entry of the first common metric that `name` ends with (timings are never one)."""
-    for known, text in METRICS.items():
-        if name == known or name.endswith(known) and not name.startswith("seconds."):
-            return name[: len(name) - len(known)].strip("_. "), text
-    return None
+    """The evaluate prefix and entry of the longest common metric that `name` ends with (timings are never one).
+
+    Longest: `reconstruction_mse` is its own metric, not `mse` with a prefix "reconstruction".
+    """
+    if name.startswith("seconds."):
+        return None
+    matches = [known for known in METRICS if name.endswith(known)]
+    if not matches:
+        return None
+    known = max(matches, key=len)
+    return name[: len(name) - len(known)].strip("_. "), METRICS[known]
 
 
 def _prefixed(prefix: str, text: str) -> str:
