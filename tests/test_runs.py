@@ -261,6 +261,22 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(stage, tmp_path, mo
     assert epochs == []
 
 
+def test_checkpoints_are_saved_at_most_every_checkpoint_seconds_and_after_the_last_epoch(monkeypatch):
+    from functools import partial
+    from types import SimpleNamespace
+
+    from amemctl.training import checkpoints
+
+    now = [100.0]
+    monkeypatch.setattr(checkpoints, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_SECONDS", 30.0)
+    throttle, saved = checkpoints.Throttle(), []
+    for epoch, at in enumerate([110.0, 131.0, 140.0, 165.0, 170.0], 1):
+        now[0] = at
+        throttle(partial(saved.append, epoch), last=epoch == 5)
+    assert saved == [2, 4, 5]
+
+
 def test_example_grids_split_per_condition_fit_a_screen_and_mark_wrong_retrievals(run_text):
     import matplotlib.pyplot as plt
 

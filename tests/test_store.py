@@ -172,9 +172,9 @@ def test_one_writer_at_a_time(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    with WriterLock(path, wait=5):  # the kernel released the killed holder's lock
-        with WriterLock(path):  # reentrant within one thread
-            pass
+    with WriterLock(path, wait=5) as outer:  # the kernel released the killed holder's lock
+        with WriterLock(path) as inner:  # reentrant within one thread
+            assert outer.outermost and not inner.outermost
     MemoryStore.open(path, mode="a").append(patterns=torch.rand(2, 3))
     assert len(MemoryStore.open(path)) == 2
 
@@ -251,6 +251,25 @@ def test_replace_keeps_the_old_store_until_the_new_one_is_written(tmp_path, run_
     with pytest.raises(StoreError, match="not 8-bit images"):
         run_text(bad)
     assert len(MemoryStore.open(path)) == 10 and sorted(p.name for p in tmp_path.iterdir() if "zarr" in p.name) == [".s.zarr.lock", "s.zarr"]
+
+
+@pytest.mark.parametrize("mode,rows", [("create", 10), ("replace", 10), ("append", 20)])
+def test_a_persist_tidies_once_and_still_clears_what_a_killed_writer_left(tmp_path, run_text, monkeypatch, mode, rows):
+    """Persist holds the lock and appends or writes a new copy under it: one tidy, at the outermost hold."""
+    from amemctl.store import memory
+
+    path = tmp_path / "s.zarr"
+    persist = f"data: {{dataset: digits, limit: 10}}\nstages:\n  - persist: {{store: {path}, mode: {mode}}}\n"
+    if mode != "create":
+        run_text(persist)
+    leftover = memory._aside(path, "new")  # a writer killed while writing a new copy
+    MemoryStore._create_at(leftover).append(patterns=torch.rand(3, 4))
+    tidied = []
+    real = memory.tidy
+    monkeypatch.setattr(memory, "tidy", lambda p: (tidied.append(p), real(p)))
+    run_text(persist)
+    assert tidied == [path]
+    assert not leftover.exists() and len(MemoryStore.open(path)) == rows
 
 
 def test_a_swap_interrupted_between_its_renames_is_finished_on_open(tmp_path):

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from amemctl.core import random
+from amemctl.training.checkpoints import Attribute, Checkpointing
 
 
 class DenseAssociativeMemory(nn.Module):
@@ -77,9 +78,7 @@ def train_dam(
     decay: float = 0.998,
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
-    track=None,
-    checkpoint=None,
-    on_epoch=None,
+    checkpointing: Checkpointing = Checkpointing(),
 ) -> tuple[DenseAssociativeMemory, list[float]]:
     """Minimise sum_alpha (c_alpha - t_alpha)^(2 power) with the paper's normalised momentum updates.
 
@@ -88,8 +87,8 @@ def train_dam(
     Without a temperature, T is the 99th percentile of the initial inputs b: the most excited
     memories start near the knee of F, so gradients flow at every order n.
 
-    With a `checkpoint` (amemctl.training.checkpoints.TrainingCheckpoint), training saves
-    its state as it goes and resumes from it; `on_epoch` hears (epoch, loss) after each epoch.
+    With a checkpoint in `checkpointing` (amemctl.training.checkpoints), training saves its
+    state as it goes and resumes from it.
     """
     v = bipolar(images).to(device)
     targets = -torch.ones(len(labels), classes, device=device)
@@ -98,16 +97,8 @@ def train_dam(
     with torch.no_grad():
         model.temperature = float(temperature) if temperature else float(model.inputs(v[:2000]).quantile(0.99).clamp_min(1e-3))
     velocity = torch.zeros_like(model.xi)
-    losses: list[float] = []
-    saved = checkpoint.load() if checkpoint is not None else None
-    if saved is not None:
-        with torch.no_grad():
-            model.xi.copy_(saved["xi"])
-            velocity.copy_(saved["velocity"])
-        model.temperature = float(saved["temperature"])
-        losses = list(saved["losses"])
-    epoch_range = range(len(losses), epochs)
-    for epoch in track(epoch_range, len(epoch_range), f"dam n={n:g}") if track else epoch_range:
+    training = checkpointing.resume(epochs, {"xi": model.xi, "velocity": velocity, "temperature": Attribute(model, "temperature")}, f"dam n={n:g}")
+    for epoch in training:
         order = random.randperm(len(v), torch.Generator().manual_seed(seed * 101 + epoch), device=device)
         rate = lr * decay**epoch
         total = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per step
@@ -124,13 +115,8 @@ def train_dam(
                 model.xi.sub_(rate * velocity)
             model.clip()
             total += loss.detach() * len(idx)
-        losses.append(total.item() / len(v))
-        if checkpoint is not None:
-            state = lambda: {"xi": model.xi.detach().cpu().clone(), "velocity": velocity.cpu().clone(), "temperature": model.temperature, "losses": losses}  # noqa: E731
-            checkpoint.save(epoch + 1, state, last=epoch + 1 == epochs)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, losses[-1])
-    return model, losses
+        training.done(total.item() / len(v))
+    return model, training.losses
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from amemctl.errors import StageError
 from amemctl.models.dam import accuracy, train_dam
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, Stage
-from amemctl.training.checkpoints import TrainingCheckpoint, data_digest, default_folder
+from amemctl.training.checkpoints import Checkpointing, default_folder
 
 
 class TrainDAM(Stage):
@@ -49,11 +49,10 @@ class TrainDAM(Stage):
         classes = int(labels.max()) + 1
         seed = ctx.stage_seed % 2**31
         config = {k: self.settings[k] for k in ("n", "memories", "rectified", "temperature", "power", "epochs", "batch_size", "lr")}
-        checkpoint = TrainingCheckpoint(default_folder(), f"{ctx.provenance.get('pipeline', 'run')}-dam", {**config, "seed": seed, "device": ctx.device.type}, data_digest(images, labels))
+        checkpointing = Checkpointing.for_stage(ctx, default_folder(), f"{ctx.provenance.get('pipeline', 'run')}-dam", {**config, "seed": seed}, images, labels)
         model, losses = train_dam(
             images, labels, classes, memories=self.memories, n=self.n, temperature=self.temperature, rectified=self.rectified,
-            power=self.power, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
-            device=ctx.device, track=ctx.track, checkpoint=checkpoint, on_epoch=ctx.epoch_done,
+            power=self.power, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed, device=ctx.device, checkpointing=checkpointing,
         )
         ctx[self.output] = model
         ctx.metric("dam_train_accuracy", accuracy(model, images, labels))

@@ -22,6 +22,7 @@ from amemctl.models.encoders import (
 )
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
+from amemctl.training.checkpoints import Progress
 from amemctl.training.simclr import SimCLRConfig, data_sha256, train_simclr
 
 
@@ -198,7 +199,7 @@ class TrainSimCLR(Stage):
             raise StageError(f"train-simclr needs images N x C x H x W, got {tuple(images.shape)}")
         config = self.config(ctx.stage_seed % 2**31)
         folder = Path(self.checkpoints) if self.checkpoints else Path("checkpoints") / f"{ctx.provenance.get('pipeline', 'run')}-simclr-{config.digest(data_sha256(images))}"
-        trained = train_simclr(images, config, folder, ctx.device, amp=self.amp, track=ctx.track, on_epoch=ctx.epoch_done)
+        trained = train_simclr(images, config, folder, ctx.device, amp=self.amp, progress=Progress.of(ctx))
         ctx[self.output] = trained.encoder
         ctx.identities[self.output] = trained.encoder.identity()
         if trained.losses:

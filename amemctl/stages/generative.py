@@ -11,7 +11,7 @@ from amemctl.models.autoencoders import Autoencoder, load_autoencoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, Stage
 from amemctl.training.autoencoder import train_autoencoder
-from amemctl.training.checkpoints import TrainingCheckpoint, data_digest
+from amemctl.training.checkpoints import Checkpointing
 
 
 class TrainAutoencoder(Stage):
@@ -43,10 +43,10 @@ class TrainAutoencoder(Stage):
         path = Path(self.checkpoint) if self.checkpoint else Path("checkpoints") / f"{ctx.provenance.get('pipeline', 'run')}-autoencoder.pt"
         seed = ctx.stage_seed % 2**31
         config = {k: self.settings[k] for k in ("kind", "hidden", "code", "epochs", "batch_size", "lr")}
-        checkpoint = TrainingCheckpoint(path.parent, f"{path.stem}-training", {**config, "seed": seed, "device": ctx.device.type}, data_digest(images))
+        checkpointing = Checkpointing.for_stage(ctx, path.parent, f"{path.stem}-training", {**config, "seed": seed}, images)
         model, losses = train_autoencoder(
             images, kind=self.kind, hidden=list(self.hidden), code=self.code, epochs=self.epochs, batch_size=self.batch_size,
-            lr=self.lr, seed=seed, path=path, device=ctx.device, track=ctx.track, checkpoint=checkpoint, on_epoch=ctx.epoch_done,
+            lr=self.lr, seed=seed, path=path, device=ctx.device, checkpointing=checkpointing,
         )
         ctx[self.output] = model
         ctx.identities[self.output] = model.identity()

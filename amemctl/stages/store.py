@@ -10,8 +10,7 @@ from amemctl.core.rows import materialize
 from amemctl.errors import StoreError
 from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Input, Output, Param, ParamError, Stage
-from amemctl.store.lock import WriterLock
-from amemctl.store.memory import DEFAULT_CHUNK_BYTES, MemoryStore, store_root, tidy
+from amemctl.store.memory import DEFAULT_CHUNK_BYTES, MemoryStore, store_root, writer_lock
 
 MODES = ("create", "append", "replace")
 
@@ -68,8 +67,7 @@ class Persist(Stage):
         def fill(store: MemoryStore) -> None:
             store.append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance)
 
-        with WriterLock(path):  # held from the first check to the last rename: no other writer interleaves
-            tidy(path)
+        with writer_lock(path):  # held from the first check to the last rename: no other writer interleaves
             if self.mode == "append" and path.exists():
                 fill(MemoryStore.open(path, mode="a"))
             else:  # a whole new store, written aside and renamed into place once complete

@@ -15,7 +15,7 @@ from amemctl.errors import StageError
 from amemctl.models.hetero import HeteroEncoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
-from amemctl.training.checkpoints import TrainingCheckpoint, data_digest, default_folder
+from amemctl.training.checkpoints import Checkpointing, default_folder
 from amemctl.training.hetero import train_hetero
 
 
@@ -66,11 +66,10 @@ class TrainHeteroEncoder(Stage):
             raise StageError(f"images {tuple(x.shape)} and associates {tuple(y.shape)} differ in shape")
         seed = ctx.stage_seed % 2**31
         config = {k: self.settings[k] for k in ("code", "epochs", "batch_size", "lr", "decay", "sparsity", "noise")}
-        checkpoint = TrainingCheckpoint(default_folder(), f"{ctx.provenance.get('pipeline', 'run')}-hetero", {**config, "seed": seed, "device": ctx.device.type}, data_digest(x, y))
+        checkpointing = Checkpointing.for_stage(ctx, default_folder(), f"{ctx.provenance.get('pipeline', 'run')}-hetero", {**config, "seed": seed}, x, y)
         model, losses = train_hetero(
             x, y, code=self.code, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, decay=self.decay,
-            sparsity=self.sparsity, noise=self.noise, seed=seed, device=ctx.device, track=ctx.track,
-            checkpoint=checkpoint, on_epoch=ctx.epoch_done,
+            sparsity=self.sparsity, noise=self.noise, seed=seed, device=ctx.device, checkpointing=checkpointing,
         )
         ctx[self.output] = model
         if losses:

@@ -8,7 +8,8 @@ holder writes who it is into the file (waiters never truncate it), so a writer t
 waiting can say whom it waited for.
 
 Readers never take the lock; they see only what a writer has published. The lock is
-reentrant within one thread, so an operation that holds it may call others that take it.
+reentrant within one thread, so an operation that holds it may call others that take it;
+`outermost` tells the acquisition that took it from the ones nested inside.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class WriterLock:
         self.store = Path(store_path)
         self.path = lock_path(store_path)
         self.wait = wait
+        self.outermost = False  #: whether this acquisition took the lock (rather than nesting in this thread's hold)
 
     def __enter__(self) -> "WriterLock":
         self.acquire()
@@ -58,6 +60,7 @@ class WriterLock:
         key = (self.path, threading.get_ident())
         if key in _held:
             _held[key][1] += 1
+            self.outermost = False
             return
         wait = self.wait if self.wait is not None else float(os.environ.get(WAIT_ENV, DEFAULT_WAIT))
         try:
@@ -75,6 +78,7 @@ class WriterLock:
                 hint=f"a writer needs write access to {self.path.parent}",
             ) from None
         _held[key] = [lock, 1]
+        self.outermost = True
         self._write_holder()
 
     def release(self) -> None:

@@ -87,8 +87,7 @@ class MemoryStore:
         if compression not in ("zstd", "none"):
             raise StoreError(f"unknown compression {compression!r}", hint="use zstd or none")
         options = dict(chunk_bytes=chunk_bytes, compression=compression, checksum=checksum, description=description)
-        with WriterLock(path):
-            tidy(path)
+        with writer_lock(path):
             if path.exists() and exist_ok:
                 return cls.open(path, mode="a")
             cls.write_new(path, lambda store: None, replace=False, **options)
@@ -102,8 +101,7 @@ class MemoryStore:
         so no append, forget or compaction of `path` can interleave with it.
         """
         path = store_root(path)
-        with WriterLock(path), writing(path):
-            tidy(path)
+        with writer_lock(path), writing(path):
             if path.exists():
                 if not replace:
                     raise StoreError(f"{path} already exists", hint="open it to append, choose another path, or use mode: replace")
@@ -154,8 +152,8 @@ class MemoryStore:
         """
         path = store_root(path)
         if not path.exists() and _journal(path).exists():  # a swap was interrupted between its renames
-            with WriterLock(path):
-                tidy(path)
+            with writer_lock(path):  # taking the lock finishes it
+                pass
         if not path.exists():
             raise StoreError(f"no store at {path}", hint="check the path, or create it with a `persist` stage")
         if not (path / "zarr.json").is_file():
@@ -447,8 +445,7 @@ class MemoryStore:
             with writing(self.path):
                 yield
             return
-        with WriterLock(self.path), writing(self.path):
-            tidy(self.path)
+        with writer_lock(self.path), writing(self.path):
             yield
 
     def _require_writable(self) -> None:
@@ -544,6 +541,20 @@ def store_root(path: "str | Path") -> Path:
 
 
 @contextlib.contextmanager
+def writer_lock(path: Path) -> Iterator[None]:
+    """Hold the writer lock of `path`, tidying what killed writers left when this takes it.
+
+    Only the outermost hold tidies: nested in it (a persist's append or new copy), nothing of a
+    killed writer can have appeared since, and what lies aside is the holder's own work.
+    """
+    with WriterLock(path) as lock:
+        if lock.outermost:
+            with writing(path):
+                tidy(path)
+        yield
+
+
+@contextlib.contextmanager
 def writing(path: Path) -> Iterator[None]:
     """Tell a write the file system refuses (a read-only store, a full disk) as a StoreError."""
     try:
@@ -599,7 +610,8 @@ def swap_in(path: Path, new: Path) -> None:
 def tidy(path: Path) -> None:
     """Finish a swap a killed writer left between its renames, and delete its temporary folders.
 
-    Only under the writer lock of `path`: then no live writer owns any of these folders.
+    Only on taking the writer lock of `path` (`writer_lock`): then no live writer owns any of
+    these folders.
     """
     journal = _journal(path)
     if journal.exists():

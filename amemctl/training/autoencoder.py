@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +10,7 @@ from torch import Tensor
 
 from amemctl.core import random
 from amemctl.models.autoencoders import Autoencoder, build_autoencoder, save_autoencoder
-from amemctl.training.checkpoints import TrainingCheckpoint, cpu_state
+from amemctl.training.checkpoints import Checkpointing
 
 
 def train_autoencoder(
@@ -26,27 +25,19 @@ def train_autoencoder(
     seed: int,
     path: "str | Path",
     device: torch.device,
-    track: Callable[[Iterable, int, str], Iterable] | None = None,
-    checkpoint: TrainingCheckpoint | None = None,
-    on_epoch: Callable[[int, float], None] | None = None,
+    checkpointing: Checkpointing = Checkpointing(),
 ) -> tuple[Autoencoder, list[float]]:
     """Adam on the mean squared reconstruction error (the paper: lr 1e-3, batch 250); returns the model and loss per epoch.
 
-    With a `checkpoint`, training saves its state as it goes and resumes from it (see
-    amemctl.training.checkpoints); `on_epoch` hears (epoch, loss) after each epoch.
+    With a checkpoint in `checkpointing`, training saves its state as it goes and resumes
+    from it (see amemctl.training.checkpoints).
     """
     shape = tuple(images.shape[1:])
     module = build_autoencoder(kind, shape, hidden, code, seed).to(device)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     data = images.to(device, torch.float32)
-    losses: list[float] = []
-    saved = checkpoint.load() if checkpoint is not None else None
-    if saved is not None:
-        module.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        losses = list(saved["losses"])
-    epoch_range = range(len(losses), epochs)
-    for epoch in track(epoch_range, len(epoch_range), f"autoencoder {kind}") if track else epoch_range:
+    training = checkpointing.resume(epochs, {"model": module, "optimizer": optimizer}, f"autoencoder {kind}")
+    for epoch in training:
         order = random.randperm(len(data), torch.Generator().manual_seed(seed * 7919 + epoch), device=device)
         total = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per step
         for start in range(0, len(data), batch_size):
@@ -56,10 +47,6 @@ def train_autoencoder(
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(batch)
-        losses.append(total.item() / len(data))
-        if checkpoint is not None:
-            checkpoint.save(epoch + 1, lambda: {"model": cpu_state(module), "optimizer": optimizer.state_dict(), "losses": losses}, last=epoch + 1 == epochs)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, losses[-1])
-    sha = save_autoencoder(module, path, kind, shape, hidden, code, losses=losses, epochs=epochs, lr=lr, batch_size=batch_size)
-    return Autoencoder(module.cpu(), kind, shape, list(hidden), code, sha), losses
+        training.done(total.item() / len(data))
+    sha = save_autoencoder(module, path, kind, shape, hidden, code, losses=training.losses, epochs=epochs, lr=lr, batch_size=batch_size)
+    return Autoencoder(module.cpu(), kind, shape, list(hidden), code, sha), training.losses

@@ -16,6 +16,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -25,8 +26,8 @@ from torch import Tensor, nn
 
 from amemctl.core import random
 from amemctl.models.encoders import ARCHITECTURES, Encoder, Preprocessing, build, save_atomically, save_encoder
-from amemctl.training import checkpoints
 from amemctl.training.augment import ViewSpec, views
+from amemctl.training.checkpoints import Progress, Throttle
 
 #: version 2: views made per batch on the device (training/augment.py); version-1 checkpoints are not resumed
 CHECKPOINT_FORMAT = "amemctl-simclr-2"
@@ -145,14 +146,13 @@ def train_simclr(
     device: torch.device,
     *,
     amp: bool | None = None,
-    track: Callable[[Iterable, int, str], Iterable] | None = None,
-    on_epoch: Callable[[int, float], None] | None = None,
+    progress: Progress = Progress(),
 ) -> Trained:
     """Train (or resume, or reuse) a SimCLR encoder on images N x C x H x W in [0, 1].
 
     A checkpoint is written after an epoch at most every `checkpoints.CHECKPOINT_SECONDS` and after the
-    last one: a model and its optimiser copied to the CPU and written every epoch (135 MB for a
-    ResNet18, each second or two on a GPU) would cost more than the epoch.
+    last one (`Throttle`): a model and its optimiser copied to the CPU and written every epoch
+    (135 MB for a ResNet18, each second or two on a GPU) would cost more than the epoch.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -181,9 +181,8 @@ def train_simclr(
     source = _resident(images, device)
     n = len(images)
     batch = max(2, min(config.batch_size, n))
-    epochs = range(start, config.epochs)
-    saved_at = time.monotonic()
-    for epoch in track(epochs, len(epochs), f"simclr {config.arch}") if track else epochs:
+    throttle = Throttle()
+    for epoch in progress.over(range(start, config.epochs), f"simclr {config.arch}"):
         model.train()
         began = time.perf_counter()
         order = random.randperm(n, torch.Generator().manual_seed(config.seed * 100_003 + epoch), device=source.device)  # moved once per epoch, not per step
@@ -207,11 +206,8 @@ def train_simclr(
         step_losses.extend(values)
         losses.append(sum(v * k for v, k in zip(values, sizes)) / max(sum(sizes), 1))
         seconds.append(time.perf_counter() - began)
-        if epoch + 1 == config.epochs or time.monotonic() - saved_at >= checkpoints.CHECKPOINT_SECONDS:
-            _save_epoch(folder, model, optimizer, config, digest, epoch + 1, losses, step_losses)
-            saved_at = time.monotonic()
-        if on_epoch is not None:
-            on_epoch(epoch + 1, losses[-1])
+        throttle(partial(_save_epoch, folder, model, optimizer, config, digest, epoch + 1, losses, step_losses), last=epoch + 1 == config.epochs)
+        progress.report(epoch + 1, losses[-1])
     sha = save_encoder(model.encoder, folder / "encoder.pt", config.arch, config.cifar_stem, preprocessing, simclr=asdict(config), losses=losses)
     module = model.encoder.cpu().to(memory_format=torch.contiguous_format)
     encoder = Encoder(module, config.arch, config.cifar_stem, preprocessing, f"simclr:{folder}", sha)
