@@ -85,6 +85,10 @@ def recall(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Se
         else:
             scores = _Scores(sim.name, q[block], 1.0, exact=False, norms=norms)
             chosen = _top_k(scores, key_rows, sep.k, block_n)
+            if sep.k == 1:  # the one chosen memory's value: no weights to apply
+                index[block] = chosen[:, 0]
+                output[block] = value_rows.take(chosen[:, 0]).reshape(len(chosen), width).to(device=q.device, dtype=q.dtype)
+                continue
             true = row_scores(sim.name, q[block, None, :].expand(-1, chosen.shape[1], -1), key_rows.take(chosen.reshape(-1)).reshape(*chosen.shape, -1).to(device=q.device, dtype=q.dtype))
             picked = value_rows.take(chosen.reshape(-1)).reshape(*chosen.shape, width).to(device=q.device, dtype=q.dtype)
             output[block] = torch.einsum("qk,qkw->qw", sep._select_weights(true), picked)
