@@ -143,10 +143,11 @@ def test_blocks_stay_within_the_budget(monkeypatch):
         recall(queries, keys, similarity="dot", separation=sep, budget=budget)
         assert max(seen) * 4 * 2 <= budget
         assert sum(seen) == 300 * 5000  # every pair scored exactly once
-    # with a large budget blocks are still cache-sized, not the whole matrix
-    seen.clear()
-    recall(queries, keys, similarity="dot", separation="max", budget=2**30)
-    assert max(seen) * 4 <= cpu.CACHE_BYTES
+    # with a large budget blocks are still cache-sized, not the whole matrix (6 MB here)
+    for sep, block_bytes in ((Softmax(beta=5.0), cpu.CACHE_BYTES), (TopK(k=1), cpu.SELECT_BYTES)):
+        seen.clear()
+        recall(queries, keys, similarity="dot", separation=sep, budget=2**30)
+        assert max(seen) * 4 <= block_bytes and sum(seen) == 300 * 5000
 
 
 def test_plan_takes_fewer_queries_rather_than_thin_blocks():

@@ -7,12 +7,14 @@ manhattan) with softmax (beta > 0), max and top-k:
 
 - Blocks sized to a core's L2 cache (`CACHE_BYTES` of scores, all queries against a slice of
   the memories, never more than the retrieval budget): the passes after the score product
-  (max, exp, sum, the projection's read) read cache, not main memory.
+  (max, exp, sum, the projection's read) read cache, not main memory. Max and top-k, which
+  read a block once, take larger blocks (`SELECT_BYTES`).
 - No subnormal exponentials: at beta = 1000 most exp arguments lie far below -87, where exp
   returns subnormal floats about 30 times slower than normal ones. Arguments are floored at
   `EXP_FLOOR` first; exp(-80) is below 1e-34 of the largest weight, which cannot change a
   float32 sum, so the answer is the same.
-- Max and top-k select on the block itself: `Tensor.max` returns the first maximum, top-k
+- Max and top-k select on the block itself: the first maximum from `amax` over short runs
+  (`_FirstMaximum`; `Tensor.max` with indices is six times slower), top-k
   takes torch.topk and falls back to the exact tie-breaking `top_k` only for rows where a
   score ties the k-th. Euclidean selection uses 2 q.k - |k|^2 (one fused product, same order
   as -|q - k|); the returned scores are recomputed exactly for the chosen memories.
@@ -42,6 +44,11 @@ ROUTED = ("dot", "cosine", "euclidean", "squared_euclidean", "manhattan")
 #: Bytes of scores per block: about one core's L2 cache.
 CACHE_BYTES = 2 * 2**20
 
+#: Bytes of scores per block for max and top-k, which read a block once: larger blocks mean
+#: fewer, larger products and fewer selection steps (about 5% faster than `CACHE_BYTES` at
+#: N = 1e5, d = 512, Q = 256 on two cores).
+SELECT_BYTES = 8 * 2**20
+
 #: Fewest stored memories per block before the route takes fewer queries at a time instead.
 MIN_COLUMNS = 512
 
@@ -62,9 +69,9 @@ def applies(q: Tensor, sim: Similarity, sep: Separation, distance_form: str, nor
     return type(sep) is TopK
 
 
-def plan(queries: int, memories: int, element_size: int, workspace: int, budget: int) -> tuple[int, int]:
-    """Queries and memories per block: about `CACHE_BYTES` of scores, never beyond `budget`."""
-    pairs = max(1, min(budget // (element_size * (1 + workspace)), CACHE_BYTES // element_size))
+def plan(queries: int, memories: int, element_size: int, workspace: int, budget: int, block_bytes: int = CACHE_BYTES) -> tuple[int, int]:
+    """Queries and memories per block: about `block_bytes` of scores, never beyond `budget`."""
+    pairs = max(1, min(budget // (element_size * (1 + workspace)), block_bytes // element_size))
     block_q = max(1, min(queries, pairs // MIN_COLUMNS))
     return block_q, max(1, min(memories, pairs // block_q))
 
@@ -72,7 +79,8 @@ def plan(queries: int, memories: int, element_size: int, workspace: int, budget:
 def recall(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Separation, budget: int) -> tuple[Tensor, Tensor, Tensor]:
     """(output Q x width, best index Q, its score Q) for flat queries q (Q x d) on the CPU."""
     width = math.prod(value_rows.row_shape)
-    block_q, block_n = plan(q.shape[0], len(key_rows), q.element_size(), sim.workspace(q.shape[1]), budget)
+    block_bytes = CACHE_BYTES if isinstance(sep, Softmax) else SELECT_BYTES
+    block_q, block_n = plan(q.shape[0], len(key_rows), q.element_size(), sim.workspace(q.shape[1]), budget, block_bytes)
     same = _same_rows(key_rows, value_rows)
     norms = stored_norms(key_rows, q.dtype) if sim.name in ("euclidean", "squared_euclidean") else None
     output = q.new_empty(q.shape[0], width)
