@@ -155,6 +155,12 @@ def test_plan_takes_fewer_queries_rather_than_thin_blocks():
     assert block_n >= cpu.MIN_COLUMNS and block_q * block_n * 4 <= cpu.CACHE_BYTES
     assert cpu.plan(1, 10, 4, 1, 2**30) == (1, 10)
     assert cpu.plan(256, 100_000, 4, 1, 4096) == (1, 512)
+    # L1 blocks hold about L1_KEY_BYTES of keys, and the budget still bounds the scores
+    block_q, block_n = cpu.plan_l1(256, 100_000, 512, 4, 2**30)
+    assert block_n * 512 * 4 <= cpu.L1_KEY_BYTES and block_q == 256
+    for budget in (4096, 64 * 1024):
+        block_q, block_n = cpu.plan_l1(256, 100_000, 512, 4, budget)
+        assert block_q * block_n * 4 * 2 <= budget
 
 
 def test_what_the_route_leaves_to_the_general_path():

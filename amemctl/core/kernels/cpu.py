@@ -49,6 +49,11 @@ CACHE_BYTES = 2 * 2**20
 #: N = 1e5, d = 512, Q = 256 on two cores).
 SELECT_BYTES = 8 * 2**20
 
+#: Bytes of stored keys per block for L1, whose distance kernel (FAISS's or torch.cdist) reads
+#: every key once per query: a slice that stays in a core's L2 cache. Twice as fast as 2 MiB
+#: score blocks at d = 512 (whose 2,048 keys, 4 MiB, spill to L3).
+L1_KEY_BYTES = 2**20
+
 #: Fewest stored memories per block before the route takes fewer queries at a time instead.
 MIN_COLUMNS = 512
 
@@ -76,11 +81,23 @@ def plan(queries: int, memories: int, element_size: int, workspace: int, budget:
     return block_q, max(1, min(memories, pairs // block_q))
 
 
+def plan_l1(queries: int, memories: int, dim: int, element_size: int, budget: int) -> tuple[int, int]:
+    """Queries and memories per L1 block: `L1_KEY_BYTES` of keys, about `CACHE_BYTES` of scores at most, within `budget`."""
+    block_n = max(1, min(memories, L1_KEY_BYTES // (dim * element_size)))
+    block_q = max(1, min(queries, CACHE_BYTES // (block_n * element_size)))
+    while block_q * block_n * element_size * 2 > budget and (block_q > 1 or block_n > 1):  # the block and its workspace
+        block_q, block_n = (max(1, block_q // 2), block_n) if block_q > 1 else (block_q, max(1, block_n // 2))
+    return block_q, block_n
+
+
 def recall(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Separation, budget: int) -> tuple[Tensor, Tensor, Tensor]:
     """(output Q x width, best index Q, its score Q) for flat queries q (Q x d) on the CPU."""
     width = math.prod(value_rows.row_shape)
-    block_bytes = CACHE_BYTES if isinstance(sep, Softmax) else SELECT_BYTES
-    block_q, block_n = plan(q.shape[0], len(key_rows), q.element_size(), sim.workspace(q.shape[1]), budget, block_bytes)
+    if sim.name == "manhattan":
+        block_q, block_n = plan_l1(q.shape[0], len(key_rows), q.shape[1], q.element_size(), budget)
+    else:
+        block_bytes = CACHE_BYTES if isinstance(sep, Softmax) else SELECT_BYTES
+        block_q, block_n = plan(q.shape[0], len(key_rows), q.element_size(), sim.workspace(q.shape[1]), budget, block_bytes)
     same = _same_rows(key_rows, value_rows)
     norms = stored_norms(key_rows, q.dtype) if sim.name in ("euclidean", "squared_euclidean") else None
     output = q.new_empty(q.shape[0], width)
