@@ -217,15 +217,17 @@ def test_first_maximum_over_chunks_counts_nan_as_the_maximum():
     assert firsts.index().tolist() == [4, 4, 6]
 
 
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("widths", [(256, 128, 64), (100, 256, 37), (640,)])
-def test_first_maximum_equals_argmax_of_the_whole_row(widths):
+def test_first_maximum_equals_argmax_of_the_whole_row(widths, transposed):
     """Chunks of run-sized and odd widths, many ties and a few NaNs: the same index as one argmax over the row."""
     g = torch.Generator().manual_seed(5)
     whole = torch.randint(0, 6, (50, sum(widths)), generator=g).float()
     whole[3, 70] = whole[3, 300 % sum(widths)] = float("nan")
     whole[7, -1] = float("nan")
-    firsts, offset = cpu._FirstMaximum(), 0
+    firsts, offset = cpu._FirstMaximum(transposed), 0
     for w in widths:
-        firsts.add(whole[:, offset : offset + w].contiguous(), offset)
+        chunk = whole[:, offset : offset + w]
+        firsts.add((chunk.T if transposed else chunk).contiguous(), offset)
         offset += w
     assert torch.equal(firsts.index(), whole.argmax(1))  # torch.argmax: the first maximum, a NaN above all

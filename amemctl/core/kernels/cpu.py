@@ -108,7 +108,7 @@ def recall(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Se
             scores = _Scores(sim.name, q[block], float(sep.beta), exact=True, norms=norms)
             output[block], index[block] = _softmax(scores, key_rows, None if same else value_rows, block_n, width)
         else:
-            scores = _Scores(sim.name, q[block], 1.0, exact=False, norms=norms)
+            scores = _Scores(sim.name, q[block], 1.0, exact=False, norms=norms, transposed=sep.k == 1)
             chosen = _top_k(scores, key_rows, sep.k, block_n)
             if sep.k == 1:  # the one chosen memory's value: no weights to apply
                 index[block] = chosen[:, 0]
@@ -164,10 +164,12 @@ class _Scores:
     """beta * score(q, k) for a block of queries against chunks of keys, up to a per-query constant.
 
     exact=False (selection only) may return any order-preserving stand-in instead.
+    transposed=True gives blocks memories x queries: for a nearest-neighbour search on a CPU the
+    product keys @ queries^T with its selection runs about 9% faster than the other way round.
     """
 
-    def __init__(self, name: str, q: Tensor, beta: float, exact: bool, norms: Tensor | None = None) -> None:
-        self.name, self.beta, self.exact, self.norms = name, beta, exact, norms
+    def __init__(self, name: str, q: Tensor, beta: float, exact: bool, norms: Tensor | None = None, transposed: bool = False) -> None:
+        self.name, self.beta, self.exact, self.norms, self.transposed = name, beta, exact, norms, transposed
         if name == "cosine":
             q = unit(q)
         self.q = q
@@ -186,27 +188,37 @@ class _Scores:
     def __call__(self, keys: Tensor, offset: int) -> Tensor:
         """The scores block of keys offset.., in a buffer that the next call overwrites."""
         name, beta = self.name, self.beta
-        out = self._buffer("scores", self.q.shape[0], keys.shape[0])
+        out = self._buffer("scores", *((len(keys), len(self.q)) if self.transposed else (len(self.q), len(keys))))
         if name == "dot":
-            return torch.mm(self.scaled, keys.T, out=out)
+            return self._product(self.scaled, keys, out)
         if name == "cosine":
             norms = torch.linalg.vector_norm(keys, dim=1, keepdim=True).clamp_min_(EPS)
-            return torch.mm(self.scaled, torch.div(keys, norms, out=self._buffer("keys", *keys.shape)).T, out=out)
+            return self._product(self.scaled, torch.div(keys, norms, out=self._buffer("keys", *keys.shape)), out)
         if name in ("squared_euclidean", "euclidean"):
             if self.norms is not None:
-                k_sq = self.norms[None, offset : offset + len(keys)]
+                k_sq = self.norms[offset : offset + len(keys)]
             else:
-                k_sq = squared_norms(keys, self._buffer("keys", *keys.shape))[None]
+                k_sq = squared_norms(keys, self._buffer("keys", *keys.shape))
             if name == "squared_euclidean" or not self.exact:
                 # -beta |q - k|^2 = beta (2 q.k - |k|^2) - beta |q|^2, the last term the same for every key
-                return torch.addmm(k_sq, self.q, keys.T, beta=-beta, alpha=2 * beta, out=out)
-            s = torch.addmm(k_sq, self.q, keys.T, alpha=-2, out=out)
+                return self._product(self.q, keys, out, bias=k_sq, beta=-beta, alpha=2 * beta)
+            assert not self.transposed, "exact euclidean scores are only made queries x keys (softmax)"
+            s = torch.addmm(k_sq[None], self.q, keys.T, alpha=-2, out=out)
             return s.add_(self.q_sq).clamp_min_(0).sqrt_().mul_(-beta)
+        first, second = (keys, self.q) if self.transposed else (self.q, keys)  # L1 is symmetric
         if faiss_backend.available(self.q):
-            d = faiss_backend.l1_distances(self.q, keys, out=out)
+            d = faiss_backend.l1_distances(first, second, out=out)
         else:
-            d = torch.cdist(self.q, keys, p=1)
+            d = torch.cdist(first, second, p=1)
         return d.mul_(-beta)
+
+    def _product(self, q: Tensor, keys: Tensor, out: Tensor, bias: Tensor | None = None, beta: float = 1.0, alpha: float = 1.0) -> Tensor:
+        """alpha q.k + beta bias_k for every pair, queries x keys (keys x queries when transposed)."""
+        if bias is None:
+            return torch.mm(keys, q.T, out=out) if self.transposed else torch.mm(q, keys.T, out=out)
+        if self.transposed:
+            return torch.addmm(bias[:, None], keys, q.T, beta=beta, alpha=alpha, out=out)
+        return torch.addmm(bias[None], q, keys.T, beta=beta, alpha=alpha, out=out)
 
 
 def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: int, width: int) -> tuple[Tensor, Tensor]:
@@ -233,25 +245,33 @@ def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: 
 
 
 class _FirstMaximum:
-    """The first maximum of each row over chunks (ties to the lowest index; a NaN counts as the maximum).
+    """The first maximum of each query over chunks (ties to the lowest index; a NaN counts as the maximum).
 
     Each chunk costs one `amax` over runs of `RUN` scores (no indices: `Tensor.max` with
-    indices is six times slower on a CPU, a tenth of a nearest-neighbour search). Only the rows
-    whose maximum the chunk raises, few after the first chunks, look for its position: the first
-    run holding it, then the first place in that run.
+    indices is six times slower on a CPU, a tenth of a nearest-neighbour search). Only the
+    queries whose maximum the chunk raises, few after the first chunks, look for its position:
+    the first run holding it, then the first place in that run. Chunks are queries x memories,
+    or memories x queries when `transposed`.
     """
 
     RUN = 64
 
-    def __init__(self) -> None:
+    def __init__(self, transposed: bool = False) -> None:
+        self.transposed = transposed
         self.best: Tensor | None = None
         self.at: Tensor | None = None
 
     def add(self, z: Tensor, offset: int) -> Tensor:
-        """Take in the chunk z (rows x memories offset..); returns its maxima per row."""
-        runs = z.shape[1] // self.RUN if z.shape[1] % self.RUN == 0 and z.is_contiguous() else 0
-        run_max = z.view(len(z), runs, self.RUN).amax(2) if runs > 1 else None
-        value = run_max.amax(1) if run_max is not None else z.amax(1)
+        """Take in the chunk z (memories offset..); returns its maxima per query."""
+        t = self.transposed
+        n = z.shape[0] if t else z.shape[1]
+        runs = n // self.RUN if n % self.RUN == 0 and n > self.RUN and z.is_contiguous() else 0
+        if runs:
+            chunked = z.view(runs, self.RUN, -1) if t else z.view(len(z), runs, self.RUN)
+            run_max = chunked.amax(1 if t else 2)  # runs x queries, or queries x runs
+            value = run_max.amax(0 if t else 1)
+        else:
+            value = z.amax(0 if t else 1)
         if self.best is None:
             self.best, self.at = value.clone(), torch.zeros(len(value), dtype=torch.long)
             raised = torch.arange(len(value))
@@ -260,11 +280,15 @@ class _FirstMaximum:
             if len(raised) == 0:
                 return value
             self.best[raised] = value[raised]
-        if run_max is None:
-            at = z[raised].argmax(1)  # argmax returns the first maximum, as amax's (a NaN first of all)
+        # argmax returns the first maximum, as amax's (a NaN first of all)
+        if not runs:
+            at = z[:, raised].argmax(0) if t else z[raised].argmax(1)
+        elif t:
+            run = run_max[:, raised].argmax(0)
+            at = chunked[run, :, raised].argmax(1) + run * self.RUN
         else:
             run = run_max[raised].argmax(1)
-            at = z.view(len(z), runs, self.RUN)[raised, run].argmax(1) + run * self.RUN
+            at = chunked[raised, run].argmax(1) + run * self.RUN
         self.at[raised] = at + offset
         return value
 
@@ -278,7 +302,7 @@ def _top_k(scores: _Scores, key_rows: Rows, k: int, block_n: int) -> Tensor:
     """The indices of the k best memories per query (best first, ties to the lowest index)."""
     best = scores.q.new_empty(scores.q.shape[0], 0)
     index = torch.empty(scores.q.shape[0], 0, dtype=torch.long)
-    firsts = _FirstMaximum()
+    firsts = _FirstMaximum(transposed=scores.transposed)
     for offset, chunk in key_rows.chunks(block_n):
         z = scores(chunk.to(device=scores.q.device, dtype=scores.q.dtype), offset)
         if k == 1:
