@@ -253,6 +253,10 @@ def header() -> str:
     )
 
 
-def write(rows: list[PeerRow], path, text: str = "") -> None:
-    """Append a dated section with the peers table to `path` (BENCHMARKS.md)."""
-    append_section(path, "CPU, amemctl beside its peers (`amemctl bench --peers`)", f"{header()}\n\n{markdown(rows)}{text}")
+def write(rows: list[PeerRow], path, head: str, text: str = "") -> None:
+    """Append a dated section with the peers table to `path` (BENCHMARKS.md), under the run's `header()`.
+
+    The header is the one taken when the run began: taken again here, its load average would
+    count the bench's own threads.
+    """
+    append_section(path, "CPU, amemctl beside its peers (`amemctl bench --peers`)", f"{head}\n\n{markdown(rows)}{text}")

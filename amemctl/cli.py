@@ -285,7 +285,8 @@ def _bench_peers(sizes: tuple[int, ...], dim: int, queries: int, repeats: int, o
     """`amemctl bench --peers`: the CPU peers table (amemctl.bench_peers)."""
     from amemctl import bench_peers as bp
 
-    click.echo(bp.header())
+    head = bp.header()
+    click.echo(head)
     rows = []
     for n in sizes:
         for separation, beta, similarity in bp.WORKLOADS:
@@ -293,7 +294,7 @@ def _bench_peers(sizes: tuple[int, ...], dim: int, queries: int, repeats: int, o
             click.echo(bp.markdown(rows[-1:]).splitlines()[2])
     click.echo(bp.markdown(rows))
     if output is not None:
-        bp.write(rows, output)
+        bp.write(rows, output, head)
         click.echo(f"appended to {output}")
 
 

@@ -194,3 +194,25 @@ def test_store_ls_lists_neither_temporary_nor_discarded_copies(tmp_path):
     result = CliRunner().invoke(main, ["store", "ls", str(tmp_path)])
     assert result.exit_code == 0
     assert "old" not in result.output and "s.zarr" in result.output and "damaged" in result.output
+
+
+def test_a_reader_refuses_to_go_on_once_the_store_is_replaced_under_it(tmp_path):
+    """Chunk files are read by path: after another writer swaps a new copy in, reading on would mix two stores."""
+    path = tmp_path / "m.zarr"
+    old = torch.zeros(64, 8)
+    MemoryStore.write_new(path, lambda s: s.append(patterns=old), chunk_bytes=8 * 4 * 8, compression="none")  # 8 chunks of 8 rows
+    reader = MemoryStore.open(path)
+    assert reader.generation is not None
+    chunks = reader.rows("patterns", prefetch=0).chunks(8)
+    offset, first = next(chunks)
+    assert offset == 0 and torch.equal(first, old[:8])
+    MemoryStore.write_new(path, lambda s: s.append(patterns=torch.ones(64, 8)), replace=True, chunk_bytes=8 * 4 * 8, compression="none")
+    with pytest.raises(StoreError, match="replaced while it was being read"):
+        for _ in chunks:
+            pass
+    again = MemoryStore.open(path)  # a new read sees the new copy whole
+    assert torch.equal(again.to_tensor(), torch.ones(64, 8)) and again.generation != reader.generation
+    # appends keep the copy: a reader goes on across another writer's append
+    reader = MemoryStore.open(path)
+    MemoryStore.open(path, mode="a").append(patterns=torch.ones(8, 8))
+    assert len(reader.read("patterns")) == 64

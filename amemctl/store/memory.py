@@ -49,6 +49,12 @@ ATTR = "amemctl"
 DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 
+def _generation(group: Any) -> str | None:
+    """The copy a store's group belongs to (None for stores written before generations existed)."""
+    attrs = dict(group.attrs).get(ATTR)
+    return attrs.get("generation") if isinstance(attrs, dict) else None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -68,6 +74,8 @@ class MemoryStore:
         self.writable = writable
         self._alive: np.ndarray | None = None
         self._private = False  # a new copy being written aside: the lock of the store it becomes is held
+        #: which copy of the store this is: a compaction or replacement writes a new copy with a new one
+        self.generation = _generation(group)
 
     # ----------------------------------------------------------------- opening
 
@@ -137,6 +145,7 @@ class MemoryStore:
             "arrays": {},
             "spaces": {},
             "provenance": [],
+            "generation": secrets.token_hex(8),
         }
         group = _zarr().create_group(store=str(path), zarr_format=3, attributes={ATTR: attrs})
         store = cls(path, group, writable=True)
@@ -277,14 +286,36 @@ class MemoryStore:
         """`get(array)`, with a chunk that fails to decode (damage after opening) told as a StoreError."""
         array = self._array(name)
         try:
-            return get(array)
+            data = get(array)
         except StoreError:
             raise
         except Exception as exc:
+            self._check_not_replaced()  # a chunk gone because the store was swapped is no damage
             raise StoreError(
                 f"cannot read {what} of {name} in {self.path}: {type(exc).__name__}: {exc}",
                 hint=f"run `amemctl store verify {self.path}` to find the damaged chunk file",
             ) from None
+        self._check_not_replaced()
+        return data
+
+    def _check_not_replaced(self) -> None:
+        """Refuse rows read after another process swapped a new copy in (compaction, replace).
+
+        Chunk files are read by path: after a swap they are the new copy's, so a reader that
+        went on would mix two stores. Checked after each read, so every row returned was read
+        before any swap. A writer needs no check: it holds the lock that every swap takes.
+        """
+        if self.writable or self._private:
+            return
+        try:
+            current = json.loads((self.path / "zarr.json").read_text())["attributes"][ATTR].get("generation")
+        except (OSError, ValueError, KeyError, TypeError):
+            current = "gone"
+        if current != self.generation:
+            raise StoreError(
+                f"{self.path} was replaced while it was being read (compacted or rewritten by another process)",
+                hint="run again: a new read sees the new store whole",
+            )
 
     def _array(self, name: str) -> Any:
         try:
@@ -417,7 +448,7 @@ class MemoryStore:
                 raise
             swap_in(self.path, tmp)
         reopened = MemoryStore.open(self.path, mode="a")
-        self.group, self._alive = reopened.group, None
+        self.group, self.generation, self._alive = reopened.group, reopened.generation, None
         return dropped
 
     def _copy_live(self, tmp: Path, attrs: dict, live: np.ndarray, dropped: int) -> None:
@@ -454,6 +485,7 @@ class MemoryStore:
 
     def _refresh(self) -> None:
         self.group = _zarr().open_group(store=str(self.path), mode="r+", zarr_format=3)
+        self.generation = _generation(self.group)
         self._alive = None
 
     def _publish(self, attrs: dict) -> None:
