@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amemctl.models.dam import accuracy, train_dam
+from amemctl.models.dam import accuracy
+from amemctl.training.dam import train_dam
 
 XOR_V = torch.tensor([[-1.0, -1], [-1, 1], [1, -1], [1, 1]])
 XOR_Y = torch.tensor([0, 1, 1, 0])

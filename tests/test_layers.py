@@ -1,4 +1,4 @@
-"""The import graph: cli -> engine -> stages -> core, and no arrow back up.
+"""The import graph: cli -> engine -> stages -> training -> models -> core, and no arrow back up.
 
 Every `import` in the package is read with ast (function-level ones included, since a lazy
 import is a dependency too); a module may import its own layer and the layers below it,
@@ -18,6 +18,9 @@ FORBIDDEN = {
     "core": ("amemctl.stages", "amemctl.engine", "amemctl.cli", "amemctl.dsl", "amemctl.plugins", "amemctl.store", "amemctl.launch", "amemctl.stage"),
     "stages": ("amemctl.engine", "amemctl.cli", "amemctl.launch"),
     "engine": ("amemctl.cli", "amemctl.launch", "amemctl.stages"),
+    # networks (models) are trained by loops (training), which stages call
+    "models": ("amemctl.training", "amemctl.stages", "amemctl.engine", "amemctl.cli", "amemctl.dsl", "amemctl.plugins", "amemctl.launch", "amemctl.stage"),
+    "training": ("amemctl.stages", "amemctl.engine", "amemctl.cli", "amemctl.dsl", "amemctl.plugins", "amemctl.launch", "amemctl.stage"),
 }
 
 

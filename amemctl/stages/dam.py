@@ -5,10 +5,11 @@ from __future__ import annotations
 from amemctl.context import Context
 from amemctl.core.rows import materialize
 from amemctl.errors import StageError
-from amemctl.models.dam import accuracy, train_dam
+from amemctl.models.dam import accuracy
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, Stage
 from amemctl.training.checkpoints import Checkpointing, default_folder
+from amemctl.training.dam import train_dam
 
 
 class TrainDAM(Stage):
