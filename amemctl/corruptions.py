@@ -11,6 +11,7 @@ al.) uses variance 0.1 with means up to 0.5.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -224,13 +225,21 @@ def compose(images: Tensor, generator: torch.Generator | None, steps: list, find
     `corrupt` stage passes its registry's, so plugin corruptions compose too.
     """
     find = find or get_corruption
-    for step in steps:
-        spec = dict(step)
-        kind = spec.pop("kind", None)
-        if kind is None or kind == "compose":
-            raise StageError(f"each compose step needs a `kind` other than compose, got {step!r}", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]")
-        images = find(kind)(images, generator, **spec)
+    for i, step in enumerate(steps, 1):
+        try:
+            kind = compose_step_kind(step)
+        except StageError as exc:
+            raise StageError(f"step {i} of compose: {exc.message}", hint=exc.hint) from None
+        images = find(kind)(images, generator, **{k: v for k, v in step.items() if k != "kind"})
     return images
+
+
+def compose_step_kind(step: Any) -> str:
+    """The corruption a compose step names: refused when it names none, or compose itself."""
+    kind = step.get("kind") if isinstance(step, Mapping) else None
+    if kind is None or kind == "compose":
+        raise StageError(f"needs a known `kind` other than compose, got {kind!r}", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]")
+    return kind
 
 
 def _angles(value: object) -> None:

@@ -153,7 +153,7 @@ def test_compose_applies_in_order():
     steps = [{"kind": "mask_zero", "fraction": 0.5}, {"kind": "rotate", "angles": [180]}]
     out = corrupt(x, "compose", _rng(), steps=steps)
     assert torch.equal(out, torch.rot90(corrupt(x, "mask_zero", fraction=0.5), 2, (-2, -1)))
-    with pytest.raises(StageError, match="needs a `kind`"):
+    with pytest.raises(StageError, match=r"step 1 of compose: needs a known `kind` other than compose"):
         corrupt(x, "compose", steps=[{"variance": 0.1}])
     with pytest.raises(ParamError, match=r"scale = \[0.0, 0.5\] is out of range"):
         corrupt(x, "crop", scale=[0.0, 0.5])

@@ -9,7 +9,7 @@ import torch
 from amemctl.context import Context
 from amemctl.core import random
 from amemctl.core.rows import take
-from amemctl.corruptions import CORRUPTIONS, Corruption, compose
+from amemctl.corruptions import CORRUPTIONS, Corruption, compose, compose_step_kind
 from amemctl.errors import AmemctlError, StageError
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
@@ -45,9 +45,7 @@ class Corrupt(Stage):
 
     def _check_step(self, step: dict[str, Any]) -> None:
         """A compose step names a corruption of this stage's registry, not compose, with parameters it takes."""
-        kind = step.get("kind")
-        if kind is None or kind == "compose":
-            raise ParamError(f"needs a known `kind` other than compose, got {kind!r}", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]")
+        kind = compose_step_kind(step)
         self._corruption(kind).configure({k: v for k, v in step.items() if k != "kind"})
 
     def _corruption(self, kind: str) -> Corruption:
