@@ -35,7 +35,7 @@ from torch import Tensor
 
 from amemctl.core.kernels import faiss_backend
 from amemctl.core.rows import Rows, TensorRows
-from amemctl.core.separation import Separation, Softmax, TopK, merge_top_k, top_k
+from amemctl.core.separation import EXP_FLOOR, Separation, Softmax, TopK, merge_top_k, top_k
 from amemctl.core.similarity import EPS, SIMILARITIES, Similarity, unit
 
 #: The similarities this route computes itself.
@@ -57,8 +57,6 @@ L1_KEY_BYTES = 2**20
 #: Fewest stored memories per block before the route takes fewer queries at a time instead.
 MIN_COLUMNS = 512
 
-#: Floor of the exp arguments (see the module docstring): exp(-80) is still a normal float.
-EXP_FLOOR = -80.0
 
 
 def applies(q: Tensor, sim: Similarity, sep: Separation, distance_form: str, normalize_scores: bool) -> bool:
