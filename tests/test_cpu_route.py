@@ -231,3 +231,23 @@ def test_first_maximum_equals_argmax_of_the_whole_row(widths, transposed):
         firsts.add((chunk.T if transposed else chunk).contiguous(), offset)
         offset += w
     assert torch.equal(firsts.index(), whole.argmax(1))  # torch.argmax: the first maximum, a NaN above all
+
+
+def test_keys_without_a_version_counter_or_with_grad_still_get_the_right_neighbours():
+    """Inference tensors have no version counter and parameters change under optimisers: no cached norms for them."""
+    g = torch.Generator().manual_seed(9)
+    queries, keys = torch.randn(7, 6, generator=g), torch.randn(500, 6, generator=g)
+    expected = SIMILARITIES["euclidean"](queries, keys).argmax(1)
+    with torch.inference_mode():
+        frozen = keys.clone()
+    assert torch.equal(recall(queries, frozen, similarity="euclidean", separation="max").index, expected)
+    learnable = keys.clone().requires_grad_(True)
+    assert torch.equal(recall(queries, learnable, similarity="euclidean", separation="max").index, expected)
+    assert cpu.stored_norms(TensorRows(learnable), torch.float32) is None
+
+
+def test_blocks_are_whole_runs_of_the_first_maximum_when_they_can_be():
+    for queries in (100, 256, 1000, 3):
+        _, block_n = cpu.plan(queries, 1_000_000, 4, 1, 2**30, cpu.SELECT_BYTES)
+        assert block_n % cpu._FirstMaximum.RUN == 0
+    assert cpu.plan(4, 100, 4, 1, 2**30) == (4, 100)  # fewer memories than two runs: kept as they are

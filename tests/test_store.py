@@ -301,3 +301,20 @@ def test_a_swap_interrupted_between_its_renames_is_finished_on_open(tmp_path):
     assert len(leftovers) == 1 and not (leftovers[0] / "zarr.json").exists()
     MemoryStore.open(path, mode="a").forget(ids=[0])  # the next writer clears it
     assert not leftovers[0].exists()
+
+
+@pytest.mark.parametrize("route", ["cpu", "general"])
+def test_hetero_retrieval_from_a_store_whose_key_and_value_chunks_differ(tmp_path, route):
+    """Keys in memory chunk by the block, values from a store by whole storage chunks: each value row must still pair with its key."""
+    from amemctl import recall
+    from amemctl.core.separation import Softmax
+
+    g = torch.Generator().manual_seed(2)
+    keys, values = torch.rand(3000, 4, generator=g), torch.rand(3000, 64, generator=g)
+    store = MemoryStore.create(tmp_path / "h.zarr", chunk_bytes=4 * 64 * 37)  # storage chunks of 37 rows
+    store.append(patterns=keys, values=values)
+    queries = torch.rand(9, 4, generator=g)
+    options = {"similarity": "euclidean", "separation": Softmax(beta=20.0), "budget": 64 * 1024, "normalize_scores": route == "general"}
+    expected = recall(queries, keys, values, **options).output
+    torch.testing.assert_close(recall(queries, store.rows("patterns"), store.rows("values"), **options).output, expected)
+    torch.testing.assert_close(recall(queries, keys, store.rows("values"), **options).output, expected)

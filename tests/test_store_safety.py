@@ -216,3 +216,40 @@ def test_a_reader_refuses_to_go_on_once_the_store_is_replaced_under_it(tmp_path)
     reader = MemoryStore.open(path)
     MemoryStore.open(path, mode="a").append(patterns=torch.ones(8, 8))
     assert len(reader.read("patterns")) == 64
+
+
+def test_a_store_opened_to_append_also_refuses_a_copy_swapped_in_under_its_reads(tmp_path):
+    path = tmp_path / "m.zarr"
+    MemoryStore.write_new(path, lambda s: s.append(patterns=torch.zeros(64, 8)), chunk_bytes=8 * 4 * 8, compression="none")
+    appender = MemoryStore.open(path, mode="a")
+    chunks = appender.rows("patterns", prefetch=0).chunks(8)
+    next(chunks)
+    MemoryStore.write_new(path, lambda s: s.append(patterns=torch.ones(64, 8)), replace=True, chunk_bytes=8 * 4 * 8, compression="none")
+    with pytest.raises(StoreError, match="replaced while it was being read"):
+        list(chunks)
+
+
+def test_rows_taken_before_a_compaction_by_the_same_store_are_refused_after_it(tmp_path):
+    path = tmp_path / "m.zarr"
+    MemoryStore.write_new(path, lambda s: s.append(patterns=torch.arange(16.0)[:, None].expand(16, 4).contiguous()), chunk_bytes=4 * 4 * 4)
+    store = MemoryStore.open(path, mode="a")
+    store.forget(ids=list(range(0, 16, 2)))
+    rows = store.rows("patterns", prefetch=0)
+    store.compact()  # physical row numbers move: the rows' own numbering is the old copy's
+    with pytest.raises(StoreError, match="compacted or rewritten after these rows were taken"):
+        list(rows.chunks(4))
+    assert store.rows("patterns").to_tensor()[:, 0].tolist() == [float(i) for i in range(1, 16, 2)]
+
+
+def test_replacing_a_key_space_stops_readers_of_the_old_keys(tmp_path):
+    path = tmp_path / "m.zarr"
+    store = MemoryStore.create(path, chunk_bytes=8 * 4 * 8, compression="none")
+    store.append(patterns=torch.zeros(64, 8))
+    identity = {"arch": "test"}
+    store.add_space("phi", torch.zeros(64, 8), identity)
+    reader = MemoryStore.open(path)
+    chunks = reader.rows("keys/phi", prefetch=0).chunks(8)
+    next(chunks)
+    store.add_space("phi", torch.ones(64, 8), {"arch": "other"})
+    with pytest.raises(StoreError, match="replaced while it was being read"):
+        list(chunks)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from amemctl.core.kernels import cpu
-from amemctl.core.rows import Rows, as_rows
+from amemctl.core.rows import Aligned, Rows, TensorRows, as_rows
 from amemctl.core.separation import Separation, make_separation
 from amemctl.core.similarity import Similarity, get_similarity
 from amemctl.errors import StageError
@@ -107,7 +107,7 @@ def recall(
     if n == 0 and shard is None:
         raise StageError("the memory is empty: nothing is stored to retrieve from")
 
-    if shard is None and n and cpu.applies(q, sim, sep, distance_form, normalize_scores):
+    if shard is None and n and not _tracks_grad(q, key_rows, value_rows) and cpu.applies(q, sim, sep, distance_form, normalize_scores):
         output, best_index, best_score = cpu.recall(q, key_rows, value_rows, sim, sep, budget)
         if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):
             _explain_non_finite(key_rows, value_rows, cpu.plan(q.shape[0], n, q.element_size(), 1, budget)[1])
@@ -130,6 +130,16 @@ def recall(
     if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):  # one sync; NaN keys give NaN best scores under max/top-k
         _explain_non_finite(key_rows, value_rows, block_n)  # the checks cost a pass over the memory: only on failure
     return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
+
+
+def _tracks_grad(q: Tensor, *rows: Rows) -> bool:
+    """Whether autograd records this retrieval: the CPU route's reused out= buffers refuse such tensors.
+
+    The general path then computes it (retrieval is a forward computation: its in-place
+    streaming steps are not differentiable either way).
+    """
+    tensors = [q, *(r.data for r in rows if isinstance(r, TensorRows))]
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def nearest_index(x: Tensor, memory: "Tensor | Rows", budget: int = DEFAULT_BUDGET) -> Tensor:
@@ -194,7 +204,7 @@ def _recall_block(
     reducer = sep.reducer(q.shape[0], width, q)
     best = q.new_full((q.shape[0],), -math.inf)
     best_index = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    value_chunks = value_rows.chunks(block_n) if reducer.reads_values else None
+    value_chunks = Aligned(value_rows, block_n) if reducer.reads_values else None
     for offset, chunk in key_rows.chunks(block_n):
         s = kept.popleft() if kept else scores_of(chunk)  # each kept block freed as it is used
         if totals is not None:
@@ -205,8 +215,7 @@ def _recall_block(
         best_index = torch.where(better, chunk_index + offset + start, best_index)
         values = None
         if value_chunks is not None:
-            _, values = next(value_chunks)
-            values = values.to(device=q.device, dtype=q.dtype)
+            values = value_chunks.next(len(chunk)).to(device=q.device, dtype=q.dtype)
         reducer.update(s, offset + start, values)
     local_values = _OnDevice(value_rows, q)
     if shard is not None:

@@ -92,3 +92,26 @@ def materialize(x: "Tensor | Rows") -> Tensor:
 def row_shape(x: "Tensor | Rows") -> tuple[int, ...]:
     """The shape of one row of a tensor or of Rows."""
     return tuple(x.shape[1:]) if isinstance(x, Tensor) else tuple(x.row_shape)
+
+
+class Aligned:
+    """Rows read in step with another Rows' chunks: `next(n)` gives exactly the next n rows.
+
+    Each Rows chunks in its own way (a store rounds to whole storage chunks, whose rows depend
+    on the array's width), so a hetero memory's key and value chunks need not line up.
+    """
+
+    def __init__(self, rows: Rows, size: int) -> None:
+        self._chunks = rows.chunks(size)
+        self._held: list[Tensor] = []
+        self._count = 0
+
+    def next(self, n: int) -> Tensor:
+        while self._count < n:
+            _, chunk = next(self._chunks)
+            self._held.append(chunk)
+            self._count += len(chunk)
+        joined = self._held[0] if len(self._held) == 1 else torch.cat(self._held)
+        rest = joined[n:]
+        self._held, self._count = ([rest] if len(rest) else []), len(rest)
+        return joined[:n]

@@ -303,9 +303,11 @@ class MemoryStore:
 
         Chunk files are read by path: after a swap they are the new copy's, so a reader that
         went on would mix two stores. Checked after each read, so every row returned was read
-        before any swap. A writer needs no check: it holds the lock that every swap takes.
+        before any swap. A store opened to append reads outside the lock too, so it is checked
+        as well; its own writes move its `generation` with the file's (`_refresh`, `compact`).
+        (Stores written before generations existed have none; a swap gives them one.)
         """
-        if self.writable or self._private:
+        if self._private:
             return
         try:
             current = json.loads((self.path / "zarr.json").read_text())["attributes"][ATTR].get("generation")
@@ -388,7 +390,9 @@ class MemoryStore:
             if len(keys) != attrs["count"]:
                 raise StoreError(f"keys for {len(keys)} rows, but the store has {attrs['count']} rows", hint="embed every stored row, forgotten ones included")
             name = f"keys/{space}"
-            if name in attrs["arrays"]:
+            if name in attrs["arrays"]:  # rewritten in place: readers of the old keys must stop, as after a swap
+                attrs["generation"] = self.generation = secrets.token_hex(8)
+                self._publish(attrs)
                 del self.group[name]
                 del attrs["arrays"][name]
             self._write_rows(name, self._encode(name, keys, storage, attrs), 0, attrs)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from amemctl.errors import StoreError
+
 if TYPE_CHECKING:
     from amemctl.store.memory import MemoryStore
 
@@ -32,6 +34,7 @@ class StoreRows:
         self._first, last = bounds if bounds is not None else (0, len(alive))
         self._alive = alive[self._first : last]  # physical rows first..last
         self._live = np.flatnonzero(self._alive)  # relative to first
+        self._generation = store.generation  # the row numbers above belong to this copy
 
     def __len__(self) -> int:
         return len(self._live)
@@ -76,6 +79,7 @@ class StoreRows:
         return StoreRows(self.store, self.name, self.device, self.prefetch, (lo, hi))
 
     def take(self, index: Tensor) -> Tensor:
+        self._check_copy()
         physical = self._first + self._live[index.detach().cpu().numpy().astype(np.int64)]
         return self._to_device(self.store.take(self.name, physical).reshape(len(physical), -1))
 
@@ -83,7 +87,16 @@ class StoreRows:
         """All live rows in their stored shape (for stores that fit in memory)."""
         return self.store.take(self.name, self._first + self._live).to(self.device)
 
+    def _check_copy(self) -> None:
+        """Refuse to go on once the store became another copy (compacted through this very object)."""
+        if self.store.generation != self._generation:
+            raise StoreError(
+                f"{self.store.path} was compacted or rewritten after these rows were taken from it",
+                hint="open the rows again (store.rows(...)) after compacting",
+            )
+
     def _read(self, start: int, stop: int) -> Tensor:
+        self._check_copy()
         block = self.store.read(self.name, self._first + start, self._first + stop).reshape(stop - start, -1)
         keep = self._alive[start:stop]
         if not keep.all():

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from amemctl.core.kernels import faiss_backend
-from amemctl.core.rows import Rows, TensorRows
+from amemctl.core.rows import Aligned, Rows, TensorRows
 from amemctl.core.separation import EXP_FLOOR, Separation, Softmax, TopK, merge_top_k, top_k
 from amemctl.core.similarity import EPS, SIMILARITIES, Similarity, unit
 
@@ -76,7 +76,13 @@ def plan(queries: int, memories: int, element_size: int, workspace: int, budget:
     """Queries and memories per block: about `block_bytes` of scores, never beyond `budget`."""
     pairs = max(1, min(budget // (element_size * (1 + workspace)), block_bytes // element_size))
     block_q = max(1, min(queries, pairs // MIN_COLUMNS))
-    return block_q, max(1, min(memories, pairs // block_q))
+    return block_q, _whole_runs(max(1, min(memories, pairs // block_q)))
+
+
+def _whole_runs(block_n: int) -> int:
+    """block_n rounded down to whole runs of `_FirstMaximum.RUN` (its fast path), when it has two or more."""
+    run = _FirstMaximum.RUN
+    return block_n - block_n % run if block_n >= 2 * run else block_n
 
 
 def plan_l1(queries: int, memories: int, dim: int, element_size: int, budget: int) -> tuple[int, int]:
@@ -85,7 +91,7 @@ def plan_l1(queries: int, memories: int, dim: int, element_size: int, budget: in
     block_q = max(1, min(queries, CACHE_BYTES // (block_n * element_size)))
     while block_q * block_n * element_size * 2 > budget and (block_q > 1 or block_n > 1):  # the block and its workspace
         block_q, block_n = (max(1, block_q // 2), block_n) if block_q > 1 else (block_q, max(1, block_n // 2))
-    return block_q, block_n
+    return block_q, _whole_runs(block_n)
 
 
 def recall(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Separation, budget: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -130,11 +136,13 @@ def stored_norms(key_rows: Rows, dtype: torch.dtype) -> Tensor | None:
     A memory is stored once and queried many times; its norms cost a read of every key (a
     tenth of a nearest-neighbour search at d = 512), so they are kept beside the tensor, as an
     index keeps them, and recomputed when the tensor is modified in place (its version moves).
-    Keys streamed from a store (None here) get their norms chunk by chunk.
+    Writes that torch does not count (through `.data`, a NumPy view of the tensor) are not seen:
+    give `recall` a new tensor after such a write. Keys streamed from a store, inference
+    tensors and tensors that require grad (None here) get their norms chunk by chunk.
     """
-    if not isinstance(key_rows, TensorRows) or key_rows.data.dtype != dtype or key_rows.data.device.type != "cpu":
-        return None
-    keys = key_rows.data
+    keys = key_rows.data if isinstance(key_rows, TensorRows) else None
+    if keys is None or keys.dtype != dtype or keys.device.type != "cpu" or keys.is_inference() or keys.requires_grad:
+        return None  # inference tensors have no version counter; parameters change under optimisers
     entry = _NORMS.get(id(keys))
     if entry is not None and entry[0]() is keys and entry[1] == keys._version:
         return entry[2]
@@ -227,7 +235,7 @@ def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: 
     l = q.new_zeros(rows, 1)
     acc = q.new_zeros(rows, width)
     firsts = _FirstMaximum()
-    value_chunks = value_rows.chunks(block_n) if value_rows is not None else None
+    value_chunks = Aligned(value_rows, block_n) if value_rows is not None else None
     for offset, chunk in key_rows.chunks(block_n):
         keys = chunk.to(device=q.device, dtype=q.dtype)
         z = scores(keys, offset)
@@ -236,7 +244,7 @@ def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: 
         p = z.sub_(m_new).clamp_min_(EXP_FLOOR).exp_()
         rescale = torch.exp(m - m_new)
         l = l.mul_(rescale).add_(p.sum(1, keepdim=True))
-        values = keys if value_chunks is None else next(value_chunks)[1].to(device=q.device, dtype=q.dtype)
+        values = keys if value_chunks is None else value_chunks.next(len(keys)).to(device=q.device, dtype=q.dtype)
         acc = acc.mul_(rescale).addmm_(p, values)
         m = m_new
     return acc / l, firsts.index()
