@@ -14,9 +14,8 @@ manhattan) with softmax (beta > 0), max and top-k:
   `EXP_FLOOR` first; exp(-80) is below 1e-34 of the largest weight, which cannot change a
   float32 sum, so the answer is the same.
 - Max and top-k select on the block itself: the first maximum from `amax` over short runs
-  (`_FirstMaximum`; `Tensor.max` with indices is six times slower), top-k
-  takes torch.topk and falls back to the exact tie-breaking `top_k` only for rows where a
-  score ties the k-th. Euclidean selection uses 2 q.k - |k|^2 (one fused product, same order
+  (`_FirstMaximum`; `Tensor.max` with indices is six times slower), top-k from torch.topk,
+  falling back to the exact tie-breaking `top_k` only for rows where a score ties the k-th. Euclidean selection uses 2 q.k - |k|^2 (one fused product, same order
   as -|q - k|); the returned scores are recomputed exactly for the chosen memories.
 
 beta is folded into the queries, so the score product yields beta * s directly. L1 distances
@@ -56,7 +55,6 @@ L1_KEY_BYTES = 2**20
 
 #: Fewest stored memories per block before the route takes fewer queries at a time instead.
 MIN_COLUMNS = 512
-
 
 
 def applies(q: Tensor, sim: Similarity, sep: Separation, distance_form: str, normalize_scores: bool) -> bool:
