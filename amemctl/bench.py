@@ -105,7 +105,7 @@ def measure(workload: str, similarity: str, dtype: torch.dtype, n: int, d: int, 
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         from amemctl.core.kernels import fused
 
-        if fused.supported(similarity, keys):  # dot and manhattan; it has no cosine or (unsquared) L2
+        if fused.supported(similarity):
             fused_s = _time(lambda: fused.softmax_retrieve(queries, keys, keys, similarity, beta), device, repeats)
     return Row(workload, similarity, str(dtype).removeprefix("torch."), n, d, q, _time(ours, device, repeats), _time(plain, device, repeats), peak, fused_s)
 

@@ -1,126 +1,328 @@
 """One-pass softmax retrieval in Triton: score, online softmax and projection in one kernel.
 
-z = V^T softmax(beta * sim(K, q)) for L1, squared L2 or dot. The grid is (query blocks,
-splits of the stored rows): each program streams its split in BLOCK_N tiles, accumulating
-the similarity over the dimensions as rank-1 updates (both operands dimension-major), and
-keeps flash-attention's running maximum, normaliser and weighted sum; the splits' partial
-states are merged on the host with the log-sum-exp rule (flash-decoding). Nothing Q x N is
-ever written. Values up to 1,024 wide are projected in the kernel.
+z = V^T softmax(beta * sim(K, q)) for manhattan (L1), dot, cosine, euclidean and squared
+euclidean, with the best-scoring memory of each query on the side. Nothing Q x N is ever
+written: each program streams stored rows in BLOCK_N tiles, keeps flash-attention's running
+maximum, normaliser and weighted sum, and the splits' partial states are merged on the host
+with the log-sum-exp rule (flash-decoding).
 
-Experimental: correct (tested through the Triton interpreter), not yet measured on a GPU.
-`amemctl bench` times it beside the default route; retrieval does not use it by default
-until a GPU measurement says it is faster.
+The grid is (query blocks x value tiles, splits of the stored rows). Each program owns
+BLOCK_Q queries, one split of N, and one tile of BLOCK_DV value columns, and holds its
+accumulator (BLOCK_Q x BLOCK_DV float32) in registers.
+
+Scores. Dot, cosine and both L2s multiply BLOCK_Q x BLOCK_D by BLOCK_D x BLOCK_N tiles of the
+row-major queries and keys with `tl.dot` (tensor cores), summing over the dimension in
+BLOCK_D chunks; squared L2 is |q|^2 + |k|^2 - 2 q.k clamped at 0, with the norms summed from
+the same tiles; cosine is q.k / (max(|q|, eps) max(|k|, eps)), the same norms again, so no
+normalised copy of the keys is ever made (the same as normalising q and k first, then a
+dot). L1 has no tensor-core form: it accumulates |q_j - k_j| as rank-1 updates on CUDA cores
+over dimension-major copies of the queries and keys (contiguous loads; the copy of the keys
+is the one allocation of the keys' size). `precision` says how the products (the score's and
+the projection's) multiply: "ieee" (float32), "tf32x3" (about float32, three TF32 products),
+"tf32" (10-bit mantissa, about 1e-3 relative) or "bf16" (operands rounded to bfloat16,
+float32 sums: the full tensor-core rate; the queries are rounded on the host, like keys that
+are stored in bfloat16 already). The Triton interpreter computes every one exactly.
+
+Wide values: the cost model. Per (query, key) pair a retrieval costs the score (d
+elements: for L1 two CUDA-core operations each, 16 T elements/s at most on an H100 in fp32;
+for the tl.dot similarities 2d tensor-core FLOPs, about 990 TFLOPS peak in bf16), the
+softmax (an exp2 and a few operations) and the projection (2w tensor-core FLOPs, w the value
+width). A tile of w columns cannot stay in registers past a few hundred columns, so one of
+three things must give:
+
+- value tiles as a grid axis, the design here: every program recomputes its queries' scores
+  and softmax for its own value tile, T = ceil(w / BLOCK_DV) times in all. For dot at
+  d = 512 with 3,072-wide values (the semantic-memory workload) and BLOCK_DV = 256 that is
+  12 x 1,024 + 6,144 = 18,432 tensor-core FLOPs a pair against 7,168 for one pass (2.6x),
+  all on tensor cores, against the default route's Q x N float32 scores going through HBM
+  several times (written, max, exp, read by the product: some 20 bytes a pair). For values
+  as wide as the keys at d = 512, T is 1 or 2.
+- scores once, accumulators in global memory: each BLOCK_N tile reads and writes every
+  accumulator tile, 8w / BLOCK_N bytes a pair (384 at w = 3,072, BLOCK_N = 64), more traffic
+  than the unfused route it replaces; rejected.
+- for L1 every design loses at wide values: the score is the dominant cost (d = 3,072 at
+  16 T/s is 1.9e-10 s a pair, against some 1e-11 s for the default route's extra passes and
+  product), so recomputing it T = 12 times costs 12x, and the global accumulator's traffic
+  still costs more than those passes. The default route (the Triton L1 kernel per chunk, the
+  online softmax and cuBLAS) is within a few percent of the score's own cost there; the fused
+  kernel can only win for L1 when T = 1 (narrow values, BLOCK_DV >= w) and the default
+  route's passes are a visible share (small d).
+
+So the kernel takes any value width and any similarity, and `amemctl.core.kernels.routes`
+sends a retrieval to it only where a GPU measurement found it faster.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from amemctl.core.kernels.l1 import triton
 
-SIMILARITIES = {"manhattan": 0, "dot": 1, "squared_euclidean": 2}
-MAX_VALUE_WIDTH = 1024
+#: The similarities the kernel computes, by their `amemctl.core.similarity` names.
+SIMILARITIES = {"manhattan": 0, "dot": 1, "squared_euclidean": 2, "euclidean": 3, "cosine": 4}
+
+#: How the kernel's products multiply (see the module docstring).
+PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16")
+
+#: Bytes per query and value column of the partial states the splits write (float32).
+_STATE_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile sizes and launch options: what a measurement tunes and a route records."""
+
+    block_q: int = 32  #: queries per program
+    block_n: int = 32  #: stored rows per step of the stream
+    block_d: int = 32  #: key dimensions per tl.dot step (not L1)
+    block_dv: int | None = None  #: value columns per program; None: the value width, at most 256
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def check(self) -> None:
+        """tl.dot on a GPU needs tiles of at least 16, powers of 2: refuse others before they compile."""
+        for name in ("block_q", "block_n", "block_d", "block_dv"):
+            block = getattr(self, name)
+            if block is not None and (block < 16 or block & (block - 1)):
+                raise ValueError(f"{name} must be a power of 2 of at least 16, got {block}")
+
+    def value_tile(self, width: int) -> int:
+        if self.block_dv is not None:
+            return self.block_dv
+        return max(16, min(256, 1 << max(0, width - 1).bit_length()))
+
 
 if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _fused_kernel(
-        QT, KT, V, M, L, ACC,
-        n_q, n_k, d, dv, beta, per_split,
-        stride_qt, stride_kt, stride_v, stride_ms, stride_accs, stride_accq,
-        SIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
+    def _dot(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+        """acc + a @ b at the given precision (float32 sums)."""
+        if PRECISION == "bf16":
+            a = a.to(tl.bfloat16)
+            b = b.to(tl.bfloat16)
+            if EMULATE_BF16:  # the interpreter multiplies bfloat16 bit patterns (triton #11584): the same bf16 values in float32, exactly
+                out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            else:
+                out = tl.dot(a, b, acc)
+        else:
+            out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
+        return out
+
+    @triton.jit
+    def _scores(
+        Q, K, QT, KT, rq, rn, mq, mn, d, stride_q, stride_k, stride_qt, stride_kt,
+        SIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     ):
-        pid_q = tl.program_id(0)
-        pid_s = tl.program_id(1)
-        rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        mq = rq < n_q
-        rdv = tl.arange(0, BLOCK_DV)
-        mdv = rdv < dv
-        start = pid_s * per_split
-        stop = tl.minimum(start + per_split, n_k)
-        m = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
-        l = tl.zeros((BLOCK_Q,), tl.float32)
-        acc = tl.zeros((BLOCK_Q, BLOCK_DV), tl.float32)
-        for n0 in range(start, stop, BLOCK_N):
-            rn = n0 + tl.arange(0, BLOCK_N)
-            mn = rn < stop
-            s = tl.zeros((BLOCK_Q, BLOCK_N), tl.float32)
+        """BLOCK_Q x BLOCK_N scores (higher is more similar: distances negated), float32."""
+        if SIM == 0:  # L1: rank-1 updates over dimension-major copies
+            dist = tl.zeros((BLOCK_Q, BLOCK_N), tl.float32)
             q_ptr = QT + rq  # advanced by a stride per dimension: j * stride would overflow int32
             k_ptr = KT + rn
             for _ in range(0, d):
                 qj = tl.load(q_ptr, mask=mq, other=0.0).to(tl.float32)
                 kj = tl.load(k_ptr, mask=mn, other=0.0).to(tl.float32)
+                dist += tl.abs(qj[:, None] - kj[None, :])
                 q_ptr += stride_qt
                 k_ptr += stride_kt
-                if SIM == 0:
-                    s += tl.abs(qj[:, None] - kj[None, :])
-                elif SIM == 1:
-                    s += qj[:, None] * kj[None, :]
-                else:
-                    diff = qj[:, None] - kj[None, :]
-                    s += diff * diff
+            s = -dist
+        else:  # tl.dot over BLOCK_D chunks of the row-major rows
+            qk = tl.zeros((BLOCK_Q, BLOCK_N), tl.float32)
+            qq = tl.zeros((BLOCK_Q,), tl.float32)
+            kk = tl.zeros((BLOCK_N,), tl.float32)
+            q_rows = Q + rq.to(tl.int64)[:, None] * stride_q
+            k_rows = K + rn.to(tl.int64)[None, :] * stride_k
+            for d0 in range(0, d, BLOCK_D):
+                rd = d0 + tl.arange(0, BLOCK_D)
+                md = rd < d
+                qt = tl.load(q_rows + rd[None, :], mask=mq[:, None] & md[None, :], other=0.0)
+                kt = tl.load(k_rows + rd[:, None], mask=md[:, None] & mn[None, :], other=0.0)
+                qk = _dot(qt, kt, qk, PRECISION, EMULATE_BF16)
+                if SIM != 1:  # the norms, from the same tiles
+                    qf = qt.to(tl.float32)
+                    kf = kt.to(tl.float32)
+                    qq += tl.sum(qf * qf, 1)
+                    kk += tl.sum(kf * kf, 0)
             if SIM == 1:
-                z = beta * s
+                s = qk
+            elif SIM == 4:
+                # 1e-6: amemctl.core.similarity.EPS, the zero-norm clamp of `unit`
+                s = qk / (tl.maximum(tl.sqrt(qq), 1e-6)[:, None] * tl.maximum(tl.sqrt(kk), 1e-6)[None, :])
             else:
-                z = -beta * s
-            z = tl.where(mn[None, :], z, float("-inf"))
+                sq = tl.maximum(qq[:, None] + kk[None, :] - 2.0 * qk, 0.0)
+                if SIM == 2:
+                    s = -sq
+                else:
+                    s = -tl.sqrt(sq)
+        return s
+
+    @triton.jit
+    def _fused_kernel(
+        Q, K, QT, KT, V, M, L, ACC, BEST, ARG,
+        n_q, d, dv, n_vt, scale, per_split, n_k,
+        stride_q, stride_k, stride_qt, stride_kt, stride_v, stride_ms, stride_accs, stride_accq,
+        SIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        pid_q = pid // n_vt  # the value tiles of one query block are neighbours: they read the same keys
+        pid_v = pid % n_vt
+        rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        mq = rq < n_q
+        rdv = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
+        mdv = rdv < dv
+        start = pid_s * per_split
+        stop = tl.minimum(start + per_split, n_k)
+        m = tl.full((BLOCK_Q,), float("-inf"), tl.float32)  # running max of scale * score (log2 units)
+        l = tl.zeros((BLOCK_Q,), tl.float32)
+        acc = tl.zeros((BLOCK_Q, BLOCK_DV), tl.float32)
+        best = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+        arg = tl.zeros((BLOCK_Q,), tl.int32)
+        for n0 in range(start, stop, BLOCK_N):
+            rn = n0 + tl.arange(0, BLOCK_N)
+            mn = rn < stop
+            s = _scores(
+                Q, K, QT, KT, rq, rn, mq, mn, d, stride_q, stride_k, stride_qt, stride_kt,
+                SIM, BLOCK_Q, BLOCK_N, BLOCK_D, PRECISION, EMULATE_BF16,
+            )
+            s = tl.where(mn[None, :], s, float("-inf"))
+            tile_best = tl.max(s, 1)
+            better = tile_best > best  # strictly: an earlier tile keeps its tie
+            arg = tl.where(better, n0 + tl.argmax(s, 1, tie_break_left=True), arg)
+            best = tl.where(better, tile_best, best)
+            z = s * scale
             m_new = tl.maximum(m, tl.max(z, 1))
-            alpha = tl.exp(m - m_new)
-            p = tl.exp(z - m_new[:, None])
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(z - m_new[:, None])
             l = l * alpha + tl.sum(p, 1)
-            v = tl.load(V + rn.to(tl.int64)[:, None] * stride_v + rdv[None, :], mask=mn[:, None] & mdv[None, :], other=0.0).to(tl.float32)
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+            v = tl.load(V + rn.to(tl.int64)[:, None] * stride_v + rdv[None, :], mask=mn[:, None] & mdv[None, :], other=0.0)
+            acc = _dot(p, v, acc * alpha[:, None], PRECISION, EMULATE_BF16)
             m = m_new
-        tl.store(M + pid_s * stride_ms + rq, m, mask=mq)
-        tl.store(L + pid_s * stride_ms + rq, l, mask=mq)
-        tl.store(ACC + pid_s * stride_accs + rq[:, None] * stride_accq + rdv[None, :], acc, mask=mq[:, None] & mdv[None, :])
+        state = pid_s * stride_ms + rq
+        if pid_v == 0:  # every value tile computed the same softmax state: one writes it
+            tl.store(M + state, m, mask=mq)
+            tl.store(L + state, l, mask=mq)
+            tl.store(BEST + state, best, mask=mq)
+            tl.store(ARG + state, arg, mask=mq)
+        rows = pid_s.to(tl.int64) * stride_accs + rq.to(tl.int64)[:, None] * stride_accq
+        tl.store(ACC + rows + rdv[None, :], acc, mask=mq[:, None] & mdv[None, :])
 
 
-def supported(similarity: str, values: Tensor) -> bool:
-    return triton is not None and similarity in SIMILARITIES and values.shape[1] <= MAX_VALUE_WIDTH
+def supported(similarity: str) -> bool:
+    """Whether the kernel computes this similarity (and triton is installed)."""
+    return triton is not None and similarity in SIMILARITIES
+
+
+def default_splits(n_q: int, n_k: int, width: int, blocks: Blocks, device: torch.device) -> int:
+    """Enough programs to fill a GPU, about 4 per streaming multiprocessor (4 SMs off a GPU)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    programs = math.ceil(n_q / blocks.block_q) * math.ceil(width / blocks.value_tile(width))
+    return max(1, min(math.ceil(n_k / blocks.block_n), math.ceil(4 * sms / programs)))
+
+
+def state_bytes(n_q: int, width: int, splits: int) -> int:
+    """Bytes of the splits' partial states (weighted sums, maxima, normalisers, best scores and indices)."""
+    return splits * n_q * (width + 4) * _STATE_BYTES
+
+
+def retrieve(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    similarity: str,
+    beta: float,
+    blocks: Blocks = Blocks(),
+    precision: str = "tf32",
+    splits: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(V^T softmax(beta * sim(K, q)) Q x w, best index Q, its score Q) in one pass over the keys.
+
+    queries Q x d, keys N x d, values N x w, all on one device; float32 outputs. Ties of the
+    best score go to the lowest index. See the module docstring for `precision` and `blocks`.
+    """
+    _check(queries, keys, values, similarity, blocks, precision)
+    n_q, d = queries.shape
+    n_k, dv = values.shape
+    if splits is None:
+        splits = default_splits(n_q, n_k, dv, blocks, queries.device)
+    per_split = math.ceil(n_k / splits / blocks.block_n) * blocks.block_n
+    splits = math.ceil(n_k / per_split)
+    block_dv = blocks.value_tile(dv)
+    n_vt = math.ceil(dv / block_dv)
+
+    sim = SIMILARITIES[similarity]
+    if precision == "bf16" and sim != 0:
+        queries = queries.to(torch.bfloat16)  # rounded to nearest here, as stored bf16 keys were (L1 does not multiply)
+    if sim == 0:
+        q, k, q_t, k_t = queries, keys, queries.T.contiguous(), keys.T.contiguous()
+    else:
+        q, k = queries.contiguous(), keys.contiguous()
+        q_t, k_t = q, k  # unused by the tl.dot path
+    values = values.contiguous()
+
+    device = queries.device
+    m = torch.empty(splits, n_q, device=device, dtype=torch.float32)
+    l = torch.empty_like(m)
+    best = torch.empty_like(m)
+    arg = torch.empty(splits, n_q, device=device, dtype=torch.int32)
+    acc = torch.empty(splits, n_q, dv, device=device, dtype=torch.float32)
+    grid = (math.ceil(n_q / blocks.block_q) * n_vt, splits)
+    _fused_kernel[grid](
+        q, k, q_t, k_t, values, m, l, acc, best, arg,
+        n_q, d, dv, n_vt, float(beta) * math.log2(math.e), per_split, n_k,
+        q.stride(0), k.stride(0), q_t.stride(0), k_t.stride(0), values.stride(0), m.stride(0), acc.stride(0), acc.stride(1),
+        SIM=sim, BLOCK_Q=blocks.block_q, BLOCK_N=blocks.block_n, BLOCK_D=blocks.block_d, BLOCK_DV=block_dv,
+        PRECISION=precision, EMULATE_BF16=device.type != "cuda",
+        num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+    )
+    return _merge(m, l, acc, best, arg)
+
+
+def _check(queries: Tensor, keys: Tensor, values: Tensor, similarity: str, blocks: Blocks, precision: str) -> None:
+    if not supported(similarity):
+        raise ValueError(f"the fused kernel takes {', '.join(SIMILARITIES)} (with triton installed), got {similarity!r}")
+    blocks.check()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if keys.device != queries.device or values.device != queries.device:
+        raise ValueError(f"queries, keys and values must be on one device, got {queries.device}, {keys.device}, {values.device}")
+    if queries.dim() != 2 or keys.dim() != 2 or values.dim() != 2 or keys.shape[1] != queries.shape[1] or len(values) != len(keys) or len(keys) == 0:
+        raise ValueError(f"need queries Q x d, keys N x d and values N x w with N > 0, got {tuple(queries.shape)}, {tuple(keys.shape)}, {tuple(values.shape)}")
+    if queries.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("the fused kernel runs on CUDA devices (or anywhere under TRITON_INTERPRET=1)")
+
+
+def _merge(m: Tensor, l: Tensor, acc: Tensor, best: Tensor, arg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The splits' partial states merged by the log-sum-exp rule; the best score of the first split that has it."""
+    if m.shape[0] == 1:
+        output = acc[0] / l[0][:, None]
+    else:
+        weight = torch.exp2(m - m.amax(0, keepdim=True))  # splits that saw nothing have m = -inf and weigh 0
+        output = torch.einsum("sq,sqv->qv", weight, acc) / (l * weight).sum(0)[:, None]
+    winner = best.argmax(0, keepdim=True)  # the first maximum: the lowest split, so the lowest index
+    return output, arg.gather(0, winner)[0].long(), best.gather(0, winner)[0]
 
 
 def softmax_retrieve(
-    queries: Tensor, keys: Tensor, values: Tensor, similarity: str, beta: float, splits: int | None = None, block_q: int = 32, block_n: int = 32, precision: str = "tf32"
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    similarity: str,
+    beta: float,
+    splits: int | None = None,
+    block_q: int = 32,
+    block_n: int = 32,
+    precision: str = "tf32",
+    block_d: int = 32,
+    block_dv: int | None = None,
 ) -> Tensor:
-    """V^T softmax(beta * sim(K, q)) for each query, in one pass over the keys (see the module docstring).
-
-    precision: how the projection's tl.dot multiplies on tensor cores: "tf32" (10-bit mantissa,
-    about 1e-3 relative), "tf32x3" or "ieee" (float32, as torch's default matmul). The
-    interpreter is always exact, so only a GPU shows the difference.
-    """
-    if not supported(similarity, values):
-        raise ValueError(f"the fused kernel takes {', '.join(SIMILARITIES)} and values up to {MAX_VALUE_WIDTH} wide")
-    for name, block in (("block_q", block_q), ("block_n", block_n)):  # tl.dot needs >= 16 and powers of 2 on a GPU
-        if block < 16 or block & (block - 1):
-            raise ValueError(f"{name} must be a power of 2 of at least 16, got {block}")
-    if keys.device != queries.device or values.device != queries.device:
-        raise ValueError(f"queries, keys and values must be on one device, got {queries.device}, {keys.device}, {values.device}")
-    if precision not in ("tf32", "tf32x3", "ieee"):
-        raise ValueError(f"precision must be tf32, tf32x3 or ieee, got {precision!r}")
-    n_q, d = queries.shape
-    n_k, dv = values.shape
-    q_t, k_t = queries.T.contiguous(), keys.T.contiguous()
-    values = values.contiguous()
-    if splits is None:  # enough programs to fill a GPU: about 4 per streaming multiprocessor
-        sms = torch.cuda.get_device_properties(queries.device).multi_processor_count if queries.is_cuda else 4
-        splits = max(1, min(math.ceil(n_k / block_n), 4 * sms // max(1, math.ceil(n_q / block_q))))
-    per_split = math.ceil(n_k / splits / block_n) * block_n
-    splits = math.ceil(n_k / per_split)
-    block_dv = max(16, triton.next_power_of_2(dv))
-    m = torch.empty(splits, n_q, device=queries.device, dtype=torch.float32)
-    l = torch.empty_like(m)
-    acc = torch.empty(splits, n_q, dv, device=queries.device, dtype=torch.float32)
-    grid = (math.ceil(n_q / block_q), splits)
-    _fused_kernel[grid](
-        q_t, k_t, values, m, l, acc, n_q, n_k, d, dv, float(beta), per_split,
-        q_t.stride(0), k_t.stride(0), values.stride(0), m.stride(0), acc.stride(0), acc.stride(1),
-        SIM=SIMILARITIES[similarity], BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_DV=block_dv, PRECISION=precision,
-    )
-    top = m.amax(0, keepdim=True)
-    scale = torch.exp(m - top)  # splits that saw nothing have m = -inf and weigh 0
-    return (acc * scale[..., None]).sum(0) / (l * scale).sum(0)[:, None]
+    """V^T softmax(beta * sim(K, q)) for each query, in one pass over the keys (see `retrieve`)."""
+    blocks = Blocks(block_q=block_q, block_n=block_n, block_d=block_d, block_dv=block_dv)
+    return retrieve(queries, keys, values, similarity, beta, blocks, precision, splits)[0]
