@@ -56,10 +56,153 @@ INTERPRETED = textwrap.dedent(
 )
 
 
-def test_l1_kernel_in_the_triton_interpreter():
+# every similarity at value widths 1 to 3,072 (WIDTHS), float32 and bfloat16 inputs at an exact
+# precision and at bf16, splits > 1, beta 1 and 1,000, against softmax(beta * sim) @ V in float64
+# from the same (rounded) inputs; the best index and score against the float64 first maximum
+WIDE = textwrap.dedent(
+    """
+    import torch
+    from amemctl.core.kernels.fused import SIMILARITIES, Blocks, retrieve
+    from amemctl.core.similarity import get_similarity
+
+    g = torch.Generator().manual_seed(0)
+
+    def reference(q, k, v, sim, beta):
+        s = get_similarity(sim)(q.double(), k.double())
+        return torch.softmax(beta * s, 1) @ v.double(), s.max(1)
+
+    shapes = {1: (5, 40, 6), 17: (17, 40, 21), 1025: (4, 24, 6), 3072: (3, 20, 5)}  # width: queries, keys, key width
+    for width in WIDTHS:
+        n_q, n_k, d = shapes[width]
+        blocks = Blocks(block_q=16, block_n=16, block_d=16, block_dv=1024 if width > 1024 else None)  # 2 and 3 value tiles
+        q, k, v = torch.rand(n_q, d, generator=g), torch.rand(n_k, d, generator=g), torch.rand(n_k, width, generator=g) - 0.5
+        k[7] = k[8] = k[-1] = q[0]  # an exact match, three times (one tile, another tile): L2 0 (clamped, never NaN), cosine 1; the lower index wins the tie
+        for sim in SIMILARITIES:
+            for dtype, precision, tol, beta, splits in [
+                (torch.float32, "ieee", 1e-5, 1.0, 2),
+                (torch.float32, "tf32x3", 1e-5, 1e3, 3),  # the interpreter multiplies every precision exactly
+                (torch.bfloat16, "ieee", 1e-5, 1.0, 1),  # one split: the tie between tiles is the kernel's to break
+                (torch.bfloat16, "bf16", 1e-2, 1e3, 2),  # the weights rounded to bf16 for the product
+            ]:
+                qx, kx, vx = q.to(dtype), k.to(dtype), v.to(dtype)
+                out, index, score = retrieve(qx, kx, vx, sim, beta, blocks, precision, splits)
+                want, (best, first) = reference(qx, kx, vx, sim, beta)
+                assert out.dtype == torch.float32 and out.shape == (n_q, width)
+                err = (out.double() - want).abs().max().item()
+                # beta = 1,000 multiplies float32 scores' rounding (1e-7); euclidean's sqrt of |q|^2 + |k|^2 - 2 q.k
+                # near the exact match is off by sqrt(rounding), ~1e-3, as torch.cdist's matrix-product route on GPUs
+                floor = 1e-4 if sim == "euclidean" else 0.0
+                assert err <= max(tol, beta * 1e-7, floor), (width, sim, dtype, precision, beta, err)
+                assert torch.equal(index, first) and (sim == "dot" or index[0] == 7), (width, sim, dtype, precision, beta, index, first)
+                torch.testing.assert_close(score.double(), best, rtol=1e-5, atol=2e-3 if sim == "euclidean" else 1e-4)
+    # value tiles narrower than the values, and wider (masked columns), agree with the default tile
+    q, k, v = torch.rand(20, 9, generator=g), torch.rand(50, 9, generator=g), torch.rand(50, 100, generator=g)
+    want = retrieve(q, k, v, "dot", 2.0, Blocks(16, 16, 16), "ieee")[0]
+    for block_dv in (16, 32, 128):
+        torch.testing.assert_close(retrieve(q, k, v, "dot", 2.0, Blocks(16, 16, 16, block_dv), "ieee")[0], want, rtol=1e-6, atol=1e-6)
+    for bad in (Blocks(block_dv=8), Blocks(block_d=24)):
+        try:
+            retrieve(q, k, v, "dot", 1.0, bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} accepted")
+    print("ok")
+    """
+)
+
+# retrieval's routing: the shipped table sends nothing to the kernel; an entry patched in
+# sends what it covers, and the answer matches the default route's
+ROUTED = textwrap.dedent(
+    """
+    import torch
+    from amemctl.core import recall
+    from amemctl.core.kernels import fused, routes
+    from amemctl.core.separation import Softmax
+
+    calls = []
+    kernel = fused.retrieve
+
+    def spy(*args, **kwargs):
+        calls.append((args[3], len(args[0]), args[7]))  # similarity, queries, splits
+        return kernel(*args, **kwargs)
+
+    fused.retrieve = spy
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.rand(20, 12, generator=g), torch.rand(70, 12, generator=g), torch.rand(70, 3, 10, generator=g)
+    sep = Softmax(5.0)
+    assert routes.TABLE == ()
+    default = {sim: recall(q, k, v, similarity=sim, separation=sep) for sim in fused.SIMILARITIES}
+    default16 = {sim: recall(q, k.bfloat16(), v.bfloat16(), similarity=sim, separation=sep) for sim in fused.SIMILARITIES}
+    assert calls == [], calls  # the shipped table: the default route everywhere
+
+    blocks = fused.Blocks(16, 16, 16, 16)
+    for sim in fused.SIMILARITIES:
+        routes.TABLE = (
+            routes.Route("cpu", sim, "float32", key_width=(8, 16), value_width=(30, 30), blocks=blocks, precision="ieee", memories=60),
+            routes.Route("cpu", sim, "bfloat16", key_width=(8, 16), value_width=(30, 30), blocks=blocks, precision="bf16"),
+        )
+        state = fused.state_bytes(1, 30, 1)  # bytes of partial state per query and split
+        splits = fused.default_splits(20, 70, 30, blocks, q.device)
+        assert splits > 2
+        for budget, expected in [(10**9, [(sim, 20, splits)]), (state * 20 * 2, [(sim, 20, 2)]), (state * 16, [(sim, 16, 1), (sim, 4, 1)])]:
+            got = recall(q, k, v, similarity=sim, separation=sep, budget=budget)  # within budget: fewer splits, then fewer queries
+            assert calls == expected, (sim, budget, calls)
+            assert got.output.shape == (20, 3, 10)
+            torch.testing.assert_close(got.output, default[sim].output, rtol=1e-5, atol=1e-5)
+            assert torch.equal(got.index, default[sim].index), sim
+            torch.testing.assert_close(got.score, default[sim].score, rtol=1e-5, atol=1e-5)
+            calls.clear()
+        got = recall(q, k.bfloat16(), v.bfloat16(), similarity=sim, separation=sep)  # the tensor-core route: queries rounded to bf16
+        assert [c[0] for c in calls] == [sim], (sim, calls)
+        torch.testing.assert_close(got.output, default16[sim].output, rtol=0, atol=2e-2)
+        calls.clear()
+        # what the entries do not cover takes the default route
+        recall(q, k[:59], v[:59], similarity=sim, separation=sep)  # fewer memories than measured
+        recall(q, k, v[:, :2], similarity=sim, separation=sep)  # narrower values
+        recall(q, k, v, similarity=sim, separation="max")
+        recall(q, k, v, similarity=sim, separation=sep, distance_form="inverse")
+        recall(q, k, v.double(), similarity=sim, separation=sep)  # keys and values of two dtypes
+        recall(q, k.bfloat16(), v.bfloat16().float(), similarity=sim, separation=sep)
+        recall(q.double(), k.double(), v.double(), similarity=sim, separation=sep)
+        assert calls == [], (sim, calls)
+    # a float32 entry at bf16 precision is never taken: it would round float32 memories
+    routes.TABLE = (routes.Route("cpu", "dot", "float32", key_width=(1, 99), value_width=(1, 99), blocks=blocks, precision="bf16"),)
+    recall(q, k, v, similarity="dot", separation=sep)
+    assert calls == [], calls
+    print("ok")
+    """
+)
+
+
+def _interpret(script: str) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_l1_kernel_in_the_triton_interpreter():
+    _interpret(INTERPRETED)
+
+
+@pytest.mark.parametrize("widths", [(1, 17), (1025, 3072)])
+def test_fused_kernel_every_similarity_and_value_width_in_the_triton_interpreter(widths):
+    _interpret(f"WIDTHS = {widths}\n" + WIDE)
+
+
+def test_retrieval_routes_to_the_fused_kernel_only_by_its_table():
+    _interpret(ROUTED)
+
+
+def test_the_shipped_table_routes_nothing_to_the_fused_kernel():
+    """No GPU has measured the kernel yet: every device, similarity, dtype and width takes the default route."""
+    from amemctl.core.kernels import fused, routes
+
+    assert routes.TABLE == ()
+    for kind in ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "cpu"):
+        for sim in fused.SIMILARITIES:
+            for dtype in ("float32", "bfloat16"):
+                for d, w in ((512, 512), (512, 3072), (3072, 3072)):
+                    assert routes.choose(kind, sim, dtype, d, w, 10**6, 1024) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -113,3 +256,49 @@ def test_l1_kernel_on_the_gpu_at_full_width():
         q = torch.rand(257, d, generator=g, device="cuda")
         k = torch.rand(1000, d, generator=g, device="cuda")
         torch.testing.assert_close(l1_distances(q, k), torch.cdist(q, k, p=1), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_kernel_wide_values_at_every_precision_on_the_gpu():
+    """3,072-wide values, every similarity, against float64; tf32x3 as close as ieee, bf16 within its rounding."""
+    from amemctl.core.kernels.fused import SIMILARITIES, Blocks, retrieve
+    from amemctl.core.similarity import get_similarity
+
+    g = torch.Generator(device="cuda").manual_seed(2)
+    q, k = torch.rand(100, 512, generator=g, device="cuda"), torch.rand(3000, 512, generator=g, device="cuda")
+    v = torch.rand(3000, 3072, generator=g, device="cuda") - 0.5
+    for sim in SIMILARITIES:
+        for dtype, precision, tol in ((torch.float32, "ieee", 1e-5), (torch.float32, "tf32x3", 1e-5), (torch.bfloat16, "bf16", 1e-2)):
+            qx, kx, vx = q.to(dtype), k.to(dtype), v.to(dtype)
+            s = get_similarity(sim)(qx.double(), kx.double())
+            beta = float(2 / s.std(1).mean())  # a few memories share each query's weight
+            want = torch.softmax(beta * s, 1) @ vx.double()
+            for blocks in (Blocks(), Blocks(64, 64, 64, 128, num_warps=8)):
+                out, index, score = retrieve(qx, kx, vx, sim, beta, blocks, precision)
+                err = (out.double() - want).abs().max().item()
+                assert err <= tol, (sim, precision, blocks, err)
+                assert (index == s.argmax(1)).float().mean() > 0.98, (sim, precision)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_retrieval_through_a_fused_route_on_the_gpu(monkeypatch):
+    """A table entry patched in: retrieval takes the kernel and returns the default route's answer."""
+    from amemctl.core.kernels import fused, routes
+    from amemctl.core.retrieval import recall
+    from amemctl.core.separation import Softmax
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v = torch.rand(500, 256, generator=g, device="cuda"), torch.rand(20_000, 256, generator=g, device="cuda"), torch.rand(20_000, 3072, generator=g, device="cuda")
+    sep = Softmax(0.2)
+    calls = []
+    kernel = fused.retrieve
+    monkeypatch.setattr(fused, "retrieve", lambda *a, **kw: calls.append(a[3]) or kernel(*a, **kw))
+    for sim in fused.SIMILARITIES:
+        default = recall(q, k, v, similarity=sim, separation=sep)
+        monkeypatch.setattr(routes, "TABLE", (routes.Route("", sim, "float32", (1, 4096), (1, 4096), fused.Blocks(64, 64, 32, 128), "tf32x3"),))
+        got = recall(q, k, v, similarity=sim, separation=sep)
+        monkeypatch.setattr(routes, "TABLE", ())
+        assert calls == [sim]
+        calls.clear()
+        torch.testing.assert_close(got.output, default.output, rtol=1e-4, atol=1e-4)
+        assert (got.index == default.index).float().mean() > 0.99

@@ -5,7 +5,9 @@ alike. It streams the stored memories in chunks and folds each chunk's scores in
 separation's running state (see `amemctl.core.separation`), so no Q x N score matrix
 beyond `budget` bytes ever exists; the answer equals the unchunked formula up to
 floating-point rounding, and exactly for max and top-k. On the CPU, softmax, max and top-k
-with the built-in similarities take a cache-blocked route (`amemctl.core.kernels.cpu`).
+with the built-in similarities take a cache-blocked route (`amemctl.core.kernels.cpu`). On a
+GPU, softmax takes the one-pass Triton kernel (`amemctl.core.kernels.fused`) where the
+choice table in `amemctl.core.kernels.routes` says a measurement found it faster.
 
 Auto-association: values are the keys. Hetero-association: values are other rows (the
 bottom half of an image for a query of its top half, the next image of a story).
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from amemctl.core.kernels import cpu
+from amemctl.core.kernels import cpu, routes
 from amemctl.core.rows import Aligned, Rows, TensorRows, as_rows
 from amemctl.core.separation import Separation, make_separation
 from amemctl.core.similarity import Similarity, get_similarity
@@ -107,7 +109,14 @@ def recall(
     if n == 0 and shard is None:
         raise StageError("the memory is empty: nothing is stored to retrieve from")
 
-    if shard is None and n and not _tracks_grad(q, key_rows, value_rows) and cpu.applies(q, sim, sep, distance_form, normalize_scores):
+    direct = shard is None and n > 0 and not _tracks_grad(q, key_rows, value_rows)
+    route = routes.find(q, key_rows, value_rows, sim, sep, distance_form, normalize_scores) if direct else None
+    if route is not None:  # the one-pass Triton kernel, where a GPU measurement found it faster
+        output, best_index, best_score = routes.recall(q, key_rows, value_rows, sim, sep, route, budget)
+        if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):
+            _explain_non_finite(key_rows, value_rows, MIN_CHUNK)
+        return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
+    if direct and cpu.applies(q, sim, sep, distance_form, normalize_scores):
         output, best_index, best_score = cpu.recall(q, key_rows, value_rows, sim, sep, budget)
         if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):
             _explain_non_finite(key_rows, value_rows, cpu.plan(q.shape[0], n, q.element_size(), 1, budget)[1])
