@@ -1,34 +1,91 @@
 # ruff: noqa: B023  (each lambda is timed at once, inside its loop)
-"""Device-call measurements behind the routing choices of issue 13 and the SimCLR speed of 14.
+"""Device-call measurements behind the routing table of issue 13 and the SimCLR speed of 14.
 
-Run alone on the GPU (nothing else training): the Triton L1 kernel's rate and autotuned
-block sizes, the one-pass fused kernel's block sizes against the default route, and SimCLR
-throughput (ResNet18 and the small encoder at 32x32, batch 512) with the augmentations'
-share of an epoch. Prints markdown tables.
+Run alone on the GPU (nothing else training):
+
+    python3 tools/gpu/kernels.py [--parts simclr,l1,fused] [--budget SECONDS] [--json PATH]
+    python3 tools/gpu/kernels.py --from-json PATH     # anywhere: the table entries again
+
+- l1: the Triton L1 kernel's rate and autotuned block sizes.
+- fused: the one-pass fused kernel against the default route, each through `recall` with a
+  one-entry table patched in, on every workload the table needs: dot, euclidean, manhattan
+  and cosine; float32 (precision tf32x3) and bfloat16 (precision bf16, the tensor-core route;
+  tf32x3 for manhattan, whose one product is the projection); N = 1e5 and 1e6,
+  d = 512, Q = 1,024 with values = keys and with 3,072-wide values (the semantic memory's
+  pixels); the CIFAR-10 pixel workload (10,000 x 3,072 keys = values, 10,000 queries,
+  beta 1,000); several block sizes each. Prints every timing, a summary of the best
+  configuration per workload, and the `routes.TABLE` entries to paste into
+  amemctl/core/kernels/routes.py (`routes.from_measurements`). --json keeps the measurements
+  so that the entries can be derived again without a GPU.
+- simclr: SimCLR throughput (ResNet18 and the small encoder at 32x32, batch 512) with the
+  augmentations' share of an epoch.
+
+Workloads run in priority order; when --budget seconds are spent, the rest are skipped and
+what was measured is still summarised.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
 import statistics
+import sys
 import time
 
 import torch
 
-from amemctl.core.kernels import fused, l1
+from amemctl.core.kernels import l1, routes
+from amemctl.core.kernels.fused import Blocks
 from amemctl.core.retrieval import recall
 from amemctl.core.separation import Softmax
+
+#: (workload, N, key width d, value width, Q, beta), most needed first
+WORKLOADS = [
+    ("CIFAR-10 pixels", 10_000, 3072, 3072, 10_000, 1000.0),
+    ("random, values = keys", 100_000, 512, 512, 1024, 1.0),
+    ("semantic: 3,072-wide values", 100_000, 512, 3072, 1024, 1.0),
+    ("random, values = keys", 1_000_000, 512, 512, 1024, 1.0),
+    ("semantic: 3,072-wide values", 1_000_000, 512, 3072, 1024, 1.0),
+]
+SIMILARITIES = ("dot", "euclidean", "manhattan", "cosine")
+#: tile sizes tried for the tl.dot similarities: (block_q, block_n, block_d, block_dv, warps, stages)
+DOT_BLOCKS = [Blocks(*b[:4], num_warps=b[4], num_stages=b[5]) for b in [
+    (64, 64, 64, 128, 4, 3), (64, 64, 32, 256, 8, 3), (128, 64, 64, 128, 8, 3),
+    (64, 128, 64, 128, 8, 3), (128, 128, 32, 128, 8, 2), (32, 64, 64, 512, 8, 2),
+]]
+#: and for L1 (no block_d): few value tiles, since each recomputes the dominant L1 score
+L1_BLOCKS = [Blocks(*b[:4], num_warps=b[4], num_stages=b[5]) for b in [
+    (64, 64, 32, 128, 4, 2), (64, 128, 32, 128, 8, 2), (128, 64, 32, 128, 8, 2), (32, 64, 32, 512, 8, 1),
+]]
+#: a configuration whose first timed run is this much slower than the default route is not repeated
+HOPELESS = 3.0
+#: where the fused measurements run ("cpu" under TRITON_INTERPRET=1 checks this script itself, on tiny WORKLOADS)
+DEVICE = "cuda"
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
 
 
 def timed(fn, repeats: int = 5) -> float:
     fn()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(once(fn) for _ in range(repeats))
+
+
+def once(fn) -> float:
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
 
 
 def l1_kernel() -> None:
@@ -44,28 +101,119 @@ def l1_kernel() -> None:
             print(f"| {str(dtype)[6:]} | {n:,} | {1e3 * s:.2f} | {1024 * n * 512 / s / 1e12:.2f} | {l1._l1_tuned.best_config} | {1e3 * c:.1f} |")
 
 
-def fused_kernel() -> None:
-    print("\n## One-pass fused kernel against the default route, N = 1e6, d = 512, Q = 1,024, values = keys, beta 1\n")
-    print("| similarity | dtype | block_q x block_n | fused ms | default route ms | ratio |")
-    print("|---|---|---|---:|---:|---:|")
-    for dtype in (torch.float32, torch.bfloat16):
-        k = torch.rand(1_000_000, 512, device="cuda", dtype=dtype)
-        q = torch.rand(1024, 512, device="cuda", dtype=dtype)
-        for sim, ours_sim in (("dot", "dot"), ("manhattan", "manhattan"), ("squared_euclidean", "squared_euclidean")):
-            try:
-                route = timed(lambda: recall(q, k, similarity=ours_sim, separation=Softmax(1.0)).output, 3)
-            except Exception as exc:  # a similarity name the route lacks
-                route = float("nan")
-                print(f"<!-- route {ours_sim}: {exc} -->")
-            for bq, bn in ((16, 32), (32, 32), (32, 64), (64, 32), (64, 64)):
-                try:
-                    f = timed(lambda: fused.softmax_retrieve(q, k, k, sim, 1.0, block_q=bq, block_n=bn), 3)
-                except Exception as exc:
-                    print(f"| {sim} | {str(dtype)[6:]} | {bq} x {bn} | failed: {type(exc).__name__} | | |")
-                    continue
-                print(f"| {sim} | {str(dtype)[6:]} | {bq} x {bn} | {1e3 * f:.1f} | {1e3 * route:.1f} | {route / f:.2f}x |")
-        k = q = None
+@contextlib.contextmanager
+def only_route(route: routes.Route | None):
+    """routes.TABLE holding this one entry (or none: the default route) for the duration."""
+    saved = routes.TABLE
+    routes.TABLE = () if route is None else (route,)
+    try:
+        yield
+    finally:
+        routes.TABLE = saved
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-30))
+
+
+def fused_routes(budget_s: float, json_path: str | None) -> list[routes.Measurement]:
+    print("\n## The one-pass fused kernel against the default route (retrieval's `recall`, a one-entry table patched in)\n")
+    print("| workload | similarity | dtype | N | d | w | Q | blocks (q, n, d, dv, warps, stages) | precision | fused ms | default ms | speed-up | error | bf16 storage error |")
+    print("|---|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|")
+    device = device_name()
+    deadline = time.monotonic() + budget_s
+    measurements: list[routes.Measurement] = []
+    for label, n, d, width, n_q, beta in WORKLOADS:
+        g = torch.Generator(device=DEVICE).manual_seed(0)
+        keys32 = torch.rand(n, d, device=DEVICE, generator=g)
+        values32 = keys32 if width == d else torch.rand(n, width, device=DEVICE, generator=g)
+        queries = torch.rand(n_q, d, device=DEVICE, generator=g)
+        sep = Softmax(beta)
+        for dtype in (torch.float32, torch.bfloat16):
+            keys = keys32.to(dtype)
+            values = keys if width == d else values32.to(dtype)
+            for sim in SIMILARITIES:
+                if time.monotonic() > deadline:
+                    print(f"\n<!-- time budget of {budget_s:.0f} s spent: {label} N = {n:,} {sim} and later workloads not measured -->")
+                    return _summarise(measurements, json_path)
+                with only_route(None):
+                    run = lambda: recall(queries, keys, values, similarity=sim, separation=sep).output
+                    default_s = timed(run, 3)
+                    want = run()
+                    storage = relative_error(want, recall(queries, keys32, values32, similarity=sim, separation=sep).output) if dtype != torch.float32 else 0.0
+                # bf16 keys: the tensor-core route; L1's only product is the projection, a small share of its cost
+                precision = "bf16" if dtype == torch.bfloat16 and sim != "manhattan" else "tf32x3"
+                for blocks in (L1_BLOCKS if sim == "manhattan" else DOT_BLOCKS):
+                    kind = str(dtype).removeprefix("torch.")
+                    route = routes.Route(device, sim, kind, (d, d), (width, width), blocks, precision)
+                    with only_route(route):
+                        run = lambda: recall(queries, keys, values, similarity=sim, separation=sep).output
+                        try:
+                            got = run()  # compiles
+                            first = once(run)
+                            fused_s = first if first > HOPELESS * default_s else timed(run, 3)
+                            error = relative_error(got, want)
+                        except Exception as exc:  # a configuration that does not compile or fit: recorded, not fatal
+                            print(f"<!-- {label} {sim} {kind} {blocks}: {type(exc).__name__}: {str(exc)[:200]} -->")
+                            fused_s, error = math.nan, math.nan
+                    m = routes.Measurement(device, sim, kind, n, d, width, n_q, blocks, precision, fused_s, default_s, error, storage)
+                    measurements.append(m)
+                    b = blocks
+                    print(
+                        f"| {label} | {sim} | {kind} | {n:,} | {d} | {width} | {n_q:,} | {b.block_q}, {b.block_n}, {b.block_d}, {b.block_dv}, {b.num_warps}, {b.num_stages} | {precision} "
+                        f"| {1e3 * fused_s:.1f} | {1e3 * default_s:.1f} | {m.speedup:.2f}x | {error:.1e} | {storage:.1e} |",
+                        flush=True,
+                    )
+            keys = values = None
+            free()
+        keys32 = values32 = queries = None
+        free()
+    return _summarise(measurements, json_path)
+
+
+def free() -> None:
+    if DEVICE == "cuda":
         torch.cuda.empty_cache()
+
+
+def _summarise(measurements: list[routes.Measurement], json_path: str | None) -> list[routes.Measurement]:
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump([{**dataclasses.asdict(m), "blocks": dataclasses.asdict(m.blocks)} for m in measurements], f, indent=1)
+        print(f"\n<!-- measurements written to {json_path} -->")
+    summary(measurements)
+    return measurements
+
+
+def load(path: str) -> list[routes.Measurement]:
+    """Measurements written by --json."""
+    with open(path) as f:
+        return [routes.Measurement(**{**row, "blocks": Blocks(**row["blocks"])}) for row in json.load(f)]
+
+
+def summary(measurements: list[routes.Measurement]) -> None:
+    """The fastest accurate configuration per workload, then the table entries."""
+    print("\n### Best configuration per workload\n")
+    print("| similarity | dtype | N | d | w | Q | default ms | best fused ms | blocks | speed-up | error | accurate |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    shapes: dict[tuple, list[routes.Measurement]] = {}
+    for m in measurements:
+        shapes.setdefault((m.similarity, m.dtype, m.n, m.d, m.width, m.queries), []).append(m)
+    for (sim, dtype, n, d, width, n_q), rows in shapes.items():
+        timed_rows = [m for m in rows if math.isfinite(m.fused_s)]
+        if not timed_rows:
+            print(f"| {sim} | {dtype} | {n:,} | {d} | {width} | {n_q:,} | {1e3 * rows[0].default_s:.1f} | failed | | | | |")
+            continue
+        best = min(timed_rows, key=lambda m: (not m.accurate, m.fused_s))
+        b = best.blocks
+        print(
+            f"| {sim} | {dtype} | {n:,} | {d} | {width} | {n_q:,} | {1e3 * best.default_s:.1f} | {1e3 * best.fused_s:.1f} "
+            f"| {b.block_q}, {b.block_n}, {b.block_d}, {b.block_dv}, {b.num_warps}, {b.num_stages} | {best.speedup:.2f}x | {best.error:.1e} | {'yes' if best.accurate else 'no'} |"
+        )
+    print(f"\n### routes.TABLE from these measurements (margin {routes.MARGIN}x; paste into amemctl/core/kernels/routes.py)\n")
+    print("```python")
+    print(routes.render(routes.from_measurements(measurements)), end="")
+    print("```")
 
 
 def simclr_speed() -> None:
@@ -96,10 +244,24 @@ def simclr_speed() -> None:
         print(f"| {arch} | {each:.2f} | {20_000 / each:,.0f} (two views of 10,000) | {v:.2f} |")
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="simclr,l1,fused", help="comma-separated: simclr, l1, fused")
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds for the fused measurements")
+    parser.add_argument("--json", default=None, help="write the fused measurements here")
+    parser.add_argument("--from-json", default=None, help="no GPU: summarise measurements written by --json")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        summary(load(args.from_json))
+        return
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
-    for part in (simclr_speed, l1_kernel, fused_kernel):
+    parts = {"simclr": simclr_speed, "l1": l1_kernel, "fused": lambda: fused_routes(args.budget, args.json)}
+    for name in args.parts.split(","):
         try:
-            part()
+            parts[name]()
         except Exception as exc:  # one part failing must not lose the others' numbers
-            print(f"\n{part.__name__} failed: {type(exc).__name__}: {exc}")
+            print(f"\n{name} failed: {type(exc).__name__}: {exc}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

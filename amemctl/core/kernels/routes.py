@@ -53,7 +53,7 @@ class Route:
     while a width changes the fused kernel's cost model (its value tiles).
     """
 
-    device: str  #: a substring of the device's name (`device_kind`), e.g. "H100"
+    device: str  #: a substring of the device's name (`device_kind`); measurements write the whole name
     similarity: str
     dtype: str  #: of the stored keys and values alike: "float32" or "bfloat16"
     key_width: tuple[int, int]
@@ -215,20 +215,12 @@ def from_measurements(measurements: list[Measurement], margin: float = MARGIN) -
         said = ", ".join(f"N = {m.n:,}, Q = {m.queries:,}: {m.speedup:.2f}x" for m in reversed(covered))
         routes.append(
             Route(
-                device=_short(device), similarity=similarity, dtype=dtype, key_width=(d, d), value_width=(width, width),
+                device=device, similarity=similarity, dtype=dtype, key_width=(d, d), value_width=(width, width),
                 blocks=blocks, precision=precision, memories=smallest.n, queries=smallest.queries,
                 measured=f"{device}: {said} faster than the default route",
             )
         )
     return sorted(routes, key=lambda r: (r.device, r.similarity, r.dtype, r.key_width, r.value_width))
-
-
-def _short(name: str) -> str:
-    """The distinguishing word of a CUDA device's name ("NVIDIA H100 80GB HBM3" -> "H100")."""
-    for word in name.split():
-        if any(c.isdigit() for c in word) and any(c.isalpha() for c in word) and not word.endswith("GB"):
-            return word
-    return name
 
 
 def render(routes: list[Route]) -> str:
