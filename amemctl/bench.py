@@ -105,8 +105,9 @@ def measure(workload: str, similarity: str, dtype: torch.dtype, n: int, d: int, 
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         from amemctl.core.kernels import fused
 
-        if fused.supported(similarity):
-            fused_s = _time(lambda: fused.softmax_retrieve(queries, keys, keys, similarity, beta), device, repeats)
+        if fused.supported(similarity):  # at the precision a route would take (amemctl.core.kernels.routes)
+            precision = "bf16" if dtype == torch.bfloat16 else "tf32x3"
+            fused_s = _time(lambda: fused.retrieve(queries, keys, keys, similarity, beta, precision=precision)[0], device, repeats)
     return Row(workload, similarity, str(dtype).removeprefix("torch."), n, d, q, _time(ours, device, repeats), _time(plain, device, repeats), peak, fused_s)
 
 
