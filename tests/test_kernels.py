@@ -215,7 +215,7 @@ def test_fused_kernel_on_the_gpu():
     q, k = torch.rand(300, 512, generator=g, device="cuda"), torch.rand(20_000, 512, generator=g, device="cuda")
     for sim in ("manhattan", "dot", "squared_euclidean"):
         ref = recall(q, k, similarity=sim, separation=Softmax(0.05)).output
-        torch.testing.assert_close(softmax_retrieve(q, k, k, sim, 0.05), ref, rtol=2e-3, atol=2e-3)  # tf32 projection
+        torch.testing.assert_close(softmax_retrieve(q, k, k, sim, 0.05, precision="tf32"), ref, rtol=2e-3, atol=2e-3)  # TF32 products
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

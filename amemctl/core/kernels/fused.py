@@ -12,10 +12,10 @@ accumulator (BLOCK_Q x BLOCK_DV float32) in registers.
 
 Scores. Dot, cosine and both L2s multiply BLOCK_Q x BLOCK_D by BLOCK_D x BLOCK_N tiles of the
 row-major queries and keys with `tl.dot` (tensor cores), summing over the dimension in
-BLOCK_D chunks; squared L2 is |q|^2 + |k|^2 - 2 q.k clamped at 0, with the norms summed from
-the same tiles; cosine is q.k / (max(|q|, eps) max(|k|, eps)), the same norms again, so no
-normalised copy of the keys is ever made (the same as normalising q and k first, then a
-dot). L1 has no tensor-core form: it accumulates |q_j - k_j| as rank-1 updates on CUDA cores
+BLOCK_D chunks; squared L2 is |q|^2 + |k|^2 - 2 q.k clamped at 0, cosine q.k / (max(|q|, eps)
+max(|k|, eps)) (the same as normalising q and k first, then a dot, without a normalised copy
+of the keys), both with the squared norms summed on the host once per call (N + Q floats)
+from the very values the products multiply. L1 has no tensor-core form: it accumulates |q_j - k_j| as rank-1 updates on CUDA cores
 over dimension-major copies of the queries and keys (contiguous loads; the copy of the keys
 is the one allocation of the keys' size). `precision` says how the products (the score's and
 the projection's) multiply: "ieee" (float32), "tf32x3" (about float32, three TF32 products),
@@ -116,7 +116,7 @@ if triton is not None:
 
     @triton.jit
     def _scores(
-        Q, K, QT, KT, rq, rn, mq, mn, d, stride_q, stride_k, stride_qt, stride_kt,
+        Q, K, QT, KT, qn2, KN2, rq, rn, mq, mn, d, stride_q, stride_k, stride_qt, stride_kt,
         SIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
     ):
@@ -134,8 +134,6 @@ if triton is not None:
             s = -dist
         else:  # tl.dot over BLOCK_D chunks of the row-major rows
             qk = tl.zeros((BLOCK_Q, BLOCK_N), tl.float32)
-            qq = tl.zeros((BLOCK_Q,), tl.float32)
-            kk = tl.zeros((BLOCK_N,), tl.float32)
             q_rows = Q + rq.to(tl.int64)[:, None] * stride_q
             k_rows = K + rn.to(tl.int64)[None, :] * stride_k
             for d0 in range(0, d, BLOCK_D):
@@ -144,27 +142,24 @@ if triton is not None:
                 qt = tl.load(q_rows + rd[None, :], mask=mq[:, None] & md[None, :], other=0.0)
                 kt = tl.load(k_rows + rd[:, None], mask=md[:, None] & mn[None, :], other=0.0)
                 qk = _dot(qt, kt, qk, PRECISION, EMULATE_BF16)
-                if SIM != 1:  # the norms, from the same tiles
-                    qf = qt.to(tl.float32)
-                    kf = kt.to(tl.float32)
-                    qq += tl.sum(qf * qf, 1)
-                    kk += tl.sum(kf * kf, 0)
             if SIM == 1:
                 s = qk
-            elif SIM == 4:
-                # 1e-6: amemctl.core.similarity.EPS, the zero-norm clamp of `unit`
-                s = qk / (tl.maximum(tl.sqrt(qq), 1e-6)[:, None] * tl.maximum(tl.sqrt(kk), 1e-6)[None, :])
             else:
-                sq = tl.maximum(qq[:, None] + kk[None, :] - 2.0 * qk, 0.0)
-                if SIM == 2:
-                    s = -sq
+                kn2 = tl.load(KN2 + rn, mask=mn, other=1.0)
+                if SIM == 4:
+                    # 1e-6: amemctl.core.similarity.EPS, the zero-norm clamp of `unit`
+                    s = qk / (tl.maximum(tl.sqrt(qn2), 1e-6)[:, None] * tl.maximum(tl.sqrt(kn2), 1e-6)[None, :])
                 else:
-                    s = -tl.sqrt(sq)
+                    sq = tl.maximum(qn2[:, None] + kn2[None, :] - 2.0 * qk, 0.0)
+                    if SIM == 2:
+                        s = -sq
+                    else:
+                        s = -tl.sqrt(sq)
         return s
 
     @triton.jit
     def _fused_kernel(
-        Q, K, QT, KT, V, M, L, ACC, BEST, ARG,
+        Q, K, QT, KT, QN2, KN2, V, M, L, ACC, BEST, ARG,
         n_q, d, dv, n_vt, scale, per_split, n_k,
         stride_q, stride_k, stride_qt, stride_kt, stride_v, stride_ms, stride_accs, stride_accq,
         SIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -185,11 +180,12 @@ if triton is not None:
         acc = tl.zeros((BLOCK_Q, BLOCK_DV), tl.float32)
         best = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
         arg = tl.zeros((BLOCK_Q,), tl.int32)
+        qn2 = tl.load(QN2 + rq, mask=mq, other=1.0)  # |q|^2 (L2 and cosine)
         for n0 in range(start, stop, BLOCK_N):
             rn = n0 + tl.arange(0, BLOCK_N)
             mn = rn < stop
             s = _scores(
-                Q, K, QT, KT, rq, rn, mq, mn, d, stride_q, stride_k, stride_qt, stride_kt,
+                Q, K, QT, KT, qn2, KN2, rq, rn, mq, mn, d, stride_q, stride_k, stride_qt, stride_kt,
                 SIM, BLOCK_Q, BLOCK_N, BLOCK_D, PRECISION, EMULATE_BF16,
             )
             s = tl.where(mn[None, :], s, float("-inf"))
@@ -239,7 +235,7 @@ def retrieve(
     similarity: str,
     beta: float,
     blocks: Blocks = Blocks(),
-    precision: str = "tf32",
+    precision: str = "tf32x3",
     splits: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(V^T softmax(beta * sim(K, q)) Q x w, best index Q, its score Q) in one pass over the keys.
@@ -265,6 +261,7 @@ def retrieve(
     else:
         q, k = queries.contiguous(), keys.contiguous()
         q_t, k_t = q, k  # unused by the tl.dot path
+    q_n2, k_n2 = (squared_norms(q), squared_norms(k, q.dtype)) if sim >= 2 else (q, k)  # (unused by L1 and dot)
     values = values.contiguous()
 
     device = queries.device
@@ -275,7 +272,7 @@ def retrieve(
     acc = torch.empty(splits, n_q, dv, device=device, dtype=torch.float32)
     grid = (math.ceil(n_q / blocks.block_q) * n_vt, splits)
     _fused_kernel[grid](
-        q, k, q_t, k_t, values, m, l, acc, best, arg,
+        q, k, q_t, k_t, q_n2, k_n2, values, m, l, acc, best, arg,
         n_q, d, dv, n_vt, float(beta) * math.log2(math.e), per_split, n_k,
         q.stride(0), k.stride(0), q_t.stride(0), k_t.stride(0), values.stride(0), m.stride(0), acc.stride(0), acc.stride(1),
         SIM=sim, BLOCK_Q=blocks.block_q, BLOCK_N=blocks.block_n, BLOCK_D=blocks.block_d, BLOCK_DV=block_dv,
@@ -283,6 +280,19 @@ def retrieve(
         num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
     return _merge(m, l, acc, best, arg)
+
+
+def squared_norms(x: Tensor, like: torch.dtype | None = None) -> Tensor:
+    """|x|^2 per row in float32, as sums of squares (exact for small integers: equal distances stay equal).
+
+    like=torch.bfloat16 rounds the rows to bfloat16 first, as the bf16 products do. One read of
+    the rows, in chunks of 16 MiB of float32 at most, once per call: the kernel then loads one
+    number per key instead of summing squares again in every value tile.
+    """
+    rows = max(1, 2**22 // max(1, x.shape[1]))
+    if like == torch.bfloat16:
+        return torch.cat([chunk.to(like).float().square().sum(1) for chunk in x.split(rows)])
+    return torch.cat([chunk.float().square().sum(1) for chunk in x.split(rows)])
 
 
 def _check(queries: Tensor, keys: Tensor, values: Tensor, similarity: str, blocks: Blocks, precision: str) -> None:
@@ -319,7 +329,7 @@ def softmax_retrieve(
     splits: int | None = None,
     block_q: int = 32,
     block_n: int = 32,
-    precision: str = "tf32",
+    precision: str = "tf32x3",
     block_d: int = 32,
     block_dv: int | None = None,
 ) -> Tensor:
