@@ -15,38 +15,38 @@ row-major queries and keys with `tl.dot` (tensor cores), summing over the dimens
 BLOCK_D chunks; squared L2 is |q|^2 + |k|^2 - 2 q.k clamped at 0, cosine q.k / (max(|q|, eps)
 max(|k|, eps)) (the same as normalising q and k first, then a dot, without a normalised copy
 of the keys), both with the squared norms summed on the host once per call (N + Q floats)
-from the very values the products multiply. L1 has no tensor-core form: it accumulates |q_j - k_j| as rank-1 updates on CUDA cores
-over dimension-major copies of the queries and keys (contiguous loads; the copy of the keys
-is the one allocation of the keys' size). `precision` says how the products (the score's and
+from the very values the products multiply. L1 has no tensor-core form: it accumulates
+|q_j - k_j| as rank-1 updates on CUDA cores over dimension-major copies of the queries and
+keys (contiguous loads; the copy of the keys is the one allocation of the keys' size). `precision` says how the products (the score's and
 the projection's) multiply: "ieee" (float32), "tf32x3" (about float32, three TF32 products),
 "tf32" (10-bit mantissa, about 1e-3 relative) or "bf16" (operands rounded to bfloat16,
 float32 sums: the full tensor-core rate; the queries are rounded on the host, like keys that
 are stored in bfloat16 already). The Triton interpreter computes every one exactly.
 
-Wide values: the cost model. Per (query, key) pair a retrieval costs the score (d
-elements: for L1 two CUDA-core operations each, 16 T elements/s at most on an H100 in fp32;
-for the tl.dot similarities 2d tensor-core FLOPs, about 990 TFLOPS peak in bf16), the
-softmax (an exp2 and a few operations) and the projection (2w tensor-core FLOPs, w the value
-width). A tile of w columns cannot stay in registers past a few hundred columns, so one of
-three things must give:
+Wide values: the cost model. Per (query, key) pair a retrieval costs the score (d elements:
+for L1 two CUDA-core operations each, 16 T elements/s at most on an H100 in float32; for the
+tl.dot similarities 2d tensor-core FLOPs), the softmax (an exp2 and a few operations) and the
+projection (2w FLOPs, w the value width). The default route pays each once, plus some 20
+bytes a pair of HBM traffic for its Q x N float32 scores (written, max, exp, read by the
+product: about 6e-12 s a pair), and computes its products in float32 on CUDA cores (torch
+leaves TF32 off: about 50 TFLOPS, also for bfloat16 keys, which it widens). Rough H100 rates
+for the fused kernel's products: bf16 about 600 TFLOPS, tf32x3 about 160. A tile of w
+columns cannot stay in registers past a few hundred columns, so one of three things must give:
 
 - value tiles as a grid axis, the design here: every program recomputes its queries' scores
-  and softmax for its own value tile, T = ceil(w / BLOCK_DV) times in all. For dot at
-  d = 512 with 3,072-wide values (the semantic-memory workload) and BLOCK_DV = 256 that is
-  12 x 1,024 + 6,144 = 18,432 tensor-core FLOPs a pair against 7,168 for one pass (2.6x),
-  all on tensor cores, against the default route's Q x N float32 scores going through HBM
-  several times (written, max, exp, read by the product: some 20 bytes a pair). For values
-  as wide as the keys at d = 512, T is 1 or 2.
+  and softmax for its own value tile, T = ceil(w / BLOCK_DV) times in all. Dot at d = 512
+  with 3,072-wide values (the semantic-memory workload), BLOCK_DV = 256: 12 x 1,024 + 6,144
+  = 18,432 FLOPs a pair, 2.6 times a single pass's 7,168, but on tensor cores: about 3e-11 s
+  in bf16 and 1.1e-10 s in tf32x3, against 1.4e-10 s for the default route's float32
+  products alone. Values as wide as the keys at d = 512 need T = 1 or 2.
 - scores once, accumulators in global memory: each BLOCK_N tile reads and writes every
-  accumulator tile, 8w / BLOCK_N bytes a pair (384 at w = 3,072, BLOCK_N = 64), more traffic
-  than the unfused route it replaces; rejected.
-- for L1 every design loses at wide values: the score is the dominant cost (d = 3,072 at
-  16 T/s is 1.9e-10 s a pair, against some 1e-11 s for the default route's extra passes and
-  product), so recomputing it T = 12 times costs 12x, and the global accumulator's traffic
-  still costs more than those passes. The default route (the Triton L1 kernel per chunk, the
-  online softmax and cuBLAS) is within a few percent of the score's own cost there; the fused
-  kernel can only win for L1 when T = 1 (narrow values, BLOCK_DV >= w) and the default
-  route's passes are a visible share (small d).
+  accumulator tile, 8w / BLOCK_N bytes a pair (384 at w = 3,072, BLOCK_N = 64, about 1e-10 s),
+  more traffic than the default route's scores; rejected.
+- L1 at wide values, where every design loses: its score is the dominant cost (d = 3,072:
+  1.9e-10 s a pair at 16 T/s), so T = 6 value tiles of 512 cost 1.1e-9 s against the default
+  route's 3.2e-10 (one score, 1.2e-10 s of float32 projection, the passes), and the global
+  accumulator above pays as much as the projection it would save. At w = d = 512 one tile of
+  512 columns (T = 1) gives 3.8e-11 s against 5.8e-11: L1 can win only with narrow values.
 
 So the kernel takes any value width and any similarity, and `amemctl.core.kernels.routes`
 sends a retrieval to it only where a GPU measurement found it faster.
