@@ -246,6 +246,9 @@ def retrieve(
     _check(queries, keys, values, similarity, blocks, precision)
     n_q, d = queries.shape
     n_k, dv = values.shape
+    if n_q == 0 or dv == 0:  # nothing to launch
+        out = torch.zeros(n_q, dv, device=queries.device, dtype=torch.float32)
+        return out, torch.zeros(n_q, dtype=torch.long, device=queries.device), torch.full((n_q,), -math.inf, device=queries.device)
     if splits is None:
         splits = default_splits(n_q, n_k, dv, blocks, queries.device)
     per_split = math.ceil(n_k / splits / blocks.block_n) * blocks.block_n
