@@ -31,11 +31,12 @@ A phi for semantic memories that ships with amemctl: `embed: {{pretrained: {name
 | data | {data}; no labels were used in training |
 | final loss | {loss:.4f} (first epoch {first_loss:.4f}) |
 | kNN accuracy | {knn} (weighted kNN, k=200, tau=0.1, on the CIFAR-10 labels of the training images, leave-one-out) |
-| trained on | {device}, {seconds} |
+| trained on | {device}, {seconds} ({per_epoch}) |
 | preprocessing | normalisation {normalize} |
 | weights | bfloat16, sha256 `{{sha256}}` (checked every time the encoder is loaded) |
 
-Pipeline: `{pipeline}`. The kNN accuracy is measured on the images the encoder was trained on
+Made by `{command}` (amemctl commit {commit}), then
+`python tools/ship_encoder.py`. The kNN accuracy is measured on the images the encoder was trained on
 (without their labels), so it says how well phi separates classes it has seen, not how it
 transfers.
 """
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="what the encoder was trained on, for the card")
     parser.add_argument("--summary", default=None)
     parser.add_argument("--folder", type=Path, default=None, help="ship into this folder instead of amemctl/weights (a trial)")
+    parser.add_argument("--trained-on", default=None, help="the machine in words for the card (default: the torch device recorded)")
     args = parser.parse_args()
     metrics = json.loads((args.run / "metrics.json").read_text())
     point = metrics["points"][0]["metrics"] if "points" in metrics else metrics
@@ -58,6 +60,8 @@ def main() -> None:
     config, losses = payload["simclr"], payload["losses"]
     timing = json.loads((checkpoint.parent / "loss.json").read_text())
     seconds = sum(timing.get("epoch_seconds") or [0.0])
+    record = json.loads((args.run / "run.json").read_text())
+    command = " ".join(["amemctl run", record.get("file", "?"), *(f"--set {o}" for o in record.get("overrides", []) if "checkpoints=" not in o)])
     fields = {**config}
     fields.update(
         name=args.name,
@@ -68,10 +72,12 @@ def main() -> None:
         loss=losses[-1],
         first_loss=losses[0],
         knn=f"{100 * point['knn_accuracy']:.1f} %" if "knn_accuracy" in point else "not measured",
-        device=timing.get("device", "?"),
+        device=args.trained_on or timing.get("device", "?"),
         seconds=f"{seconds / 60:.1f} min of training" if seconds else "time not recorded",
+        per_epoch=f"{seconds / max(len(timing.get('epoch_seconds') or [1]), 1):.1f} s per epoch, {timing.get('images_per_second') or 0:,.0f} images/s",
+        command=command,
+        commit=(record.get("git") or {}).get("commit", "?")[:12],
         normalize=payload["preprocessing"]["normalize"],
-        pipeline=resolved.get("name", "?"),
     )
     card = CARD.format(**fields)
     summary = args.summary or f"{payload['arch']} SimCLR phi, {config['epochs']} epochs on {args.data}"

@@ -1,0 +1,69 @@
+"""The phi that ships inside the package: its identity, offline loading, and what it buys.
+
+These tests read the real file in amemctl/weights/, not a fabricated one: a release that
+dropped it from the package data, damaged it, or swapped it without a new card fails here.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from amemctl.dsl.pipeline import load_pipeline
+from amemctl.engine.runner import run_pipeline
+from amemctl.errors import DataError
+from amemctl.models import pretrained
+from amemctl.models.encoders import ARCHITECTURES, file_sha256
+from tests.conftest import ROOT
+
+SHIPPED = "small-cifar10-simclr"
+CPU = torch.device("cpu")
+
+
+def test_the_shipped_phi_is_listed_and_its_file_is_the_one_its_card_names():
+    entry = pretrained.shipped()[SHIPPED]
+    path = pretrained.WEIGHTS / entry.file
+    assert file_sha256(path) == entry.sha256
+    card = (pretrained.WEIGHTS / f"{SHIPPED}.md").read_text()
+    assert entry.sha256 in card and "{sha256}" not in card
+    assert "kNN accuracy" in card and "not measured" not in card
+    assert path.stat().st_size < 16 * 2**20  # the package stays small
+
+
+def test_the_shipped_phi_loads_offline_with_weights_only_and_embeds_in_its_space():
+    entry = pretrained.shipped()[SHIPPED]
+    payload = torch.load(pretrained.WEIGHTS / entry.file, map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.bfloat16 for v in payload["state_dict"].values() if v.is_floating_point())
+    phi = pretrained.load(SHIPPED)
+    assert phi.weights_sha256 == entry.sha256 and phi.identity()["weights_sha256"] == entry.sha256
+    for name, tensor in phi.module.state_dict().items():  # the weights are the file's, not a fresh network's
+        torch.testing.assert_close(tensor.float(), payload["state_dict"][name].float(), rtol=0, atol=0)
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    keys = phi.embed(images, CPU)
+    assert keys.shape == (8, ARCHITECTURES[entry.arch]) and torch.isfinite(keys).all()
+    torch.testing.assert_close(phi.embed(images, CPU), keys)  # eval mode: no batch statistics
+
+
+def test_a_changed_copy_of_the_shipped_phi_is_refused(tmp_path):
+    folder = tmp_path / "weights"
+    shutil.copytree(pretrained.WEIGHTS, folder)
+    entry = pretrained.shipped(folder)[SHIPPED]
+    data = bytearray((folder / entry.file).read_bytes())
+    data[-100] ^= 0x01
+    (folder / entry.file).write_bytes(bytes(data))
+    with pytest.raises(DataError, match="damaged or replaced"):
+        pretrained.load(SHIPPED, folder)
+
+
+def test_the_semantic_quickstart_beats_pixels_on_crop_rotation_and_colour(tmp_path):
+    """The offline claim of pipelines/semantic_quickstart.yaml, on a smaller memory to stay fast."""
+    pipeline = load_pipeline(
+        ROOT / "pipelines" / "semantic_quickstart.yaml",
+        ["stages.0.subset=256", "sweep.corruption=[{kind: crop}, {kind: rotate}, {kind: color}]", "sweep.similarity=[cosine]"],
+    )
+    result = run_pipeline(pipeline, out_root=tmp_path / "runs", device="cpu", progress=False)
+    errors = {(p.point.values["corruption"]["kind"], p.point.values["model"]["name"]): p.metrics["error_index"] for p in result.points}
+    for kind in ("crop", "rotate", "color"):
+        assert errors[kind, "semantic"] < errors[kind, "pixels"], (kind, errors)
