@@ -100,6 +100,8 @@ class Blocks:
 if triton is not None:
     import triton.language as tl
 
+    from amemctl.core.kernels.l1 import l1_tile
+
     @triton.jit
     def _dot(a, b, acc, PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
         """acc + a @ b at the given precision (float32 sums)."""
@@ -122,16 +124,7 @@ if triton is not None:
     ):
         """BLOCK_Q x BLOCK_N scores (higher is more similar: distances negated), float32."""
         if SIM == 0:  # L1: rank-1 updates over dimension-major copies
-            dist = tl.zeros((BLOCK_Q, BLOCK_N), tl.float32)
-            q_ptr = QT + rq  # advanced by a stride per dimension: j * stride would overflow int32
-            k_ptr = KT + rn
-            for _ in range(0, d):
-                qj = tl.load(q_ptr, mask=mq, other=0.0).to(tl.float32)
-                kj = tl.load(k_ptr, mask=mn, other=0.0).to(tl.float32)
-                dist += tl.abs(qj[:, None] - kj[None, :])
-                q_ptr += stride_qt
-                k_ptr += stride_kt
-            s = -dist
+            s = -l1_tile(QT, KT, rq, rn, mq, mn, d, stride_qt, stride_kt, BLOCK_Q, BLOCK_N)
         else:  # tl.dot over BLOCK_D chunks of the row-major rows
             qk = tl.zeros((BLOCK_Q, BLOCK_N), tl.float32)
             q_rows = Q + rq.to(tl.int64)[:, None] * stride_q

@@ -32,16 +32,14 @@ def available(x: Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _l1_kernel(QT, KT, S, n_q, n_k, d, stride_qt, stride_kt, stride_s, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr):
-        pid_q = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mq = rq < n_q
-        mn = rn < n_k
+    def l1_tile(QT, KT, rq, rn, mq, mn, d, stride_qt, stride_kt, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr):
+        """The BLOCK_Q x BLOCK_N tile of L1 distances (float32 sums) between dimension-major rows rq and rn.
+
+        Shared by this kernel and the fused one. Pointers advance one row per dimension:
+        j * stride in int32 would overflow past 2^31 elements (N = 1e6 keys x d = 3,072), a
+        pointer plus a stride does not.
+        """
         acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-        # pointers advance one row per dimension: j * stride in int32 would overflow past 2^31
-        # elements (N = 1e6 keys x d = 3072), a pointer plus a stride does not
         q_ptr = QT + rq
         k_ptr = KT + rn
         for _ in range(0, d):
@@ -50,6 +48,17 @@ if triton is not None:
             acc += tl.abs(qj[:, None] - kj[None, :])
             q_ptr += stride_qt
             k_ptr += stride_kt
+        return acc
+
+    @triton.jit
+    def _l1_kernel(QT, KT, S, n_q, n_k, d, stride_qt, stride_kt, stride_s, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_q = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mq = rq < n_q
+        mn = rn < n_k
+        acc = l1_tile(QT, KT, rq, rn, mq, mn, d, stride_qt, stride_kt, BLOCK_Q, BLOCK_N)
         tl.store(S + rq.to(tl.int64)[:, None] * stride_s + rn[None, :], acc, mask=mq[:, None] & mn[None, :])
 
     #: block sizes tried on each GPU (autotuned per shape); the interpreter takes the first
