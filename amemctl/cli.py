@@ -95,6 +95,7 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
         run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, **record)
         return
     group, rank, device = launch.start_worker(device)
+    finished = False
     try:
         if rank == 0:
             run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group, **record)
@@ -104,11 +105,12 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
 
             with tempfile.TemporaryDirectory() as scratch:
                 run_pipeline(checked, out_root=scratch, device=device, console=Console(file=io.StringIO()), progress=False, group=group)
+        finished = True
     except AmemctlError as exc:
         exc.message = f"(rank {rank}) {exc.message}"
         raise
     finally:
-        launch.stop_worker()
+        launch.stop_worker(finished)
 
 
 def _run_arguments(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, resume: str | None) -> list[str]:

@@ -43,10 +43,19 @@ def start_worker(device: str | None) -> tuple[Any, int, str | None]:
     return dist.group.WORLD, dist.get_rank(), device
 
 
-def stop_worker() -> None:
+def stop_worker(finished: bool) -> None:
+    """Leave the process group; after a finished run, only once every rank has finished too.
+
+    gloo sends asynchronously: a rank that tears its group down right after its last collective
+    can close a connection a slower peer still sends on, and that peer aborts ("terminate called
+    without an active exception"). A failed rank skips the barrier, which its peers would wait
+    on forever; the launcher stops them.
+    """
     import torch.distributed as dist
 
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -49,6 +49,7 @@ def _worker(rank: int, world: int, port: int, path: str, out: str) -> None:
             results[(name, hetero)] = (r.output, r.index)
     if rank == 0:
         torch.save(results, out)
+    dist.barrier()  # as launch.stop_worker: no rank closes a connection a peer still sends on
     dist.destroy_process_group()
 
 
@@ -138,6 +139,7 @@ def _embed_worker(rank: int, world: int, port: int, out: str) -> None:
     rows = gather_rows(torch.full((stop - start, 1), float(rank)), 23)
     if rank == 0:
         torch.save({"embeddings": embeddings, "rows": rows, "seen": seen}, out)
+    dist.barrier()  # as launch.stop_worker: no rank closes a connection a peer still sends on
     dist.destroy_process_group()
 
 
