@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -251,3 +253,31 @@ def test_blocks_are_whole_runs_of_the_first_maximum_when_they_can_be():
         _, block_n = cpu.plan(queries, 1_000_000, 4, 1, 2**30, cpu.SELECT_BYTES)
         assert block_n % cpu._FirstMaximum.RUN == 0
     assert cpu.plan(4, 100, 4, 1, 2**30) == (4, 100)  # fewer memories than two runs: kept as they are
+
+
+@pytest.mark.parametrize("similarity", ROUTED)
+def test_the_sparse_projection_at_large_beta_equals_the_dense_one_and_the_formula(similarity, monkeypatch, l1_backend):
+    """At beta = 10,000 the weights are nearly one-hot; projecting only those above the floor is exact to rounding."""
+    queries, keys, values = _memory(n=1500, d=12, q=33, width=300)
+    sep = Softmax(beta=10_000.0)
+    out, best, _ = _plain(similarity, sep, queries, keys, values)
+    outputs = {}
+    for mode, share in (("sparse", 1.0), ("dense", -1.0)):  # always one way, then always the other
+        monkeypatch.setattr(cpu, "SPARSE_SHARE", share)
+        r = recall(queries, keys, values, similarity=similarity, separation=sep, budget=64 * 1024)
+        assert torch.equal(r.index, best)
+        outputs[mode] = r.output
+    torch.testing.assert_close(outputs["sparse"], outputs["dense"], rtol=1e-6, atol=1e-6)
+    tol = 1e-4 + 2e-6 * sep.beta * float(SIMILARITIES[similarity](queries.double(), keys.double()).abs().max())
+    torch.testing.assert_close(outputs["sparse"].double(), out, rtol=tol, atol=tol)
+
+
+def test_a_nan_weight_still_reaches_the_output_through_the_sparse_projection(monkeypatch):
+    monkeypatch.setattr(cpu, "SPARSE_SHARE", 1.0)
+    acc = torch.zeros(2, 3)
+    p = torch.full((2, 4), math.exp(cpu.EXP_FLOOR))
+    p[0, 1], p[1, 2] = 1.0, float("nan")
+    values = torch.arange(12.0).reshape(4, 3)
+    cpu._project(acc, p, values)
+    torch.testing.assert_close(acc[0], values[1])
+    assert torch.isnan(acc[1]).all()

@@ -13,6 +13,11 @@ manhattan) with softmax (beta > 0), max and top-k:
   returns subnormal floats about 30 times slower than normal ones. Arguments are floored at
   `EXP_FLOOR` first; exp(-80) is below 1e-34 of the largest weight, which cannot change a
   float32 sum, so the answer is the same.
+- Nearly one-hot softmax projected sparsely: at a large beta all but a few weights per query
+  sit at that floor, and a block with at most `SPARSE_SHARE` of its weights above it adds
+  only those rows of the values (`_project`). A semantic retrieval (256-d keys, 3,072-wide
+  images, beta = 10,000) spent nearly all its time in the dense product; it is 3-4 times
+  faster, with the same output to the bit in the measurement.
 - Max and top-k select on the block itself: the first maximum from `amax` over short runs
   (`_FirstMaximum`; `Tensor.max` with indices is six times slower), top-k from torch.topk,
   falling back to the exact tie-breaking `top_k` only for rows where a score ties the k-th. Euclidean selection uses 2 q.k - |k|^2 (one fused product, same order
@@ -243,9 +248,35 @@ def _softmax(scores: _Scores, key_rows: Rows, value_rows: Rows | None, block_n: 
         rescale = torch.exp(m - m_new)
         l = l.mul_(rescale).add_(p.sum(1, keepdim=True))
         values = keys if value_chunks is None else value_chunks.next(len(keys)).to(device=q.device, dtype=q.dtype)
-        acc = acc.mul_(rescale).addmm_(p, values)
+        _project(acc.mul_(rescale), p, values)
         m = m_new
     return acc / l, firsts.index()
+
+
+#: A block of weights is projected sparsely when at most this share lies above the exp floor.
+SPARSE_SHARE = 1 / 64
+#: Weights at most this are left out of a sparse projection: exp(EXP_FLOOR + 1), so that floored
+#: weights count as floored whatever ulp a CPU's exp gives exp(EXP_FLOOR).
+NEGLIGIBLE = math.exp(EXP_FLOOR + 1)
+
+
+def _project(acc: Tensor, p: Tensor, values: Tensor) -> None:
+    """acc += p @ values, reading only the values of weights above the exp floor when they are few.
+
+    At a large beta the weights are nearly one-hot: all but a few per query sit at the floor
+    exp(EXP_FLOOR), below 1e-34 of the largest, and the dense product spends its time on them
+    (projecting onto 3,072-wide images, nearly all of a semantic retrieval). Leaving out weights
+    below `NEGLIGIBLE` (5e-35 of the largest) changes the output by less than float32 (or
+    float64) rounding. NaN weights are kept, so that
+    a NaN still reaches the output and its diagnosis.
+    """
+    kept = ~(p <= NEGLIGIBLE)
+    count = int(kept.sum())
+    if count > SPARSE_SHARE * p.numel():
+        acc.addmm_(p, values)
+    elif count:
+        rows, cols = kept.nonzero(as_tuple=True)
+        acc.index_add_(0, rows, values[cols].mul_(p[rows, cols, None]))
 
 
 class _FirstMaximum:
