@@ -165,6 +165,13 @@ ROUTED = textwrap.dedent(
         recall(q, k.bfloat16(), v.bfloat16().float(), similarity=sim, separation=sep)
         recall(q.double(), k.double(), v.double(), similarity=sim, separation=sep)
         assert calls == [], (sim, calls)
+    # no queries, through an entry with no lower bound on them: empty answers in the values' shape
+    routes.TABLE = (routes.Route("cpu", "dot", "float32", key_width=(1, 99), value_width=(1, 99), blocks=blocks, precision="ieee"),)
+    for empty in (torch.rand(0, 12), torch.rand(0, 3, 4)):
+        got = recall(empty, k, v, similarity="dot", separation=sep)
+        assert got.output.shape == (0, 3, 10) and got.index.shape == (0,) and got.score.shape == (0,), got
+    assert [c[1] for c in calls] == [0, 0], calls
+    calls.clear()
     # a float32 entry at bf16 precision is never taken: it would round float32 memories
     routes.TABLE = (routes.Route("cpu", "dot", "float32", key_width=(1, 99), value_width=(1, 99), blocks=blocks, precision="bf16"),)
     recall(q, k, v, similarity="dot", separation=sep)

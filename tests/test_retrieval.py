@@ -51,6 +51,18 @@ def test_auto_association_reshapes_to_the_stored_shape():
     assert torch.equal(out, images[:3])
 
 
+@pytest.mark.parametrize("separation", ["softmax", "max", "topk", "polynomial"])  # the CPU route's, and the general path's
+@pytest.mark.parametrize("similarity", ["dot", "manhattan", "euclidean"])
+def test_no_queries_retrieve_nothing_in_the_stored_shape(similarity, separation):
+    """An empty batch of image-shaped queries: empty answers shaped like the values, as for one query."""
+    keys, values = torch.rand(40, 2, 3), torch.rand(40, 5, 1)
+    for queries in (torch.rand(0, 2, 3), torch.rand(0, 6)):
+        result = recall(queries, keys, values, similarity=similarity, separation=separation)
+        assert result.output.shape == (0, 5, 1) and result.index.shape == (0,) and result.score.shape == (0,)
+        assert result.index.dtype == torch.long
+    assert recall(torch.rand(0), torch.rand(40), separation=separation).output.shape == (0, 1)  # 1-D: keys of width 1
+
+
 def test_hetero_values_wider_than_keys():
     queries, keys, values = _memory(n=300, d=8, q=4, width=100)
     out = retrieve(queries, keys, values, similarity="manhattan", separation="softmax")

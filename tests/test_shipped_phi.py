@@ -6,6 +6,9 @@ dropped it from the package data, damaged it, or swapped it without a new card f
 
 from __future__ import annotations
 
+import ast
+import fnmatch
+import re
 import shutil
 
 import pytest
@@ -30,6 +33,17 @@ def test_the_shipped_phi_is_listed_and_its_file_is_the_one_its_card_names():
     assert entry.sha256 in card and "{sha256}" not in card
     assert "kNN accuracy" in card and "not measured" not in card
     assert path.stat().st_size < 16 * 2**20  # the package stays small
+
+
+def test_every_shipped_file_is_in_the_package_data():
+    """The tests read the source tree: only pyproject's package-data puts these files into a wheel."""
+    section = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]", 1)[1]  # no tomllib on 3.10
+    patterns = ast.literal_eval(re.search(r"^amemctl\s*=\s*(\[.*?\])", section, re.M | re.S).group(1))
+    shipped = [pretrained.INDEX] + [name for e in pretrained.shipped().values() for name in (e.file, f"{e.name}.md")]
+    assert SHIPPED in pretrained.shipped()
+    for name in shipped:
+        inside = (pretrained.WEIGHTS / name).relative_to(ROOT / "amemctl").as_posix()
+        assert any(fnmatch.fnmatch(inside, pattern) for pattern in patterns), (inside, patterns)
 
 
 def test_the_shipped_phi_loads_offline_with_weights_only_and_embeds_in_its_space():

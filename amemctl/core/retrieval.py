@@ -297,7 +297,8 @@ def _flat_queries(queries: Tensor, keys: Rows) -> Tensor:
         raise StageError(f"queries must be a tensor, got {type(queries).__name__}")
     if queries.dim() == 0:
         raise StageError("queries must have a batch dimension (Q x ...), got a scalar")
-    q = queries.reshape(queries.shape[0], -1) if queries.dim() > 1 else queries[:, None]
+    # the width spelt out: reshape(0, -1) cannot infer it for no queries
+    q = queries.reshape(queries.shape[0], math.prod(queries.shape[1:])) if queries.dim() > 1 else queries[:, None]
     key_width = math.prod(keys.row_shape)
     if q.shape[1] != key_width:
         raise StageError(

@@ -125,7 +125,7 @@ def recall(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Se
             picked = value_rows.take(chosen.reshape(-1)).reshape(*chosen.shape, width).to(device=q.device, dtype=q.dtype)
             output[block] = torch.einsum("qk,qkw->qw", sep._select_weights(true), picked)
             index[block] = chosen[:, 0]
-    best = key_rows.take(index).reshape(q.shape[0], -1).to(device=q.device, dtype=q.dtype)
+    best = key_rows.take(index).reshape(q.shape[0], q.shape[1]).to(device=q.device, dtype=q.dtype)
     return output, index, row_scores(sim.name, q, best)
 
 

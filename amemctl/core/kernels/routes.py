@@ -133,6 +133,8 @@ def recall(q: Tensor, key_rows: TensorRows, value_rows: TensorRows, sim: Similar
     """
     keys, values = key_rows.flat(), value_rows.flat()
     n_q, width = q.shape[0], values.shape[1]
+    if n_q == 0:  # no queries: no partial states to fit the budget (the kernel launches nothing)
+        return fused.retrieve(q, keys, values, sim.name, float(sep.beta), route.blocks, route.precision, 1)
     per_query = fused.state_bytes(1, width, 1)
     splits = fused.default_splits(n_q, len(keys), width, route.blocks, q.device)
     splits = max(1, min(splits, budget // (per_query * n_q)))
