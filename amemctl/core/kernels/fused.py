@@ -204,6 +204,18 @@ if triton is not None:
         tl.store(ACC + rows + rdv[None, :], acc, mask=mq[:, None] & mdv[None, :])
 
 
+def _interpreted() -> bool:
+    """Whether the kernel runs in the Triton interpreter (decided by Triton when it was imported).
+
+    The interpreter multiplies bfloat16 bit patterns (triton #11584) on any device, CUDA tensors
+    included (it copies them to the host), so the bf16 emulation follows the interpreter, not
+    the device.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_fused_kernel, InterpretedFunction)
+
+
 def supported(similarity: str) -> bool:
     """Whether the kernel computes this similarity (and triton is installed)."""
     return triton is not None and similarity in SIMILARITIES
@@ -272,7 +284,7 @@ def retrieve(
         n_q, d, dv, n_vt, float(beta) * math.log2(math.e), per_split, n_k,
         q.stride(0), k.stride(0), q_t.stride(0), k_t.stride(0), values.stride(0), m.stride(0), acc.stride(0), acc.stride(1),
         SIM=sim, BLOCK_Q=blocks.block_q, BLOCK_N=blocks.block_n, BLOCK_D=blocks.block_d, BLOCK_DV=block_dv,
-        PRECISION=precision, EMULATE_BF16=device.type != "cuda",
+        PRECISION=precision, EMULATE_BF16=_interpreted(),
         num_warps=blocks.num_warps, num_stages=blocks.num_stages,
     )
     return _merge(m, l, acc, best, arg)
