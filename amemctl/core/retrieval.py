@@ -112,15 +112,10 @@ def recall(
     direct = shard is None and n > 0 and not _tracks_grad(q, key_rows, value_rows)
     route = routes.find(q, key_rows, value_rows, sim, sep, distance_form, normalize_scores) if direct else None
     if route is not None:  # the one-pass Triton kernel, where a GPU measurement found it faster
-        output, best_index, best_score = routes.recall(q, key_rows, value_rows, sim, sep, route, budget)
-        if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):
-            _explain_non_finite(key_rows, value_rows, MIN_CHUNK)
-        return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
+        return _checked(*routes.recall(q, key_rows, value_rows, sim, sep, route, budget), key_rows, value_rows, MIN_CHUNK)
     if direct and cpu.applies(q, sim, sep, distance_form, normalize_scores):
-        output, best_index, best_score = cpu.recall(q, key_rows, value_rows, sim, sep, budget)
-        if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):
-            _explain_non_finite(key_rows, value_rows, cpu.plan(q.shape[0], n, q.element_size(), 1, budget)[1])
-        return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
+        block_n = cpu.plan(q.shape[0], n, q.element_size(), 1, budget)[1]
+        return _checked(*cpu.recall(q, key_rows, value_rows, sim, sep, budget), key_rows, value_rows, block_n)
 
     width = math.prod(value_rows.row_shape)
     pair_bytes = q.element_size() * (3 + sim.workspace(q.shape[1]))
@@ -136,9 +131,18 @@ def recall(
             q[block], key_rows, value_rows, sim, sep, distance_form, normalize_scores, block_n, width, shard, budget
         )
         output[block], best_index[block], best_score[block] = out, idx, score
-    if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):  # one sync; NaN keys give NaN best scores under max/top-k
-        _explain_non_finite(key_rows, value_rows, block_n)  # the checks cost a pass over the memory: only on failure
-    return Recall(output.reshape(q.shape[0], *value_rows.row_shape), best_index, best_score)
+    return _checked(output, best_index, best_score, key_rows, value_rows, block_n)
+
+
+def _checked(output: Tensor, best_index: Tensor, best_score: Tensor, key_rows: Rows, value_rows: Rows, block_n: int) -> Recall:
+    """The Recall in the values' row shape, once its output and best scores are finite (every route).
+
+    One sync; NaN keys give NaN best scores under max/top-k. Only on failure do the stored rows
+    get read again (in chunks of `block_n`) to name what is not finite.
+    """
+    if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):
+        _explain_non_finite(key_rows, value_rows, block_n)
+    return Recall(output.reshape(output.shape[0], *value_rows.row_shape), best_index, best_score)
 
 
 def _tracks_grad(q: Tensor, *rows: Rows) -> bool:
