@@ -109,9 +109,42 @@ def test_turns_are_right_angle_rotations_of_the_chosen_images():
     assert 70 < counts[0] < 130 and all(15 < c < 55 for c in counts[1:])
 
 
+def test_erasing_replaces_one_rectangle_of_the_chosen_images_by_noise():
+    x = torch.full((400, 3, 20, 24), 0.25)
+    out = augment.erase(x, 0.5, torch.Generator().manual_seed(4))
+    changed = (out != x).any(dim=1)  # pixels whose channels were drawn anew
+    touched = changed.flatten(1).any(dim=1)
+    assert 160 < int(touched.sum()) < 240  # p = 0.5
+    for mask in changed[touched]:
+        rows, cols = mask.any(dim=1).nonzero().squeeze(1), mask.any(dim=0).nonzero().squeeze(1)
+        box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.float().mean() > 0.97  # one solid rectangle (a noise value may equal 0.25 by chance only)
+        assert 0.02 * 480 - 20 <= mask.sum() <= 0.5 * 480 + 25  # 2-50% of the area, up to rounding of the sides
+    filled = out[changed.unsqueeze(1).expand_as(out)]
+    assert abs(filled.mean().item() - 0.5) < 0.02 and filled.min() >= 0 and filled.max() <= 1  # uniform noise
+
+
+def test_noise_is_added_to_half_the_images_with_stds_up_to_the_largest():
+    x = torch.full((400, 3, 16, 16), 0.5)
+    out = augment.noise(x, 0.2, torch.Generator().manual_seed(5))
+    stds = (out - x).flatten(1).std(dim=1)
+    untouched = stds == 0
+    assert 160 < int(untouched.sum()) < 240
+    assert stds.max() < 0.2 * 1.15 and stds[~untouched].median() > 0.06  # spread over [0, 0.2]
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_configurations_without_the_later_augmentations_keep_their_digest():
+    from amemctl.training.simclr import SimCLRConfig
+
+    plain = SimCLRConfig()
+    assert plain.digest("d") == "eccb77b6f9a5"  # the digest before erase and noise existed: its checkpoints resume
+    assert SimCLRConfig(erase=0.5).digest("d") != plain.digest("d") != SimCLRConfig(noise=0.1).digest("d")
+
+
 def test_views_are_valid_reproducible_and_differ_between_draws():
     x = _images(n=16, side=32)
-    spec = augment.ViewSpec(32, blur=True, filters=0.3, rotations=0.5)
+    spec = augment.ViewSpec(32, blur=True, filters=0.3, rotations=0.5, erase=0.5, noise=0.2)
     a = augment.views(x, spec, torch.Generator().manual_seed(7))
     b = augment.views(x, spec, torch.Generator().manual_seed(7))
     c = augment.views(x, spec, torch.Generator().manual_seed(8))

@@ -156,6 +156,8 @@ class TrainSimCLR(Stage):
     blur = Param(bool, False, "also blur views (p=0.5)")
     rotations = Param(float, 0.0, "probability of turning a view by a right angle (SimCLR's rotation augmentation; 0 = off)", min=0, max=1)
     filters = Param(float, 0.0, "strength of random per-channel gains on views (colour filters; 0 = off)", min=0, max=1)
+    erase = Param(float, 0.0, "probability of replacing a random rectangle (2-50% of a view) by noise (random erasing; 0 = off)", min=0, max=1)
+    noise = Param(float, 0.0, "largest std of Gaussian noise added to half the views (0 = off)", min=0, max=1)
     normalize = Param(str, "cifar10", "per-channel normalisation of the encoder's input", choices=list(NORMALIZATIONS))
     amp = Param(bool, None, "bfloat16 autocast (default: on GPUs)")
     checkpoints = Param(str, None, "folder of the epoch checkpoints (default: checkpoints/<pipeline>-simclr-<config hash>); training resumes from it")
@@ -186,6 +188,8 @@ class TrainSimCLR(Stage):
             seed=seed,
             rotations=self.rotations,
             filters=self.filters,
+            erase=self.erase,
+            noise=self.noise,
         )
 
     def describe(self) -> str:

@@ -12,7 +12,10 @@ each augmentation is a few tensor ops over the batch:
 - colour jitter with probability 0.8 (brightness, contrast, saturation 0.8 s, hue 0.2 s, in
   a random order per image, as torchvision's ColorJitter);
 - grey with probability p; optional Gaussian blur (p = 0.5, sigma in [0.1, 2]), per-channel
-  colour filters and right-angle turns.
+  colour filters and right-angle turns;
+- optional random erasing (a rectangle of 2-50% of the area filled with uniform noise, as
+  torchvision's RandomErasing with value="random") and additive Gaussian noise (p = 0.5, std
+  drawn in [0, noise]): not SimCLR's, they teach phi to ignore occlusions and sensor noise.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class ViewSpec:
     blur: bool = False
     filters: float = 0.0
     rotations: float = 0.0
+    erase: float = 0.0  #: probability of erasing a random rectangle
+    noise: float = 0.0  #: largest standard deviation of the additive Gaussian noise
 
 
 def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], generator: torch.Generator) -> Tensor:
@@ -148,6 +153,44 @@ def turn(images: Tensor, p: float, generator: torch.Generator) -> Tensor:
     return out
 
 
+#: random erasing: the range of the erased area fraction and of the rectangle's aspect ratio
+ERASE_SCALE = (0.02, 0.5)
+ERASE_RATIO = (0.3, 3.3)
+
+
+def erase_boxes(n: int, height: int, width: int, generator: torch.Generator) -> Tensor:
+    """n rectangles (top, left, h, w), each covering 2-50% of the image at an aspect ratio in [0.3, 3.3]."""
+    area = height * width * _uniform(n, *ERASE_SCALE, generator)
+    aspect = torch.exp(_uniform(n, math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1]), generator))
+    h = torch.sqrt(area / aspect).round().clamp(1, height)
+    w = torch.sqrt(area * aspect).round().clamp(1, width)
+    top = torch.floor(random.rand((n,), generator) * (height - h + 1))
+    left = torch.floor(random.rand((n,), generator) * (width - w + 1))
+    return torch.stack((top, left, h, w), dim=1)
+
+
+def erase(images: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """With probability p per image, a random rectangle (erase_boxes) replaced by uniform noise in [0, 1]."""
+    n, _, height, width = images.shape
+    top, left, h, w = erase_boxes(n, height, width, generator).to(images.device).unbind(dim=1)
+    chosen = (random.rand((n,), generator) < p).to(images.device)
+    rows = torch.arange(height, device=images.device)[None, :]
+    cols = torch.arange(width, device=images.device)[None, :]
+    inside_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
+    inside_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
+    mask = (inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]).unsqueeze(1)
+    filling = random.rand(images.shape, generator, device=images.device, dtype=images.dtype)
+    return torch.where(mask, filling, images)
+
+
+def noise(images: Tensor, largest: float, generator: torch.Generator) -> Tensor:
+    """With probability 0.5 per image, Gaussian noise of a standard deviation drawn in [0, largest] added, clipped to [0, 1]."""
+    n = len(images)
+    std = largest * random.rand((n,), generator) * (random.rand((n,), generator) < 0.5)
+    draws = random.randn(images.shape, generator, device=images.device, dtype=images.dtype)
+    return (images + std.to(images.device, images.dtype).view(-1, 1, 1, 1) * draws).clamp_(0, 1)
+
+
 def views(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Tensor:
     """One random SimCLR view of every image (N x 3 x H x W in [0, 1]) -> N x 3 x size x size."""
     n, _, height, width = images.shape
@@ -166,4 +209,8 @@ def views(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Tensor:
         out = (out * gains).clamp_(0, 1)
     if spec.rotations > 0:
         out = turn(out, spec.rotations, generator)
+    if spec.erase > 0:
+        out = erase(out, spec.erase, generator)
+    if spec.noise > 0:
+        out = noise(out, spec.noise, generator)
     return out

@@ -33,6 +33,10 @@ from amemctl.training.checkpoints import Progress, Throttle
 CHECKPOINT_FORMAT = "amemctl-simclr-2"
 
 
+#: augmentations added after checkpoint format 2: they enter a configuration's digest only when used
+ADDED_LATER = ("erase", "noise")
+
+
 @dataclass(frozen=True)
 class SimCLRConfig:
     """Everything that determines a SimCLR training run (its hash names the checkpoint folder)."""
@@ -54,9 +58,12 @@ class SimCLRConfig:
     seed: int = 0
     rotations: float = 0.0  #: probability of turning a view by a right angle (SimCLR's rotation augmentation)
     filters: float = 0.0  #: strength of random per-channel gains (colour filters), 0 for none
+    erase: float = 0.0  #: probability of erasing a random rectangle of a view (0 for none)
+    noise: float = 0.0  #: largest std of Gaussian noise added to a view (0 for none)
 
     def digest(self, data_sha256: str) -> str:
-        text = json.dumps({**asdict(self), "epochs": None, "data": data_sha256}, sort_keys=True)
+        settings = {k: v for k, v in asdict(self).items() if not (k in ADDED_LATER and v == 0)}  # older checkpoints still resume
+        text = json.dumps({**settings, "epochs": None, "data": data_sha256}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -132,7 +139,7 @@ class LARS(torch.optim.Optimizer):
 
 def view_spec(size: int, config: SimCLRConfig) -> ViewSpec:
     """The augmentations of a SimCLR configuration, for views of `size` x `size` pixels."""
-    return ViewSpec(size, config.crop_scale, config.jitter, 0.8, config.grayscale, config.blur, config.filters, config.rotations)
+    return ViewSpec(size, config.crop_scale, config.jitter, 0.8, config.grayscale, config.blur, config.filters, config.rotations, config.erase, config.noise)
 
 
 def data_sha256(images: Tensor) -> str:
