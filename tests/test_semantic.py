@@ -147,3 +147,30 @@ def test_the_optional_rotation_and_filter_augmentations_keep_views_valid():
 
     out = views(_images(20), view_spec(16, SimCLRConfig(rotations=1.0, filters=0.5, blur=True)), torch.Generator().manual_seed(0))
     assert out.shape == (20, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
+
+
+def test_unit_embeddings_are_phis_directions_and_the_store_keeps_phis_own(tmp_path):
+    from amemctl.context import Context
+    from amemctl.plugins import build_registry
+    from amemctl.stages.embed import Embed
+
+    registry = build_registry(entry_points=False)
+    path = tmp_path / "s.zarr"
+    x = _images(12)
+    MemoryStore.create(path).append(patterns=x)
+    outputs = {}
+    for source in ({"input": "patterns"}, {"store": str(path)}):
+        for unit in (False, True):
+            ctx = Context(CPU, 0, 2**20, None)
+            ctx["patterns"] = x
+            Embed(registry, arch="small", seed=4, unit=unit, **source).run(ctx)
+            outputs[next(iter(source)), unit] = (ctx["embeddings"], ctx.identities["embeddings"])
+    raw, raw_identity = outputs["input", False]
+    unit, unit_identity = outputs["input", True]
+    torch.testing.assert_close(unit, raw / raw.norm(dim=1, keepdim=True))
+    assert not torch.allclose(raw.norm(dim=1), torch.ones(12))  # the test would pass for an encoder that already normalises
+    assert unit_identity == {**raw_identity, "unit": True}
+    stored, _ = outputs["store", True]
+    torch.testing.assert_close(stored, unit, rtol=1e-5, atol=1e-6)
+    keys = MemoryStore.open(path).read(f"keys/{next(iter(MemoryStore.open(path).spaces))}")
+    torch.testing.assert_close(keys, raw, rtol=1e-5, atol=1e-6)  # phi's own embeddings stay in the store

@@ -6,6 +6,8 @@ import hashlib
 import statistics
 from pathlib import Path
 
+import torch
+
 from amemctl.context import Context
 from amemctl.errors import StageError
 from amemctl.functions import EncoderArchitecture
@@ -50,6 +52,7 @@ class Embed(Stage):
     resize = Param(int, None, "resize images to this square size first", min=1)
     batch_size = Param(int, 256, "images per forward pass", min=1)
     amp = Param(bool, None, "bfloat16 autocast (default: on GPUs)")
+    unit = Param(bool, False, "scale each embedding to unit length: SimCLR trains directions only, so a view's length (shorter for zoomed crops) otherwise sways L1 and L2 scores")
     store = Param(str, None, "embed this store's patterns, keeping the keys in it for reuse")
     input = Input("patterns", "the images to embed (ignored with `store:`)", optional=True)
     output = Output("embeddings", "the embeddings, N x dim")
@@ -102,8 +105,7 @@ class Embed(Stage):
     def run(self, ctx: Context) -> None:
         phi = self.phi(ctx)
         if self.store is None:
-            ctx[self.output] = self._embed(phi, ctx[self.input], ctx)
-            ctx.identities[self.output] = phi.identity()
+            self._keep(ctx, self._embed(phi, ctx[self.input], ctx), phi.identity())
             return
         from amemctl.store.memory import MemoryStore
 
@@ -120,7 +122,16 @@ class Embed(Stage):
             ctx.barrier()  # other ranks read the keys rank 0 wrote
             store = MemoryStore.open(self.store)
             ctx.metric("embeddings_reused", 0)
-        ctx[self.output] = store.rows(f"keys/{space}", ctx.device)
+        self._keep(ctx, store.rows(f"keys/{space}", ctx.device), identity)
+
+    def _keep(self, ctx: Context, embeddings, identity: dict) -> None:
+        """The output and its identity; with `unit`, each row scaled to length 1 (the store keeps phi's own)."""
+        if self.unit:
+            from amemctl.core.rows import materialize
+
+            embeddings = torch.nn.functional.normalize(materialize(embeddings), dim=-1)
+            identity = {**identity, "unit": True}
+        ctx[self.output] = embeddings
         ctx.identities[self.output] = identity
 
     def metrics(self) -> list[str]:
