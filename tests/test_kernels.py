@@ -180,6 +180,69 @@ ROUTED = textwrap.dedent(
     """
 )
 
+# max retrieval by the kernel without values (fused.nearest): every similarity, float32 and
+# bfloat16, several splits, against the float64 first maximum; ties to the lower index; a NaN
+# key counts as the maximum (+inf, refused by recall). Then routing: a max entry takes max and
+# top-1 (either weighting) and evaluate's nearest_index, gathers the values' rows, and matches
+# the default route; softmax and top-2 stay on the default route.
+NEAREST = textwrap.dedent(
+    """
+    import math
+    import torch
+    from amemctl.core import recall
+    from amemctl.core.kernels import fused, routes
+    from amemctl.core.retrieval import nearest_index
+    from amemctl.core.separation import Softmax, TopK
+    from amemctl.core.similarity import get_similarity
+    from amemctl.errors import StageError
+
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.rand(19, 21, generator=g), torch.rand(90, 21, generator=g)
+    k[7] = k[40] = k[-1] = q[0]  # an exact match three times, across tiles and splits: the lowest index wins
+    for sim in fused.SIMILARITIES:
+        for dtype, precision, splits in [(torch.float32, "ieee", 1), (torch.float32, "tf32x3", 3), (torch.bfloat16, "bf16", 2)]:
+            qx, kx = q.to(dtype), k.to(dtype)
+            index, score = fused.nearest(qx, kx, sim, fused.Blocks(16, 16, 16), precision, splits)
+            s = get_similarity(sim)(qx.double(), kx.double())
+            best, first = s.max(1)
+            assert torch.equal(index, first) and (sim == "dot" or index[0] == 7), (sim, dtype, index, first)
+            torch.testing.assert_close(score.double(), best, rtol=1e-5, atol=2e-3 if sim == "euclidean" else 1e-4)
+    bad = k.clone()
+    bad[30, 2] = math.nan
+    bad[60, 0] = math.nan
+    index, score = fused.nearest(q, bad, "dot", fused.Blocks(16, 16, 16), "ieee", 2)
+    assert (index == 30).all() and torch.isinf(score).all() and (score > 0).all()
+    assert fused.nearest(q[:0], k, "dot")[0].shape == (0,)
+
+    calls = []
+    kernel = fused.nearest
+    fused.nearest = lambda *args, **kwargs: calls.append(args[2]) or kernel(*args, **kwargs)
+    v = torch.rand(90, 2, 5, generator=g)
+    for sim in fused.SIMILARITIES:
+        default = recall(q, k, v, similarity=sim, separation="max")
+        routes.TABLE = (routes.Route("cpu", sim, "float32", key_width=(1, 99), value_width=(1, 1), blocks=fused.Blocks(16, 16, 16), precision="ieee", separation="max"),)
+        for sep in ("max", TopK(k=1, weighting="softmax", beta=3.0)):
+            got = recall(q, k, v, similarity=sim, separation=sep)  # any value width: max reads no values in the kernel
+            assert calls == [sim], (sim, sep, calls)
+            calls.clear()
+            assert torch.equal(got.index, default.index) and torch.equal(got.output, default.output) and got.output.shape == (19, 2, 5)
+            torch.testing.assert_close(got.score, default.score, rtol=1e-5, atol=1e-5)
+        recall(q, k, v, similarity=sim, separation=Softmax(2.0))
+        recall(q, k, v, similarity=sim, separation=TopK(k=2))
+        assert calls == [], (sim, calls)
+        try:
+            recall(q, bad, similarity=sim, separation="max")
+        except StageError as error:
+            assert "stored keys contain NaN" in str(error) and "30" in str(error), error
+        else:
+            raise AssertionError("a NaN key was retrieved")
+        calls.clear()
+    routes.TABLE = (routes.Route("cpu", "squared_euclidean", "float32", key_width=(1, 99), value_width=(1, 1), blocks=fused.Blocks(16, 16, 16), precision="ieee", separation="max"),)
+    assert torch.equal(nearest_index(q, k), torch.cdist(q.double(), k.double()).argmin(1)) and calls == ["squared_euclidean"]
+    print("ok")
+    """
+)
+
 
 def _interpret(script: str) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
@@ -198,6 +261,10 @@ def test_fused_kernel_every_similarity_and_value_width_in_the_triton_interpreter
 
 def test_retrieval_routes_to_the_fused_kernel_only_by_its_table():
     _interpret(ROUTED)
+
+
+def test_max_retrieval_by_the_fused_kernel_and_its_routes():
+    _interpret(NEAREST)
 
 
 def test_the_shipped_table_routes_nothing_to_the_fused_kernel():
@@ -309,3 +376,24 @@ def test_retrieval_through_a_fused_route_on_the_gpu(monkeypatch):
         calls.clear()
         torch.testing.assert_close(got.output, default.output, rtol=1e-4, atol=1e-4)
         assert (got.index == default.index).float().mean() > 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_max_retrieval_through_a_fused_route_on_the_gpu(monkeypatch):
+    """A max entry patched in: the kernel's nearest rows are the default route's, for every similarity and dtype."""
+    from amemctl.core.kernels import fused, routes
+    from amemctl.core.retrieval import recall
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    q, k, v = torch.rand(700, 384, generator=g, device="cuda"), torch.rand(30_000, 384, generator=g, device="cuda"), torch.rand(30_000, 10, generator=g, device="cuda")
+    for dtype, precision in ((torch.float32, "tf32x3"), (torch.bfloat16, "bf16")):
+        kx, vx = k.to(dtype), v.to(dtype)
+        for sim in fused.SIMILARITIES:
+            default = recall(q, kx, vx, similarity=sim, separation="max")
+            entry = routes.Route("", sim, str(dtype)[6:], (1, 4096), (1, 1), fused.Blocks(64, 64, 32), precision if sim != "manhattan" else "tf32x3", separation="max")
+            monkeypatch.setattr(routes, "TABLE", (entry,))
+            got = recall(q, kx, vx, similarity=sim, separation="max")
+            monkeypatch.setattr(routes, "TABLE", ())
+            torch.testing.assert_close(got.score, default.score, rtol=1e-3 if dtype == torch.bfloat16 else 1e-5, atol=1e-3)
+            assert (got.index == default.index).float().mean() > 0.99, (sim, dtype)
+            assert torch.equal(got.output[got.index == default.index], default.output[got.index == default.index])

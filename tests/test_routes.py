@@ -15,8 +15,8 @@ H100 = "NVIDIA H100 80GB HBM3"
 A, B = Blocks(64, 64, 64, 128, num_warps=4, num_stages=3), Blocks(128, 64, 32, 256, num_warps=8, num_stages=2)
 
 
-def measured(sim="dot", dtype="float32", n=100_000, width=512, blocks=A, precision="tf32x3", speedup=2.0, error=1e-6, storage=0.0, d=512, q=1024):
-    return Measurement(H100, sim, dtype, n, d, width, q, blocks, precision, 0.01 / speedup, 0.01, error, storage)
+def measured(sim="dot", dtype="float32", n=100_000, width=512, blocks=A, precision="tf32x3", speedup=2.0, error=1e-6, storage=0.0, d=512, q=1024, separation="softmax"):
+    return Measurement(H100, sim, dtype, n, d, width, q, blocks, precision, 0.01 / speedup, 0.01, error, storage, separation)
 
 
 def test_the_configuration_winning_at_the_most_sizes_becomes_the_entry():
@@ -65,9 +65,11 @@ def test_rendered_entries_are_the_table_they_describe(monkeypatch):
         measured(),
         measured(sim="manhattan", width=3072, blocks=B, speedup=1.4),
         measured(sim="euclidean", dtype="bfloat16", precision="bf16", d=3072, width=3072, n=10_000, q=10_000, error=1e-3, storage=1e-3),
+        measured(sim="squared_euclidean", d=3072, width=3072, n=10_000, q=10_000, separation="max", blocks=B),
+        measured(sim="squared_euclidean", d=3072, width=3072, n=10_000, q=10_000, separation="softmax", speedup=0.9),  # loses: softmax stays off
     ]
     made = routes.from_measurements(rows)
-    assert len(made) == 3
+    assert len(made) == 4
     space = {"Route": Route, "fused": fused}
     exec(routes.render(made), space)
     assert list(space["TABLE"]) == made
@@ -82,6 +84,10 @@ def test_rendered_entries_are_the_table_they_describe(monkeypatch):
     assert routes.choose(H100, "manhattan", "bfloat16", 512, 3072, 100_000, 1024) is None
     assert routes.choose("NVIDIA H200", "manhattan", "float32", 512, 3072, 100_000, 1024) is None  # another device
     assert routes.choose(H100, "euclidean", "bfloat16", 3072, 3072, 10_000, 10_000).precision == "bf16"
+    assert routes.choose(H100, "squared_euclidean", "float32", 3072, 3072, 10_000, 10_000, "max").blocks == B
+    assert routes.choose(H100, "squared_euclidean", "float32", 3072, 7, 10_000, 10_000, "max") is not None  # max reads no values: any width
+    assert routes.choose(H100, "squared_euclidean", "float32", 3072, 3072, 10_000, 10_000) is None  # softmax was not faster
+    assert routes.choose(H100, "dot", "float32", 512, 512, 100_000, 1024, "max") is None  # a softmax entry is not a max entry
     assert routes.render([]).startswith("TABLE: tuple[Route, ...] = ()")
 
 

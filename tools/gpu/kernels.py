@@ -13,7 +13,8 @@ Run alone on the GPU (nothing else training):
   tf32x3 for manhattan, whose one product is the projection); N = 1e5 and 1e6,
   d = 512, Q = 1,024 with values = keys and with 3,072-wide values (the semantic memory's
   pixels); the CIFAR-10 pixel workload (10,000 x 3,072 keys = values, 10,000 queries,
-  beta 1,000); several block sizes each. Prints every timing, a summary of the best
+  beta 1,000); max (the kernel without values) on the CIFAR-10 pixels, which is also
+  `evaluate`'s nearest-memory rule (squared euclidean), and at N = 1e6; several block sizes each. Prints every timing, a summary of the best
   configuration per workload, and the `routes.TABLE` entries to paste into
   amemctl/core/kernels/routes.py (`routes.from_measurements`). --json keeps the measurements
   so that the entries can be derived again without a GPU.
@@ -40,17 +41,21 @@ import torch
 from amemctl.core.kernels import l1, routes
 from amemctl.core.kernels.fused import Blocks
 from amemctl.core.retrieval import recall
-from amemctl.core.separation import Softmax
+from amemctl.core.separation import Softmax, max_
 
-#: (workload, N, key width d, value width, Q, beta), most needed first
+#: (workload, N, key width d, value width, Q, separation, beta), most needed first
 WORKLOADS = [
-    ("CIFAR-10 pixels", 10_000, 3072, 3072, 10_000, 1000.0),
-    ("random, values = keys", 100_000, 512, 512, 1024, 1.0),
-    ("semantic: 3,072-wide values", 100_000, 512, 3072, 1024, 1.0),
-    ("random, values = keys", 1_000_000, 512, 512, 1024, 1.0),
-    ("semantic: 3,072-wide values", 1_000_000, 512, 3072, 1024, 1.0),
+    ("CIFAR-10 pixels", 10_000, 3072, 3072, 10_000, "softmax", 1000.0),
+    ("CIFAR-10 pixels, nearest", 10_000, 3072, 3072, 10_000, "max", 0.0),
+    ("random, values = keys", 100_000, 512, 512, 1024, "softmax", 1.0),
+    ("semantic: 3,072-wide values", 100_000, 512, 3072, 1024, "softmax", 1.0),
+    ("random, values = keys", 1_000_000, 512, 512, 1024, "softmax", 1.0),
+    ("semantic: 3,072-wide values", 1_000_000, 512, 3072, 1024, "softmax", 1.0),
+    ("random, nearest", 1_000_000, 512, 512, 1024, "max", 0.0),
 ]
 SIMILARITIES = ("dot", "euclidean", "manhattan", "cosine")
+#: max also measures squared euclidean: evaluate's nearest-memory rule for every retrieval
+MAX_SIMILARITIES = (*SIMILARITIES, "squared_euclidean")
 #: tile sizes tried for the tl.dot similarities: (block_q, block_n, block_d, block_dv, warps, stages)
 DOT_BLOCKS = [Blocks(*b[:4], num_warps=b[4], num_stages=b[5]) for b in [
     (64, 64, 64, 128, 4, 3), (64, 64, 32, 256, 8, 3), (128, 64, 64, 128, 8, 3),
@@ -118,36 +123,37 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def fused_routes(budget_s: float, json_path: str | None) -> list[routes.Measurement]:
     print("\n## The one-pass fused kernel against the default route (retrieval's `recall`, a one-entry table patched in)\n")
-    print("| workload | similarity | dtype | N | d | w | Q | blocks (q, n, d, dv, warps, stages) | precision | fused ms | default ms | speed-up | error | bf16 storage error |")
-    print("|---|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|")
+    print("| workload | similarity | separation | dtype | N | d | w | Q | blocks (q, n, d, dv, warps, stages) | precision | fused ms | default ms | speed-up | error | bf16 storage error |")
+    print("|---|---|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|")
     device = device_name()
     deadline = time.monotonic() + budget_s
     measurements: list[routes.Measurement] = []
-    for label, n, d, width, n_q, beta in WORKLOADS:
+    for label, n, d, width, n_q, separation, beta in WORKLOADS:
         g = torch.Generator(device=DEVICE).manual_seed(0)
         keys32 = torch.rand(n, d, device=DEVICE, generator=g)
         values32 = keys32 if width == d else torch.rand(n, width, device=DEVICE, generator=g)
         queries = torch.rand(n_q, d, device=DEVICE, generator=g)
-        sep = Softmax(beta)
+        sep = Softmax(beta) if separation == "softmax" else max_()
+        answer = (lambda got: got.output) if separation == "softmax" else (lambda got: got.score)  # max: near-ties may pick either row
         for dtype in (torch.float32, torch.bfloat16):
             keys = keys32.to(dtype)
             values = keys if width == d else values32.to(dtype)
-            for sim in SIMILARITIES:
+            for sim in SIMILARITIES if separation == "softmax" else MAX_SIMILARITIES:
                 if time.monotonic() > deadline:
                     print(f"\n<!-- time budget of {budget_s:.0f} s spent: {label} N = {n:,} {sim} and later workloads not measured -->")
                     return _summarise(measurements, json_path)
                 with only_route(None):
-                    run = lambda: recall(queries, keys, values, similarity=sim, separation=sep).output
+                    run = lambda: answer(recall(queries, keys, values, similarity=sim, separation=sep))
                     default_s = timed(run, 3)
                     want = run()
-                    storage = relative_error(want, recall(queries, keys32, values32, similarity=sim, separation=sep).output) if dtype != torch.float32 else 0.0
+                    storage = relative_error(want, answer(recall(queries, keys32, values32, similarity=sim, separation=sep))) if dtype != torch.float32 else 0.0
                 # bf16 keys: the tensor-core route; L1's only product is the projection, a small share of its cost
                 precision = "bf16" if dtype == torch.bfloat16 and sim != "manhattan" else "tf32x3"
                 for blocks in (L1_BLOCKS if sim == "manhattan" else DOT_BLOCKS):
                     kind = str(dtype).removeprefix("torch.")
-                    route = routes.Route(device, sim, kind, (d, d), (width, width), blocks, precision)
+                    route = routes.Route(device, sim, kind, (d, d), (width, width), blocks, precision, separation=separation)
                     with only_route(route):
-                        run = lambda: recall(queries, keys, values, similarity=sim, separation=sep).output
+                        run = lambda: answer(recall(queries, keys, values, similarity=sim, separation=sep))
                         try:
                             got = run()  # compiles
                             first = once(run)
@@ -156,11 +162,11 @@ def fused_routes(budget_s: float, json_path: str | None) -> list[routes.Measurem
                         except Exception as exc:  # a configuration that does not compile or fit: recorded, not fatal
                             print(f"<!-- {label} {sim} {kind} {blocks}: {type(exc).__name__}: {str(exc)[:200]} -->")
                             fused_s, error = math.nan, math.nan
-                    m = routes.Measurement(device, sim, kind, n, d, width, n_q, blocks, precision, fused_s, default_s, error, storage)
+                    m = routes.Measurement(device, sim, kind, n, d, width, n_q, blocks, precision, fused_s, default_s, error, storage, separation)
                     measurements.append(m)
                     b = blocks
                     print(
-                        f"| {label} | {sim} | {kind} | {n:,} | {d} | {width} | {n_q:,} | {b.block_q}, {b.block_n}, {b.block_d}, {b.block_dv}, {b.num_warps}, {b.num_stages} | {precision} "
+                        f"| {label} | {sim} | {separation} | {kind} | {n:,} | {d} | {width} | {n_q:,} | {b.block_q}, {b.block_n}, {b.block_d}, {b.block_dv}, {b.num_warps}, {b.num_stages} | {precision} "
                         f"| {1e3 * fused_s:.1f} | {1e3 * default_s:.1f} | {m.speedup:.2f}x | {error:.1e} | {storage:.1e} |",
                         flush=True,
                     )
@@ -194,20 +200,20 @@ def load(path: str) -> list[routes.Measurement]:
 def summary(measurements: list[routes.Measurement]) -> None:
     """The fastest accurate configuration per workload, then the table entries."""
     print("\n### Best configuration per workload\n")
-    print("| similarity | dtype | N | d | w | Q | default ms | best fused ms | blocks | speed-up | error | accurate |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    print("| similarity | separation | dtype | N | d | w | Q | default ms | best fused ms | blocks | speed-up | error | accurate |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
     shapes: dict[tuple, list[routes.Measurement]] = {}
     for m in measurements:
-        shapes.setdefault((m.similarity, m.dtype, m.n, m.d, m.width, m.queries), []).append(m)
-    for (sim, dtype, n, d, width, n_q), rows in shapes.items():
+        shapes.setdefault((m.similarity, m.separation, m.dtype, m.n, m.d, m.width, m.queries), []).append(m)
+    for (sim, separation, dtype, n, d, width, n_q), rows in shapes.items():
         timed_rows = [m for m in rows if math.isfinite(m.fused_s)]
         if not timed_rows:
-            print(f"| {sim} | {dtype} | {n:,} | {d} | {width} | {n_q:,} | {1e3 * rows[0].default_s:.1f} | failed | | | | |")
+            print(f"| {sim} | {separation} | {dtype} | {n:,} | {d} | {width} | {n_q:,} | {1e3 * rows[0].default_s:.1f} | failed | | | | |")
             continue
         best = min(timed_rows, key=lambda m: (not m.accurate, m.fused_s))
         b = best.blocks
         print(
-            f"| {sim} | {dtype} | {n:,} | {d} | {width} | {n_q:,} | {1e3 * best.default_s:.1f} | {1e3 * best.fused_s:.1f} "
+            f"| {sim} | {separation} | {dtype} | {n:,} | {d} | {width} | {n_q:,} | {1e3 * best.default_s:.1f} | {1e3 * best.fused_s:.1f} "
             f"| {b.block_q}, {b.block_n}, {b.block_d}, {b.block_dv}, {b.num_warps}, {b.num_stages} | {best.speedup:.2f}x | {best.error:.1e} | {'yes' if best.accurate else 'no'} |"
         )
     print(f"\n### routes.TABLE from these measurements (margin {routes.MARGIN}x; paste into amemctl/core/kernels/routes.py)\n")

@@ -1,7 +1,8 @@
 """One-pass softmax retrieval in Triton: score, online softmax and projection in one kernel.
 
 z = V^T softmax(beta * sim(K, q)) for manhattan (L1), dot, cosine, euclidean and squared
-euclidean, with the best-scoring memory of each query on the side. Nothing Q x N is ever
+euclidean, with the best-scoring memory of each query on the side; or that best memory alone
+(`nearest`: max retrieval, the kernel compiled without the softmax and the values). Nothing Q x N is ever
 written: each program streams stored rows in BLOCK_N tiles, keeps flash-attention's running
 maximum, normaliser and weighted sum, and the splits' partial states are merged on the host
 with the log-sum-exp rule (flash-decoding).
@@ -61,7 +62,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from amemctl.core.kernels.l1 import triton
+from amemctl.core.kernels.l1 import on_device, triton
 
 #: The similarities the kernel computes, by their `amemctl.core.similarity` names.
 SIMILARITIES = {"manhattan": 0, "dot": 1, "squared_euclidean": 2, "euclidean": 3, "cosine": 4}
@@ -156,8 +157,9 @@ if triton is not None:
         n_q, d, dv, n_vt, scale, per_split, n_k,
         stride_q, stride_k, stride_qt, stride_kt, stride_v, stride_ms, stride_accs, stride_accq,
         SIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr,
+        PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, PROJECT: tl.constexpr,
     ):
+        """One program: BLOCK_Q queries, one split of the stored rows, one value tile (PROJECT: softmax and projection; else the best only)."""
         pid = tl.program_id(0)
         pid_s = tl.program_id(1)
         pid_q = pid // n_vt  # the value tiles of one query block are neighbours: they read the same keys
@@ -181,27 +183,32 @@ if triton is not None:
                 Q, K, QT, KT, qn2, KN2, rq, rn, mq, mn, d, stride_q, stride_k, stride_qt, stride_kt,
                 SIM, BLOCK_Q, BLOCK_N, BLOCK_D, PRECISION, EMULATE_BF16,
             )
+            if not PROJECT:  # a NaN score counts as the maximum (as on every other route): +inf, which the caller refuses
+                s = tl.where(s == s, s, float("inf"))
             s = tl.where(mn[None, :], s, float("-inf"))
             tile_best = tl.max(s, 1)
             better = tile_best > best  # strictly: an earlier tile keeps its tie
             arg = tl.where(better, n0 + tl.argmax(s, 1, tie_break_left=True), arg)
             best = tl.where(better, tile_best, best)
-            z = s * scale
-            m_new = tl.maximum(m, tl.max(z, 1))
-            alpha = tl.exp2(m - m_new)
-            p = tl.exp2(z - m_new[:, None])
-            l = l * alpha + tl.sum(p, 1)
-            v = tl.load(V + rn.to(tl.int64)[:, None] * stride_v + rdv[None, :], mask=mn[:, None] & mdv[None, :], other=0.0)
-            acc = _dot(p, v, acc * alpha[:, None], PRECISION, EMULATE_BF16)
-            m = m_new
+            if PROJECT:
+                z = s * scale
+                m_new = tl.maximum(m, tl.max(z, 1))
+                alpha = tl.exp2(m - m_new)
+                p = tl.exp2(z - m_new[:, None])
+                l = l * alpha + tl.sum(p, 1)
+                v = tl.load(V + rn.to(tl.int64)[:, None] * stride_v + rdv[None, :], mask=mn[:, None] & mdv[None, :], other=0.0)
+                acc = _dot(p, v, acc * alpha[:, None], PRECISION, EMULATE_BF16)
+                m = m_new
         state = pid_s * stride_ms + rq
         if pid_v == 0:  # every value tile computed the same softmax state: one writes it
-            tl.store(M + state, m, mask=mq)
-            tl.store(L + state, l, mask=mq)
             tl.store(BEST + state, best, mask=mq)
             tl.store(ARG + state, arg, mask=mq)
-        rows = pid_s.to(tl.int64) * stride_accs + rq.to(tl.int64)[:, None] * stride_accq
-        tl.store(ACC + rows + rdv[None, :], acc, mask=mq[:, None] & mdv[None, :])
+            if PROJECT:
+                tl.store(M + state, m, mask=mq)
+                tl.store(L + state, l, mask=mq)
+        if PROJECT:
+            rows = pid_s.to(tl.int64) * stride_accs + rq.to(tl.int64)[:, None] * stride_accq
+            tl.store(ACC + rows + rdv[None, :], acc, mask=mq[:, None] & mdv[None, :])
 
 
 def _interpreted() -> bool:
@@ -249,17 +256,49 @@ def retrieve(
     best score go to the lowest index. See the module docstring for `precision` and `blocks`.
     """
     _check(queries, keys, values, similarity, blocks, precision)
-    n_q, d = queries.shape
-    n_k, dv = values.shape
+    n_q, dv = queries.shape[0], values.shape[1]
     if n_q == 0 or dv == 0:  # nothing to launch
         out = torch.zeros(n_q, dv, device=queries.device, dtype=torch.float32)
         return out, torch.zeros(n_q, dtype=torch.long, device=queries.device), torch.full((n_q,), -math.inf, device=queries.device)
+    m, l, acc, best, arg = _launch(queries, keys, values.contiguous(), similarity, beta, blocks, precision, splits)
+    return _merge(m, l, acc, best, arg)
+
+
+def nearest(
+    queries: Tensor,
+    keys: Tensor,
+    similarity: str,
+    blocks: Blocks = Blocks(),
+    precision: str = "tf32x3",
+    splits: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(index Q, score Q) of each query's highest-scoring key: max retrieval, one pass, no values read.
+
+    The same scores as `retrieve` (distances negated), ties to the lowest index; a NaN score
+    counts as the maximum and is reported as +inf.
+    """
+    _check(queries, keys, keys[:, :0], similarity, blocks, precision)
+    if len(queries) == 0:
+        return torch.zeros(0, dtype=torch.long, device=queries.device), torch.full((0,), -math.inf, device=queries.device)
+    *_, best, arg = _launch(queries, keys, None, similarity, 0.0, blocks, precision, splits)
+    winner = best.argmax(0, keepdim=True)  # the first maximum: the lowest split, so the lowest index
+    return arg.gather(0, winner)[0].long(), best.gather(0, winner)[0]
+
+
+def _launch(
+    queries: Tensor, keys: Tensor, values: Tensor | None, similarity: str, beta: float, blocks: Blocks, precision: str, splits: int | None
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor, Tensor]:
+    """The splits' partial states (running max, normaliser, weighted sums; None without values) and best scores and indices."""
+    n_q, d = queries.shape
+    n_k = len(keys)
+    project = values is not None
+    dv = values.shape[1] if project else 0
     if splits is None:
-        splits = default_splits(n_q, n_k, dv, blocks, queries.device)
+        splits = default_splits(n_q, n_k, max(dv, 1), blocks, queries.device)
     per_split = math.ceil(n_k / splits / blocks.block_n) * blocks.block_n
     splits = math.ceil(n_k / per_split)
-    block_dv = blocks.value_tile(dv)
-    n_vt = math.ceil(dv / block_dv)
+    block_dv = blocks.value_tile(dv) if project else 16
+    n_vt = math.ceil(dv / block_dv) if project else 1
 
     sim = SIMILARITIES[similarity]
     if precision == "bf16" and sim != 0:
@@ -270,24 +309,28 @@ def retrieve(
         q, k = queries.contiguous(), keys.contiguous()
         q_t, k_t = q, k  # unused by the tl.dot path
     q_n2, k_n2 = (squared_norms(q), squared_norms(k, q.dtype)) if sim >= 2 else (q, k)  # (unused by L1 and dot)
-    values = values.contiguous()
 
     device = queries.device
-    m = torch.empty(splits, n_q, device=device, dtype=torch.float32)
-    l = torch.empty_like(m)
-    best = torch.empty_like(m)
+    best = torch.empty(splits, n_q, device=device, dtype=torch.float32)
     arg = torch.empty(splits, n_q, device=device, dtype=torch.int32)
-    acc = torch.empty(splits, n_q, dv, device=device, dtype=torch.float32)
+    m = l = acc = None
+    if project:
+        m, l = torch.empty_like(best), torch.empty_like(best)
+        acc = torch.empty(splits, n_q, dv, device=device, dtype=torch.float32)
+    unused = best  # a pointer the kernel never reads or writes without values
+    v = values if project else unused
     grid = (math.ceil(n_q / blocks.block_q) * n_vt, splits)
-    _fused_kernel[grid](
-        q, k, q_t, k_t, q_n2, k_n2, values, m, l, acc, best, arg,
-        n_q, d, dv, n_vt, float(beta) * math.log2(math.e), per_split, n_k,
-        q.stride(0), k.stride(0), q_t.stride(0), k_t.stride(0), values.stride(0), m.stride(0), acc.stride(0), acc.stride(1),
-        SIM=sim, BLOCK_Q=blocks.block_q, BLOCK_N=blocks.block_n, BLOCK_D=blocks.block_d, BLOCK_DV=block_dv,
-        PRECISION=precision, EMULATE_BF16=_interpreted(),
-        num_warps=blocks.num_warps, num_stages=blocks.num_stages,
-    )
-    return _merge(m, l, acc, best, arg)
+    with on_device(device):
+        _fused_kernel[grid](
+            q, k, q_t, k_t, q_n2, k_n2, v, m if project else unused, l if project else unused, acc if project else unused, best, arg,
+            n_q, d, dv, n_vt, float(beta) * math.log2(math.e), per_split, n_k,
+            q.stride(0), k.stride(0), q_t.stride(0), k_t.stride(0), v.stride(0), best.stride(0),
+            acc.stride(0) if project else 0, acc.stride(1) if project else 0,
+            SIM=sim, BLOCK_Q=blocks.block_q, BLOCK_N=blocks.block_n, BLOCK_D=blocks.block_d, BLOCK_DV=block_dv,
+            PRECISION=precision, EMULATE_BF16=_interpreted(), PROJECT=project,
+            num_warps=blocks.num_warps, num_stages=blocks.num_stages,
+        )
+    return m, l, acc, best, arg
 
 
 def squared_norms(x: Tensor, like: torch.dtype | None = None) -> Tensor:

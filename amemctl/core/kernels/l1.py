@@ -10,6 +10,7 @@ its output stays within the retrieval budget.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -69,6 +70,11 @@ if triton is not None:
     _l1_tuned = triton.autotune(configs=CONFIGS, key=["n_q", "n_k", "d"])(_l1_kernel)
 
 
+def on_device(device: torch.device):
+    """`device` made the current GPU for a launch: Triton launches on the current device, not the tensors'."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def l1_distances(queries: Tensor, keys: Tensor) -> Tensor:
     """||q - k||_1 for every query and key: Q x n fp32, computed by the Triton kernel."""
     if triton is None:
@@ -86,7 +92,8 @@ def l1_distances(queries: Tensor, keys: Tensor) -> Tensor:
 
     args = (q_t, k_t, out, n_q, n_k, d, q_t.stride(0), k_t.stride(0), out.stride(0))
     if queries.is_cuda:
-        _l1_tuned[grid](*args)
+        with on_device(queries.device):
+            _l1_tuned[grid](*args)
     else:  # the Triton interpreter (tests on CPUs): no autotuning without a GPU
         _l1_kernel[grid](*args, BLOCK_Q=32, BLOCK_N=32)
     return out

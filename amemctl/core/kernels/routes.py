@@ -1,12 +1,14 @@
 """Which retrievals take the one-pass fused Triton kernel: a choice table filled by measurement.
 
-`recall` asks `find` whether a softmax retrieval goes to `amemctl.core.kernels.fused`
+`recall` asks `find` whether a softmax or max retrieval goes to `amemctl.core.kernels.fused`
 instead of the default route (chunked scores, the online softmax in torch, cuBLAS). A
 retrieval qualifies when it runs where the kernel runs (CUDA, or the Triton interpreter),
-with a built-in similarity the kernel computes, softmax with beta > 0, negative distances,
-no score normalisation, and in-memory keys and values of one dtype on the queries' device;
-it then takes the first `TABLE` entry that covers its device, similarity, dtype, key width,
-value width and sizes.
+with a built-in similarity the kernel computes, softmax with beta > 0 or max (top-1),
+negative distances, no score normalisation, and in-memory keys and values of one dtype on
+the queries' device; it then takes the first `TABLE` entry that covers its device,
+similarity, separation, dtype, key width, value width and sizes. Max reads no values in the
+kernel (`fused.nearest`; the best rows are gathered after), so its entries cover every value
+width, and its measurements compare best scores, since near-equal scores may pick either row.
 
 `TABLE` holds only what a GPU measurement found faster: no GPU has run the kernel yet, so it
 is empty and every retrieval takes the default route. `tools/gpu/kernels.py` measures the
@@ -31,7 +33,7 @@ from torch import Tensor
 
 from amemctl.core.kernels import fused, l1
 from amemctl.core.rows import Rows, TensorRows
-from amemctl.core.separation import Separation, Softmax
+from amemctl.core.separation import Separation, Softmax, TopK
 from amemctl.core.similarity import SIMILARITIES, Similarity
 
 #: A fused run must beat the default route by this factor, at every measured size it covers.
@@ -72,7 +74,7 @@ class Route:
             and self.dtype == dtype
             and self.separation == separation
             and self.key_width[0] <= key_width <= self.key_width[1]
-            and self.value_width[0] <= value_width <= self.value_width[1]
+            and (self.separation == "max" or self.value_width[0] <= value_width <= self.value_width[1])
             and (self.memories is None or memories >= self.memories)
             and (self.queries is None or queries >= self.queries)
             and admissible(self.precision, dtype)
@@ -112,7 +114,8 @@ def find(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Sepa
     """The route for this retrieval (flat float32 queries q), or None for the default route."""
     if not TABLE or not l1.available(q) or q.dtype != torch.float32:
         return None
-    if type(sep) is not Softmax or not float(sep.beta) > 0 or distance_form != "negative" or normalize_scores:
+    separation = _separation(sep)
+    if separation is None or distance_form != "negative" or normalize_scores:
         return None
     if SIMILARITIES.get(sim.name) is not sim or not fused.supported(sim.name):
         return None  # a plugin's similarity, or one the kernel lacks
@@ -122,16 +125,29 @@ def find(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Sepa
     if keys.device != q.device or values.device != q.device or keys.dtype != values.dtype or keys.dtype not in (torch.float32, torch.bfloat16):
         return None
     dtype = str(keys.dtype).removeprefix("torch.")
-    return choose(device_kind(q.device), sim.name, dtype, q.shape[1], value_rows.width, len(key_rows), q.shape[0])
+    return choose(device_kind(q.device), sim.name, dtype, q.shape[1], value_rows.width, len(key_rows), q.shape[0], separation)
 
 
-def recall(q: Tensor, key_rows: TensorRows, value_rows: TensorRows, sim: Similarity, sep: Softmax, route: Route, budget: int) -> tuple[Tensor, Tensor, Tensor]:
+def _separation(sep: Separation) -> str | None:
+    """The table's name for a separation the kernel computes: softmax (beta > 0) or max (top-1), else None."""
+    if type(sep) is Softmax and float(sep.beta) > 0:
+        return "softmax"
+    if type(sep) is TopK and sep.k == 1:  # one best row: any weighting gives it weight 1
+        return "max"
+    return None
+
+
+def recall(q: Tensor, key_rows: TensorRows, value_rows: TensorRows, sim: Similarity, sep: Separation, route: Route, budget: int) -> tuple[Tensor, Tensor, Tensor]:
     """(output Q x width, best index Q, its score Q) by the fused kernel, its partial states within `budget`.
 
     Fewer splits of the stored rows come first, then fewer queries at a time. (L1 also makes
     one dimension-major copy of the keys, the size of the keys themselves, not of scores.)
+    Max keeps 8 bytes a query and split, and gathers the best rows of the values after.
     """
     keys, values = key_rows.flat(), value_rows.flat()
+    if route.separation == "max":
+        index, score = fused.nearest(q, keys, sim.name, route.blocks, route.precision)
+        return values.index_select(0, index).to(q.dtype), index, score
     n_q, width = q.shape[0], values.shape[1]
     if n_q == 0:  # no queries: no partial states to fit the budget (the kernel launches nothing)
         return fused.retrieve(q, keys, values, sim.name, float(sep.beta), route.blocks, route.precision, 1)
@@ -167,8 +183,9 @@ class Measurement:
     precision: str
     fused_s: float  #: nan when the configuration failed
     default_s: float
-    error: float  #: max |fused - default| / max |default|
+    error: float  #: max |fused - default| / max |default|: of the outputs (softmax) or of the best scores (max)
     storage_error: float = 0.0  #: for bfloat16: the same of the default route, bf16 keys against their float32 originals
+    separation: str = "softmax"
 
     @property
     def speedup(self) -> float:
@@ -186,16 +203,16 @@ class Measurement:
 def from_measurements(measurements: list[Measurement], margin: float = MARGIN) -> list[Route]:
     """Table entries from measurements: per workload shape, the configuration that wins at the most sizes.
 
-    A workload shape is (device, similarity, dtype, key width, value width). A configuration
+    A workload shape is (device, similarity, separation, dtype, key width, value width). A configuration
     (blocks, precision) qualifies from the smallest measured N at which it, and every larger
     measured N, beat the default route by `margin` with an accurate answer; among those the
     one covering the most sizes wins, then the one with the highest worst speed-up.
     """
     shapes: dict[tuple, list[Measurement]] = {}
     for m in measurements:
-        shapes.setdefault((m.device, m.similarity, m.dtype, m.d, m.width), []).append(m)
+        shapes.setdefault((m.device, m.similarity, m.separation, m.dtype, m.d, m.width), []).append(m)
     routes = []
-    for (device, similarity, dtype, d, width), rows in shapes.items():
+    for (device, similarity, separation, dtype, d, width), rows in shapes.items():
         sizes = sorted({(m.n, m.queries) for m in rows})
         best = None
         for config in {(m.blocks, m.precision) for m in rows}:
@@ -218,11 +235,11 @@ def from_measurements(measurements: list[Measurement], margin: float = MARGIN) -
         routes.append(
             Route(
                 device=device, similarity=similarity, dtype=dtype, key_width=(d, d), value_width=(width, width),
-                blocks=blocks, precision=precision, memories=smallest.n, queries=smallest.queries,
+                blocks=blocks, precision=precision, memories=smallest.n, queries=smallest.queries, separation=separation,
                 measured=f"{device}: {said} faster than the default route",
             )
         )
-    return sorted(routes, key=lambda r: (r.device, r.similarity, r.dtype, r.key_width, r.value_width))
+    return sorted(routes, key=lambda r: (r.device, r.similarity, r.separation, r.dtype, r.key_width, r.value_width))
 
 
 def render(routes: list[Route]) -> str:
@@ -236,7 +253,7 @@ def render(routes: list[Route]) -> str:
             "    Route(",
             f"        {r.device!r}, {r.similarity!r}, {r.dtype!r}, key_width={r.key_width}, value_width={r.value_width},",
             f"        blocks=fused.Blocks({b.block_q}, {b.block_n}, {b.block_d}, {b.block_dv}, num_warps={b.num_warps}, num_stages={b.num_stages}),",
-            f"        precision={r.precision!r}, memories={r.memories}, queries={r.queries},",
+            f"        precision={r.precision!r}, memories={r.memories}, queries={r.queries}, separation={r.separation!r},",
             f"        measured={r.measured!r},",
             "    ),",
         ]
