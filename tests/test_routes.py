@@ -15,8 +15,8 @@ H100 = "NVIDIA H100 80GB HBM3"
 A, B = Blocks(64, 64, 64, 128, num_warps=4, num_stages=3), Blocks(128, 64, 32, 256, num_warps=8, num_stages=2)
 
 
-def measured(sim="dot", dtype="float32", n=100_000, width=512, blocks=A, precision="tf32x3", speedup=2.0, error=1e-6, storage=0.0, d=512, q=1024, separation="softmax"):
-    return Measurement(H100, sim, dtype, n, d, width, q, blocks, precision, 0.01 / speedup, 0.01, error, storage, separation)
+def measured(sim="dot", dtype="float32", n=100_000, width=512, blocks=A, precision="tf32x3", speedup=2.0, error=1e-6, storage=0.0, d=512, q=1024, separation="softmax", k=1):
+    return Measurement(H100, sim, dtype, n, d, width, q, blocks, precision, 0.01 / speedup, 0.01, error, storage, separation, k)
 
 
 def test_the_configuration_winning_at_the_most_sizes_becomes_the_entry():
@@ -67,9 +67,11 @@ def test_rendered_entries_are_the_table_they_describe(monkeypatch):
         measured(sim="euclidean", dtype="bfloat16", precision="bf16", d=3072, width=3072, n=10_000, q=10_000, error=1e-3, storage=1e-3),
         measured(sim="squared_euclidean", d=3072, width=3072, n=10_000, q=10_000, separation="max", blocks=B),
         measured(sim="squared_euclidean", d=3072, width=3072, n=10_000, q=10_000, separation="softmax", speedup=0.9),  # loses: softmax stays off
+        measured(sim="cosine", separation="topk", k=16, n=1_000_000),
+        measured(sim="cosine", separation="topk", k=16, n=1_000_000, blocks=B, speedup=1.05),  # under the margin
     ]
     made = routes.from_measurements(rows)
-    assert len(made) == 4
+    assert len(made) == 5
     space = {"Route": Route, "fused": fused}
     exec(routes.render(made), space)
     assert list(space["TABLE"]) == made
@@ -88,6 +90,10 @@ def test_rendered_entries_are_the_table_they_describe(monkeypatch):
     assert routes.choose(H100, "squared_euclidean", "float32", 3072, 7, 10_000, 10_000, "max") is not None  # max reads no values: any width
     assert routes.choose(H100, "squared_euclidean", "float32", 3072, 3072, 10_000, 10_000) is None  # softmax was not faster
     assert routes.choose(H100, "dot", "float32", 512, 512, 100_000, 1024, "max") is None  # a softmax entry is not a max entry
+    assert routes.choose(H100, "cosine", "float32", 512, 99, 1_000_000, 1024, "topk", 16).blocks == A  # any value width
+    assert routes.choose(H100, "cosine", "float32", 512, 512, 1_000_000, 1024, "topk", 2) is not None  # fewer passes than measured
+    assert routes.choose(H100, "cosine", "float32", 512, 512, 1_000_000, 1024, "topk", 17) is None  # more than measured
+    assert routes.choose(H100, "cosine", "float32", 512, 512, 1_000_000, 1024, "max") is None
     assert routes.render([]).startswith("TABLE: tuple[Route, ...] = ()")
 
 

@@ -14,7 +14,8 @@ Run alone on the GPU (nothing else training):
   d = 512, Q = 1,024 with values = keys and with 3,072-wide values (the semantic memory's
   pixels); the CIFAR-10 pixel workload (10,000 x 3,072 keys = values, 10,000 queries,
   beta 1,000); max (the kernel without values) on the CIFAR-10 pixels, which is also
-  `evaluate`'s nearest-memory rule (squared euclidean), and at N = 1e6; several block sizes each. Prints every timing, a summary of the best
+  `evaluate`'s nearest-memory rule (squared euclidean), and at N = 1e6; top-16 at N = 1e6;
+  several block sizes each. Prints every timing, a summary of the best
   configuration per workload, and the `routes.TABLE` entries to paste into
   amemctl/core/kernels/routes.py (`routes.from_measurements`). --json keeps the measurements
   so that the entries can be derived again without a GPU.
@@ -41,17 +42,18 @@ import torch
 from amemctl.core.kernels import l1, routes
 from amemctl.core.kernels.fused import Blocks
 from amemctl.core.retrieval import recall
-from amemctl.core.separation import Softmax, max_
+from amemctl.core.separation import Softmax, TopK, max_
 
-#: (workload, N, key width d, value width, Q, separation, beta), most needed first
+#: (workload, N, key width d, value width, Q, separation), most needed first
 WORKLOADS = [
-    ("CIFAR-10 pixels", 10_000, 3072, 3072, 10_000, "softmax", 1000.0),
-    ("CIFAR-10 pixels, nearest", 10_000, 3072, 3072, 10_000, "max", 0.0),
-    ("random, values = keys", 100_000, 512, 512, 1024, "softmax", 1.0),
-    ("semantic: 3,072-wide values", 100_000, 512, 3072, 1024, "softmax", 1.0),
-    ("random, values = keys", 1_000_000, 512, 512, 1024, "softmax", 1.0),
-    ("semantic: 3,072-wide values", 1_000_000, 512, 3072, 1024, "softmax", 1.0),
-    ("random, nearest", 1_000_000, 512, 512, 1024, "max", 0.0),
+    ("CIFAR-10 pixels", 10_000, 3072, 3072, 10_000, Softmax(1000.0)),
+    ("CIFAR-10 pixels, nearest", 10_000, 3072, 3072, 10_000, max_()),
+    ("random, values = keys", 100_000, 512, 512, 1024, Softmax(1.0)),
+    ("semantic: 3,072-wide values", 100_000, 512, 3072, 1024, Softmax(1.0)),
+    ("random, values = keys", 1_000_000, 512, 512, 1024, Softmax(1.0)),
+    ("semantic: 3,072-wide values", 1_000_000, 512, 3072, 1024, Softmax(1.0)),
+    ("random, nearest", 1_000_000, 512, 512, 1024, max_()),
+    ("random, top-16", 1_000_000, 512, 512, 1024, TopK(k=16)),
 ]
 SIMILARITIES = ("dot", "euclidean", "manhattan", "cosine")
 #: max also measures squared euclidean: evaluate's nearest-memory rule for every retrieval
@@ -128,13 +130,14 @@ def fused_routes(budget_s: float, json_path: str | None) -> list[routes.Measurem
     device = device_name()
     deadline = time.monotonic() + budget_s
     measurements: list[routes.Measurement] = []
-    for label, n, d, width, n_q, separation, beta in WORKLOADS:
+    for label, n, d, width, n_q, sep in WORKLOADS:
         g = torch.Generator(device=DEVICE).manual_seed(0)
         keys32 = torch.rand(n, d, device=DEVICE, generator=g)
         values32 = keys32 if width == d else torch.rand(n, width, device=DEVICE, generator=g)
         queries = torch.rand(n_q, d, device=DEVICE, generator=g)
-        sep = Softmax(beta) if separation == "softmax" else max_()
-        answer = (lambda got: got.output) if separation == "softmax" else (lambda got: got.score)  # max: near-ties may pick either row
+        separation = routes._separation(sep)
+        k = sep.k if separation == "topk" else 1
+        answer = (lambda got: got.output) if separation == "softmax" else (lambda got: got.score)  # max, top-k: near-ties may pick either row
         for dtype in (torch.float32, torch.bfloat16):
             keys = keys32.to(dtype)
             values = keys if width == d else values32.to(dtype)
@@ -151,7 +154,7 @@ def fused_routes(budget_s: float, json_path: str | None) -> list[routes.Measurem
                 precision = "bf16" if dtype == torch.bfloat16 and sim != "manhattan" else "tf32x3"
                 for blocks in (L1_BLOCKS if sim == "manhattan" else DOT_BLOCKS):
                     kind = str(dtype).removeprefix("torch.")
-                    route = routes.Route(device, sim, kind, (d, d), (width, width), blocks, precision, separation=separation)
+                    route = routes.Route(device, sim, kind, (d, d), (width, width), blocks, precision, separation=separation, k=k)
                     with only_route(route):
                         run = lambda: answer(recall(queries, keys, values, similarity=sim, separation=sep))
                         try:
@@ -162,7 +165,7 @@ def fused_routes(budget_s: float, json_path: str | None) -> list[routes.Measurem
                         except Exception as exc:  # a configuration that does not compile or fit: recorded, not fatal
                             print(f"<!-- {label} {sim} {kind} {blocks}: {type(exc).__name__}: {str(exc)[:200]} -->")
                             fused_s, error = math.nan, math.nan
-                    m = routes.Measurement(device, sim, kind, n, d, width, n_q, blocks, precision, fused_s, default_s, error, storage, separation)
+                    m = routes.Measurement(device, sim, kind, n, d, width, n_q, blocks, precision, fused_s, default_s, error, storage, separation, k)
                     measurements.append(m)
                     b = blocks
                     print(
@@ -204,7 +207,7 @@ def summary(measurements: list[routes.Measurement]) -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
     shapes: dict[tuple, list[routes.Measurement]] = {}
     for m in measurements:
-        shapes.setdefault((m.similarity, m.separation, m.dtype, m.n, m.d, m.width, m.queries), []).append(m)
+        shapes.setdefault((m.similarity, m.separation if m.separation != "topk" else f"top-{m.k}", m.dtype, m.n, m.d, m.width, m.queries), []).append(m)
     for (sim, separation, dtype, n, d, width, n_q), rows in shapes.items():
         timed_rows = [m for m in rows if math.isfinite(m.fused_s)]
         if not timed_rows:

@@ -1,8 +1,10 @@
 """One-pass softmax retrieval in Triton: score, online softmax and projection in one kernel.
 
 z = V^T softmax(beta * sim(K, q)) for manhattan (L1), dot, cosine, euclidean and squared
-euclidean, with the best-scoring memory of each query on the side; or that best memory alone
-(`nearest`: max retrieval, the kernel compiled without the softmax and the values). Nothing Q x N is ever
+euclidean, with the best-scoring memory of each query on the side; or, compiled without the
+softmax and the values, that best memory alone (`nearest`: max retrieval) or the k best
+(`best_k`: top-k retrieval; k passes of selection over each tile of scores keep an unordered
+list of k per query in registers, and the splits' lists are merged on the host). Nothing Q x N is ever
 written: each program streams stored rows in BLOCK_N tiles, keeps flash-attention's running
 maximum, normaliser and weighted sum, and the splits' partial states are merged on the host
 with the log-sum-exp rule (flash-decoding).
@@ -58,6 +60,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -152,14 +155,38 @@ if triton is not None:
         return s
 
     @triton.jit
+    def _take_best(s, n0, cols, top, top_index, TOPK: tl.constexpr):
+        """The running top-k after a tile of scores: TOPK times, the tile's best evicts the list's worst if higher.
+
+        Ties go to the lower index: within the tile the leftmost best is taken first, a later
+        row never evicts an equal score (rows arrive in increasing order), and of several equal
+        worst entries the highest index is evicted.
+        """
+        for _ in tl.static_range(TOPK):
+            c = tl.max(s, 1)
+            at = tl.argmax(s, 1, tie_break_left=True)
+            worst = tl.min(top, 1)
+            ties = top == worst[:, None]
+            last = tl.max(tl.where(ties, top_index, -(2**31)), 1)
+            evict = ties & (top_index == last[:, None]) & (c > worst)[:, None]
+            top = tl.where(evict, c[:, None], top)
+            top_index = tl.where(evict, (n0 + at)[:, None], top_index)
+            s = tl.where(cols[None, :] == at[:, None], float("-inf"), s)
+        return top, top_index
+
+    @triton.jit
     def _fused_kernel(
-        Q, K, QT, KT, QN2, KN2, V, M, L, ACC, BEST, ARG,
+        Q, K, QT, KT, QN2, KN2, V, M, L, ACC, BEST, ARG, TOP, TOPI,
         n_q, d, dv, n_vt, scale, per_split, n_k,
         stride_q, stride_k, stride_qt, stride_kt, stride_v, stride_ms, stride_accs, stride_accq,
         SIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, PROJECT: tl.constexpr,
+        PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr, PROJECT: tl.constexpr, TOPK: tl.constexpr, TOPK_SLOTS: tl.constexpr,
     ):
-        """One program: BLOCK_Q queries, one split of the stored rows, one value tile (PROJECT: softmax and projection; else the best only)."""
+        """One program: BLOCK_Q queries, one split of the stored rows, one value tile.
+
+        PROJECT: softmax and projection. Otherwise the best score and index, and with TOPK > 0
+        the TOPK best of the split (in TOPK_SLOTS >= TOPK slots, a power of 2).
+        """
         pid = tl.program_id(0)
         pid_s = tl.program_id(1)
         pid_q = pid // n_vt  # the value tiles of one query block are neighbours: they read the same keys
@@ -175,6 +202,11 @@ if triton is not None:
         acc = tl.zeros((BLOCK_Q, BLOCK_DV), tl.float32)
         best = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
         arg = tl.zeros((BLOCK_Q,), tl.int32)
+        slots = tl.arange(0, TOPK_SLOTS)
+        # the running top-k, unordered: slots past TOPK hold +inf, so they are never the one evicted
+        top = tl.where(slots[None, :] < TOPK, float("-inf"), float("inf")) + tl.zeros((BLOCK_Q, TOPK_SLOTS), tl.float32)
+        top_index = tl.zeros((BLOCK_Q, TOPK_SLOTS), tl.int32) - 1 - slots[None, :]  # distinct, below every row
+        cols = tl.arange(0, BLOCK_N)
         qn2 = tl.load(QN2 + rq, mask=mq, other=1.0)  # |q|^2 (L2 and cosine)
         for n0 in range(start, stop, BLOCK_N):
             rn = n0 + tl.arange(0, BLOCK_N)
@@ -190,6 +222,8 @@ if triton is not None:
             better = tile_best > best  # strictly: an earlier tile keeps its tie
             arg = tl.where(better, n0 + tl.argmax(s, 1, tie_break_left=True), arg)
             best = tl.where(better, tile_best, best)
+            if TOPK > 0:
+                top, top_index = _take_best(s, n0, cols, top, top_index, TOPK)
             if PROJECT:
                 z = s * scale
                 m_new = tl.maximum(m, tl.max(z, 1))
@@ -206,6 +240,10 @@ if triton is not None:
             if PROJECT:
                 tl.store(M + state, m, mask=mq)
                 tl.store(L + state, l, mask=mq)
+        if TOPK > 0:
+            kept = pid_s.to(tl.int64) * stride_ms * TOPK_SLOTS + rq.to(tl.int64)[:, None] * TOPK_SLOTS + slots[None, :]
+            tl.store(TOP + kept, top, mask=mq[:, None])
+            tl.store(TOPI + kept, top_index, mask=mq[:, None])
         if PROJECT:
             rows = pid_s.to(tl.int64) * stride_accs + rq.to(tl.int64)[:, None] * stride_accq
             tl.store(ACC + rows + rdv[None, :], acc, mask=mq[:, None] & mdv[None, :])
@@ -260,8 +298,8 @@ def retrieve(
     if n_q == 0 or dv == 0:  # nothing to launch
         out = torch.zeros(n_q, dv, device=queries.device, dtype=torch.float32)
         return out, torch.zeros(n_q, dtype=torch.long, device=queries.device), torch.full((n_q,), -math.inf, device=queries.device)
-    m, l, acc, best, arg = _launch(queries, keys, values.contiguous(), similarity, beta, blocks, precision, splits)
-    return _merge(m, l, acc, best, arg)
+    states = _launch(queries, keys, values.contiguous(), similarity, beta, blocks, precision, splits)
+    return _merge(states)
 
 
 def nearest(
@@ -280,15 +318,60 @@ def nearest(
     _check(queries, keys, keys[:, :0], similarity, blocks, precision)
     if len(queries) == 0:
         return torch.zeros(0, dtype=torch.long, device=queries.device), torch.full((0,), -math.inf, device=queries.device)
-    *_, best, arg = _launch(queries, keys, None, similarity, 0.0, blocks, precision, splits)
-    winner = best.argmax(0, keepdim=True)  # the first maximum: the lowest split, so the lowest index
-    return arg.gather(0, winner)[0].long(), best.gather(0, winner)[0]
+    states = _launch(queries, keys, None, similarity, 0.0, blocks, precision, splits)
+    return _best(states)
+
+
+#: the most memories `best_k` keeps per query: each is one more pass over a tile of scores
+MAX_K = 64
+
+
+def best_k(
+    queries: Tensor,
+    keys: Tensor,
+    similarity: str,
+    k: int,
+    blocks: Blocks = Blocks(),
+    precision: str = "tf32x3",
+    splits: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(scores Q x k, indices Q x k) of each query's k highest-scoring keys, best first, one pass, no values read.
+
+    k is at most MAX_K and is cut to the number of keys. Ties go to the lowest index (as
+    `amemctl.core.separation.top_k`); a NaN score counts as the maximum and is reported as +inf.
+    """
+    _check(queries, keys, keys[:, :0], similarity, blocks, precision)
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
+    k = min(k, len(keys))
+    if len(queries) == 0:
+        return torch.zeros(0, k, device=queries.device), torch.zeros(0, k, dtype=torch.long, device=queries.device)
+    states = _launch(queries, keys, None, similarity, 0.0, blocks, precision, splits, topk=k)
+    candidates = states.top.permute(1, 0, 2).reshape(len(queries), -1)  # splits in order: lower rows first
+    indices = states.top_index.permute(1, 0, 2).reshape(len(queries), -1)
+    candidates = torch.where(indices >= 0, candidates, -math.inf)  # unused slots (a split of fewer than k rows)
+    by_row = indices.argsort(dim=1)  # the kernel's slots are unordered: rows in order first, so equal scores keep the lower row
+    candidates, indices = candidates.gather(1, by_row), indices.gather(1, by_row)
+    order = torch.sort(candidates, dim=1, descending=True, stable=True).indices[:, :k]
+    return candidates.gather(1, order), indices.gather(1, order).long()
+
+
+class _States(NamedTuple):
+    """What one launch leaves per split: softmax states (with values), best scores and indices, the top k (with topk)."""
+
+    m: Tensor | None
+    l: Tensor | None
+    acc: Tensor | None
+    best: Tensor
+    arg: Tensor
+    top: Tensor | None
+    top_index: Tensor | None
 
 
 def _launch(
-    queries: Tensor, keys: Tensor, values: Tensor | None, similarity: str, beta: float, blocks: Blocks, precision: str, splits: int | None
-) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor, Tensor]:
-    """The splits' partial states (running max, normaliser, weighted sums; None without values) and best scores and indices."""
+    queries: Tensor, keys: Tensor, values: Tensor | None, similarity: str, beta: float, blocks: Blocks, precision: str, splits: int | None, topk: int = 0
+) -> _States:
+    """Launch the kernel: with values, softmax and projection; without, the best row (and the `topk` best)."""
     n_q, d = queries.shape
     n_k = len(keys)
     project = values is not None
@@ -313,24 +396,32 @@ def _launch(
     device = queries.device
     best = torch.empty(splits, n_q, device=device, dtype=torch.float32)
     arg = torch.empty(splits, n_q, device=device, dtype=torch.int32)
-    m = l = acc = None
+    m = l = acc = top = top_index = None
     if project:
         m, l = torch.empty_like(best), torch.empty_like(best)
         acc = torch.empty(splits, n_q, dv, device=device, dtype=torch.float32)
-    unused = best  # a pointer the kernel never reads or writes without values
+    slots = 1 << max(0, topk - 1).bit_length()
+    if topk:
+        top = torch.empty(splits, n_q, slots, device=device, dtype=torch.float32)
+        top_index = torch.empty(splits, n_q, slots, device=device, dtype=torch.int32)
+    unused = best  # a pointer the kernel never reads or writes in this mode
     v = values if project else unused
     grid = (math.ceil(n_q / blocks.block_q) * n_vt, splits)
     with on_device(device):
         _fused_kernel[grid](
-            q, k, q_t, k_t, q_n2, k_n2, v, m if project else unused, l if project else unused, acc if project else unused, best, arg,
+            q, k, q_t, k_t, q_n2, k_n2, v, _or(m, unused), _or(l, unused), _or(acc, unused), best, arg, _or(top, unused), _or(top_index, arg),
             n_q, d, dv, n_vt, float(beta) * math.log2(math.e), per_split, n_k,
             q.stride(0), k.stride(0), q_t.stride(0), k_t.stride(0), v.stride(0), best.stride(0),
             acc.stride(0) if project else 0, acc.stride(1) if project else 0,
             SIM=sim, BLOCK_Q=blocks.block_q, BLOCK_N=blocks.block_n, BLOCK_D=blocks.block_d, BLOCK_DV=block_dv,
-            PRECISION=precision, EMULATE_BF16=_interpreted(), PROJECT=project,
+            PRECISION=precision, EMULATE_BF16=_interpreted(), PROJECT=project, TOPK=topk, TOPK_SLOTS=slots,
             num_warps=blocks.num_warps, num_stages=blocks.num_stages,
         )
-    return m, l, acc, best, arg
+    return _States(m, l, acc, best, arg, top, top_index)
+
+
+def _or(tensor: Tensor | None, unused: Tensor) -> Tensor:
+    return unused if tensor is None else tensor
 
 
 def squared_norms(x: Tensor, like: torch.dtype | None = None) -> Tensor:
@@ -360,15 +451,21 @@ def _check(queries: Tensor, keys: Tensor, values: Tensor, similarity: str, block
         raise ValueError("the fused kernel runs on CUDA devices (or anywhere under TRITON_INTERPRET=1)")
 
 
-def _merge(m: Tensor, l: Tensor, acc: Tensor, best: Tensor, arg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The splits' partial states merged by the log-sum-exp rule; the best score of the first split that has it."""
+def _merge(states: _States) -> tuple[Tensor, Tensor, Tensor]:
+    """The splits' partial states merged by the log-sum-exp rule, with the best index and score."""
+    m, l, acc = states.m, states.l, states.acc
     if m.shape[0] == 1:
         output = acc[0] / l[0][:, None]
     else:
         weight = torch.exp2(m - m.amax(0, keepdim=True))  # splits that saw nothing have m = -inf and weigh 0
         output = torch.einsum("sq,sqv->qv", weight, acc) / (l * weight).sum(0)[:, None]
-    winner = best.argmax(0, keepdim=True)  # the first maximum: the lowest split, so the lowest index
-    return output, arg.gather(0, winner)[0].long(), best.gather(0, winner)[0]
+    return (output, *_best(states))
+
+
+def _best(states: _States) -> tuple[Tensor, Tensor]:
+    """(index, score) of each query's best row: that of the first split that has it, so the lowest index."""
+    winner = states.best.argmax(0, keepdim=True)
+    return states.arg.gather(0, winner)[0].long(), states.best.gather(0, winner)[0]
 
 
 def softmax_retrieve(

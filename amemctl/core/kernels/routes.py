@@ -1,14 +1,16 @@
 """Which retrievals take the one-pass fused Triton kernel: a choice table filled by measurement.
 
-`recall` asks `find` whether a softmax or max retrieval goes to `amemctl.core.kernels.fused`
+`recall` asks `find` whether a softmax, max or top-k retrieval goes to `amemctl.core.kernels.fused`
 instead of the default route (chunked scores, the online softmax in torch, cuBLAS). A
 retrieval qualifies when it runs where the kernel runs (CUDA, or the Triton interpreter),
-with a built-in similarity the kernel computes, softmax with beta > 0 or max (top-1),
+with a built-in similarity the kernel computes, softmax with beta > 0, max (top-1) or top-k
+(k up to `fused.MAX_K`),
 negative distances, no score normalisation, and in-memory keys and values of one dtype on
 the queries' device; it then takes the first `TABLE` entry that covers its device,
-similarity, separation, dtype, key width, value width and sizes. Max reads no values in the
-kernel (`fused.nearest`; the best rows are gathered after), so its entries cover every value
-width, and its measurements compare best scores, since near-equal scores may pick either row.
+similarity, separation, dtype, key width, value width and sizes. Max and top-k read no values
+in the kernel (`fused.nearest`, `fused.best_k`; the chosen rows are gathered after), so their
+entries cover every value width, and their measurements compare best scores, since
+near-equal scores may pick either row. A top-k entry covers k from 2 to the measured k.
 
 `TABLE` holds only what a GPU measurement found faster: no GPU has run the kernel yet, so it
 is empty and every retrieval takes the default route. `tools/gpu/kernels.py` measures the
@@ -65,16 +67,18 @@ class Route:
     memories: int | None = None  #: fewest stored rows covered
     queries: int | None = None  #: fewest queries covered
     separation: str = "softmax"
+    k: int = 1  #: top-k: the largest k covered (each k costs a pass over every tile of scores)
     measured: str = field(default="", compare=False)  #: the measurement behind it, in words
 
-    def covers(self, kind: str, similarity: str, dtype: str, key_width: int, value_width: int, memories: int, queries: int, separation: str) -> bool:
+    def covers(self, kind: str, similarity: str, dtype: str, key_width: int, value_width: int, memories: int, queries: int, separation: str, k: int = 1) -> bool:
         return (
             self.device in kind
             and self.similarity == similarity
             and self.dtype == dtype
             and self.separation == separation
             and self.key_width[0] <= key_width <= self.key_width[1]
-            and (self.separation == "max" or self.value_width[0] <= value_width <= self.value_width[1])
+            and (self.separation != "softmax" or self.value_width[0] <= value_width <= self.value_width[1])
+            and (self.separation != "topk" or 2 <= k <= self.k)
             and (self.memories is None or memories >= self.memories)
             and (self.queries is None or queries >= self.queries)
             and admissible(self.precision, dtype)
@@ -90,10 +94,10 @@ def admissible(precision: str, dtype: str) -> bool:
     return precision in FAITHFUL or (dtype == "bfloat16" and precision == "bf16")
 
 
-def choose(kind: str, similarity: str, dtype: str, key_width: int, value_width: int, memories: int, queries: int, separation: str = "softmax") -> Route | None:
+def choose(kind: str, similarity: str, dtype: str, key_width: int, value_width: int, memories: int, queries: int, separation: str = "softmax", k: int = 1) -> Route | None:
     """The first `TABLE` entry covering this retrieval, or None (the default route)."""
     for route in TABLE:
-        if route.covers(kind, similarity, dtype, key_width, value_width, memories, queries, separation):
+        if route.covers(kind, similarity, dtype, key_width, value_width, memories, queries, separation, k):
             return route
     return None
 
@@ -125,15 +129,18 @@ def find(q: Tensor, key_rows: Rows, value_rows: Rows, sim: Similarity, sep: Sepa
     if keys.device != q.device or values.device != q.device or keys.dtype != values.dtype or keys.dtype not in (torch.float32, torch.bfloat16):
         return None
     dtype = str(keys.dtype).removeprefix("torch.")
-    return choose(device_kind(q.device), sim.name, dtype, q.shape[1], value_rows.width, len(key_rows), q.shape[0], separation)
+    k = sep.k if isinstance(sep, TopK) else 1
+    return choose(device_kind(q.device), sim.name, dtype, q.shape[1], value_rows.width, len(key_rows), q.shape[0], separation, k)
 
 
 def _separation(sep: Separation) -> str | None:
-    """The table's name for a separation the kernel computes: softmax (beta > 0) or max (top-1), else None."""
+    """The table's name for a separation the kernel computes: softmax (beta > 0), max (top-1) or topk, else None."""
     if type(sep) is Softmax and float(sep.beta) > 0:
         return "softmax"
     if type(sep) is TopK and sep.k == 1:  # one best row: any weighting gives it weight 1
         return "max"
+    if type(sep) is TopK and sep.k <= fused.MAX_K:
+        return "topk"
     return None
 
 
@@ -142,12 +149,16 @@ def recall(q: Tensor, key_rows: TensorRows, value_rows: TensorRows, sim: Similar
 
     Fewer splits of the stored rows come first, then fewer queries at a time. (L1 also makes
     one dimension-major copy of the keys, the size of the keys themselves, not of scores.)
-    Max keeps 8 bytes a query and split, and gathers the best rows of the values after.
+    Max and top-k keep 8 bytes a query, split and kept row, and gather the chosen rows of the
+    values after (top-k: as many queries at a time as `budget` holds k of their rows).
     """
     keys, values = key_rows.flat(), value_rows.flat()
     if route.separation == "max":
         index, score = fused.nearest(q, keys, sim.name, route.blocks, route.precision)
         return values.index_select(0, index).to(q.dtype), index, score
+    if route.separation == "topk":
+        scores, chosen = fused.best_k(q, keys, sim.name, sep.k, route.blocks, route.precision)
+        return _weighted(sep, scores, chosen, values, q.dtype, budget), chosen[:, 0], scores[:, 0]
     n_q, width = q.shape[0], values.shape[1]
     if n_q == 0:  # no queries: no partial states to fit the budget (the kernel launches nothing)
         return fused.retrieve(q, keys, values, sim.name, float(sep.beta), route.blocks, route.precision, 1)
@@ -162,6 +173,20 @@ def recall(q: Tensor, key_rows: TensorRows, value_rows: TensorRows, sim: Similar
     ]
     output, index, score = (torch.cat(part) for part in zip(*parts))
     return output, index, score
+
+
+def _weighted(sep: TopK, scores: Tensor, chosen: Tensor, values: Tensor, dtype: torch.dtype, budget: int) -> Tensor:
+    """Each query's chosen rows of the values, weighted as the separation says (Q x width)."""
+    n_q, k = chosen.shape
+    width = values.shape[1]
+    output = torch.empty(n_q, width, device=values.device, dtype=dtype)
+    piece = max(1, budget // max(1, k * width * torch.finfo(dtype).bits // 8))
+    weights = sep._select_weights(scores).to(dtype)
+    for start in range(0, n_q, piece):
+        rows = chosen[start : start + piece]
+        picked = values.index_select(0, rows.reshape(-1)).reshape(*rows.shape, width).to(dtype)
+        output[start : start + piece] = torch.einsum("qk,qkw->qw", weights[start : start + piece], picked)
+    return output
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,6 +211,7 @@ class Measurement:
     error: float  #: max |fused - default| / max |default|: of the outputs (softmax) or of the best scores (max)
     storage_error: float = 0.0  #: for bfloat16: the same of the default route, bf16 keys against their float32 originals
     separation: str = "softmax"
+    k: int = 1  #: top-k's k
 
     @property
     def speedup(self) -> float:
@@ -210,9 +236,9 @@ def from_measurements(measurements: list[Measurement], margin: float = MARGIN) -
     """
     shapes: dict[tuple, list[Measurement]] = {}
     for m in measurements:
-        shapes.setdefault((m.device, m.similarity, m.separation, m.dtype, m.d, m.width), []).append(m)
+        shapes.setdefault((m.device, m.similarity, m.separation, m.k, m.dtype, m.d, m.width), []).append(m)
     routes = []
-    for (device, similarity, separation, dtype, d, width), rows in shapes.items():
+    for (device, similarity, separation, k, dtype, d, width), rows in shapes.items():
         sizes = sorted({(m.n, m.queries) for m in rows})
         best = None
         for config in {(m.blocks, m.precision) for m in rows}:
@@ -235,11 +261,11 @@ def from_measurements(measurements: list[Measurement], margin: float = MARGIN) -
         routes.append(
             Route(
                 device=device, similarity=similarity, dtype=dtype, key_width=(d, d), value_width=(width, width),
-                blocks=blocks, precision=precision, memories=smallest.n, queries=smallest.queries, separation=separation,
+                blocks=blocks, precision=precision, memories=smallest.n, queries=smallest.queries, separation=separation, k=k,
                 measured=f"{device}: {said} faster than the default route",
             )
         )
-    return sorted(routes, key=lambda r: (r.device, r.similarity, r.separation, r.dtype, r.key_width, r.value_width))
+    return sorted(routes, key=lambda r: (r.device, r.similarity, r.separation, r.k, r.dtype, r.key_width, r.value_width))
 
 
 def render(routes: list[Route]) -> str:
@@ -253,7 +279,7 @@ def render(routes: list[Route]) -> str:
             "    Route(",
             f"        {r.device!r}, {r.similarity!r}, {r.dtype!r}, key_width={r.key_width}, value_width={r.value_width},",
             f"        blocks=fused.Blocks({b.block_q}, {b.block_n}, {b.block_d}, {b.block_dv}, num_warps={b.num_warps}, num_stages={b.num_stages}),",
-            f"        precision={r.precision!r}, memories={r.memories}, queries={r.queries}, separation={r.separation!r},",
+            f"        precision={r.precision!r}, memories={r.memories}, queries={r.queries}, separation={r.separation!r}, k={r.k},",
             f"        measured={r.measured!r},",
             "    ),",
         ]
