@@ -55,7 +55,7 @@ def main(no_plugin: tuple[str, ...]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a value of the pipeline, e.g. --set seed=3 or --set stages.score.similarity=cosine.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides the pipeline's device).")
 @click.option("--out", "out_root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Folder under which the run folder is made.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress: no bars in a terminal, no progress lines in a log (epochs, points, ETA).")
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(1), help="Processes (torch.distributed ranks) to split retrieval over.")
 @click.option("--resume", "resume", default=None, metavar="RUN", help="Continue the run folder RUN (interrupted or failed): finished points are reused, training resumes from its checkpoints.")
 def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int, resume: str | None) -> None:
