@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from amemctl.core import random
+
 #: luma weights (ITU-R 601-2), exactly as torchvision's rgb_to_grayscale
 LUMA = (0.2989, 0.587, 0.114)
 
@@ -23,7 +25,7 @@ def grayscale(images: Tensor) -> Tensor:
 
 
 def _per_image(factors: Tensor, images: Tensor) -> Tensor:
-    return factors.to(images.device, images.dtype).reshape(-1, *([1] * (images.dim() - 1)))
+    return random.moved(factors, images.device, images.dtype).reshape(-1, *([1] * (images.dim() - 1)))
 
 
 def _blend(images: Tensor, other: Tensor, ratio: Tensor) -> Tensor:

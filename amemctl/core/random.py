@@ -19,7 +19,8 @@ def _home(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _move(x: Tensor, device: "torch.device | str | None", dtype: torch.dtype | None) -> Tensor:
+def moved(x: Tensor, device: "torch.device | str | None", dtype: torch.dtype | None = None) -> Tensor:
+    """x on `device` in `dtype`; from the CPU to a GPU without waiting for the GPU (for CPU-drawn parameters)."""
     target = torch.device(device) if device is not None else x.device
     if target.type == "cuda" and x.device.type == "cpu":
         # a plain copy from pageable memory waits for the GPU (a sync per draw); from pinned
@@ -30,19 +31,19 @@ def _move(x: Tensor, device: "torch.device | str | None", dtype: torch.dtype | N
 
 def rand(shape: Sequence[int], generator: torch.Generator | None = None, *, device: "torch.device | str | None" = None, dtype: torch.dtype | None = None) -> Tensor:
     """Uniform [0, 1) numbers of `shape` on `device`, drawn from `generator` wherever it lives."""
-    return _move(torch.rand(tuple(shape), generator=generator, device=_home(generator)), device, dtype)
+    return moved(torch.rand(tuple(shape), generator=generator, device=_home(generator)), device, dtype)
 
 
 def randn(shape: Sequence[int], generator: torch.Generator | None = None, *, device: "torch.device | str | None" = None, dtype: torch.dtype | None = None) -> Tensor:
     """Standard normal numbers of `shape` on `device`, drawn from `generator` wherever it lives."""
-    return _move(torch.randn(tuple(shape), generator=generator, device=_home(generator)), device, dtype)
+    return moved(torch.randn(tuple(shape), generator=generator, device=_home(generator)), device, dtype)
 
 
 def randint(low: int, high: int, shape: Sequence[int], generator: torch.Generator | None = None, *, device: "torch.device | str | None" = None) -> Tensor:
     """Integers in [low, high) of `shape` on `device`, drawn from `generator` wherever it lives."""
-    return _move(torch.randint(low, high, tuple(shape), generator=generator, device=_home(generator)), device, None)
+    return moved(torch.randint(low, high, tuple(shape), generator=generator, device=_home(generator)), device, None)
 
 
 def randperm(n: int, generator: torch.Generator | None = None, *, device: "torch.device | str | None" = None) -> Tensor:
     """A random permutation of range(n) on `device`, drawn from `generator` wherever it lives."""
-    return _move(torch.randperm(n, generator=generator, device=_home(generator)), device, None)
+    return moved(torch.randperm(n, generator=generator, device=_home(generator)), device, None)

@@ -89,7 +89,7 @@ def resized_crops(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None 
     `grid_sample`.
     """
     n, _, height, width = images.shape
-    top, left, h, w = boxes.to(images.device, torch.float32).unbind(dim=1)
+    top, left, h, w = random.moved(boxes, images.device, torch.float32).unbind(dim=1)
     steps = torch.arange(size, device=images.device, dtype=torch.float32) + 0.5
 
     def positions(start: Tensor, extent: Tensor, side: int) -> Tensor:
@@ -99,7 +99,7 @@ def resized_crops(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None 
 
     xs, ys = positions(left, w, width), positions(top, h, height)
     if flip is not None:
-        xs = torch.where(flip.to(images.device)[:, None], xs.flip(1), xs)
+        xs = torch.where(random.moved(flip, images.device)[:, None], xs.flip(1), xs)
     grid = torch.stack((xs[:, None, :].expand(n, size, size), ys[:, :, None].expand(n, size, size)), dim=-1)
     return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -121,7 +121,7 @@ def jitter(images: Tensor, strength: float, p: float, generator: torch.Generator
         for k, op in enumerate(ops):
             chosen = torch.nonzero(applied & (order[:, position] == k)).squeeze(1)  # on the CPU: no device sync
             if len(chosen):
-                rows = chosen.to(images.device)
+                rows = random.moved(chosen, images.device)
                 out[rows] = op(out[rows], factors[k][chosen])
     return out
 
@@ -130,8 +130,8 @@ def blur(images: Tensor, generator: torch.Generator) -> Tensor:
     """Gaussian blur with probability 0.5, sigma in [0.1, 2] per image, kernel ~10% of the side (reflect padding)."""
     n, c, height, width = images.shape
     k = max(3, int(0.1 * width) // 2 * 2 + 1)
-    sigma = _uniform(n, 0.1, 2.0, generator).to(images.device, images.dtype)
-    sigma = torch.where(random.rand((n,), generator).to(images.device) < 0.5, sigma, torch.zeros_like(sigma))
+    sigma = random.moved(_uniform(n, 0.1, 2.0, generator), images.device, images.dtype)
+    sigma = torch.where(random.rand((n,), generator, device=images.device) < 0.5, sigma, torch.zeros_like(sigma))
     x = torch.arange(k, device=images.device, dtype=images.dtype) - k // 2
     kernel = torch.exp(-(x**2) / (2 * sigma.clamp_min(1e-6)[:, None] ** 2))
     kernel = kernel / kernel.sum(dim=1, keepdim=True)  # sigma 0 (no blur): a unit impulse
@@ -172,8 +172,8 @@ def erase_boxes(n: int, height: int, width: int, generator: torch.Generator) -> 
 def erase(images: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """With probability p per image, a random rectangle (erase_boxes) replaced by uniform noise in [0, 1]."""
     n, _, height, width = images.shape
-    top, left, h, w = erase_boxes(n, height, width, generator).to(images.device).unbind(dim=1)
-    chosen = (random.rand((n,), generator) < p).to(images.device)
+    top, left, h, w = random.moved(erase_boxes(n, height, width, generator), images.device).unbind(dim=1)
+    chosen = random.rand((n,), generator, device=images.device) < p
     rows = torch.arange(height, device=images.device)[None, :]
     cols = torch.arange(width, device=images.device)[None, :]
     inside_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
@@ -188,7 +188,7 @@ def noise(images: Tensor, largest: float, generator: torch.Generator) -> Tensor:
     n = len(images)
     std = largest * random.rand((n,), generator) * (random.rand((n,), generator) < 0.5)
     draws = random.randn(images.shape, generator, device=images.device, dtype=images.dtype)
-    return (images + std.to(images.device, images.dtype).view(-1, 1, 1, 1) * draws).clamp_(0, 1)
+    return (images + random.moved(std, images.device, images.dtype).view(-1, 1, 1, 1) * draws).clamp_(0, 1)
 
 
 def views(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Tensor:
