@@ -440,3 +440,10 @@ def test_max_and_top_k_retrieval_through_a_fused_route_on_the_gpu(monkeypatch, s
             assert (got.index == default.index).float().mean() > 0.99, (sim, dtype)
             agree = (got.output - default.output).abs().amax(1) < 1e-4  # near-equal scores may choose another row
             assert agree.float().mean() > 0.99, (sim, dtype)
+
+
+def test_l1_autotuning_is_keyed_by_size_class_so_chunks_of_similar_shape_share_it():
+    from amemctl.core.kernels.l1 import _size_class
+
+    assert _size_class(1000, 60_000) == _size_class(1024, 65_536) == _size_class(513, 32_769)
+    assert len({_size_class(1024, 65_536), _size_class(1025, 65_536), _size_class(1024, 65_537), _size_class(1, 1)}) == 4

@@ -52,7 +52,8 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _l1_kernel(QT, KT, S, n_q, n_k, d, stride_qt, stride_kt, stride_s, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _l1_kernel(QT, KT, S, n_q, n_k, d, stride_qt, stride_kt, stride_s, size_class, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr):
+        """L1 distances of a tile of queries and keys; `size_class` only keys the autotuning (see `_size_class`)."""
         pid_q = tl.program_id(0)
         pid_n = tl.program_id(1)
         rq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -67,7 +68,18 @@ if triton is not None:
         triton.Config({"BLOCK_Q": bq, "BLOCK_N": bn}, num_warps=w)
         for bq, bn, w in [(64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 8), (64, 256, 8), (128, 256, 8), (32, 128, 4)]
     ]
-    _l1_tuned = triton.autotune(configs=CONFIGS, key=["n_q", "n_k", "d"])(_l1_kernel)
+    _l1_tuned = triton.autotune(configs=CONFIGS, key=["size_class", "d"])(_l1_kernel)
+
+
+def _size_class(n_q: int, n_k: int) -> int:
+    """The autotuning key of a shape: the powers of 2 at or above Q and N.
+
+    A retrieval's chunks come in up to four shapes (the full and last chunk of keys, times the
+    full and last block of queries), and every sweep point may bring others: keyed on the
+    exact shape, each would autotune its 7 configurations again (about 1 s each time). Shapes
+    within one class share the tuned configuration.
+    """
+    return (max(0, n_q - 1).bit_length() << 8) | max(0, n_k - 1).bit_length()
 
 
 def on_device(device: torch.device):
@@ -90,7 +102,7 @@ def l1_distances(queries: Tensor, keys: Tensor) -> Tensor:
     def grid(meta):
         return (triton.cdiv(n_q, meta["BLOCK_Q"]), triton.cdiv(n_k, meta["BLOCK_N"]))
 
-    args = (q_t, k_t, out, n_q, n_k, d, q_t.stride(0), k_t.stride(0), out.stride(0))
+    args = (q_t, k_t, out, n_q, n_k, d, q_t.stride(0), k_t.stride(0), out.stride(0), _size_class(n_q, n_k))
     if queries.is_cuda:
         with on_device(queries.device):
             _l1_tuned[grid](*args)
