@@ -27,7 +27,7 @@ A phi for semantic memories that ships with amemctl: `embed: {{pretrained: {name
 | --- | --- |
 | architecture | {arch} ({dim}-d embedding), CIFAR stem: {cifar_stem} |
 | trained with | SimCLR (NT-Xent), {epochs} epochs, batch {batch_size}, {optimizer} lr {lr}, temperature {temperature} |
-| augmentations | random resized crop {crop_scale}, flip, colour jitter {jitter} (p=0.8), grey p={grayscale}, rotations p={rotations}, colour filters {filters} |
+| augmentations | random resized crop {crop_scale}, flip, colour jitter {jitter} (p=0.8), grey p={grayscale}, rotations p={rotations}, colour filters {filters}, random erasing p={erase}, Gaussian noise std up to {noise} (p=0.5) |
 | data | {data}; no labels were used in training |
 | final loss | {loss:.4f} (first epoch {first_loss:.4f}) |
 | kNN accuracy | {knn} (weighted kNN, k=200, tau=0.1, on the CIFAR-10 labels of the training images, leave-one-out) |
@@ -62,7 +62,7 @@ def main() -> None:
     seconds = sum(timing.get("epoch_seconds") or [0.0])
     record = json.loads((args.run / "run.json").read_text())
     command = " ".join(["amemctl run", record.get("file", "?"), *(f"--set {o}" for o in record.get("overrides", []) if "checkpoints=" not in o)])
-    fields = {**config}
+    fields = {"erase": 0.0, "noise": 0.0, **config}  # configurations from before erase and noise existed
     fields.update(
         name=args.name,
         arch=payload["arch"],
