@@ -124,6 +124,15 @@ def test_erasing_replaces_one_rectangle_of_the_chosen_images_by_noise():
     assert abs(filled.mean().item() - 0.5) < 0.02 and filled.min() >= 0 and filled.max() <= 1  # uniform noise
 
 
+def test_erased_rectangles_lie_inside_the_image_anywhere_and_cover_2_to_50_percent():
+    top, left, h, w = augment.erase_boxes(4000, 20, 24, torch.Generator().manual_seed(6)).unbind(dim=1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 20).all() and (left + w <= 24).all()
+    inner_h, inner_w = h < 20, w < 24  # rectangles that have room to move
+    assert (top == 0)[inner_h].any() and (top + h == 20)[inner_h].any() and (left == 0)[inner_w].any() and (left + w == 24)[inner_w].any()
+    area = h * w / 480
+    assert area.min() < 0.03 and area.max() > 0.4 and (area >= 0.01).all() and (area <= 0.56).all()  # up to rounding of the sides
+
+
 def test_noise_is_added_to_half_the_images_with_stds_up_to_the_largest():
     x = torch.full((400, 3, 16, 16), 0.5)
     out = augment.noise(x, 0.2, torch.Generator().manual_seed(5))

@@ -251,6 +251,15 @@ NEAREST = textwrap.dedent(
             assert torch.equal(chosen, want), (sim, kk, splits, dtype)
             torch.testing.assert_close(scores.double(), want_scores, rtol=1e-5, atol=2e-3 if sim == "euclidean" else 1e-4)
     assert fused.best_k(q, k[:3], "dot", 8)[1].shape == (19, 3)  # k cut to the keys
+    # rows scoring -inf (dot products overflowing) fill the k when fewer score higher, also in
+    # splits of fewer than k rows: never an empty slot (an index past the keys or below 0)
+    far = k.clone()
+    far[::3] = -3e38
+    for kk, splits in [(64, 1), (64, 3), (33, 2)]:
+        scores, chosen = fused.best_k(q, far, "dot", kk, fused.Blocks(16, 16, 16), "ieee", splits)
+        want_scores, want = top_k((q.double() @ far.double().T).float(), kk)  # float32: -inf where the kernel overflows
+        assert torch.equal(chosen, want), (kk, splits, chosen[0], want[0])
+        assert torch.equal(scores.isinf(), want_scores.isinf())
     scores, chosen = fused.best_k(q, bad, "dot", 3, fused.Blocks(16, 16, 16), "ieee", 2)
     assert (chosen[:, :2] == torch.tensor([30, 60])).all() and torch.isinf(scores[:, :2]).all()
     for wrong in (0, fused.MAX_K + 1):
@@ -278,6 +287,12 @@ NEAREST = textwrap.dedent(
         recall(q, k, v, similarity=sim, separation=TopK(k=9))  # more than the entry measured
         recall(q, k, v, similarity=sim, separation="max")  # a top-k entry is not a max entry
         assert calls == [], (sim, calls)
+    routes.TABLE = ()
+    default = recall(q, far, v, similarity="dot", separation=TopK(k=64))
+    routes.TABLE = (routes.Route("cpu", "dot", "float32", key_width=(1, 99), value_width=(1, 1), blocks=fused.Blocks(16, 16, 16), precision="ieee", separation="topk", k=64),)
+    got = recall(q, far, v, similarity="dot", separation=TopK(k=64))  # the values of 4 rows scoring -inf in the mean
+    assert calls == [("dot", 64)] and torch.equal(got.index, default.index)
+    torch.testing.assert_close(got.output, default.output, rtol=1e-5, atol=1e-6)
     print("ok")
     """
 )

@@ -105,6 +105,21 @@ def test_simclr_loss_decreases_and_training_resumes_exactly(tmp_path):
     assert again.resumed_from == 6 and again.encoder.weights_sha256 == whole.encoder.weights_sha256
 
 
+def test_checkpoints_written_before_erase_and_noise_existed_still_resume(tmp_path):
+    from amemctl.training.simclr import ADDED_LATER
+
+    images = _images(32)
+    config = SimCLRConfig(arch="small", epochs=2, batch_size=32, crop_scale=(0.5, 1.0))
+    train_simclr(images, SimCLRConfig(**{**config.__dict__, "epochs": 1}), tmp_path / "first", CPU)
+    path = next((tmp_path / "first").glob("epoch-*.pt"))
+    payload = torch.load(path, weights_only=True)
+    payload["config"] = {k: v for k, v in payload["config"].items() if k not in ADDED_LATER}  # as the older code saved it
+    for name, later, resumed in (("same", {}, 1), ("noisy", {"noise": 0.1}, 0)):  # with noise it is another training
+        (tmp_path / name).mkdir()
+        torch.save(payload, tmp_path / name / path.name)
+        assert train_simclr(images, SimCLRConfig(**{**config.__dict__, **later}), tmp_path / name, CPU).resumed_from == resumed, name
+
+
 def test_embeddings_are_kept_in_the_store_and_reused(tmp_path, run_text):
     path = tmp_path / "s.zarr"
     MemoryStore.create(path).append(patterns=_images(20))

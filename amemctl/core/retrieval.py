@@ -6,8 +6,8 @@ separation's running state (see `amemctl.core.separation`), so no Q x N score ma
 beyond `budget` bytes ever exists; the answer equals the unchunked formula up to
 floating-point rounding, and exactly for max and top-k. On the CPU, softmax, max and top-k
 with the built-in similarities take a cache-blocked route (`amemctl.core.kernels.cpu`). On a
-GPU, softmax and max take the one-pass Triton kernel (`amemctl.core.kernels.fused`) where
-the choice table in `amemctl.core.kernels.routes` says a measurement found it faster.
+GPU, softmax, max and top-k take the one-pass Triton kernel (`amemctl.core.kernels.fused`)
+where the choice table in `amemctl.core.kernels.routes` says a measurement found it faster.
 
 Auto-association: values are the keys. Hetero-association: values are other rows (the
 bottom half of an image for a query of its top half, the next image of a story).

@@ -13,8 +13,9 @@ each augmentation is a few tensor ops over the batch:
   a random order per image, as torchvision's ColorJitter);
 - grey with probability p; optional Gaussian blur (p = 0.5, sigma in [0.1, 2]), per-channel
   colour filters and right-angle turns;
-- optional random erasing (a rectangle of 2-50% of the area filled with uniform noise, as
-  torchvision's RandomErasing with value="random") and additive Gaussian noise (p = 0.5, std
+- optional random erasing (a rectangle of 2-50% of the area, aspect ratio in [0.3, 3.3], filled
+  with uniform noise in [0, 1]: torchvision's RandomErasing draws its rectangle so, but up to 0.33
+  of the area, and with value="random" fills it with normal noise) and additive Gaussian noise (p = 0.5, std
   drawn in [0, noise]): not SimCLR's, they teach phi to ignore occlusions and sensor noise.
 """
 

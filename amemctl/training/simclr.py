@@ -37,6 +37,15 @@ CHECKPOINT_FORMAT = "amemctl-simclr-2"
 ADDED_LATER = ("erase", "noise")
 
 
+def settings(config: dict) -> dict:
+    """A configuration's fields as the code before ADDED_LATER wrote them: those only when used.
+
+    The digest (the checkpoint folder) and the comparison with a checkpoint's saved
+    configuration both go by it, so older checkpoints still resume.
+    """
+    return {k: v for k, v in config.items() if not (k in ADDED_LATER and v == 0)}
+
+
 @dataclass(frozen=True)
 class SimCLRConfig:
     """Everything that determines a SimCLR training run (its hash names the checkpoint folder)."""
@@ -62,8 +71,7 @@ class SimCLRConfig:
     noise: float = 0.0  #: largest std of Gaussian noise added to a view (0 for none)
 
     def digest(self, data_sha256: str) -> str:
-        settings = {k: v for k, v in asdict(self).items() if not (k in ADDED_LATER and v == 0)}  # older checkpoints still resume
-        text = json.dumps({**settings, "epochs": None, "data": data_sha256}, sort_keys=True)
+        text = json.dumps({**settings(asdict(self)), "epochs": None, "data": data_sha256}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -274,7 +282,7 @@ def _latest(folder: Path, config: SimCLRConfig, digest: str) -> dict | None:
             continue
         saved = dict(payload.get("config", {}))
         saved["crop_scale"] = tuple(saved.get("crop_scale", ()))
-        same = {k: v for k, v in saved.items() if k != "epochs"} == {k: v for k, v in asdict(config).items() if k != "epochs"}
+        same = {k: v for k, v in settings(saved).items() if k != "epochs"} == {k: v for k, v in settings(asdict(config)).items() if k != "epochs"}
         if payload.get("format") == CHECKPOINT_FORMAT and same and payload.get("data_sha256") == digest and payload["epoch"] <= config.epochs:
             return payload
     return None

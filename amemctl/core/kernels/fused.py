@@ -155,23 +155,26 @@ if triton is not None:
         return s
 
     @triton.jit
-    def _take_best(s, n0, cols, top, top_index, TOPK: tl.constexpr):
-        """The running top-k after a tile of scores: TOPK times, the tile's best evicts the list's worst if higher.
+    def _take_best(s, live, n0, n_k, cols, top, top_index, TOPK: tl.constexpr, BLOCK_N: tl.constexpr):
+        """The running top-k after a tile of scores: TOPK times, the tile's best live row evicts the list's worst if higher.
 
-        Ties go to the lower index: within the tile the leftmost best is taken first, a later
-        row never evicts an equal score (rows arrive in increasing order), and of several equal
-        worst entries the highest index is evicted.
+        `live`: the tile's rows in the split. Ties go to the lower index: within the tile the
+        leftmost best is taken first, a later row never evicts an equal score (rows arrive in
+        increasing order), and of several equal worst entries the highest index is evicted.
+        Empty slots hold -inf at indices n_k and above, so they are evicted before any row, and
+        a row scoring -inf still fills one (as `top_k` keeps it when fewer rows score higher).
         """
         for _ in tl.static_range(TOPK):
             c = tl.max(s, 1)
-            at = tl.argmax(s, 1, tie_break_left=True)
+            at = tl.min(tl.where(live & (s == c[:, None]), cols[None, :], BLOCK_N), 1)  # the leftmost live best
             worst = tl.min(top, 1)
             ties = top == worst[:, None]
             last = tl.max(tl.where(ties, top_index, -(2**31)), 1)
-            evict = ties & (top_index == last[:, None]) & (c > worst)[:, None]
+            evict = ties & (top_index == last[:, None]) & ((at < BLOCK_N) & ((c > worst) | (last >= n_k)))[:, None]
             top = tl.where(evict, c[:, None], top)
             top_index = tl.where(evict, (n0 + at)[:, None], top_index)
-            s = tl.where(cols[None, :] == at[:, None], float("-inf"), s)
+            live = live & (cols[None, :] != at[:, None])
+            s = tl.where(live, s, float("-inf"))
         return top, top_index
 
     @triton.jit
@@ -203,9 +206,10 @@ if triton is not None:
         best = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
         arg = tl.zeros((BLOCK_Q,), tl.int32)
         slots = tl.arange(0, TOPK_SLOTS)
-        # the running top-k, unordered: slots past TOPK hold +inf, so they are never the one evicted
+        # the running top-k, unordered: empty slots hold -inf at distinct indices from n_k up;
+        # slots past TOPK hold +inf at negative indices, so they are never the one evicted
         top = tl.where(slots[None, :] < TOPK, float("-inf"), float("inf")) + tl.zeros((BLOCK_Q, TOPK_SLOTS), tl.float32)
-        top_index = tl.zeros((BLOCK_Q, TOPK_SLOTS), tl.int32) - 1 - slots[None, :]  # distinct, below every row
+        top_index = tl.where(slots[None, :] < TOPK, n_k + slots[None, :], -1 - slots[None, :]) + tl.zeros((BLOCK_Q, TOPK_SLOTS), tl.int32)
         cols = tl.arange(0, BLOCK_N)
         qn2 = tl.load(QN2 + rq, mask=mq, other=1.0)  # |q|^2 (L2 and cosine)
         for n0 in range(start, stop, BLOCK_N):
@@ -223,7 +227,7 @@ if triton is not None:
             arg = tl.where(better, n0 + tl.argmax(s, 1, tie_break_left=True), arg)
             best = tl.where(better, tile_best, best)
             if TOPK > 0:
-                top, top_index = _take_best(s, n0, cols, top, top_index, TOPK)
+                top, top_index = _take_best(s, mn[None, :] & mq[:, None], n0, n_k, cols, top, top_index, TOPK, BLOCK_N)
             if PROJECT:
                 z = s * scale
                 m_new = tl.maximum(m, tl.max(z, 1))
@@ -338,7 +342,8 @@ def best_k(
     """(scores Q x k, indices Q x k) of each query's k highest-scoring keys, best first, one pass, no values read.
 
     k is at most MAX_K and is cut to the number of keys. Ties go to the lowest index (as
-    `amemctl.core.separation.top_k`); a NaN score counts as the maximum and is reported as +inf.
+    `amemctl.core.separation.top_k`), rows scoring -inf included when fewer score higher; a NaN
+    score counts as the maximum and is reported as +inf.
     """
     _check(queries, keys, keys[:, :0], similarity, blocks, precision)
     if not 1 <= k <= MAX_K:
@@ -349,7 +354,9 @@ def best_k(
     states = _launch(queries, keys, None, similarity, 0.0, blocks, precision, splits, topk=k)
     candidates = states.top.permute(1, 0, 2).reshape(len(queries), -1)  # splits in order: lower rows first
     indices = states.top_index.permute(1, 0, 2).reshape(len(queries), -1)
-    candidates = torch.where(indices >= 0, candidates, -math.inf)  # unused slots (a split of fewer than k rows)
+    unused = (indices < 0) | (indices >= len(keys))  # slots past k, and empty ones (a split of fewer than k rows)
+    candidates = torch.where(unused, -math.inf, candidates)
+    indices = torch.where(unused, torch.iinfo(indices.dtype).max, indices)  # after every row: never chosen over one
     by_row = indices.argsort(dim=1)  # the kernel's slots are unordered: rows in order first, so equal scores keep the lower row
     candidates, indices = candidates.gather(1, by_row), indices.gather(1, by_row)
     order = torch.sort(candidates, dim=1, descending=True, stable=True).indices[:, :k]
