@@ -137,7 +137,9 @@ def fused_routes(budget_s: float, json_path: str | None) -> list[routes.Measurem
         queries = torch.rand(n_q, d, device=DEVICE, generator=g)
         separation = routes._separation(sep)
         k = sep.k if separation == "topk" else 1
-        answer = (lambda got: got.output) if separation == "softmax" else (lambda got: got.score)  # max, top-k: near-ties may pick either row
+        # max: the best score, since near-equal scores may pick either row; top-k: the output, which
+        # weighs all k rows (a swap at the k-th place shows, and keeps the route off: the safe side)
+        answer = (lambda got: got.score) if separation == "max" else (lambda got: got.output)
         for dtype in (torch.float32, torch.bfloat16):
             keys = keys32.to(dtype)
             values = keys if width == d else values32.to(dtype)

@@ -9,8 +9,8 @@ negative distances, no score normalisation, and in-memory keys and values of one
 the queries' device; it then takes the first `TABLE` entry that covers its device,
 similarity, separation, dtype, key width, value width and sizes. Max and top-k read no values
 in the kernel (`fused.nearest`, `fused.best_k`; the chosen rows are gathered after), so their
-entries cover every value width, and their measurements compare best scores, since
-near-equal scores may pick either row. A top-k entry covers k from 2 to the measured k.
+entries cover every value width. Max measurements compare best scores, since near-equal
+scores may pick either row; top-k measurements compare outputs. A top-k entry covers k from 2 to the measured k.
 
 `TABLE` holds only what a GPU measurement found faster: no GPU has run the kernel yet, so it
 is empty and every retrieval takes the default route. `tools/gpu/kernels.py` measures the
