@@ -208,7 +208,7 @@ class Measurement:
     precision: str
     fused_s: float  #: nan when the configuration failed
     default_s: float
-    error: float  #: max |fused - default| / max |default|: of the outputs (softmax) or of the best scores (max)
+    error: float  #: max |fused - default| / max |default|: of the outputs (softmax, top-k) or of the best scores (max)
     storage_error: float = 0.0  #: for bfloat16: the same of the default route, bf16 keys against their float32 originals
     separation: str = "softmax"
     k: int = 1  #: top-k's k
