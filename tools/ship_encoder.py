@@ -76,7 +76,7 @@ def main() -> None:
         seconds=f"{seconds / 60:.1f} min of training" if seconds else "time not recorded",
         per_epoch=f"{seconds / max(len(timing.get('epoch_seconds') or [1]), 1):.1f} s per epoch, {timing.get('images_per_second') or 0:,.0f} images/s",
         command=command,
-        commit=(record.get("git") or {}).get("commit", "?")[:12],
+        commit=(record.get("git") or {}).get("commit", "?")[:12] + (" plus uncommitted changes" if (record.get("git") or {}).get("dirty") else ""),
         normalize=payload["preprocessing"]["normalize"],
     )
     card = CARD.format(**fields)
