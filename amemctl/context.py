@@ -128,7 +128,9 @@ class Context:
         drawn once, labelled with the sweep values they have in common. `wrong` (a boolean
         per image) frames those images in red.
         """
-        row = (label, images.detach().cpu()) if wrong is None else (label, images.detach().cpu(), wrong.detach().cpu().bool())
+        # copies, not views: a view of the first rows keeps (and saves with the point) the whole batch
+        shown = images.detach().cpu().clone()
+        row = (label, shown) if wrong is None else (label, shown, wrong.detach().cpu().bool().clone())
         self.examples.setdefault(figure, []).append(row)
 
     def note(self, title: str, markdown: str) -> None:

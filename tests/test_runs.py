@@ -370,3 +370,21 @@ def test_a_training_in_a_log_prints_progress_lines_with_its_loss(tmp_path, monke
     lines = [line for line in result.output.splitlines() if re.match(r"^    \S.*: \d+/6, loss [-+.\de]+; [.\d]+ s each, ETA \d:\d\d:\d\d$", line)]
     assert [line.split(": ")[1].split(",")[0] for line in lines] == [f"{k}/6" for k in range(1, 7)], result.output
     assert lines[-1].endswith("ETA 0:00:00")
+
+
+def test_a_points_saved_examples_hold_the_shown_rows_not_the_whole_batch(tmp_path, run_text):
+    """report shows the first 4 of 1,000 queries: each point file keeps those 4 rows, not the 1,000 they were cut from."""
+    text = """\
+data: {dataset: patches32, subset: 1000}
+stages:
+  - corrupt: {kind: gaussian, std: 0.1}
+  - score: {similarity: dot}
+  - separate: {function: max}
+  - project: {}
+  - report: {images: [queries, retrieved], count: 4}
+"""
+    run = run_text(text)
+    (saved,) = (run.run_dir / "points").glob("*.pt")
+    assert saved.stat().st_size < 3 * 4 * 3072 * 4 + 2**16  # three rows (originals, queries, retrievals) of 4 images of 3,072 floats, and the rest
+    shown = [row[1] for rows in run.points[0].examples.values() for row in rows]
+    assert shown and all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in shown)
