@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -34,6 +35,22 @@ def _memory(path):
     return queries
 
 
+def _leave() -> None:
+    """Leave the group as launch.stop_worker does, then exit without interpreter teardown.
+
+    In CI, about one run in fifty under load, a rank of the embedding test aborted at the end
+    ("terminate called without an active exception", SIGABRT) after its work and the barrier
+    were done; the cause is not pinned down (not reproduced in 120 ranks run alone). Everything
+    a test checks is written by then, so the workers skip the teardown in which some thread
+    pool or gloo thread is still joinable.
+    """
+    dist.barrier()  # no rank closes a connection a peer still sends on
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _worker(rank: int, world: int, port: int, path: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -49,8 +66,7 @@ def _worker(rank: int, world: int, port: int, path: str, out: str) -> None:
             results[(name, hetero)] = (r.output, r.index)
     if rank == 0:
         torch.save(results, out)
-    dist.barrier()  # as launch.stop_worker: no rank closes a connection a peer still sends on
-    dist.destroy_process_group()
+    _leave()
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -114,7 +130,6 @@ def test_nproc_runs_the_same_pipeline_on_two_ranks(tmp_path):
 
 def test_a_failing_rank_fails_the_run_and_names_itself(tmp_path, capfd):
     import subprocess
-    import sys
 
     path = tmp_path / "bad.yaml"
     path.write_text("data: {dataset: digits, limit: 20}\nstages:\n  - corrupt: {count: 50}\n  - persist: {store: " + str(tmp_path / "never.zarr") + "}\n")
@@ -139,8 +154,7 @@ def _embed_worker(rank: int, world: int, port: int, out: str) -> None:
     rows = gather_rows(torch.full((stop - start, 1), float(rank)), 23)
     if rank == 0:
         torch.save({"embeddings": embeddings, "rows": rows, "seen": seen}, out)
-    dist.barrier()  # as launch.stop_worker: no rank closes a connection a peer still sends on
-    dist.destroy_process_group()
+    _leave()
 
 
 def test_embedding_is_split_across_ranks_and_gathered(tmp_path):
