@@ -129,8 +129,8 @@ class Context:
         per image) frames those images in red.
         """
         # copies, not views: a view of the first rows keeps (and saves with the point) the whole batch
-        shown = images.detach().cpu().clone()
-        row = (label, shown) if wrong is None else (label, shown, wrong.detach().cpu().bool().clone())
+        shown = images.detach().to("cpu", copy=True)
+        row = (label, shown) if wrong is None else (label, shown, wrong.detach().to("cpu", torch.bool, copy=True))
         self.examples.setdefault(figure, []).append(row)
 
     def note(self, title: str, markdown: str) -> None:
