@@ -216,17 +216,26 @@ NEAREST = textwrap.dedent(
 
     calls = []
     kernel = fused.nearest
-    fused.nearest = lambda *args, **kwargs: calls.append(args[2]) or kernel(*args, **kwargs)
+    spied = []
+    fused.nearest = lambda *args, **kwargs: calls.append(args[2]) or spied.append((len(args[0]), args[5])) or kernel(*args, **kwargs)
     v = torch.rand(90, 2, 5, generator=g)
+    blocks = fused.Blocks(16, 16, 16)
+    spread = fused.default_splits(19, 90, 1, blocks, q.device)  # splits when the budget allows
+    assert spread > 2
     for sim in fused.SIMILARITIES:
         default = recall(q, k, v, similarity=sim, separation="max")
-        routes.TABLE = (routes.Route("cpu", sim, "float32", key_width=(1, 99), value_width=(1, 1), blocks=fused.Blocks(16, 16, 16), precision="ieee", separation="max"),)
+        routes.TABLE = (routes.Route("cpu", sim, "float32", key_width=(1, 99), value_width=(1, 1), blocks=blocks, precision="ieee", separation="max"),)
         for sep in ("max", TopK(k=1, weighting="softmax", beta=3.0)):
-            got = recall(q, k, v, similarity=sim, separation=sep)  # any value width: max reads no values in the kernel
-            assert calls == [sim], (sim, sep, calls)
-            calls.clear()
-            assert torch.equal(got.index, default.index) and torch.equal(got.output, default.output) and got.output.shape == (19, 2, 5)
-            torch.testing.assert_close(got.score, default.score, rtol=1e-5, atol=1e-5)
+            # any value width: max reads no values in the kernel. Its states within the budget:
+            # fewer splits first, then 16 queries (one block) at a time
+            state = fused.state_bytes(1, 0, 1)
+            for budget, expected in [(10**9, [(19, spread)]), (state * 19 * 2, [(19, 2)]), (state * 16, [(16, 1), (3, 1)])]:
+                got = recall(q, k, v, similarity=sim, separation=sep, budget=budget)
+                assert calls == [sim] * len(expected) and spied == expected, (sim, sep, budget, spied)
+                calls.clear()
+                spied.clear()
+                assert torch.equal(got.index, default.index) and torch.equal(got.output, default.output) and got.output.shape == (19, 2, 5)
+                torch.testing.assert_close(got.score, default.score, rtol=1e-5, atol=1e-5)
         recall(q, k, v, similarity=sim, separation=Softmax(2.0))
         recall(q, k, v, similarity=sim, separation=TopK(k=2))
         assert calls == [], (sim, calls)
@@ -237,6 +246,7 @@ NEAREST = textwrap.dedent(
         else:
             raise AssertionError("a NaN key was retrieved")
         calls.clear()
+        spied.clear()
     routes.TABLE = (routes.Route("cpu", "squared_euclidean", "float32", key_width=(1, 99), value_width=(1, 1), blocks=fused.Blocks(16, 16, 16), precision="ieee", separation="max"),)
     assert torch.equal(nearest_index(q, k), torch.cdist(q.double(), k.double()).argmin(1)) and calls == ["squared_euclidean"]
 
@@ -270,17 +280,23 @@ NEAREST = textwrap.dedent(
         raise AssertionError(f"k = {wrong} accepted")
 
     kernel_k = fused.best_k
-    fused.best_k = lambda *args, **kwargs: calls.append((args[2], args[3])) or kernel_k(*args, **kwargs)
+    fused.best_k = lambda *args, **kwargs: calls.append((args[2], args[3])) or spied.append((len(args[0]), args[6])) or kernel_k(*args, **kwargs)
     calls.clear()
+    spied.clear()
     for sim in fused.SIMILARITIES:
         for sep in (TopK(k=8), TopK(k=3, weighting="softmax", beta=4.0)):
             routes.TABLE = ()
             default = recall(q, k, v, similarity=sim, separation=sep)
-            routes.TABLE = (routes.Route("cpu", sim, "float32", key_width=(1, 99), value_width=(1, 1), blocks=fused.Blocks(16, 16, 16), precision="ieee", separation="topk", k=8),)
-            for budget in (2**20, 4 * 8 * 10 * 3):  # all queries at once; 3 at a time
+            routes.TABLE = (routes.Route("cpu", sim, "float32", key_width=(1, 99), value_width=(1, 1), blocks=blocks, precision="ieee", separation="topk", k=8),)
+            # the kept rows and their merge within the budget (fewer splits, then 16 queries at a
+            # time); the chosen values weighted 3 queries at a time (10 numbers each, 4 bytes)
+            state = fused.state_bytes(1, 0, 1, sep.k)
+            assert state >= 40 * (1 << (sep.k - 1).bit_length())  # per slot: its score, index, masks and sort orders
+            for budget, expected in [(2**20, [(19, spread)]), (state * 16, [(16, 1), (3, 1)]), (4 * sep.k * 10 * 3, [(16, 1), (3, 1)])]:
                 got = recall(q, k, v, similarity=sim, separation=sep, budget=budget)
-                assert calls == [(sim, sep.k)], (sim, sep, calls)
+                assert calls == [(sim, sep.k)] * len(expected) and spied == expected, (sim, sep, budget, spied, calls)
                 calls.clear()
+                spied.clear()
                 assert torch.equal(got.index, default.index) and got.output.shape == (19, 2, 5)
                 torch.testing.assert_close(got.output, default.output, rtol=1e-5, atol=1e-6)
                 torch.testing.assert_close(got.score, default.score, rtol=1e-5, atol=1e-5)

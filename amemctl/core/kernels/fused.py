@@ -76,6 +76,9 @@ PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16")
 #: Bytes per query and value column of the partial states the splits write (float32).
 _STATE_BYTES = 4
 
+#: Bytes per query, split and top-k slot, from the kernel's score and index to the host merge's sorts.
+_MERGE_BYTES = 48
+
 
 @dataclass(frozen=True)
 class Blocks:
@@ -277,9 +280,16 @@ def default_splits(n_q: int, n_k: int, width: int, blocks: Blocks, device: torch
     return max(1, min(math.ceil(n_k / blocks.block_n), math.ceil(4 * sms / programs)))
 
 
-def state_bytes(n_q: int, width: int, splits: int) -> int:
-    """Bytes of the splits' partial states (weighted sums, maxima, normalisers, best scores and indices)."""
-    return splits * n_q * (width + 4) * _STATE_BYTES
+def state_bytes(n_q: int, width: int, splits: int, k: int = 0) -> int:
+    """Bytes of the splits' partial states (weighted sums, maxima, normalisers, best scores and
+    indices; width 0 for max and top-k), with top-k's kept rows and their merge on the host.
+
+    Top-k keeps a score and an index per split, query and slot (k rounded up to a power of 2);
+    the merge then holds the candidates, their masks and int64 sort orders at once, about
+    `_MERGE_BYTES` per slot in all.
+    """
+    slots = 1 << max(0, k - 1).bit_length() if k else 0
+    return splits * n_q * ((width + 4) * _STATE_BYTES + slots * _MERGE_BYTES)
 
 
 def retrieve(

@@ -149,28 +149,32 @@ def recall(q: Tensor, key_rows: TensorRows, value_rows: TensorRows, sim: Similar
 
     Fewer splits of the stored rows come first, then fewer queries at a time. (L1 also makes
     one dimension-major copy of the keys, the size of the keys themselves, not of scores.)
-    Max and top-k keep 8 bytes a query, split and kept row, and gather the chosen rows of the
-    values after (top-k: as many queries at a time as `budget` holds k of their rows).
+    Max and top-k read no values in the kernel: their states are a best score and row per
+    query and split (top-k: k of them, and their merge), and the chosen rows of the values are
+    gathered after (top-k: as many queries at a time as `budget` holds k of their rows).
     """
     keys, values = key_rows.flat(), value_rows.flat()
-    if route.separation == "max":
-        index, score = fused.nearest(q, keys, sim.name, route.blocks, route.precision)
-        return values.index_select(0, index).to(q.dtype), index, score
-    if route.separation == "topk":
-        scores, chosen = fused.best_k(q, keys, sim.name, sep.k, route.blocks, route.precision)
-        return _weighted(sep, scores, chosen, values, q.dtype, budget), chosen[:, 0], scores[:, 0]
-    n_q, width = q.shape[0], values.shape[1]
+    n_q = q.shape[0]
+    width = values.shape[1] if route.separation == "softmax" else 0
+    k = min(sep.k, len(keys)) if route.separation == "topk" else 0
+
+    def run(queries: Tensor, splits: int) -> tuple[Tensor, Tensor, Tensor]:
+        if route.separation == "max":
+            index, score = fused.nearest(queries, keys, sim.name, route.blocks, route.precision, splits)
+            return values.index_select(0, index).to(q.dtype), index, score
+        if route.separation == "topk":
+            scores, chosen = fused.best_k(queries, keys, sim.name, sep.k, route.blocks, route.precision, splits)
+            return _weighted(sep, scores, chosen, values, q.dtype, budget), chosen[:, 0], scores[:, 0]
+        return fused.retrieve(queries, keys, values, sim.name, float(sep.beta), route.blocks, route.precision, splits)
+
     if n_q == 0:  # no queries: no partial states to fit the budget (the kernel launches nothing)
-        return fused.retrieve(q, keys, values, sim.name, float(sep.beta), route.blocks, route.precision, 1)
-    per_query = fused.state_bytes(1, width, 1)
-    splits = fused.default_splits(n_q, len(keys), width, route.blocks, q.device)
+        return run(q, 1)
+    per_query = fused.state_bytes(1, width, 1, k)
+    splits = fused.default_splits(n_q, len(keys), max(width, 1), route.blocks, q.device)
     splits = max(1, min(splits, budget // (per_query * n_q)))
     fits = budget // (per_query * splits)
     piece = n_q if fits >= n_q else max(route.blocks.block_q, fits // route.blocks.block_q * route.blocks.block_q)
-    parts = [
-        fused.retrieve(q[start : start + piece], keys, values, sim.name, float(sep.beta), route.blocks, route.precision, splits)
-        for start in range(0, n_q, piece)
-    ]
+    parts = [run(q[start : start + piece], splits) for start in range(0, n_q, piece)]
     output, index, score = (torch.cat(part) for part in zip(*parts))
     return output, index, score
 
