@@ -6,6 +6,15 @@ clear message, no traceback), 1 anything else (a bug, shown with its traceback).
 
 from __future__ import annotations
 
+import os
+
+# Reproducible numbers: MKL may use fewer threads than asked when the machine is busy, and a
+# matrix product summed by fewer threads rounds differently, so a point recomputed on resume
+# could differ from the uninterrupted run in its last float32 digits. Fixed thread counts cost
+# a little speed on busy machines. MKL reads this once, before torch's first product; a value
+# the user set is kept.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+
 import sys
 from pathlib import Path
 from typing import Any

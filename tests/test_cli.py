@@ -34,6 +34,20 @@ def test_version_and_help():
         assert result.exit_code == 0 and "Usage:" in result.output
 
 
+def test_the_command_fixes_mkl_threads_before_torch_loads_unless_the_user_chose():
+    """MKL_DYNAMIC=FALSE, for resumed points equal to uninterrupted ones (see docs/pipelines.md)."""
+    import os
+    import subprocess
+    import sys
+
+    script = "import sys, os, amemctl.cli; print(os.environ.get('MKL_DYNAMIC'), 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "MKL_DYNAMIC"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["FALSE", "False"], out
+    out = subprocess.run([sys.executable, "-c", script], env={**env, "MKL_DYNAMIC": "TRUE"}, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["TRUE", "False"], out
+
+
 def test_validate_accepts_good_and_rejects_bad_pipelines(tmp_path):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(GOOD)
