@@ -120,6 +120,7 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
         raise
     finally:
         launch.stop_worker(finished)
+    launch.exit_worker()
 
 
 def _run_arguments(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, resume: str | None) -> list[str]:

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from click.testing import CliRunner
 
+from amemctl import launch
 from amemctl.core.distributed import shard_range
 from amemctl.core.retrieval import recall
 from amemctl.core.separation import make_separation
@@ -36,19 +37,9 @@ def _memory(path):
 
 
 def _leave() -> None:
-    """Leave the group as launch.stop_worker does, then exit without interpreter teardown.
-
-    In CI, about one run in fifty under load, a rank of the embedding test aborted at the end
-    ("terminate called without an active exception", SIGABRT) after its work and the barrier
-    were done; the cause is not pinned down (not reproduced in 120 ranks run alone). Everything
-    a test checks is written by then, so the workers skip the teardown in which some thread
-    pool or gloo thread is still joinable.
-    """
-    dist.barrier()  # no rank closes a connection a peer still sends on
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    """Leave the group and exit as a finished `--nproc` rank does (launch.exit_worker says why)."""
+    launch.stop_worker(finished=True)
+    launch.exit_worker()
 
 
 def _worker(rank: int, world: int, port: int, path: str, out: str) -> None:
