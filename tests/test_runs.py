@@ -277,11 +277,14 @@ def test_checkpoints_are_saved_at_most_every_checkpoint_seconds_and_after_the_la
     assert saved == [2, 4, 5]
 
 
-def test_example_grids_split_per_condition_fit_a_screen_and_mark_wrong_retrievals(run_text):
+def test_example_grids_split_per_condition_fit_a_screen_and_mark_wrong_retrievals(run_text, monkeypatch):
     import matplotlib.pyplot as plt
 
     from amemctl import figures
 
+    pages = []
+    draw = figures.image_grid
+    monkeypatch.setattr(figures, "image_grid", lambda rows, path, title="": pages.append([r[0] for r in rows]) or draw(rows, path, title))
     text = SWEEP.replace("  - corrupt: ${corruption}", "  - corrupt: {count: 24, kind: '${corruption.kind}'}").replace("report: {count: 3}", "report: {count: 24}")
     text = text.replace("corruption: [{kind: gaussian, variance: 0.1}, {kind: mask_zero, fraction: 0.5}]", "corruption: [{kind: gaussian}, {kind: mask_zero}]")
     run = run_text(text + "  formats: [png, svg]\n")
@@ -291,6 +294,8 @@ def test_example_grids_split_per_condition_fit_a_screen_and_mark_wrong_retrieval
         height, width = plt.imread(png).shape[:2]
         assert height <= 100 * (figures.MAX_ROWS + 1.5) and png.with_suffix(".svg").is_file(), png
     assert any("corruption=gaussian" in p.name for p in pngs) or any("beta=" in p.name for p in pngs)
+    # every part of a condition starts with its originals and its queries, then 2 of its 4 retrievals
+    assert len(pages) == 4 and all(labels[:2] == ["original", "queries"] and len(labels) == 4 for labels in pages), pages
     for point in run.points:
         (retrieved,) = [row for row in point.examples["retrievals"] if row[0] == "retrieved"]
         assert retrieved[2].float().mean().item() == pytest.approx(point.metrics["error_index"])

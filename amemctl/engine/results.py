@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -402,9 +403,11 @@ def _write_example_figures(run: RunResult) -> list[Path]:
 
     A row several points share (the same originals, the same queries, or retrievals that
     came out identical) is drawn once, labelled with the sweep values of the points it
-    stands for. A figure of more than figures.MAX_ROWS rows is split by the sweep variable
-    that keeps the parts smallest (one figure per corruption, say), then into parts, so
-    every figure fits a screen at 100 % zoom; its title says which condition it shows.
+    stands for. A figure of more than figures.MAX_ROWS rows is split by a sweep variable
+    (one figure per corruption, say; `_pages` says which), then into parts, so
+    every figure fits a screen at 100 % zoom; its title says which condition it shows. Each
+    retrieval row appears beside the originals and queries of its points, repeated on every
+    part that needs them, so each part reads alone.
     """
     names: list[str] = []
     for p in run.points:
@@ -420,6 +423,7 @@ def _write_example_figures(run: RunResult) -> list[Path]:
                 else:
                     clusters.append((tuple(entry), [p]))
         pages = _pages(clusters, [p for p in run.points if figure in p.examples])
+        _remove_pages(run, figure)  # of an earlier writing (a resumed run may be paged otherwise)
         for n, (condition, group, rows) in enumerate(pages):
             entries = [(_row_label(entry[0], members, group, condition), *entry[1:]) for entry, members in rows]
             title = run.pipeline.name + (f": {figure}" if figure != "retrievals" else "") + (f" ({', '.join(condition)})" if condition else "")
@@ -430,32 +434,79 @@ def _write_example_figures(run: RunResult) -> list[Path]:
     return paths
 
 
+def _remove_pages(run: RunResult, figure: str) -> None:
+    """Delete figures/<figure>.* and figures/<figure>-NN*.* that a report wrote (not a stage's own figures)."""
+    kept = {f.resolve() for p in run.points for f in p.figures}
+    folder = run.run_dir / "figures"
+    for path in [*folder.glob(f"{figure}.*"), *folder.glob(f"{figure}-[0-9][0-9]*.*")]:
+        if path.suffix in (".png", ".svg", ".pdf") and path.resolve() not in kept:
+            path.unlink(missing_ok=True)
+
+
 def _pages(clusters: list, points: list[PointResult]) -> list[tuple[list[str], list[PointResult], list]]:
-    """(condition, its points, its rows) per figure, each at most figures.MAX_ROWS lines (long rows wrap)."""
+    """(condition, its points, its rows) per figure, each at most figures.MAX_ROWS lines (long rows wrap).
+
+    One figure when it fits; otherwise split by the sweep variable whose conditions show the
+    fewest different inputs (originals and queries) each, so that a figure compares what its
+    models made of the same queries: one figure per corruption, say; then the fewest figures.
+    Only a variable whose conditions each show fewer rows than the whole splits; parts
+    without a condition when none does.
+    """
     wraps = max((figures.lines_per_row(len(entry[1])) for entry, _ in clusters), default=1)
     limit = max(1, figures.MAX_ROWS // wraps)
-    split: list[tuple[list[str], list[PointResult]]] = [([], points)]
-    if len(clusters) > limit and points:
-        best = None
-        for var in points[0].point.values:
-            values = list(dict.fromkeys(value_label(p.point.values[var]) for p in points))
-            if len(values) < 2:
-                continue
-            groups = [([f"{var}={v}"], [p for p in points if value_label(p.point.values[var]) == v]) for v in values]
-            worst = max(len(_rows_of(clusters, g)) for _, g in groups)
-            if best is None or worst < best[0]:
-                best = (worst, groups)
-        if best is not None and best[0] < len(clusters):
-            split = best[1]
+    whole = _paged(clusters, [([], points)], limit)
+    if len(whole) == 1 or not points:
+        return whole
+    best = None
+    for var in points[0].point.values:
+        values = list(dict.fromkeys(value_label(p.point.values[var]) for p in points))
+        groups = [([f"{var}={v}"], [p for p in points if value_label(p.point.values[var]) == v]) for v in values]
+        if len(values) < 2 or max(len(_rows_of(clusters, group)) for _, group in groups) >= len(clusters):
+            continue
+        inputs = max(sum(_unjudged(entry) for entry, _ in _rows_of(clusters, group)) for _, group in groups)
+        paged = _paged(clusters, groups, limit)
+        if best is None or (inputs, len(paged)) < best[0]:
+            best = ((inputs, len(paged)), paged)
+    return whole if best is None else best[1]
+
+
+def _paged(clusters: list, split: list[tuple[list[str], list[PointResult]]], limit: int) -> list:
+    """Each condition's rows in parts of at most `limit` rows, every judged row beside the originals
+    and queries of its points (repeated on each part that needs them), so each part reads alone."""
     pages = []
     for condition, group in split:
         rows = _rows_of(clusters, group)
-        common = [r for r in rows if len(r[1]) == len(group) and len(group) > 1 and r[0][0] == "original"]
-        rest = [r for r in rows if r not in common]
-        size = max(1, limit - len(common))
-        for start in range(0, max(len(rest), 1), size):
-            pages.append((condition, group, common + rest[start : start + size]))
+        judged = [r for r in rows if not _unjudged(r[0])]
+        if not judged:  # nothing made from inputs: plain parts
+            pages += [(condition, group, rows[start : start + limit]) for start in range(0, max(len(rows), 1), limit)]
+            continue
+        parts: list[list] = [[]]
+        for row in judged:  # as many judged rows on a part as fit: how many parts are needed
+            if parts[-1] and len(_with_inputs(rows, [*parts[-1], row])) > limit:
+                parts.append([])
+            parts[-1].append(row)
+        size = math.ceil(len(judged) / len(parts))  # then as even parts as fit (7 rows: 4 and 3, not 6 and 1)
+        even = [judged[start : start + size] for start in range(0, len(judged), size)]
+        if len(even) == len(parts) and all(len(_with_inputs(rows, part)) <= limit for part in even):
+            parts = even
+        pages += [(condition, group, _with_inputs(rows, part)) for part in parts]
     return pages
+
+
+def _with_inputs(rows: list, judged: list) -> list:
+    """The unjudged rows (originals, queries) any of these judged rows' points showed, then the judged rows.
+
+    Inputs first: a retrieval row that equals one of an earlier condition (all correct, say)
+    is clustered with it and comes earlier in `rows`, but is read against the queries.
+    """
+    shown = {id(m) for _, members in judged for m in members}
+    return [r for r in rows if _unjudged(r[0]) and any(id(m) in shown for m in r[1])] + [r for r in rows if any(r is j for j in judged)]
+
+
+def _unjudged(entry: tuple) -> bool:
+    """Whether a row of examples carries no red frames: what the points were given (originals,
+    queries), which a page repeats when every point of its group shares it, not what they made."""
+    return len(entry) < 3 or entry[2] is None
 
 
 def _rows_of(clusters: list, group: list[PointResult]) -> list:
