@@ -301,6 +301,25 @@ def test_example_grids_split_per_condition_fit_a_screen_and_mark_wrong_retrieval
         assert retrieved[2].float().mean().item() == pytest.approx(point.metrics["error_index"])
 
 
+def test_a_rewritten_report_removes_its_earlier_pages_and_keeps_other_figures(run_text):
+    import io
+
+    from rich.console import Console
+
+    from amemctl.engine import results
+
+    run = run_text(SWEEP)
+    folder = run.run_dir / "figures"
+    written = {p.name for p in folder.glob("retrievals*")}
+    stale = [folder / "retrievals-07-corruption=old.png", folder / "retrievals-12.svg"]  # pages of an earlier paging
+    mine = [folder / "retrievals_by_hand.png", folder / "curve-retrievals.png", folder / "notes.txt"]
+    for path in stale + mine:
+        path.write_bytes(b"x")
+    results.write_outputs(run, Console(file=io.StringIO()))
+    assert {p.name for p in folder.glob("retrievals*")} == written | {"retrievals_by_hand.png"}
+    assert all(path.is_file() for path in mine)
+
+
 def test_long_rows_wrap_so_a_grid_fits_one_screen(tmp_path):
     import matplotlib.pyplot as plt
 
