@@ -166,6 +166,7 @@ def test_the_optional_rotation_and_filter_augmentations_keep_views_valid():
 
 def test_unit_embeddings_are_phis_directions_and_the_store_keeps_phis_own(tmp_path):
     from amemctl.context import Context
+    from amemctl.core.rows import materialize, shard
     from amemctl.plugins import build_registry
     from amemctl.stages.embed import Embed
 
@@ -186,6 +187,10 @@ def test_unit_embeddings_are_phis_directions_and_the_store_keeps_phis_own(tmp_pa
     assert not torch.allclose(raw.norm(dim=1), torch.ones(12))  # the test would pass for an encoder that already normalises
     assert unit_identity == {**raw_identity, "unit": True}
     stored, _ = outputs["store", True]
-    torch.testing.assert_close(stored, unit, rtol=1e-5, atol=1e-6)
+    assert not isinstance(stored, torch.Tensor)  # stored keys stay streamed: scaled chunk by chunk as read
+    torch.testing.assert_close(materialize(stored), unit, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cat([c for _, c in stored.chunks(5)]), unit, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stored.take(torch.tensor([7, 2, 7])), unit[[7, 2, 7]], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(materialize(shard(stored, 3, 9)), unit[3:9], rtol=1e-5, atol=1e-6)  # one rank's share
     keys = MemoryStore.open(path).read(f"keys/{next(iter(MemoryStore.open(path).spaces))}")
     torch.testing.assert_close(keys, raw, rtol=1e-5, atol=1e-6)  # phi's own embeddings stay in the store

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from amemctl.core.retrieval import Recall, Shard, recall
-from amemctl.core.rows import Rows, TensorRows, as_rows
+from amemctl.core.rows import Rows, as_rows, shard
 
 
 def shard_range(rows: int, rank: int, world: int) -> tuple[int, int]:
@@ -25,23 +25,14 @@ def shard_range(rows: int, rank: int, world: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
-def shard_rows(rows: Rows, start: int, stop: int) -> Rows:
-    """Rows start..stop of `rows`, read lazily when they come from a store."""
-    if isinstance(rows, TensorRows):
-        return TensorRows(rows.data[start:stop])
-    if hasattr(rows, "shard"):
-        return rows.shard(start, stop)
-    raise TypeError(f"cannot split {type(rows).__name__} across ranks")
-
-
 def sharded_recall(queries: Tensor, keys: "Tensor | Rows", values: "Tensor | Rows | None" = None, group: Any = None, **options: Any) -> Recall:
     """`recall` with this rank's shard of keys and values, merged across the group's ranks."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     key_rows = as_rows(keys)
     total = len(key_rows)
     start, stop = shard_range(total, rank, world)
-    local_keys = shard_rows(key_rows, start, stop)
-    local_values = None if values is None else shard_rows(as_rows(values), start, stop)
+    local_keys = shard(key_rows, start, stop)
+    local_values = None if values is None else shard(as_rows(values), start, stop)
     return recall(queries, local_keys, local_values, shard=Shard(group, start, total), **options)
 
 
@@ -62,5 +53,5 @@ def embed_sharded(embed: Any, images: "Tensor | Rows", group: Any = None) -> Ten
     rows = as_rows(images) if isinstance(images, Tensor) and images.dim() < 2 else images
     total = len(rows)
     start, stop = shard_range(total, rank, world)
-    part = rows[start:stop] if isinstance(rows, Tensor) else shard_rows(rows, start, stop)
+    part = rows[start:stop] if isinstance(rows, Tensor) else shard(rows, start, stop)
     return gather_rows(embed(part), total, group)

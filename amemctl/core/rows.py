@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -60,6 +60,48 @@ class TensorRows:
 
     def take(self, index: Tensor) -> Tensor:
         return self.flat()[index.to(self.data.device)]
+
+
+@dataclass(frozen=True)
+class RowwiseRows:
+    """Rows with a function applied to each row as it is read (embeddings scaled to length 1, say).
+
+    `fn` maps an n x width tensor to another, each row from that row alone, so that chunks,
+    taken rows and shards give what the whole tensor would; a store stays streamed.
+    """
+
+    rows: Rows
+    fn: Callable[[Tensor], Tensor]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self.rows.row_shape)
+
+    @property
+    def width(self) -> int:
+        return math.prod(self.row_shape)
+
+    def chunks(self, size: int) -> Iterator[tuple[int, Tensor]]:
+        for start, chunk in self.rows.chunks(size):
+            yield start, self.fn(chunk)
+
+    def take(self, index: Tensor) -> Tensor:
+        return self.fn(self.rows.take(index))
+
+    def shard(self, start: int, stop: int) -> "RowwiseRows":
+        return RowwiseRows(shard(self.rows, start, stop), self.fn)
+
+
+def shard(rows: Rows, start: int, stop: int) -> Rows:
+    """Rows start..stop of `rows` (for one rank of several), read lazily when they come from a store."""
+    if isinstance(rows, TensorRows):
+        return TensorRows(rows.data[start:stop])
+    if hasattr(rows, "shard"):
+        return rows.shard(start, stop)
+    raise TypeError(f"cannot split {type(rows).__name__} across ranks")
 
 
 def as_rows(x: "Tensor | Rows") -> Rows:

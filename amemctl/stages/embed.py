@@ -125,11 +125,14 @@ class Embed(Stage):
         self._keep(ctx, store.rows(f"keys/{space}", ctx.device), identity)
 
     def _keep(self, ctx: Context, embeddings, identity: dict) -> None:
-        """The output and its identity; with `unit`, each row scaled to length 1 (the store keeps phi's own)."""
+        """The output and its identity; with `unit`, each row scaled to length 1 as it is read (the store keeps phi's own)."""
         if self.unit:
-            from amemctl.core.rows import materialize
+            from amemctl.core.rows import RowwiseRows
 
-            embeddings = torch.nn.functional.normalize(materialize(embeddings), dim=-1)
+            if isinstance(embeddings, torch.Tensor):
+                embeddings = _unit_length(embeddings)
+            else:  # stored keys stay streamed
+                embeddings = RowwiseRows(embeddings, _unit_length)
             identity = {**identity, "unit": True}
         ctx[self.output] = embeddings
         ctx.identities[self.output] = identity
@@ -281,3 +284,8 @@ def _builtin_encoder(arch: str, width: int) -> EncoderArchitecture:
 @hookimpl
 def amemctl_register_encoders() -> list[EncoderArchitecture]:
     return [_builtin_encoder(arch, width) for arch, width in ARCHITECTURES.items()]
+
+
+def _unit_length(rows: torch.Tensor) -> torch.Tensor:
+    """Each row (n x ...) scaled to length 1."""
+    return torch.nn.functional.normalize(rows.reshape(len(rows), -1), dim=-1).reshape(rows.shape)
