@@ -58,14 +58,13 @@ sends a retrieval to it only where a GPU measurement found it faster.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from amemctl.core.kernels.l1 import on_device, triton
+from amemctl.core.kernels.l1 import available, on_device, triton
 
 #: The similarities the kernel computes, by their `amemctl.core.similarity` names.
 SIMILARITIES = {"manhattan": 0, "dot": 1, "squared_euclidean": 2, "euclidean": 3, "cosine": 4}
@@ -464,8 +463,8 @@ def _check(queries: Tensor, keys: Tensor, values: Tensor, similarity: str, block
         raise ValueError(f"queries, keys and values must be on one device, got {queries.device}, {keys.device}, {values.device}")
     if queries.dim() != 2 or keys.dim() != 2 or values.dim() != 2 or keys.shape[1] != queries.shape[1] or len(values) != len(keys) or len(keys) == 0:
         raise ValueError(f"need queries Q x d, keys N x d and values N x w with N > 0, got {tuple(queries.shape)}, {tuple(keys.shape)}, {tuple(values.shape)}")
-    if queries.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("the fused kernel runs on CUDA devices (or anywhere under TRITON_INTERPRET=1)")
+    if not available(queries):
+        raise ValueError("the fused kernel runs on CUDA devices (or anywhere under TRITON_INTERPRET=1), unless AMEMCTL_NO_TRITON is set")
 
 
 def _merge(states: _States) -> tuple[Tensor, Tensor, Tensor]:
