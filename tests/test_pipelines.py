@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from amemctl.dsl.pipeline import load_pipeline
+from amemctl.dsl.pipeline import explain, load_pipeline
 from amemctl.engine.runner import run_pipeline
 from tests.conftest import ROOT
 
@@ -14,6 +14,21 @@ PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml")) + sorted((ROOT / "plugin
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
 def test_shipped_pipelines_validate(path):
     assert load_pipeline(path).plans
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_shipped_pipelines_explain_every_plan(path):
+    pipeline = load_pipeline(path)
+    lines = explain(pipeline).splitlines()
+    assert len([line for line in lines if line.startswith("  ")]) >= len(pipeline.plans[0].stages)
+    assert all(f"{plan.stages[-1].stage.name}" in "\n".join(lines) for plan in pipeline.plans)
+
+
+def test_explain_names_the_chosen_functions_and_their_given_values():
+    text = explain(load_pipeline(ROOT / "pipelines" / "quickstart.yaml"))
+    assert "corrupt: kind='gaussian' variance=0.1    (" in text  # a chosen function's own parameter, where not its default
+    assert "separate: function='max'" in text and "separate: function='softmax' beta=1000.0" in text
+    assert "score: similarity='manhattan'" in text  # the default similarity is dot: named all the same
 
 
 def test_quickstart_runs_offline_and_manhattan_completes_masked_digits_best(tmp_path):

@@ -679,6 +679,14 @@ def _curve(raw: Any, path: tuple, sweep: dict, declared: set[str], source: Sourc
     return CurveSpec(metric, x[0] if x else "", series, str(raw.get("title", metric)), bool(raw.get("log_x", False)))
 
 
+def _explained(stage: Stage) -> dict[str, Any]:
+    """The settings a reader of the plan needs: the functions chosen, and every value not at its declared default."""
+    declared = dict(stage.params)
+    for key in stage.dispatch:
+        declared.update(getattr(stage.chosen(key), "params", {}))
+    return {k: v for k, v in stage.settings.items() if k in stage.dispatch or k not in declared or v != declared[k].default}
+
+
 def explain(pipeline: Pipeline) -> str:
     """Each distinct plan of the pipeline's sweep points: the stages with their resolved settings."""
     groups: dict[str, list[PointPlan]] = {}
@@ -691,7 +699,7 @@ def explain(pipeline: Pipeline) -> str:
         lines.append(f"{head}:")
         for i, planned in enumerate(plans[0].stages, 1):
             stage = planned.stage
-            given = {k: v for k, v in stage.settings.items() if v != stage.params[k].default}
+            given = _explained(stage)
             shown = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in given.items())
             lines.append(f"  {i}. {stage.name}" + (f": {shown}" if shown else "") + f"    ({planned.location})")
     return "\n".join(lines)
