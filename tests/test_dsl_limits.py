@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from amemctl.dsl.pipeline import apply_overrides
-from amemctl.dsl.source import MAX_DEPTH, MAX_NODES, load_yaml
+from amemctl.dsl.source import MAX_BYTES, MAX_DEPTH, MAX_NODES, load_yaml, read_yaml
 from amemctl.errors import PipelineError
 from tests.conftest import error_of
 
@@ -19,6 +19,34 @@ def test_an_alias_bomb_is_refused_before_it_expands():
         load_yaml("\n".join(lines) + "\n", "bomb.yaml")
     data, _ = load_yaml("base: &b {beta: 1}\nuse: *b\n", "ok.yaml")  # ordinary aliases still work
     assert data["use"] == {"beta": 1}
+
+
+def test_a_merge_key_bomb_is_refused_before_it_expands():
+    def level(i: int) -> str:  # each level merges ten copies of the one below: 10^9 values at level 8
+        if i == 0:
+            return "&a0 {" + ", ".join(f"k{j}: 1" for j in range(10)) + "}"
+        return f"&a{i} {{<<: [{level(i - 1)}, " + ", ".join([f"*a{i - 1}"] * 9) + "]}"
+
+    with pytest.raises(PipelineError, match="values once its aliases .* and merges"):
+        load_yaml("x: " + level(8) + "\n", "bomb.yaml")
+
+
+def test_merge_keys_give_defaults_that_the_mapping_overrides():
+    data, source = load_yaml("sep: &s {function: softmax, beta: 1}\nuse: {<<: *s, beta: 10}\nboth: {<<: [{a: 1}, {a: 2, b: 3}]}\n", "m.yaml")
+    assert data["use"] == {"function": "softmax", "beta": 10} and data["both"] == {"a": 1, "b": 3}  # the first merged wins
+    assert (source.value(("use", "beta")).line, source.value(("use", "function")).line) == (2, 1)  # each where it was written
+    with pytest.raises(PipelineError, match="a merge key"):
+        load_yaml("x: {<<: 3}\n", "m.yaml")
+
+
+@pytest.mark.parametrize("what", ["folder", "device", "large"])
+def test_files_that_are_not_pipelines_are_refused_before_they_are_read(tmp_path, what):
+    path = {"folder": tmp_path, "device": "/dev/zero", "large": tmp_path / "big.yaml"}[what]
+    if what == "large":
+        path.write_text("# " + "x" * MAX_BYTES + "\nstages: []\n")
+    with pytest.raises(PipelineError, match="is not a pipeline file|larger than 1 MiB") as info:
+        read_yaml(path)
+    assert str(path) in str(info.value)
 
 
 def test_deep_nesting_is_refused_without_a_recursion_error():

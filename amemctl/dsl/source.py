@@ -6,8 +6,8 @@ to the place of its key and of its value. Only YAML's safe tags are accepted (on
 mappings too); duplicate keys, which YAML silently collapses, are an error. A small file must
 not take the machine down: the text is parsed once, and nesting is bounded as the parser hands
 each list or mapping to the composer, before composing (which recurses) goes a level deeper;
-the nodes built, aliases expanded included, are bounded too (an "alias bomb" of a few hundred
-bytes otherwise expands to gigabytes).
+the nodes built, aliases and merge keys (<<) expanded included, are bounded too (an "alias
+bomb" of a few hundred bytes otherwise expands to gigabytes), and so is the file's size.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ Path_ = tuple[Any, ...]
 MAX_DEPTH = 64
 #: most values a pipeline document may hold once its aliases are expanded
 MAX_NODES = 250_000
+#: largest pipeline file read (the largest shipped one is a few kilobytes)
+MAX_BYTES = 1 << 20
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_TAGS = (yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG)
 
 
@@ -81,14 +84,21 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
 
 
 def read_yaml(path: "str | Path") -> tuple[Any, SourceMap, str]:
-    """Load a YAML file; a missing or unreadable file is a PipelineError naming it."""
+    """Load a YAML file; a missing, unreadable, special or oversized file is a PipelineError naming it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PipelineError(f"no such pipeline file: {path}", hint="check the path") from None
+        if not path.is_file():
+            raise PipelineError(
+                f"{path} is not a pipeline file" if path.exists() else f"no such pipeline file: {path}",
+                hint="give the path of a YAML file" if path.exists() else "check the path",
+            )
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise PipelineError(f"{path} is larger than {MAX_BYTES >> 20} MiB: not a pipeline", hint="check the path; pipelines are a few kilobytes")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"cannot read {path}: {exc}") from None
+        raise PipelineError(f"cannot read {path}: {exc}", hint="a pipeline is a UTF-8 text file") from None
     data, source = load_yaml(text, str(path))
     return data, source, text
 
@@ -129,7 +139,7 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, source: Source
     built[0] += 1
     if built[0] > MAX_NODES:
         raise PipelineError(
-            f"the YAML holds more than {MAX_NODES:,} values once its aliases (*name) are expanded",
+            f"the YAML holds more than {MAX_NODES:,} values once its aliases (*name) and merges (<<) are expanded",
             hint="a pipeline this large is almost certainly a mistake (or an alias bomb); write sweeps as lists of values",
             location=_where(source.file, node),
         )
@@ -141,25 +151,45 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, source: Source
             location=_where(source.file, node),
         )
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise PipelineError("mapping keys must be plain names, not lists or mappings", location=_where(source.file, key_node))
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                raise PipelineError(
-                    f"mapping keys must be plain names, got {key!r}", location=_where(source.file, key_node)
-                )
-            if key in out:
-                raise PipelineError(
-                    f"key {key!r} appears twice in the same mapping",
-                    hint=f"the first is at line {source.keys[path + (key,)].line}; keep one",
-                    location=_where(source.file, key_node),
-                )
-            source.keys[path + (key,)] = _where(source.file, key_node)
-            out[key] = _build(loader, value_node, path + (key,), source, built)
-        return out
+        return _mapping(loader, node, path, source, built)
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, item, path + (i,), source, built) for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, path: Path_, source: SourceMap, built: list[int]) -> dict[Any, Any]:
+    """A mapping's keys and values; merge keys (<<) give defaults that its own keys override.
+
+    Merges are resolved here rather than by PyYAML's flatten_mapping, which copies every nested
+    merge before anything counts it: each merged value is built, and counted, like any other.
+    """
+    merged: dict[Any, Any] = {}
+    merged_source = SourceMap(source.file)
+    out: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE_TAG:
+            for each in value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]:
+                if not isinstance(each, yaml.MappingNode):
+                    raise PipelineError("a merge key (<<) takes a mapping or a list of mappings", location=_where(source.file, each))
+                for key, value in _build(loader, each, path, merged_source, built).items():
+                    merged.setdefault(key, value)  # the first mapping merged wins, as YAML says
+            continue
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise PipelineError("mapping keys must be plain names, not lists or mappings", location=_where(source.file, key_node))
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)) or key is None:
+            raise PipelineError(
+                f"mapping keys must be plain names, got {key!r}", location=_where(source.file, key_node)
+            )
+        if key in out:
+            raise PipelineError(
+                f"key {key!r} appears twice in the same mapping",
+                hint=f"the first is at line {source.keys[path + (key,)].line}; keep one",
+                location=_where(source.file, key_node),
+            )
+        source.keys[path + (key,)] = _where(source.file, key_node)
+        out[key] = _build(loader, value_node, path + (key,), source, built)
+    inherited = [key for key in merged if key not in out]
+    for table, merged_table in ((source.values, merged_source.values), (source.keys, merged_source.keys)):
+        table.update({p: where for p, where in merged_table.items() if len(p) > len(path) and p[len(path)] in inherited})
+    return {**{key: merged[key] for key in inherited}, **out}
