@@ -147,6 +147,16 @@ def test_an_override_with_a_bad_value_is_located_at_the_override(tmp_path):
         load_pipeline(path, ["stages.score.similarity=manhatan"])
 
 
+def test_an_override_of_a_swept_parameter_says_to_set_the_sweep(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD)
+    with pytest.raises(PipelineError, match=r"--set stages.separate.beta=2: stages.separate.beta is swept by \$\{beta\}") as info:
+        load_pipeline(path, ["stages.separate.beta=2"])  # the sweep variable alone would be reported, not the override
+    assert "--set 'sweep.beta=[...]'" in info.value.render()
+    both = load_pipeline(path, ["stages.separate.beta=2", "sweep={}"])  # dropping the sweep too is a fixed value
+    assert [s.stage.beta for p in both.plans for s in p.stages if s.stage.name == "separate"] == [2.0]
+
+
 def test_missing_pipeline_file(tmp_path):
     with pytest.raises(PipelineError, match="no such pipeline file"):
         load_pipeline(tmp_path / "nope.yaml")

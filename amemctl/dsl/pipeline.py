@@ -163,6 +163,7 @@ def parse_text(text: str, file: str = "<pipeline>", registry: Registry | None = 
 
 def apply_overrides(doc: Any, overrides: list[str], source: SourceMap) -> Any:
     """Apply `--set key.path=value` overrides; stages may be addressed by index or unique name."""
+    replaced: dict[str, tuple[str, Location]] = {}  # sweep variable -> the override that removed a use of it
     for item in overrides:
         where = Location(f"--set {item}")
         if "=" not in item:
@@ -171,8 +172,22 @@ def apply_overrides(doc: Any, overrides: list[str], source: SourceMap) -> Any:
         value = load_yaml(raw, str(where))[0] if raw.strip() else ""  # the same limits and tags as files
         if not isinstance(doc, dict):
             raise PipelineError("the pipeline is not a mapping; nothing to override", location=where)
+        before = _swept(doc)
         doc = _set_path(doc, [p for p in dotted.strip().split(".") if p], value, where, source)
+        replaced.update({var: (dotted.strip(), where) for var in before - _swept(doc)})
+    for var, (dotted, where) in replaced.items():
+        if isinstance(doc.get("sweep"), dict) and var in doc["sweep"]:
+            raise PipelineError(
+                f"{dotted} is swept by ${{{var}}}: the override would leave the sweep variable {var!r} unused",
+                hint=f"set the sweep's values instead, e.g. --set 'sweep.{var}=[...]'",
+                location=where,
+            )
     return doc
+
+
+def _swept(doc: dict) -> set[str]:
+    """The sweep variables the document's stages (and anything but the sweep itself) use."""
+    return {var.split(".")[0] for key, value in doc.items() if key != "sweep" for _, var in sweeps.references(value)}
 
 
 def _set_path(doc: dict, parts: list[str], value: Any, where: Location, source: SourceMap) -> dict:
