@@ -43,9 +43,43 @@ def test_an_image_over_the_decompression_bomb_limit_is_refused(tmp_path, monkeyp
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 200 - 1)  # the warning zone: PIL alone would load it
     with pytest.raises(DataError, match=r"big.png is too large to load safely \(300x200 pixels, over PIL's limit of 59,999\)"):
         read_image(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own error zone
-    with pytest.raises(DataError, match="too large to load safely"):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own error zone: the message still gives the size
+    with pytest.raises(DataError, match=r"too large to load safely \(300x200 pixels"):
         read_image(path)
+
+
+def test_a_small_file_declaring_a_huge_image_is_refused_from_its_header(tmp_path, run_text, monkeypatch):
+    from PIL import Image
+
+    from amemctl.data import folders
+
+    folder = _folder(tmp_path)
+    Image.new("I;16", (6000, 6000)).save(folder / "huge.png")  # 36 M pixels in about 70 KB: 3 GB decoded
+    assert (folder / "huge.png").stat().st_size < 200_000
+    decoded = []
+    monkeypatch.setattr(folders, "read_image", lambda path: decoded.append(path))
+    with pytest.raises(DataError, match=r"huge.png is too large to load safely \(6000x6000 pixels, over the limit of 33,554,432\)"):
+        run_text(f"stages:\n  - load: {{dataset: folder, root: {tmp_path / 'imgs'}, size: 32}}\n  - persist: {{store: {tmp_path / 's.zarr'}}}\n")
+    assert decoded == []
+
+
+def test_images_that_would_not_fit_in_memory_are_refused_before_decoding(tmp_path, run_text, monkeypatch):
+    from PIL import Image
+
+    from amemctl.data import folders
+
+    folder = _folder(tmp_path)
+    for i in range(4):
+        Image.new("RGB", (100, 50)).save(folder / f"{i}.png")
+    monkeypatch.setattr(folders, "_memory", lambda: 2 * 4 * 3 * 100 * 50 * 4 - 2)  # just under twice what they take
+    stages = f"stages:\n  - load: {{dataset: folder, root: {tmp_path / 'imgs'}}}\n  - persist: {{store: {tmp_path / 's.zarr'}}}\n"
+    with pytest.raises(DataError, match=r"the 4 images under .* take 0.0 GiB as float32, more than half of this machine's memory"):
+        run_text(stages)
+    monkeypatch.setattr(folders, "_memory", lambda: 2 * 4 * 3 * 100 * 50 * 4)
+    run_text(stages)
+    Image.new("RGB", (50, 100)).save(folder / "turned.png")  # a size differs: refused from the headers too
+    with pytest.raises(DataError, match=r"differ in size \(50x100, 100x50\)"):
+        run_text(stages)
 
 
 def test_a_corrupt_jpeg_is_a_data_error_naming_it(tmp_path, run_text):

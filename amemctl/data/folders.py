@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ from amemctl.data.datasets import Loaded, Request
 from amemctl.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: most pixels one image may have (8192 x 4096, a large photograph): a few kilobytes of PNG can
+#: declare far more, and an image decodes in full before `size:` can shrink it
+MAX_PIXELS = 1 << 25
 
 
 def read_folder(request: Request) -> Loaded:
@@ -59,20 +63,52 @@ def read_tinyimagenet(request: Request) -> Loaded:
 
 
 def _stack(paths: list[str], labels: list[int], size: int | None, where: Path) -> Loaded:
+    """The images as one N x 3 x H x W tensor, refused from their headers, before any decoding,
+    when one is too large, their sizes differ without `size:`, or all of them would not fit in memory."""
     from torchvision.transforms.v2 import functional as F
 
     if not paths:
         raise DataError(f"no images found under {where}", hint=f"images need one of the suffixes {', '.join(IMAGE_SUFFIXES)}")
-    images = []
-    for path in paths:
+    sizes = [_size(path) for path in paths]
+    if size is None and len(set(sizes)) > 1:
+        shown = ", ".join(f"{w}x{h}" for w, h in sorted(set(sizes))[:3])
+        raise DataError(f"images under {where} differ in size ({shown})", hint="set `size:` to resize them to one square size")
+    needed = len(paths) * 3 * 4 * (size * size if size is not None else sizes[0][0] * sizes[0][1])
+    if needed > _memory() // 2:
+        raise DataError(
+            f"the {len(paths):,} images under {where} take {needed / 2**30:.1f} GiB as float32, more than half of this machine's memory ({_memory() / 2**30:.1f} GiB)",
+            hint="set `size:` smaller, or load fewer images (a sub-folder)",
+        )
+    images = torch.empty(len(paths), 3, *((size, size) if size is not None else sizes[0][::-1]))
+    for i, path in enumerate(paths):
         t = read_image(path)
-        if size is not None:
-            t = F.center_crop(F.resize(t, [size], antialias=True), [size, size]).clamp_(0, 1)
-        images.append(t)
-    shapes = {tuple(t.shape) for t in images}
-    if len(shapes) > 1:
-        raise DataError(f"images under {where} differ in size ({', '.join(map(str, sorted(shapes)[:3]))})", hint="set `size:` to resize them to one square size")
-    return Loaded(torch.stack(images), torch.as_tensor(np.asarray(labels), dtype=torch.long))
+        images[i] = t if size is None else F.center_crop(F.resize(t, [size], antialias=True), [size, size]).clamp_(0, 1)
+    return Loaded(images, torch.as_tensor(np.asarray(labels), dtype=torch.long))
+
+
+def _size(path: str) -> tuple[int, int]:
+    """(width, height) from the file's header; more than MAX_PIXELS is a DataError naming the file."""
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: nothing is decoded here
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports damaged files as these
+        raise DataError(f"{path} is not a readable image: {exc}", hint="replace or remove the damaged file") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if width * height > MAX_PIXELS:
+        raise DataError(
+            f"{path} is too large to load safely ({width}x{height} pixels, over the limit of {MAX_PIXELS:,})",
+            hint="resize the image, or remove it from the folder",
+        )
+    return width, height
+
+
+def _memory() -> int:
+    """This machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def read_image(path: "str | Path") -> torch.Tensor:
@@ -91,9 +127,9 @@ def read_image(path: "str | Path") -> torch.Tensor:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                    grey = np.asarray(img).astype(np.float64)
+                    grey = np.asarray(img)
                     depth = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and grey.max(initial=0) <= 65535) else max(1.0, float(grey.max(initial=1)))
-                    scaled = torch.from_numpy(np.clip(grey / depth, 0, 1).astype(np.float32))
+                    scaled = torch.from_numpy(np.clip(grey / depth, 0, 1).astype(np.float32, copy=False))
                     return scaled.expand(3, *scaled.shape).clone()
                 rgb = np.asarray(img.convert("RGB"))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -107,14 +143,13 @@ def read_image(path: "str | Path") -> torch.Tensor:
 
 
 def _pixels(path: "str | Path") -> str:
-    import warnings
-
     from PIL import Image
 
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: nothing is decoded here
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                return f"{img.width}x{img.height} pixels"
+        with Image.open(path) as img:
+            return f"{img.width}x{img.height} pixels"
     except Exception:  # the size is only a courtesy
         return "too many pixels"
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
