@@ -128,8 +128,32 @@ def test_empty_checkpoints_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="empty.pt is not a tensor file"):
         load_autoencoder(empty)
     torch.save({"format": "amemctl-encoder"}, empty)
-    with pytest.raises(DataError, match="damaged metadata"):
+    for arch in (None, "small"):  # with arch given, the missing metadata was a KeyError
+        with pytest.raises(DataError, match="damaged metadata"):
+            checkpoint_encoder(empty, arch, None, None)
+    torch.save({"format": "amemctl-encoder", "arch": ["x"], "cifar_stem": True, "preprocessing": {}, "state_dict": {}}, empty)
+    with pytest.raises(DataError, match=r"damaged metadata \(arch \['x'\]"):  # was: unhashable type
         checkpoint_encoder(empty, None, None, None)
+
+
+def test_a_checkpoint_that_inflates_is_refused_from_its_zip_directory(tmp_path, monkeypatch):
+    import zipfile
+
+    from amemctl.models.encoders import checkpoint_encoder
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"format": "amemctl-autoencoder", "w": torch.zeros(1 << 20)}, plain)  # 4 MiB of zeros
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for entry in source.infolist():
+            out.writestr(entry.filename, source.read(entry))
+    assert bomb.stat().st_size < 100_000 and torch.load(bomb, weights_only=True)["w"].numel() == 1 << 20  # torch would load it
+    loaded = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loaded.append(a))
+    for load in (load_autoencoder, lambda p: checkpoint_encoder(p, "small", None, None)):
+        with pytest.raises(DataError, match=r"bomb.pt is not a .*tensor file .*: UnsafeTensorFile: its entries declare 4,19.* bytes in a file of"):
+            load(bomb)
+    assert loaded == []
 
 
 def test_generate_takes_a_checkpoint_as_documented(tmp_path):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from amemctl.errors import DataError, StageError
 from amemctl.models.encoders import file_sha256, save_atomically
+from amemctl.models.tensor_files import load_tensors
 
 AUTOENCODER_FORMAT = "amemctl-autoencoder"
 
@@ -153,11 +154,11 @@ def load_autoencoder(path: "str | Path") -> Autoencoder:
 
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except FileNotFoundError:
         raise DataError(f"no autoencoder checkpoint at {path}") from None
     except Exception as exc:
-        raise DataError(f"{path} is not a tensor file that loads safely: {type(exc).__name__}", hint="write one with the train-autoencoder stage") from None
+        raise DataError(f"{path} is not a tensor file that loads safely: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}", hint="write one with the train-autoencoder stage") from None
     if not isinstance(payload, dict) or payload.get("format") != AUTOENCODER_FORMAT:
         raise DataError(f"{path} is not an amemctl autoencoder checkpoint", hint="write one with the train-autoencoder stage")
     kind, input_shape, hidden, code = _metadata(payload, path)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from amemctl.errors import DataError, StageError
+from amemctl.models.tensor_files import load_tensors
 
 #: architecture -> embedding width
 ARCHITECTURES = {
@@ -247,20 +248,21 @@ def checkpoint_encoder(path: "str | Path", arch: str | None, cifar_stem: bool | 
     if not path.is_file():
         raise DataError(f"no checkpoint at {path}", hint="give the path of a .pt file, e.g. one written by train-simclr")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except Exception as exc:  # not a zip/pickle torch file, or one holding arbitrary objects
         raise DataError(f"{path} is not a PyTorch tensor file that can be loaded safely: {type(exc).__name__}: {(str(exc).splitlines() or ['(no detail)'])[0][:200]}", hint="checkpoints are loaded with weights_only=True: save plain state dicts") from None
     if isinstance(payload, dict) and payload.get("format") == ENCODER_FORMAT:
-        if arch is not None and arch != payload["arch"]:
-            raise DataError(f"{path} holds a {payload['arch']} encoder, not {arch}", hint=f"set arch: {payload['arch']}, or leave arch out")
         try:
-            arch, cifar_stem = payload["arch"], bool(payload["cifar_stem"])
+            saved, cifar_stem = payload["arch"], bool(payload["cifar_stem"])
             preprocessing = preprocessing or Preprocessing(**payload["preprocessing"])
             state = payload["state_dict"]
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path} is an amemctl encoder checkpoint with damaged metadata ({type(exc).__name__}: {exc})", hint="write it again with train-simclr") from None
-        if arch not in ARCHITECTURES or not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-            raise DataError(f"{path} is an amemctl encoder checkpoint with damaged metadata (arch {arch!r} or its state dict)", hint="write it again with train-simclr")
+        if not isinstance(saved, str) or saved not in ARCHITECTURES or not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise DataError(f"{path} is an amemctl encoder checkpoint with damaged metadata (arch {saved!r} or its state dict)", hint="write it again with train-simclr")
+        if arch is not None and arch != saved:
+            raise DataError(f"{path} holds a {saved} encoder, not {arch}", hint=f"set arch: {saved}, or leave arch out")
+        arch = saved
     else:
         state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

@@ -22,6 +22,7 @@ import torch
 
 from amemctl.errors import DataError
 from amemctl.models.encoders import ENCODER_FORMAT, Encoder, checkpoint_encoder, file_sha256, save_atomically
+from amemctl.models.tensor_files import load_tensors
 
 #: where shipped encoders live: the package's own folder
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -83,7 +84,7 @@ def load(name: str, folder: Path | None = None) -> Encoder:
 def ship(checkpoint: "str | Path", name: str, summary: str, card: str, folder: Path | None = None) -> Shipped:
     """Add a trained encoder checkpoint to `folder` as `name`: weights in bfloat16, its card, its index entry."""
     folder = folder or WEIGHTS
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    payload = load_tensors(checkpoint)
     if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
         raise DataError(f"{checkpoint} is not an amemctl encoder checkpoint", hint="ship the encoder.pt that train-simclr writes")
     state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in payload["state_dict"].items()}

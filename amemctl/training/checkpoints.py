@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from amemctl.models.encoders import save_atomically
+from amemctl.models.tensor_files import load_tensors
 
 FORMAT = "amemctl-training"
 CHECKPOINT_SECONDS = 30.0  #: least time between two saves while training (the last epoch is always saved)
@@ -78,7 +79,7 @@ class TrainingCheckpoint:
         if not self.path.is_file():
             return None
         try:
-            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+            payload = load_tensors(self.path)
         except Exception:  # a damaged file: start over rather than trust it
             return None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("identity") != self.identity:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from amemctl.core import random
 from amemctl.models.encoders import ARCHITECTURES, Encoder, Preprocessing, build, save_atomically, save_encoder
+from amemctl.models.tensor_files import load_tensors
 from amemctl.training.augment import ViewSpec, views
 from amemctl.training.checkpoints import Progress, Throttle
 
@@ -277,7 +278,7 @@ def _latest(folder: Path, config: SimCLRConfig, digest: str) -> dict | None:
     """The newest checkpoint of this configuration and data, if training had started before."""
     for path in sorted(folder.glob("epoch-*.pt"), reverse=True):
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = load_tensors(path)
         except Exception:  # a damaged file: fall back to the one before it
             continue
         saved = dict(payload.get("config", {}))
