@@ -267,7 +267,7 @@ def bench(device: str, sizes: tuple[int, ...], dim: int, queries: int | None, si
     from amemctl.engine.runner import resolve_device
 
     if peers:
-        _bench_peers(sizes or (100_000,), dim, queries or 256, repeats, output)
+        _bench_peers(sizes or (100_000,), dim, queries or 256, repeats, output, similarities)
         return
     dev = resolve_device(device)
     gpu = dev.type == "cuda"
@@ -293,15 +293,18 @@ def bench(device: str, sizes: tuple[int, ...], dim: int, queries: int | None, si
         click.echo(f"appended to {output}")
 
 
-def _bench_peers(sizes: tuple[int, ...], dim: int, queries: int, repeats: int, output: Path | None) -> None:
-    """`amemctl bench --peers`: the CPU peers table (amemctl.bench_peers)."""
+def _bench_peers(sizes: tuple[int, ...], dim: int, queries: int, repeats: int, output: Path | None, similarities: tuple[str, ...]) -> None:
+    """`amemctl bench --peers`: the CPU peers table (amemctl.bench_peers), for the workloads of the given similarities."""
     from amemctl import bench_peers as bp
 
+    workloads = [w for w in bp.WORKLOADS if w[2] in similarities]
+    if not workloads:
+        raise click.UsageError(f"--peers measures {', '.join(sorted({w[2] for w in bp.WORKLOADS}))}; none was asked for with --similarity")
     head = bp.header()
     click.echo(head)
     rows = []
     for n in sizes:
-        for separation, beta, similarity in bp.WORKLOADS:
+        for separation, beta, similarity in workloads:
             rows.append(bp.measure(separation, beta, similarity, n, dim, queries, repeats))
             click.echo(bp.markdown(rows[-1:]).splitlines()[2])
     click.echo(bp.markdown(rows))

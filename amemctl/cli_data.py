@@ -52,6 +52,11 @@ def download(name: str, root: Path | None, splits: tuple[str, ...]) -> None:
     from amemctl.suggest import did_you_mean
 
     if name not in torchvision_sets.SOURCES:
+        from amemctl.plugins import get_registry
+
+        known = get_registry().datasets.get(name)
+        if known is not None:  # a dataset that needs no download, or that its own site hands out
+            raise DataError(f"{name!r} is not downloaded by amemctl: {known.summary}", hint=f"`amemctl data ls` says whether it is here; downloadable: {', '.join(torchvision_sets.SOURCES)}")
         hint = did_you_mean(name, torchvision_sets.SOURCES) or f"downloadable: {', '.join(torchvision_sets.SOURCES)}"
         raise DataError(f"{name!r} cannot be downloaded by amemctl", hint=hint)
     fetched = torchvision_sets.download(name, data_root(root), splits or None)

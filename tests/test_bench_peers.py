@@ -36,3 +36,12 @@ def test_peers_mode_writes_a_table_with_every_workload_checked(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| nearest") or line.startswith("| softmax")]
     assert len(rows) == len(bp.WORKLOADS)
     assert all("identical indices" in row for row in rows), table
+
+
+def test_peers_mode_measures_only_the_similarities_asked_for():
+    result = CliRunner().invoke(main, ["bench", "--peers", "--similarity", "manhattan", "--n", "300", "--q", "4", "--d", "8", "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    rows = {line for line in result.output.splitlines() if line.startswith(("| nearest", "| softmax"))}
+    assert len(rows) == 2 and all("manhattan" in row for row in rows), result.output  # max and softmax beta 1000
+    refused = CliRunner().invoke(main, ["bench", "--peers", "--similarity", "hamming"])
+    assert refused.exit_code == 2 and "none was asked for" in refused.output

@@ -116,6 +116,8 @@ def test_data_ls_and_download_errors(tmp_path):
     assert listing.exit_code == 0 and "patches32" in listing.output and "cifar10" in listing.output
     result = _invoke("data", "download", "cifar-10", "--root", str(tmp_path))
     assert result.exit_code == 2 and "did you mean 'cifar10'?" in result.output
+    bundled = _invoke("data", "download", "digits", "--root", str(tmp_path))
+    assert bundled.exit_code == 2 and "'digits' is not downloaded by amemctl: scikit-learn's" in bundled.output
 
 
 def test_bench_measures_side_by_side(tmp_path):
