@@ -52,7 +52,14 @@ def main(no_plugin: tuple[str, ...]) -> None:
     if no_plugin:
         import os
 
-        from amemctl.plugins import DISABLE_ENV
+        from amemctl.plugins import DISABLE_ENV, installed_plugins
+        from amemctl.suggest import did_you_mean
+
+        installed = installed_plugins()
+        for name in no_plugin:
+            if name not in installed:
+                hint = did_you_mean(name, installed) or f"installed: {', '.join(sorted(installed)) or 'none'}"
+                raise click.UsageError(f"--no-plugin {name}: no plugin of that name is installed ({hint})")
 
         # through the environment, so worker processes (--nproc) skip the same plugins
         names = [n for n in os.environ.get(DISABLE_ENV, "").split(",") if n]

@@ -114,6 +114,14 @@ def disabled_names(extra: Iterable[str] = ()) -> set[str]:
     return {n for n in (*names, *extra) if n}
 
 
+def installed_plugins() -> set[str]:
+    """The entry-point and package names of the installed plugins (nothing is imported)."""
+    names = set()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        names |= {ep.name, ep.dist.name if ep.dist is not None else ep.value}
+    return names
+
+
 def build_registry(entry_points: bool = True, disable: Iterable[str] = ()) -> Registry:
     """Load every plugin and collect what they provide; see the module docstring for order."""
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)

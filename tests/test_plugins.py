@@ -160,6 +160,16 @@ def test_plugins_can_be_disabled_by_name(install, monkeypatch, how):
     assert "pca" in registry.stages
 
 
+def test_disabling_a_plugin_that_is_not_installed_is_an_error(install):
+    from click.testing import CliRunner
+
+    from amemctl.cli import main
+
+    install("clash-plugin", "clash_mod", CLASH)
+    result = CliRunner().invoke(main, ["--no-plugin", "clash_mdo", "stages"])
+    assert result.exit_code == 2 and "--no-plugin clash_mdo: no plugin of that name is installed (did you mean 'clash_mod'?)" in result.output
+
+
 CRASHING = """\
     from amemctl import Input, Output, Stage, hookimpl
 
