@@ -170,7 +170,7 @@ def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...], explain: b
 def stages(name: str | None, markdown: bool) -> None:
     """List every stage, similarity, separation, corruption, encoder and dataset (built-in and
     from plugins), or describe the one called NAME."""
-    from amemctl.plugins import KINDS, get_registry, stage_class
+    from amemctl.plugins import KINDS, get_registry
 
     registry = get_registry()
     if markdown:
@@ -193,12 +193,30 @@ def stages(name: str | None, markdown: bool) -> None:
         return
     found = registry.find(name)
     if not found:
-        stage_class(name, registry)  # the error, with a did-you-mean among the stages
+        _describe_preset_or_refuse(console, registry, name)
+        return
     for kind, entry in found:
         if kind == "stages":
             _describe_stage(console, registry, entry)
         else:
             _describe_function(console, registry, kind, entry)
+
+
+def _describe_preset_or_refuse(console: Console, registry: Any, name: str) -> None:
+    """`- model: NAME` presets are described by the preset table; any other unknown name is an error with a did-you-mean over every kind."""
+    from amemctl.dsl import presets
+    from amemctl.errors import PluginError
+    from amemctl.plugins import KINDS
+    from amemctl.suggest import did_you_mean
+
+    if name == "model" or name in presets.PRESETS:
+        click.echo(f"{name} (model preset, amemctl): one pipeline line (`- model: {'mchn' if name == 'model' else name}`) for a score, separate and project")
+        click.echo(presets.__doc__.split("\n", 1)[1].strip())
+        return
+    known = [*presets.PRESETS, "model", *(n for kind in KINDS for n in registry.table(kind))]
+    hint = did_you_mean(name, known) or "run `amemctl stages` to list them"
+    disabled = f" (disabled on request: {', '.join(registry.disabled)})" if registry.disabled else ""
+    raise PluginError(f"no stage, similarity, separation, corruption, encoder, dataset or model preset is called {name!r}{registry.failure_note()}{disabled}", hint=hint)
 
 
 def _summary(entry: Any) -> str:

@@ -93,6 +93,9 @@ def test_stages_lists_and_describes():
     assert chebyshev.exit_code == 0 and "similarity, amemctl-example" in chebyshev.output and "L-infinity distance max |q-k|" in chebyshev.output
     unknown = _invoke("stages", "scor")
     assert unknown.exit_code == 2 and "did you mean 'score'?" in unknown.output
+    assert "did you mean 'softmax'?" in _invoke("stages", "softmx").output  # among every kind, not the stages only
+    preset = _invoke("stages", "mchn")  # `- model: mchn` is a preset, not a stage
+    assert preset.exit_code == 0 and "| mchn | dot       | softmax(beta)" in preset.output
 
 
 def test_a_missing_file_is_exit_2(tmp_path):
