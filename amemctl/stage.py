@@ -24,6 +24,7 @@ which lets the engine reuse results shared by several sweep points.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
@@ -72,6 +73,8 @@ class Param:
     nullable: whether `null` is accepted (always true when the default is None).
     validate: a function of the converted value raising an AmemctlError when it does not fit
         (checks the other options cannot say, e.g. "two numbers, low <= high").
+    finite: whether infinities (YAML .inf, "inf") are refused, as NaN always is; true unless
+        the stage gives inf a meaning, since a number meant to be finite overflows later, elsewhere.
     """
 
     role = "param"
@@ -88,6 +91,7 @@ class Param:
         items: Any = None,
         nullable: bool = False,
         validate: "Callable[[Any], Any] | None" = None,
+        finite: bool = True,
     ) -> None:
         self.type = type
         self.default = default
@@ -98,6 +102,7 @@ class Param:
         self.items = items
         self.nullable = nullable or default is None
         self.validate = validate
+        self.finite = finite
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -170,6 +175,8 @@ class Param:
             return
         if value != value:  # NaN passes every comparison; it would only fail later, elsewhere
             raise ParamError(f"parameter {self.name!r} is NaN", hint=self._expect())
+        if self.finite and isinstance(value, float) and math.isinf(value):
+            raise ParamError(f"parameter {self.name!r} is {value}, not a finite number", hint=self._expect())
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
             raise ParamError(f"parameter {self.name!r} is {value}, out of range", hint=self._expect())
 

@@ -79,3 +79,11 @@ def test_a_huge_sweep_is_refused_by_its_size_before_expansion(monkeypatch):
 
 def test_nan_parameters_are_refused_at_validation():
     assert "parameter 'beta' is NaN" in error_of(GOOD.replace("beta: 1", "beta: .nan"))
+
+
+def test_infinite_parameters_are_refused_at_validation():
+    """An infinite number where a finite one is meant (a chunk size, a threshold) would overflow later, in the run."""
+    message = error_of("stages:\n  - load: {dataset: digits, limit: 20}\n  - persist: {store: s.zarr, chunk_mib: .inf}\n")
+    assert message.startswith("bad.yaml:3:") and "parameter 'chunk_mib' is inf, not a finite number" in message
+    assert "parameter 'beta' is inf, not a finite number" in error_of(GOOD.replace("beta: 1", "beta: inf"))
+    assert "parameter 'threshold' is -inf" in error_of("stages:\n  - load: {dataset: digits, limit: 20}\n  - binarize: {threshold: -.inf}\n")

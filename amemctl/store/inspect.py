@@ -13,7 +13,7 @@ def describe(store: MemoryStore) -> dict[str, Any]:
     attrs = store.attrs
     arrays = []
     for name in ["ids", "alive", *store.arrays]:
-        array = store.group[name]
+        array = store._array(name)
         arrays.append(
             {
                 "name": name,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import math
 import os
 import secrets
@@ -42,11 +43,11 @@ from torch import Tensor
 from amemctl.errors import DamagedStore, StoreError
 from amemctl.store.encoding import decode, encode
 from amemctl.store.lock import WriterLock
-from amemctl.store.soundness import EVERY_CHUNK, problems
+from amemctl.store.soundness import ATTR, EVERY_CHUNK, FIXED, RESERVED, attribute_problems, open_array, problems
 
 SCHEMA = 1
-ATTR = "amemctl"
 DEFAULT_CHUNK_BYTES = 32 * 2**20
+log = logging.getLogger(__name__)
 
 
 def _generation(group: Any) -> str | None:
@@ -113,13 +114,12 @@ class MemoryStore:
             if path.exists():
                 if not replace:
                     raise StoreError(f"{path} already exists", hint="open it to append, choose another path, or use mode: replace")
-                if not (path / "zarr.json").is_file():
-                    raise StoreError(f"{path} exists and is not a store; refusing to replace it", hint="move it away or choose another path")
+                refuse_foreign(path)
             tmp = _aside(path, "new")
             try:
                 fill(cls._create_at(tmp, **options))
             except BaseException:
-                _discard(tmp)
+                _discard_or_warn(tmp, "an unfinished new copy")
                 raise
             swap_in(path, tmp)
 
@@ -160,13 +160,14 @@ class MemoryStore:
         refused here (`amemctl store verify` reports everything it finds instead).
         """
         path = store_root(path)
-        if not path.exists() and _journal(path).exists():  # a swap was interrupted between its renames
-            with writer_lock(path):  # taking the lock finishes it
-                pass
-        if not path.exists():
-            raise StoreError(f"no store at {path}", hint="check the path, or create it with a `persist` stage")
-        if not (path / "zarr.json").is_file():
-            raise StoreError(f"{path} is not a zarr v3 store (no zarr.json)", hint="amemctl stores are zarr v3 groups written by `persist`")
+        with reading(path):
+            if not path.exists() and _journal(path).exists():  # a swap was interrupted between its renames
+                with writer_lock(path):  # taking the lock finishes it
+                    pass
+            if not path.exists():
+                raise StoreError(f"no store at {path}", hint="check the path, or create it with a `persist` stage")
+            if not (path / "zarr.json").is_file():
+                raise StoreError(f"{path} is not a zarr v3 store (no zarr.json)", hint="amemctl stores are zarr v3 groups written by `persist`")
         try:
             group = _zarr().open_group(store=str(path), mode="r" if mode == "r" else "r+", zarr_format=3)
         except Exception as exc:  # unreadable metadata: a damaged or foreign store
@@ -174,11 +175,7 @@ class MemoryStore:
         attrs = dict(group.attrs).get(ATTR)
         if not isinstance(attrs, dict) or "schema" not in attrs:
             raise StoreError(f"{path} is a zarr group but not an amemctl store (no '{ATTR}' attributes)", hint="write amemctl stores with a `persist` stage")
-        if attrs["schema"] > SCHEMA:
-            raise StoreError(
-                f"{path} has store schema {attrs['schema']}, newer than this amemctl understands ({SCHEMA})",
-                hint="upgrade amemctl to read it",
-            )
+        _check_attributes(path, attrs)
         if check:
             found = problems(path, group, attrs)
             if found:
@@ -225,7 +222,11 @@ class MemoryStore:
         return np.flatnonzero(self.alive())
 
     def storage(self, name: str) -> str:
-        return self.attrs["arrays"][name]["storage"] if name in self.attrs["arrays"] else {"ids": "int64", "alive": "uint8"}[name]
+        return self._spec(name)["storage"]
+
+    def _spec(self, name: str) -> dict:
+        """What the attributes say of array `name` (storage, row_shape); ids and alive are fixed."""
+        return self.attrs["arrays"].get(name) or FIXED.get(name) or {"storage": "float32"}
 
     def row_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._array(name).shape[1:])
@@ -320,10 +321,11 @@ class MemoryStore:
             )
 
     def _array(self, name: str) -> Any:
-        try:
-            return self.group[name]
-        except KeyError:
-            raise StoreError(f"{self.path} has no array {name!r}", hint=f"it has: {', '.join(['ids', 'alive', *self.arrays])}") from None
+        """Array `name`, opened in one guarded step: damaged metadata is a DamagedStore naming its zarr.json."""
+        array = open_array(self.path, self.group, name, self._spec(name), self.attrs) if name in (*FIXED, *self.arrays) else None
+        if array is None:
+            raise StoreError(f"{self.path} has no array {name!r}", hint=f"it has: {', '.join(['ids', 'alive', *self.arrays])}")
+        return array
 
     # ----------------------------------------------------------------- writing
 
@@ -369,6 +371,9 @@ class MemoryStore:
             encoded = {name: self._encode(name, t, (storage or {}).get(name), attrs) for name, t in given.items()}
             if not attrs.get("chunk_rows"):
                 attrs["chunk_rows"] = chunk_rows_for(encoded.values(), attrs["chunk_bytes"], n)
+            if start + n > max(start, attrs.get(RESERVED, 0)):  # say how far the arrays may grow before growing them
+                attrs[RESERVED] = start + n
+                self._publish(attrs)
             for name, data in encoded.items():
                 self._write_rows(name, data, start, attrs)
             ids = np.arange(first_id, first_id + n, dtype=np.int64)
@@ -413,7 +418,7 @@ class MemoryStore:
             hit = np.zeros(count, bool)
             if ids is not None:
                 wanted = np.asarray(torch.as_tensor(ids).cpu().numpy(), dtype=np.int64).reshape(-1)
-                stored = self.group["ids"][:count]
+                stored = self._array("ids")[:count]
                 unknown = np.setdiff1d(wanted, stored)
                 if unknown.size:
                     raise StoreError(f"no rows with ids {', '.join(map(str, unknown[:5]))}{' ...' if unknown.size > 5 else ''} in {self.path}")
@@ -448,7 +453,7 @@ class MemoryStore:
             try:
                 self._copy_live(tmp, attrs, live, dropped)
             except BaseException:
-                _discard(tmp)
+                _discard_or_warn(tmp, "an unfinished compacted copy")
                 raise
             swap_in(self.path, tmp)
         reopened = MemoryStore.open(self.path, mode="a")
@@ -568,7 +573,9 @@ def store_root(path: "str | Path") -> Path:
         raise StoreError(f"{str(path)!r} cannot be a store path", hint="name a folder of its own, such as stores/digits.zarr")
     full = Path(os.path.abspath(raw))
     for ancestor in full.parents:
-        if (ancestor / "zarr.json").is_file():
+        with reading(ancestor):  # a folder above that may not be read
+            inside = (ancestor / "zarr.json").is_file()
+        if inside:
             raise StoreError(
                 f"{path} lies inside the store (or zarr group) {ancestor}",
                 hint="a store path names a store's own folder, outside any other store, such as stores/other.zarr",
@@ -602,6 +609,56 @@ def writing(path: Path) -> Iterator[None]:
         ) from None
 
 
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Tell a read the file system refuses (a store folder without read permission) as a StoreError."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read the store {path}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""),
+            hint="check that you may read it (the folder, its files and the folders above it)",
+        ) from None
+
+
+def _check_attributes(path: Path, attrs: dict) -> None:
+    """Refuse an attribute document of a newer schema, or with fields of the wrong types, before anything uses it."""
+    schema = attrs.get("schema")
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA:
+        raise StoreError(f"{path} has store schema {schema}, newer than this amemctl understands ({SCHEMA})", hint="upgrade amemctl to read it")
+    found = attribute_problems(attrs)
+    if found:
+        raise DamagedStore(
+            f"the attributes of {path} ({path / 'zarr.json'}, under {ATTR!r}) are damaged: {'; '.join(found[:3])}{' ...' if len(found) > 3 else ''}",
+            hint="the store is damaged: restore it from a copy, or write it again (persist with mode: replace)",
+        )
+
+
+def is_store(path: Path) -> bool:
+    """Whether `path` holds an amemctl store (a zarr group with amemctl attributes, sound or not)."""
+    try:
+        doc = json.loads((path / "zarr.json").read_bytes())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return False
+    attributes = doc.get("attributes") if isinstance(doc, dict) and doc.get("node_type") == "group" else None
+    return isinstance(attributes, dict) and isinstance(attributes.get(ATTR), dict)
+
+
+def refuse_foreign(path: Path) -> None:
+    """Refuse to replace what is at `path` unless it is an amemctl store or an empty folder.
+
+    A replace deletes the old contents, so anything else there (another program's zarr
+    store, a folder of files, a file) is left alone with an error instead.
+    """
+    if path.is_dir() and not any(path.iterdir()):
+        return
+    if not is_store(path):
+        raise StoreError(
+            f"{path} exists and is not an amemctl store; refusing to replace it",
+            hint="delete it yourself if it may go, or choose another path",
+        )
+
+
 def _aside(path: Path, kind: str) -> Path:
     """A fresh hidden folder name beside `path`, unique to this writer (`.x.zarr.new-<pid>-<random>`)."""
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
@@ -609,6 +666,14 @@ def _aside(path: Path, kind: str) -> Path:
 
 def _journal(path: Path) -> Path:
     return path.with_name(f".{path.name}.swap")
+
+
+def _discard_or_warn(folder: Path, what: str) -> None:
+    """`_discard(folder)`, a failure only logged: the write it follows (or gives up) has not failed because of it."""
+    try:
+        _discard(folder)
+    except OSError as exc:
+        log.warning("cannot delete %s, %s (%s); delete it by hand", folder, what, exc.strerror or exc)
 
 
 def _discard(folder: Path) -> None:
@@ -630,8 +695,7 @@ def swap_in(path: Path, new: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         new.rename(path)
         return
-    if not (path / "zarr.json").exists():
-        raise StoreError(f"{path} exists and is not a store; refusing to replace it", hint="move it away or choose another path")
+    refuse_foreign(path)
     old = _aside(path, "old")
     journal = _journal(path)
     staged = journal.with_name(journal.name + "-" + secrets.token_hex(4))
@@ -640,7 +704,7 @@ def swap_in(path: Path, new: Path) -> None:
     path.rename(old)
     new.rename(path)
     journal.unlink()
-    _discard(old)
+    _discard_or_warn(old, f"the old copy of {path} (replaced)")  # the swap is done: a leftover is no failure of it
 
 
 def tidy(path: Path) -> None:
@@ -661,9 +725,12 @@ def tidy(path: Path) -> None:
         journal.unlink(missing_ok=True)
     name = glob.escape(path.name)
     for leftover in [*path.parent.glob(f".{name}.new-*"), *path.parent.glob(f".{name}.old-*")]:
-        _discard(leftover)
+        _discard_or_warn(leftover, "what an earlier writer left")
     for leftover in path.parent.glob(f".{name}.swap-*"):
-        leftover.unlink(missing_ok=True)
+        try:
+            leftover.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot delete %s, which an earlier writer left (%s); delete it by hand", leftover, exc.strerror or exc)
 
 
 __all__ = ["MemoryStore", "SCHEMA"]

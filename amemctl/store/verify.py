@@ -12,7 +12,7 @@ import torch
 from amemctl.errors import StoreError
 from amemctl.store.encoding import decode
 from amemctl.store.memory import MemoryStore
-from amemctl.store.soundness import EVERY_CHUNK, chunk_file, problems
+from amemctl.store.soundness import EVERY_CHUNK, chunk_file, problems, row_bound
 
 
 @dataclass
@@ -44,10 +44,10 @@ def verify(path: "str | Path") -> Report:
     names = ["ids", "alive", *store.arrays]
     for name in names:
         try:
-            array = store.group[name]
-        except KeyError:
+            array = store._array(name)
+        except StoreError:  # missing or damaged: problems() has said so
             continue
-        if array.shape[0] > count:
+        if array.shape[0] > count and array.shape[0] <= row_bound(store.path, store.attrs, array.shape[0]):
             report.notes.append(f"{name} holds {array.shape[0] - count} unpublished rows from an interrupted append (ignored; the next append overwrites them)")
         report.chunks_checked += _check_chunks(store, name, array, report)
     on_disk = {f"keys/{k}" for k in _group_keys(store, "keys")}
@@ -57,7 +57,7 @@ def verify(path: "str | Path") -> Report:
         if f"keys/{space}" not in store.arrays:
             report.problems.append(f"space {space!r} has an identity but no keys/{space} array")
     if report.ok and count:
-        ids = store.group["ids"][:count]
+        ids = store._array("ids")[:count]
         if np.any(np.diff(ids) <= 0):
             report.problems.append("ids are not strictly increasing")
         if ids.max(initial=-1) >= store.attrs["next_id"]:
@@ -66,22 +66,23 @@ def verify(path: "str | Path") -> Report:
 
 
 def _check_chunks(store: MemoryStore, name: str, array, report: Report) -> int:
+    """Decode every chunk of the published rows of `name` (rows beyond `count` are no data), noting NaN and inf rows."""
     rows = array.chunks[0]
     checked = 0
-    count = store.count
-    storage = store.attrs["arrays"].get(name, {}).get("storage")
+    count = min(store.count, array.shape[0])
+    storage = store.storage(name)
     bad: list[int] = []
-    for start in range(0, array.shape[0], rows):
+    for start in range(0, count, rows):
         try:
-            data = array[start : start + rows]
+            data = array[start : min(start + rows, count)]
         except Exception as exc:  # any decoding failure is what verify exists to find
             report.problems.append(
-                f"{name} chunk {start // rows} (rows {start}..{min(start + rows, array.shape[0]) - 1}, file {chunk_file(name, start // rows, array.ndim)}) does not decode: {exc}"
+                f"{name} chunk {start // rows} (rows {start}..{min(start + rows, count) - 1}, file {chunk_file(name, start // rows, array.ndim)}) does not decode: {exc}"
             )
             data = None
         checked += 1
-        if data is not None and storage in ("float32", "float16", "bfloat16") and start < count:
-            values = decode(data[: count - start], storage).reshape(min(len(data), count - start), -1)
+        if data is not None and storage in ("float32", "float16", "bfloat16"):
+            values = decode(data, storage).reshape(len(data), -1)
             finite = torch.isfinite(values).all(dim=1).numpy()
             bad.extend((start + np.flatnonzero(~finite)).tolist())
     if bad:
@@ -91,7 +92,10 @@ def _check_chunks(store: MemoryStore, name: str, array, report: Report) -> int:
         except StoreError:
             pass
     if bad:
-        ids = store.group["ids"].get_orthogonal_selection((np.asarray(bad[:5]),)).tolist() if "ids" in store.group else bad[:5]
+        try:
+            ids = store._array("ids").get_orthogonal_selection((np.asarray(bad[:5]),)).tolist()
+        except StoreError:
+            ids = bad[:5]
         report.problems.append(
             f"{name}: {len(bad)} row(s) hold NaN or inf (ids {', '.join(map(str, ids))}{' ...' if len(bad) > 5 else ''})"
             + "; forget them with `amemctl store forget --ids ...`"
@@ -102,5 +106,5 @@ def _check_chunks(store: MemoryStore, name: str, array, report: Report) -> int:
 def _group_keys(store: MemoryStore, name: str) -> list[str]:
     try:
         return list(store.group[name].array_keys())
-    except KeyError:
+    except Exception:  # no such group, or one zarr cannot read (problems() names what is damaged)
         return []
