@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +70,7 @@ class RunRecord:
         points: int,
         headline: dict[str, str] | None,
         previous: dict[str, Any] | None = None,
+        repeats: int = 1,
     ) -> "RunRecord":
         """Record a run (or the resumption of one, keeping its history) as running, now."""
         data: dict[str, Any] = dict(previous or {})
@@ -89,6 +91,7 @@ class RunRecord:
             pid=os.getpid(),
             host=socket.gethostname(),
             points_total=points,
+            repeats=repeats,
             points_done=0,
             points_reused=0,
             headline=headline,
@@ -111,18 +114,49 @@ class RunRecord:
         if error is None:
             self.data["status"] = "finished"
         else:
-            interrupted = isinstance(error, (KeyboardInterrupt, Interrupted))
-            self.data["status"] = "interrupted" if interrupted else "failed"
+            stop = stop_signal(error)
+            self.data["status"] = "interrupted" if stop is not None else "failed"
             render = getattr(error, "render", None)
             message = render() if callable(render) else (str(error) or type(error).__name__)
+            if stop is not None:
+                message = f"stopped by signal {signal.Signals(stop).name}"
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             (self.run_dir / TRACEBACK).write_text(f"{message}\n\n{text}")
             self.data["error"] = {"type": type(error).__name__, "message": message, "traceback": TRACEBACK}
         self.save()
 
 
-class Interrupted(Exception):
-    """The process was asked to stop (SIGTERM, as cluster schedulers send before a kill)."""
+class Interrupted(BaseException):
+    """The process was asked to stop (SIGTERM, as cluster schedulers send before a kill).
+
+    A BaseException, as KeyboardInterrupt is: a request to stop is not an error of the code
+    that happened to be running, so it passes through every `except Exception` (a stage's
+    own, the runner's crash report) and the run ends `interrupted`, not failed.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def stop_signal(error: BaseException) -> int | None:
+    """The signal that stopped a run: SIGINT for Ctrl-C, the signal of an Interrupted; None for an error."""
+    if isinstance(error, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    if isinstance(error, Interrupted):
+        return error.signum
+    return None
+
+
+def count_text(done: int, total: int, repeats: int = 1) -> str:
+    """How far a run got, in point runs (one repeat of one sweep point), as every message says it.
+
+    `17 of 102 points`, or with repeats `85 of 510 point runs (102 points x 5 repeats)`: the
+    stop message, `runs ls` and `runs show` count the same unit, the one run.json records.
+    """
+    if repeats <= 1 or total % repeats:
+        return f"{done} of {total} point{'s' if total != 1 else ''}"
+    return f"{done} of {total} point runs ({total // repeats} points x {repeats} repeats)"
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:

@@ -33,7 +33,7 @@ from amemctl.context import Context, clock
 from amemctl.dsl.pipeline import Pipeline
 from amemctl.dsl.sweep import Point
 from amemctl.engine.plan import Step, plan_steps
-from amemctl.engine.records import TRACEBACK, Interrupted, RunRecord, read_record, status_of
+from amemctl.engine.records import TRACEBACK, Interrupted, RunRecord, count_text, read_record, status_of, stop_signal
 from amemctl.errors import AmemctlError, DeviceError, StageCrash
 
 
@@ -60,6 +60,12 @@ class RunResult:
     points: list[PointResult]
     status: str = "ok"
     error: str | None = None  #: what stopped a failed run, as the CLI prints it
+    runs_done: int = 0  #: point runs finished (one repeat of one sweep point each), as run.json counts them
+
+    def progress(self) -> str:
+        """How far the run got, in point runs: `85 of 510 point runs (102 points x 5 repeats)`."""
+        repeats = self.pipeline.repeats
+        return count_text(self.runs_done, len(self.pipeline.plans) * repeats, repeats)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -130,6 +136,7 @@ def run_pipeline(
         points=len(runs),
         headline={"metric": pipeline.tables[0].metric, "format": pipeline.tables[0].format} if pipeline.tables else None,
         previous=previous,
+        repeats=pipeline.repeats,
     )
     bar = Progress(
         SpinnerColumn(),
@@ -163,6 +170,7 @@ def run_pipeline(
                     cache.release(i)
                     bar.advance(sweep_task)
                     record.progress(i + 1, reused)
+                    run.runs_done = i + 1
                     if log is not None:
                         log.point(i, point.label() + (f" (repeat {r + 1})" if pipeline.repeats > 1 else ""), reused=was_reused)
                     if r == pipeline.repeats - 1:
@@ -170,7 +178,7 @@ def run_pipeline(
                         done = []
         except BaseException as exc:
             error = exc
-            run.status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
+            run.status = "interrupted" if stop_signal(exc) is not None else "failed"
             if isinstance(exc, AmemctlError):
                 run.error = exc.render()
             raise
@@ -270,7 +278,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: Any) -> None:
-        raise Interrupted(f"stopped by signal {signal.Signals(signum).name}")
+        raise Interrupted(signum)
 
     before = signal.signal(signal.SIGTERM, stop)
     try:

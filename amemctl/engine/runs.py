@@ -25,14 +25,16 @@ class RunSummary:
     status: str
     started: str | None
     seconds: float | None
-    points_done: int | None
-    points_total: int | None
+    points_done: int | None  #: point runs finished (one repeat of one sweep point each)
+    points_total: int | None  #: sweep points x repeats
     overrides: list[str]
     headline: str | None  #: the first table's metric
     headline_value: float | None  #: its mean over the finished points
     headline_format: str = "number"
     record: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    repeats: int = 1
+    points_reused: int = 0
 
 
 def run_folders(root: "str | Path") -> list[Path]:
@@ -83,6 +85,8 @@ def summarise(path: Path, root: "str | Path" = "runs") -> RunSummary:
         headline_format=headline.get("format", "number") if isinstance(headline, dict) else "number",
         record=record,
         metrics=metrics,
+        repeats=record.get("repeats", 1),
+        points_reused=record.get("points_reused", 0),
     )
 
 
