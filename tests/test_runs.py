@@ -219,11 +219,13 @@ def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
     finished = len(list((run_dir / "points").glob("*.pt")))
     assert 2 <= finished < 16, "the child finished before it was killed: make the sweep longer"
     assert status_of(read_record(run_dir)) == "dead"
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "report.md").exists()  # as docs/pipelines.md says: resuming writes them
     listing = _invoke("runs", "ls", "--root", tmp_path / "runs")
     assert "dead" in listing.output
     result = _invoke("run", "--resume", "small", "--out", tmp_path / "runs", "--quiet")
     assert result.exit_code == 0, result.output
     record = read_record(run_dir)
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "report.md").is_file()
     assert record["status"] == "finished" and record["points_reused"] == finished and record["attempts"][0]["status"] == "running"
     whole = run_pipeline(parse_text(text, str(pipeline)), out_root=tmp_path / "whole", device="cpu", progress=False)
     assert _metrics(run_dir) == _metrics(whole.run_dir)

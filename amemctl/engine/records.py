@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 import signal
 import socket
 import subprocess
@@ -21,8 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from amemctl.errors import RunFolderError
+
 RECORD = "run.json"
 TRACEBACK = "error.txt"
+#: run.json's marker: a folder is a run folder when its run.json says this
+RUN_FORMAT = "amemctl-run"
 
 
 def now() -> str:
@@ -79,6 +84,7 @@ class RunRecord:
             attempts.append({k: previous.get(k) for k in ("started", "ended", "status", "command", "pid", "host")})
             data["attempts"] = attempts
         data.update(
+            format=RUN_FORMAT,
             pipeline=pipeline,
             file=file,
             overrides=list(overrides),
@@ -160,17 +166,133 @@ def count_text(done: int, total: int, repeats: int = 1) -> str:
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """run.json of a run folder; None when absent or unreadable (runs from before records)."""
+    """run.json of a run folder as it reads, unchecked; None when absent or unreadable (see load_record)."""
     return read_json(run_dir / RECORD)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from a file of a run folder; None when absent, unreadable or not an object."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return _json_object(path)
+    except ValueError:
         return None
-    return data if isinstance(data, dict) else None
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; a ValueError saying why not (absent, not JSON, nested too deep, not an object)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ValueError("it does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"it cannot be read ({exc.strerror or exc})") from None
+    except RecursionError:  # "[[[[..." a hundred thousand deep
+        raise ValueError("it nests too deep to be amemctl's") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise ValueError(f"it is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _nullable(kind: Any) -> tuple:
+    return (kind, type(None))
+
+
+_LIST_OF_STR = "a list of strings"
+#: run.json's fields, each with the types amemctl writes it as (a field may be absent: runs of older versions)
+FIELDS: dict[str, tuple[Any, str]] = {
+    "format": (str, "a string"),
+    "pipeline": (str, "a string"),
+    "file": (str, "a string"),
+    "overrides": (_LIST_OF_STR, _LIST_OF_STR),
+    "command": (_LIST_OF_STR, _LIST_OF_STR),
+    "cwd": (str, "a string"),
+    "git": (_nullable(dict), "an object or null"),
+    "started": (str, "a string"),
+    "ended": (_nullable(str), "a string or null"),
+    "status": (str, "a string"),
+    "pid": (int, "an integer"),
+    "host": (str, "a string"),
+    "points_total": (int, "an integer"),
+    "repeats": (int, "an integer"),
+    "points_done": (int, "an integer"),
+    "points_reused": (int, "an integer"),
+    "headline": (_nullable(dict), "an object or null"),
+    "error": (_nullable(dict), "an object or null"),
+    "attempts": (list, "a list"),
+}
+#: fields inside the objects above, all strings (git's `dirty` apart)
+_INNER = {"git": ("commit",), "headline": ("metric", "format"), "error": ("type", "message", "traceback")}
+#: what a run.json from before the format marker holds: amemctl wrote all of these from the first
+_LEGACY = ("pipeline", "started", "status", "pid", "host", "points_total")
+
+
+def load_record(run_dir: Path) -> dict[str, Any]:
+    """run.json of a run folder, checked: amemctl's marker and every field's type.
+
+    What --resume and `runs show`/`compare` read: a folder without it is not a run folder
+    (resuming one would write over files that are not amemctl's), and a field of the wrong
+    type is one error naming run.json rather than a traceback wherever it is first used.
+    """
+    path = run_dir / RECORD
+    try:
+        data = _json_object(path)
+    except ValueError as exc:
+        if not path.exists():
+            raise RunFolderError(
+                f"{run_dir} is not an amemctl run folder: it has no {RECORD}",
+                hint=f"give a run folder that `amemctl run` made (`amemctl runs ls` lists them){_own_pipeline(run_dir)}",
+            ) from None
+        raise RunFolderError(f"{path} is damaged: {exc}", hint=_DAMAGED) from None
+    marker = data.get("format")
+    if marker is None and not all(k in data for k in _LEGACY) or marker is not None and marker != RUN_FORMAT:
+        raise RunFolderError(
+            f"{path} was not written by amemctl (its `format` is {marker!r}, not {RUN_FORMAT!r}), so {run_dir} is not a run folder",
+            hint=f"give a run folder that `amemctl run` made (`amemctl runs ls` lists them){_own_pipeline(run_dir)}",
+        )
+    problem = record_problem(data)
+    if problem:
+        raise RunFolderError(f"{path} is damaged: {problem}", hint=_DAMAGED)
+    return data
+
+
+_DAMAGED = "run.json is amemctl's own record of the run: put it back as amemctl wrote it, or start the run afresh with `amemctl run PIPELINE`"
+
+
+def _own_pipeline(run_dir: Path) -> str:
+    pipeline = run_dir / "pipeline.yaml"
+    return f"; to run {pipeline}, `amemctl run {pipeline}` makes a new run folder under runs/" if pipeline.is_file() else ""
+
+
+def record_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a run.json's fields (the first thing found), or None when each has its type."""
+    for key, (kind, noun) in FIELDS.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if not _is(value, kind):
+            return f"field {key!r} should be {noun}, not {short_repr(value)}"
+        for inner in _INNER.get(key, ()) if isinstance(value, dict) else ():
+            if inner in value and not isinstance(value[inner], str):
+                return f"field {key}.{inner} should be a string, not {short_repr(value[inner])}"
+    for n, attempt in enumerate(data.get("attempts") or []):
+        if not isinstance(attempt, dict):
+            return f"attempts[{n}] should be an object, not {short_repr(attempt)}"
+    return None
+
+
+def _is(value: Any, kind: Any) -> bool:
+    if kind == _LIST_OF_STR:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def short_repr(value: Any) -> str:
+    """A short repr of a bad value (reprlib: bounded in depth and length, however nested)."""
+    return reprlib.repr(value)
 
 
 def status_of(record: dict[str, Any]) -> str:
@@ -186,8 +308,8 @@ def _alive(pid: Any) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:  # someone else's process
         return True
+    except (OSError, OverflowError):  # gone, or no pid at all (an edited run.json)
+        return False
     return True
