@@ -475,7 +475,7 @@ class _PrefixCache:
 
 
 def new_run_dir(root: Path, name: str) -> Path:
-    """runs/<name>/<YYYYmmdd-HHMMSS>[-N]/, created empty."""
+    """runs/<name>/<YYYYmmdd-HHMMSS>[-N]/, created empty; a folder that cannot be made is an error naming it."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = root / name
     for n in range(1000):
@@ -484,8 +484,23 @@ def new_run_dir(root: Path, name: str) -> Path:
             path.mkdir(parents=True)
             return path
         except FileExistsError:
-            continue
-    raise AmemctlError(f"cannot create a run folder under {base}")
+            if path.is_dir():  # a run started the same second: the next suffix
+                continue
+            raise _unwritable(root, base) from None
+        except OSError:
+            raise _unwritable(root, base) from None
+    raise AmemctlError(f"cannot create a run folder under {base}: 1000 runs started in the same second", hint="start fewer runs at once")
+
+
+def _unwritable(root: Path, base: Path) -> AmemctlError:
+    """Why the run folder under `base` cannot be made: the part of the path in the way, or no permission."""
+    blocking = next((p for p in [base, *base.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        reason = f"{blocking} is a file, not a folder"
+    else:
+        existing = next((p for p in [base, *base.parents] if p.exists()), None)
+        reason = f"{existing} cannot be written to" if existing is not None else "it cannot be made"
+    return AmemctlError(f"cannot create a run folder under {base}: {reason}", hint=f"give --out a folder you can write to (it is {root} now)")
 
 
 def environment(device: torch.device) -> dict[str, Any]:
