@@ -249,6 +249,12 @@ def test_runs_ls_show_and_compare(tmp_path):
     assert len(table["rows"]) == 4 and table["rows"][0]["point"] == "beta=1, corruption=gaussian variance=0.1"
     text = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs").output
     assert "run 1" in text and "run 2" in text and f"{100 * a[0]['metrics']['error_index']:.1f} %" in text
+    misspelt = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs", "--metric", "error_idx")
+    assert misspelt.exit_code == 2 and "none of the runs holds a metric 'error_idx'" in misspelt.output and "did you mean 'error_index'?" in misspelt.output
+    unknown = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs", "--metric", "zzz")
+    assert unknown.exit_code == 2 and "their metrics: " in unknown.output and "error_pixels" in unknown.output and "seconds." not in unknown.output
+    named = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs", "--metric", "mse", "--json")
+    assert named.exit_code == 0 and {row["metric"] for row in json.loads(named.output)["rows"]} == {"mse"}
     missing = _invoke("runs", "show", "nothing", "--root", tmp_path / "runs")
     assert missing.exit_code == 2 and "no run 'nothing'" in missing.output and "small" in missing.output
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from amemctl.engine.records import RECORD, load_record, read_json, status_of
 from amemctl.errors import AmemctlError, RunFolderError
+from amemctl.suggest import did_you_mean
 
 
 @dataclass
@@ -184,6 +185,7 @@ def compare(paths: list[Path], metrics: list[str] | None = None, root: "str | Pa
     except timings (seconds.*).
     """
     runs = [summarise(p, root) for p in paths]
+    _check_metrics(metrics or [], runs)
     formats = {r.headline: r.headline_format for r in runs if r.headline}
     if not metrics:
         metrics = list(dict.fromkeys(r.headline for r in runs if r.headline))
@@ -205,6 +207,18 @@ def compare(paths: list[Path], metrics: list[str] | None = None, root: "str | Pa
                 cells[i] = p.get("metrics", {}).get(m)
     rows = [(label, m, table[(label, m)]) for label in labels for m in metrics if (label, m) in table]
     return Comparison(runs, rows, formats)
+
+
+def _check_metrics(metrics: list[str], runs: list[RunSummary]) -> None:
+    """Refuse a metric that none of the runs holds (a misspelt --metric printed a table of '-'), with the closest."""
+    held = list(dict.fromkeys(name for r in runs for p in r.metrics["points"] for name in p["metrics"]))
+    for metric in metrics:
+        if held and metric not in held:
+            plain = [m for m in held if not m.startswith("seconds.") and not m.endswith(".std")]
+            raise AmemctlError(
+                f"none of the runs holds a metric {metric!r}",
+                hint=did_you_mean(metric, held) or f"their metrics: {', '.join(plain or held)}",
+            )
 
 
 def resume_source(name: str, root: "str | Path") -> tuple[Path, Path, list[str], list[str]]:
