@@ -97,7 +97,11 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
         checked = load_pipeline(pipeline, list(overrides))  # checked once before any worker starts
     _warn_failed_plugins()
     arguments = _run_arguments(pipeline, overrides, device, out_root, quiet, resume)
-    record = {"overrides": list(overrides), "command": ["amemctl", *arguments], "resume": resume_dir}
+    # Each rank runs `arguments` without --nproc (launch.launch); the record keeps how many
+    # ranks split the retrieval, as the command that repeats the run needs it.
+    ranks = launch.world_size() if launch.in_worker() else nproc
+    command = ["amemctl", *arguments, *(["--nproc", str(ranks)] if ranks > 1 else [])]
+    record = {"overrides": list(overrides), "command": command, "resume": resume_dir}
     if nproc > 1 and not launch.in_worker():
         if resume_dir is not None:
             raise AmemctlError("--resume runs in one process", hint="leave out --nproc")
