@@ -13,9 +13,11 @@ import torch
 from click.testing import CliRunner
 from rich.console import Console
 
+from amemctl import results
 from amemctl.cli import main
 from amemctl.dsl.pipeline import parse_text
 from amemctl.engine.runner import run_pipeline
+from amemctl.errors import AmemctlError
 
 SMALL = """\
 name: small
@@ -101,6 +103,14 @@ def test_a_tampered_run_json_is_one_error_naming_it(tmp_path, edit, expected):
         assert "damaged" in listing.output
 
 
+def test_a_run_without_its_pipeline_copy_is_listed_and_refused_for_resume(tmp_path):
+    run_dir = _run(tmp_path, SMALL.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
+    (run_dir / "pipeline.yaml").unlink()
+    assert run_dir.name in _invoke("runs", "ls", "--root", tmp_path / "runs").output
+    result = _invoke("run", "--resume", run_dir)
+    assert result.exit_code == 2 and f"{run_dir} has no pipeline.yaml" in result.output
+
+
 def test_a_recorded_pipeline_file_that_is_binary_or_not_a_path_resumes_from_the_copy(tmp_path):
     run_dir = _run(tmp_path, SMALL.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
     record = json.loads((run_dir / "run.json").read_text())
@@ -115,6 +125,9 @@ def test_a_recorded_pipeline_file_that_is_binary_or_not_a_path_resumes_from_the_
 def test_a_damaged_metrics_json_leaves_ls_show_and_compare_working(tmp_path):
     run_dir = _run(tmp_path, SMALL.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
     other = _run(tmp_path / "other", SMALL.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
+    (run_dir / "metrics.json").write_text("[" * 100_000)
+    with pytest.raises(AmemctlError, match="nests too deep"):
+        results(run_dir)
     for text in ("[" * 100_000, json.dumps({"points": [{"sweep": 5, "metrics": [1]}, "x", {"sweep": {"a": [1]}, "metrics": {"error_index": "abc"}}]}), json.dumps({"points": "x", "pipeline": [1]})):
         (run_dir / "metrics.json").write_text(text)
         for args in (("runs", "ls", "--root", tmp_path / "runs"), ("runs", "show", run_dir), ("runs", "compare", run_dir, other, "--json")):

@@ -241,6 +241,8 @@ def results(run: "str | Path | RunResult", **options: Any) -> list[dict[str, Any
         raise AmemctlError(f"no metrics.json at {path}", hint="give a run folder, runs/<pipeline>/<stamp>") from None
     except (OSError, ValueError) as exc:
         raise AmemctlError(f"cannot read {path}: {exc}") from None
+    except RecursionError:  # "[[[[..." nested too deep for JSON's parser
+        raise AmemctlError(f"cannot read {path}: it nests too deep to be amemctl's metrics") from None
     return rows_of(document)
 
 

@@ -41,7 +41,7 @@ class RunSummary:
 def run_folders(root: "str | Path") -> list[Path]:
     """Every run folder under root (runs/<pipeline>/<stamp>/), oldest first by start."""
     root = Path(root)
-    found = [p.parent for p in root.glob("*/*/pipeline.yaml")]
+    found = {p.parent for name in ("pipeline.yaml", RECORD) for p in root.glob(f"*/*/{name}")}
     return sorted(found, key=lambda p: (p.name, p.parent.name))
 
 
@@ -232,7 +232,7 @@ def resume_source(name: str, root: "str | Path") -> tuple[Path, Path, list[str],
     record = load_record(run_dir)
     copy = run_dir / "pipeline.yaml"
     if not copy.is_file():
-        raise RunFolderError(f"{run_dir} has no pipeline.yaml, the copy of the pipeline it ran", hint="a run folder holds it from its start; this one was emptied or damaged, so start the run afresh")
+        raise RunFolderError(f"{run_dir} has no pipeline.yaml, the copy of the pipeline it ran", hint="every run folder holds one from its start: put the pipeline it ran back there, or start the run afresh")
     overrides = list(record.get("overrides", []))
     original = Path(record["file"]) if record.get("file") else None
     if original is not None and _same_bytes(original, copy):
