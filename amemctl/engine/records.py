@@ -246,7 +246,7 @@ def load_record(run_dir: Path) -> dict[str, Any]:
             ) from None
         raise RunFolderError(f"{path} is damaged: {exc}", hint=_DAMAGED) from None
     marker = data.get("format")
-    if marker is None and not all(k in data for k in _LEGACY) or marker is not None and marker != RUN_FORMAT:
+    if not _amemctls(data):
         raise RunFolderError(
             f"{path} was not written by amemctl (its `format` is {marker!r}, not {RUN_FORMAT!r}), so {run_dir} is not a run folder",
             hint=f"give a run folder that `amemctl run` made (`amemctl runs ls` lists them){_own_pipeline(run_dir)}",
@@ -255,6 +255,13 @@ def load_record(run_dir: Path) -> dict[str, Any]:
     if problem:
         raise RunFolderError(f"{path} is damaged: {problem}", hint=_DAMAGED)
     return data
+
+
+def _amemctls(data: dict[str, Any]) -> bool:
+    """Whether a run.json is amemctl's: its format marker, or (written before the marker) every field amemctl always wrote."""
+    if "format" in data:
+        return data["format"] == RUN_FORMAT
+    return all(k in data for k in _LEGACY)
 
 
 _DAMAGED = "run.json is amemctl's own record of the run: put it back as amemctl wrote it, or start the run afresh with `amemctl run PIPELINE`"
