@@ -1,7 +1,9 @@
 """The `amemctl` command: run, validate and describe pipelines and stages.
 
 Exit codes: 0 success, 2 a user mistake (bad pipeline, missing data, unknown device; one
-clear message, no traceback), 1 anything else (a bug, shown with its traceback).
+clear message, no traceback), 1 anything else (a bug, shown with its traceback), and for a
+run stopped by Ctrl-C or SIGTERM 130 or 143 (128 + the signal, as shells report it), after
+one line saying how far it got and how to resume it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import os
 # the user set is kept.
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 from rich.console import Console
@@ -101,14 +104,19 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
         checked = load_pipeline(pipeline, list(overrides))  # checked once before any worker starts
     _warn_failed_plugins()
     arguments = _run_arguments(pipeline, overrides, device, out_root, quiet, resume)
-    record = {"overrides": list(overrides), "command": ["amemctl", *arguments], "resume": resume_dir}
+    # Each rank runs `arguments` without --nproc (launch.launch); the record keeps how many
+    # ranks split the retrieval, as the command that repeats the run needs it.
+    ranks = launch.world_size() if launch.in_worker() else nproc
+    command = ["amemctl", *arguments, *(["--nproc", str(ranks)] if ranks > 1 else [])]
+    record = {"overrides": list(overrides), "command": command, "resume": resume_dir}
     if nproc > 1 and not launch.in_worker():
         if resume_dir is not None:
             raise AmemctlError("--resume runs in one process", hint="leave out --nproc")
         launch.launch(nproc, arguments)  # each rank runs this command without --nproc
         return
     if not launch.in_worker():
-        run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, **record)
+        with _exit_when_interrupted():
+            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, **record)
         return
     group, rank, device = launch.start_worker(device)
     finished = False
@@ -128,6 +136,21 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
     finally:
         launch.stop_worker(finished)
     launch.exit_worker()
+
+
+@contextlib.contextmanager
+def _exit_when_interrupted() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a run: exit 128 + the signal's number (130, 143), as a shell reports it.
+
+    The run has recorded itself `interrupted` and printed its last line, how far it got and
+    the `--resume` command that continues it; click would add "Aborted!" and exit 1.
+    """
+    from amemctl.engine.records import Interrupted, stop_signal
+
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted) as exc:
+        raise click.exceptions.Exit(128 + (stop_signal(exc) or 0)) from None
 
 
 def _run_arguments(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, resume: str | None) -> list[str]:

@@ -36,7 +36,7 @@ def list_runs(pipeline: str | None, root: Path, last: int | None) -> None:
     metrics = {s.headline for s in summaries if s.headline}
     one = metrics.pop() if len(metrics) == 1 else None  # one headline metric: named in the header
     table = Table(title=f"runs in {root} (a run is named <pipeline>/<start time>)", title_justify="left")
-    for column in ("run", "status", "duration", "points", "overrides", f"{one} (mean)" if one else "headline"):
+    for column in ("run", "status", "duration", "point runs", "overrides", f"{one} (mean)" if one else "headline"):
         table.add_column(column, overflow="fold", no_wrap=column in ("run", "status"), justify="left" if column in ("run", "status", "overrides", "headline") else "right")
     for s in summaries:
         points = f"{s.points_done}/{s.points_total}" if s.points_total is not None else str(s.points_done if s.points_done is not None else "-")
@@ -56,6 +56,7 @@ def _status(status: str) -> str:
 @_ROOT
 def show(run: str, root: Path) -> None:
     """Show RUN (a run folder, <pipeline>/<stamp>, or a pipeline's name for its latest run): its record and metrics."""
+    from amemctl.engine.records import count_text
     from amemctl.engine.runs import find_run, format_metric, format_seconds, summarise
 
     s = summarise(find_run(run, root), root)
@@ -72,7 +73,7 @@ def show(run: str, root: Path) -> None:
         ("started", s.started or "-"),
         ("ended", record.get("ended") or "-"),
         ("duration", format_seconds(s.seconds)),
-        ("points", f"{s.points_done}/{s.points_total}, {record.get('points_reused', 0)} reused from an earlier attempt" if s.points_total is not None else "-"),
+        ("points", f"{count_text(s.points_done or 0, s.points_total, s.repeats)}, {s.points_reused} reused from an earlier attempt" if s.points_total is not None else "-"),
     ]
     if s.headline:
         lines.append(("headline", f"{s.headline} {format_metric(s.headline_value, s.headline_format)} (mean over points)"))

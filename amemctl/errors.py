@@ -75,6 +75,10 @@ class DamagedStore(StoreError):
     """A store whose metadata and chunk files disagree (missing, truncated or of another dtype)."""
 
 
+class RunFolderError(AmemctlError):
+    """A folder named as a run is not one amemctl made, or its run.json is damaged."""
+
+
 class PluginError(AmemctlError):
     """A plugin failed to load or declares something that clashes with another."""
 

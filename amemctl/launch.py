@@ -21,7 +21,15 @@ from amemctl.errors import AmemctlError
 
 def in_worker() -> bool:
     """Whether this process was started by torchrun (or `--nproc`) as one of several ranks."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    return world_size() > 1 and "RANK" in os.environ
+
+
+def world_size() -> int:
+    """How many ranks this process is one of (1 outside torchrun and `--nproc`)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def start_worker(device: str | None) -> tuple[Any, int, str | None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -68,6 +70,31 @@ def test_run_writes_the_table_and_the_folder(tmp_path):
     assert "error_index" in result.output and "run folder:" in result.output
     (folder,) = (tmp_path / "runs" / "cli").iterdir()
     assert "seed: 2" in (folder / "resolved.yaml").read_text()
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_message_naming_it(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD)
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder\n")
+    result = _invoke("run", str(path), "--out", str(blocker / "runs"), "--quiet", "--device", "cpu")
+    assert result.exit_code == 2 and "Traceback" not in result.output and not isinstance(result.exception, Exception), result.output
+    assert f"cannot create a run folder under {blocker / 'runs' / 'cli'}: {blocker} is a file, not a folder" in result.output
+    assert "give --out a folder you can write to" in result.output and blocker.read_text() == "not a folder\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to any folder")
+def test_an_out_folder_without_write_permission_is_one_message_naming_it(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = _invoke("run", str(path), "--out", str(locked), "--quiet", "--device", "cpu")
+    finally:
+        locked.chmod(0o700)
+    assert result.exit_code == 2 and f"cannot create a run folder under {locked / 'cli'}: {locked} cannot be written to" in result.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

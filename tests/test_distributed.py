@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -115,6 +116,8 @@ def test_nproc_runs_the_same_pipeline_on_two_ranks(tmp_path):
         assert result.exit_code == 0, result.output
         outputs[nproc] = {p.name: MemoryStore.open(p).to_tensor() for p in sorted((tmp_path / f"out{nproc}").glob("*.zarr"))}
     assert set(outputs[1]) == set(outputs[2]) and len(outputs[1]) == 4
+    commands = sorted(json.loads(r.read_text())["command"] for r in (tmp_path / "runs" / "dist").glob("*/run.json"))
+    assert [c[-2:] == ["--nproc", "2"] for c in commands] == [False, True] and "--nproc" not in commands[0], commands  # run.json: the command that repeats the run
     for name in outputs[1]:
         torch.testing.assert_close(outputs[2][name], outputs[1][name], rtol=1e-5, atol=1e-5)
 

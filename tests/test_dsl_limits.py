@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
-from amemctl.dsl.pipeline import apply_overrides
+from amemctl.cli import main
+from amemctl.dsl.pipeline import apply_overrides, parse_text
 from amemctl.dsl.source import MAX_BYTES, MAX_DEPTH, MAX_NODES, load_yaml, read_yaml
 from amemctl.errors import PipelineError
 from tests.conftest import error_of
@@ -75,6 +77,41 @@ def test_a_huge_sweep_is_refused_by_its_size_before_expansion(monkeypatch):
     assert "AMEMCTL_MAX_POINTS=N" in message
     monkeypatch.setenv("AMEMCTL_MAX_POINTS", "100")
     assert "more than the limit of 100" in error_of(GOOD.replace("beta: 1", "beta: \"${a}\"") + "sweep:\n  a: [" + ", ".join(map(str, range(101))) + "]\n")
+
+
+def test_repeats_count_against_the_sweep_limit(monkeypatch):
+    """Each repeat is a run of its own: 102 points x 100,000,000 repeats is refused before anything is planned."""
+    swept = GOOD.replace("beta: 1", "beta: \"${a}\"") + "sweep:\n  a: [" + ", ".join(map(str, range(102))) + "]\n"
+    message = error_of(swept + "repeats: 100000000\n")
+    assert "bad.yaml:10:10: 102 sweep point(s) x 100,000,000 repeats are 10,200,000,000 point runs, more than the limit of 10,000" in message
+    assert "lower `repeats`" in message and "AMEMCTL_MAX_POINTS=N" in message
+    monkeypatch.setenv("AMEMCTL_MAX_POINTS", "1000")
+    assert "more than the limit of 1,000" in error_of(swept + "repeats: 10\n")
+    assert parse_text(swept + "repeats: 9\n", "ok.yaml").repeats == 9
+
+
+def test_repeats_set_on_the_command_line_are_refused_before_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMEMCTL_MAX_POINTS", "50")  # small, so that without the check this test ends quickly too
+    (tmp_path / "p.yaml").write_text(GOOD)
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "p.yaml"), "--set", "repeats=51", "--out", str(tmp_path / "runs"), "--quiet"])
+    assert result.exit_code == 2 and "--set repeats=51: 1 sweep point(s) x 51 repeats are 51 point runs, more than the limit of 50" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs_escape", "a/b", "..", ".", "with space", ""])
+def test_a_name_that_is_not_a_plain_folder_name_is_refused(name):
+    message = error_of(f"name: {name!r}\n" + GOOD)
+    assert f"bad.yaml:1:7: `name` must be a plain folder name (letters, digits, - _ .), got {name!r}" in message and "--out" in message
+
+
+def test_a_name_set_on_the_command_line_cannot_put_the_run_outside_out(tmp_path):
+    (tmp_path / "p.yaml").write_text(GOOD)
+    escaped = tmp_path / "abs_escape"
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "p.yaml"), "--set", f"name={escaped}", "--out", str(tmp_path / "runs"), "--quiet"])
+    assert result.exit_code == 2 and f"--set name={escaped}: `name` must be a plain folder name" in result.output
+    assert not escaped.exists() and not (tmp_path / "runs").exists()
+    assert parse_text("name: my-run_2.b\n" + GOOD, "p.yaml").name == "my-run_2.b"
+    assert parse_text(GOOD, "some file.yaml").name == "some file"  # the file's name, one path component, as before
 
 
 def test_nan_parameters_are_refused_at_validation():

@@ -139,6 +139,61 @@ def test_an_interrupted_sweep_resumes_recomputing_nothing_finished(tmp_path):
     assert resumed.run_dir == run_dir and len(list((run_dir / "figures").glob("retrievals*.png"))) >= 2
 
 
+class Stop(Stage):
+    """At its `at`-th call, the process gets `signum` as from outside (a scheduler's SIGTERM, Ctrl-C's SIGINT)."""
+
+    name = "stop"
+    calls = 0
+    at = 0
+    signum = signal.SIGTERM
+
+    def run(self, ctx):
+        type(self).calls += 1
+        if type(self).calls == type(self).at:
+            os.kill(os.getpid(), type(self).signum)
+            time.sleep(10)  # the signal's handler raises in here
+
+
+def _stop_registry():
+    registry = build_registry()
+    registry.stages["stop"] = Stop
+    return registry
+
+
+STOPPING = SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1, 100]").replace("seed: 0", "seed: 0\nrepeats: 2").replace("  - report: {count: 3}\n", "  - report: {count: 3}\n  - stop: {}\n")
+
+
+def test_sigterm_in_a_stage_records_the_run_interrupted_not_a_crash(tmp_path):
+    """A scheduler's SIGTERM arrives while a stage runs: not the stage's bug, and the run can be resumed."""
+    from amemctl.engine.records import Interrupted
+
+    Stop.calls, Stop.at, Stop.signum = 0, 3, signal.SIGTERM
+    with pytest.raises(Interrupted, match="SIGTERM"):
+        run_pipeline(parse_text(STOPPING, "t.yaml", registry=_stop_registry()), out_root=tmp_path / "runs", device="cpu", progress=False)
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    record = read_record(run_dir)
+    assert record["status"] == "interrupted" and record["error"]["type"] == "Interrupted" and record["points_done"] == 2
+    assert "crashed" not in record["error"]["message"] and "please report" not in (run_dir / "error.txt").read_text()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_interrupted_run_says_how_far_it_got_and_how_to_resume(tmp_path, monkeypatch, signum, code):
+    """One line, in the unit `runs ls` counts (point runs: points x repeats), with the --resume command; 128 + the signal."""
+    monkeypatch.setattr("amemctl.dsl.pipeline.get_registry", _stop_registry)
+    (tmp_path / "small.yaml").write_text(STOPPING)
+    Stop.calls, Stop.at, Stop.signum = 0, 3, signum
+    result = _invoke("run", tmp_path / "small.yaml", "--out", tmp_path / "runs", "--quiet")
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    assert result.exit_code == code, result.output
+    assert f"run interrupted after 2 of 8 point runs (4 points x 2 repeats); continue it with `amemctl run --resume {run_dir}`" in result.output
+    assert "Aborted!" not in result.output and "crashed" not in result.output and "Traceback" not in result.output
+    assert read_record(run_dir)["status"] == "interrupted"
+    listing = _invoke("runs", "ls", "--root", tmp_path / "runs")
+    assert "2/8" in listing.output
+    shown = _invoke("runs", "show", run_dir, "--root", tmp_path / "runs")
+    assert "2 of 8 point runs (4 points x 2 repeats)" in shown.output, shown.output
+
+
 def test_resume_refuses_a_run_that_is_still_running(tmp_path, run_text):
     run = run_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
     record = json.loads((run.run_dir / "run.json").read_text())
@@ -164,11 +219,13 @@ def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
     finished = len(list((run_dir / "points").glob("*.pt")))
     assert 2 <= finished < 16, "the child finished before it was killed: make the sweep longer"
     assert status_of(read_record(run_dir)) == "dead"
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "report.md").exists()  # as docs/pipelines.md says: resuming writes them
     listing = _invoke("runs", "ls", "--root", tmp_path / "runs")
     assert "dead" in listing.output
     result = _invoke("run", "--resume", "small", "--out", tmp_path / "runs", "--quiet")
     assert result.exit_code == 0, result.output
     record = read_record(run_dir)
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "report.md").is_file()
     assert record["status"] == "finished" and record["points_reused"] == finished and record["attempts"][0]["status"] == "running"
     whole = run_pipeline(parse_text(text, str(pipeline)), out_root=tmp_path / "whole", device="cpu", progress=False)
     assert _metrics(run_dir) == _metrics(whole.run_dir)
@@ -192,6 +249,12 @@ def test_runs_ls_show_and_compare(tmp_path):
     assert len(table["rows"]) == 4 and table["rows"][0]["point"] == "beta=1, corruption=gaussian variance=0.1"
     text = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs").output
     assert "run 1" in text and "run 2" in text and f"{100 * a[0]['metrics']['error_index']:.1f} %" in text
+    misspelt = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs", "--metric", "error_idx")
+    assert misspelt.exit_code == 2 and "none of the runs holds a metric 'error_idx'" in misspelt.output and "did you mean 'error_index'?" in misspelt.output
+    unknown = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs", "--metric", "zzz")
+    assert unknown.exit_code == 2 and "their metrics: " in unknown.output and "error_pixels" in unknown.output and "seconds." not in unknown.output
+    named = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs", "--metric", "mse", "--json")
+    assert named.exit_code == 0 and {row["metric"] for row in json.loads(named.output)["rows"]} == {"mse"}
     missing = _invoke("runs", "show", "nothing", "--root", tmp_path / "runs")
     assert missing.exit_code == 2 and "no run 'nothing'" in missing.output and "small" in missing.output
 

@@ -26,10 +26,10 @@ from amemctl.suggest import did_you_mean
 
 #: Top-level keys of a pipeline and what each holds (docs/pipelines.md says more).
 TOP_LEVEL = {
-    "name": "the pipeline's name; runs go to runs/<name>/ (default: the file name)",
+    "name": "the pipeline's name, a plain folder name (letters, digits, - _ .); runs go to runs/<name>/ (default: the file name)",
     "description": "free text shown in the report",
     "seed": "integer seed of every random choice (default 0)",
-    "repeats": "run every sweep point this many times, with seeds seed, seed+1, ...; tables show mean and std (default 1)",
+    "repeats": "run every sweep point this many times, with seeds seed, seed+1, ...; tables show mean and std (default 1; points x repeats at most AMEMCTL_MAX_POINTS)",
     "device": "auto, cpu, cuda or cuda:N (default auto)",
     "budget": "bytes of score-sized temporaries a retrieval may hold, e.g. 256MiB (default)",
     "data": "a dataset to load first, as the parameters of a `load` stage",
@@ -264,7 +264,7 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
                 source.key((key,)),
             )
 
-    name = _scalar(doc, "name", str, Path(file).stem, source, errors)
+    name = _name(doc, Path(file).stem, source, errors)
     description = _scalar(doc, "description", str, "", source, errors)
     seed = _scalar(doc, "seed", int, 0, source, errors)
     repeats = _scalar(doc, "repeats", int, 1, source, errors)
@@ -276,16 +276,7 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
         errors.add(PipelineError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N"), source.value(("device",)))
     budget = _budget(doc.get("budget"), source, errors)
     sweep = _sweep(doc.get("sweep"), source, errors)
-    if sweeps.size(sweep) > sweeps.max_points():
-        shape = " x ".join(f"{len(v):,} {k}" for k, v in sweep.items())
-        errors.add(
-            PipelineError(
-                f"the sweep has {sweeps.size(sweep):,} points ({shape}), more than the limit of {sweeps.max_points():,}",
-                hint=f"sweep fewer values, or raise the limit with the environment variable {sweeps.MAX_POINTS_ENV}=N",
-            ),
-            source.value(("sweep",)),
-        )
-        errors.raise_if_any()
+    _check_size(sweep, repeats, source, errors)
 
     raw_stages = doc.get("stages")
     if raw_stages is None:
@@ -318,6 +309,47 @@ def _scalar(doc: dict, key: str, kind: type, default: Any, source: SourceMap, er
         errors.add(PipelineError(f"`{key}` must be {noun}, got {value!r}", hint=TOP_LEVEL[key]), source.value((key,)))
         return default
     return value
+
+
+#: what a pipeline's `name` may be: one plain folder name, since runs go to <out>/<name>/
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _name(doc: dict, default: str, source: SourceMap, errors: _Collector) -> str:
+    """The pipeline's name: a plain folder name (letters, digits, - _ .), so its runs stay inside --out.
+
+    `name: ../../elsewhere` or `--set name=/tmp/x` would put the run folder outside it. The
+    default, the file's name, is one path component already and is kept as it is.
+    """
+    value = doc.get("name")
+    if not isinstance(value, str):  # absent: the file's name; another type: _scalar's error
+        return _scalar(doc, "name", str, default if default not in ("", ".", "..") else "pipeline", source, errors)
+    if NAME.match(value) and value not in (".", ".."):
+        return value
+    errors.add(
+        PipelineError(
+            f"`name` must be a plain folder name (letters, digits, - _ .), got {value!r}",
+            hint="runs go to <out>/<name>/<time>/: give a name such as `name: quickstart`, and choose where runs go with --out",
+        ),
+        source.value(("name",)),
+    )
+    return default
+
+
+def _check_size(sweep: dict[str, list[Any]], repeats: int, source: SourceMap, errors: _Collector) -> None:
+    """Refuse a sweep whose points, or points x repeats (each a run of its own), pass the limit, before any is expanded."""
+    points, limit = sweeps.size(sweep), sweeps.max_points()
+    if points * repeats <= limit:
+        return
+    shape = " x ".join(f"{len(v):,} {k}" for k, v in sweep.items())
+    if points > limit:
+        message = f"the sweep has {points:,} points ({shape}), more than the limit of {limit:,}"
+        hint, where = "sweep fewer values", ("sweep",)
+    else:
+        message = f"{points:,} sweep point(s) x {repeats:,} repeats are {points * repeats:,} point runs, more than the limit of {limit:,}"
+        hint, where = "lower `repeats` or sweep fewer values", ("repeats",)
+    errors.add(PipelineError(message, hint=f"{hint}, or raise the limit with the environment variable {sweeps.MAX_POINTS_ENV}=N"), source.value(where))
+    errors.raise_if_any()
 
 
 def parse_size(value: Any) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
+import signal
 import socket
 import subprocess
 import sys
@@ -20,8 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from amemctl.errors import RunFolderError
+
 RECORD = "run.json"
 TRACEBACK = "error.txt"
+#: run.json's marker: a folder is a run folder when its run.json says this
+RUN_FORMAT = "amemctl-run"
 
 
 def now() -> str:
@@ -69,6 +75,7 @@ class RunRecord:
         points: int,
         headline: dict[str, str] | None,
         previous: dict[str, Any] | None = None,
+        repeats: int = 1,
     ) -> "RunRecord":
         """Record a run (or the resumption of one, keeping its history) as running, now."""
         data: dict[str, Any] = dict(previous or {})
@@ -77,6 +84,7 @@ class RunRecord:
             attempts.append({k: previous.get(k) for k in ("started", "ended", "status", "command", "pid", "host")})
             data["attempts"] = attempts
         data.update(
+            format=RUN_FORMAT,
             pipeline=pipeline,
             file=file,
             overrides=list(overrides),
@@ -89,6 +97,7 @@ class RunRecord:
             pid=os.getpid(),
             host=socket.gethostname(),
             points_total=points,
+            repeats=repeats,
             points_done=0,
             points_reused=0,
             headline=headline,
@@ -111,32 +120,186 @@ class RunRecord:
         if error is None:
             self.data["status"] = "finished"
         else:
-            interrupted = isinstance(error, (KeyboardInterrupt, Interrupted))
-            self.data["status"] = "interrupted" if interrupted else "failed"
+            stop = stop_signal(error)
+            self.data["status"] = "interrupted" if stop is not None else "failed"
             render = getattr(error, "render", None)
             message = render() if callable(render) else (str(error) or type(error).__name__)
+            if stop is not None:
+                message = f"stopped by signal {signal.Signals(stop).name}"
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             (self.run_dir / TRACEBACK).write_text(f"{message}\n\n{text}")
             self.data["error"] = {"type": type(error).__name__, "message": message, "traceback": TRACEBACK}
         self.save()
 
 
-class Interrupted(Exception):
-    """The process was asked to stop (SIGTERM, as cluster schedulers send before a kill)."""
+class Interrupted(BaseException):
+    """The process was asked to stop (SIGTERM, as cluster schedulers send before a kill).
+
+    A BaseException, as KeyboardInterrupt is: a request to stop is not an error of the code
+    that happened to be running, so it passes through every `except Exception` (a stage's
+    own, the runner's crash report) and the run ends `interrupted`, not failed.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def stop_signal(error: BaseException) -> int | None:
+    """The signal that stopped a run: SIGINT for Ctrl-C, the signal of an Interrupted; None for an error."""
+    if isinstance(error, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    if isinstance(error, Interrupted):
+        return error.signum
+    return None
+
+
+def count_text(done: int, total: int, repeats: int = 1) -> str:
+    """How far a run got, in point runs (one repeat of one sweep point), as every message says it.
+
+    `17 of 102 points`, or with repeats `85 of 510 point runs (102 points x 5 repeats)`: the
+    stop message, `runs ls` and `runs show` count the same unit, the one run.json records.
+    """
+    if repeats <= 1 or total % repeats:
+        return f"{done} of {total} point{'s' if total != 1 else ''}"
+    return f"{done} of {total} point runs ({total // repeats} points x {repeats} repeats)"
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """run.json of a run folder; None when absent or unreadable (runs from before records)."""
+    """run.json of a run folder as it reads, unchecked; None when absent or unreadable (see load_record)."""
     return read_json(run_dir / RECORD)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from a file of a run folder; None when absent, unreadable or not an object."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return _json_object(path)
+    except ValueError:
         return None
-    return data if isinstance(data, dict) else None
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; a ValueError saying why not (absent, not JSON, nested too deep, not an object)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ValueError("it does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"it cannot be read ({exc.strerror or exc})") from None
+    except RecursionError:  # "[[[[..." a hundred thousand deep
+        raise ValueError("it nests too deep to be amemctl's") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise ValueError(f"it is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _nullable(kind: Any) -> tuple:
+    return (kind, type(None))
+
+
+_LIST_OF_STR = "a list of strings"
+#: run.json's fields, each with the types amemctl writes it as (a field may be absent: runs of older versions)
+FIELDS: dict[str, tuple[Any, str]] = {
+    "format": (str, "a string"),
+    "pipeline": (str, "a string"),
+    "file": (str, "a string"),
+    "overrides": (_LIST_OF_STR, _LIST_OF_STR),
+    "command": (_LIST_OF_STR, _LIST_OF_STR),
+    "cwd": (str, "a string"),
+    "git": (_nullable(dict), "an object or null"),
+    "started": (str, "a string"),
+    "ended": (_nullable(str), "a string or null"),
+    "status": (str, "a string"),
+    "pid": (int, "an integer"),
+    "host": (str, "a string"),
+    "points_total": (int, "an integer"),
+    "repeats": (int, "an integer"),
+    "points_done": (int, "an integer"),
+    "points_reused": (int, "an integer"),
+    "headline": (_nullable(dict), "an object or null"),
+    "error": (_nullable(dict), "an object or null"),
+    "attempts": (list, "a list"),
+}
+#: fields inside the objects above, all strings (git's `dirty` apart)
+_INNER = {"git": ("commit",), "headline": ("metric", "format"), "error": ("type", "message", "traceback")}
+#: what a run.json from before the format marker holds: amemctl wrote all of these from the first
+_LEGACY = ("pipeline", "started", "status", "pid", "host", "points_total")
+
+
+def load_record(run_dir: Path) -> dict[str, Any]:
+    """run.json of a run folder, checked: amemctl's marker and every field's type.
+
+    What --resume and `runs show`/`compare` read: a folder without it is not a run folder
+    (resuming one would write over files that are not amemctl's), and a field of the wrong
+    type is one error naming run.json rather than a traceback wherever it is first used.
+    """
+    path = run_dir / RECORD
+    try:
+        data = _json_object(path)
+    except ValueError as exc:
+        if not path.exists():
+            raise RunFolderError(
+                f"{run_dir} is not an amemctl run folder: it has no {RECORD}",
+                hint=f"give a run folder that `amemctl run` made (`amemctl runs ls` lists them){_own_pipeline(run_dir)}",
+            ) from None
+        raise RunFolderError(f"{path} is damaged: {exc}", hint=_DAMAGED) from None
+    marker = data.get("format")
+    if not _amemctls(data):
+        raise RunFolderError(
+            f"{path} was not written by amemctl (its `format` is {marker!r}, not {RUN_FORMAT!r}), so {run_dir} is not a run folder",
+            hint=f"give a run folder that `amemctl run` made (`amemctl runs ls` lists them){_own_pipeline(run_dir)}",
+        )
+    problem = record_problem(data)
+    if problem:
+        raise RunFolderError(f"{path} is damaged: {problem}", hint=_DAMAGED)
+    return data
+
+
+def _amemctls(data: dict[str, Any]) -> bool:
+    """Whether a run.json is amemctl's: its format marker, or (written before the marker) every field amemctl always wrote."""
+    if "format" in data:
+        return data["format"] == RUN_FORMAT
+    return all(k in data for k in _LEGACY)
+
+
+_DAMAGED = "run.json is amemctl's own record of the run: put it back as amemctl wrote it, or start the run afresh with `amemctl run PIPELINE`"
+
+
+def _own_pipeline(run_dir: Path) -> str:
+    pipeline = run_dir / "pipeline.yaml"
+    return f"; to run {pipeline}, `amemctl run {pipeline}` makes a new run folder under runs/" if pipeline.is_file() else ""
+
+
+def record_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a run.json's fields (the first thing found), or None when each has its type."""
+    for key, (kind, noun) in FIELDS.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if not _is(value, kind):
+            return f"field {key!r} should be {noun}, not {short_repr(value)}"
+        for inner in _INNER.get(key, ()) if isinstance(value, dict) else ():
+            if inner in value and not isinstance(value[inner], str):
+                return f"field {key}.{inner} should be a string, not {short_repr(value[inner])}"
+    for n, attempt in enumerate(data.get("attempts") or []):
+        if not isinstance(attempt, dict):
+            return f"attempts[{n}] should be an object, not {short_repr(attempt)}"
+    return None
+
+
+def _is(value: Any, kind: Any) -> bool:
+    if kind == _LIST_OF_STR:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def short_repr(value: Any) -> str:
+    """A short repr of a bad value (reprlib: bounded in depth and length, however nested)."""
+    return reprlib.repr(value)
 
 
 def status_of(record: dict[str, Any]) -> str:
@@ -152,8 +315,8 @@ def _alive(pid: Any) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:  # someone else's process
         return True
+    except (OSError, OverflowError):  # gone, or no pid at all (an edited run.json)
+        return False
     return True

@@ -138,10 +138,16 @@ def write_outputs(run: RunResult, console: Console) -> None:
     for grid in grids:
         print_table(console, grid)
     (run.run_dir / "report.md").write_text(_markdown(run, grids, curve_paths, overviews))
-    if run.status != "ok":
-        console.print(f"[yellow]run stopped after {len(run.points)} of {len(pipeline.plans)} point(s); what finished is in {run.run_dir}")
-    else:
-        console.print(f"run folder: {run.run_dir}")
+    console.print(_closing_line(run), style="yellow" if run.status != "ok" else None, markup=False, highlight=False, soft_wrap=True)
+
+
+def _closing_line(run: RunResult) -> str:
+    """The run's last line: its folder; for a stopped run how far it got and, interrupted, how to go on."""
+    if run.status == "ok":
+        return f"run folder: {run.run_dir}"
+    if run.status == "interrupted":
+        return f"run interrupted after {run.progress()}; continue it with `amemctl run --resume {run.run_dir}`"
+    return f"run stopped after {run.progress()}; what finished is in {run.run_dir}"
 
 
 def _metrics_document(run: RunResult) -> dict[str, Any]:
@@ -235,6 +241,8 @@ def results(run: "str | Path | RunResult", **options: Any) -> list[dict[str, Any
         raise AmemctlError(f"no metrics.json at {path}", hint="give a run folder, runs/<pipeline>/<stamp>") from None
     except (OSError, ValueError) as exc:
         raise AmemctlError(f"cannot read {path}: {exc}") from None
+    except RecursionError:  # "[[[[..." nested too deep for JSON's parser
+        raise AmemctlError(f"cannot read {path}: it nests too deep to be amemctl's metrics") from None
     return rows_of(document)
 
 

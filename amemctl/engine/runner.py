@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,7 +33,16 @@ from amemctl.context import Context, clock
 from amemctl.dsl.pipeline import Pipeline
 from amemctl.dsl.sweep import Point
 from amemctl.engine.plan import Step, plan_steps
-from amemctl.engine.records import TRACEBACK, Interrupted, RunRecord, read_record, status_of
+from amemctl.engine.records import (
+    TRACEBACK,
+    Interrupted,
+    RunRecord,
+    count_text,
+    load_record,
+    short_repr,
+    status_of,
+    stop_signal,
+)
 from amemctl.errors import AmemctlError, DeviceError, StageCrash
 
 
@@ -60,6 +69,12 @@ class RunResult:
     points: list[PointResult]
     status: str = "ok"
     error: str | None = None  #: what stopped a failed run, as the CLI prints it
+    runs_done: int = 0  #: point runs finished (one repeat of one sweep point each), as run.json counts them
+
+    def progress(self) -> str:
+        """How far the run got, in point runs: `85 of 510 point runs (102 points x 5 repeats)`."""
+        repeats = self.pipeline.repeats
+        return count_text(self.runs_done, len(self.pipeline.plans) * repeats, repeats)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -130,6 +145,7 @@ def run_pipeline(
         points=len(runs),
         headline={"metric": pipeline.tables[0].metric, "format": pipeline.tables[0].format} if pipeline.tables else None,
         previous=previous,
+        repeats=pipeline.repeats,
     )
     bar = Progress(
         SpinnerColumn(),
@@ -145,6 +161,10 @@ def run_pipeline(
     if log is not None:
         log.line(f"{pipeline.name}: {len(runs)} sweep point(s) x repeat(s), run folder {run_dir}")
     error: BaseException | None = None
+
+    def warn(text: str) -> None:
+        console.print(f"warning: {text}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
     with figures.extra_formats(pipeline.formats):  # every figure of the run, the stages' and the report's, in these formats too
         try:
             with bar, _sigterm_interrupts():
@@ -153,7 +173,7 @@ def run_pipeline(
                 reused = 0
                 for i, (point, steps, r) in enumerate(runs):
                     seed = pipeline.seed + r
-                    result = load_point(run_dir, keys[i], point) if previous is not None else None
+                    result = load_point(run_dir, keys[i], point, warn) if previous is not None else None
                     was_reused = result is not None
                     if result is None:
                         result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group)
@@ -163,6 +183,7 @@ def run_pipeline(
                     cache.release(i)
                     bar.advance(sweep_task)
                     record.progress(i + 1, reused)
+                    run.runs_done = i + 1
                     if log is not None:
                         log.point(i, point.label() + (f" (repeat {r + 1})" if pipeline.repeats > 1 else ""), reused=was_reused)
                     if r == pipeline.repeats - 1:
@@ -170,7 +191,7 @@ def run_pipeline(
                         done = []
         except BaseException as exc:
             error = exc
-            run.status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
+            run.status = "interrupted" if stop_signal(exc) is not None else "failed"
             if isinstance(exc, AmemctlError):
                 run.error = exc.render()
             raise
@@ -186,10 +207,12 @@ def run_pipeline(
 
 
 def _resumable(run_dir: Path) -> dict[str, Any]:
-    """The record of a run folder that may be resumed: one that exists and is not running now."""
-    if not (run_dir / "pipeline.yaml").is_file():
-        raise AmemctlError(f"{run_dir} is not a run folder (it has no pipeline.yaml)", hint="give a folder under runs/<pipeline>/, e.g. from `amemctl runs ls`")
-    previous = read_record(run_dir) or {}
+    """The record of a run folder that may be resumed: one amemctl made (its run.json checks), not running now.
+
+    Resuming writes report.md, metrics.* and figures/ into the folder: a folder that is not
+    a run's (a project folder with its own pipeline.yaml and report.md) is refused.
+    """
+    previous = load_record(run_dir)
     if status_of(previous) == "running":
         raise AmemctlError(f"run {run_dir} is still running (pid {previous.get('pid')} on {previous.get('host')})", hint="wait for it to end, or stop that process first")
     return previous
@@ -220,21 +243,81 @@ def save_point(run_dir: Path, key: str, result: PointResult, seed: int) -> None:
     save_atomically(payload, run_dir / "points" / f"{key}.pt")
 
 
-def load_point(run_dir: Path, key: str, point: Point) -> PointResult | None:
-    """A saved (point, repeat) result, or None when absent or unreadable (then it is recomputed)."""
+def load_point(run_dir: Path, key: str, point: Point, warn: "Callable[[str], None] | None" = None) -> PointResult | None:
+    """A saved (point, repeat) result, or None when absent or unusable (then it is recomputed).
+
+    An unusable file (damaged, another point's, or with fields a resumed run cannot use:
+    an edited file) is not trusted: `warn` is told which and why, and the point runs again.
+    """
     path = run_dir / "points" / f"{key}.pt"
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # damaged: recompute rather than trust it
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # damaged, or not a point file at all
+            raise ValueError(f"it cannot be read ({type(exc).__name__})") from None
+        return _point_result(payload, key, point, run_dir)
+    except ValueError as exc:
+        if warn is not None:
+            warn(f"{path} is not usable: {exc}; computing that point again")
         return None
-    if not isinstance(payload, dict) or payload.get("format") != POINT_FORMAT or payload.get("key") != key:
-        return None
-    examples = {name: [(str(row[0]), *row[1:]) for row in rows] for name, rows in payload["examples"].items()}
-    notes = [(str(t), str(m)) for t, m in payload["notes"]]
-    figures = [run_dir / f for f in payload["figures"]]
-    return PointResult(point, dict(payload["metrics"]), figures, examples, notes, seeds=[int(payload["seed"])])
+
+
+def _point_result(payload: Any, key: str, point: Point, run_dir: Path) -> PointResult:
+    """The PointResult a point file holds, each field checked as save_point writes it; a ValueError saying what is wrong."""
+    if not isinstance(payload, dict) or payload.get("format") != POINT_FORMAT:
+        raise ValueError("it is not an amemctl point file")
+    if payload.get("key") != key:
+        raise ValueError(f"it holds another point's result (key {payload.get('key')!r})")
+    seed = payload.get("seed")
+    if not _is_int(seed):
+        raise ValueError(f"its seed is {short_repr(seed)}, not an integer")
+    metrics = payload.get("metrics")
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in metrics.items()):
+        raise ValueError("its metrics are not a mapping of names to numbers")
+    examples = payload.get("examples")
+    if not isinstance(examples, dict) or not all(isinstance(name, str) and isinstance(rows, (list, tuple)) for name, rows in examples.items()):
+        raise ValueError("its examples are not a mapping of figure names to rows")
+    for rows in examples.values():
+        for row in rows:
+            _check_example_row(row)
+    notes = payload.get("notes")
+    if not isinstance(notes, (list, tuple)) or not all(isinstance(n, (list, tuple)) and len(n) == 2 and all(isinstance(t, str) for t in n) for n in notes):
+        raise ValueError("its notes are not (title, text) pairs of strings")
+    figures = payload.get("figures")
+    if not isinstance(figures, (list, tuple)) or not all(isinstance(f, str) and _inside(f) for f in figures):
+        raise ValueError("its figures are not paths inside the run folder")
+    rows = {name: [(row[0], *row[1:]) for row in rows] for name, rows in examples.items()}
+    return PointResult(point, {k: float(v) for k, v in metrics.items()}, [run_dir / f for f in figures], rows, [(t, m) for t, m in notes], seeds=[int(seed)])
+
+
+def _check_example_row(row: Any) -> None:
+    """A row of example images as Context.show makes it: (label, N x ... images[, N booleans]), drawable by figures.image_grid."""
+    if not isinstance(row, (list, tuple)) or len(row) not in (2, 3) or not isinstance(row[0], str):
+        raise ValueError("a row of its examples is not (label, images[, wrong])")
+    images = row[1]
+    if not isinstance(images, torch.Tensor) or not 2 <= images.dim() <= 4 or images.numel() == 0 or images.is_complex():
+        raise ValueError("a row of its examples does not hold images (a tensor of 2 to 4 dimensions)")
+    if images.dim() == 4 and images.shape[1] == 2:
+        raise ValueError("a row of its examples holds images of 2 channels")
+    wrong = row[2] if len(row) == 3 else None
+    if wrong is not None and (not isinstance(wrong, torch.Tensor) or wrong.dtype != torch.bool or wrong.shape != images.shape[:1]):
+        raise ValueError("a row of its examples marks wrong retrievals with something other than one boolean per image")
+
+
+def _inside(figure: str) -> bool:
+    """Whether a saved figure path stays inside the run folder: relative, without `..`."""
+    path = Path(figure)
+    return bool(figure) and not path.is_absolute() and ".." not in path.parts
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class _LogLines:
@@ -270,7 +353,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: Any) -> None:
-        raise Interrupted(f"stopped by signal {signal.Signals(signum).name}")
+        raise Interrupted(signum)
 
     before = signal.signal(signal.SIGTERM, stop)
     try:
@@ -392,7 +475,7 @@ class _PrefixCache:
 
 
 def new_run_dir(root: Path, name: str) -> Path:
-    """runs/<name>/<YYYYmmdd-HHMMSS>[-N]/, created empty."""
+    """runs/<name>/<YYYYmmdd-HHMMSS>[-N]/, created empty; a folder that cannot be made is an error naming it."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = root / name
     for n in range(1000):
@@ -401,8 +484,23 @@ def new_run_dir(root: Path, name: str) -> Path:
             path.mkdir(parents=True)
             return path
         except FileExistsError:
-            continue
-    raise AmemctlError(f"cannot create a run folder under {base}")
+            if path.is_dir():  # a run started the same second: the next suffix
+                continue
+            raise _unwritable(root, base) from None
+        except OSError:
+            raise _unwritable(root, base) from None
+    raise AmemctlError(f"cannot create a run folder under {base}: 1000 runs started in the same second", hint="start fewer runs at once")
+
+
+def _unwritable(root: Path, base: Path) -> AmemctlError:
+    """Why the run folder under `base` cannot be made: the part of the path in the way, or no permission."""
+    blocking = next((p for p in [base, *base.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        reason = f"{blocking} is a file, not a folder"
+    else:
+        existing = next((p for p in [base, *base.parents] if p.exists()), None)
+        reason = f"{existing} cannot be written to" if existing is not None else "it cannot be made"
+    return AmemctlError(f"cannot create a run folder under {base}: {reason}", hint=f"give --out a folder you can write to (it is {root} now)")
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from amemctl.engine.records import read_json, read_record, status_of
-from amemctl.errors import AmemctlError
+from amemctl.engine.records import RECORD, load_record, read_json, status_of
+from amemctl.errors import AmemctlError, RunFolderError
+from amemctl.suggest import did_you_mean
 
 
 @dataclass
@@ -25,49 +26,74 @@ class RunSummary:
     status: str
     started: str | None
     seconds: float | None
-    points_done: int | None
-    points_total: int | None
+    points_done: int | None  #: point runs finished (one repeat of one sweep point each)
+    points_total: int | None  #: sweep points x repeats
     overrides: list[str]
     headline: str | None  #: the first table's metric
     headline_value: float | None  #: its mean over the finished points
     headline_format: str = "number"
     record: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    repeats: int = 1
+    points_reused: int = 0
 
 
 def run_folders(root: "str | Path") -> list[Path]:
     """Every run folder under root (runs/<pipeline>/<stamp>/), oldest first by start."""
     root = Path(root)
-    found = [p.parent for p in root.glob("*/*/pipeline.yaml")]
+    found = {p.parent for name in ("pipeline.yaml", RECORD) for p in root.glob(f"*/*/{name}")}
     return sorted(found, key=lambda p: (p.name, p.parent.name))
 
 
 def find_run(name: str, root: "str | Path" = "runs") -> Path:
-    """The run folder `name` names: a folder path, `<pipeline>/<stamp>` under root, or a pipeline's latest run."""
+    """The run folder `name` names: a folder path, `<pipeline>/<stamp>` under root, or a pipeline's latest run.
+
+    A run folder is one whose run.json amemctl wrote (records.load_record): a folder named
+    outright that is not one, or whose record is damaged, is refused with that reason.
+    """
     root = Path(root)
+    refused: RunFolderError | None = None
     for candidate in (Path(name), root / name):
-        if (candidate / "pipeline.yaml").is_file():
-            return candidate
-    latest = sorted((p.parent for p in (root / name).glob("*/pipeline.yaml")), key=lambda p: p.name)
+        if (candidate / RECORD).exists() or (candidate / "pipeline.yaml").is_file():
+            try:
+                load_record(candidate)
+                return candidate
+            except RunFolderError as exc:
+                refused = refused or exc
+    latest = sorted((p.parent for p in (root / name).glob(f"*/{RECORD}")), key=lambda p: p.name)
     if latest:
+        load_record(latest[-1])
         return latest[-1]
+    if refused is not None:
+        raise refused
     known = sorted({p.parent.name for p in run_folders(root)})
     hint = f"runs under {root}: {', '.join(known)}" if known else f"there are no runs under {root}"
     raise AmemctlError(f"no run {name!r}: not a run folder, nor <pipeline>/<stamp> or a pipeline name under {root}", hint=hint + " (see `amemctl runs ls`)")
 
 
 def summarise(path: Path, root: "str | Path" = "runs") -> RunSummary:
-    """One run's status, timing, overrides and headline metric, from run.json and metrics.json."""
-    record = read_record(path) or {}
-    metrics = read_json(path / "metrics.json") or {}
+    """One run's status, timing, overrides and headline metric, from run.json and metrics.json.
+
+    A run.json that does not check (records.load_record) reads as status `damaged`, so that
+    `runs ls` still lists every other run; `runs show` names what is wrong.
+    """
+    try:
+        record = load_record(path) if (path / RECORD).exists() else {}
+        damaged = False
+    except RunFolderError:
+        record, damaged = {}, True
+    metrics = read_metrics(path)
     try:
         ident = str(path.resolve().relative_to(Path(root).resolve()))
     except ValueError:
         ident = str(path)
-    status = status_of(record) if record else ("finished" if metrics.get("status") == "ok" else metrics.get("status", "unknown"))
+    if damaged:
+        status = "damaged"
+    else:
+        status = status_of(record) if record else ("finished" if metrics.get("status") == "ok" else str(metrics.get("status", "unknown")))
     headline = record.get("headline") or {}
-    metric = headline.get("metric") if isinstance(headline, dict) else None
-    values = [p["metrics"][metric] for p in metrics.get("points", []) if metric and metric in p.get("metrics", {})]
+    metric = headline.get("metric")
+    values = [p["metrics"][metric] for p in metrics["points"] if metric and metric in p["metrics"]]
     return RunSummary(
         path=path,
         id=ident,
@@ -75,15 +101,43 @@ def summarise(path: Path, root: "str | Path" = "runs") -> RunSummary:
         status=status,
         started=record.get("started"),
         seconds=_duration(record),
-        points_done=record.get("points_done", len(metrics.get("points", [])) if metrics else None),
+        points_done=record.get("points_done", len(metrics["points"]) if metrics["points"] else None),
         points_total=record.get("points_total"),
         overrides=list(record.get("overrides") or []),
         headline=metric,
         headline_value=sum(values) / len(values) if values else None,
-        headline_format=headline.get("format", "number") if isinstance(headline, dict) else "number",
+        headline_format=headline.get("format", "number"),
         record=record,
         metrics=metrics,
+        repeats=record.get("repeats", 1),
+        points_reused=record.get("points_reused", 0),
     )
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json of a run folder with the points that read as amemctl writes them ({"points": []} when none).
+
+    Each point keeps its index, its sweep labels (a mapping of strings) and its numeric
+    metrics; anything else in an edited or damaged file is left out rather than shown.
+    """
+    document = read_json(run_dir / "metrics.json") or {}
+    points = document.get("points")
+    cleaned = [_metrics_point(p) for p in points] if isinstance(points, list) else []
+    return {
+        "pipeline": document["pipeline"] if isinstance(document.get("pipeline"), str) else None,
+        "status": document["status"] if isinstance(document.get("status"), str) else "unknown",
+        "points": [p for p in cleaned if p is not None],
+    }
+
+
+def _metrics_point(point: Any) -> dict[str, Any] | None:
+    if not isinstance(point, dict) or not isinstance(point.get("sweep", {}), dict) or not isinstance(point.get("metrics"), dict):
+        return None
+    return {
+        "index": point.get("index") if isinstance(point.get("index"), int) else None,
+        "sweep": {str(k): str(v) for k, v in point.get("sweep", {}).items() if isinstance(v, (str, int, float))},
+        "metrics": {str(k): v for k, v in point["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+    }
 
 
 def _duration(record: dict[str, Any]) -> float | None:
@@ -131,6 +185,7 @@ def compare(paths: list[Path], metrics: list[str] | None = None, root: "str | Pa
     except timings (seconds.*).
     """
     runs = [summarise(p, root) for p in paths]
+    _check_metrics(metrics or [], runs)
     formats = {r.headline: r.headline_format for r in runs if r.headline}
     if not metrics:
         metrics = list(dict.fromkeys(r.headline for r in runs if r.headline))
@@ -154,6 +209,18 @@ def compare(paths: list[Path], metrics: list[str] | None = None, root: "str | Pa
     return Comparison(runs, rows, formats)
 
 
+def _check_metrics(metrics: list[str], runs: list[RunSummary]) -> None:
+    """Refuse a metric that none of the runs holds (a misspelt --metric printed a table of '-'), with the closest."""
+    held = list(dict.fromkeys(name for r in runs for p in r.metrics["points"] for name in p["metrics"]))
+    for metric in metrics:
+        if held and metric not in held:
+            plain = [m for m in held if not m.startswith("seconds.") and not m.endswith(".std")]
+            raise AmemctlError(
+                f"none of the runs holds a metric {metric!r}",
+                hint=did_you_mean(metric, held) or f"their metrics: {', '.join(plain or held)}",
+            )
+
+
 def resume_source(name: str, root: "str | Path") -> tuple[Path, Path, list[str], list[str]]:
     """For `run --resume`: the run folder, the pipeline file to load, its recorded overrides, extra ones.
 
@@ -162,14 +229,21 @@ def resume_source(name: str, root: "str | Path") -> tuple[Path, Path, list[str],
     change what the run resumes.
     """
     run_dir = find_run(name, root)
-    record = read_record(run_dir) or {}
+    record = load_record(run_dir)
     copy = run_dir / "pipeline.yaml"
-    original = Path(record.get("file") or "")
-    overrides = [str(o) for o in record.get("overrides") or []]
-    try:
-        if original.is_file() and original.read_text(encoding="utf-8") == copy.read_text(encoding="utf-8"):
-            return run_dir, original, overrides, []
-    except OSError:
-        pass
+    if not copy.is_file():
+        raise RunFolderError(f"{run_dir} has no pipeline.yaml, the copy of the pipeline it ran", hint="every run folder holds one from its start: put the pipeline it ran back there, or start the run afresh")
+    overrides = list(record.get("overrides", []))
+    original = Path(record["file"]) if record.get("file") else None
+    if original is not None and _same_bytes(original, copy):
+        return run_dir, original, overrides, []
     name_override = [f"name={record.get('pipeline') or run_dir.parent.name}"]
     return run_dir, copy, overrides, name_override
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (False when either is not a readable file; sizes first, so a huge file is not read)."""
+    try:
+        return a.is_file() and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
