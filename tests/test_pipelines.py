@@ -35,6 +35,7 @@ def test_quickstart_runs_offline_and_manhattan_completes_masked_digits_best(tmp_
     store = f"stages.persist.store={tmp_path / 'quickstart.zarr'}"
     run = run_pipeline(load_pipeline(ROOT / "pipelines" / "quickstart.yaml", [store]), out_root=tmp_path, device="cpu", progress=False)
     assert len(run.points) == 16
+    assert repr(run) == f"RunResult({str(run.run_dir)!r}, status='ok', points=16, device='cpu')"  # not every tensor
     masked = {
         (p.point.values["similarity"], p.point.values["separation"]["function"]): p.metrics["error_index"]
         for p in run.points

@@ -44,6 +44,7 @@ from amemctl.engine.records import (
     stop_signal,
 )
 from amemctl.errors import AmemctlError, DeviceError, StageCrash
+from amemctl.models.tensor_files import load_tensors
 
 
 @dataclass
@@ -69,6 +70,9 @@ class RunResult:
     points: list[PointResult]
     status: str = "ok"
     error: str | None = None  #: what stopped a failed run, as the CLI prints it
+
+    def __repr__(self) -> str:  # the points hold tensors: printing them all helps nobody
+        return f"RunResult({str(self.run_dir)!r}, status={self.status!r}, points={len(self.points)}, device={str(self.device)!r})"
     runs_done: int = 0  #: point runs finished (one repeat of one sweep point each), as run.json counts them
 
     def progress(self) -> str:
@@ -254,8 +258,8 @@ def load_point(run_dir: Path, key: str, point: Point, warn: "Callable[[str], Non
         return None
     try:
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # damaged, or not a point file at all
+            payload = load_tensors(path)
+        except Exception as exc:  # damaged, inflating, or not a point file at all
             raise ValueError(f"it cannot be read ({type(exc).__name__})") from None
         return _point_result(payload, key, point, run_dir)
     except ValueError as exc:
