@@ -18,23 +18,9 @@ from amemctl.cli import main
 from amemctl.dsl.pipeline import parse_text
 from amemctl.engine.runner import run_pipeline
 from amemctl.errors import AmemctlError
+from tests.test_runs import SWEEP
 
-SMALL = """\
-name: small
-data: {dataset: digits, limit: 100}
-sweep:
-  beta: [1, 10, 100, 1000]
-  corruption: [{kind: gaussian, variance: 0.1}, {kind: mask_zero, fraction: 0.5}]
-stages:
-  - corrupt: ${corruption}
-  - score: {similarity: manhattan}
-  - separate: {function: softmax, beta: "${beta}"}
-  - project: {}
-  - evaluate: {threshold: 1.0}
-  - report: {count: 3}
-report:
-  tables: [{metric: error_index, rows: [corruption], columns: beta}]
-"""
+SMALL = SWEEP  # the sweep of tests/test_runs.py
 
 
 def _invoke(*args):

@@ -597,28 +597,22 @@ def writer_lock(path: Path) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def writing(path: Path) -> Iterator[None]:
+def writing(path: Path) -> "contextlib.AbstractContextManager[None]":
     """Tell a write the file system refuses (a read-only store, a full disk) as a StoreError."""
-    try:
-        yield
-    except OSError as exc:
-        raise StoreError(
-            f"cannot write to the store {path}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""),
-            hint="check that you may write to it and that its disk has room",
-        ) from None
+    return _refused(path, "write to", "check that you may write to it and that its disk has room")
+
+
+def reading(path: Path) -> "contextlib.AbstractContextManager[None]":
+    """Tell a read the file system refuses (a store folder without read permission) as a StoreError."""
+    return _refused(path, "read", "check that you may read it (the folder, its files and the folders above it)")
 
 
 @contextlib.contextmanager
-def reading(path: Path) -> Iterator[None]:
-    """Tell a read the file system refuses (a store folder without read permission) as a StoreError."""
+def _refused(path: Path, verb: str, hint: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise StoreError(
-            f"cannot read the store {path}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""),
-            hint="check that you may read it (the folder, its files and the folders above it)",
-        ) from None
+        raise StoreError(f"cannot {verb} the store {path}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), hint=hint) from None
 
 
 def _check_attributes(path: Path, attrs: dict) -> None:
