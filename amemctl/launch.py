@@ -10,6 +10,7 @@ alone writes stores, the run folder and the report. NCCL on GPUs, gloo on CPUs.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 from typing import Any
@@ -98,6 +99,7 @@ def launch(nproc: int, arguments: list[str]) -> None:
         max_restarts=0,
         monitor_interval=0.1,
     )
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         elastic_launch(config, sys.executable)("-m", "amemctl", *arguments)
     except ChildFailedError as exc:
@@ -107,3 +109,6 @@ def launch(nproc: int, arguments: list[str]) -> None:
             f"the distributed run failed: {detail}",
             hint="the failing rank's own message is printed above; nothing was written to stores after the failure",
         ) from None
+    finally:  # the launcher leaves handlers of its own (raising its SignalException) installed
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

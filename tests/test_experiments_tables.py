@@ -32,7 +32,7 @@ REPORT = """# p
 def _run(tmp_path, status="finished"):
     run_dir = tmp_path / "runs" / "p" / "20260101-000000"
     run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps({"pipeline": "p", "status": status}))
+    (run_dir / "run.json").write_text(json.dumps({"format": "amemctl-run", "pipeline": "p", "status": status}))  # as amemctl writes it, less what the tool does not read
     (run_dir / "resolved.yaml").write_text("seed: 3\n")
     (run_dir / "report.md").write_text(REPORT)
     return run_dir

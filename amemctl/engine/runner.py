@@ -171,7 +171,7 @@ def run_pipeline(
 
     with figures.extra_formats(pipeline.formats):  # every figure of the run, the stages' and the report's, in these formats too
         try:
-            with bar, _sigterm_interrupts():
+            with bar, _signals_interrupt():
                 sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
                 done: list[PointResult] = []
                 reused = 0
@@ -350,8 +350,12 @@ class _LogLines:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While running, SIGTERM (a scheduler's stop) ends the run as interrupted, with its record."""
+def _signals_interrupt() -> Iterator[None]:
+    """While running, SIGTERM (a scheduler's stop) and SIGINT (Ctrl-C) end the run as interrupted, with its record.
+
+    SIGINT is taken too rather than left to Python's KeyboardInterrupt: a library in the same
+    process (torch's elastic launcher) may have left a handler of its own for it.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -359,11 +363,12 @@ def _sigterm_interrupts() -> Iterator[None]:
     def stop(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
-    before = signal.signal(signal.SIGTERM, stop)
+    before = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _run_point(
