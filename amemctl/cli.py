@@ -53,8 +53,6 @@ def print_error(exc: AmemctlError) -> None:
 def main(no_plugin: tuple[str, ...]) -> None:
     """Associative memories as declared experiments: run YAML pipelines of pluggable stages."""
     if no_plugin:
-        import os
-
         from amemctl.plugins import DISABLE_ENV, installed_plugins
         from amemctl.suggest import did_you_mean
 

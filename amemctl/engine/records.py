@@ -173,12 +173,12 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from a file of a run folder; None when absent, unreadable or not an object."""
     try:
-        return _json_object(path)
+        return json_object(path)
     except ValueError:
         return None
 
 
-def _json_object(path: Path) -> dict[str, Any]:
+def json_object(path: Path) -> dict[str, Any]:
     """The JSON object in `path`; a ValueError saying why not (absent, not JSON, nested too deep, not an object)."""
     try:
         data = json.loads(path.read_bytes())
@@ -237,7 +237,7 @@ def load_record(run_dir: Path) -> dict[str, Any]:
     """
     path = run_dir / RECORD
     try:
-        data = _json_object(path)
+        data = json_object(path)
     except ValueError as exc:
         if not path.exists():
             raise RunFolderError(
@@ -293,8 +293,18 @@ def _is(value: Any, kind: Any) -> bool:
     if kind == _LIST_OF_STR:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     return isinstance(value, kind)
+
+
+def is_int(value: Any) -> bool:
+    """An integer as JSON and torch.save keep one (a bool is not one, though Python says it is)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An integer or a float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def short_repr(value: Any) -> str:

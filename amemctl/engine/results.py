@@ -19,7 +19,7 @@ from rich.table import Table
 from amemctl import figures
 from amemctl.dsl.pipeline import CurveSpec, Pipeline, TableSpec
 from amemctl.dsl.sweep import MissingField, Point, lookup, value_label
-from amemctl.engine.records import write_atomically
+from amemctl.engine.records import json_object, write_atomically
 from amemctl.engine.runner import PointResult, RunResult, environment
 
 
@@ -235,14 +235,12 @@ def results(run: "str | Path | RunResult", **options: Any) -> list[dict[str, Any
         return rows_of(_metrics_document(run))
     path = Path(run)
     path = path / "metrics.json" if path.is_dir() else path
+    if not path.exists():
+        raise AmemctlError(f"no metrics.json at {path}", hint="give a run folder, runs/<pipeline>/<stamp>")
     try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AmemctlError(f"no metrics.json at {path}", hint="give a run folder, runs/<pipeline>/<stamp>") from None
-    except (OSError, ValueError) as exc:
+        document = json_object(path)
+    except ValueError as exc:  # unreadable, not JSON, nested too deep, not an object
         raise AmemctlError(f"cannot read {path}: {exc}") from None
-    except RecursionError:  # "[[[[..." nested too deep for JSON's parser
-        raise AmemctlError(f"cannot read {path}: it nests too deep to be amemctl's metrics") from None
     return rows_of(document)
 
 

@@ -38,6 +38,8 @@ from amemctl.engine.records import (
     Interrupted,
     RunRecord,
     count_text,
+    is_int,
+    is_number,
     load_record,
     short_repr,
     status_of,
@@ -71,9 +73,10 @@ class RunResult:
     status: str = "ok"
     error: str | None = None  #: what stopped a failed run, as the CLI prints it
 
+    runs_done: int = 0  #: point runs finished (one repeat of one sweep point each), as run.json counts them
+
     def __repr__(self) -> str:  # the points hold tensors: printing them all helps nobody
         return f"RunResult({str(self.run_dir)!r}, status={self.status!r}, points={len(self.points)}, device={str(self.device)!r})"
-    runs_done: int = 0  #: point runs finished (one repeat of one sweep point each), as run.json counts them
 
     def progress(self) -> str:
         """How far the run got, in point runs: `85 of 510 point runs (102 points x 5 repeats)`."""
@@ -275,10 +278,10 @@ def _point_result(payload: Any, key: str, point: Point, run_dir: Path) -> PointR
     if payload.get("key") != key:
         raise ValueError(f"it holds another point's result (key {payload.get('key')!r})")
     seed = payload.get("seed")
-    if not _is_int(seed):
+    if not is_int(seed):
         raise ValueError(f"its seed is {short_repr(seed)}, not an integer")
     metrics = payload.get("metrics")
-    if not isinstance(metrics, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in metrics.items()):
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and is_number(v) for k, v in metrics.items()):
         raise ValueError("its metrics are not a mapping of names to numbers")
     examples = payload.get("examples")
     if not isinstance(examples, dict) or not all(isinstance(name, str) and isinstance(rows, (list, tuple)) for name, rows in examples.items()):
@@ -315,13 +318,6 @@ def _inside(figure: str) -> bool:
     path = Path(figure)
     return bool(figure) and not path.is_absolute() and ".." not in path.parts
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class _LogLines:

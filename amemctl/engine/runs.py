@@ -6,12 +6,13 @@ its pipeline's name alone, which means that pipeline's latest run.
 
 from __future__ import annotations
 
+import filecmp
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from amemctl.engine.records import RECORD, load_record, read_json, status_of
+from amemctl.engine.records import RECORD, is_number, load_record, read_json, status_of
 from amemctl.errors import AmemctlError, RunFolderError
 from amemctl.suggest import did_you_mean
 
@@ -136,7 +137,7 @@ def _metrics_point(point: Any) -> dict[str, Any] | None:
     return {
         "index": point.get("index") if isinstance(point.get("index"), int) else None,
         "sweep": {str(k): str(v) for k, v in point.get("sweep", {}).items() if isinstance(v, (str, int, float))},
-        "metrics": {str(k): v for k, v in point["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "metrics": {str(k): v for k, v in point["metrics"].items() if is_number(v)},
     }
 
 
@@ -242,8 +243,8 @@ def resume_source(name: str, root: "str | Path") -> tuple[Path, Path, list[str],
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
-    """Whether two files hold the same bytes (False when either is not a readable file; sizes first, so a huge file is not read)."""
+    """Whether two files hold the same bytes (False when either is not a readable file; filecmp compares sizes first, then blocks)."""
     try:
-        return a.is_file() and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+        return a.is_file() and filecmp.cmp(a, b, shallow=False)
     except OSError:
         return False
