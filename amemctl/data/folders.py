@@ -88,22 +88,28 @@ def _stack(paths: list[str], labels: list[int], size: int | None, where: Path) -
 
 def _size(path: str) -> tuple[int, int]:
     """(width, height) from the file's header; more than MAX_PIXELS is a DataError naming the file."""
-    from PIL import Image
-
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: nothing is decoded here
     try:
-        with Image.open(path) as img:
-            width, height = img.size
+        width, height = _header_size(path)
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports damaged files as these
         raise DataError(f"{path} is not a readable image: {exc}", hint="replace or remove the damaged file") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
     if width * height > MAX_PIXELS:
         raise DataError(
             f"{path} is too large to load safely ({width}x{height} pixels, over the limit of {MAX_PIXELS:,})",
             hint="resize the image, or remove it from the folder",
         )
     return width, height
+
+
+def _header_size(path: "str | Path") -> tuple[int, int]:
+    """(width, height) as the file's header says, whatever PIL's decompression-bomb limit: nothing is decoded."""
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as img:
+            return img.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _memory() -> int:
@@ -143,13 +149,8 @@ def read_image(path: "str | Path") -> torch.Tensor:
 
 
 def _pixels(path: "str | Path") -> str:
-    from PIL import Image
-
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: nothing is decoded here
     try:
-        with Image.open(path) as img:
-            return f"{img.width}x{img.height} pixels"
+        width, height = _header_size(path)
     except Exception:  # the size is only a courtesy
         return "too many pixels"
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
+    return f"{width}x{height} pixels"
