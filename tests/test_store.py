@@ -66,6 +66,24 @@ def test_appends_keep_ids_and_check_shapes(tmp_path):
     assert [p["rows"] for p in provenance] == [[0, 30], [30, 50]]
 
 
+def test_arrays_are_checked_once_per_read_and_again_after_a_write(tmp_path, monkeypatch):
+    """Streaming reads ask for an array per chunk; its zarr.json is checked once, and again after a write."""
+    from amemctl.store import memory
+
+    opened = []
+    real = memory.open_array
+    monkeypatch.setattr(memory, "open_array", lambda path, group, name, *a: opened.append(name) or real(path, group, name, *a))
+    store = MemoryStore.create(tmp_path / "s.zarr", chunk_bytes=256)
+    store.append(patterns=_images(40), labels=torch.zeros(40, dtype=torch.long))
+    opened.clear()
+    chunks = [block for _, block in store.iter_chunks("patterns")]
+    assert len(chunks) > 3 and opened.count("patterns") == 1
+    store.append(patterns=_images(10, seed=1), labels=torch.ones(10, dtype=torch.long))
+    assert torch.equal(store.read("patterns")[40:], _images(10, seed=1))  # the grown array, not the one kept before
+    assert torch.equal(store.to_tensor("labels"), torch.tensor([0] * 40 + [1] * 10))
+    assert opened.count("patterns") == 2
+
+
 def test_forget_then_compact(tmp_path):
     path = tmp_path / "s.zarr"
     store = MemoryStore.create(path, chunk_bytes=512)

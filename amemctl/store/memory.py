@@ -74,6 +74,7 @@ class MemoryStore:
         self.group = group
         self.writable = writable
         self._alive: np.ndarray | None = None
+        self._opened: dict[str, Any] = {}  # arrays checked and opened since the last write (`_array`)
         self._private = False  # a new copy being written aside: the lock of the store it becomes is held
         #: which copy of the store this is: a compaction or replacement writes a new copy with a new one
         self.generation = _generation(group)
@@ -321,10 +322,20 @@ class MemoryStore:
             )
 
     def _array(self, name: str) -> Any:
-        """Array `name`, opened in one guarded step: damaged metadata is a DamagedStore naming its zarr.json."""
+        """Array `name`, opened in one guarded step: damaged metadata is a DamagedStore naming its zarr.json.
+
+        Kept once opened (every chunk read asks for it) until this store writes: rows are read
+        only below the `count` published when the store was opened, which a later append by
+        another process does not move, and a swap or rewrite of the arrays is caught after each
+        read by `_check_not_replaced`.
+        """
+        array = self._opened.get(name)
+        if array is not None:
+            return array
         array = open_array(self.path, self.group, name, self._spec(name), self.attrs) if name in (*FIXED, *self.arrays) else None
         if array is None:
             raise StoreError(f"{self.path} has no array {name!r}", hint=f"it has: {', '.join(['ids', 'alive', *self.arrays])}")
+        self._opened[name] = array
         return array
 
     # ----------------------------------------------------------------- writing
@@ -457,7 +468,8 @@ class MemoryStore:
                 raise
             swap_in(self.path, tmp)
         reopened = MemoryStore.open(self.path, mode="a")
-        self.group, self.generation, self._alive = reopened.group, reopened.generation, None
+        self.group, self.generation = reopened.group, reopened.generation
+        self._forget_read()
         return dropped
 
     def _copy_live(self, tmp: Path, attrs: dict, live: np.ndarray, dropped: int) -> None:
@@ -495,11 +507,16 @@ class MemoryStore:
     def _refresh(self) -> None:
         self.group = _zarr().open_group(store=str(self.path), mode="r+", zarr_format=3)
         self.generation = _generation(self.group)
-        self._alive = None
+        self._forget_read()
 
     def _publish(self, attrs: dict) -> None:
         self.group.attrs.update({ATTR: json.loads(json.dumps(attrs))})
+        self._forget_read()
+
+    def _forget_read(self) -> None:
+        """Drop what was read of the store's metadata (the alive mask, opened arrays): a write has changed it."""
         self._alive = None
+        self._opened.clear()
 
     def _encode(self, name: str, t: Tensor, storage: str | None, attrs: dict) -> np.ndarray:
         if name == "labels":
