@@ -17,7 +17,7 @@ import torch
 from amemctl.core.retrieval import recall
 from amemctl.errors import StoreError
 from amemctl.store.lock import WriterLock, lock_path
-from amemctl.store.memory import MemoryStore
+from amemctl.store.memory import MemoryStore, is_store
 from amemctl.store.verify import verify
 from tests.conftest import ROOT
 
@@ -130,7 +130,7 @@ def test_streaming_matches_memory_with_tiny_chunks(tmp_path):
 
 CHILD = """
 import sys, torch
-from amemctl.store.memory import MemoryStore
+from amemctl.store.memory import MemoryStore, is_store
 store = MemoryStore.open(sys.argv[1], mode="a")
 big = torch.rand(int(sys.argv[2]), 3, 32, 32)
 print("appending", flush=True)
@@ -221,6 +221,11 @@ def test_opening_what_is_not_a_usable_store(tmp_path):
     zarr.create_group(store=str(tmp_path / "foreign.zarr"), zarr_format=3)
     with pytest.raises(StoreError, match="not an amemctl store"):
         MemoryStore.open(tmp_path / "foreign.zarr")
+    assert not is_store(tmp_path / "foreign.zarr")
+    zarr.create_group(store=str(tmp_path / "schemaless.zarr"), zarr_format=3, attributes={"amemctl": {"count": 0}})
+    assert is_store(tmp_path / "schemaless.zarr")  # so replace may write over it: then open must call it ours too
+    with pytest.raises(StoreError, match=r"attributes of .*schemaless.zarr.* are damaged: schema is 'missing'"):
+        MemoryStore.open(tmp_path / "schemaless.zarr")
     path = tmp_path / "future.zarr"
     store = MemoryStore.create(path)
     attrs = store.attrs

@@ -174,7 +174,7 @@ class MemoryStore:
         except Exception as exc:  # unreadable metadata: a damaged or foreign store
             raise StoreError(f"cannot open {path} as a zarr v3 group: {exc}", hint="run `amemctl store verify` on it") from None
         attrs = dict(group.attrs).get(ATTR)
-        if not isinstance(attrs, dict) or "schema" not in attrs:
+        if not isinstance(attrs, dict):  # as `is_store` decides; a mapping without a schema is a damaged store of ours
             raise StoreError(f"{path} is a zarr group but not an amemctl store (no '{ATTR}' attributes)", hint="write amemctl stores with a `persist` stage")
         _check_attributes(path, attrs)
         if check:
