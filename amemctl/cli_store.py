@@ -1,4 +1,4 @@
-"""`amemctl store ...`: list, inspect, show, export, forget and verify persisted memories."""
+"""`amemctl store ...`: list, inspect, show, export, forget, verify and trim persisted memories."""
 
 from __future__ import annotations
 
@@ -166,6 +166,25 @@ def verify(path: Path) -> None:
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     raise click.exceptions.Exit(1)
+
+
+@store.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def trim(path: Path) -> None:
+    """Drop the rows a killed append left past the published ones in PATH; published rows are kept as they are."""
+    from amemctl.store.memory import MemoryStore
+    from amemctl.store.soundness import problems
+    from amemctl.store.trim import trim as drop_unpublished
+
+    dropped = drop_unpublished(path)
+    click.echo(f"trimmed {path}: " + (", ".join(f"{n} row(s) of {name}" for name, n in dropped.items()) if dropped else "no unpublished rows"))
+    trimmed = MemoryStore.open(path, check=False)
+    left = problems(trimmed.path, trimmed.group, trimmed.attrs)
+    for problem in left:
+        click.echo(f"problem: {problem}", err=True)
+    if left:
+        click.echo(f"the store is still damaged: run `amemctl store verify {path}`", err=True)
+        raise click.exceptions.Exit(1)
 
 
 def _integers(texts: list[str], option: str, form: str) -> list[int]:

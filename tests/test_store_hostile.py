@@ -95,6 +95,52 @@ def test_an_interrupted_append_still_opens_and_its_unpublished_rows_are_neither_
     assert verify(path).ok and len(MemoryStore.open(path)) == 45
 
 
+def _killed_mid_append_by_an_older_amemctl(path: Path, rows: int) -> None:
+    """What a writer from before `reserved` left when killed between growing the arrays and publishing the count."""
+    store = MemoryStore.open(path, mode="a")
+    count = store.count
+    for name, width in (("patterns", (4,)), ("labels", ()), ("keys/pca", (2,)), ("ids", ()), ("alive", ())):
+        array = store.group[name]
+        array.resize((count + rows, *width))
+        array[count:] = torch.ones(rows, *width).numpy().astype(array.dtype)
+    _edit_attrs(path, lambda attrs: attrs.pop("reserved"))
+
+
+def test_trim_drops_what_an_older_amemctl_left_past_the_published_rows_and_keeps_them(tmp_path, run_text):
+    path = _store(tmp_path)
+    before = MemoryStore.open(path).to_tensor()
+    reader = MemoryStore.open(path)
+    _killed_mid_append_by_an_older_amemctl(path, rows=25)
+    _refused_everywhere(path, tmp_path, run_text, f"if an append was killed, `amemctl store trim {path}` drops the unpublished rows")
+    result = _cli("store", "trim", path)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"trimmed {path}: 25 row(s) of ids, 25 row(s) of alive, 25 row(s) of patterns"), result.output
+    assert sorted(p.name for p in (path / "patterns" / "c").iterdir()) == ["0", "1", "2", "3"]  # 40 rows of 10 a chunk
+    trimmed = MemoryStore.open(path)
+    assert torch.equal(trimmed.to_tensor(), before) and torch.equal(reader.to_tensor(), before)
+    assert trimmed.attrs["provenance"][-1]["trimmed"]["keys/pca"] == 25 and verify(path).ok
+    MemoryStore.open(path, mode="a").append(patterns=torch.zeros(5, 4), labels=torch.ones(5, dtype=torch.long), keys={"pca": torch.rand(5, 2)})
+    assert torch.equal(MemoryStore.open(path).to_tensor()[40:], torch.zeros(5, 4)) and verify(path).ok
+    assert _cli("store", "trim", path).output.strip() == f"trimmed {path}: no unpublished rows"
+
+
+def test_trim_takes_a_declared_size_at_no_cost_and_refuses_what_it_cannot_mend(tmp_path):
+    path = _store(tmp_path)
+    _edit(path / "patterns" / "zarr.json", lambda doc: doc["shape"].__setitem__(0, 10**12))
+    started = time.monotonic()
+    result = _cli("store", "trim", path)
+    assert result.exit_code == 0 and time.monotonic() - started < 20 and verify(path).ok, result.output
+    _edit(path / "ids" / "zarr.json", lambda doc: doc["shape"].__setitem__(0, 30))
+    (path / "patterns" / "c" / "3" / "0").unlink()
+    files = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    result = _cli("store", "trim", path)
+    assert result.exit_code == 2 and "ids has 30 rows but the store publishes 40; trimming drops rows, it cannot restore them" in result.output
+    assert "Traceback" not in result.output and {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == files
+    _edit(path / "ids" / "zarr.json", lambda doc: doc["shape"].__setitem__(0, 40))
+    result = _cli("store", "trim", path)  # nothing to drop, but still damaged: said, exit 1
+    assert result.exit_code == 1 and "patterns chunk 3 (rows 30..39, file patterns/c/3/0) is missing" in result.output, result.output
+
+
 def _truncate(doc_file: Path) -> None:
     doc_file.write_text(doc_file.read_text()[:40])
 

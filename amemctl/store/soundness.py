@@ -62,7 +62,7 @@ def problems(path: Path, group: Any, attrs: dict) -> list[str]:
         if array.shape[0] > row_bound(path, attrs, array.shape[0]):
             found.append(
                 f"{name} declares {array.shape[0]} rows in {path / name / 'zarr.json'}, more than the store could have grown it to"
-                f" ({count} published{_reserved_note(attrs)})"
+                f" ({count} published{_reserved_note(attrs)}); if an append was killed, `amemctl store trim {path}` drops the unpublished rows"
             )
             continue
         found.extend(_chunk_files(path, name, array, count, attrs))
