@@ -155,6 +155,7 @@ def forget(path: Path, id_list: str | None, labels: tuple[int, ...], compact: bo
 @click.argument("path", type=click.Path(path_type=Path))
 def verify(path: Path) -> None:
     """Check PATH: array lengths agree, ids are sound, every chunk decodes and matches its checksum."""
+    from amemctl.store.soundness import trim_hint
     from amemctl.store.verify import verify as check
 
     report = check(path)
@@ -165,6 +166,9 @@ def verify(path: Path) -> None:
         return
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
+    hint = trim_hint(report.path, report.problems)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
     raise click.exceptions.Exit(1)
 
 

@@ -111,7 +111,9 @@ def test_trim_drops_what_an_older_amemctl_left_past_the_published_rows_and_keeps
     before = MemoryStore.open(path).to_tensor()
     reader = MemoryStore.open(path)
     _killed_mid_append_by_an_older_amemctl(path, rows=25)
-    _refused_everywhere(path, tmp_path, run_text, f"if an append was killed, `amemctl store trim {path}` drops the unpublished rows")
+    _refused_everywhere(path, tmp_path, run_text, "patterns declares 65 rows")
+    for output in (str(_cli("store", "inspect", path).output), _cli("store", "verify", path).output):
+        assert f"if an append was killed (by an amemctl from before 'reserved'), `amemctl store trim {path}` drops its unpublished rows" in output
     result = _cli("store", "trim", path)
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"trimmed {path}: 25 row(s) of ids, 25 row(s) of alive, 25 row(s) of patterns"), result.output

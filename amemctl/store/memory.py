@@ -43,7 +43,16 @@ from torch import Tensor
 from amemctl.errors import DamagedStore, StoreError
 from amemctl.store.encoding import decode, encode
 from amemctl.store.lock import WriterLock
-from amemctl.store.soundness import ATTR, EVERY_CHUNK, FIXED, RESERVED, attribute_problems, open_array, problems
+from amemctl.store.soundness import (
+    ATTR,
+    EVERY_CHUNK,
+    FIXED,
+    RESERVED,
+    attribute_problems,
+    open_array,
+    problems,
+    trim_hint,
+)
 
 SCHEMA = 1
 DEFAULT_CHUNK_BYTES = 32 * 2**20
@@ -182,7 +191,7 @@ class MemoryStore:
             if found:
                 raise DamagedStore(
                     f"{path} is damaged: {'; '.join(found[:3])}{' ...' if len(found) > 3 else ''}",
-                    hint=f"run `amemctl store verify {path}`; restore the store or write it again",
+                    hint=trim_hint(path, found) or f"run `amemctl store verify {path}`; restore the store or write it again",
                 )
         return cls(path, group, writable=mode != "r")
 

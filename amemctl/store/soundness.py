@@ -32,6 +32,8 @@ FIXED = {"ids": {"storage": "int64", "row_shape": []}, "alive": {"storage": "uin
 #: a key space's name, which becomes a folder name (keys/<space>): no separators, no leading dot
 SPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 MAX_DIMS = 32
+#: how a problem says an array declares rows no append could have written (`trim_hint` offers trim)
+BEYOND_GROWTH = "more than the store could have grown it to"
 
 
 def chunk_file(name: str, index: int, ndim: int) -> str:
@@ -61,12 +63,19 @@ def problems(path: Path, group: Any, attrs: dict) -> list[str]:
             continue
         if array.shape[0] > row_bound(path, attrs, array.shape[0]):
             found.append(
-                f"{name} declares {array.shape[0]} rows in {path / name / 'zarr.json'}, more than the store could have grown it to"
-                f" ({count} published{_reserved_note(attrs)}); if an append was killed, `amemctl store trim {path}` drops the unpublished rows"
+                f"{name} declares {array.shape[0]} rows in {path / name / 'zarr.json'}, {BEYOND_GROWTH}"
+                f" ({count} published{_reserved_note(attrs)})"
             )
             continue
         found.extend(_chunk_files(path, name, array, count, attrs))
     return found
+
+
+def trim_hint(path: Path, found: list[str]) -> str | None:
+    """How to open the store at `path` again when the problems `found` include rows a killed append left (else None)."""
+    if any(BEYOND_GROWTH in problem for problem in found):
+        return f"if an append was killed (by an amemctl from before 'reserved'), `amemctl store trim {path}` drops its unpublished rows"
+    return None
 
 
 def row_bound(path: Path, attrs: dict, shape: int) -> int:
