@@ -107,6 +107,9 @@ class Context:
     def rng(self, device: "torch.device | str | None" = None) -> torch.Generator:
         """This stage's own seeded random stream: a CPU generator unless `device` names another.
 
+        Each call returns a new generator at the stage's seed, drawing the same numbers again:
+        call it once per `run` and draw everything from it.
+
         CPU by default so that a run draws the same numbers on every device and so that
         `torch.randn(shape, generator=ctx.rng())` never meets a generator of another device
         (it gives CPU tensors: move them with `.to(ctx.device)`). `amemctl.random.randn(shape,

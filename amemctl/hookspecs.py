@@ -7,10 +7,12 @@ with `@amemctl.hookimpl` and exposes its module in the `amemctl` entry-point gro
 plugins/amemctl-example).
 
 Calling rule, the same for every hook: called once per process, with no arguments, when the
-registry is built (built-ins first, then entry points in their installation order); returns
-a list of named objects; the results of all plugins are merged by name. A plugin whose hook
-raises, returns something unnamed, or provides a name another package already provides is
-disabled as a whole (nothing of it is registered) and named in a warning. Every hook is
+registry is built (built-ins first, then entry points in the order the file system lists the
+installed packages); returns a list of named objects; the results of all plugins are merged
+by name. A plugin whose hook raises, returns something unnamed, or provides a name amemctl
+provides is disabled as a whole (nothing of it is registered) and named in a warning; two
+plugins providing the same name are both disabled, since which one loads first is not
+something to rely on. Every hook is
 documented in docs/plugins.md; a test fails when one is not.
 """
 

@@ -3,8 +3,10 @@
 Loading order: the built-in modules (registered exactly like external plugins), then every
 entry point of the `amemctl` group, then pluggy's check_pending(). A plugin that fails to
 import, implements a hook that does not exist (a misspelt name), raises inside a hook, or
-provides a name another package already provides is disabled as a whole, recorded as a
-failure and named wherever it matters; the others still load and every command still works.
+provides a name amemctl provides is disabled as a whole, recorded as a failure and named
+wherever it matters; the others still load and every command still works. Two plugins
+providing the same name are both disabled (entry points load in the file system's listing
+order, so "the first one wins" would differ between machines).
 `AMEMCTL_DISABLE_PLUGINS=name,...` (or `amemctl --no-plugin NAME`) skips plugins by
 entry-point or distribution name, like pytest's `-p no:NAME`.
 """
@@ -89,6 +91,8 @@ class Registry:
     failures: list[PluginFailure] = field(default_factory=list)
     #: plugins skipped on request (AMEMCTL_DISABLE_PLUGINS, --no-plugin)
     disabled: list[str] = field(default_factory=list)
+    #: top-level module of each loaded plugin -> its package, to tell whose code raised
+    modules: dict[str, str] = field(default_factory=dict)
 
     def package_of(self, kind: str, name: str) -> str:
         return self.origin.get((kind, name), "?")
@@ -102,10 +106,15 @@ class Registry:
         return [(kind, self.table(kind)[name]) for kind in KINDS if name in self.table(kind)]
 
     def failure_note(self) -> str:
-        """A sentence naming plugins that failed to load, for errors about unknown names."""
-        if not self.failures:
-            return ""
-        return " (" + "; ".join(str(f) for f in self.failures) + ")"
+        """A sentence naming plugins that failed to load or were skipped, for errors about unknown names.
+
+        A name a skipped plugin provides is unknown too; without the note an
+        AMEMCTL_DISABLE_PLUGINS set long ago reads as a missing plugin.
+        """
+        notes = [str(f) for f in self.failures]
+        if self.disabled:
+            notes.append(f"plugins skipped on request ({DISABLE_ENV} or --no-plugin): {', '.join(self.disabled)}")
+        return " (" + "; ".join(notes) + ")" if notes else ""
 
 
 def disabled_names(extra: Iterable[str] = ()) -> set[str]:
@@ -151,6 +160,8 @@ def build_registry(entry_points: bool = True, disable: Iterable[str] = ()) -> Re
                 continue
             packages[ep.name] = package
             order.append(ep.name)
+            if ep.module.split(".")[0] != BUILTIN:
+                registry.modules.setdefault(ep.module.split(".")[0], package)
 
     while True:
         try:
@@ -163,13 +174,17 @@ def build_registry(entry_points: bool = True, disable: Iterable[str] = ()) -> Re
             pm.unregister(exc.plugin)
             order.remove(name)
 
+    provided = {}
     for plugin_name in order:
-        _collect(pm, plugin_name, packages.get(plugin_name, plugin_name), registry)
+        items = _collect(pm, plugin_name, packages.get(plugin_name, plugin_name), registry)
+        if items is not None:
+            provided[plugin_name] = items
+    _merge(provided, packages, registry)
     return registry
 
 
-def _collect(pm: pluggy.PluginManager, plugin_name: str, package: str, registry: Registry) -> None:
-    """Call every hook this plugin implements; add all it provides, or nothing when any of it fails."""
+def _collect(pm: pluggy.PluginManager, plugin_name: str, package: str, registry: Registry) -> dict[str, dict[str, Any]] | None:
+    """What one plugin provides, by kind and name; None (a failure recorded) when a hook raises or repeats a name."""
     provided: dict[str, dict[str, Any]] = {}
     for kind, (hook_name, noun) in KINDS.items():
         impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name == plugin_name]
@@ -180,24 +195,59 @@ def _collect(pm: pluggy.PluginManager, plugin_name: str, package: str, registry:
                 names = [_name_of(kind, item) for item in result]
             except Exception as exc:
                 registry.failures.append(PluginFailure(plugin_name, package, f"{hook_name}() raised {_reason(exc)}", _disable_hint(plugin_name)))
-                return
+                return None
             for name, item in zip(names, result):
-                clash = registry.package_of(kind, name) if name in registry.table(kind) else (package if name in items else None)
-                if clash is not None:
-                    registry.failures.append(
-                        PluginFailure(
-                            plugin_name,
-                            package,
-                            f"it provides the {noun} {name!r}, which {'it provides twice' if clash == package else f'package {clash} provides already'}",
-                            f"rename the plugin's {noun}, uninstall one of the two, or {_disable_hint(plugin_name)}",
-                        )
-                    )
-                    return
+                if name in items:
+                    registry.failures.append(PluginFailure(plugin_name, package, f"it provides the {noun} {name!r} twice", f"rename one of the two, or {_disable_hint(plugin_name)}"))
+                    return None
                 items[name] = item
         provided[kind] = items
-    for kind, items in provided.items():
-        registry.table(kind).update(items)
-        registry.origin.update({(kind, name): package for name in items})
+    return provided
+
+
+def _merge(provided: dict[str, dict[str, dict[str, Any]]], packages: dict[str, str], registry: Registry) -> None:
+    """Register what every plugin provides, except plugins whose names clash: disabled whole.
+
+    Built-ins keep their names. Two plugins providing the same name are both disabled: which
+    one loads first depends on the order the file system lists installed packages in, so
+    keeping either would silently swap implementations from one machine to the next.
+    """
+    owners: dict[tuple[str, str], list[str]] = {}
+    for plugin, kinds in provided.items():
+        for kind, items in kinds.items():
+            for name in items:
+                owners.setdefault((kind, name), []).append(plugin)
+    clashes: dict[str, PluginFailure] = {}
+    for (kind, name), plugins in owners.items():
+        if len(plugins) < 2:
+            continue
+        builtin = any(packages.get(p) == BUILTIN for p in plugins)
+        for plugin in plugins:
+            if packages.get(plugin) == BUILTIN or plugin in clashes:
+                continue
+            clashes[plugin] = _clash(plugin, packages, kind, name, [packages.get(p, p) for p in plugins if p != plugin], builtin)
+    registry.failures.extend(clashes.values())
+    for plugin, kinds in provided.items():
+        if plugin in clashes:
+            continue
+        for kind, items in kinds.items():
+            registry.table(kind).update(items)
+            registry.origin.update({(kind, name): packages.get(plugin, plugin) for name in items})
+
+
+def _clash(plugin: str, packages: dict[str, str], kind: str, name: str, others: list[str], builtin: bool) -> PluginFailure:
+    """The failure of a plugin providing a name that amemctl or another plugin also provides."""
+    noun = KINDS[kind][1]
+    package = packages.get(plugin, plugin)
+    if builtin:
+        reason = f"it provides the {noun} {name!r}, which package {BUILTIN} provides already"
+        hint = f"rename the plugin's {noun}, or {_disable_hint(plugin)}"
+    else:
+        which = f"package {others[0]} provides too (both are disabled)" if len(others) == 1 else f"packages {', '.join(others)} provide too (all are disabled)"
+        reason = f"it provides the {noun} {name!r}, which {which}"
+        rest = "the other" if len(others) == 1 else "the others"
+        hint = f"rename the {noun} in all but one package, uninstall all but one, or {_disable_hint(plugin, f'to use {rest}')}"
+    return PluginFailure(plugin, package, reason, hint)
 
 
 def _name_of(kind: str, item: Any) -> str:
@@ -226,12 +276,37 @@ def _unknown_hooks(plugin: object, fallback: str) -> tuple[str, str]:
     return f"it implements the unknown hook(s) {names}", " ".join(hints) or f"the hooks are {', '.join(known)}"
 
 
-def _disable_hint(plugin: str) -> str:
-    return f"set {DISABLE_ENV}={plugin} or pass --no-plugin {plugin} to silence this"
+def _disable_hint(plugin: str, purpose: str = "to silence this") -> str:
+    return f"set {DISABLE_ENV}={plugin} or pass --no-plugin {plugin} {purpose}"
 
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class Culprit:
+    """The plugin code an exception came from: its package and the innermost line of it that ran."""
+
+    package: str
+    where: str  #: "file:line in function"
+
+
+def culprit(exc: BaseException, registry: Registry) -> Culprit | None:
+    """The innermost frame of `exc`'s traceback in a plugin's module, or None when no plugin code ran.
+
+    A similarity, separation or corruption of a plugin runs inside a built-in stage, and a
+    plugin's stage calls amemctl and torch: the innermost plugin frame says whose bug it is.
+    """
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        if module in registry.modules:
+            code = tb.tb_frame.f_code
+            found = Culprit(registry.modules[module], f"{code.co_filename}:{tb.tb_lineno} in {code.co_name}")
+        tb = tb.tb_next
+    return found
 
 
 @functools.lru_cache(maxsize=1)

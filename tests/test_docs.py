@@ -23,3 +23,19 @@ def test_the_readme_names_the_two_commands_ci_uses():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make demo" in readme and "make test" in readme and "make test" in ci
+
+
+def test_the_plugin_guides_say_that_each_ctx_rng_call_starts_the_stream_again():
+    # A plugin author calling ctx.rng() per draw gets the same numbers each time (two noise
+    # masks that cancel out); both guides must say so, as long as the code does it.
+    from pathlib import Path
+
+    import torch
+
+    from amemctl.context import Context
+
+    ctx = Context(torch.device("cpu"), 0, 2**20, Path("."), stage_seed=7)
+    assert torch.equal(torch.rand(5, generator=ctx.rng()), torch.rand(5, generator=ctx.rng()))
+    for guide in ("docs/plugins.md", "plugins/amemctl-example/README.md"):
+        text = " ".join((ROOT / guide).read_text().split())
+        assert "call it once per `run` and draw everything from" in text, guide

@@ -221,3 +221,167 @@ def test_listing_stages_does_not_load_matplotlib():
     code = "import sys; from amemctl.plugins import get_registry; get_registry(); print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+BUGGY_FUNCTIONS = """\
+    from amemctl import Corruption, Elementwise, Param, SeparationFunction, Similarity, hookimpl
+
+    def kernel(queries, keys):
+        raise ValueError("kernel bug")
+
+    def make(power):
+        raise ValueError("make bug")
+
+    def transposed(queries, keys):
+        return (queries @ keys.T).T
+
+    def apply(images, generator, p):
+        raise ValueError("corruption bug")
+
+    @hookimpl
+    def amemctl_register_similarities():
+        return [Similarity("buggy_similarity", kernel), Similarity("transposed", transposed)]
+
+    @hookimpl
+    def amemctl_register_separations():
+        return [SeparationFunction("buggy_separation", make, {"power": Param(int, 2, "a power")})]
+
+    @hookimpl
+    def amemctl_register_corruptions():
+        return [Corruption("buggy_corruption", "raises", apply, {"p": Param(float, 0.5, "a probability")})]
+    """
+
+RETRIEVAL = "seed: 0\ndata: {dataset: digits, limit: 20}\nstages:\n  - corrupt: {kind: %s}\n  - score: {similarity: %s}\n  - separate: {function: %s}\n  - project: {}\n"
+
+
+@pytest.mark.parametrize(
+    "corruption, similarity, separation, line, bug",
+    [
+        ("gaussian", "buggy_similarity", "max", 5, "kernel bug"),
+        ("gaussian", "euclidean", "buggy_separation", 5, "make bug"),  # made by describe(), before the stage runs
+        ("buggy_corruption", "euclidean", "max", 4, "corruption bug"),
+    ],
+)
+def test_a_plugin_function_that_raises_inside_a_builtin_stage_is_blamed_on_the_plugin(install, tmp_path, corruption, similarity, separation, line, bug):
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.engine.runner import run_pipeline
+    from amemctl.errors import StageCrash
+
+    install("buggy-plugin", "buggy_mod", BUGGY_FUNCTIONS)
+    pipeline = parse_text(RETRIEVAL % (corruption, similarity, separation), "p.yaml", registry=build_registry())
+    with pytest.raises(StageCrash) as info:
+        run_pipeline(pipeline, out_root=tmp_path, device="cpu", progress=False)
+    message = str(info.value)
+    assert message.startswith(f"p.yaml:{line}:5: stage ") and f"ValueError: {bug}" in message
+    assert "a bug in the plugin package buggy-plugin (at " in message and "buggy_mod.py:" in message
+    assert "please report it" not in message
+
+
+def test_a_crash_in_amemctl_after_a_plugin_function_ran_names_that_function_too(install, tmp_path):
+    # The kernel returned normally; amemctl's shape check raises, so no plugin frame is in the traceback.
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.engine.runner import run_pipeline
+    from amemctl.errors import StageCrash
+
+    install("buggy-plugin", "buggy_mod", BUGGY_FUNCTIONS)
+    text = RETRIEVAL.replace("{kind: %s}", "{kind: gaussian, count: 5}") % ("transposed", "max")
+    with pytest.raises(StageCrash) as info:
+        run_pipeline(parse_text(text, "p.yaml", registry=build_registry()), out_root=tmp_path, device="cpu", progress=False)
+    assert "returned scores of shape (20, 5) for 5 queries and 20 keys" in info.value.message
+    assert "a bug in amemctl (please report it) or in what a plugin gave it: similarity 'transposed' (buggy-plugin)" in info.value.hint
+
+
+def test_a_kernel_returning_the_wrong_shape_is_named_with_the_shape_it_owes():
+    import torch
+
+    from amemctl import Similarity
+
+    transposed = Similarity("transposed", lambda q, k: (q @ k.T).T)
+    with pytest.raises(ValueError, match=r"similarity 'transposed' returned scores of shape \(5, 3\) for 3 queries and 5 keys; a kernel maps"):
+        transposed(torch.rand(3, 4), torch.rand(5, 4))
+
+
+CHECK_RAISES = """\
+    from amemctl import Param, Stage, hookimpl
+
+    class Picky(Stage):
+        '''A stage whose check() has a bug.'''
+        name = "picky"
+        level = Param(int, 1, "a level")
+
+        def check(self):
+            return 1 / (self.level - 1)
+
+    @hookimpl
+    def amemctl_register_stages():
+        return [Picky]
+    """
+
+
+def test_a_check_that_raises_a_non_amemctl_error_is_one_message_at_the_stage_line(install):
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.errors import StageCrash
+
+    install("picky-plugin", "picky_mod", CHECK_RAISES)
+    with pytest.raises(StageCrash) as info:
+        parse_text("data: {dataset: digits}\nstages:\n  - picky: {level: 1}\n", "p.yaml", registry=build_registry())
+    error = info.value
+    assert error.exit_code == 1
+    assert error.render().startswith("p.yaml:3:5: stage 'picky' crashed while checking its parameters: ZeroDivisionError")
+    assert "a bug in the package picky-plugin at " in error.hint and "picky_mod.py:9 in check" in error.hint
+
+
+def test_a_pipeline_checked_against_a_registry_looks_its_functions_up_there():
+    # The example plugin is installed, so the process's registry knows `cubic`; this one does not.
+    from amemctl.dsl.pipeline import parse_text
+
+    registry = build_registry(entry_points=False)
+    with pytest.raises(Exception, match="unknown separation 'cubic'"):
+        parse_text("stages:\n  - load: {dataset: digits}\n  - corrupt: {}\n  - score: {}\n  - separate: {function: cubic}\n", "p.yaml", registry=registry)
+    pipeline = parse_text("stages:\n  - load: {dataset: digits}\n", "p.yaml", registry=registry)
+    assert all(planned.stage.registry is registry for planned in pipeline.plans[0].stages)
+
+
+TWIN = """\
+    from amemctl import Stage, hookimpl
+
+    class Twin(Stage):
+        '''One of two stages of the same name.'''
+        name = "twin"
+
+    @hookimpl
+    def amemctl_register_stages():
+        return [Twin]
+    """
+
+
+def test_two_plugins_providing_one_name_are_both_disabled_whatever_their_order(install):
+    # Which entry point loads first follows the file system's listing order: keeping the
+    # first would swap implementations silently from one machine to another.
+    install("twin-a", "twin_a", TWIN)
+    install("twin-b", "twin_b", TWIN)
+    registry = build_registry()
+    failures = {f.plugin: f for f in registry.failures}
+    assert "twin" not in registry.stages and "pca" in registry.stages
+    assert "the stage 'twin', which package twin-b provides too (both are disabled)" in failures["twin_a"].reason
+    assert "the stage 'twin', which package twin-a provides too (both are disabled)" in failures["twin_b"].reason
+    assert failures["twin_a"].hint.endswith("set AMEMCTL_DISABLE_PLUGINS=twin_a or pass --no-plugin twin_a to use the other")
+
+
+def test_a_name_of_a_plugin_skipped_on_request_says_so(install, monkeypatch):
+    from amemctl.plugins import DISABLE_ENV
+
+    install("twin-a", "twin_a", TWIN)
+    monkeypatch.setenv(DISABLE_ENV, "twin_a")
+    registry = build_registry()
+    with pytest.raises(PluginError, match=r"unknown stage 'twin' \(plugins skipped on request \(AMEMCTL_DISABLE_PLUGINS or --no-plugin\): twin_a \(twin-a\)\)"):
+        stage_class("twin", registry)
+
+
+def test_a_pipeline_parsed_from_text_runs_into_a_plain_folder(tmp_path):
+    # parse_text is how docs/plugins.md tells plugin authors to test; runs/<pipeline>/ was its folder
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.engine.runner import run_pipeline
+
+    run = run_pipeline(parse_text("data: {dataset: digits, limit: 4}\nstages:\n  - corrupt: {}\n"), out_root=tmp_path, device="cpu", progress=False)
+    assert run.run_dir.parent == tmp_path / "pipeline"

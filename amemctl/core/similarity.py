@@ -63,6 +63,8 @@ class Similarity:
 
     def __call__(self, queries: Tensor, keys: Tensor, form: str = "negative") -> Tensor:
         raw = self.kernel(queries, keys)
+        if tuple(raw.shape) != (len(queries), len(keys)):  # a kernel's bug, caught before it reads as a broadcast error later
+            raise ValueError(f"similarity {self.name!r} returned scores of shape {tuple(raw.shape)} for {len(queries)} queries and {len(keys)} keys; a kernel maps (queries Q x d, keys n x d) to Q x n")
         return to_score(raw, form) if self.distance else raw
 
 

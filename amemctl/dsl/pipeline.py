@@ -19,8 +19,8 @@ from typing import Any
 from amemctl.dsl import presets
 from amemctl.dsl import sweep as sweeps
 from amemctl.dsl.source import SourceMap, load_yaml, read_yaml
-from amemctl.errors import AmemctlError, Location, PipelineError
-from amemctl.plugins import Registry, get_registry
+from amemctl.errors import AmemctlError, Location, PipelineError, StageCrash
+from amemctl.plugins import Registry, culprit, get_registry
 from amemctl.stage import ParamError, Stage
 from amemctl.suggest import did_you_mean
 
@@ -319,9 +319,12 @@ def _name(doc: dict, default: str, source: SourceMap, errors: _Collector) -> str
     """The pipeline's name: a plain folder name (letters, digits, - _ .), so its runs stay inside --out.
 
     `name: ../../elsewhere` or `--set name=/tmp/x` would put the run folder outside it. The
-    default, the file's name, is one path component already and is kept as it is.
+    default, the file's name, is one path component already and is kept, less the characters
+    no portable folder name has (`parse_text`'s file `<pipeline>` names runs `pipeline`).
     """
     value = doc.get("name")
+    # parse_text's "<pipeline>" would make runs/<pipeline>/: no folder name to type in a shell, nor to have on Windows
+    default = re.sub(r'[<>:"/\\|?*]', "", default)
     if not isinstance(value, str):  # absent: the file's name; another type: _scalar's error
         return _scalar(doc, "name", str, default if default not in ("", ".", "..") else "pipeline", source, errors)
     if NAME.match(value) and value not in (".", ".."):
@@ -521,12 +524,17 @@ def _plan_point(
             incomplete = True
             continue
         try:
-            stage = cls(**params)
+            stage = cls(registry, **params)  # the registry checked against: its functions, not the process's
         except AmemctlError as exc:
             if isinstance(exc, ParamError):
                 errors.add(_locate(exc, entry, whole, point, sweep, source))
             else:
                 errors.add(exc, where)
+            _assume_outputs(cls, params, entry, available)
+            incomplete = True
+            continue
+        except Exception as exc:  # a bug in the stage's check() or a function's check=: one message, not a traceback
+            errors.add(_check_crash(exc, cls, registry), where)
             _assume_outputs(cls, params, entry, available)
             incomplete = True
             continue
@@ -536,6 +544,18 @@ def _plan_point(
             available[name] = stage.name
         planned.append(PlannedStage(stage, where, entry.index))
     return PointPlan(point, planned, incomplete)
+
+
+def _check_crash(exc: Exception, cls: type, registry: Registry) -> StageCrash:
+    """A stage (or a function it chose) raised while checking its parameters: whose bug, and where in its code."""
+    found = culprit(exc, registry)
+    package = found.package if found is not None else registry.package_of("stages", cls.name)
+    at = f" at {found.where}" if found is not None else ""
+    return StageCrash(
+        f"stage {cls.name!r} crashed while checking its parameters: {type(exc).__name__}: {exc}",
+        hint=f"a bug in the package {package}{at}, not in the pipeline; parameters that do not go together "
+        "raise amemctl.ParamError(message, hint=..., param=NAME), which names the line to change",
+    )
 
 
 def _missing_field(exc: sweeps.MissingField, point: sweeps.Point, source: SourceMap, errors: _Collector) -> None:

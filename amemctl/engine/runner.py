@@ -47,6 +47,7 @@ from amemctl.engine.records import (
 )
 from amemctl.errors import AmemctlError, DeviceError, StageCrash
 from amemctl.models.tensor_files import load_tensors
+from amemctl.plugins import BUILTIN, KINDS, Registry, culprit
 
 
 @dataclass
@@ -386,11 +387,12 @@ def _run_point(
     task = bar.add_task(point.label(), total=len(steps), completed=first)
     for j in range(first, len(steps)):
         step = steps[j]
-        bar.update(task, description=f"{point.label()}: {step.describe()}")
         ctx.stage_seed = stage_seed(seed, step.parts[0].index)
         _seed_globals(ctx.stage_seed)
         start = time.perf_counter()
         try:
+            # inside the try: describe() makes the separation, and a plugin's may raise
+            bar.update(task, description=f"{point.label()}: {step.describe()}")
             step.run(ctx)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -407,15 +409,44 @@ def _run_point(
 
 
 def _crash(exc: Exception, step: Step, point: Point, pipeline: Pipeline, run_dir: Path) -> StageCrash:
-    """A StageCrash naming the stage, its package and pipeline line (the run record saves its traceback)."""
+    """A StageCrash naming the stage, the package to blame and the pipeline line (the run record saves its traceback)."""
     stage = step.parts[0].stage
-    package = pipeline.registry.package_of("stages", stage.name) if pipeline.registry is not None else "?"
-    blame = "amemctl (please report it)" if package == "amemctl" else f"the plugin package {package}"
+    registry = pipeline.registry
+    package = registry.package_of("stages", stage.name) if registry is not None else "?"
     return StageCrash(
         f"stage {stage.name!r} (package {package}) crashed ({point.label()}): {type(exc).__name__}: {exc}",
-        hint=f"a bug in {blame}, not in the pipeline; the traceback is in {run_dir / TRACEBACK}",
+        hint=f"{_blame(exc, step, package, registry)}, not in the pipeline; the traceback is in {run_dir / TRACEBACK}",
         location=step.parts[0].location,
     )
+
+
+def _blame(exc: Exception, step: Step, package: str, registry: Registry | None) -> str:
+    """Whose bug a crash is: the plugin whose code raised, else the stage's package, else a plugin function it chose.
+
+    A plugin's similarity, separation or corruption runs inside a built-in stage: without
+    this, a bug in it would be reported as amemctl's.
+    """
+    found = culprit(exc, registry) if registry is not None else None
+    if found is not None:
+        return f"a bug in the plugin package {found.package} (at {found.where})"
+    if package not in (BUILTIN, "?"):
+        return f"a bug in the plugin package {package}"
+    chosen = _plugin_choices(step, registry) if registry is not None else []
+    if chosen:
+        return f"a bug in amemctl (please report it) or in what a plugin gave it: {', '.join(chosen)}"
+    return "a bug in amemctl (please report it)"
+
+
+def _plugin_choices(step: Step, registry: Registry) -> list[str]:
+    """The plugin functions this step's stages dispatch to, as "kind 'name' (package)"."""
+    chosen = []
+    for part in step.parts:
+        for param, kind in part.stage.dispatch.items():
+            name = part.stage.settings.get(param)
+            owner = registry.package_of(kind, name) if isinstance(name, str) else BUILTIN
+            if owner not in (BUILTIN, "?"):
+                chosen.append(f"{KINDS[kind][1]} {name!r} ({owner})")
+    return chosen
 
 
 def _seed_globals(seed: int) -> None:
