@@ -30,7 +30,7 @@ def test_the_chunk_loop_stays_on_the_queries_device_and_never_reads_back(separat
     keys, values = TensorRows(torch.empty(40, 8, device=meta)), TensorRows(torch.empty(40, 3, device=meta))
     sep = make_separation(separation[0], **separation[1])
     for sim in SIMILARITIES.values():
-        out, index, score = _recall_block(q, keys, values, sim, sep, "negative", normalize, 16, 3)
+        out, index, score, _ = _recall_block(q, keys, values, sim, sep, "negative", normalize, 16, 3)
         assert out.shape == (5, 3) and index.shape == score.shape == (5,)
         assert out.device == index.device == score.device == meta, sim.name
 

@@ -179,3 +179,22 @@ def test_an_overflowing_separation_says_so():
     keys = torch.full((10, 4), 100.0)
     with pytest.raises(StageError, match="overflowed"):
         recall(torch.full((1, 4), 100.0), keys, separation=make_separation("polynomial", n=40, normalize=False))
+
+
+def test_queries_no_memory_weights_are_counted_and_the_run_says_so(run_text, caplog):
+    """A rectifier over negative distances weights every memory 0: retrieval returns zeros, and says how often."""
+    queries, keys, _ = _memory(n=3000, q=20)  # keys in [0, 1): a query of negative entries scores <= 0 on all of them
+    queries[5:] = -queries[5:]
+    queries[7, 0] = 5.0  # ... unless one entry outweighs the rest
+    plain = (queries @ keys.T).clamp_min(0).pow(2).sum(1) == 0
+    result = recall(queries, keys, similarity="dot", separation=make_separation("rectified_polynomial", n=2), budget=64 * 1024)
+    assert result.unweighted == int(plain.sum()) == 14
+    assert not result.output[plain].any() and result.output[~plain].abs().sum(1).gt(0).all()
+    assert recall(queries, keys, similarity="manhattan", separation="softmax").unweighted == 0
+    text = "data: {dataset: digits, limit: 60}\nstages:\n  - corrupt: {kind: gaussian, variance: 0.01}\n  - score: {similarity: manhattan}\n  - separate: {function: rectified_polynomial}\n  - project: {}\n  - evaluate: {}\n"
+    run = run_text(text)
+    said = "60 of 60 queries got weight 0 from every memory under rectified_polynomial(n=2, normalize=True) on manhattan scores"
+    assert said in caplog.text and said in (run.run_dir / "report.md").read_text()
+    caplog.clear()
+    run_text(text.replace("{function: rectified_polynomial}", "{function: softmax}"))
+    assert "got weight 0" not in caplog.text

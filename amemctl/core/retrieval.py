@@ -60,6 +60,8 @@ class Recall:
     output: Tensor  #: Q x (value shape): the projected values
     index: Tensor  #: Q, int64: the memory with the highest score (lowest index on ties)
     score: Tensor  #: Q: that memory's score
+    #: queries whose separation weighted every memory 0 (their output is zeros; `Reducer.unweighted`)
+    unweighted: int = 0
 
 
 def retrieve(
@@ -125,16 +127,19 @@ def recall(
     output = q.new_empty(q.shape[0], width)
     best_index = torch.empty(q.shape[0], dtype=torch.long, device=q.device)
     best_score = q.new_empty(q.shape[0])
+    unweighted = q.new_zeros((), dtype=torch.long)
     for start in range(0, q.shape[0], block_q):
         block = slice(start, start + block_q)
-        out, idx, score = _recall_block(
+        out, idx, score, none = _recall_block(
             q[block], key_rows, value_rows, sim, sep, distance_form, normalize_scores, block_n, width, shard, budget
         )
         output[block], best_index[block], best_score[block] = out, idx, score
-    return _checked(output, best_index, best_score, key_rows, value_rows, block_n)
+        if none is not None:
+            unweighted += none.sum()
+    return _checked(output, best_index, best_score, key_rows, value_rows, block_n, int(unweighted))
 
 
-def _checked(output: Tensor, best_index: Tensor, best_score: Tensor, key_rows: Rows, value_rows: Rows, block_n: int) -> Recall:
+def _checked(output: Tensor, best_index: Tensor, best_score: Tensor, key_rows: Rows, value_rows: Rows, block_n: int, unweighted: int = 0) -> Recall:
     """The Recall in the values' row shape, once its output and best scores are finite (every route).
 
     One sync; NaN keys give NaN best scores under max/top-k. Only on failure do the stored rows
@@ -142,7 +147,7 @@ def _checked(output: Tensor, best_index: Tensor, best_score: Tensor, key_rows: R
     """
     if not bool(torch.isfinite(output).all() & torch.isfinite(best_score).all()):
         _explain_non_finite(key_rows, value_rows, block_n)
-    return Recall(output.reshape(output.shape[0], *value_rows.row_shape), best_index, best_score)
+    return Recall(output.reshape(output.shape[0], *value_rows.row_shape), best_index, best_score, unweighted)
 
 
 def _tracks_grad(q: Tensor, *rows: Rows) -> bool:
@@ -186,8 +191,8 @@ def _recall_block(
     width: int,
     shard: Shard | None = None,
     budget: int = DEFAULT_BUDGET,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One block of queries against every chunk of stored memories (this rank's, with a shard)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """One block of queries against every chunk of stored memories (this rank's, with a shard), and its unweighted queries."""
     start = shard.start if shard else 0
 
     def scores_of(chunk: Tensor) -> Tensor:
@@ -234,7 +239,7 @@ def _recall_block(
     if shard is not None:
         reducer.merge(shard.group, local_values, start)
         best, best_index = _merge_best(best, best_index, shard.group)
-    return reducer.finish(local_values), best_index, best
+    return reducer.finish(local_values), best_index, best, reducer.unweighted()
 
 
 def _merge_best(best: Tensor, index: Tensor, group: object) -> tuple[Tensor, Tensor]:

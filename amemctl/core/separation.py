@@ -46,6 +46,14 @@ class Reducer(ABC):
     def finish(self, values: Rows) -> Tensor:
         """The projected output (rows x width) once every chunk has been seen."""
 
+    def unweighted(self) -> Tensor | None:
+        """Per query, whether the weights summed to 0 so its output is all zeros (after `finish`); None when it cannot be.
+
+        A rectifier or threshold over scores that are all at or below 0 (negative distances)
+        weights every memory 0, and retrieval silently returns zeros: callers say so.
+        """
+        return None
+
     def merge(self, group: object, values: Rows, start: int) -> None:
         """Combine this rank's state with every other rank's (torch.distributed), exactly.
 
@@ -121,6 +129,9 @@ class _WeightedSum(Reducer):
 
     def finish(self, values: Rows) -> Tensor:
         return _normalised(self.acc, self.total) if self.sep.normalize else self.acc
+
+    def unweighted(self) -> Tensor | None:
+        return (self.total == 0).reshape(-1) if self.sep.normalize else None  # `_normalised` zeroes these rows
 
     def merge(self, group: object, values: Rows, start: int) -> None:
         import torch.distributed as dist

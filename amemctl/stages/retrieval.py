@@ -8,6 +8,7 @@ pipeline's `budget`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 import torch
@@ -23,6 +24,8 @@ from amemctl.errors import StageError
 from amemctl.functions import SeparationFunction
 from amemctl.plugins import hookimpl
 from amemctl.stage import Fusion, Input, Output, Param, Stage
+
+log = logging.getLogger(__name__)
 
 
 class Score(Stage):
@@ -161,7 +164,20 @@ def run_fused(score: Score, separate: Separate, project: Project, ctx: Context) 
         ctx.metric("ranks", dist.get_world_size(ctx.group))
     else:
         result = recall(ctx[score.queries], keys, values, **options)
+    if result.unweighted:
+        _say_unweighted(ctx, result.unweighted, len(result.output), options["similarity"], options["separation"])
     ctx[project.output] = ACTIVATIONS[project.activation](result.output)
+
+
+def _say_unweighted(ctx: Context, count: int, queries: int, similarity: Similarity, separation: Separation) -> None:
+    """Warn (and note in the report) that some retrievals are zeros because no memory got any weight."""
+    text = (
+        f"{count} of {queries} queries got weight 0 from every memory under {separation.describe()} on {similarity.name} scores,"
+        " so their retrievals are all zeros. A rectifier or a threshold at 0 does this to negative distances: score with"
+        " `distance_form: inverse`, put the threshold below 0, or separate with softmax."
+    )
+    log.warning("%s: %s", ctx.point_label, text)
+    ctx.note("queries no memory weighted", text)
 
 
 def _iterate(score: Score, separate: Separate, project: Project, ctx: Context, keys, values) -> None:
