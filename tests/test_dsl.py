@@ -109,6 +109,13 @@ def test_all_problems_are_reported_together():
     assert "1:1: unknown key 'stagess'" in message and "2:7: `seed`" in message
 
 
+def test_problems_are_listed_in_the_order_of_the_file():
+    """Errors are found point by point: one only the second sweep value makes must still come in file order."""
+    text = "data: {dataset: digits, limit: 50}\nsweep:\n  sim: [cosine, cosin]\nstages:\n  - corrupt: {kind: gausian}\n  - score: {similarity: '${sim}'}\n  - separate: {function: softmax, bogus: 1}\n  - project: {}\n"
+    lines = [int(line.split(":")[1]) for line in error_of(text).splitlines() if line.startswith("bad.yaml:")]
+    assert lines == [3, 5, 7]
+
+
 def test_a_mistake_only_one_sweep_point_makes_is_found_before_running():
     text = GOOD.replace("beta: [1, 10]", "beta: [1, high]")
     assert "bad.yaml:4:13: parameter 'beta' must be a number, got 'high'" in error_of(text)

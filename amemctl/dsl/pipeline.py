@@ -72,7 +72,26 @@ class _Collector:
         if len(self.errors) == 1:
             raise self.errors[0]
         if self.errors:
-            raise PipelineErrors(self.errors)
+            raise PipelineErrors(self._in_reading_order())
+
+    def _in_reading_order(self) -> list[AmemctlError]:
+        """The errors by file (in the order first met), then line and column; those without a line last.
+
+        They are found stage by stage and point by point, not top to bottom; read as a list
+        they should follow the file as the user does.
+        """
+        files: dict[str, int] = {}
+        for error in self.errors:
+            if error.location is not None:
+                files.setdefault(error.location.file, len(files))
+
+        def place(error: AmemctlError) -> tuple[int, int, int]:
+            where = error.location
+            if where is None or where.line is None:
+                return (len(files), 0, 0)
+            return (files[where.file], where.line, where.column or 0)
+
+        return sorted(self.errors, key=place)
 
 
 @dataclass
