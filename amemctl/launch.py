@@ -156,7 +156,8 @@ def launch(nproc: int, arguments: list[str]) -> None:
         max_restarts=0,
         monitor_interval=0.1,
     )
-    handled = [getattr(signal, name.strip()) for name in config.signals_to_handle.split(",") if hasattr(signal, name.strip())]
+    names = getattr(config, "signals_to_handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT")  # a field of newer torch releases
+    handled = [getattr(signal, name.strip()) for name in names.split(",") if hasattr(signal, name.strip())]
     handlers = {signum: signal.getsignal(signum) for signum in handled}
     try:
         elastic_launch(config, sys.executable)("-m", "amemctl", *arguments)
