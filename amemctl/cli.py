@@ -20,7 +20,7 @@ os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import click
 from rich.console import Console
@@ -110,12 +110,41 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
     if nproc > 1 and not launch.in_worker():
         if resume_dir is not None:
             raise AmemctlError("--resume runs in one process", hint="leave out --nproc")
-        launch.launch(nproc, arguments)  # each rank runs this command without --nproc
+        with _exit_when_interrupted():  # rank 0 has printed how far the run got and how to resume it
+            launch.launch(nproc, arguments)  # each rank runs this command without --nproc
         return
     if not launch.in_worker():
         with _exit_when_interrupted():
             run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, **record)
         return
+    _run_rank(checked, out_root, device, quiet, record)
+
+
+def _run_rank(checked: Any, out_root: Path, device: str | None, quiet: bool, record: dict[str, Any]) -> NoReturn:
+    """One rank of an `--nproc` or torchrun run; ends the process: 0, or 128 + the signal that stopped it.
+
+    A stopped rank exits as a stopped one-process run does, without a traceback, so that the
+    launcher can tell an interrupted run from a failed one (launch.stopped_by); rank 0 has
+    recorded the run as interrupted and printed the line saying how to resume it. A failing
+    rank's error goes on to the CLI's message, naming the rank.
+    """
+    from amemctl import launch
+    from amemctl.engine.records import Interrupted, stop_signal
+
+    code = 0
+    try:
+        launch.stop_once()
+        _rank_work(checked, out_root, device, quiet, record)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        code = 128 + (stop_signal(exc) or 0)
+    launch.exit_worker(code)
+
+
+def _rank_work(checked: Any, out_root: Path, device: str | None, quiet: bool, record: dict[str, Any]) -> None:
+    """Join the group and run the pipeline: rank 0 writes the run folder, the others compute their shards in a scratch folder."""
+    from amemctl import launch
+    from amemctl.engine.runner import run_pipeline
+
     group, rank, device = launch.start_worker(device)
     finished = False
     try:
@@ -133,7 +162,6 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
         raise
     finally:
         launch.stop_worker(finished)
-    launch.exit_worker()
 
 
 @contextlib.contextmanager

@@ -13,11 +13,14 @@ import os
 import signal
 import sys
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from amemctl.errors import AmemctlError
+
+#: the signals that stop a run as interrupted (Ctrl-C, a scheduler's stop); the exit status is 128 + the signal
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def in_worker() -> bool:
@@ -68,8 +71,51 @@ def stop_worker(finished: bool) -> None:
         dist.destroy_process_group()
 
 
-def exit_worker() -> None:
-    """End a rank that finished and left its group: status 0, without the interpreter's teardown.
+def stop_once() -> None:
+    """From now on in this rank, the first SIGINT or SIGTERM raises Interrupted; any later one is ignored.
+
+    A rank is stopped by its launcher, which forwards the signal it got (Ctrl-C reaches the
+    launcher alone: torch starts each rank in a session of its own), and a scheduler may
+    signal every process as well, so a rank can get the same signal twice. The second must
+    not cut short rank 0's record of the interrupted run (run.json, the report, the line
+    saying how to resume), nor end the rank with a traceback; the launcher kills a rank that
+    takes longer than its shutdown timeout. Installed for the rank's whole life (it ends
+    through exit_worker), which is why the runner leaves these handlers in place (stopping_once).
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop_once)
+
+
+def stopping_once() -> bool:
+    """Whether stop_once's handlers are installed (or, once stopped, ignoring repeats): they already end this rank's run as interrupted."""
+    return signal.getsignal(signal.SIGTERM) in (_stop_once, _ignored)
+
+
+def _stop_once(signum: int, frame: Any) -> None:
+    """The first stop signal: ignore the next ones, and end the run as interrupted."""
+    from amemctl.engine.records import Interrupted
+
+    _ignore_stops()
+    raise Interrupted(signum)
+
+
+def _ignore_stops() -> None:
+    """From now on SIGINT and SIGTERM do nothing.
+
+    A handler that returns, not SIG_IGN: a signal that arrived before this one was handled
+    (two during one long torch call) still runs its Python handler afterwards, and finding
+    SIG_IGN there, Python prints "Signal 15 ignored due to race condition".
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _ignored)
+
+
+def _ignored(signum: int, frame: Any) -> None:
+    """A repeated stop signal: the rank is already stopping."""
+
+
+def exit_worker(code: int = 0) -> NoReturn:
+    """End a rank that left its group: with `code` (0, or 128 + the signal that stopped it), without the interpreter's teardown.
 
     Under load, about one run in fifty, a rank that had finished, passed the barrier and left
     its group still aborted in the teardown ("terminate called without an active exception",
@@ -78,16 +124,27 @@ def exit_worker() -> None:
     """
     import logging
 
+    _ignore_stops()  # the rank is ending: a late stop signal must not raise in here
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def launch(nproc: int, arguments: list[str]) -> None:
-    """Run `python -m amemctl <arguments>` on `nproc` local ranks and wait; a failed rank is an error naming it."""
+    """Run `python -m amemctl <arguments>` on `nproc` local ranks and wait.
+
+    A failed rank is an error naming it. A stop signal raises Interrupted, as in a one-process
+    run: the launcher's own (torch's handler raises SignalException, after passing the signal
+    to the ranks and waiting for them), or the ranks' alone (every rank that ended exited as
+    stopped, 128 + the signal, or was killed by it). Rank 0 has then recorded the run as
+    interrupted and printed how to resume it.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from amemctl.engine.records import Interrupted
 
     config = LaunchConfig(
         min_nodes=1,
@@ -99,12 +156,18 @@ def launch(nproc: int, arguments: list[str]) -> None:
         max_restarts=0,
         monitor_interval=0.1,
     )
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    names = getattr(config, "signals_to_handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT")  # a field of newer torch releases
+    handled = [getattr(signal, name.strip()) for name in names.split(",") if hasattr(signal, name.strip())]
+    handlers = {signum: signal.getsignal(signum) for signum in handled}
     try:
         elastic_launch(config, sys.executable)("-m", "amemctl", *arguments)
+    except SignalException as exc:
+        raise Interrupted(exc.sigval) from None
     except ChildFailedError as exc:
-        failed = sorted(exc.failures.items())
-        detail = "; ".join(f"rank {rank} exited with code {f.exitcode}" for rank, f in failed)
+        stopped = stopped_by(exc.failures)
+        if stopped is not None:
+            raise Interrupted(stopped) from None
+        detail = "; ".join(f"rank {rank} exited with code {f.exitcode}" for rank, f in sorted(exc.failures.items()))
         raise AmemctlError(
             f"the distributed run failed: {detail}",
             hint="the failing rank's own message is printed above; nothing was written to stores after the failure",
@@ -112,3 +175,16 @@ def launch(nproc: int, arguments: list[str]) -> None:
     finally:  # the launcher leaves handlers of its own (raising its SignalException) installed
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+def stopped_by(failures: dict[int, Any]) -> int | None:
+    """The stop signal that ended every failed rank (by its lowest rank), or None when one of them failed otherwise.
+
+    A rank stopped by SIGINT or SIGTERM exits with 128 + the signal (stop_once, cli), or is
+    killed by it (exit code -signal) before or after its handler is in place. When one rank
+    fails, the launcher stops the others with SIGTERM: that failure is then among them, and
+    the run failed.
+    """
+    stops = {code: int(signum) for signum in STOP_SIGNALS for code in (128 + signum, -signum)}
+    signals = [stops.get(failure.exitcode) for _, failure in sorted(failures.items())]
+    return signals[0] if signals and None not in signals else None

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +24,7 @@ from amemctl.core.retrieval import recall
 from amemctl.core.separation import make_separation
 from amemctl.store.memory import MemoryStore
 
+ROOT = Path(__file__).resolve().parent.parent
 CASES = [("softmax", {"beta": 5.0}), ("topk", {"k": 3}), ("max", {}), ("identity", {}), ("polynomial", {"n": 3})]
 
 
@@ -132,6 +138,77 @@ def test_a_failing_rank_fails_the_run_and_names_itself(tmp_path, capfd):
     assert "(rank 0) stage 'corrupt' failed" in proc.stderr or "(rank 1) stage 'corrupt' failed" in proc.stderr
     assert "the distributed run failed: rank" in proc.stderr
     assert not (tmp_path / "never.zarr").exists()
+
+
+SWEEP = """\
+name: small
+seed: 0
+data: {dataset: digits, limit: 600}
+sweep:
+  beta: [1, 3, 10, 30, 100, 300, 1000, 3000]
+  corruption: [{kind: gaussian, variance: 0.1}, {kind: mask_zero, fraction: 0.5}]
+stages:
+  - corrupt: ${corruption}
+  - score: {similarity: manhattan}
+  - separate: {function: softmax, beta: "${beta}"}
+  - project: {}
+  - evaluate: {threshold: 1.0}
+report:
+  tables: [{metric: error_index, rows: [corruption], columns: beta}]
+"""
+
+
+def _first_point(runs: Path, child: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until rank 0 has saved a point (or the launcher ended): no fixed sleep racing the run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.poll() is None and not list(runs.glob("small/*/points/*.pt")):
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_nproc_run_is_recorded_interrupted_and_resumes(tmp_path, signum, code):
+    """Ctrl-C or SIGTERM reaches the launcher alone (torch starts each rank in a session of its own);
+    it passes the signal on, rank 0 records the run interrupted and the command exits as a
+    one-process run does: 128 + the signal, one line saying how to resume, no traceback."""
+    from click.testing import CliRunner
+
+    from amemctl.cli import main
+    from amemctl.engine.records import read_record
+
+    (tmp_path / "small.yaml").write_text(SWEEP)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "amemctl", "run", "small.yaml", "--nproc", "2", "--quiet", "--device", "cpu", "--out", "runs"]
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        child = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=stdout, stderr=stderr)
+        _first_point(tmp_path / "runs", child)
+        child.send_signal(signum)
+        child.wait(timeout=120)
+    out, err = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    record = read_record(run_dir)
+    assert record["points_done"] < 16, "the run finished before it was signalled: make the sweep longer"
+    assert child.returncode == code, out + err
+    assert f"of 16 points; continue it with `amemctl run --resume runs/small/{run_dir.name}`" in out, out + err
+    assert "Traceback" not in out + err and "the distributed run failed" not in err, out + err
+    assert record["status"] == "interrupted" and record["error"]["type"] == "Interrupted", record
+    done = record["points_done"]
+    resumed = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    record = read_record(run_dir)
+    assert record["status"] == "finished" and record["points_done"] == 16 and record["points_reused"] == done
+    assert record["attempts"][0]["status"] == "interrupted"
+
+
+def test_ranks_stopped_by_a_signal_are_an_interruption_and_a_failed_rank_a_failure():
+    """The launcher's verdict when the ranks alone were signalled (a scheduler signalling every process but it)."""
+    failures = lambda *codes: {rank: SimpleNamespace(exitcode=code) for rank, code in enumerate(codes)}
+    assert launch.stopped_by(failures(143, -15)) == signal.SIGTERM
+    assert launch.stopped_by(failures(130)) == signal.SIGINT
+    assert launch.stopped_by(failures(-2, 143)) == signal.SIGINT  # the lowest rank's signal
+    assert launch.stopped_by(failures(2, 143)) is None  # rank 0 failed; the launcher then stopped rank 1
+    assert launch.stopped_by(failures(143, 1)) is None
+    assert launch.stopped_by(failures(-9)) is None  # SIGKILL: the kernel's OOM killer, not a stop request
+    assert launch.stopped_by({}) is None
 
 
 def _embed_worker(rank: int, world: int, port: int, out: str) -> None:

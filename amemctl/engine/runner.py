@@ -351,9 +351,13 @@ def _signals_interrupt() -> Iterator[None]:
     """While running, SIGTERM (a scheduler's stop) and SIGINT (Ctrl-C) end the run as interrupted, with its record.
 
     SIGINT is taken too rather than left to Python's KeyboardInterrupt: a library in the same
-    process (torch's elastic launcher) may have left a handler of its own for it.
+    process (torch's elastic launcher) may have left a handler of its own for it. An `--nproc`
+    rank keeps the handlers it has for its whole life (amemctl.launch.stop_once): they do the
+    same once, then ignore the signal the launcher passes on.
     """
-    if threading.current_thread() is not threading.main_thread():
+    from amemctl import launch
+
+    if threading.current_thread() is not threading.main_thread() or launch.stopping_once():
         yield
         return
 
