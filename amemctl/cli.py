@@ -129,11 +129,11 @@ def _run_rank(checked: Any, out_root: Path, device: str | None, quiet: bool, rec
     rank's error goes on to the CLI's message, naming the rank.
     """
     from amemctl import launch
-    from amemctl.engine.records import Interrupted, stop_signal
+    from amemctl.engine.records import Interrupted, stop_once, stop_signal
 
     code = 0
     try:
-        launch.stop_once()
+        stop_once()
         _rank_work(checked, out_root, device, quiet, record)
     except (KeyboardInterrupt, Interrupted) as exc:
         code = 128 + (stop_signal(exc) or 0)

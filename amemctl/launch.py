@@ -17,10 +17,8 @@ from typing import Any, NoReturn
 
 import torch
 
+from amemctl.engine.records import STOP_SIGNALS, ignore_stops
 from amemctl.errors import AmemctlError
-
-#: the signals that stop a run as interrupted (Ctrl-C, a scheduler's stop); the exit status is 128 + the signal
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def in_worker() -> bool:
@@ -71,49 +69,6 @@ def stop_worker(finished: bool) -> None:
         dist.destroy_process_group()
 
 
-def stop_once() -> None:
-    """From now on in this rank, the first SIGINT or SIGTERM raises Interrupted; any later one is ignored.
-
-    A rank is stopped by its launcher, which forwards the signal it got (Ctrl-C reaches the
-    launcher alone: torch starts each rank in a session of its own), and a scheduler may
-    signal every process as well, so a rank can get the same signal twice. The second must
-    not cut short rank 0's record of the interrupted run (run.json, the report, the line
-    saying how to resume), nor end the rank with a traceback; the launcher kills a rank that
-    takes longer than its shutdown timeout. Installed for the rank's whole life (it ends
-    through exit_worker), which is why the runner leaves these handlers in place (stopping_once).
-    """
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _stop_once)
-
-
-def stopping_once() -> bool:
-    """Whether stop_once's handlers are installed (or, once stopped, ignoring repeats): they already end this rank's run as interrupted."""
-    return signal.getsignal(signal.SIGTERM) in (_stop_once, _ignored)
-
-
-def _stop_once(signum: int, frame: Any) -> None:
-    """The first stop signal: ignore the next ones, and end the run as interrupted."""
-    from amemctl.engine.records import Interrupted
-
-    _ignore_stops()
-    raise Interrupted(signum)
-
-
-def _ignore_stops() -> None:
-    """From now on SIGINT and SIGTERM do nothing.
-
-    A handler that returns, not SIG_IGN: a signal that arrived before this one was handled
-    (two during one long torch call) still runs its Python handler afterwards, and finding
-    SIG_IGN there, Python prints "Signal 15 ignored due to race condition".
-    """
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _ignored)
-
-
-def _ignored(signum: int, frame: Any) -> None:
-    """A repeated stop signal: the rank is already stopping."""
-
-
 def exit_worker(code: int = 0) -> NoReturn:
     """End a rank that left its group: with `code` (0, or 128 + the signal that stopped it), without the interpreter's teardown.
 
@@ -124,7 +79,7 @@ def exit_worker(code: int = 0) -> NoReturn:
     """
     import logging
 
-    _ignore_stops()  # the rank is ending: a late stop signal must not raise in here
+    ignore_stops()  # the rank is ending: a late stop signal must not raise in here
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -180,7 +135,7 @@ def launch(nproc: int, arguments: list[str]) -> None:
 def stopped_by(failures: dict[int, Any]) -> int | None:
     """The stop signal that ended every failed rank (by its lowest rank), or None when one of them failed otherwise.
 
-    A rank stopped by SIGINT or SIGTERM exits with 128 + the signal (stop_once, cli), or is
+    A rank stopped by SIGINT or SIGTERM exits with 128 + the signal (records.stop_once, cli), or is
     killed by it (exit code -signal) before or after its handler is in place. When one rank
     fails, the launcher stops the others with SIGTERM: that failure is then among them, and
     the run failed.

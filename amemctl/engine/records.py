@@ -154,6 +154,51 @@ def stop_signal(error: BaseException) -> int | None:
     return None
 
 
+#: the signals that stop a run as interrupted (Ctrl-C, a scheduler's stop); the exit status is 128 + the signal
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_once() -> None:
+    """From now on in this rank, the first SIGINT or SIGTERM raises Interrupted; any later one is ignored.
+
+    A rank is stopped by its launcher, which forwards the signal it got (Ctrl-C reaches the
+    launcher alone: torch starts each rank in a session of its own), and a scheduler may
+    signal every process as well, so a rank can get the same signal twice. The second must
+    not cut short rank 0's record of the interrupted run (run.json, the report, the line
+    saying how to resume), nor end the rank with a traceback; the launcher kills a rank that
+    takes longer than its shutdown timeout. Installed for the rank's whole life (it ends
+    through amemctl.launch.exit_worker), which is why the runner leaves these handlers in place (stopping_once).
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop_once)
+
+
+def stopping_once() -> bool:
+    """Whether stop_once's handlers are installed (or, once stopped, ignoring repeats): they already end this rank's run as interrupted."""
+    return signal.getsignal(signal.SIGTERM) in (_stop_once, _ignored)
+
+
+def _stop_once(signum: int, frame: Any) -> None:
+    """The first stop signal: ignore the next ones, and end the run as interrupted."""
+    ignore_stops()
+    raise Interrupted(signum)
+
+
+def ignore_stops() -> None:
+    """From now on SIGINT and SIGTERM do nothing.
+
+    A handler that returns, not SIG_IGN: a signal that arrived before this one was handled
+    (two during one long torch call) still runs its Python handler afterwards, and finding
+    SIG_IGN there, Python prints "Signal 15 ignored due to race condition".
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _ignored)
+
+
+def _ignored(signum: int, frame: Any) -> None:
+    """A repeated stop signal: the rank is already stopping."""
+
+
 def count_text(done: int, total: int, repeats: int = 1) -> str:
     """How far a run got, in point runs (one repeat of one sweep point), as every message says it.
 

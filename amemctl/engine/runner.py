@@ -44,6 +44,7 @@ from amemctl.engine.records import (
     short_repr,
     status_of,
     stop_signal,
+    stopping_once,
 )
 from amemctl.errors import AmemctlError, DeviceError, StageCrash
 from amemctl.models.tensor_files import load_tensors
@@ -352,12 +353,10 @@ def _signals_interrupt() -> Iterator[None]:
 
     SIGINT is taken too rather than left to Python's KeyboardInterrupt: a library in the same
     process (torch's elastic launcher) may have left a handler of its own for it. An `--nproc`
-    rank keeps the handlers it has for its whole life (amemctl.launch.stop_once): they do the
+    rank keeps the handlers it has for its whole life (records.stop_once): they do the
     same once, then ignore the signal the launcher passes on.
     """
-    from amemctl import launch
-
-    if threading.current_thread() is not threading.main_thread() or launch.stopping_once():
+    if threading.current_thread() is not threading.main_thread() or stopping_once():
         yield
         return
 
