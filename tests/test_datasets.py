@@ -217,3 +217,14 @@ def test_mnist5k_is_parsed_once_per_file_and_each_load_gets_its_own_tensors(tmp_
     pixels2, _ = fabricate.mnist5k(tmp_path, seed=1)
     third = mnist5k.read_mnist5k(Request("all", tmp_path, False))
     assert len(parses) == 2 and torch.equal(third.images.reshape(len(pixels2), -1), torch.from_numpy(pixels2).float() / 255)
+
+
+def test_mnist5k_train_and_test_split_each_class_four_to_one(tmp_path):
+    from amemctl.data import mnist5k
+    from amemctl.data.datasets import Request
+
+    pixels, labels = fabricate.mnist5k(tmp_path, n_per_class=5)
+    train, test = (mnist5k.read_mnist5k(Request(split, tmp_path, False)) for split in ("train", "test"))
+    assert torch.bincount(train.labels).tolist() == [4] * 10 and torch.bincount(test.labels).tolist() == [1] * 10
+    rows = np.concatenate([np.flatnonzero(labels == c)[4:] for c in range(10)])  # each class's last image in file order
+    assert torch.equal((test.images.reshape(10, -1) * 255).round().to(torch.int64), torch.from_numpy(pixels[np.sort(rows)]))

@@ -62,8 +62,23 @@ def locate(root: Path) -> Path:
 _PARSED: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
+#: The share of each class in split `train`; the rest of each class is `test`.
+TRAIN_SHARE = 0.8
+
+
+def split_rows(labels: np.ndarray, split: str) -> np.ndarray:
+    """The rows of `split`: all, or of each class its first 80% in file order (train, 400 of 500) or the rest (test)."""
+    if split == "all":
+        return np.arange(len(labels))
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        rank[rows] = np.arange(len(rows)) - int(round(TRAIN_SHARE * len(rows)))
+    return np.flatnonzero(rank < 0 if split == "train" else rank >= 0)
+
+
 def read_mnist5k(request: Request) -> Loaded:
-    """The 5,000 digits as N x 1 x 28 x 28 float32 in [0, 1], labels 0..9 (fresh tensors per call)."""
+    """The 5,000 digits (or split train's 4,000, test's 1,000) as N x 1 x 28 x 28 float32 in [0, 1], labels 0..9 (fresh tensors per call)."""
     path = locate(request.root)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
@@ -72,6 +87,8 @@ def read_mnist5k(request: Request) -> Loaded:
         _PARSED.clear()
         _PARSED[key] = parsed
     pixels, labels = _PARSED[key]
+    rows = split_rows(labels, request.split)
+    pixels, labels = pixels[rows], labels[rows]
     images = torch.from_numpy(pixels).to(torch.float32).div_(255).reshape(-1, 1, 28, 28)
     return Loaded(images.contiguous(), torch.from_numpy(labels.copy()))
 

@@ -7,10 +7,11 @@ With the classification neurons started at -1, the one-step update of neuron alp
     b_mu = sum_i xi_i^mu v_i - sum_gamma xi_gamma^mu,
 
 with F the rectified polynomial energy max(x, 0)^n (or x^n) and temperature T (the paper's
-beta = 1/T^n). Read as a network, this is one hidden layer of K units with activation F'
-(the paper's duality): small n learns features, large n prototypes. Training minimises
-sum_alpha (c_alpha - t_alpha)^(2m) with momentum and per-memory normalised gradients, and
-clips memories to [-1, 1] after every step (the loop: amemctl.training.dam).
+beta = 1/T^n: beta F(x) = F(x / T) for a polynomial of order n). Read as a network, this is
+one hidden layer of K units with activation F' (the paper's duality): small n learns
+features, large n prototypes. Training minimises sum_alpha (c_alpha - t_alpha)^(2m) with
+the authors' momentum updates normalised per memory, and clips memories to [-1, 1] after
+every step (the loop: amemctl.training.dam).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ class DenseAssociativeMemory(nn.Module):
     def __init__(self, visible: int, classes: int, memories: int, n: float, rectified: bool = True, seed: int = 0) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        # the paper's initialisation: normal with mean -0.3 and standard deviation 0.3
-        self.xi = nn.Parameter((-0.3 + 0.3 * random.randn((memories, visible + classes), generator)).clamp(-1, 1))
+        # the authors' initialisation: normal with mean -0.3 and standard deviation 0.3, not
+        # clipped (their code clips to [-1, 1] only after each update)
+        self.xi = nn.Parameter(-0.3 + 0.3 * random.randn((memories, visible + classes), generator))
         self.visible, self.classes, self.n, self.rectified = visible, classes, n, rectified
         self.temperature = 1.0
 
     def F(self, x: Tensor) -> Tensor:
+        """The energy's vertex: max(x, 0)^n, or x^n when not rectified."""
         return x.clamp_min(0).pow(self.n) if self.rectified else x.pow(self.n)
 
     def inputs(self, v: Tensor) -> Tensor:
@@ -62,5 +65,5 @@ def bipolar(images: Tensor) -> Tensor:
 
 @torch.no_grad()
 def accuracy(model: DenseAssociativeMemory, images: Tensor, labels: Tensor) -> float:
-    predicted = model(bipolar(images).to(model.xi.device)).argmax(1).cpu()
+    predicted = model(bipolar(images).to(model.xi)).argmax(1).cpu()
     return (predicted == labels.cpu()).float().mean().item()

@@ -25,11 +25,16 @@ class TrainDAM(Stage):
     n = Param(float, 3, "order of the energy F(x) = max(x, 0)^n", min=1)
     memories = Param(int, 100, "number of memories K (hidden units)", min=1)
     rectified = Param(bool, True, "F = max(x, 0)^n; false gives x^n")
-    temperature = Param(float, None, "T of F(b / T) (default: the 99th percentile of the initial inputs)", min=0)
-    power = Param(int, 1, "m of the loss sum (c - t)^(2m); larger focuses on misclassified images (the paper: up to 30)", min=1)
+    temperature = Param(float, None, "T of F(b / T), beta = 1/T^n (default: the 99th percentile of the initial inputs)", min=0)
+    temperature_final = Param(float, None, "T reached after `ramp` epochs, linearly (default: no ramp)", min=0)
+    ramp = Param(int, 0, "epochs of the linear temperature ramp (the authors' thresh_pret)", min=0)
+    power = Param(int, 1, "m of the loss sum (c - t)^(2m); larger focuses on misclassified images (the authors: 30)", min=1)
     epochs = Param(int, 100, "passes over the training images", min=0)
-    batch_size = Param(int, 100, "images per step", min=1)
-    lr = Param(float, 2e-2, "initial learning rate (decays by 0.998 per epoch; momentum 0.6)", min=0)
+    batch_size = Param(int, 100, "images per step; each epoch takes only full minibatches, like the authors' code", min=1)
+    lr = Param(float, 2e-2, "initial learning rate eps0: the largest change of a memory's entry in one step", min=0)
+    decay = Param(float, 0.998, "the learning rate's factor per epoch (the authors' f)", min=0)
+    momentum = Param(float, 0.6, "momentum p of the velocity that each step normalises per memory", min=0)
+    double = Param(bool, False, "compute in float64, the authors' numpy precision (slower; m = 30 underflows float32)")
     shown = Param(int, 24, "memories drawn in figures/memories.png", min=0)
     input = Input("patterns", "training images")
     labels = Input("labels", "their labels, 0 .. C-1")
@@ -49,11 +54,12 @@ class TrainDAM(Stage):
             raise StageError(f"{len(images)} images but {len(labels)} labels")
         classes = int(labels.max()) + 1
         seed = ctx.stage_seed % 2**31
-        config = {k: self.settings[k] for k in ("n", "memories", "rectified", "temperature", "power", "epochs", "batch_size", "lr")}
+        config = {k: self.settings[k] for k in ("n", "memories", "rectified", "temperature", "temperature_final", "ramp", "power", "epochs", "batch_size", "lr", "decay", "momentum", "double")}
         checkpointing = Checkpointing.for_stage(ctx, default_folder(), f"{ctx.provenance.get('pipeline', 'run')}-dam", {**config, "seed": seed}, images, labels)
         model, losses = train_dam(
-            images, labels, classes, memories=self.memories, n=self.n, temperature=self.temperature, rectified=self.rectified,
-            power=self.power, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed, device=ctx.device, checkpointing=checkpointing,
+            images, labels, classes, memories=self.memories, n=self.n, temperature=self.temperature, temperature_final=self.temperature_final,
+            ramp=self.ramp, rectified=self.rectified, power=self.power, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            decay=self.decay, momentum=self.momentum, double=self.double, seed=seed, device=ctx.device, checkpointing=checkpointing,
         )
         ctx[self.output] = model
         ctx.metric("dam_train_accuracy", accuracy(model, images, labels))
