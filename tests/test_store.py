@@ -84,7 +84,7 @@ def test_arrays_are_checked_once_per_read_and_again_after_a_write(tmp_path, monk
     assert opened.count("patterns") == 2
 
 
-def test_forget_then_compact(tmp_path):
+def test_forget_then_compact(tmp_path, monkeypatch):
     path = tmp_path / "s.zarr"
     store = MemoryStore.create(path, chunk_bytes=512)
     x = _images(60)
@@ -97,7 +97,14 @@ def test_forget_then_compact(tmp_path):
     # a forgotten row is never retrieved, even by its exact copy
     result = recall(x[4:5], reader.rows("patterns"), similarity="euclidean", separation="max")
     assert int(live[result.index]) != 4
+    read = []
+    load = MemoryStore._load
+    monkeypatch.setattr(MemoryStore, "_load", lambda self, name, *a: read.append((name, len(data := load(self, name, *a)))) or data)
     dropped = store.compact()
+    monkeypatch.undo()
+    rows = store._array("patterns").chunks[0]
+    copied = [n for name, n in read if name != "alive"]  # the alive mask (a byte a row) is read whole
+    assert len(copied) > 3 and max(copied) <= rows < len(live), "compaction reads a chunk's worth of rows at a time, never a whole array"
     compacted = MemoryStore.open(path)
     assert dropped == 60 - len(live) and compacted.count == len(live)
     assert torch.equal(compacted.ids(), live)

@@ -482,12 +482,20 @@ class MemoryStore:
         return dropped
 
     def _copy_live(self, tmp: Path, attrs: dict, live: np.ndarray, dropped: int) -> None:
-        """Write the rows `live` of this store as a new store at `tmp` (compaction's copy)."""
+        """Write the rows `live` of this store as a new store at `tmp` (compaction's copy).
+
+        One storage chunk's worth of rows at a time, so compacting a store larger than memory
+        holds about two chunks (the rows read, and the chunk being written), never an array.
+        """
         new = MemoryStore._create_at(tmp, chunk_bytes=attrs["chunk_bytes"], compression=attrs["compression"], checksum=attrs["checksum"], description=attrs["description"])
         new_attrs = new.attrs
         for name in ["ids", *attrs["arrays"]]:
-            raw = self._load(name, lambda a: a.get_orthogonal_selection((live,)) if len(live) else a[0:0])
-            new._write_rows(name, raw, 0, new_attrs, like=self._array(name), spec=attrs["arrays"].get(name))
+            like, spec = self._array(name), attrs["arrays"].get(name)
+            step = int(like.chunks[0])
+            for start in range(0, max(len(live), 1), step):  # an empty store still gets its (empty) arrays
+                rows = live[start : start + step]
+                raw = self._load(name, lambda a, rows=rows: a.get_orthogonal_selection((rows,)) if len(rows) else a[0:0])
+                new._write_rows(name, raw, start, new_attrs, like=like, spec=spec)
         new._write_rows("alive", np.ones(len(live), np.uint8), 0, new_attrs)
         new_attrs.update(
             {k: attrs[k] for k in ("created", "next_id", "spaces", "provenance", "arrays", "chunk_rows")},
