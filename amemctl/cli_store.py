@@ -107,26 +107,16 @@ def show(path: Path, selection: str, space: str, output: Path) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help=".npz file to write.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def export(path: Path, output: Path, force: bool) -> None:
-    """Write the live rows of every array of PATH (and their ids) to one .npz file."""
-    import os
-
-    import numpy as np
-
+    """Write the live rows of every array of PATH (and their ids) to one .npz file, a chunk at a time."""
+    from amemctl.store.export import export_npz
     from amemctl.store.memory import MemoryStore
 
     if output.suffix != ".npz":
         raise StoreError(f"export writes a .npz file, not {output.name}", hint=f"name it {output.with_suffix('.npz').name}")
     if output.exists() and not force:
         raise StoreError(f"{output} already exists", hint="choose another name, or add --force to overwrite it")
-    s = MemoryStore.open(path)
-    arrays = {"ids": s.ids().numpy()}
-    for name in s.arrays:
-        arrays[name.replace("/", "__")] = s.to_tensor(name).numpy()
-    partial = output.with_name(f".{output.name}.partial")
-    with open(partial, "wb") as f:  # a file object: numpy adds no suffix of its own
-        np.savez_compressed(f, **arrays)
-    os.replace(partial, output)
-    click.echo(f"wrote {output}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
+    shapes = export_npz(MemoryStore.open(path), output)
+    click.echo(f"wrote {output}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
 
 
 @store.command()

@@ -45,6 +45,28 @@ def test_show_and_export(store_path, tmp_path):
     assert data["patterns"].shape == (40, 1, 8, 8) and data["ids"].tolist() == list(range(40))
 
 
+def test_export_writes_what_the_store_holds_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """Every array's live rows, decoded as to_tensor decodes them, while reading no more than a chunk's rows at once."""
+    path = tmp_path / "s.zarr"
+    store = MemoryStore.create(path, chunk_bytes=3 * 8 * 8)  # 3 images of uint8 a chunk
+    images = torch.randint(0, 256, (40, 1, 8, 8)).float() / 255
+    store.append(patterns=images, labels=torch.arange(40) % 4, keys={"pca": torch.randn(40, 5)}, storage={"patterns": "uint8"})
+    store.forget(ids=[0, 7, 8, 39])
+    taken = []
+    take = MemoryStore.take
+    monkeypatch.setattr(MemoryStore, "take", lambda self, name, rows: taken.append(len(rows)) or take(self, name, rows))
+    npz = tmp_path / "s.npz"
+    result = _invoke("store", "export", path, "-o", npz)
+    assert result.exit_code == 0, result.output
+    assert max(taken) <= 3 < 36, "export reads a storage chunk's worth of rows at a time"
+    monkeypatch.undo()
+    data, again = np.load(npz), MemoryStore.open(path)
+    assert sorted(data.files) == ["ids", "keys__pca", "labels", "patterns"]
+    for entry, name in (("patterns", "patterns"), ("labels", "labels"), ("keys__pca", "keys/pca")):
+        assert np.array_equal(data[entry], again.to_tensor(name).numpy()), entry
+    assert data["ids"].tolist() == again.ids().tolist() == [i for i in range(40) if i not in (0, 7, 8, 39)]
+
+
 def test_forget_by_id_and_label_then_compact(store_path):
     result = _invoke("store", "forget", store_path, "--ids", "1,2", "--label", "3", "--compact")
     assert result.exit_code == 0, result.output
