@@ -23,6 +23,7 @@ from amemctl.core.distributed import shard_range
 from amemctl.core.retrieval import recall
 from amemctl.core.separation import make_separation
 from amemctl.store.memory import MemoryStore
+from tests.test_runs import SWEEP as RUNS_SWEEP
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = [("softmax", {"beta": 5.0}), ("topk", {"k": 3}), ("max", {}), ("identity", {}), ("polynomial", {"n": 3})]
@@ -140,22 +141,8 @@ def test_a_failing_rank_fails_the_run_and_names_itself(tmp_path, capfd):
     assert not (tmp_path / "never.zarr").exists()
 
 
-SWEEP = """\
-name: small
-seed: 0
-data: {dataset: digits, limit: 600}
-sweep:
-  beta: [1, 3, 10, 30, 100, 300, 1000, 3000]
-  corruption: [{kind: gaussian, variance: 0.1}, {kind: mask_zero, fraction: 0.5}]
-stages:
-  - corrupt: ${corruption}
-  - score: {similarity: manhattan}
-  - separate: {function: softmax, beta: "${beta}"}
-  - project: {}
-  - evaluate: {threshold: 1.0}
-report:
-  tables: [{metric: error_index, rows: [corruption], columns: beta}]
-"""
+#: test_runs' sweep, long enough (16 points of 600 digits) to be signalled halfway
+SWEEP = RUNS_SWEEP.replace("limit: 200", "limit: 600").replace("[1, 10, 100, 1000]", "[1, 3, 10, 30, 100, 300, 1000, 3000]").replace("  - report: {count: 3}\n", "")
 
 
 def _first_point(runs: Path, child: subprocess.Popen, timeout: float = 180) -> None:
