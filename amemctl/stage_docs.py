@@ -37,10 +37,25 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
             lines.append(f"| `{key}` | {ROLES[param.role]} | {param.type_name()} | {default} | {doc.replace('|', '/')} |")
         for key, kind in cls.dispatch.items():
             lines += ["", f"`{key}` chooses one of the [{kind}](#{kind}); its parameters are written beside it."]
+        recorded = default_metrics(cls)
+        if recorded:
+            lines += ["", f"Records (with its defaults), for `report:` tables and curves: {', '.join(f'`{m}`' for m in recorded)}."]
         lines.append("")
     for kind in ("similarities", "separations", "corruptions", "encoders"):
         lines += _functions(registry, kind, package)
     return "\n".join(lines)
+
+
+def default_metrics(cls: type) -> list[str]:
+    """The metrics a stage records when configured with its defaults (none known when it needs parameters).
+
+    `metrics()` belongs to a configured stage (evaluate's depend on its `prefix` and `labels`),
+    so a stage with required parameters cannot say without them.
+    """
+    try:
+        return list(cls().metrics())
+    except Exception:  # a required parameter, or a plugin stage that cannot be built bare
+        return []
 
 
 def _functions(registry: Registry, kind: str, package: str | None) -> list[str]:

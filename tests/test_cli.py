@@ -123,6 +123,9 @@ def test_stages_lists_and_describes():
     assert "did you mean 'softmax'?" in _invoke("stages", "softmx").output  # among every kind, not the stages only
     preset = _invoke("stages", "mchn")  # `- model: mchn` is a preset, not a stage
     assert preset.exit_code == 0 and "| mchn | dot       | softmax(beta)" in preset.output
+    evaluate = _invoke("stages", "evaluate")  # the metric names a `report:` table needs
+    assert "records (with its defaults), for `report:` tables and curves: error_index, error_pixels, mse" in evaluate.output
+    assert "records" not in _invoke("stages", "score").output.splitlines()[-1]
 
 
 def test_a_missing_file_is_exit_2(tmp_path):
