@@ -79,8 +79,14 @@ def test_iteration_stops_at_a_fixed_point():
 
 
 def test_presets_expand_to_the_classic_models():
-    assert presets.expand("hn") == [("score", {"similarity": "dot"}), ("separate", {"function": "identity", "normalize": False}), ("project", {"activation": "sign"})]
-    assert presets.expand({"name": "dam", "n": 10, "rectified": True})[1] == ("separate", {"function": "rectified_polynomial", "n": 10, "normalize": False})
+    assert presets.expand("hn") == [("score", {"similarity": "dot"}), ("separate", {"function": "identity", "normalize": False}), ("project", {"activation": "sign", "flip": True})]
+    assert presets.expand({"name": "hn", "form": "uhn"})[2] == ("project", {"activation": "sign"})
+    assert presets.expand({"name": "dam", "n": 10, "rectified": True})[1] == ("separate", {"function": "rectified_polynomial", "n": 9, "normalize": False})
+    assert presets.expand({"name": "dam", "n": 10, "form": "uhn"})[1:] == [("separate", {"function": "polynomial", "n": 10, "normalize": False}), ("project", {"activation": "sign"})]
+    for bad, message in [({"name": "dam", "n": 1}, "needs n >= 2"), ({"name": "hn", "form": "krotov"}, "hn has no form 'krotov'"),
+                         ({"name": "mchn", "form": "uhn"}, "takes no form"), ({"name": "hn", "form": "uhn", "update": "asynchronous"}, "single-shot")]:
+        with pytest.raises(PipelineError, match=message):
+            presets.expand(bad)
     assert presets.expand({"name": "sdm", "radius": 5})[1] == ("separate", {"function": "threshold", "t": -5.0, "normalize": True})
     assert presets.expand({"name": "uhn", "memory": "keys", "output": "out"}) == [
         ("score", {"similarity": "manhattan", "memory": "keys"}),
@@ -115,7 +121,7 @@ def test_asynchronous_updates_only_for_the_classical_network(run_text):
     base = "data: {dataset: digits, limit: 40}\nstages:\n  - corrupt: {kind: salt_pepper, p: 0.02}\n  - binarize: {}\n  - model: MODEL\n  - evaluate: {}\n"
     metrics = run_text(base.replace("MODEL", "{name: hn, update: asynchronous, steps: 5, energy: true}")).points[0].metrics
     assert metrics["energy_increases"] == 0 and 1 <= metrics["iterations"] <= 5
-    with pytest.raises(Exception, match="asynchronous updates are the classical Hopfield network's"):
+    with pytest.raises(Exception, match="energy-flip updates .* are the classical Hopfield network's"):
         run_text(base.replace("MODEL", "{name: mchn, update: asynchronous}"))
 
 
@@ -131,3 +137,123 @@ def test_iteration_keeps_float64_queries_in_float64():
     for _ in range(2):
         state = torch.softmax(20.0 * state @ keys.T, 1) @ keys
     torch.testing.assert_close(result.state, state, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Each preset against a plain reference written from its paper's equations, on tiny
+# fabricated patterns: loops over neurons and memories, float64, no amemctl code.
+
+
+def _preset(spec, patterns, queries, stage_seed=0):
+    """The retrieval a `- model: SPEC` entry makes of `queries` against `patterns`, run as the engine runs it."""
+    from amemctl.context import Context
+    from amemctl.plugins import build_registry
+    from amemctl.stages.retrieval import Project, Score, Separate, run_fused
+
+    registry, stages = build_registry(), dict(presets.expand(spec))
+    ctx = Context(torch.device("cpu"), 0, 2**28, run_dir=None, stage_seed=stage_seed)
+    ctx["patterns"], ctx["queries"] = patterns, queries
+    run_fused(Score(registry, **stages["score"]), Separate(registry, **stages["separate"]), Project(registry, **stages["project"]), ctx)
+    return ctx["retrieved"], ctx
+
+
+def _hopfield_1982_field(x, s, i):
+    """sum_{j != i} T_ij s_j with T_ij = sum_mu x_mu,i x_mu,j (Hopfield 1982: T_ii = 0)."""
+    return sum(float(x[mu, i] * x[mu, j] * s[j]) for mu in range(len(x)) for j in range(len(s)) if j != i)
+
+
+def _krotov_field(x, s, i, F):
+    """Krotov & Hopfield 2016 eq. 3, inside the Sign: sum_mu F(x_mu,i + a) - F(-x_mu,i + a), a = sum_{j != i} x_mu,j s_j."""
+    total = 0.0
+    for mu in range(len(x)):
+        a = sum(float(x[mu, j] * s[j]) for j in range(len(s)) if j != i)
+        total += F(float(x[mu, i]) + a) - F(-float(x[mu, i]) + a)
+    return total
+
+
+def _threshold_update(s, field):
+    """+1 above 0, -1 below, unchanged at 0 (Hopfield 1982's threshold rule)."""
+    return 1.0 if field > 0 else -1.0 if field < 0 else float(s)
+
+
+def _synchronous(x, queries, field):
+    return torch.tensor([[_threshold_update(q[i], field(x, q, i)) for i in range(len(q))] for q in queries.double()])
+
+
+def _tiny(p=6, n=12, q=5, flips=2, seed=4):
+    x = _bipolar(p, n, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    queries = x[:q].clone()
+    for row in queries:
+        row[torch.randperm(n, generator=g)[:flips]] *= -1
+    return x, queries
+
+
+def test_hn_is_hopfield_1982_zero_diagonal_and_form_uhn_keeps_the_self_coupling():
+    x, queries = _tiny()
+    ours, _ = _preset("hn", x, queries)
+    assert torch.equal(ours.double(), _synchronous(x, queries, _hopfield_1982_field))
+    uhn, _ = _preset({"name": "hn", "form": "uhn"}, x, queries)
+    assert torch.equal(uhn, torch.where(queries @ x.T @ x >= 0, 1.0, -1.0))  # UHN paper: sign(M^T M q)
+    assert not torch.equal(ours, uhn)  # the self-coupling N q_i changes the answer here
+
+
+def test_hn_asynchronous_follows_one_random_order_per_sweep_with_zero_diagonal():
+    x, queries = _tiny(p=4, n=10, flips=3)
+    ours, ctx = _preset({"name": "hn", "update": "asynchronous", "steps": 4}, x, queries, stage_seed=3)
+    g, state, expected = ctx.rng("cpu"), queries.double().clone(), None
+    for _ in range(4):
+        order = torch.randperm(x.shape[1], generator=g).tolist()
+        for s in state:
+            for i in order:
+                s[i] = _threshold_update(s[i], _hopfield_1982_field(x, s, i))
+        expected = state.clone()
+    assert torch.equal(ours.double(), expected)  # a fixed point stays put, so further sweeps change nothing
+
+
+@pytest.mark.parametrize("n,rectified", [(2, False), (3, False), (4, False), (5, True)])
+def test_dam_is_krotov_hopfield_2016_energy_difference(n, rectified):
+    x, queries = _tiny(p=8, n=12, flips=3)
+    F = (lambda v: max(v, 0.0) ** n) if rectified else (lambda v: v**n)
+    ours, _ = _preset({"name": "dam", "n": n, "rectified": rectified}, x, queries)
+    assert torch.equal(ours.double(), _synchronous(x, queries, lambda x_, s, i: _krotov_field(x_, s, i, F)))
+    if n == 2 and not rectified:  # F(x) = x^2 is the classical network
+        assert torch.equal(ours, _preset("hn", x, queries)[0])
+
+
+def test_dam_form_uhn_is_the_polynomial_separation_of_dot_scores():
+    x, queries = _tiny(p=8, n=12, flips=3)
+    ours, _ = _preset({"name": "dam", "n": 3, "form": "uhn"}, x, queries)
+    assert torch.equal(ours, torch.where((queries @ x.T).pow(3) @ x >= 0, 1.0, -1.0))
+
+
+def test_dam_asynchronous_updates_never_raise_krotovs_energy():
+    from amemctl.core.dynamics import flip_update
+
+    x, queries = _tiny(p=30, n=16, q=10, flips=5)
+    result = flip_update(queries, x, make_separation("polynomial", n=3, normalize=False), steps=6, update="asynchronous",
+                         generator=torch.Generator().manual_seed(0), track_energy=True)
+    assert result.guaranteed and result.increases(slack=0) == 0 and len(result.energies) >= 3
+    krotov = -((result.state.double() @ x.T.double()) ** 4).sum(1) / 4  # E = -sum_mu F(x_mu . s), F = x^4 / 4
+    torch.testing.assert_close(result.energies[-1], krotov + 16 / 2)  # ours adds |s|^2 / 2, constant for bipolar s
+
+
+def test_mchn_is_ramsauer_softmax_update():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    xi = x[:3] + 0.3 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    ours, _ = _preset({"name": "mchn", "beta": 2.0}, x, xi)
+    expected = torch.stack([x.T @ torch.softmax(2.0 * x @ q, 0) for q in xi])  # xi_new = X softmax(beta X^T xi)
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_sdm_reads_the_majority_of_the_patterns_within_the_radius():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 2, (9, 16), generator=g).float()
+    queries = x[:4].clone()
+    queries[:, :3] = 1 - queries[:, :3]
+    ours, _ = _preset({"name": "sdm", "radius": 6}, x, queries)
+    for q, out in zip(queries, ours):
+        near = [p for p in x if int((p != q).sum()) <= 6]  # the UHN form: each pattern its own hard location
+        votes = torch.stack(near).mean(0)
+        assert torch.equal(out, (votes > 0.5).float())

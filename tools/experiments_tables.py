@@ -28,7 +28,7 @@ import yaml
 
 from amemctl.engine.runs import summarise
 
-MARKER = re.compile(r"<!-- table (?P<pipeline>[^:]+): (?P<title>.+?) -->\n.*?<!-- /table -->", re.S)
+MARKER = re.compile(r"<!-- table (?P<pipeline>[^:\n]+): (?P<title>[^\n]+?) -->\n.*?<!-- /table -->", re.S)  # one line: prose that names the marker is no marker
 
 
 def tables(run_dir: Path) -> dict[str, list[str]]:

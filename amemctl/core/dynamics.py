@@ -8,13 +8,17 @@ integral F is convex, the energy
 
 never increases from one step to the next (the update is the concave-convex procedure). For
 other pairs the energy is still reported when it can be written, flagged as not guaranteed.
-The classical Hopfield network, E(s) = -1/2 s^T W s with W = M^T M and a zero diagonal,
-never increases under asynchronous (one neuron at a time) sign updates.
+For bipolar states, `flip_update` is the original models' update instead: each neuron takes
+the sign for which E(s) = -sum_mu F(m_mu . s) is lower (Krotov & Hopfield 2016, eq. 3). With
+F(x) = x^2 / 2 (the identity) that is the classical Hopfield network (Hopfield 1982), whose
+E(s) = -1/2 s^T W s, W = M^T M with a zero diagonal, never increases under asynchronous (one
+neuron at a time) updates; the same holds for every F.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -22,7 +26,7 @@ from torch import Tensor
 from amemctl.core import random
 from amemctl.core.retrieval import DEFAULT_BUDGET, recall
 from amemctl.core.rows import Rows, materialize
-from amemctl.core.separation import Elementwise, Separation, Softmax
+from amemctl.core.separation import Elementwise, Separation, Softmax, make_separation
 from amemctl.core.similarity import Similarity, get_similarity
 from amemctl.errors import StageError
 
@@ -140,35 +144,106 @@ def iterate(
     return Iteration(state, taken, converged, energies, with_energy and energy_guaranteed(sim, separation, activation))
 
 
+def flip_field(state: Tensor, patterns: Tensor, separation: Elementwise, budget: int = 2**24) -> Tensor:
+    """Per neuron i, E(s with s_i = -1) - E(s with s_i = +1), for E(s) = -sum_mu F(m_mu . s).
+
+    F is the separation's integral (F' = separation), so with the polynomial x^(n-1) this is
+    Krotov & Hopfield's (2016, eq. 3) sum_mu F(m_mu,i + a_mu,i) - F(-m_mu,i + a_mu,i), a_mu,i
+    the overlap without neuron i; with the identity it is twice the classical network's field
+    sum_{j != i} W_ij s_j, W = M^T M with a zero diagonal. Positive: s_i = +1 has the lower
+    energy. Computed in float64 (x^20 of overlaps in the hundreds overflows float32), over
+    chunks of memories so that Q x chunk x D stays within `budget` elements.
+    """
+    integral = _integral(separation)
+    s = state.reshape(len(state), -1).double()
+    m = patterns.reshape(len(patterns), -1).to(s)
+    field = s.new_zeros(s.shape)
+    chunk = max(1, budget // max(1, s.numel()))
+    for start in range(0, len(m), chunk):
+        mc = m[start : start + chunk]
+        rest = (s @ mc.T)[:, :, None] - mc[None] * s[:, None, :]  # Q x n x D: each overlap without neuron i
+        field += (integral(rest + mc[None]) - integral(rest - mc[None])).sum(1)
+    return field
+
+
+def flip_update(
+    queries: Tensor,
+    patterns: "Tensor | Rows",
+    separation: Separation,
+    *,
+    steps: int = 1,
+    update: str = "synchronous",
+    generator: torch.Generator | None = None,
+    track_energy: bool = False,
+) -> Iteration:
+    """Bipolar neurons set to whichever sign gives the lower energy E(s) = -sum_mu F(m_mu . s).
+
+    Krotov & Hopfield (2016) eq. 3 with F the separation's integral (polynomial x^(n-1): their
+    F(x) = x^n up to a factor 1/n; rectified likewise); the identity gives the classical
+    Hopfield network (Hopfield 1982: W = M^T M, zero diagonal). A neuron whose two energies tie
+    keeps its state. `synchronous` updates every neuron from the same state (one step);
+    `asynchronous` visits the neurons one at a time in a random order per sweep, each seeing the
+    others' new states, which never raises the energy. A query stops once a step or sweep
+    leaves it unchanged (a fixed point), else after `steps`.
+    """
+    if update not in ("synchronous", "asynchronous"):
+        raise StageError(f"unknown update {update!r}", hint="use synchronous or asynchronous")
+    if not (isinstance(separation, Elementwise) and separation.name in _INTEGRALS and not separation.normalize):
+        raise StageError(f"energy-flip updates need a separation with a known integral, unnormalised; not {separation.describe()}",
+                         hint="use identity, square, polynomial or rectified_polynomial with normalize: false")
+    m = materialize(patterns).reshape(len(patterns), -1).double()
+    if not torch.all((m == 1) | (m == -1)):
+        raise StageError("energy-flip updates (classical Hopfield network, dense associative memory) store bipolar patterns (+1/-1)",
+                         hint="add a `binarize` stage (bipolar: true) before storing")
+    shape = queries.shape
+    s = torch.where(queries.reshape(len(queries), -1) >= 0, 1.0, -1.0).double()
+    energies = [energy(s, m, separation)] if track_energy else []
+    taken = torch.full((len(s),), steps, dtype=torch.long, device=s.device)
+    converged = torch.zeros(len(s), dtype=torch.bool, device=s.device)
+    for step in range(1, steps + 1):
+        before = s.clone()
+        if update == "synchronous":
+            field = flip_field(s, m, separation)
+            s = torch.where(field > 0, 1.0, torch.where(field < 0, -1.0, s))
+        else:
+            _sweep(s, m, _integral(separation), random.randperm(s.shape[1], generator).tolist())
+        s = torch.where(converged[:, None], before, s)
+        if track_energy:
+            energies.append(energy(s, m, separation))
+        newly = ~converged & (s == before).all(1)
+        taken = torch.where(newly, step, taken)
+        converged |= newly
+        if bool(converged.all()):
+            break
+    out = s.reshape(shape).to(queries.dtype if queries.is_floating_point() else torch.float32)
+    return Iteration(out, taken, converged, energies, guaranteed=track_energy and update == "asynchronous")
+
+
+def _sweep(s: Tensor, m: Tensor, integral: Callable[[Tensor], Tensor], order: list[int]) -> None:
+    """One asynchronous sweep in place: each neuron in `order` takes the sign of lower energy."""
+    overlaps = s @ m.T  # Q x N, kept current as neurons flip
+    for i in order:
+        mi = m[:, i]
+        rest = overlaps - s[:, i : i + 1] * mi
+        field = (integral(rest + mi) - integral(rest - mi)).sum(1)
+        new = torch.where(field > 0, 1.0, torch.where(field < 0, -1.0, s[:, i]))
+        overlaps += (new - s[:, i])[:, None] * mi
+        s[:, i] = new
+
+
 def hopfield_asynchronous(queries: Tensor, patterns: "Tensor | Rows", steps: int, generator: torch.Generator | None = None, track_energy: bool = False) -> Iteration:
     """The classical Hopfield network with neuron-by-neuron sign updates (W = M^T M, zero diagonal).
 
     Each sweep visits every neuron once in a random order; a state that a whole sweep leaves
-    unchanged is a fixed point, and the query stops there.
+    unchanged is a fixed point, and the query stops there. `flip_update` with the identity.
     """
-    m = materialize(patterns).reshape(len(patterns), -1).float()
-    if not torch.all((m == 1) | (m == -1)):
-        raise StageError("the classical Hopfield network stores bipolar patterns (+1/-1)", hint="add a `binarize` stage (bipolar: true) before storing")
-    shape = queries.shape
-    s = torch.where(queries.reshape(len(queries), -1).float() >= 0, 1.0, -1.0)
-    weights = m.T @ m
-    weights.fill_diagonal_(0)
-    energies = [-0.5 * ((s @ weights) * s).sum(1)] if track_energy else []
-    taken = torch.full((len(s),), steps, dtype=torch.long, device=s.device)
-    converged = torch.zeros(len(s), dtype=torch.bool, device=s.device)
-    for sweep in range(1, steps + 1):
-        before = s.clone()
-        for i in random.randperm(s.shape[1], generator).tolist():
-            field_i = s @ weights[:, i]
-            s[:, i] = torch.where(field_i > 0, 1.0, torch.where(field_i < 0, -1.0, s[:, i]))
-        if track_energy:
-            energies.append(-0.5 * ((s @ weights) * s).sum(1))
-        newly = ~converged & (s == before).all(1)
-        taken = torch.where(newly, sweep, taken)
-        converged |= newly
-        if bool(converged.all()):
-            break
-    return Iteration(s.reshape(shape), taken, converged, energies, guaranteed=track_energy)
+    return flip_update(queries, patterns, make_separation("identity", normalize=False), steps=steps, update="asynchronous", generator=generator, track_energy=track_energy)
+
+
+def _integral(separation: Elementwise) -> Callable[[Tensor], Tensor]:
+    """F with F' = the separation, as a function of the overlaps alone."""
+    fn, params = _INTEGRALS[separation.name], separation.params
+    return lambda x: fn(x, params)
 
 
 def _floating(x: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import torch
 
 from amemctl.context import Context
 from amemctl.core import separation as sep
-from amemctl.core.dynamics import ACTIVATIONS, hopfield_asynchronous, iterate
+from amemctl.core.dynamics import ACTIVATIONS, energy_defined, flip_update, iterate
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
 from amemctl.core.separation import Separation
@@ -111,6 +111,8 @@ class Project(Stage):
     """Project weights onto stored values: the keys (auto-association) or other rows (hetero).
 
     `activation` is the neurons' output nonlinearity (sign for the classical Hopfield network).
+    `flip` (and `update: asynchronous`) replace the projection by the energy-difference update
+    of bipolar neurons (Krotov & Hopfield 2016; the classical network with the identity).
     With `steps` > 1 the output is fed back as the next query (auto-association), until it
     moves less than `tolerance`; `energy: true` records the energy at every step.
     """
@@ -120,13 +122,18 @@ class Project(Stage):
     steps = Param(int, 1, "retrieval steps, each output the next query (auto-association)", min=1)
     tolerance = Param(float, None, "stop a query once its state moves less than this (max absolute change)", min=0)
     energy = Param(bool, False, "record the energy at every step (defined for the dot similarity)")
-    update = Param(str, "synchronous", "synchronous, or asynchronous: the classical network's neuron-by-neuron updates", choices=["synchronous", "asynchronous"])
+    update = Param(str, "synchronous", "synchronous, or asynchronous: neuron by neuron in a random order, each taking the sign of lower energy (implies flip)", choices=["synchronous", "asynchronous"])
+    flip = Param(bool, False, "bipolar neurons take the sign of lower energy -sum F(m . s), F the separation's integral: Krotov & Hopfield 2016's update; with identity the classical network's zero-diagonal rule (dot, sign, unnormalised separation)")
     weights = Input("weights", "Q x N weights")
     values = Input("patterns", "the stored values (N x ...): the keys themselves, or their hetero partners")
     output = Output("retrieved", "the retrieved values, Q x (value shape)")
 
     def iterative(self) -> bool:
-        return self.steps > 1 or self.energy or self.update == "asynchronous"
+        return self.steps > 1 or self.energy or self.flips()
+
+    def flips(self) -> bool:
+        """Whether neurons take the sign of lower energy instead of the projection's sign."""
+        return self.flip or self.update == "asynchronous"
 
     def metrics(self) -> list[str]:
         return ["iterations", "converged", "energy_increases"] if self.iterative() else []
@@ -184,10 +191,16 @@ def _iterate(score: Score, separate: Separate, project: Project, ctx: Context, k
     if values is not None:
         raise StageError("iterated retrieval feeds outputs back as queries, so values must be the keys (auto-association)", hint="project onto the scored memory, or use steps: 1")
     sim, separation = score.similarity_fn(), separate.separation()
-    if project.update == "asynchronous":
-        if not (sim.name == "dot" and separation.name == "identity" and project.activation == "sign"):
-            raise StageError("asynchronous updates are the classical Hopfield network's: dot, identity (normalize: false) and sign", hint="use `- model: {name: hn, update: asynchronous}`")
-        result = hopfield_asynchronous(ctx[score.queries], keys, project.steps, ctx.rng("cpu"), project.energy)
+    if project.flips():
+        if not (sim.name == "dot" and energy_defined(sim, separation) and not isinstance(separation, sep.Softmax) and project.activation == "sign"):
+            raise StageError(
+                "energy-flip updates (flip: true, update: asynchronous) are the classical Hopfield network's and the dense associative memory's:"
+                " dot, sign and an unnormalised identity or polynomial separation",
+                hint="use `- model: {name: hn, update: asynchronous}` or `- model: dam`",
+            )
+        if score.distance_form != "negative" or score.normalize:
+            raise StageError("energy-flip updates use plain dot scores", hint="drop distance_form and normalize from the score stage")
+        result = flip_update(ctx[score.queries], keys, separation, steps=project.steps, update=project.update, generator=ctx.rng("cpu"), track_energy=project.energy)
     else:
         if score.distance_form != "negative" or score.normalize:
             raise StageError("iterated retrieval uses plain scores", hint="drop distance_form and normalize from the score stage")
