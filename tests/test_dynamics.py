@@ -238,6 +238,20 @@ def test_dam_asynchronous_updates_never_raise_krotovs_energy():
     torch.testing.assert_close(result.energies[-1], krotov + 16 / 2)  # ours adds |s|^2 / 2, constant for bipolar s
 
 
+@pytest.mark.parametrize("update", ["synchronous", "asynchronous"])
+def test_energy_flip_updates_in_blocks_of_queries_within_the_budget_answer_the_same(update):
+    """Each query's Q x N overlaps (and the synchronous field's Q x N x D) stay within the budget by taking fewer queries at a time."""
+    from amemctl.core.dynamics import flip_update
+
+    x, queries = _tiny(p=30, n=16, q=10, flips=5)
+    separation = make_separation("polynomial", n=3, normalize=False)
+
+    def run(budget):
+        return flip_update(queries, x, separation, steps=3, update=update, generator=torch.Generator().manual_seed(1), budget=budget).state
+
+    assert torch.equal(run(8 * 4 * 30), run(2**28))  # one query at a time against all at once
+
+
 def test_mchn_is_ramsauer_softmax_update():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 5, generator=g, dtype=torch.float64)

@@ -175,6 +175,7 @@ def flip_update(
     update: str = "synchronous",
     generator: torch.Generator | None = None,
     track_energy: bool = False,
+    budget: int = DEFAULT_BUDGET,
 ) -> Iteration:
     """Bipolar neurons set to whichever sign gives the lower energy E(s) = -sum_mu F(m_mu . s).
 
@@ -184,7 +185,8 @@ def flip_update(
     keeps its state. `synchronous` updates every neuron from the same state (one step);
     `asynchronous` visits the neurons one at a time in a random order per sweep, each seeing the
     others' new states, which never raises the energy. A query stops once a step or sweep
-    leaves it unchanged (a fixed point), else after `steps`.
+    leaves it unchanged (a fixed point), else after `steps`. Queries are taken in blocks whose
+    overlaps with the memories (Q x N, float64) stay within `budget` bytes.
     """
     if update not in ("synchronous", "asynchronous"):
         raise StageError(f"unknown update {update!r}", hint="use synchronous or asynchronous")
@@ -203,10 +205,13 @@ def flip_update(
     for step in range(1, steps + 1):
         before = s.clone()
         if update == "synchronous":
-            field = flip_field(s, m, separation)
+            field = flip_field(s, m, separation, budget // (8 * 4))  # float64 elements: the overlaps and their temporaries
             s = torch.where(field > 0, 1.0, torch.where(field < 0, -1.0, s))
         else:
-            _sweep(s, m, _integral(separation), random.randperm(s.shape[1], generator).tolist())
+            order = random.randperm(s.shape[1], generator).tolist()
+            block = max(1, budget // (8 * 4 * len(m)))  # the overlaps and three temporaries of their size
+            for start in range(0, len(s), block):  # each query's neurons flip on their own: a view is updated in place
+                _sweep(s[start : start + block], m, _integral(separation), order)
         s = torch.where(converged[:, None], before, s)
         if track_energy:
             energies.append(energy(s, m, separation))

@@ -200,7 +200,7 @@ def _iterate(score: Score, separate: Separate, project: Project, ctx: Context, k
             )
         if score.distance_form != "negative" or score.normalize:
             raise StageError("energy-flip updates use plain dot scores", hint="drop distance_form and normalize from the score stage")
-        result = flip_update(ctx[score.queries], keys, separation, steps=project.steps, update=project.update, generator=ctx.rng("cpu"), track_energy=project.energy)
+        result = flip_update(ctx[score.queries], keys, separation, steps=project.steps, update=project.update, generator=ctx.rng("cpu"), track_energy=project.energy, budget=ctx.budget)
     else:
         if score.distance_form != "negative" or score.normalize:
             raise StageError("iterated retrieval uses plain scores", hint="drop distance_form and normalize from the score stage")
