@@ -141,15 +141,21 @@ def _run_rank(checked: Any, out_root: Path, device: str | None, quiet: bool, rec
 
 
 def _rank_work(checked: Any, out_root: Path, device: str | None, quiet: bool, record: dict[str, Any]) -> None:
-    """Join the group and run the pipeline: rank 0 writes the run folder, the others compute their shards in a scratch folder."""
+    """Join the group and run the pipeline: rank 0 writes the run folder, the others compute their shards in a scratch folder.
+
+    A failing rank reports its error to the launcher (launch.report_failure) before it leaves
+    the group, so its report is older than the errors its peers then get from a broken
+    collective: the launcher records the first failure in rank 0's run folder.
+    """
     from amemctl import launch
+    from amemctl.engine.records import ignore_stops
     from amemctl.engine.runner import run_pipeline
 
     group, rank, device = launch.start_worker(device)
     finished = False
     try:
-        if rank == 0:
-            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group, **record)
+        if rank == 0:  # the launcher learns where the run folder is, to record another rank's failure there
+            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group, announce=launch.announce_run_folder, **record)
         else:  # the other ranks compute their shards; rank 0 alone reports
             import io
             import tempfile
@@ -157,8 +163,11 @@ def _rank_work(checked: Any, out_root: Path, device: str | None, quiet: bool, re
             with tempfile.TemporaryDirectory() as scratch:
                 run_pipeline(checked, out_root=scratch, device=device, console=Console(file=io.StringIO()), progress=False, group=group)
         finished = True
-    except AmemctlError as exc:
-        exc.message = f"(rank {rank}) {exc.message}"
+    except Exception as exc:  # not a stop signal: the launcher needs this rank's message and when it failed
+        ignore_stops()  # the rank ends with its own error: the launcher's SIGTERM must not cut that short with an Interrupted traceback
+        if isinstance(exc, AmemctlError):
+            exc.message = f"(rank {rank}) {exc.message}"
+        launch.report_failure(exc)
         raise
     finally:
         launch.stop_worker(finished)

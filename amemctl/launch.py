@@ -9,16 +9,29 @@ alone writes stores, the run folder and the report. NCCL on GPUs, gloo on CPUs.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
+import time
+import traceback
 import uuid
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Any, Iterator, NoReturn
 
 import torch
 
-from amemctl.engine.records import STOP_SIGNALS, ignore_stops
-from amemctl.errors import AmemctlError
+from amemctl.engine.records import STOP_SIGNALS, RunRecord, ignore_stops, write_atomically
+from amemctl.errors import AmemctlError, RunFolderError
+
+#: the file in which rank 0 of an `--nproc` run writes the path of its run folder (set by launch)
+RUN_FOLDER_ENV = "AMEMCTL_RUN_FOLDER_FILE"
+#: where torch's launcher (elastic agent) reads a failed rank's error, in the format of torch's @record
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
 
 
 def in_worker() -> bool:
@@ -86,6 +99,41 @@ def exit_worker(code: int = 0) -> NoReturn:
     os._exit(code)
 
 
+def announce_run_folder(run_dir: Path) -> None:
+    """Tell the `--nproc` launcher where rank 0's run folder is; nothing under torchrun, which names no file.
+
+    When another rank fails, the launcher stops rank 0, whose record then says interrupted
+    (or running, or failed with an echo of the other rank's failure): the launcher corrects
+    it (record_failure). Best effort: a file that cannot be written must not fail the run.
+    """
+    path = os.environ.get(RUN_FOLDER_ENV)
+    if path:
+        with contextlib.suppress(OSError):
+            write_atomically(Path(path), str(run_dir.resolve()))
+
+
+def report_failure(error: BaseException) -> None:
+    """Leave this rank's error where torch's launcher reads it, with the time it failed.
+
+    The file is the one torch names in TORCHELASTIC_ERROR_FILE, in the format its @record
+    writes (ProcessFailure.message): the launcher puts the failing rank's message in the
+    run's record, and tells the first failure from its echoes in the other ranks (a peer's
+    collective that breaks when this rank leaves) by `failed_at`. An amemctl error is the
+    user's, told without a traceback; a bug keeps its traceback.
+    """
+    path = os.environ.get(ERROR_FILE_ENV)
+    if not path:
+        return
+    if isinstance(error, AmemctlError):
+        message = details = error.render()
+    else:
+        message = f"{type(error).__name__}: {error}"
+        details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    info = {"py_callstack": details, "timestamp": str(int(time.time())), "failed_at": time.time()}
+    with contextlib.suppress(OSError):
+        write_atomically(Path(path), json.dumps({"message": {"message": message, "extraInfo": info}}))
+
+
 def launch(nproc: int, arguments: list[str]) -> None:
     """Run `python -m amemctl <arguments>` on `nproc` local ranks and wait.
 
@@ -93,7 +141,9 @@ def launch(nproc: int, arguments: list[str]) -> None:
     run: the launcher's own (torch's handler raises SignalException, after passing the signal
     to the ranks and waiting for them), or the ranks' alone (every rank that ended exited as
     stopped, 128 + the signal, or was killed by it). Rank 0 has then recorded the run as
-    interrupted and printed how to resume it.
+    interrupted and printed how to resume it. After a failure, rank 0's record is made to
+    say failed, with the message of the rank that failed first (record_failure): stopped by
+    the launcher, rank 0 had recorded an interruption.
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -114,14 +164,17 @@ def launch(nproc: int, arguments: list[str]) -> None:
     names = getattr(config, "signals_to_handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT")  # a field of newer torch releases
     handled = [getattr(signal, name.strip()) for name in names.split(",") if hasattr(signal, name.strip())]
     handlers = {signum: signal.getsignal(signum) for signum in handled}
+    run_folder = os.path.join(tempfile.mkdtemp(prefix="amemctl-launch-"), "run-folder")  # rank 0 writes its run folder's path there
     try:
-        elastic_launch(config, sys.executable)("-m", "amemctl", *arguments)
+        with _environment(RUN_FOLDER_ENV, run_folder):
+            elastic_launch(config, sys.executable)("-m", "amemctl", *arguments)
     except SignalException as exc:
         raise Interrupted(exc.sigval) from None
     except ChildFailedError as exc:
         stopped = stopped_by(exc.failures)
         if stopped is not None:
             raise Interrupted(stopped) from None
+        record_failure(Path(run_folder), exc.failures)
         detail = "; ".join(f"rank {rank} exited with code {f.exitcode}" for rank, f in sorted(exc.failures.items()))
         raise AmemctlError(
             f"the distributed run failed: {detail}",
@@ -130,6 +183,80 @@ def launch(nproc: int, arguments: list[str]) -> None:
     finally:  # the launcher leaves handlers of its own (raising its SignalException) installed
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+        shutil.rmtree(os.path.dirname(run_folder), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[str]:
+    """Set an environment variable (the ranks inherit it) for the duration, then restore it."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield value
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def record_failure(folder_file: Path, failures: dict[int, Any]) -> None:
+    """After a failed run, make rank 0's record say so, naming the rank that failed first; unless rank 0 failed first itself.
+
+    The launcher stopped rank 0 when another rank failed: its run.json then says
+    interrupted (or running, or failed with an echo of that failure). A finished record
+    is never touched (RunRecord.fail_elsewhere); nor is a damaged one, nor a run that
+    made no run folder. Every rank has ended when this runs, so nothing else writes the record.
+    """
+    first = first_failure(failures)
+    if first is None or first[0] == 0:
+        return
+    try:
+        run_dir = Path(folder_file.read_text())
+    except OSError:  # rank 0 made no run folder
+        return
+    message, details = failure_text(*first)
+    with contextlib.suppress(RunFolderError, OSError):
+        RunRecord.load(run_dir).fail_elsewhere(message, details)
+
+
+def first_failure(failures: dict[int, Any]) -> tuple[int, Any] | None:
+    """The rank that failed first (earliest `failed_at` in its error file), and its failure; None when every rank was stopped.
+
+    Ranks stopped by a signal (the launcher stops the others when one fails) did not
+    fail. A rank that failed without an error file (killed, or gone before reporting)
+    comes after those that have one: its time is unknown.
+    """
+    stops = _stop_codes()
+    failed = [(rank, f) for rank, f in failures.items() if f.exitcode not in stops]
+    return min(failed, key=lambda item: (_failed_at(item[1]), item[0]), default=None)
+
+
+def _failed_at(failure: Any) -> float:
+    """When a rank failed, from the error file report_failure wrote; infinity when unknown."""
+    info = failure.message.get("extraInfo", {}) if isinstance(failure.message, dict) else {}
+    at = info.get("failed_at") if isinstance(info, dict) else None
+    return float(at) if isinstance(at, (int, float)) and math.isfinite(at) else math.inf
+
+
+def failure_text(rank: int, failure: Any) -> tuple[str, str]:
+    """A failed rank's message for run.json, naming the rank and its exit code, and what error.txt adds to it (its traceback)."""
+    message = failure.message
+    if isinstance(message, dict):  # an error file: report_failure's, or torch's @record's
+        info = message.get("extraInfo", {})
+        text = str(message.get("message", ""))
+        details = str(info.get("py_callstack", text)) if isinstance(info, dict) else text
+    elif failure.exitcode < 0:
+        text = details = f"killed by signal {failure.signal_name()}"
+    else:
+        text, details = "", f"it left no message; its own output says why (exit code {failure.exitcode})"
+    head = f"rank {rank} failed (exit code {failure.exitcode})"
+    return (f"{head}: {text}" if text else head), ("" if details == text else details)
+
+
+def _stop_codes() -> dict[int, int]:
+    """The exit codes of a rank stopped by SIGINT or SIGTERM (128 + the signal, or -signal when killed by it), to the signal."""
+    return {code: int(signum) for signum in STOP_SIGNALS for code in (128 + signum, -signum)}
 
 
 def stopped_by(failures: dict[int, Any]) -> int | None:
@@ -140,6 +267,6 @@ def stopped_by(failures: dict[int, Any]) -> int | None:
     fails, the launcher stops the others with SIGTERM: that failure is then among them, and
     the run failed.
     """
-    stops = {code: int(signum) for signum in STOP_SIGNALS for code in (128 + signum, -signum)}
+    stops = _stop_codes()
     signals = [stops.get(failure.exitcode) for _, failure in sorted(failures.items())]
     return signals[0] if signals and None not in signals else None

@@ -141,6 +141,83 @@ def test_a_failing_rank_fails_the_run_and_names_itself(tmp_path, capfd):
     assert not (tmp_path / "never.zarr").exists()
 
 
+#: a test-only plugin: `fail_rank` fails on one rank of a distributed run, at the Nth point it runs there
+FAIL_RANK_PLUGIN = """\
+import torch.distributed as dist
+
+from amemctl import AmemctlError, Param, Stage, hookimpl
+
+
+class FailRank(Stage):
+    \"\"\"Fail on `rank` at the `call`th point this process runs (never in one process).\"\"\"
+
+    name = "fail_rank"
+    rank = Param(int, 1, "the rank that fails")
+    call = Param(int, 3, "the point (counted in this process) at which it fails")
+    calls = 0
+
+    def run(self, ctx):
+        type(self).calls += 1
+        if ctx.distributed and dist.get_rank(ctx.group) == self.rank and type(self).calls == self.call:
+            raise AmemctlError(f"rank {self.rank} fails on purpose")
+
+
+@hookimpl
+def amemctl_register_stages():
+    return [FailRank]
+"""
+
+
+def _fail_rank_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a subprocess that has the `fail_rank` plugin installed (a dist-info with its entry point)."""
+    site = tmp_path / "site"
+    info = site / "failrank-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "failrank.py").write_text(FAIL_RANK_PLUGIN)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: failrank\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[amemctl]\nfailrank = failrank\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_rank_failing_partway_is_recorded_failed_by_rank_0_and_resumes(tmp_path, rank):
+    """Rank `rank` fails at its third point; the launcher then stops the other rank with SIGTERM.
+
+    Stopped, rank 0 recorded the run interrupted (or left it running, or failed with an echo of
+    the peer's failure, a broken collective): the record must say failed, naming the rank that
+    failed and its message. Rank 0 failing itself records its own error. Either way the run
+    resumes. Rank 0 saved at least two points: rank 1 reached its third point's end only after
+    rank 0 joined that point's collective, which it does after saving the second.
+    """
+    from amemctl.engine.records import read_record
+
+    sweep = RUNS_SWEEP.replace("  - report: {count: 3}\n", "").replace("  - evaluate:", f"  - fail_rank: {{rank: {rank}, call: 3}}\n  - evaluate:")
+    (tmp_path / "small.yaml").write_text(sweep)
+    env = _fail_rank_env(tmp_path)
+    command = [sys.executable, "-m", "amemctl", "run", "small.yaml", "--nproc", "2", "--quiet", "--device", "cpu", "--out", "runs"]
+    proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert f"(rank {rank}) stage 'fail_rank' failed" in proc.stderr, output
+    assert "the distributed run failed: rank 0 exited with code" in proc.stderr and "Traceback" not in output, output
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    record = read_record(run_dir)
+    assert record["status"] == "failed" and record["ended"] is not None, record
+    assert f"rank {rank} fails on purpose" in record["error"]["message"], record
+    if rank == 1:  # the launcher's correction names the rank and its exit code
+        assert record["error"]["message"].startswith("rank 1 failed (exit code 2): ") and record["error"]["type"] == "RankFailed", record
+    else:  # rank 0's own record of its own failure
+        assert record["error"]["type"] != "RankFailed", record
+    assert f"rank {rank} fails on purpose" in (run_dir / record["error"]["traceback"]).read_text()
+    done = record["points_done"]
+    assert 2 <= done < 8, record
+    resumed = subprocess.run([sys.executable, "-m", "amemctl", "run", "--resume", str(run_dir), "--quiet"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    record = read_record(run_dir)
+    assert record["status"] == "finished" and record["points_done"] == 8 and record["points_reused"] == done, record
+    assert record["attempts"][0]["status"] == "failed"
+
+
 #: test_runs' sweep, long enough (16 points of 600 digits) to be signalled halfway
 SWEEP = RUNS_SWEEP.replace("limit: 200", "limit: 600").replace("[1, 10, 100, 1000]", "[1, 3, 10, 30, 100, 300, 1000, 3000]").replace("  - report: {count: 3}\n", "")
 
@@ -196,6 +273,25 @@ def test_ranks_stopped_by_a_signal_are_an_interruption_and_a_failed_rank_a_failu
     assert launch.stopped_by(failures(143, 1)) is None
     assert launch.stopped_by(failures(-9)) is None  # SIGKILL: the kernel's OOM killer, not a stop request
     assert launch.stopped_by({}) is None
+
+
+def test_the_first_rank_to_fail_is_blamed_and_a_finished_record_is_never_rewritten(tmp_path):
+    """first_failure: the earliest error file, past ranks the launcher stopped and those that left none; fail_elsewhere spares a finished run."""
+    from amemctl.engine.records import RunRecord, read_record
+
+    def failure(code, at=None, message="boom"):
+        return SimpleNamespace(exitcode=code, message={"message": message, "extraInfo": {"failed_at": at}} if at is not None else "")
+
+    assert launch.first_failure({0: failure(2, at=5.0), 1: failure(2, at=4.0)})[0] == 1  # rank 0's error echoes rank 1's
+    assert launch.first_failure({0: failure(143), 1: failure(1)})[0] == 1  # no error file: still the failure
+    assert launch.first_failure({0: failure(2, at=4.0), 1: failure(-15)})[0] == 0
+    assert launch.first_failure({0: failure(143), 1: failure(-15)}) is None
+    assert launch.failure_text(1, failure(2, at=1.0, message="bad")) == ("rank 1 failed (exit code 2): bad", "")
+    RunRecord.start(tmp_path, pipeline="p", file="p.yaml", overrides=[], command=["amemctl"], points=1, headline=None).finish()
+    folder = tmp_path / "folder"
+    folder.write_text(str(tmp_path))
+    launch.record_failure(folder, {0: failure(143), 1: failure(2, at=1.0)})
+    assert read_record(tmp_path)["status"] == "finished" and not (tmp_path / "error.txt").exists()
 
 
 def _embed_worker(rank: int, world: int, port: int, out: str) -> None:

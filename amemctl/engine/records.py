@@ -131,6 +131,31 @@ class RunRecord:
             self.data["error"] = {"type": type(error).__name__, "message": message, "traceback": TRACEBACK}
         self.save()
 
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunRecord":
+        """The record of an existing run folder, checked (load_record): a RunFolderError when it is not amemctl's or is damaged."""
+        return cls(run_dir, load_record(run_dir))
+
+    def fail_elsewhere(self, message: str, details: str) -> bool:
+        """Record the run as failed by an error another process saw (an `--nproc` rank); False, and nothing written, once finished.
+
+        The process that wrote the record may have ended it as interrupted (the launcher
+        stopped it after another rank failed), left it running (stopped while ending it),
+        or failed with an echo of the other rank's failure (a collective whose peer is gone).
+        Only the process that wrote the record can say the run finished, so a finished
+        record is never touched. error.txt gets `message` and `details` (a traceback, or empty);
+        what that process wrote there is kept below them.
+        """
+        if self.data.get("status") == "finished":
+            return False
+        own = self.run_dir / TRACEBACK
+        before = own.read_text(errors="replace") if own.is_file() else ""
+        kept = f"\nWhat the run's own process recorded before this:\n\n{before}" if before else ""
+        write_atomically(own, "\n\n".join(part for part in (message, details) if part) + "\n" + kept)
+        self.data.update(status="failed", ended=self.data.get("ended") or now(), error={"type": "RankFailed", "message": message, "traceback": TRACEBACK})
+        self.save()
+        return True
+
 
 class Interrupted(BaseException):
     """The process was asked to stop (SIGTERM, as cluster schedulers send before a kill).

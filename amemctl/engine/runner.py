@@ -120,13 +120,16 @@ def run_pipeline(
     overrides: "list[str] | tuple[str, ...]" = (),
     command: list[str] | None = None,
     resume: "str | Path | None" = None,
+    announce: "Callable[[Path], None] | None" = None,
 ) -> RunResult:
     """Run every sweep point of `pipeline` and write its run folder; see the module docstring.
 
     With a torch.distributed `group`, retrievals are split across its ranks (amemctl.launch).
     `overrides` and `command` are recorded in run.json. With `resume`, the run continues in
     that run folder: every (point, repeat) whose result is saved there under the same
-    resolved configuration is reused, not recomputed.
+    resolved configuration is reused, not recomputed. `announce` is called with the run
+    folder once run.json records the run as running: an `--nproc` launcher learns where rank
+    0's record is, to correct it if another rank fails.
     """
     from amemctl.engine import results
 
@@ -156,6 +159,8 @@ def run_pipeline(
         previous=previous,
         repeats=pipeline.repeats,
     )
+    if announce is not None:
+        announce(run_dir)
     bar = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
