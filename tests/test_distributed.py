@@ -206,6 +206,7 @@ def test_a_rank_failing_partway_is_recorded_failed_by_rank_0_and_resumes(tmp_pat
     assert f"rank {rank} fails on purpose" in record["error"]["message"], record
     if rank == 1:  # the launcher's correction names the rank and its exit code
         assert record["error"]["message"].startswith("rank 1 failed (exit code 2): ") and record["error"]["type"] == "RankFailed", record
+        assert "please report it" not in proc.stderr.replace("if none did, a bug in amemctl (please report it)", ""), output  # rank 0's broken collective is not blamed on amemctl
     else:  # rank 0's own record of its own failure
         assert record["error"]["type"] != "RankFailed", record
     assert f"rank {rank} fails on purpose" in (run_dir / record["error"]["traceback"]).read_text()

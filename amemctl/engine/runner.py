@@ -439,10 +439,22 @@ def _blame(exc: Exception, step: Step, package: str, registry: Registry | None) 
         return f"a bug in the plugin package {found.package} (at {found.where})"
     if package not in (BUILTIN, "?"):
         return f"a bug in the plugin package {package}"
+    if _in_collective(exc):
+        return "most likely another rank failed first (its message is above or beside this one) and this rank's collective lost its peer; if none did, a bug in amemctl (please report it)"
     chosen = _plugin_choices(step, registry) if registry is not None else []
     if chosen:
         return f"a bug in amemctl (please report it) or in what a plugin gave it: {', '.join(chosen)}"
     return "a bug in amemctl (please report it)"
+
+
+def _in_collective(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside torch.distributed: a collective of an `--nproc` rank, which breaks when a peer rank fails and leaves."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("torch.distributed"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _plugin_choices(step: Step, registry: Registry) -> list[str]:
