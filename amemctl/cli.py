@@ -129,14 +129,14 @@ def _run_rank(checked: Any, out_root: Path, device: str | None, quiet: bool, rec
     rank's error goes on to the CLI's message, naming the rank.
     """
     from amemctl import launch
-    from amemctl.engine.records import Interrupted, stop_once, stop_signal
+    from amemctl.engine.records import Interrupted, stop_once
 
     code = 0
     try:
         stop_once()
         _rank_work(checked, out_root, device, quiet, record)
     except (KeyboardInterrupt, Interrupted) as exc:
-        code = 128 + (stop_signal(exc) or 0)
+        code = _stopped_status(exc)
     launch.exit_worker(code)
 
 
@@ -180,12 +180,19 @@ def _exit_when_interrupted() -> Iterator[None]:
     The run has recorded itself `interrupted` and printed its last line, how far it got and
     the `--resume` command that continues it; click would add "Aborted!" and exit 1.
     """
-    from amemctl.engine.records import Interrupted, stop_signal
+    from amemctl.engine.records import Interrupted
 
     try:
         yield
     except (KeyboardInterrupt, Interrupted) as exc:
-        raise click.exceptions.Exit(128 + (stop_signal(exc) or 0)) from None
+        raise click.exceptions.Exit(_stopped_status(exc)) from None
+
+
+def _stopped_status(stop: BaseException) -> int:
+    """The exit status of a run a signal stopped: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), as shells report it."""
+    from amemctl.engine.records import stop_signal
+
+    return 128 + (stop_signal(stop) or 0)
 
 
 def _run_arguments(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, resume: str | None) -> list[str]:

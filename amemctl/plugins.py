@@ -17,6 +17,7 @@ import functools
 import importlib
 import importlib.metadata
 import os
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -299,13 +300,10 @@ def culprit(exc: BaseException, registry: Registry) -> Culprit | None:
     plugin's stage calls amemctl and torch: the innermost plugin frame says whose bug it is.
     """
     found = None
-    tb = exc.__traceback__
-    while tb is not None:
-        module = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        module = str(frame.f_globals.get("__name__", "")).split(".")[0]
         if module in registry.modules:
-            code = tb.tb_frame.f_code
-            found = Culprit(registry.modules[module], f"{code.co_filename}:{tb.tb_lineno} in {code.co_name}")
-        tb = tb.tb_next
+            found = Culprit(registry.modules[module], f"{frame.f_code.co_filename}:{line} in {frame.f_code.co_name}")
     return found
 
 

@@ -18,6 +18,7 @@ import random
 import signal
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -449,12 +450,7 @@ def _blame(exc: Exception, step: Step, package: str, registry: Registry | None) 
 
 def _in_collective(exc: BaseException) -> bool:
     """Whether `exc` was raised inside torch.distributed: a collective of an `--nproc` rank, which breaks when a peer rank fails and leaves."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("torch.distributed"):
-            return True
-        tb = tb.tb_next
-    return False
+    return any(str(frame.f_globals.get("__name__", "")).startswith("torch.distributed") for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
 def _plugin_choices(step: Step, registry: Registry) -> list[str]:
