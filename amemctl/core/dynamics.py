@@ -63,6 +63,11 @@ def energy_defined(similarity: Similarity, separation: Separation, activation: s
         return False
     if isinstance(separation, Softmax):
         return True
+    return has_integral(separation)
+
+
+def has_integral(separation: Separation) -> bool:
+    """Whether F with F' = the separation is known: an unnormalised identity, square or (rectified) polynomial."""
     return isinstance(separation, Elementwise) and separation.name in _INTEGRALS and not separation.normalize
 
 
@@ -190,7 +195,7 @@ def flip_update(
     """
     if update not in ("synchronous", "asynchronous"):
         raise StageError(f"unknown update {update!r}", hint="use synchronous or asynchronous")
-    if not (isinstance(separation, Elementwise) and separation.name in _INTEGRALS and not separation.normalize):
+    if not has_integral(separation):
         raise StageError(f"energy-flip updates need a separation with a known integral, unnormalised; not {separation.describe()}",
                          hint="use identity, square, polynomial or rectified_polynomial with normalize: false")
     m = materialize(patterns).reshape(len(patterns), -1).double()

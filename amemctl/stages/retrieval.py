@@ -15,7 +15,7 @@ import torch
 
 from amemctl.context import Context
 from amemctl.core import separation as sep
-from amemctl.core.dynamics import ACTIVATIONS, energy_defined, flip_update, iterate
+from amemctl.core.dynamics import ACTIVATIONS, flip_update, has_integral, iterate
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
 from amemctl.core.separation import Separation
@@ -192,7 +192,7 @@ def _iterate(score: Score, separate: Separate, project: Project, ctx: Context, k
         raise StageError("iterated retrieval feeds outputs back as queries, so values must be the keys (auto-association)", hint="project onto the scored memory, or use steps: 1")
     sim, separation = score.similarity_fn(), separate.separation()
     if project.flips():
-        if not (sim.name == "dot" and energy_defined(sim, separation) and not isinstance(separation, sep.Softmax) and project.activation == "sign"):
+        if not (sim.name == "dot" and has_integral(separation) and project.activation == "sign"):
             raise StageError(
                 "energy-flip updates (flip: true, update: asynchronous) are the classical Hopfield network's and the dense associative memory's:"
                 " dot, sign and an unnormalised identity or polynomial separation",
