@@ -127,7 +127,7 @@ def recall(
     output = q.new_empty(q.shape[0], width)
     best_index = torch.empty(q.shape[0], dtype=torch.long, device=q.device)
     best_score = q.new_empty(q.shape[0])
-    unweighted = q.new_zeros((), dtype=torch.long)
+    unweighted: Tensor | int = 0  # a tensor only where the separation can tell: no device sync for the others
     for start in range(0, q.shape[0], block_q):
         block = slice(start, start + block_q)
         out, idx, score, none = _recall_block(
@@ -135,7 +135,7 @@ def recall(
         )
         output[block], best_index[block], best_score[block] = out, idx, score
         if none is not None:
-            unweighted += none.sum()
+            unweighted = unweighted + none.sum()
     return _checked(output, best_index, best_score, key_rows, value_rows, block_n, int(unweighted))
 
 
