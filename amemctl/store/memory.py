@@ -49,6 +49,7 @@ from amemctl.store.soundness import (
     FIXED,
     RESERVED,
     attribute_problems,
+    is_count,
     open_array,
     problems,
     trim_hint,
@@ -652,7 +653,7 @@ def _refused(path: Path, verb: str, hint: str) -> Iterator[None]:
 def _check_attributes(path: Path, attrs: dict) -> None:
     """Refuse an attribute document of a newer schema, or with fields of the wrong types, before anything uses it."""
     schema = attrs.get("schema")
-    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA:
+    if is_count(schema) and schema > SCHEMA:
         raise StoreError(f"{path} has store schema {schema}, newer than this amemctl understands ({SCHEMA})", hint="upgrade amemctl to read it")
     found = attribute_problems(attrs)
     if found:

@@ -94,7 +94,7 @@ def row_bound(path: Path, attrs: dict, shape: int) -> int:
         again = max(fresh["count"], fresh.get(RESERVED, 0))
     except (OSError, ValueError, KeyError, TypeError):
         return bound
-    return max(bound, again) if isinstance(again, int) and not isinstance(again, bool) else bound
+    return max(bound, again) if is_count(again) else bound
 
 
 def _reserved_note(attrs: dict) -> str:
@@ -134,12 +134,12 @@ def _spec_problems(name: str, spec: Any) -> list[str]:
     if spec.get("storage") not in STORAGE:
         found.append(f"storage {spec.get('storage')!r} is not one of {', '.join(STORAGE)}")
     row_shape = spec.get("row_shape")
-    if not isinstance(row_shape, list) or len(row_shape) > MAX_DIMS or not all(_count(n) for n in row_shape):
+    if not isinstance(row_shape, list) or len(row_shape) > MAX_DIMS or not all(is_count(n) for n in row_shape):
         found.append(f"row_shape {row_shape!r} is not a list of sizes")
     return found
 
 
-def _count(value: Any, least: int = 0) -> bool:
+def is_count(value: Any, least: int = 0) -> bool:
     """An integer (not a bool) of at least `least`."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
@@ -149,11 +149,11 @@ def _space_name(name: Any) -> bool:
 
 
 _FIELDS = {
-    "schema": (lambda v: _count(v, 1), "a layout version (an integer from 1)"),
-    "count": (_count, "a number of rows"),
-    "next_id": (_count, "an id (an integer from 0)"),
-    "chunk_bytes": (lambda v: _count(v, 1), "a number of bytes"),
-    "chunk_rows": (_count, "a number of rows"),
+    "schema": (lambda v: is_count(v, 1), "a layout version (an integer from 1)"),
+    "count": (is_count, "a number of rows"),
+    "next_id": (is_count, "an id (an integer from 0)"),
+    "chunk_bytes": (lambda v: is_count(v, 1), "a number of bytes"),
+    "chunk_rows": (is_count, "a number of rows"),
     "compression": (lambda v: v in ("zstd", "none"), "zstd or none"),
     "checksum": (lambda v: isinstance(v, bool), "true or false"),
     "arrays": (lambda v: isinstance(v, dict), "a mapping of array names to their storage and row_shape"),
@@ -166,7 +166,7 @@ _FIELDS = {
 _OPTIONAL = {  # written by newer versions only
     EVERY_CHUNK: (lambda v: isinstance(v, bool), "true or false"),
     "generation": (lambda v: isinstance(v, str), "a string"),
-    RESERVED: (_count, "a number of rows"),
+    RESERVED: (is_count, "a number of rows"),
 }
 
 
@@ -211,13 +211,13 @@ def metadata_problems(name: str, doc: Any, spec: dict, attrs: dict) -> list[str]
     if doc.get("data_type") != STORAGE[storage]:
         found.append(f"{name}: the attributes say {storage} (zarr {STORAGE[storage]}) but the array holds {doc.get('data_type')}")
     shape = doc.get("shape")
-    if not isinstance(shape, list) or not 1 <= len(shape) <= MAX_DIMS + 1 or not all(_count(n) for n in shape):
+    if not isinstance(shape, list) or not 1 <= len(shape) <= MAX_DIMS + 1 or not all(is_count(n) for n in shape):
         return [*found, f"shape {shape!r} is not a list of sizes"]
     if "row_shape" in spec and list(spec["row_shape"]) != shape[1:]:
         found.append(f"{name}: the attributes say rows of shape {tuple(spec['row_shape'])} but the array holds {tuple(shape[1:])}")
     grid = doc.get("chunk_grid")
     chunks = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) and grid.get("name") == "regular" and isinstance(grid.get("configuration"), dict) else None
-    if not isinstance(chunks, list) or len(chunks) != len(shape) or not _count(chunks[0], 1) or chunks[1:] != shape[1:]:
+    if not isinstance(chunks, list) or len(chunks) != len(shape) or not is_count(chunks[0], 1) or chunks[1:] != shape[1:]:
         found.append(f"chunk shape {chunks!r} is not whole rows (the store chunks [rows, *row_shape], rows >= 1)")
     if doc.get("chunk_key_encoding") != {"name": "default", "configuration": {"separator": "/"}}:
         found.append(f"chunk key encoding {doc.get('chunk_key_encoding')!r} is not the default with '/'")
