@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import torch
 
+from amemctl.core.random import derived_seed
 from amemctl.errors import StageError
 
 T = TypeVar("T")
@@ -25,9 +26,10 @@ class Context:
     """What stages share within one sweep point.
 
     `ctx["name"]` reads and writes tensors (or other values a stage passes on); `device`
-    is where new tensors belong; `rng()` gives this stage's own seeded random stream (a CPU
-    generator), so a stage draws the same numbers whatever ran before it and on any device; `metric()` records numbers for
-    the report; `figure_path()` says where a figure of this point goes.
+    is where new tensors belong; `rng()` gives this stage's own seeded random streams (CPU
+    generators), so a stage draws the same numbers whatever ran before it and on any device;
+    `metric()` records numbers for the report; `figure_path()` says where a figure of this
+    point goes.
     """
 
     device: torch.device
@@ -41,7 +43,7 @@ class Context:
     figures: list[Path] = field(default_factory=list)
     #: example images for the run's overview figures: figure name -> [(row label, images[, wrong])]
     examples: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
-    stage_seed: int = 0  #: set by the engine before each stage, from the seed and the stage's position
+    stage_seed: int = 0  #: set by `begin_stage` before each stage, from the seed and the stage's position
     progress: Any = None  #: the engine's rich Progress, or None when quiet
     #: where track() writes a progress line now and then when there are no bars (a log, not a terminal)
     log: Any = None
@@ -57,6 +59,7 @@ class Context:
     registry: Any = None
     _bars: list = field(default_factory=list, repr=False)  #: (task, description) of the open track() bars
     _loss: float | None = field(default=None, repr=False)  #: the last epoch's loss, for log lines
+    _streams: int = field(default=0, repr=False)  #: how many generators rng() has given this stage
 
     @property
     def distributed(self) -> bool:
@@ -104,11 +107,18 @@ class Context:
     def __contains__(self, name: str) -> bool:
         return name in self.values
 
-    def rng(self, device: "torch.device | str | None" = None) -> torch.Generator:
-        """This stage's own seeded random stream: a CPU generator unless `device` names another.
+    def begin_stage(self, seed: int) -> None:
+        """Start a stage: its seed, and its random streams from the first again."""
+        self.stage_seed = seed
+        self._streams = 0
 
-        Each call returns a new generator at the stage's seed, drawing the same numbers again:
-        call it once per `run` and draw everything from it.
+    def rng(self, device: "torch.device | str | None" = None) -> torch.Generator:
+        """A new seeded random stream of this stage: a CPU generator unless `device` names another.
+
+        The k-th call in a stage gives the stage's k-th stream: independent of the others and
+        the same in every run at this seed, whatever ran before the stage. So two draws from
+        two calls (a row choice and the noise, two noise masks) are never the same numbers,
+        and a stage that calls it in the same order draws the same numbers again.
 
         CPU by default so that a run draws the same numbers on every device and so that
         `torch.randn(shape, generator=ctx.rng())` never meets a generator of another device
@@ -117,7 +127,8 @@ class Context:
         generator on any device.
         """
         generator = torch.Generator(device=device or "cpu")
-        generator.manual_seed(self.stage_seed)
+        generator.manual_seed(stream_seed(self.stage_seed, self._streams))
+        self._streams += 1
         return generator
 
     def metric(self, name: str, value: float) -> None:
@@ -206,3 +217,8 @@ def _copy(container: Any) -> Any:
     if isinstance(container, dict):
         return {k: list(v) if isinstance(v, list) else v for k, v in container.items()}
     return list(container)
+
+
+def stream_seed(stage_seed: int, k: int) -> int:
+    """The seed of a stage's k-th random stream: the stage's own seed first, then derived ones."""
+    return stage_seed if k == 0 else derived_seed(stage_seed, k)

@@ -25,17 +25,25 @@ def test_the_readme_names_the_two_commands_ci_uses():
     assert "make demo" in readme and "make test" in readme and "make test" in ci
 
 
-def test_the_plugin_guides_say_that_each_ctx_rng_call_starts_the_stream_again():
-    # A plugin author calling ctx.rng() per draw gets the same numbers each time (two noise
-    # masks that cancel out); both guides must say so, as long as the code does it.
+def test_the_plugin_guides_say_that_each_ctx_rng_call_gives_the_next_stream():
+    # A plugin author calling ctx.rng() per draw gets independent streams (two noise masks
+    # that differ), reproduced when the stage starts again; both guides must say so, as long
+    # as the code does it.
     from pathlib import Path
 
     import torch
 
     from amemctl.context import Context
 
-    ctx = Context(torch.device("cpu"), 0, 2**20, Path("."), stage_seed=7)
-    assert torch.equal(torch.rand(5, generator=ctx.rng()), torch.rand(5, generator=ctx.rng()))
+    ctx = Context(torch.device("cpu"), 0, 2**20, Path("."))
+    ctx.begin_stage(7)
+    first, second = (torch.rand(5, generator=ctx.rng()) for _ in range(2))
+    assert not torch.equal(first, second)
+    assert torch.equal(first, torch.rand(5, generator=torch.Generator().manual_seed(7)))  # the stage's seed first: documented numbers stand
+    ctx.begin_stage(7)
+    assert torch.equal(torch.rand(5, generator=ctx.rng()), first) and torch.equal(torch.rand(5, generator=ctx.rng()), second)
     for guide in ("docs/plugins.md", "plugins/amemctl-example/README.md"):
         text = " ".join((ROOT / guide).read_text().split())
-        assert "call it once per `run` and draw everything from" in text, guide
+        assert "two calls never draw the same numbers" in text, guide
+
+

@@ -11,8 +11,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
+
+
+def derived_seed(*entropy: int) -> int:
+    """A 63-bit seed made from `entropy` (a run's seed and a position, say): distinct inputs give independent streams."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def _home(generator: torch.Generator | None) -> torch.device:

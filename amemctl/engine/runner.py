@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from amemctl import figures
 from amemctl.context import Context, clock
+from amemctl.core.random import derived_seed
 from amemctl.dsl.pipeline import Pipeline
 from amemctl.dsl.sweep import Point
 from amemctl.engine.plan import Step, plan_steps
@@ -107,7 +108,7 @@ def resolve_device(requested: str) -> torch.device:
 
 def stage_seed(seed: int, position: int) -> int:
     """The seed of the stage at `position`: independent of what ran before it."""
-    return int(np.random.SeedSequence([seed, position + 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return derived_seed(seed, position + 1)
 
 
 def run_pipeline(
@@ -396,7 +397,7 @@ def _run_point(
     task = bar.add_task(point.label(), total=len(steps), completed=first)
     for j in range(first, len(steps)):
         step = steps[j]
-        ctx.stage_seed = stage_seed(seed, step.parts[0].index)
+        ctx.begin_stage(stage_seed(seed, step.parts[0].index))
         _seed_globals(ctx.stage_seed)
         start = time.perf_counter()
         try:
