@@ -47,14 +47,23 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
 
 
 def default_metrics(cls: type) -> list[str]:
-    """The metrics a stage records when configured with its defaults (none known when it needs parameters).
+    """The metrics a stage records when configured with its defaults.
 
-    `metrics()` belongs to a configured stage (evaluate's depend on its `prefix` and `labels`),
-    so a stage with required parameters cannot say without them.
+    `metrics()` belongs to a configured stage (evaluate's depend on its `prefix` and `labels`).
+    A stage with required parameters is asked unconfigured, its other parameters at their
+    defaults: most name their metrics without the required ones (persist's path, open_store's
+    store); one whose names need them cannot say, and lists none.
     """
     try:
         return list(cls().metrics())
     except Exception:  # a required parameter, or a plugin stage that cannot be built bare
+        pass
+    bare = cls.__new__(cls)
+    bare.registry, bare.options = None, {}
+    bare.settings = {key: param.default for key, param in cls.params.items() if not param.required}
+    try:
+        return list(bare.metrics())
+    except Exception:  # its metric names need a required parameter, or a plugin's metrics() needs more
         return []
 
 

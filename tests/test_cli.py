@@ -126,6 +126,8 @@ def test_stages_lists_and_describes():
     evaluate = _invoke("stages", "evaluate")  # the metric names a `report:` table needs
     assert "records (with its defaults), for `report:` tables and curves: error_index, error_pixels, mse" in evaluate.output
     assert "records" not in _invoke("stages", "score").output.splitlines()[-1]
+    persist = _invoke("stages", "persist")  # required parameters (path): asked unconfigured
+    assert persist.output.splitlines()[-1].endswith("tables and curves: persisted, store_bytes")
 
 
 def test_a_missing_file_is_exit_2(tmp_path):
