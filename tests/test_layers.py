@@ -1,4 +1,5 @@
-"""The import graph: cli -> engine -> stages -> training -> models -> core, and no arrow back up.
+"""The import graph: cli -> engine -> dsl -> stages -> training -> models -> core, stores beside
+core, and no arrow back up.
 
 Every `import` in the package is read with ast (function-level ones included, since a lazy
 import is a dependency too); a module may import its own layer and the layers below it,
@@ -21,6 +22,10 @@ FORBIDDEN = {
     # networks (models) are trained by loops (training), which stages call
     "models": ("amemctl.training", "amemctl.stages", "amemctl.engine", "amemctl.cli", "amemctl.dsl", "amemctl.plugins", "amemctl.launch", "amemctl.stage"),
     "training": ("amemctl.stages", "amemctl.engine", "amemctl.cli", "amemctl.dsl", "amemctl.plugins", "amemctl.launch", "amemctl.stage"),
+    # stores hold tensors on disk: the engine, stages and CLI use them, never the reverse
+    "store": ("amemctl.stages", "amemctl.engine", "amemctl.cli", "amemctl.dsl", "amemctl.plugins", "amemctl.launch", "amemctl.stage", "amemctl.training", "amemctl.models"),
+    # the pipeline language checks stages; the engine runs what it checked
+    "dsl": ("amemctl.engine", "amemctl.cli", "amemctl.launch"),
 }
 
 
