@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -12,7 +13,7 @@ import time
 import pytest
 import torch
 
-from amemctl.errors import AmemctlError, StoreError
+from amemctl.errors import AmemctlError, DamagedStore, StoreError
 from amemctl.store.memory import MemoryStore
 from amemctl.store.verify import verify
 from tests.conftest import ROOT
@@ -74,6 +75,70 @@ def test_replace_racing_append_and_compact_under_sigkill_never_publishes_a_mixed
     leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("s.zarr", ".s.zarr.lock")]
     MemoryStore.open(path, mode="a").append(patterns=torch.ones(1, 6), labels=torch.ones(1, dtype=torch.long))
     assert [p.name for p in tmp_path.iterdir() if p.name not in ("s.zarr", ".s.zarr.lock")] == [], f"the next writer clears {leftovers}"
+
+
+def test_a_copy_swapped_in_while_a_store_is_opened_is_opened_not_called_damaged(tmp_path, monkeypatch):
+    """Another process compacts after an open has read the attributes, before it checks the arrays against them.
+
+    The old attributes publish 60 rows, the arrays on disk by then hold the compacted 30: the
+    open must see that the copy changed under it and open the new one, not call the store damaged.
+    """
+    from amemctl.store import memory
+
+    path = tmp_path / "s.zarr"
+    writer = MemoryStore.create(path, chunk_bytes=4 * 4 * 10)
+    writer.append(patterns=torch.arange(60.0)[:, None].expand(60, 4).contiguous())
+    writer.forget(ids=list(range(30)))
+    before = writer.generation
+    real, checks = memory.problems, []
+
+    def compacted_meanwhile(*args):
+        checks.append(args[2]["count"])
+        if len(checks) == 1:  # the first check of the reader's open: the other writer swaps its copy in now
+            assert writer.compact() == 30
+        return real(*args)
+
+    monkeypatch.setattr(memory, "problems", compacted_meanwhile)
+    reader = MemoryStore.open(path)
+    assert checks[0] == 60 and writer.generation != before  # the pause came where it was meant to
+    assert reader.generation == writer.generation and reader.count == 30
+    assert torch.equal(reader.to_tensor()[:, 0], torch.arange(30.0, 60.0))
+
+
+def test_an_open_between_the_renames_of_a_swap_opens_the_new_copy(tmp_path, monkeypatch):
+    """The store folder is renamed away (a swap's first rename) after an open found it, before it looks for its zarr.json."""
+    from pathlib import Path
+
+    from amemctl.store.memory import _aside, _journal
+
+    path = tmp_path / "s.zarr"
+    MemoryStore.create(path).append(patterns=torch.zeros(3, 2))
+    new = _aside(path, "new")
+    MemoryStore._create_at(new).append(patterns=torch.ones(5, 2))
+    old = _aside(path, "old")
+    real, renamed = Path.is_file, []
+
+    def swapping_meanwhile(self):
+        if self == path / "zarr.json" and not renamed:  # a writer begins its swap now, and is killed between the renames
+            _journal(path).write_text(json.dumps({"new": new.name, "old": old.name}))
+            path.rename(old)
+            renamed.append(True)
+        return real(self)
+
+    monkeypatch.setattr(Path, "is_file", swapping_meanwhile)
+    store = MemoryStore.open(path)
+    assert renamed and torch.equal(store.to_tensor(), torch.ones(5, 2))
+
+
+def test_a_reader_of_a_store_replaced_by_one_of_another_storage_is_told_so_not_that_it_is_damaged(tmp_path):
+    path = tmp_path / "m.zarr"
+    MemoryStore.write_new(path, lambda s: s.append(patterns=torch.zeros(8, 4)))
+    reader = MemoryStore.open(path)  # patterns not read yet: its zarr.json is read at the first read
+    MemoryStore.write_new(path, lambda s: s.append(patterns=torch.ones(8, 4), storage={"patterns": "float16"}), replace=True)
+    with pytest.raises(StoreError, match="replaced while it was being read") as refused:
+        reader.read("patterns")
+    assert not isinstance(refused.value, DamagedStore)
+    assert MemoryStore.open(path).storage("patterns") == "float16"
 
 
 def test_a_store_path_must_be_a_store_root_outside_other_stores(tmp_path, run_text, monkeypatch):
