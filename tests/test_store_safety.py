@@ -105,6 +105,28 @@ def test_a_copy_swapped_in_while_a_store_is_opened_is_opened_not_called_damaged(
     assert torch.equal(reader.to_tensor()[:, 0], torch.arange(30.0, 60.0))
 
 
+def test_a_copy_swapped_in_while_a_store_is_verified_is_verified_again_not_reported_damaged(tmp_path, monkeypatch):
+    from amemctl.store import verify as verifying
+
+    path = tmp_path / "s.zarr"
+    writer = MemoryStore.create(path, chunk_bytes=4 * 4 * 10)
+    writer.append(patterns=torch.arange(60.0)[:, None].expand(60, 4).contiguous())
+    writer.forget(ids=list(range(30)))
+    real, checks = verifying.problems, []
+
+    def compacted_meanwhile(*args):
+        checks.append(args[2]["count"])
+        if len(checks) == 1:  # verify has opened the store and read its attributes: the other writer swaps its copy in now
+            assert writer.compact() == 30
+        return real(*args)
+
+    monkeypatch.setattr(verifying, "problems", compacted_meanwhile)
+    report = verify(path)
+    assert checks == [60, 30] and report.ok, report.problems
+    monkeypatch.undo()
+    assert report == verify(path)  # the report of the compacted copy, as verifying it alone
+
+
 def test_an_open_between_the_renames_of_a_swap_opens_the_new_copy(tmp_path, monkeypatch):
     """The store folder is renamed away (a swap's first rename) after an open found it, before it looks for its zarr.json."""
     from pathlib import Path
