@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -136,10 +135,19 @@ def test_streaming_matches_memory_with_tiny_chunks(tmp_path):
 
 
 CHILD = """
-import sys, torch
-from amemctl.store.memory import MemoryStore, is_store
+import signal, sys, torch, zarr.storage
+from amemctl.store.memory import MemoryStore
 store = MemoryStore.open(sys.argv[1], mode="a")
 big = torch.rand(int(sys.argv[2]), 3, 32, 32)
+real = zarr.storage.LocalStore.set
+
+async def set(self, key, value, *args, **kwargs):  # the writer stops for good once a chunk of new rows is on disk
+    await real(self, key, value, *args, **kwargs)
+    if key.startswith("patterns/c/") and int(key.split("/")[2]) >= int(sys.argv[3]):
+        print("wrote", key, flush=True)
+        signal.pause()  # holds zarr's writing thread: no further chunk, no count, until the kill
+
+zarr.storage.LocalStore.set = set
 print("appending", flush=True)
 store.append(patterns=big, labels=torch.zeros(len(big), dtype=torch.long))
 print("done", flush=True)
@@ -147,24 +155,26 @@ print("done", flush=True)
 
 
 def test_a_writer_killed_mid_append_leaves_the_previous_store(tmp_path):
+    """The writer is killed while it holds the lock, with chunks of its rows written and their count not yet published."""
     path = tmp_path / "s.zarr"
     before = torch.rand(40, 3, 32, 32)
-    store = MemoryStore.create(path, chunk_bytes=64 * 1024)  # 5 images a chunk: a big append writes thousands of files
+    store = MemoryStore.create(path, chunk_bytes=64 * 1024)  # 5 images a chunk: 8 chunks hold the first 40 rows
     store.append(patterns=before, labels=torch.zeros(40, dtype=torch.long))
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(CHILD))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, str(script), str(path), "20000"], stdout=subprocess.PIPE, text=True, env=env)
-    assert child.stdout.readline().strip() == "appending"
-    chunks = path / "patterns" / "c"
-    deadline = time.monotonic() + 60
-    while len(list(chunks.iterdir())) <= 8 and time.monotonic() < deadline:  # 8 chunks hold the first 40 rows
-        time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
-    rest = child.stdout.read()
-    child.wait()
+    child = subprocess.Popen([sys.executable, str(script), str(path), "200", "8"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout.readline().strip() == "appending"
+        assert child.stdout.readline().startswith("wrote patterns/c/")  # it has written new rows and stopped
+    finally:
+        child.send_signal(signal.SIGKILL)
+        rest = child.stdout.read()
+        child.wait()
     assert "done" not in rest, "the writer finished before it was killed; the test proves nothing"
+    chunks = path / "patterns" / "c"
     assert len(list(chunks.iterdir())) > 8, "the writer was killed before it wrote new rows"
+    assert MemoryStore.open(path).group["patterns"].shape[0] == 240, "the arrays had grown for the append"
     after = MemoryStore.open(path)
     assert after.count == 40 and len(after) == 40
     assert torch.equal(after.to_tensor("patterns"), before)
@@ -176,11 +186,11 @@ def test_a_writer_killed_mid_append_leaves_the_previous_store(tmp_path):
 
 
 HOLDER = """
-import sys, time
+import signal, sys
 from amemctl.store.lock import WriterLock
 with WriterLock(sys.argv[1]):
     print("holding", flush=True)
-    time.sleep(60)
+    signal.pause()  # until killed
 """
 
 
@@ -197,7 +207,7 @@ def test_one_writer_at_a_time(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    with WriterLock(path, wait=5) as outer:  # the kernel released the killed holder's lock
+    with WriterLock(path, wait=60) as outer:  # the kernel released the killed holder's lock (60 s: only a safety net)
         with WriterLock(path) as inner:  # reentrant within one thread
             assert outer.outermost and not inner.outermost
     MemoryStore.open(path, mode="a").append(patterns=torch.rand(2, 3))

@@ -65,9 +65,9 @@ def test_a_declared_size_beyond_what_appends_could_grow_is_refused_and_verify_re
     path = _store(tmp_path)
     for name in ("patterns", "ids"):
         _edit(path / name / "zarr.json", lambda doc: doc["shape"].__setitem__(0, 10**12))
-        started = time.monotonic()
+        started = time.process_time()
         _refused_everywhere(path, tmp_path, run_text, f"{name} declares 1000000000000 rows")
-        assert time.monotonic() - started < 20, "a declared size must cost nothing"
+        assert time.process_time() - started < 20, "a declared size must cost nothing (seconds of this process's CPU: other processes on the machine do not count)"
         _edit(path / name / "zarr.json", lambda doc: doc["shape"].__setitem__(0, 40))
     assert verify(path).ok and verify(path).chunks_checked == 5 * 4
 
@@ -129,9 +129,9 @@ def test_trim_drops_what_an_older_amemctl_left_past_the_published_rows_and_keeps
 def test_trim_takes_a_declared_size_at_no_cost_and_refuses_what_it_cannot_mend(tmp_path):
     path = _store(tmp_path)
     _edit(path / "patterns" / "zarr.json", lambda doc: doc["shape"].__setitem__(0, 10**12))
-    started = time.monotonic()
+    started = time.process_time()
     result = _cli("store", "trim", path)
-    assert result.exit_code == 0 and time.monotonic() - started < 20 and verify(path).ok, result.output
+    assert result.exit_code == 0 and time.process_time() - started < 20 and verify(path).ok, result.output
     _edit(path / "ids" / "zarr.json", lambda doc: doc["shape"].__setitem__(0, 30))
     (path / "patterns" / "c" / "3" / "0").unlink()
     files = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}

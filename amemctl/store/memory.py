@@ -60,6 +60,21 @@ DEFAULT_CHUNK_BYTES = 32 * 2**20
 log = logging.getLogger(__name__)
 
 
+#: how often `open` starts again when other processes swap a new copy in while it opens a store
+OPEN_ATTEMPTS = 10
+#: `_copy_on_disk` of a store whose zarr.json is missing (between a swap's renames) or unreadable
+_GONE = "(no readable zarr.json)"
+
+
+def _copy_on_disk(path: Path) -> str | None:
+    """The generation of the copy at `path` now, read from its zarr.json (None for stores from before generations)."""
+    try:
+        generation = json.loads((path / "zarr.json").read_bytes())["attributes"][ATTR].get("generation")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return _GONE
+    return generation if isinstance(generation, str) else None
+
+
 def _generation(group: Any) -> str | None:
     """The copy a store's group belongs to (None for stores written before generations existed)."""
     attrs = dict(group.attrs).get(ATTR)
@@ -169,8 +184,33 @@ class MemoryStore:
 
         Unless `check` is false, a store whose metadata disagrees with its chunk files is
         refused here (`amemctl store verify` reports everything it finds instead).
+
+        Opening reads the store's files one after another (its zarr.json, then each array's
+        metadata and chunk files), without the writer lock. Another process may swap a new copy
+        in meanwhile (compact, replace, add_space over a space), and what was read would then mix
+        two copies: rows the old attributes publish but the new arrays lack, which looks like
+        damage. So the copy on disk is compared before and after, and a store whose copy changed
+        while it was opened is opened again, refused only if it is refused within one copy.
         """
         path = store_root(path)
+        for _ in range(OPEN_ATTEMPTS):
+            before = _copy_on_disk(path)
+            try:
+                store = cls._open_once(path, mode, check)
+            except StoreError:
+                if _copy_on_disk(path) == before:
+                    raise
+                continue  # what was refused may be two copies mixed, not damage
+            if store.generation == before == _copy_on_disk(path):
+                return store
+        raise StoreError(
+            f"{path} was replaced by other processes each of the {OPEN_ATTEMPTS} times it was opened (compacted or rewritten)",
+            hint="run again when fewer processes write to it",
+        )
+
+    @classmethod
+    def _open_once(cls, path: Path, mode: str, check: bool) -> "MemoryStore":
+        """`open` of whatever copy `path` holds now; a swap while it reads may make a sound store look damaged."""
         with reading(path):
             if not path.exists() and _journal(path).exists():  # a swap was interrupted between its renames
                 with writer_lock(path):  # taking the lock finishes it
@@ -321,11 +361,7 @@ class MemoryStore:
         """
         if self._private:
             return
-        try:
-            current = json.loads((self.path / "zarr.json").read_text())["attributes"][ATTR].get("generation")
-        except (OSError, ValueError, KeyError, TypeError):
-            current = "gone"
-        if current != self.generation:
+        if _copy_on_disk(self.path) != self.generation:
             raise StoreError(
                 f"{self.path} was replaced while it was being read (compacted or rewritten by another process)",
                 hint="run again: a new read sees the new store whole",
@@ -342,8 +378,13 @@ class MemoryStore:
         array = self._opened.get(name)
         if array is not None:
             return array
-        array = open_array(self.path, self.group, name, self._spec(name), self.attrs) if name in (*FIXED, *self.arrays) else None
+        try:
+            array = open_array(self.path, self.group, name, self._spec(name), self.attrs) if name in (*FIXED, *self.arrays) else None
+        except StoreError:
+            self._check_not_replaced()  # the metadata of a copy swapped in since, which may differ from this copy's: no damage
+            raise
         if array is None:
+            self._check_not_replaced()  # a copy swapped in since may lack it
             raise StoreError(f"{self.path} has no array {name!r}", hint=f"it has: {', '.join(['ids', 'alive', *self.arrays])}")
         self._opened[name] = array
         return array
