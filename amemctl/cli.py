@@ -27,13 +27,13 @@ from rich.console import Console
 from rich.table import Table
 
 from amemctl import __version__
-from amemctl.errors import AmemctlError
+from amemctl.errors import AmemctlError, refusal, refused
 
 err_console = Console(stderr=True, highlight=False)
 
 
 class _Group(click.Group):
-    """A click group that turns amemctl errors into one message and exit code 2."""
+    """A click group that turns amemctl errors, and the file system's refusals (errors.refused), into one message and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -41,6 +41,12 @@ class _Group(click.Group):
         except AmemctlError as exc:
             print_error(exc)
             raise click.exceptions.Exit(exc.exit_code) from None
+        except OSError as exc:
+            if not refused(exc):  # anything else escaping is a bug, and keeps its traceback
+                raise
+            error = refusal(exc)  # a full disk or a permission, wherever a command met it: the user's to fix
+            print_error(error)
+            raise click.exceptions.Exit(error.exit_code) from None
 
 
 def print_error(exc: AmemctlError) -> None:

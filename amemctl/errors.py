@@ -9,7 +9,10 @@ escapes is a bug in amemctl or a plugin and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,69 @@ class PluginError(AmemctlError):
 
 class DeviceError(AmemctlError):
     """The requested device does not exist on this machine."""
+
+
+class FileSystemError(AmemctlError):
+    """The file system refused a read or a write: a full disk, a quota, a size limit, no permission, a read-only or failing disk."""
+
+
+#: errors of the file system that are the user's (or the machine's) to fix, never a bug: what to do about each
+_REFUSALS = {
+    errno.ENOSPC: "free space on its disk (`df -h {where}` shows how much is left), then {then}",
+    errno.EDQUOT: "your disk quota is used up: free space (or have the quota raised), then {then}",
+    errno.EFBIG: "a file grew past the size limit of this process (`ulimit -f`) or of its file system: raise the limit or write elsewhere",
+    errno.EROFS: "its file system is mounted read-only: write somewhere else",
+    errno.EACCES: "you may not {verb} it: check the permissions of {where} and the folders above it, then {then}",
+    errno.EPERM: "you may not {verb} it: check the permissions of {where} and the folders above it, then {then}",
+    errno.EIO: "the disk reported an I/O error: check the disk (`dmesg`) before trusting what it holds, then {then}",
+}
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether `exc` is the file system refusing (full, over quota, too large, read-only, not permitted, failing)."""
+    return isinstance(exc, OSError) and exc.errno in _REFUSALS
+
+
+def refusal_hint(exc: OSError, where: object, verb: str = "write to", then: str = "run it again") -> str | None:
+    """What to do about the file system's refusal `exc` of a write (or `verb`) at `where`, and `then`; None for other errors."""
+    hint = _REFUSALS.get(exc.errno)
+    return hint.format(where=where, verb=verb, then=then) if hint is not None else None
+
+
+def refusal(exc: OSError, what: object = None, where: object = None, verb: str = "write to", then: str = "run it again") -> FileSystemError:
+    """The file system's refusal `exc` as one error with its fix.
+
+    `cannot write to WHAT: No space left on device (FILE)`, or `FILE: No space left on device`
+    when what was being done is not known (`what` None). `where` is the place the hint names
+    (`df -h WHERE`, its permissions): by default the nearest existing folder of the file;
+    `then` what to do once it is fixed.
+    """
+    file = exc.filename
+    if where is None:
+        where = existing(Path(file)) if file else what
+    if what is None:
+        message = f"{file or 'a file'}: {exc.strerror or exc}"
+        verb = "read or write"
+    else:
+        message = f"cannot {verb} {what}: {exc.strerror or exc}" + (f" ({file})" if file and str(file) != str(what) else "")
+    return FileSystemError(message, hint=refusal_hint(exc, where, verb, then) or f"check that you may {verb} {where}")
+
+
+def naming(exc: OSError, path: object, instead: object = None) -> OSError:
+    """`exc` naming `path` as its file when it names none (a write that failed after its file was opened) or `instead` (a temporary file the user never named)."""
+    if exc.filename is not None and (instead is None or str(exc.filename) != str(instead)):
+        return exc
+    named = OSError(exc.errno, exc.strerror, str(path))  # of the same subclass (PermissionError, ...), as OSError picks it by errno
+    named.__cause__ = exc
+    return named
+
+
+def existing(path: Path) -> Path:
+    """`path` when it is a folder, else the nearest existing folder above it (what `df` and `ls -ld` can be asked about)."""
+    for candidate in (path, *path.parents) if os.path.isdir(path) else (path.parent, *path.parent.parents):
+        if os.path.isdir(candidate):
+            return candidate
+    return path
 
 
 class StageCrash(AmemctlError):

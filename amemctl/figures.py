@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -19,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from torch import Tensor  # noqa: E402
+
+from amemctl.errors import naming  # noqa: E402
 
 
 def as_images(x: Tensor) -> np.ndarray:
@@ -177,8 +180,23 @@ def stack(paths: Sequence[Path], labels: Sequence[str], path: "str | Path") -> P
 def _save(fig: plt.Figure, path: "str | Path", tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight" if tight else None)
-    for extra in _FORMATS.get():
-        fig.savefig(path.with_suffix(f".{extra}"), dpi=100, bbox_inches="tight" if tight else None)
-    plt.close(fig)
+    try:
+        for target in [path, *(path.with_suffix(f".{extra}") for extra in _FORMATS.get())]:
+            _save_atomically(fig, target, tight)
+    finally:
+        plt.close(fig)
     return path
+
+
+def _save_atomically(fig: plt.Figure, path: Path, tight: bool) -> None:
+    """savefig to a temporary name, then rename: a figure is whole, or the one there before is kept (a resumed run's)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=100, bbox_inches="tight" if tight else None)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # gone already, or its folder is: the error to tell is the write's
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise naming(exc, path, instead=tmp) from None
+        raise

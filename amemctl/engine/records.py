@@ -10,6 +10,7 @@ ran it, which is how `status_of` recognises it as dead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import reprlib
@@ -22,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from amemctl.errors import RunFolderError
+from amemctl.errors import RunFolderError, naming
 
 RECORD = "run.json"
 TRACEBACK = "error.txt"
@@ -50,10 +51,21 @@ def git_state(path: "str | Path") -> dict[str, Any] | None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename: the file is whole or unchanged."""
+    """Write to a temporary name in the same folder, then rename: the file is whole or unchanged.
+
+    A write that fails (a full disk) deletes the temporary file: nothing is left behind, and
+    what was at `path` before is kept.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # gone already, or its folder is: the error to tell is the write's
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise naming(exc, path, instead=tmp) from None
+        raise
 
 
 class RunRecord:
@@ -127,8 +139,12 @@ class RunRecord:
             if stop is not None:
                 message = f"stopped by signal {signal.Signals(stop).name}"
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            (self.run_dir / TRACEBACK).write_text(f"{message}\n\n{text}")
-            self.data["error"] = {"type": type(error).__name__, "message": message, "traceback": TRACEBACK}
+            self.data["error"] = {"type": type(error).__name__, "message": message}
+            try:
+                write_atomically(self.run_dir / TRACEBACK, f"{message}\n\n{text}")
+                self.data["error"]["traceback"] = TRACEBACK
+            except OSError:  # the disk the run filled: run.json (smaller, rewritten in place of itself) may still fit
+                pass
         self.save()
 
     @classmethod

@@ -119,11 +119,15 @@ class Grid:
 
 
 def write_inputs(run_dir: Path, pipeline: Pipeline, device: torch.device) -> None:
-    """The pipeline as written and as resolved (overrides applied), and the environment."""
-    (run_dir / "pipeline.yaml").write_text(pipeline.text or yaml.safe_dump(pipeline.document, sort_keys=False))
+    """The pipeline as written and as resolved (overrides applied), and the environment.
+
+    Each is written whole or not at all: on `--resume` pipeline.yaml is what the run resumes
+    from, and a write cut short (a full disk) must not leave it truncated.
+    """
+    write_atomically(run_dir / "pipeline.yaml", pipeline.text or yaml.safe_dump(pipeline.document, sort_keys=False))
     resolved = dict(pipeline.document, device=str(device))
-    (run_dir / "resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-    (run_dir / "environment.json").write_text(json.dumps(environment(device), indent=2) + "\n")
+    write_atomically(run_dir / "resolved.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    write_atomically(run_dir / "environment.json", json.dumps(environment(device), indent=2) + "\n")
 
 
 def write_outputs(run: RunResult, console: Console) -> None:
@@ -137,7 +141,7 @@ def write_outputs(run: RunResult, console: Console) -> None:
     overviews = _write_example_figures(run)
     for grid in grids:
         print_table(console, grid)
-    (run.run_dir / "report.md").write_text(_markdown(run, grids, curve_paths, overviews))
+    write_atomically(run.run_dir / "report.md", _markdown(run, grids, curve_paths, overviews))
     console.print(_closing_line(run), style="yellow" if run.status != "ok" else None, markup=False, highlight=False, soft_wrap=True)
 
 

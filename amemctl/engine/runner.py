@@ -15,6 +15,7 @@ import hashlib
 import json
 import platform
 import random
+import shutil
 import signal
 import threading
 import time
@@ -36,6 +37,7 @@ from amemctl.dsl.pipeline import Pipeline
 from amemctl.dsl.sweep import Point
 from amemctl.engine.plan import Step, plan_steps
 from amemctl.engine.records import (
+    RECORD,
     TRACEBACK,
     Interrupted,
     RunRecord,
@@ -48,7 +50,7 @@ from amemctl.engine.records import (
     stop_signal,
     stopping_once,
 )
-from amemctl.errors import AmemctlError, DeviceError, StageCrash
+from amemctl.errors import AmemctlError, DeviceError, StageCrash, existing, refusal, refused
 from amemctl.models.tensor_files import load_tensors
 from amemctl.plugins import BUILTIN, KINDS, Registry, culprit
 
@@ -143,24 +145,31 @@ def run_pipeline(
         previous = _resumable(run_dir)
     else:
         run_dir = new_run_dir(Path(out_root), pipeline.name)
-    results.write_inputs(run_dir, pipeline, torch_device)
     planned = [(plan.point, plan_steps(plan.stages)) for plan in pipeline.plans]
     # Each repeat is a run of its own with the next seed; repeats of a point run back to back.
     runs = [(point, steps, r) for point, steps in planned for r in range(pipeline.repeats)]
     keys = [point_key(pipeline.seed + r, steps) for _, steps, r in runs]
     cache = _PrefixCache([[f"seed={pipeline.seed + r}", *[s.key for s in steps]] for _, steps, r in runs])
     run = RunResult(pipeline, run_dir, torch_device, [])
-    record = RunRecord.start(
-        run_dir,
-        pipeline=pipeline.name,
-        file=pipeline.file,
-        overrides=list(overrides),
-        command=command,
-        points=len(runs),
-        headline={"metric": pipeline.tables[0].metric, "format": pipeline.tables[0].format} if pipeline.tables else None,
-        previous=previous,
-        repeats=pipeline.repeats,
-    )
+    try:
+        results.write_inputs(run_dir, pipeline, torch_device)
+        record = RunRecord.start(
+            run_dir,
+            pipeline=pipeline.name,
+            file=pipeline.file,
+            overrides=list(overrides),
+            command=command,
+            points=len(runs),
+            headline={"metric": pipeline.tables[0].metric, "format": pipeline.tables[0].format} if pipeline.tables else None,
+            previous=previous,
+            repeats=pipeline.repeats,
+        )
+    except OSError as exc:
+        if not refused(exc):
+            raise
+        if previous is None:  # a new folder without its run.json is no run: nothing in it can be resumed
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise folder_error(exc, run_dir, resumable=previous is not None) from None
     if announce is not None:
         announce(run_dir)
     bar = Progress(
@@ -206,20 +215,57 @@ def run_pipeline(
                         run.points.append(combine(done))
                         done = []
         except BaseException as exc:
-            error = exc
+            error = folder_error(exc, run_dir) if refused(exc) else exc  # a point's file or run.json: a stage's own is told in _run_point
             run.status = "interrupted" if stop_signal(exc) is not None else "failed"
-            if isinstance(exc, AmemctlError):
-                run.error = exc.render()
-            raise
+            if isinstance(error, AmemctlError):
+                run.error = error.render()
+            if error is exc:
+                raise
+            raise error from None
         finally:
             try:
-                results.write_outputs(run, console)
+                try:
+                    results.write_outputs(run, console)
+                except OSError as exc:
+                    if not refused(exc):
+                        raise
+                    if error is None:
+                        raise folder_error(exc, run_dir) from None
+                    warn(f"the report of this run could not be written in {run_dir}: {exc.strerror or exc}")  # the error that stopped it is the one to tell
             except BaseException as exc:
                 error = error or exc
                 raise
             finally:
-                record.finish(error)
+                _finish(record, error, warn)
     return run
+
+
+def folder_error(exc: OSError, run_dir: Path, resumable: bool = True) -> AmemctlError:
+    """A write to the run folder that the file system refused (a full disk, no permission), with the fix and how to go on.
+
+    Not `resumable`: the folder was new and, without its run.json, is removed again.
+    """
+    error = refusal(exc, f"the run folder {run_dir}", where=existing(run_dir), then=_go_on(run_dir) if resumable else "run it again")
+    if not resumable:
+        error.message += "; the folder is removed again, as the run had not started"
+    return error
+
+
+def _go_on(run_dir: Path) -> str:
+    """What to do once the file system lets the run go on: resume it, reusing its finished points."""
+    return f"continue the run with `amemctl run --resume {run_dir}` (its finished points are reused)"
+
+
+def _finish(record: RunRecord, error: BaseException | None, warn: Callable[[str], None]) -> None:
+    """End the run's record; one the file system refuses is the run's error, unless another error already stopped it (then only warned of)."""
+    try:
+        record.finish(error)
+    except OSError as exc:
+        if not refused(exc):
+            raise
+        if error is None:
+            raise folder_error(exc, record.run_dir) from None
+        warn(f"{record.run_dir / RECORD} could not record how the run ended ({exc.strerror or exc}); `amemctl runs ls` shows it as dead")
 
 
 def _resumable(run_dir: Path) -> dict[str, Any]:
@@ -410,6 +456,10 @@ def _run_point(
             exc.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {exc.message}"
             raise exc.at(step.parts[0].location)  # noqa: B904 (the same error, located)
         except Exception as exc:  # a bug in the stage: one message, the traceback in the run folder
+            if refused(exc):  # no bug: the file system refused a file the stage reads or writes (a full disk, no permission)
+                error = refusal(exc, then=_go_on(run_dir))
+                error.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {error.message}"
+                raise error.at(step.parts[0].location) from None
             raise _crash(exc, step, point, pipeline, run_dir) from exc
         ctx.metrics[f"seconds.{step.name}"] = time.perf_counter() - start
         cache.store(slot, j, ctx)

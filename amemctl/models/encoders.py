@@ -9,6 +9,7 @@ first convolution without max-pooling, for 32x32 images).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from amemctl.errors import DataError, StageError
+from amemctl.errors import DataError, StageError, naming
 from amemctl.models.tensor_files import load_tensors
 
 #: architecture -> embedding width
@@ -297,13 +298,49 @@ def _load_state(module: nn.Module, state: dict[str, Tensor], what: str, assign: 
 
 
 def save_atomically(payload: dict[str, Any], path: "str | Path") -> Path:
-    """torch.save to a temporary name, then rename: a checkpoint is either whole or absent."""
+    """torch.save to a temporary name, then rename: a checkpoint is either whole or absent.
+
+    A write the file system refuses (a full disk) is an OSError naming `path`, as any other
+    write's: torch.save to a path would say only `RuntimeError: ... unexpected pos`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as file:
+            sink = _Sink(file)
+            try:
+                torch.save(payload, sink)
+            except RuntimeError:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # a part-written file on a full disk holds space and is never read
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise naming(exc, path, instead=tmp) from None
+        raise
     return path
+
+
+class _Sink:
+    """A file torch.save writes to that keeps the OSError of a failed write (torch's writer turns it into a RuntimeError)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def save_encoder(encoder_module: nn.Module, path: "str | Path", arch: str, cifar_stem: bool, preprocessing: Preprocessing, **extra: Any) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from amemctl.errors import StoreError, refusal_hint
 from amemctl.store.memory import MemoryStore
 
 
@@ -28,11 +30,28 @@ def export_npz(store: MemoryStore, output: Path) -> dict[str, tuple[int, ...]]:
             for name in ["ids", *store.arrays]:
                 entry = name.replace("/", "__")
                 shapes[entry] = _write_entry(archive, entry, store, name)
-    except BaseException:
-        partial.unlink(missing_ok=True)
+        os.replace(partial, output)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # gone already, or its folder is: the error to tell is the write's
+            partial.unlink()
+        if isinstance(exc, OSError):  # the store's reads tell their own failures as StoreErrors: this is the output's
+            raise _unwritable(output, exc) from None
         raise
-    os.replace(partial, output)
     return shapes
+
+
+def _unwritable(output: Path, exc: OSError) -> StoreError:
+    """The export's error when `output` cannot be written: its folder missing or a file, no room, no permission."""
+    folder = output.parent
+    if not folder.is_dir():
+        what = f"{folder} is not a folder" if folder.exists() else f"the folder {folder} does not exist"
+        return StoreError(f"cannot write {output}: {what}", hint="create the folder first, or name a file in an existing folder")
+    if output.is_dir():
+        return StoreError(f"cannot write {output}: it is a folder", hint="name a .npz file to write")
+    return StoreError(
+        f"cannot write {output}: {exc.strerror or exc}" + (" (nothing was written; an earlier file there is kept)" if output.exists() else " (nothing was written)"),
+        hint=refusal_hint(exc, folder) or f"check that you may write to {folder}",
+    )
 
 
 def _write_entry(archive: zipfile.ZipFile, entry: str, store: MemoryStore, name: str) -> tuple[int, ...]:

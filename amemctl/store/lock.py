@@ -14,6 +14,7 @@ reentrant within one thread, so an operation that holds it may call others that 
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import filelock
 
-from amemctl.errors import StoreError
+from amemctl.errors import StoreError, refusal_hint
 
 #: seconds a writer waits for another to finish before giving up (environment AMEMCTL_LOCK_WAIT)
 DEFAULT_WAIT = 120.0
@@ -73,9 +74,16 @@ class WriterLock:
                 hint=f"wait for it to finish (waited {wait:g} s; set {WAIT_ENV} to wait longer)",
             ) from None
         except OSError as exc:
+            blocking = next((p for p in [self.path.parent, *self.path.parent.parents] if p.exists() and not p.is_dir()), None)
+            if blocking is not None:  # mkdir says "File exists" or "Not a directory", which names neither the file nor the fix
+                raise StoreError(
+                    f"cannot lock {self.store} for writing: {blocking} is a file, not a folder",
+                    hint="a store path names a folder inside folders: check the path",
+                ) from None
+            access = f"a writer needs write access to {self.path.parent}"
             raise StoreError(
                 f"cannot lock {self.store} for writing: {exc.strerror or exc}",
-                hint=f"a writer needs write access to {self.path.parent}",
+                hint=access if exc.errno in (errno.EACCES, errno.EPERM) else refusal_hint(exc, self.path.parent) or access,
             ) from None
         _held[key] = [lock, 1]
         self.outermost = True

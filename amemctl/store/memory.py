@@ -25,6 +25,7 @@ a missing or truncated chunk is refused instead of read as zeros.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import logging
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amemctl.errors import DamagedStore, StoreError
+from amemctl.errors import DamagedStore, StoreError, existing, refusal_hint
 from amemctl.store.encoding import decode, encode
 from amemctl.store.lock import WriterLock
 from amemctl.store.soundness import (
@@ -136,11 +137,12 @@ class MemoryStore:
         so no append, forget or compaction of `path` can interleave with it.
         """
         path = store_root(path)
-        with writer_lock(path), writing(path):
+        with writer_lock(path), writing(path, NEW_COPY if os.path.lexists(path) else None):
             if path.exists():
                 if not replace:
                     raise StoreError(f"{path} already exists", hint="open it to append, choose another path, or use mode: replace")
                 refuse_foreign(path)
+                refuse_read_only(path, "replace")
             tmp = _aside(path, "new")
             try:
                 fill(cls._create_at(tmp, **options))
@@ -217,6 +219,8 @@ class MemoryStore:
                     pass
             if not path.exists():
                 raise StoreError(f"no store at {path}", hint="check the path, or create it with a `persist` stage")
+            if not path.is_dir():
+                raise StoreError(f"{path} is a file, not a store (a store is a folder)", hint="check the path; amemctl stores are zarr v3 folders written by `persist`")
             if not (path / "zarr.json").is_file():
                 raise StoreError(f"{path} is not a zarr v3 store (no zarr.json)", hint="amemctl stores are zarr v3 groups written by `persist`")
         try:
@@ -416,7 +420,7 @@ class MemoryStore:
         n = next(iter(sizes.values()))
         if any(s != n for s in sizes.values()):
             raise StoreError(f"arrays to append differ in length: {sizes}", hint="append the same rows to every array")
-        with self._writer():
+        with self._writer(APPENDED.format(path=self.path)):
             self._refresh()
             attrs = self.attrs
             existing = set(attrs["arrays"])
@@ -511,13 +515,15 @@ class MemoryStore:
             dropped = self.count - len(live)
             if dropped == 0:
                 return 0
+            refuse_read_only(self.path, "compact")
             tmp = _aside(self.path, "new")
-            try:
-                self._copy_live(tmp, attrs, live, dropped)
-            except BaseException:
-                _discard_or_warn(tmp, "an unfinished compacted copy")
-                raise
-            swap_in(self.path, tmp)
+            with writing(self.path, NEW_COPY):
+                try:
+                    self._copy_live(tmp, attrs, live, dropped)
+                except BaseException:
+                    _discard_or_warn(tmp, "an unfinished compacted copy")
+                    raise
+                swap_in(self.path, tmp)
         reopened = MemoryStore.open(self.path, mode="a")
         self.group, self.generation = reopened.group, reopened.generation
         self._forget_read()
@@ -550,13 +556,17 @@ class MemoryStore:
     # ----------------------------------------------------------------- internals
 
     @contextlib.contextmanager
-    def _writer(self) -> Iterator[None]:
-        """Hold the writer lock (with what killed writers left tidied) and tell refused writes as StoreErrors."""
+    def _writer(self, note: str | None = None) -> Iterator[None]:
+        """Hold the writer lock (with what killed writers left tidied) and tell refused writes as StoreErrors.
+
+        A new copy being written aside (`_private`) is inside the write of the store it becomes
+        (write_new, compact), which holds the lock and tells a refused write naming that store,
+        not the hidden folder the user never named.
+        """
         if self._private:
-            with writing(self.path):
-                yield
+            yield
             return
-        with writer_lock(self.path), writing(self.path):
+        with writer_lock(self.path), writing(self.path, note):
             yield
 
     def _require_writable(self) -> None:
@@ -647,15 +657,21 @@ def store_root(path: "str | Path") -> Path:
     raw = Path(path)
     if raw.name in ("", ".", "..") or str(path).strip() == "":
         raise StoreError(f"{str(path)!r} cannot be a store path", hint="name a folder of its own, such as stores/digits.zarr")
-    full = Path(os.path.abspath(raw))
-    for ancestor in full.parents:
-        with reading(ancestor):  # a folder above that may not be read
-            inside = (ancestor / "zarr.json").is_file()
-        if inside:
-            raise StoreError(
-                f"{path} lies inside the store (or zarr group) {ancestor}",
-                hint="a store path names a store's own folder, outside any other store, such as stores/other.zarr",
-            )
+    names = [raw]
+    if os.path.islink(raw):  # the store is where the link points: locked, written and swapped there, the link left as it is
+        raw = Path(os.path.realpath(raw))
+        names.append(raw)
+        if raw.name in ("", ".", ".."):
+            raise StoreError(f"{path} links to {raw}, which cannot be a store path", hint="link to a folder of its own, such as /data/stores/digits.zarr")
+    for name in names:
+        for ancestor in Path(os.path.abspath(name)).parents:
+            with reading(ancestor):  # a folder above that may not be read
+                inside = (ancestor / "zarr.json").is_file()
+            if inside:
+                raise StoreError(
+                    f"{name} lies inside the store (or zarr group) {ancestor}",
+                    hint="a store path names a store's own folder, outside any other store, such as stores/other.zarr",
+                )
     return raw
 
 
@@ -673,9 +689,18 @@ def writer_lock(path: Path) -> Iterator[None]:
         yield
 
 
-def writing(path: Path) -> "contextlib.AbstractContextManager[None]":
-    """Tell a write the file system refuses (a read-only store, a full disk) as a StoreError."""
-    return _refused(path, "write to", "check that you may write to it and that its disk has room")
+#: what a write that ran out of room adds to its hint
+NEW_COPY = "; a replace or a compaction needs room for a whole new copy of the store beside the old one until it is done"
+APPENDED = "; the rows the append wrote are unpublished: running it again overwrites them, `amemctl store trim {path}` frees their space now"
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def writing(path: Path, note: str | None = None) -> "contextlib.AbstractContextManager[None]":
+    """Tell a write the file system refuses (a read-only store, a full disk) as a StoreError naming the store and the fix.
+
+    `note` is added to the hint when the disk is full (NEW_COPY, APPENDED): what the write needed room for, or left.
+    """
+    return _refused(path, "write to", "check that you may write to it and that its disk has room", note)
 
 
 def reading(path: Path) -> "contextlib.AbstractContextManager[None]":
@@ -684,11 +709,28 @@ def reading(path: Path) -> "contextlib.AbstractContextManager[None]":
 
 
 @contextlib.contextmanager
-def _refused(path: Path, verb: str, hint: str) -> Iterator[None]:
+def _refused(path: Path, verb: str, hint: str, note: str | None = None) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise StoreError(f"cannot {verb} the store {path}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), hint=hint) from None
+        fix = refusal_hint(exc, existing(path), verb) if verb != "read" or exc.errno not in (errno.EACCES, errno.EPERM) else None
+        if fix is not None and note and exc.errno in _FULL:
+            fix += note
+        raise StoreError(f"cannot {verb} the store {path}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), hint=fix or hint) from None
+
+
+def refuse_read_only(path: Path, doing: str) -> None:
+    """Refuse to `doing` (replace, compact) a store whose folder this process may not change.
+
+    Both write a new copy beside the store and swap it in by renaming, which the folder
+    above allows; the old copy, read-only, could then not be deleted and would stay behind,
+    hidden, as large as the store.
+    """
+    if path.is_dir() and not os.access(path, os.W_OK):
+        raise StoreError(
+            f"cannot {doing} {path}: the store folder is read-only, so its old copy could not be deleted",
+            hint=f"make it writable first (`chmod -R u+w {path}`) if it may change, or write the new store elsewhere",
+        )
 
 
 def _check_attributes(path: Path, attrs: dict) -> None:
@@ -769,8 +811,14 @@ def swap_in(path: Path, new: Path) -> None:
     old = _aside(path, "old")
     journal = _journal(path)
     staged = journal.with_name(journal.name + "-" + secrets.token_hex(4))
-    staged.write_text(json.dumps({"new": new.name, "old": old.name}))
-    os.replace(staged, journal)
+    try:
+        staged.write_text(json.dumps({"new": new.name, "old": old.name}))
+        os.replace(staged, journal)
+    except BaseException:  # nothing is renamed yet: the store stays as it was, and the new copy, as large, goes now
+        with contextlib.suppress(OSError):  # gone already, or its folder is: the error to tell is the write's
+            staged.unlink()
+        _discard_or_warn(new, "a new copy that could not be swapped in")
+        raise
     path.rename(old)
     new.rename(path)
     journal.unlink()

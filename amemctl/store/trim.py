@@ -10,6 +10,7 @@ copying them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,12 +26,14 @@ from amemctl.store.soundness import FIXED, RESERVED, open_array
 def trim(path: "str | Path") -> dict[str, int]:
     """Shrink every array of the store at `path` to its published rows; returns the rows dropped, per array.
 
-    Under the writer lock, each longer array's zarr.json is rewritten (atomically) with the
-    published length, then its chunk files wholly past it are deleted; a kill in between
-    leaves files past the shape, which zarr never reads and the next append overwrites.
-    Published rows are not touched, so readers that opened the store before read on. Arrays
-    holding fewer rows than published, or metadata amemctl did not write, are damage that
-    trimming cannot mend and are refused before anything changes.
+    Under the writer lock, each longer array's chunk files wholly past the published rows are
+    deleted, then its zarr.json is rewritten (atomically) with the published length: space
+    comes first, so trim works on the disk a failed append filled. A kill in between leaves
+    a shape past missing chunk files, rows zarr reads as zeros but no reader reads (they are
+    unpublished) and the next append overwrites. Published rows are not touched, so readers
+    that opened the store before read on. Arrays holding fewer rows than published, or
+    metadata amemctl did not write, are damage that trimming cannot mend and are refused
+    before anything changes.
     """
     store = MemoryStore.open(path, mode="a", check=False)
     with store._writer():
@@ -61,23 +64,27 @@ def trim(path: "str | Path") -> dict[str, int]:
 
 
 def _shrink(folder: Path, rows: int, chunk_rows: int) -> None:
-    """Declare `rows` rows in the array at `folder`, then delete the chunk files wholly past them."""
+    """Delete the chunk files of the array at `folder` wholly past `rows` rows, then declare `rows` rows."""
+    first_gone = math.ceil(rows / chunk_rows)
+    chunks = folder / "c"
+    if chunks.is_dir():
+        for entry in os.scandir(chunks):  # the files there, however large the shape once claimed
+            if entry.name.isdigit() and int(entry.name) >= first_gone:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
     meta = folder / "zarr.json"
     doc = json.loads(meta.read_bytes())
     doc["shape"][0] = rows
     staged = meta.with_name(f".zarr.json.trim-{secrets.token_hex(4)}")
-    staged.write_text(json.dumps(doc, indent=2))
-    os.replace(staged, meta)
-    first_gone = math.ceil(rows / chunk_rows)
-    chunks = folder / "c"
-    if not chunks.is_dir():
-        return
-    for entry in os.scandir(chunks):  # the files there, however large the shape once claimed
-        if entry.name.isdigit() and int(entry.name) >= first_gone:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
+    try:
+        staged.write_text(json.dumps(doc, indent=2))
+        os.replace(staged, meta)
+    except BaseException:
+        with contextlib.suppress(OSError):  # gone already, or its folder is: the error to tell is the write's
+            staged.unlink()
+        raise
 
 
 __all__ = ["trim"]
