@@ -15,6 +15,7 @@ import hashlib
 import json
 import platform
 import random
+import shutil
 import signal
 import threading
 import time
@@ -39,6 +40,7 @@ from amemctl.engine.records import (
     Interrupted,
     RunRecord,
     count_text,
+    ignore_stops,
     is_int,
     is_number,
     load_record,
@@ -122,6 +124,7 @@ def run_pipeline(
     command: list[str] | None = None,
     resume: "str | Path | None" = None,
     announce: "Callable[[Path], None] | None" = None,
+    stop_line: bool = True,
 ) -> RunResult:
     """Run every sweep point of `pipeline` and write its run folder; see the module docstring.
 
@@ -130,7 +133,9 @@ def run_pipeline(
     that run folder: every (point, repeat) whose result is saved there under the same
     resolved configuration is reused, not recomputed. `announce` is called with the run
     folder once run.json records the run as running: an `--nproc` launcher learns where rank
-    0's record is, to correct it if another rank fails.
+    0's record is, to correct it if another rank fails. Without `stop_line`, a run that does
+    not finish ends without its closing line (how far it got, how to resume): rank 0 of an
+    `--nproc` run leaves it to the launcher, which alone knows how every rank ended.
     """
     from amemctl.engine import results
 
@@ -142,24 +147,29 @@ def run_pipeline(
         previous = _resumable(run_dir)
     else:
         run_dir = new_run_dir(Path(out_root), pipeline.name)
-    results.write_inputs(run_dir, pipeline, torch_device)
-    planned = [(plan.point, plan_steps(plan.stages)) for plan in pipeline.plans]
-    # Each repeat is a run of its own with the next seed; repeats of a point run back to back.
-    runs = [(point, steps, r) for point, steps in planned for r in range(pipeline.repeats)]
-    keys = [point_key(pipeline.seed + r, steps) for _, steps, r in runs]
-    cache = _PrefixCache([[f"seed={pipeline.seed + r}", *[s.key for s in steps]] for _, steps, r in runs])
-    run = RunResult(pipeline, run_dir, torch_device, [])
-    record = RunRecord.start(
-        run_dir,
-        pipeline=pipeline.name,
-        file=pipeline.file,
-        overrides=list(overrides),
-        command=command,
-        points=len(runs),
-        headline={"metric": pipeline.tables[0].metric, "format": pipeline.tables[0].format} if pipeline.tables else None,
-        previous=previous,
-        repeats=pipeline.repeats,
-    )
+    try:
+        results.write_inputs(run_dir, pipeline, torch_device)
+        planned = [(plan.point, plan_steps(plan.stages)) for plan in pipeline.plans]
+        # Each repeat is a run of its own with the next seed; repeats of a point run back to back.
+        runs = [(point, steps, r) for point, steps in planned for r in range(pipeline.repeats)]
+        keys = [point_key(pipeline.seed + r, steps) for _, steps, r in runs]
+        cache = _PrefixCache([[f"seed={pipeline.seed + r}", *[s.key for s in steps]] for _, steps, r in runs])
+        run = RunResult(pipeline, run_dir, torch_device, [])
+        record = RunRecord.start(
+            run_dir,
+            pipeline=pipeline.name,
+            file=pipeline.file,
+            overrides=list(overrides),
+            command=command,
+            points=len(runs),
+            headline={"metric": pipeline.tables[0].metric, "format": pipeline.tables[0].format} if pipeline.tables else None,
+            previous=previous,
+            repeats=pipeline.repeats,
+        )
+    except (KeyboardInterrupt, Interrupted):  # stopped before the run was recorded: there is nothing to resume
+        if resume is None:  # the new folder holds its inputs alone (environment() takes seconds): no run folder, removed
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if announce is not None:
         announce(run_dir)
     bar = Progress(
@@ -206,13 +216,15 @@ def run_pipeline(
                         done = []
         except BaseException as exc:
             error = exc
+            if stopping_once():  # an `--nproc` rank's run ends here: the stop the launcher sends its peers must not cut its record short
+                ignore_stops()
             run.status = "interrupted" if stop_signal(exc) is not None else "failed"
             if isinstance(exc, AmemctlError):
                 run.error = exc.render()
             raise
         finally:
             try:
-                results.write_outputs(run, console)
+                results.write_outputs(run, console, stop_line)
             except BaseException as exc:
                 error = error or exc
                 raise
@@ -451,6 +463,20 @@ def _blame(exc: Exception, step: Step, package: str, registry: Registry | None) 
 def _in_collective(exc: BaseException) -> bool:
     """Whether `exc` was raised inside torch.distributed: a collective of an `--nproc` rank, which breaks when a peer rank fails and leaves."""
     return any(str(frame.f_globals.get("__name__", "")).startswith("torch.distributed") for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether a rank's error came from inside torch.distributed (itself, or the crash it caused: a StageCrash's cause).
+
+    Most likely an echo: the rank's collective broke because a peer rank had left (failed,
+    or was stopped); the `--nproc` launcher blames the peer, not this rank.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if _in_collective(seen):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _plugin_choices(step: Step, registry: Registry) -> list[str]:
