@@ -1,5 +1,10 @@
-"""`python -m amemctl` is the `amemctl` command."""
+"""`python -m amemctl` is the `amemctl` command, and how each rank of an `--nproc` or torchrun run starts."""
 
-from amemctl.cli import main
+from amemctl import launch
 
-main()
+if launch.in_worker():  # stop signals are taken from the rank's very start
+    launch.run_worker()
+else:
+    from amemctl.cli import main
+
+    main()

@@ -18,7 +18,9 @@ import os
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
@@ -84,6 +86,17 @@ def main(no_plugin: tuple[str, ...]) -> None:
 def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int, resume: str | None) -> None:
     """Run PIPELINE: every sweep point, then the tables and figures of its report."""
     from amemctl import launch
+
+    if launch.in_worker():  # a rank takes stop signals from its start (launch.run_worker) and ends in _run_rank
+        _run(pipeline, overrides, device, out_root, quiet, nproc, resume, _Stop())
+        return
+    with _exit_when_interrupted() as stop:
+        _run(pipeline, overrides, device, out_root, quiet, nproc, resume, stop)
+
+
+def _run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int, resume: str | None, stop: "_Stop") -> None:
+    """`amemctl run`: check the pipeline, then run it in this process, launch its ranks (`--nproc`), or be one rank."""
+    from amemctl import launch
     from amemctl.dsl.pipeline import load_pipeline
     from amemctl.engine.runner import run_pipeline
 
@@ -116,33 +129,39 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
     if nproc > 1 and not launch.in_worker():
         if resume_dir is not None:
             raise AmemctlError("--resume runs in one process", hint="leave out --nproc")
-        with _exit_when_interrupted():  # rank 0 has printed how far the run got and how to resume it
-            launch.launch(nproc, arguments)  # each rank runs this command without --nproc
+        stop.told = True  # the launcher tells how the run ended, however it ends
+        launch.launch(nproc, arguments)  # each rank runs this command without --nproc
         return
     if not launch.in_worker():
-        with _exit_when_interrupted():
-            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, **record)
+        run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, announce=stop.recorded, **record)
         return
     _run_rank(checked, out_root, device, quiet, record)
 
 
 def _run_rank(checked: Any, out_root: Path, device: str | None, quiet: bool, record: dict[str, Any]) -> NoReturn:
-    """One rank of an `--nproc` or torchrun run; ends the process: 0, or 128 + the signal that stopped it.
+    """One rank of an `--nproc` or torchrun run; ends the process: 0, 128 + the signal that stopped it, or its error's exit code.
 
     A stopped rank exits as a stopped one-process run does, without a traceback, so that the
-    launcher can tell an interrupted run from a failed one (launch.stopped_by); rank 0 has
-    recorded the run as interrupted and printed the line saying how to resume it. A failing
-    rank's error goes on to the CLI's message, naming the rank.
+    launcher can tell an interrupted run from a failed one (launch.decisive). A failing rank
+    prints its error, naming the rank, unless it is most likely an echo (its collective broke:
+    a peer had left, runner.lost_peer) and the `--nproc` launcher, which tells how every rank
+    ended, is there to tell it. Under `--nproc` rank 0 leaves the run's last line (how far it
+    got, how to resume) to the launcher; under torchrun it prints it.
     """
     from amemctl import launch
     from amemctl.engine.records import Interrupted, stop_once
+    from amemctl.engine.runner import lost_peer
 
     code = 0
     try:
-        stop_once()
+        stop_once(launch.note_stop)
         _rank_work(checked, out_root, device, quiet, record)
     except (KeyboardInterrupt, Interrupted) as exc:
         code = _stopped_status(exc)
+    except AmemctlError as exc:  # reported to the launcher (_rank_work)
+        if not (launch.launched() and lost_peer(exc)):
+            print_error(exc)
+        code = exc.exit_code
     launch.exit_worker(code)
 
 
@@ -160,8 +179,8 @@ def _rank_work(checked: Any, out_root: Path, device: str | None, quiet: bool, re
     group, rank, device = launch.start_worker(device)
     finished = False
     try:
-        if rank == 0:  # the launcher learns where the run folder is, to record another rank's failure there
-            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group, announce=launch.announce_run_folder, **record)
+        if rank == 0:  # the launcher learns where the run folder is, to say how the run ended and correct its record
+            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group, announce=launch.announce_run_folder, stop_line=not launch.launched(), **record)
         else:  # the other ranks compute their shards; rank 0 alone reports
             import io
             import tempfile
@@ -179,19 +198,47 @@ def _rank_work(checked: Any, out_root: Path, device: str | None, quiet: bool, re
         launch.stop_worker(finished)
 
 
+class _Stop:
+    """Whether a stop of `amemctl run` is told by the run (its closing line: run_pipeline's, or the `--nproc` launcher's), or here: it stopped before it started."""
+
+    told = False
+
+    def recorded(self, run_dir: Path) -> None:
+        """The run is recorded (runner.run_pipeline's announce): a stop from now on ends it with its own closing line."""
+        self.told = True
+
+
 @contextlib.contextmanager
-def _exit_when_interrupted() -> Iterator[None]:
-    """Ctrl-C or SIGTERM during a run: exit 128 + the signal's number (130, 143), as a shell reports it.
+def _exit_when_interrupted() -> Iterator[_Stop]:
+    """Ctrl-C or SIGTERM during `amemctl run`: exit 128 + the signal's number (130, 143), as a shell reports it.
 
-    The run has recorded itself `interrupted` and printed its last line, how far it got and
-    the `--resume` command that continues it; click would add "Aborted!" and exit 1.
+    The handlers are in place from the command's start, so a stop while the pipeline is
+    checked or torch imported is one too (SIGTERM would otherwise kill the process without a
+    word). Once the run is recorded, a stopped run records itself `interrupted` and prints
+    its last line, how far it got and the `--resume` command that continues it (for `--nproc`,
+    the launcher prints it); before that, the line says it stopped before it started, with
+    nothing to resume. Click would print "Aborted!" and exit 1.
     """
-    from amemctl.engine.records import Interrupted
+    from amemctl.engine.records import STOP_SIGNALS, Interrupted, unstarted_line
 
+    stop = _Stop()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS} if main_thread else {}
     try:
-        yield
+        yield stop
     except (KeyboardInterrupt, Interrupted) as exc:
-        raise click.exceptions.Exit(_stopped_status(exc)) from None
+        status = _stopped_status(exc)
+        if not stop.told:
+            Console().print(unstarted_line(status - 128), style="yellow", markup=False, highlight=False, soft_wrap=True)
+        raise click.exceptions.Exit(status) from None
+    finally:
+        for signum, handler in before.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def _stopped_status(stop: BaseException) -> int:

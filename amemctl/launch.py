@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -20,18 +21,37 @@ import tempfile
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
-import torch
-
-from amemctl.engine.records import STOP_SIGNALS, RunRecord, ignore_stops, write_atomically
+from amemctl.engine.records import (
+    STOP_SIGNALS,
+    Interrupted,
+    RunRecord,
+    closing_line,
+    count_text,
+    ignore_stops,
+    read_json,
+    stop_signal,
+    unstarted_line,
+    write_atomically,
+)
 from amemctl.errors import AmemctlError, RunFolderError
 
-#: the file in which rank 0 of an `--nproc` run writes the path of its run folder (set by launch)
-RUN_FOLDER_ENV = "AMEMCTL_RUN_FOLDER_FILE"
+#: the folder in which the ranks of an `--nproc` run leave word for the launcher (set by launch):
+#: rank 0 where its run folder is (RUN_FOLDER), a stopped rank which signal stopped it and when (stopped-RANK.json)
+LAUNCH_DIR_ENV = "AMEMCTL_LAUNCH_DIR"
+RUN_FOLDER = "run-folder"
 #: where torch's launcher (elastic agent) reads a failed rank's error, in the format of torch's @record
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+#: torch's launcher logs how it stops the ranks ("Received 2 death signal, shutting down workers",
+#: "Sending process N closing signal SIGTERM", and "failed (exitcode: 143) local_rank: 1" for a
+#: rank that was stopped, not failed): quieter while amemctl's own account of the run replaces them
+QUIET_TORCH_LOGGERS = {
+    "torch.distributed.elastic.agent.server.api": logging.ERROR,
+    "torch.distributed.elastic.multiprocessing.api": logging.CRITICAL,
+}
 
 
 def in_worker() -> bool:
@@ -49,6 +69,7 @@ def world_size() -> int:
 
 def start_worker(device: str | None) -> tuple[Any, int, str | None]:
     """Join the process group; returns (group, rank, the device this rank should use)."""
+    import torch
     import torch.distributed as dist
 
     wants_gpu = device not in ("cpu",) and torch.cuda.is_available()
@@ -83,12 +104,14 @@ def stop_worker(finished: bool) -> None:
 
 
 def exit_worker(code: int = 0) -> NoReturn:
-    """End a rank that left its group: with `code` (0, or 128 + the signal that stopped it), without the interpreter's teardown.
+    """End a rank that left its group: with `code` (0, 128 + the signal that stopped it, or its error's exit code), without the interpreter's teardown.
 
     Under load, about one run in fifty, a rank that had finished, passed the barrier and left
     its group still aborted in the teardown ("terminate called without an active exception",
     SIGABRT: a gloo or thread-pool thread still joinable); the launcher then reported a failed
-    run whose results were all written. Everything is written and flushed by now.
+    run whose results were all written. A failed rank in the teardown, its stop handlers gone
+    (Python restores the default ones), was killed by the launcher's SIGTERM and exited -15.
+    Everything is written and flushed by now.
     """
     import logging
 
@@ -99,17 +122,55 @@ def exit_worker(code: int = 0) -> NoReturn:
     os._exit(code)
 
 
-def announce_run_folder(run_dir: Path) -> None:
-    """Tell the `--nproc` launcher where rank 0's run folder is; nothing under torchrun, which names no file.
+def run_worker() -> NoReturn:
+    """`python -m amemctl` as a rank of an `--nproc` or torchrun run: a stop signal is taken from the rank's very start.
 
-    When another rank fails, the launcher stops rank 0, whose record then says interrupted
-    (or running, or failed with an echo of the other rank's failure): the launcher corrects
-    it (record_failure). Best effort: a file that cannot be written must not fail the run.
+    A rank stopped while it starts (importing torch, checking the pipeline, joining the group)
+    exits as a stopped rank does, 128 + the signal, without click's "Aborted!" or a
+    traceback: the launcher says how the run stands (here: stopped before it started).
     """
-    path = os.environ.get(RUN_FOLDER_ENV)
-    if path:
+    from amemctl.engine.records import stop_once
+
+    stop_once(note_stop)
+    try:
+        from amemctl.cli import main
+
+        main()
+    except (KeyboardInterrupt, Interrupted) as exc:
+        exit_worker(128 + (stop_signal(exc) or 0))
+    sys.exit(0)  # click's main exits by itself
+
+
+def launched() -> bool:
+    """Whether this rank was started by `amemctl run --nproc`, whose launcher tells how the run ended (under torchrun, rank 0 does)."""
+    return in_worker() and bool(os.environ.get(LAUNCH_DIR_ENV))
+
+
+def announce_run_folder(run_dir: Path) -> None:
+    """Tell the `--nproc` launcher where rank 0's run folder is; nothing under torchrun, which names no folder.
+
+    The launcher reads the record there once every rank has ended: it tells how far the run
+    got and how to resume it, and corrects the record when another rank ended the run
+    (rank 0, stopped by the launcher, had recorded an interruption). Best effort: a file that
+    cannot be written must not fail the run.
+    """
+    folder = os.environ.get(LAUNCH_DIR_ENV)
+    if folder:
         with contextlib.suppress(OSError):
-            write_atomically(Path(path), str(run_dir.resolve()))
+            write_atomically(Path(folder) / RUN_FOLDER, json.dumps({"path": str(run_dir.resolve()), "shown": str(run_dir)}))
+
+
+def note_stop(signum: int) -> None:
+    """Tell the `--nproc` launcher that a stop signal reached this rank, and when (records.stop_once calls it first thing).
+
+    The launcher tells a run a user stopped (one rank's pid, say) from one that failed by
+    what came first: this note, or a failing rank's error file (report_failure). A peer
+    whose collective broke when this rank left reports later than this. Nothing under torchrun.
+    """
+    folder, rank = os.environ.get(LAUNCH_DIR_ENV), os.environ.get("RANK")
+    if folder and rank is not None:
+        with contextlib.suppress(OSError):
+            write_atomically(Path(folder) / f"stopped-{rank}.json", json.dumps({"signal": int(signum), "at": time.time()}))
 
 
 def report_failure(error: BaseException) -> None:
@@ -118,9 +179,12 @@ def report_failure(error: BaseException) -> None:
     The file is the one torch names in TORCHELASTIC_ERROR_FILE, in the format its @record
     writes (ProcessFailure.message): the launcher puts the failing rank's message in the
     run's record, and tells the first failure from its echoes in the other ranks (a peer's
-    collective that breaks when this rank leaves) by `failed_at`. An amemctl error is the
-    user's, told without a traceback; a bug keeps its traceback.
+    collective that breaks when this rank leaves) by `failed_at`, and by `echo`: whether the
+    error came from inside torch.distributed (runner.lost_peer), which ranks after any other
+    failure. An amemctl error is the user's, told without a traceback; a bug keeps its traceback.
     """
+    from amemctl.engine.runner import lost_peer
+
     path = os.environ.get(ERROR_FILE_ENV)
     if not path:
         return
@@ -129,61 +193,66 @@ def report_failure(error: BaseException) -> None:
     else:
         message = f"{type(error).__name__}: {error}"
         details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    info = {"py_callstack": details, "timestamp": str(int(time.time())), "failed_at": time.time()}
+    info = {"py_callstack": details, "timestamp": str(int(time.time())), "failed_at": time.time(), "echo": lost_peer(error)}
     with contextlib.suppress(OSError):
         write_atomically(Path(path), json.dumps({"message": {"message": message, "extraInfo": info}}))
 
 
 def launch(nproc: int, arguments: list[str]) -> None:
-    """Run `python -m amemctl <arguments>` on `nproc` local ranks and wait.
+    """Run `python -m amemctl <arguments>` on `nproc` local ranks, wait, and tell how the run ended.
 
-    A failed rank is an error naming it. A stop signal raises Interrupted, as in a one-process
-    run: the launcher's own (torch's handler raises SignalException, after passing the signal
-    to the ranks and waiting for them), or the ranks' alone (every rank that ended exited as
-    stopped, 128 + the signal, or was killed by it). Rank 0 has then recorded the run as
-    interrupted and printed how to resume it. After a failure, rank 0's record is made to
-    say failed, with the message of the rank that failed first (record_failure): stopped by
-    the launcher, rank 0 had recorded an interruption.
+    Once every rank has ended, the launcher alone knows how each did (rank 0, stopped by the
+    launcher, cannot tell why), so it prints the run's last line itself, rank 0 leaving it
+    out (runner.run_pipeline's stop_line), and makes rank 0's record agree:
+
+    - stopped: the launcher got a stop signal itself (torch's handler raises SignalException,
+      after passing the signal to the ranks and waiting for them), or the first rank to end
+      was stopped by one (a user or scheduler signalling that rank's pid). Interrupted is
+      raised, as in a one-process run: exit status 128 + the signal, after the line saying
+      how far the run got and how to resume it, or that it stopped before it started.
+    - failed: a rank failed (first, among those that failed other than by an echo: a
+      collective broken by a peer that had left), or was killed by another signal (SIGKILL:
+      the kernel's OOM killer). The record says failed, naming that rank with its message;
+      an AmemctlError names the rank, where its message is and how to resume.
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from amemctl.engine.records import Interrupted
-
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=f"amemctl-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
-        max_restarts=0,
-        monitor_interval=0.1,
-    )
-    names = getattr(config, "signals_to_handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT")  # a field of newer torch releases
+    names = getattr(LaunchConfig, "signals_to_handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT")  # a field of newer torch releases
     handled = [getattr(signal, name.strip()) for name in names.split(",") if hasattr(signal, name.strip())]
     handlers = {signum: signal.getsignal(signum) for signum in handled}
-    run_folder = os.path.join(tempfile.mkdtemp(prefix="amemctl-launch-"), "run-folder")  # rank 0 writes its run folder's path there
+    folder = Path(tempfile.mkdtemp(prefix="amemctl-launch-"))  # the ranks leave word for the launcher there
     try:
-        with _environment(RUN_FOLDER_ENV, run_folder):
-            elastic_launch(config, sys.executable)("-m", "amemctl", *arguments)
-    except SignalException as exc:
-        raise Interrupted(exc.sigval) from None
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=nproc,
+            run_id=f"amemctl-{uuid.uuid4().hex[:8]}",
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",
+            max_restarts=0,
+            monitor_interval=0.1,
+        )
+        try:
+            with _environment(LAUNCH_DIR_ENV, str(folder)), _quiet_torch():
+                elastic_launch(config, sys.executable)("-m", "amemctl", *arguments)
+        finally:  # the launcher leaves handlers of its own (raising its SignalException) installed: ours again before telling
+            for signum, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
+    except (SignalException, Interrupted, KeyboardInterrupt) as exc:  # the launcher was stopped (Interrupted: before torch's handlers were in place)
+        signum = int(exc.sigval) if isinstance(exc, SignalException) else stop_signal(exc) or int(signal.SIGINT)
+        tell_interrupted(folder, signum)
+        raise Interrupted(signum) from None
     except ChildFailedError as exc:
-        stopped = stopped_by(exc.failures)
-        if stopped is not None:
-            raise Interrupted(stopped) from None
-        record_failure(Path(run_folder), exc.failures)
-        detail = "; ".join(f"rank {rank} exited with code {f.exitcode}" for rank, f in sorted(exc.failures.items()))
-        raise AmemctlError(
-            f"the distributed run failed: {detail}",
-            hint="the failing rank's own message is printed above; nothing was written to stores after the failure",
-        ) from None
-    finally:  # the launcher leaves handlers of its own (raising its SignalException) installed
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        shutil.rmtree(os.path.dirname(run_folder), ignore_errors=True)
+        first = decisive([ending_of(rank, failure, folder) for rank, failure in sorted(exc.failures.items())])
+        if first is not None and first.how == "stopped" and first.signum is not None:
+            tell_interrupted(folder, first.signum, first)
+            raise Interrupted(first.signum) from None
+        raise tell_failed(folder, first) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -200,73 +269,201 @@ def _environment(name: str, value: str) -> Iterator[str]:
             os.environ[name] = before
 
 
-def record_failure(folder_file: Path, failures: dict[int, Any]) -> None:
-    """After a failed run, make rank 0's record say so, naming the rank that failed first; unless rank 0 failed first itself.
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Raise the levels of torch's launcher loggers (QUIET_TORCH_LOGGERS) for the duration; not when LOGLEVEL is set.
 
-    The launcher stopped rank 0 when another rank failed: its run.json then says
-    interrupted (or running, or failed with an echo of that failure). A finished record
-    is never touched (RunRecord.fail_elsewhere); nor is a damaged one, nor a run that
-    made no run folder. Every rank has ended when this runs, so nothing else writes the record.
+    LOGLEVEL is torch's own setting for these loggers (torch.distributed.elastic.utils.logging):
+    whoever sets it, to INFO say, asked for torch's lines and gets them.
     """
-    first = first_failure(failures)
-    if first is None or first[0] == 0:
+    if os.environ.get("LOGLEVEL"):
+        yield
         return
+    loggers = {logging.getLogger(name): level for name, level in QUIET_TORCH_LOGGERS.items()}
+    before = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(level)
     try:
-        run_dir = Path(folder_file.read_text())
-    except OSError:  # rank 0 made no run folder
-        return
-    message, details = failure_text(*first)
-    with contextlib.suppress(RunFolderError, OSError):
-        RunRecord.load(run_dir).fail_elsewhere(message, details)
+        yield
+    finally:
+        for logger, level in before.items():
+            logger.setLevel(level)
 
 
-def first_failure(failures: dict[int, Any]) -> tuple[int, Any] | None:
-    """The rank that failed first (earliest `failed_at` in its error file), and its failure; None when every rank was stopped.
+@dataclass(frozen=True)
+class Ending:
+    """How one rank of an `--nproc` run that did not finish ended, as the launcher learns it."""
 
-    Ranks stopped by a signal (the launcher stops the others when one fails) did not
-    fail. A rank that failed without an error file (killed, or gone before reporting)
-    comes after those that have one: its time is unknown.
+    rank: int
+    exitcode: int
+    how: str  #: "failed", "echo" (failed in a collective: most likely its peer had left) or "stopped" (by a stop signal)
+    at: float = math.inf  #: when (time.time()); infinity when the rank left no word of it
+    signum: int | None = None  #: the stop signal, or the signal that killed the rank
+    message: str = ""  #: its error's message (from its error file)
+    details: str = ""  #: what error.txt adds to it (a traceback)
+
+    def said(self) -> str:
+        """How the rank ended, in a few words: `rank 1 failed (exit code 2)`, `rank 1 was stopped by SIGTERM`."""
+        if self.how == "stopped" and self.signum is not None:
+            return f"rank {self.rank} was stopped by {_signal_name(self.signum)}"
+        if self.signum is not None:
+            return f"rank {self.rank} was killed by {_signal_name(self.signum)} (exit code {self.exitcode})"
+        return f"rank {self.rank} failed (exit code {self.exitcode})"
+
+    def record_text(self) -> tuple[str, str]:
+        """Its message for run.json (naming the rank and its exit code) and what error.txt adds to it."""
+        said = self.said()
+        if self.message:
+            return f"{said}: {self.message}", ("" if self.details == self.message else self.details)
+        if self.signum is None:
+            return said, f"it left no message; its own output says why (exit code {self.exitcode})"
+        return said, ""
+
+
+def ending_of(rank: int, failure: Any, folder: Path | None = None) -> Ending:
+    """How a rank that did not finish ended: its torch failure (exit code, error file) and the stop it noted in `folder` (note_stop)."""
+    code = failure.exitcode
+    message, details, info = _error_file(failure)
+    if _is_time(info.get("failed_at")):  # report_failure's
+        return Ending(rank, code, "echo" if info.get("echo") is True else "failed", float(info["failed_at"]), None, message, details)
+    note = read_json(folder / f"stopped-{rank}.json") if folder is not None else None
+    if note is not None and note.get("signal") in [int(s) for s in STOP_SIGNALS]:
+        return Ending(rank, code, "stopped", float(note["at"]) if _is_time(note.get("at")) else math.inf, int(note["signal"]))
+    stop = _stop_codes().get(code)
+    if stop is not None:  # stopped before it could note it (while Python started), or killed by the signal
+        return Ending(rank, code, "stopped", math.inf, stop)
+    return Ending(rank, code, "failed", math.inf, -code if code < 0 else None, message, details)
+
+
+def decisive(endings: list[Ending]) -> Ending | None:
+    """The ending that decided how the run ended: the first failure, else the first stop, else the first echo; None when none.
+
+    Ranks the launcher stopped after a failure did not fail, nor did those whose collective
+    broke when a stopped or failed peer left (echoes). Among several, the earliest, and
+    those that left no time (a rank killed outright) after those that did.
     """
-    stops = _stop_codes()
-    failed = [(rank, f) for rank, f in failures.items() if f.exitcode not in stops]
-    return min(failed, key=lambda item: (_failed_at(item[1]), item[0]), default=None)
+    for how in ("failed", "stopped", "echo"):
+        found = [ending for ending in endings if ending.how == how]
+        if found:
+            return min(found, key=lambda ending: (ending.at, ending.rank))
+    return None
 
 
-def _failed_at(failure: Any) -> float:
-    """When a rank failed, from the error file report_failure wrote; infinity when unknown."""
-    info = failure.message.get("extraInfo", {}) if isinstance(failure.message, dict) else {}
-    at = info.get("failed_at") if isinstance(info, dict) else None
-    return float(at) if isinstance(at, (int, float)) and math.isfinite(at) else math.inf
+def tell_interrupted(folder: Path, signum: int, by: Ending | None = None) -> None:
+    """A stopped run: make rank 0's record say interrupted (by `by`, when one rank was stopped alone), and print how far it got and how to resume it.
+
+    Rank 0 may have recorded a crash of its collective (its peer, stopped, left), or been
+    killed before it ended its record (still running): either way the run was interrupted.
+    With no run folder, the run was stopped before it started.
+    """
+    cause = by.said() if by is not None else ""
+    found = _run_folder(folder)
+    record = _record(found[0]) if found is not None else None
+    if found is None or record is None:
+        _say(unstarted_line(signum, cause))
+        return
+    status = record.data.get("status")
+    if status == "finished":  # rank 0 finished and said so before the stop
+        return
+    if by is not None or status != "interrupted":
+        message = f"stopped by signal {_signal_name(signum)}" + (f" sent to rank {by.rank}" if by is not None else "")
+        if record.interrupt_elsewhere(message) and status != "interrupted":
+            _restate(found[0], "interrupted", None)
+    _say(closing_line("interrupted", _progress(record.data), found[1], cause))
 
 
-def failure_text(rank: int, failure: Any) -> tuple[str, str]:
-    """A failed rank's message for run.json, naming the rank and its exit code, and what error.txt adds to it (its traceback)."""
-    message = failure.message
-    if isinstance(message, dict):  # an error file: report_failure's, or torch's @record's
-        info = message.get("extraInfo", {})
-        text = str(message.get("message", ""))
-        details = str(info.get("py_callstack", text)) if isinstance(info, dict) else text
-    elif failure.exitcode < 0:
-        text = details = f"killed by signal {failure.signal_name()}"
-    else:
-        text, details = "", f"it left no message; its own output says why (exit code {failure.exitcode})"
-    head = f"rank {rank} failed (exit code {failure.exitcode})"
-    return (f"{head}: {text}" if text else head), ("" if details == text else details)
+def tell_failed(folder: Path, first: Ending | None) -> AmemctlError:
+    """A failed run: make rank 0's record name the rank that failed first, print how far the run got, and return the error to raise.
+
+    Rank 0's own failure is recorded by rank 0 itself; a finished record is never touched
+    (RunRecord.fail_elsewhere). The failing rank printed its own message (an echo did not:
+    it is told here), so the error says where it is, and how to resume the run.
+    """
+    if first is None:
+        return AmemctlError("the distributed run failed", hint="the ranks' own output above says why")
+    found = _run_folder(folder)
+    record = _record(found[0]) if found is not None else None
+    if record is not None and (first.rank != 0 or first.how != "failed"):
+        message, details = first.record_text()
+        if record.fail_elsewhere(message, details):
+            _restate(found[0], "failed", message)
+    told = first.said()
+    if first.how == "echo":
+        told += f": {first.message}"
+    elif first.message:
+        told += "; its message is above" + (f" and in {found[1]}/error.txt" if record is not None and record.data.get("status") == "failed" else "")
+    elif first.signum is None:
+        told += "; its own output above says why"
+    if record is None:
+        return AmemctlError(f"the distributed run failed: {told}", hint="it failed before rank 0 recorded the run: there is nothing to resume")
+    if record.data.get("status") != "finished":  # rank 0 said where a finished run is
+        _say(closing_line("failed", _progress(record.data), found[1]))
+    return AmemctlError(
+        f"the distributed run failed: {told}",
+        hint=f"nothing was written to stores after the failure; once that is fixed, `amemctl run --resume {found[1]}` continues the run (in one process)",
+    )
+
+
+def _run_folder(folder: Path) -> tuple[Path, str] | None:
+    """Rank 0's run folder (announce_run_folder), and that path as the user gave it; None when rank 0 made none."""
+    data = read_json(folder / RUN_FOLDER)
+    if data is None or not isinstance(data.get("path"), str):
+        return None
+    return Path(data["path"]), str(data.get("shown") or data["path"])
+
+
+def _record(run_dir: Path) -> RunRecord | None:
+    """The run's record, checked; None when absent or damaged (then left alone)."""
+    try:
+        return RunRecord.load(run_dir)
+    except (RunFolderError, OSError):
+        return None
+
+
+def _restate(run_dir: Path, status: str, error: str | None) -> None:
+    """metrics.json and report.md say what the corrected record says (results.restate); best effort."""
+    from amemctl.engine.results import restate
+
+    with contextlib.suppress(OSError):
+        restate(run_dir, status, error)
+
+
+def _progress(data: dict[str, Any]) -> str:
+    """How far a recorded run got, as the stop line says it (records.count_text)."""
+    numbers = [data.get(key) for key in ("points_done", "points_total", "repeats")]
+    done, total, repeats = (n if isinstance(n, int) and not isinstance(n, bool) else 0 for n in numbers)
+    return count_text(done, total, repeats or 1)
+
+
+def _say(line: str) -> None:
+    """Print the run's last line as rank 0 would have (results.write_outputs): stdout, yellow in a terminal."""
+    from rich.console import Console
+
+    Console().print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+def _error_file(failure: Any) -> tuple[str, str, dict[str, Any]]:
+    """A failed rank's message, traceback and extra info from its error file (report_failure's, or torch's @record's); empty when none."""
+    message = getattr(failure, "message", None)
+    if not isinstance(message, dict):
+        return "", "", {}
+    info = message.get("extraInfo", {})
+    info = info if isinstance(info, dict) else {}
+    text = str(message.get("message", ""))
+    return text, str(info.get("py_callstack", text)), info
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _stop_codes() -> dict[int, int]:
     """The exit codes of a rank stopped by SIGINT or SIGTERM (128 + the signal, or -signal when killed by it), to the signal."""
     return {code: int(signum) for signum in STOP_SIGNALS for code in (128 + signum, -signum)}
-
-
-def stopped_by(failures: dict[int, Any]) -> int | None:
-    """The stop signal that ended every failed rank (by its lowest rank), or None when one of them failed otherwise.
-
-    A rank stopped by SIGINT or SIGTERM exits with 128 + the signal (records.stop_once, cli), or is
-    killed by it (exit code -signal) before or after its handler is in place. When one rank
-    fails, the launcher stops the others with SIGTERM: that failure is then among them, and
-    the run failed.
-    """
-    stops = _stop_codes()
-    signals = [stops.get(failure.exitcode) for _, failure in sorted(failures.items())]
-    return signals[0] if signals and None not in signals else None

@@ -141,11 +141,30 @@ def test_a_failing_rank_fails_the_run_and_names_itself(tmp_path, capfd):
     assert not (tmp_path / "never.zarr").exists()
 
 
-#: a test-only plugin: `fail_rank` fails on one rank of a distributed run, at the Nth point it runs there
+#: a test-only plugin: `fail_rank` fails on one rank of a distributed run, at the Nth point it runs there;
+#: `hold_rank` waits on one rank, after leaving its pid in a file; with AMEMCTL_TEST_HOLD set, every rank
+#: waits while it starts, before anything is recorded (AMEMCTL_TEST_HOLD_MAIN: a one-process run too)
 FAIL_RANK_PLUGIN = """\
+import os
+import time
+from pathlib import Path
+
 import torch.distributed as dist
 
 from amemctl import AmemctlError, Param, Stage, hookimpl
+
+
+def _hold(marker):
+    \"\"\"Leave this process's pid in `marker` (whole, by a rename), then wait, out of any collective, until a signal stops it.\"\"\"
+    Path(f"{marker}.tmp").write_text(str(os.getpid()))
+    os.replace(f"{marker}.tmp", marker)
+    while True:
+        time.sleep(0.01)
+
+
+_FOLDER = os.environ.get("AMEMCTL_TEST_HOLD")
+if _FOLDER and ("RANK" in os.environ or os.environ.get("AMEMCTL_TEST_HOLD_MAIN")):  # loaded while the pipeline is checked
+    _hold(Path(_FOLDER, "start-" + os.environ.get("RANK", "main")))
 
 
 class FailRank(Stage):
@@ -154,17 +173,36 @@ class FailRank(Stage):
     name = "fail_rank"
     rank = Param(int, 1, "the rank that fails")
     call = Param(int, 3, "the point (counted in this process) at which it fails")
+    hold = Param(bool, False, "the other ranks then wait there, out of any collective, until they are stopped")
     calls = 0
 
     def run(self, ctx):
         type(self).calls += 1
-        if ctx.distributed and dist.get_rank(ctx.group) == self.rank and type(self).calls == self.call:
-            raise AmemctlError(f"rank {self.rank} fails on purpose")
+        if ctx.distributed and type(self).calls == self.call:
+            if dist.get_rank(ctx.group) == self.rank:
+                raise AmemctlError(f"rank {self.rank} fails on purpose")
+            while self.hold:
+                time.sleep(0.01)
+
+
+class HoldRank(Stage):
+    \"\"\"On `rank`, at the `call`th point this process runs, leave the pid in `marker` and wait until stopped.\"\"\"
+
+    name = "hold_rank"
+    rank = Param(int, 1, "the rank that waits")
+    call = Param(int, 3, "the point (counted in this process) at which it waits")
+    marker = Param(str, "held", "the file that gets its pid")
+    calls = 0
+
+    def run(self, ctx):
+        type(self).calls += 1
+        if ctx.distributed and type(self).calls == self.call and dist.get_rank(ctx.group) == self.rank:
+            _hold(self.marker)
 
 
 @hookimpl
 def amemctl_register_stages():
-    return [FailRank]
+    return [FailRank, HoldRank]
 """
 
 
@@ -199,14 +237,17 @@ def test_a_rank_failing_partway_is_recorded_failed_by_rank_0_and_resumes(tmp_pat
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
     assert f"(rank {rank}) stage 'fail_rank' failed" in proc.stderr, output
-    assert "the distributed run failed: rank 0 exited with code" in proc.stderr and "Traceback" not in output, output
     (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    name = f"runs/small/{run_dir.name}"
+    assert f"error: the distributed run failed: rank {rank} failed (exit code 2); its message is above and in {name}/error.txt" in proc.stderr, output
+    assert f"`amemctl run --resume {name}` continues the run" in proc.stderr and "Traceback" not in output, output
+    assert "run interrupted" not in output and f"; what finished is in {name}" in proc.stdout, output
     record = read_record(run_dir)
     assert record["status"] == "failed" and record["ended"] is not None, record
     assert f"rank {rank} fails on purpose" in record["error"]["message"], record
     if rank == 1:  # the launcher's correction names the rank and its exit code
         assert record["error"]["message"].startswith("rank 1 failed (exit code 2): ") and record["error"]["type"] == "RankFailed", record
-        assert "please report it" not in proc.stderr.replace("if none did, a bug in amemctl (please report it)", ""), output  # rank 0's broken collective is not blamed on amemctl
+        assert "crashed" not in proc.stderr and "please report it" not in proc.stderr, output  # rank 0's broken collective, an echo, is not told
     else:  # rank 0's own record of its own failure
         assert record["error"]["type"] != "RankFailed", record
     assert f"rank {rank} fails on purpose" in (run_dir / record["error"]["traceback"]).read_text()
@@ -255,6 +296,7 @@ def test_an_interrupted_nproc_run_is_recorded_interrupted_and_resumes(tmp_path, 
     assert child.returncode == code, out + err
     assert f"of 16 points; continue it with `amemctl run --resume runs/small/{run_dir.name}`" in out, out + err
     assert "Traceback" not in out + err and "the distributed run failed" not in err, out + err
+    assert "death signal" not in err and "closing signal" not in err, err  # torch's launcher, made quiet (launch.QUIET_TORCH_LOGGERS)
     assert record["status"] == "interrupted" and record["error"]["type"] == "Interrupted", record
     done = record["points_done"]
     resumed = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--quiet"])
@@ -264,35 +306,179 @@ def test_an_interrupted_nproc_run_is_recorded_interrupted_and_resumes(tmp_path, 
     assert record["attempts"][0]["status"] == "interrupted"
 
 
-def test_ranks_stopped_by_a_signal_are_an_interruption_and_a_failed_rank_a_failure():
-    """The launcher's verdict when the ranks alone were signalled (a scheduler signalling every process but it)."""
-    failures = lambda *codes: {rank: SimpleNamespace(exitcode=code) for rank, code in enumerate(codes)}
-    assert launch.stopped_by(failures(143, -15)) == signal.SIGTERM
-    assert launch.stopped_by(failures(130)) == signal.SIGINT
-    assert launch.stopped_by(failures(-2, 143)) == signal.SIGINT  # the lowest rank's signal
-    assert launch.stopped_by(failures(2, 143)) is None  # rank 0 failed; the launcher then stopped rank 1
-    assert launch.stopped_by(failures(143, 1)) is None
-    assert launch.stopped_by(failures(-9)) is None  # SIGKILL: the kernel's OOM killer, not a stop request
-    assert launch.stopped_by({}) is None
+def _wait_for(paths: list[Path], child: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until every file in `paths` exists (or the launcher ended): no fixed sleep racing the run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.poll() is None and not all(p.exists() for p in paths):
+        time.sleep(0.05)
+    if not all(p.exists() for p in paths):
+        child.kill()
+        child.wait()
+        folder = paths[0].parent
+        pytest.fail(f"{paths} never appeared; the launcher ended with {child.returncode}:\n" + "".join((folder / name).read_text() for name in ("stdout", "stderr")))
 
 
-def test_the_first_rank_to_fail_is_blamed_and_a_finished_record_is_never_rewritten(tmp_path):
-    """first_failure: the earliest error file, past ranks the launcher stopped and those that left none; fail_elsewhere spares a finished run."""
+def _start(tmp_path: Path, env: dict[str, str], nproc: int = 2) -> subprocess.Popen:
+    """`amemctl run small.yaml --nproc N` in tmp_path, its output in tmp_path/stdout and tmp_path/stderr."""
+    command = [sys.executable, "-m", "amemctl", "run", "small.yaml", "--nproc", str(nproc), "--quiet", "--device", "cpu", "--out", "runs"]
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        return subprocess.Popen(command, env=env, cwd=tmp_path, stdout=stdout, stderr=stderr)
+
+
+def _outputs(tmp_path: Path) -> tuple[str, str]:
+    return (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+
+
+def test_a_rank_failing_while_rank_0_is_stopped_is_told_as_one_failure(tmp_path):
+    """Rank 1 fails at its third point while rank 0 waits there, out of any collective: the launcher stops rank 0,
+    which records an interruption. The user hears one account, the launcher's: the run failed, rank 1 failed,
+    its message is above and in error.txt, how to resume; rank 0 says nothing of an interruption, and its
+    record, metrics.json and report.md say failed."""
+    from amemctl.engine.records import json_object, read_record
+
+    sweep = RUNS_SWEEP.replace("  - report: {count: 3}\n", "").replace("  - evaluate:", "  - fail_rank: {rank: 1, call: 3, hold: true}\n  - evaluate:")
+    (tmp_path / "small.yaml").write_text(sweep)
+    child = _start(tmp_path, _fail_rank_env(tmp_path))
+    child.wait(timeout=180)
+    out, err = _outputs(tmp_path)
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    name = f"runs/small/{run_dir.name}"
+    assert child.returncode == 2, out + err
+    assert "run interrupted" not in out + err and "--resume" not in out, out + err
+    assert out.rstrip().endswith(f"run stopped after 2 of 8 points; what finished is in {name}"), out
+    assert "error: small.yaml:12:5: (rank 1) stage 'fail_rank' failed" in err, err
+    assert f"error: the distributed run failed: rank 1 failed (exit code 2); its message is above and in {name}/error.txt" in err, err
+    assert f"once that is fixed, `amemctl run --resume {name}` continues the run (in one process)" in err, err
+    assert "closing signal" not in err and "failed (exitcode" not in err and "Traceback" not in err, err  # torch's launcher, made quiet
+    record = read_record(run_dir)
+    assert record["status"] == "failed" and record["error"]["message"].startswith("rank 1 failed (exit code 2): "), record
+    assert json_object(run_dir / "metrics.json")["status"] == "failed"
+    assert "- status: failed (2 of 8 sweep points)" in (run_dir / "report.md").read_text()
+
+
+def test_a_signal_to_one_rank_interrupts_the_run_and_says_so(tmp_path):
+    """A user stops one rank (its pid, not the launcher's): the run is interrupted, not failed.
+
+    Rank 1 waits before its first point's retrieval, rank 0 goes on into that retrieval's
+    collective; rank 1 gets SIGTERM and leaves. Rank 0's collective breaks (an echo, not told)
+    or the launcher stops it: either way the run was stopped by a signal to rank 1, exit 143,
+    with one line saying so and how to resume, and the record says interrupted.
+    """
+    from amemctl.engine.records import json_object, read_record
+
+    sweep = RUNS_SWEEP.replace("  - report: {count: 3}\n", "").replace("  - score:", "  - hold_rank: {rank: 1, call: 1, marker: held}\n  - score:")
+    (tmp_path / "small.yaml").write_text(sweep)
+    child = _start(tmp_path, _fail_rank_env(tmp_path))
+    _wait_for([tmp_path / "held"], child)
+    os.kill(int((tmp_path / "held").read_text()), signal.SIGTERM)
+    child.wait(timeout=120)
+    out, err = _outputs(tmp_path)
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    name = f"runs/small/{run_dir.name}"
+    assert child.returncode == 143, out + err
+    assert out.rstrip().endswith(f"run interrupted after 0 of 8 points: rank 1 was stopped by SIGTERM; continue it with `amemctl run --resume {name}`"), out + err
+    assert "error" not in err and "Traceback" not in err and "exitcode" not in err, err
+    record = read_record(run_dir)
+    assert record["status"] == "interrupted" and record["error"]["message"] == "stopped by signal SIGTERM sent to rank 1", record
+    assert json_object(run_dir / "metrics.json")["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("signum, code, nproc", [(signal.SIGINT, 130, 2), (signal.SIGTERM, 143, 2), (signal.SIGTERM, 143, 1)])
+def test_a_run_stopped_while_it_starts_says_it_never_started(tmp_path, signum, code, nproc):
+    """A stop while the ranks start (they load the pipeline's plugins before anything is recorded): no run
+    folder, one line saying the run stopped before it started with nothing to resume, 128 + the signal;
+    no click "Aborted!", no traceback. A one-process run says the same (SIGTERM would kill it silently)."""
+    (tmp_path / "small.yaml").write_text(RUNS_SWEEP)
+    env = {**_fail_rank_env(tmp_path), "AMEMCTL_TEST_HOLD": str(tmp_path), **({"AMEMCTL_TEST_HOLD_MAIN": "1"} if nproc == 1 else {})}
+    child = _start(tmp_path, env, nproc)
+    _wait_for([tmp_path / f"start-{rank}" for rank in (range(nproc) if nproc > 1 else ["main"])], child)
+    child.send_signal(signum)
+    child.wait(timeout=120)
+    out, err = _outputs(tmp_path)
+    assert child.returncode == code, out + err
+    assert out == f"run stopped by {signum.name} before it started: no run was recorded, so there is nothing to resume\n", out + err
+    assert "Aborted!" not in err and "Traceback" not in err and "death signal" not in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_torch_launcher_loggers_are_quiet_while_launching_unless_loglevel_asks(monkeypatch):
+    """launch._quiet_torch: the loggers of torch's launcher are raised for the launch and restored; LOGLEVEL (torch's own setting) keeps them as they are."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in launch.QUIET_TORCH_LOGGERS]
+    before = [logger.level for logger in loggers]
+    monkeypatch.delenv("LOGLEVEL", raising=False)
+    with launch._quiet_torch():
+        assert not any(logger.isEnabledFor(logging.WARNING) for logger in loggers)
+        assert logging.getLogger("torch.distributed.elastic.multiprocessing.api").level == logging.CRITICAL
+    assert [logger.level for logger in loggers] == before
+    monkeypatch.setenv("LOGLEVEL", "INFO")
+    with launch._quiet_torch():
+        assert [logger.level for logger in loggers] == before
+
+
+def test_how_each_rank_ended_decides_how_the_run_ended(tmp_path):
+    """launch.ending_of and decisive: the first failure (past ranks the launcher stopped, echoes of a peer that
+    left, and those that left no time), else the first stop (its note, stopped-RANK.json), else the first echo."""
+
+    def failure(code, at=None, echo=False, message="boom"):
+        return SimpleNamespace(exitcode=code, message={"message": message, "extraInfo": {"failed_at": at, "echo": echo}} if at is not None else "")
+
+    def first(*failures, stops=None):
+        for path in tmp_path.glob("stopped-*.json"):
+            path.unlink()
+        for rank, (signum, at) in (stops or {}).items():
+            (tmp_path / f"stopped-{rank}.json").write_text(json.dumps({"signal": int(signum), "at": at}))
+        ending = launch.decisive([launch.ending_of(rank, f, tmp_path) for rank, f in enumerate(failures)])
+        return ending.rank, ending.how
+
+    assert first(failure(2, at=5.0), failure(2, at=4.0)) == (1, "failed")  # rank 0's error echoes rank 1's
+    assert first(failure(2, at=4.0, echo=True), failure(2, at=5.0)) == (1, "failed")  # an echo comes after any failure
+    assert first(failure(143), failure(1)) == (1, "failed")  # no error file: still the failure
+    assert first(failure(2, at=4.0), failure(-15)) == (0, "failed")
+    assert first(failure(143), failure(-9)) == (1, "failed")  # SIGKILL: the kernel's OOM killer, not a stop request
+    assert first(failure(-15, at=4.0), failure(2, at=5.0)) == (0, "failed")  # killed while it ended on its own error: still its failure
+    assert first(failure(143), failure(-15)) == (0, "stopped")  # every rank stopped, none noted when: the lowest
+    assert first(failure(143), failure(-2)) == (0, "stopped")
+    assert first(failure(2, at=4.0, echo=True), failure(143), stops={1: (signal.SIGTERM, 3.0)}) == (1, "stopped")  # a user stopped rank 1
+    assert first(failure(143), failure(143), stops={0: (signal.SIGTERM, 5.0), 1: (signal.SIGTERM, 3.0)}) == (1, "stopped")
+    assert first(failure(143), failure(2, at=4.0), stops={0: (signal.SIGTERM, 5.0)}) == (1, "failed")  # the launcher stopped rank 0
+    assert launch.decisive([]) is None
+    assert launch.ending_of(1, failure(2, at=1.0, message="bad")).record_text() == ("rank 1 failed (exit code 2): bad", "")
+    assert launch.ending_of(1, failure(-9)).record_text() == ("rank 1 was killed by SIGKILL (exit code -9)", "")
+    assert launch.ending_of(1, failure(143)).said() == "rank 1 was stopped by SIGTERM"
+
+
+def test_the_launcher_corrects_rank_0s_record_but_never_a_finished_one(tmp_path, capsys):
+    """tell_failed and tell_interrupted make rank 0's record say how the run ended; fail_elsewhere spares a finished run."""
     from amemctl.engine.records import RunRecord, read_record
 
-    def failure(code, at=None, message="boom"):
-        return SimpleNamespace(exitcode=code, message={"message": message, "extraInfo": {"failed_at": at}} if at is not None else "")
+    def started(name):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        record = RunRecord.start(run_dir, pipeline="p", file="p.yaml", overrides=[], command=["amemctl"], points=4, headline=None)
+        folder = tmp_path / f"{name}-launch"
+        folder.mkdir()
+        (folder / launch.RUN_FOLDER).write_text(json.dumps({"path": str(run_dir), "shown": name}))
+        return record, folder
 
-    assert launch.first_failure({0: failure(2, at=5.0), 1: failure(2, at=4.0)})[0] == 1  # rank 0's error echoes rank 1's
-    assert launch.first_failure({0: failure(143), 1: failure(1)})[0] == 1  # no error file: still the failure
-    assert launch.first_failure({0: failure(2, at=4.0), 1: failure(-15)})[0] == 0
-    assert launch.first_failure({0: failure(143), 1: failure(-15)}) is None
-    assert launch.failure_text(1, failure(2, at=1.0, message="bad")) == ("rank 1 failed (exit code 2): bad", "")
-    RunRecord.start(tmp_path, pipeline="p", file="p.yaml", overrides=[], command=["amemctl"], points=1, headline=None).finish()
-    folder = tmp_path / "folder"
-    folder.write_text(str(tmp_path))
-    launch.record_failure(folder, {0: failure(143), 1: failure(2, at=1.0)})
-    assert read_record(tmp_path)["status"] == "finished" and not (tmp_path / "error.txt").exists()
+    failed = SimpleNamespace(exitcode=2, message={"message": "bad", "extraInfo": {"failed_at": 1.0}})
+    record, folder = started("finished")
+    record.finish()
+    launch.tell_failed(folder, launch.ending_of(1, failed))
+    assert read_record(record.run_dir)["status"] == "finished" and not (record.run_dir / "error.txt").exists()
+
+    record, folder = started("echo")  # rank 0 recorded a crash of its collective: rank 1 was stopped by a user
+    record.progress(1, 0)
+    record.finish(RuntimeError("Connection closed by peer"))
+    launch.tell_interrupted(folder, signal.SIGTERM, launch.ending_of(1, SimpleNamespace(exitcode=143, message="")))
+    data = read_record(record.run_dir)
+    assert data["status"] == "interrupted" and data["error"]["message"] == "stopped by signal SIGTERM sent to rank 1", data
+    assert "Connection closed by peer" in (record.run_dir / "error.txt").read_text()
+    assert capsys.readouterr().out == "run interrupted after 1 of 4 points: rank 1 was stopped by SIGTERM; continue it with `amemctl run --resume echo`\n"
+
+    error = launch.tell_failed(tmp_path / "no-launch-folder", launch.ending_of(1, failed))  # rank 0 made no run folder
+    assert "rank 1 failed (exit code 2); its message is above" in error.message and "nothing to resume" in error.hint
 
 
 def _embed_worker(rank: int, world: int, port: int, out: str) -> None:

@@ -21,7 +21,7 @@ import sys
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from amemctl.errors import RunFolderError, naming
 
@@ -162,13 +162,25 @@ class RunRecord:
         record is never touched. error.txt gets `message` and `details` (a traceback, or empty);
         what that process wrote there is kept below them.
         """
+        return self._settle("failed", "RankFailed", message, details)
+
+    def interrupt_elsewhere(self, message: str) -> bool:
+        """Record the run as interrupted by a stop signal another process got (an `--nproc` rank); False, and nothing written, once finished.
+
+        A user who stops one rank (its pid, not the launcher's) stops the run: the record's
+        own process may have recorded a crash of its collective, whose peer left, or been
+        killed before it ended the record. As fail_elsewhere, error.txt keeps what it wrote.
+        """
+        return self._settle("interrupted", "Interrupted", message, "")
+
+    def _settle(self, status: str, kind: str, message: str, details: str) -> bool:
         if self.data.get("status") == "finished":
             return False
         own = self.run_dir / TRACEBACK
         before = own.read_text(errors="replace") if own.is_file() else ""
         kept = f"\nWhat the run's own process recorded before this:\n\n{before}" if before else ""
         write_atomically(own, "\n\n".join(part for part in (message, details) if part) + "\n" + kept)
-        self.data.update(status="failed", ended=self.data.get("ended") or now(), error={"type": "RankFailed", "message": message, "traceback": TRACEBACK})
+        self.data.update(status=status, ended=self.data.get("ended") or now(), error={"type": kind, "message": message, "traceback": TRACEBACK})
         self.save()
         return True
 
@@ -199,19 +211,27 @@ def stop_signal(error: BaseException) -> int | None:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def stop_once() -> None:
+def stop_once(on_stop: "Callable[[int], None] | None" = None) -> None:
     """From now on in this rank, the first SIGINT or SIGTERM raises Interrupted; any later one is ignored.
 
     A rank is stopped by its launcher, which forwards the signal it got (Ctrl-C reaches the
     launcher alone: torch starts each rank in a session of its own), and a scheduler may
     signal every process as well, so a rank can get the same signal twice. The second must
-    not cut short rank 0's record of the interrupted run (run.json, the report, the line
-    saying how to resume), nor end the rank with a traceback; the launcher kills a rank that
-    takes longer than its shutdown timeout. Installed for the rank's whole life (it ends
-    through amemctl.launch.exit_worker), which is why the runner leaves these handlers in place (stopping_once).
+    not cut short rank 0's record of the interrupted run (run.json, the report), nor end the
+    rank with a traceback; the launcher kills a rank that takes longer than its shutdown
+    timeout. Installed for the rank's whole life, from its start (amemctl.launch.run_worker) until it
+    ends through amemctl.launch.exit_worker, which is why the runner leaves these handlers in
+    place (stopping_once). `on_stop` is told the signal first, before anything unwinds
+    (amemctl.launch.note_stop: when this rank was stopped, which the launcher compares with
+    when the others failed).
     """
+    global _on_stop
+    _on_stop = on_stop
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop_once)
+
+
+_on_stop: "Callable[[int], None] | None" = None
 
 
 def stopping_once() -> bool:
@@ -220,8 +240,13 @@ def stopping_once() -> bool:
 
 
 def _stop_once(signum: int, frame: Any) -> None:
-    """The first stop signal: ignore the next ones, and end the run as interrupted."""
+    """The first stop signal: ignore the next ones, tell on_stop, and end the run as interrupted."""
     ignore_stops()
+    if _on_stop is not None:
+        try:
+            _on_stop(signum)
+        except Exception:  # best effort: telling must not keep the rank from stopping
+            pass
     raise Interrupted(signum)
 
 
@@ -249,6 +274,24 @@ def count_text(done: int, total: int, repeats: int = 1) -> str:
     if repeats <= 1 or total % repeats:
         return f"{done} of {total} point{'s' if total != 1 else ''}"
     return f"{done} of {total} point runs ({total // repeats} points x {repeats} repeats)"
+
+
+def closing_line(status: str, progress: str, run_dir: "str | Path", cause: str = "") -> str:
+    """The last line of a run that did not finish: how far it got and, interrupted, how to go on; `cause` says what stopped it.
+
+    `amemctl run` prints it (results.write_outputs), and for an `--nproc` run the launcher,
+    which alone knows how every rank ended.
+    """
+    because = f": {cause}" if cause else ""
+    if status == "interrupted":
+        return f"run interrupted after {progress}{because}; continue it with `amemctl run --resume {run_dir}`"
+    return f"run stopped after {progress}{because}; what finished is in {run_dir}"
+
+
+def unstarted_line(signum: int, cause: str = "") -> str:
+    """What `amemctl run` says when a stop signal came before the run was recorded: there is nothing to resume."""
+    because = f" ({cause})" if cause else ""
+    return f"run stopped by {signal.Signals(signum).name} before it started{because}: no run was recorded, so there is nothing to resume"
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:

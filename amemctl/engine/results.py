@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from rich.table import Table
 from amemctl import figures
 from amemctl.dsl.pipeline import CurveSpec, Pipeline, TableSpec
 from amemctl.dsl.sweep import MissingField, Point, lookup, value_label
-from amemctl.engine.records import json_object, write_atomically
+from amemctl.engine.records import closing_line, json_object, write_atomically
 from amemctl.engine.runner import PointResult, RunResult, environment
 
 
@@ -130,8 +131,12 @@ def write_inputs(run_dir: Path, pipeline: Pipeline, device: torch.device) -> Non
     write_atomically(run_dir / "environment.json", json.dumps(environment(device), indent=2) + "\n")
 
 
-def write_outputs(run: RunResult, console: Console) -> None:
-    """metrics.json, metrics.csv, the tables (printed and in report.md), curves and sweep overviews."""
+def write_outputs(run: RunResult, console: Console, stop_line: bool = True) -> None:
+    """metrics.json, metrics.csv, the tables (printed and in report.md), curves and sweep overviews.
+
+    Without `stop_line`, a run that did not finish ends without its closing line: rank 0 of
+    an `--nproc` run leaves it to the launcher, which alone knows how every rank ended.
+    """
     pipeline = run.pipeline
     document = _metrics_document(run)
     write_atomically(run.run_dir / "metrics.json", json.dumps(document, indent=2, default=str) + "\n")
@@ -142,16 +147,41 @@ def write_outputs(run: RunResult, console: Console) -> None:
     for grid in grids:
         print_table(console, grid)
     write_atomically(run.run_dir / "report.md", _markdown(run, grids, curve_paths, overviews))
-    console.print(_closing_line(run), style="yellow" if run.status != "ok" else None, markup=False, highlight=False, soft_wrap=True)
+    if run.status == "ok" or stop_line:
+        console.print(_closing_line(run), style="yellow" if run.status != "ok" else None, markup=False, highlight=False, soft_wrap=True)
 
 
 def _closing_line(run: RunResult) -> str:
     """The run's last line: its folder; for a stopped run how far it got and, interrupted, how to go on."""
     if run.status == "ok":
         return f"run folder: {run.run_dir}"
-    if run.status == "interrupted":
-        return f"run interrupted after {run.progress()}; continue it with `amemctl run --resume {run.run_dir}`"
-    return f"run stopped after {run.progress()}; what finished is in {run.run_dir}"
+    return closing_line(run.status, run.progress(), run.run_dir)
+
+
+def restate(run_dir: Path, status: str, error: str | None) -> None:
+    """Make metrics.json and report.md say how the run ended (`failed` or `interrupted`), as its corrected run.json does.
+
+    An `--nproc` launcher corrects rank 0's record when another rank ended the run (records.
+    RunRecord.fail_elsewhere, interrupt_elsewhere); what rank 0 wrote beside it said what
+    rank 0 saw. Files absent or not as write_outputs wrote them are left alone.
+    """
+    metrics = run_dir / "metrics.json"
+    try:
+        document = json_object(metrics)
+    except ValueError:
+        document = None
+    if document is not None:
+        document["status"] = status
+        document.pop("error", None)
+        if error:
+            document["error"] = error
+        write_atomically(metrics, json.dumps(document, indent=2, default=str) + "\n")
+    report = run_dir / "report.md"
+    try:
+        text = report.read_text()
+    except OSError:
+        return
+    write_atomically(report, re.sub(r"^- status: \w+", f"- status: {status}", text, count=1, flags=re.MULTILINE))
 
 
 def _metrics_document(run: RunResult) -> dict[str, Any]:

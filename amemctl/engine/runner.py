@@ -42,6 +42,7 @@ from amemctl.engine.records import (
     Interrupted,
     RunRecord,
     count_text,
+    ignore_stops,
     is_int,
     is_number,
     load_record,
@@ -125,6 +126,7 @@ def run_pipeline(
     command: list[str] | None = None,
     resume: "str | Path | None" = None,
     announce: "Callable[[Path], None] | None" = None,
+    stop_line: bool = True,
 ) -> RunResult:
     """Run every sweep point of `pipeline` and write its run folder; see the module docstring.
 
@@ -133,7 +135,9 @@ def run_pipeline(
     that run folder: every (point, repeat) whose result is saved there under the same
     resolved configuration is reused, not recomputed. `announce` is called with the run
     folder once run.json records the run as running: an `--nproc` launcher learns where rank
-    0's record is, to correct it if another rank fails.
+    0's record is, to correct it if another rank fails. Without `stop_line`, a run that does
+    not finish ends without its closing line (how far it got, how to resume): rank 0 of an
+    `--nproc` run leaves it to the launcher, which alone knows how every rank ended.
     """
     from amemctl.engine import results
 
@@ -170,6 +174,10 @@ def run_pipeline(
         if previous is None:  # a new folder without its run.json is no run: nothing in it can be resumed
             shutil.rmtree(run_dir, ignore_errors=True)
         raise folder_error(exc, run_dir, resumable=previous is not None) from None
+    except (KeyboardInterrupt, Interrupted):  # stopped before the run was recorded: there is nothing to resume
+        if resume is None:  # the new folder holds its inputs alone (environment() takes seconds): no run folder, removed
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if announce is not None:
         announce(run_dir)
     bar = Progress(
@@ -216,6 +224,8 @@ def run_pipeline(
                         done = []
         except BaseException as exc:
             error = folder_error(exc, run_dir) if refused(exc) else exc  # a point's file or run.json: a stage's own is told in _run_point
+            if stopping_once():  # an `--nproc` rank's run ends here: the stop the launcher sends its peers must not cut its record short
+                ignore_stops()
             run.status = "interrupted" if stop_signal(exc) is not None else "failed"
             if isinstance(error, AmemctlError):
                 run.error = error.render()
@@ -225,7 +235,7 @@ def run_pipeline(
         finally:
             try:
                 try:
-                    results.write_outputs(run, console)
+                    results.write_outputs(run, console, stop_line)
                 except OSError as exc:
                     if not refused(exc):
                         raise
@@ -502,6 +512,20 @@ def _blame(exc: Exception, step: Step, package: str, registry: Registry | None) 
 def _in_collective(exc: BaseException) -> bool:
     """Whether `exc` was raised inside torch.distributed: a collective of an `--nproc` rank, which breaks when a peer rank fails and leaves."""
     return any(str(frame.f_globals.get("__name__", "")).startswith("torch.distributed") for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether a rank's error came from inside torch.distributed (itself, or the crash it caused: a StageCrash's cause).
+
+    Most likely an echo: the rank's collective broke because a peer rank had left (failed,
+    or was stopped); the `--nproc` launcher blames the peer, not this rank.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if _in_collective(seen):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _plugin_choices(step: Step, registry: Registry) -> list[str]:
