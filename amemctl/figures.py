@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from amemctl.errors import naming  # noqa: E402
+from amemctl.atomic import replacing  # noqa: E402
 
 
 def as_images(x: Tensor) -> np.ndarray:
@@ -190,13 +189,5 @@ def _save(fig: plt.Figure, path: "str | Path", tight: bool = True) -> Path:
 
 def _save_atomically(fig: plt.Figure, path: Path, tight: bool) -> None:
     """savefig to a temporary name, then rename: a figure is whole, or the one there before is kept (a resumed run's)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         fig.savefig(tmp, format=path.suffix[1:], dpi=100, bbox_inches="tight" if tight else None)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # gone already, or its folder is: the error to tell is the write's
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise naming(exc, path, instead=tmp) from None
-        raise

@@ -10,7 +10,6 @@ ran it, which is how `status_of` recognises it as dead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import reprlib
@@ -23,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from amemctl.errors import RunFolderError, naming
+from amemctl.atomic import replacing
+from amemctl.errors import RunFolderError
 
 RECORD = "run.json"
 TRACEBACK = "error.txt"
@@ -56,16 +56,8 @@ def write_atomically(path: Path, text: str) -> None:
     A write that fails (a full disk) deletes the temporary file: nothing is left behind, and
     what was at `path` before is kept.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # gone already, or its folder is: the error to tell is the write's
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise naming(exc, path, instead=tmp) from None
-        raise
 
 
 class RunRecord:

@@ -9,9 +9,7 @@ first convolution without max-pooling, for 32x32 images).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -19,7 +17,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from amemctl.errors import DataError, StageError, naming
+from amemctl.atomic import replacing
+from amemctl.errors import DataError, StageError
 from amemctl.models.tensor_files import load_tensors
 
 #: architecture -> embedding width
@@ -305,23 +304,14 @@ def save_atomically(payload: dict[str, Any], path: "str | Path") -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        with open(tmp, "wb") as file:
-            sink = _Sink(file)
-            try:
-                torch.save(payload, sink)
-            except RuntimeError:
-                if sink.error is not None:
-                    raise sink.error from None
-                raise
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # a part-written file on a full disk holds space and is never read
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise naming(exc, path, instead=tmp) from None
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as file:
+        sink = _Sink(file)
+        try:
+            torch.save(payload, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
     return path
 
 
