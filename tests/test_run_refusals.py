@@ -142,6 +142,46 @@ def test_a_stage_whose_file_the_disk_refuses_is_no_crash(tmp_path, monkeypatch):
     assert list((tmp_path / "checkpoints").iterdir()) == []
 
 
+def test_a_stop_while_a_checkpoint_is_written_interrupts_the_run(tmp_path, monkeypatch):
+    """Ctrl-C inside torch.save's writes (which torch's writer turns into `RuntimeError: unexpected pos`): the run is interrupted, not crashed, and no partial file stays."""
+    from amemctl.engine.records import Interrupted
+    from amemctl.models import encoders
+    from amemctl.plugins import build_registry
+    from amemctl.stage import Stage
+
+    class Checkpoint(Stage):
+        name = "checkpoint"
+
+        def run(self, ctx):
+            encoders.save_atomically({"state": torch.rand(1_000_000)}, tmp_path / "checkpoints" / "c.pt")
+
+    class Stopping:
+        """A file whose third write is cut short by a stop signal."""
+
+        def __init__(self, file):
+            self.file, self.writes = file, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise Interrupted(2)
+            return self.file.write(data)
+
+        def flush(self):
+            self.file.flush()
+
+    real = encoders._Sink.__init__
+    monkeypatch.setattr(encoders._Sink, "__init__", lambda self, file: real(self, Stopping(file)))
+    registry = build_registry()
+    registry.stages["checkpoint"] = Checkpoint
+    pipeline = parse_text("name: ckpt\ndata: {dataset: digits, limit: 20}\nstages:\n  - checkpoint: {}\n", "c.yaml", registry=registry)
+    with pytest.raises(Interrupted):
+        run_pipeline(pipeline, out_root=tmp_path / "runs", device="cpu", progress=False)
+    (run_dir,) = (tmp_path / "runs" / "ckpt").iterdir()
+    assert read_record(run_dir)["status"] == "interrupted"
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
 def test_a_figure_the_disk_refuses_is_one_message_and_keeps_the_one_there(tmp_path, monkeypatch):
     path = _store(tmp_path / "s.zarr")
     png = tmp_path / "figs" / "grid.png"

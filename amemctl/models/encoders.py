@@ -300,7 +300,8 @@ def save_atomically(payload: dict[str, Any], path: "str | Path") -> Path:
     """torch.save to a temporary name, then rename: a checkpoint is either whole or absent.
 
     A write the file system refuses (a full disk) is an OSError naming `path`, as any other
-    write's: torch.save to a path would say only `RuntimeError: ... unexpected pos`.
+    write's, and a stop signal that arrives while it writes stops it as anywhere else: torch's
+    writer would turn either into `RuntimeError: ... unexpected pos`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,16 +317,16 @@ def save_atomically(payload: dict[str, Any], path: "str | Path") -> Path:
 
 
 class _Sink:
-    """A file torch.save writes to that keeps the OSError of a failed write (torch's writer turns it into a RuntimeError)."""
+    """A file torch.save writes to that keeps what stopped a write (an OSError, a stop signal's Interrupted), which torch's writer turns into a RuntimeError."""
 
     def __init__(self, file: Any) -> None:
         self.file = file
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data: Any) -> int:
         try:
             return self.file.write(data)
-        except OSError as exc:
+        except BaseException as exc:
             self.error = exc
             raise
 
