@@ -23,7 +23,7 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from amemctl.engine.records import (
     STOP_SIGNALS,
@@ -336,17 +336,26 @@ def ending_of(rank: int, failure: Any, folder: Path | None = None) -> Ending:
 
 
 def decisive(endings: list[Ending]) -> Ending | None:
-    """The ending that decided how the run ended: the first failure, else the first stop, else the first echo; None when none.
+    """The ending that decided how the run ended: the first failure, else the first stop or echo, whichever came first; None when none.
 
-    Ranks the launcher stopped after a failure did not fail, nor did those whose collective
-    broke when a stopped or failed peer left (echoes). Among several, the earliest, and
-    those that left no time (a rank killed outright) after those that did.
+    Ranks the launcher stopped after a failure did not fail. An echo (an error from inside
+    torch.distributed) is most likely a collective broken by a peer that had left: a stop
+    before it explains it, but a stop after it is the launcher's, stopping the others once
+    that rank failed, and then the echo is the failure (a bad collective call of a stage, say).
+    Among several, the earliest, and those that left no time (a rank killed outright) after
+    those that did; a stop whose time is unknown comes before an echo.
     """
-    for how in ("failed", "stopped", "echo"):
+
+    def first(how: str) -> Ending | None:
         found = [ending for ending in endings if ending.how == how]
-        if found:
-            return min(found, key=lambda ending: (ending.at, ending.rank))
-    return None
+        return min(found, key=lambda ending: (ending.at, ending.rank), default=None)
+
+    failed, stopped, echo = first("failed"), first("stopped"), first("echo")
+    if failed is not None:
+        return failed
+    if stopped is not None and (echo is None or stopped.at <= echo.at or stopped.at == math.inf):
+        return stopped
+    return echo
 
 
 def tell_interrupted(folder: Path, signum: int, by: Ending | None = None) -> None:
@@ -367,7 +376,7 @@ def tell_interrupted(folder: Path, signum: int, by: Ending | None = None) -> Non
         return
     if by is not None or status != "interrupted":
         message = f"stopped by signal {_signal_name(signum)}" + (f" sent to rank {by.rank}" if by is not None else "")
-        if record.interrupt_elsewhere(message) and status != "interrupted":
+        if _corrected(found[0], lambda: record.interrupt_elsewhere(message)) and status != "interrupted":
             _restate(found[0], "interrupted", None)
     _say(closing_line("interrupted", _progress(record.data), found[1], cause))
 
@@ -385,7 +394,7 @@ def tell_failed(folder: Path, first: Ending | None) -> AmemctlError:
     record = _record(found[0]) if found is not None else None
     if record is not None and (first.rank != 0 or first.how != "failed"):
         message, details = first.record_text()
-        if record.fail_elsewhere(message, details):
+        if _corrected(found[0], lambda: record.fail_elsewhere(message, details)):
             _restate(found[0], "failed", message)
     told = first.said()
     if first.how == "echo":
@@ -418,6 +427,15 @@ def _record(run_dir: Path) -> RunRecord | None:
         return RunRecord.load(run_dir)
     except (RunFolderError, OSError):
         return None
+
+
+def _corrected(run_dir: Path, correct: "Callable[[], bool]") -> bool:
+    """Whether `correct` rewrote rank 0's record; one the file system refuses (the disk the run filled) is warned of, and the account goes on."""
+    try:
+        return correct()
+    except OSError as exc:
+        _say(f"warning: the record in {run_dir} could not be corrected ({exc.strerror or exc}): its run.json says what rank 0 saw")
+        return False
 
 
 def _restate(run_dir: Path, status: str, error: str | None) -> None:

@@ -443,10 +443,35 @@ def test_how_each_rank_ended_decides_how_the_run_ended(tmp_path):
     assert first(failure(2, at=4.0, echo=True), failure(143), stops={1: (signal.SIGTERM, 3.0)}) == (1, "stopped")  # a user stopped rank 1
     assert first(failure(143), failure(143), stops={0: (signal.SIGTERM, 5.0), 1: (signal.SIGTERM, 3.0)}) == (1, "stopped")
     assert first(failure(143), failure(2, at=4.0), stops={0: (signal.SIGTERM, 5.0)}) == (1, "failed")  # the launcher stopped rank 0
+    # rank 1's own collective call failed (an error from inside torch.distributed) and the launcher then stopped rank 0
+    assert first(failure(143), failure(1, at=4.0, echo=True), stops={0: (signal.SIGTERM, 5.0)}) == (1, "echo")
+    assert first(failure(143), failure(1, at=4.0, echo=True)) == (0, "stopped")  # a stop of unknown time may have caused the echo
     assert launch.decisive([]) is None
     assert launch.ending_of(1, failure(2, at=1.0, message="bad")).record_text() == ("rank 1 failed (exit code 2): bad", "")
     assert launch.ending_of(1, failure(-9)).record_text() == ("rank 1 was killed by SIGKILL (exit code -9)", "")
     assert launch.ending_of(1, failure(143)).said() == "rank 1 was stopped by SIGTERM"
+
+
+def test_the_launchers_account_survives_a_full_disk(tmp_path, monkeypatch, capsys):
+    """The disk the run filled refuses the corrected record: the failing rank's error and the closing lines are still told, with a warning."""
+    from amemctl.engine.records import RunRecord, read_record
+    from tests.fakedisk import FakeDisk
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    RunRecord.start(run_dir, pipeline="p", file="p.yaml", overrides=[], command=["amemctl"], points=4, headline=None)
+    folder = tmp_path / "launch"
+    folder.mkdir()
+    (folder / launch.RUN_FOLDER).write_text(json.dumps({"path": str(run_dir), "shown": "runs/p/1"}))
+    failed = SimpleNamespace(exitcode=2, message={"message": "(rank 1) stage 'x' failed: boom", "extraInfo": {"failed_at": 1.0}})
+    FakeDisk(run_dir, monkeypatch, free=0)
+    error = launch.tell_failed(folder, launch.ending_of(1, failed))
+    assert error.message.startswith("the distributed run failed: rank 1 failed (exit code 2)") and "--resume runs/p/1" in error.hint
+    launch.tell_interrupted(folder, signal.SIGTERM, launch.ending_of(1, SimpleNamespace(exitcode=143, message="")))
+    out = capsys.readouterr().out
+    assert out.count("could not be corrected (No space left on device)") == 2, out
+    assert "run stopped after 0 of 4 points" in out and "run interrupted after 0 of 4 points: rank 1 was stopped by SIGTERM" in out
+    assert read_record(run_dir)["status"] == "running"
 
 
 def test_the_launcher_corrects_rank_0s_record_but_never_a_finished_one(tmp_path, capsys):
