@@ -106,14 +106,22 @@ _REFUSALS = {
 }
 
 
+#: the hints where the refused file is not known (an OSError naming none: the standard output, a library's own file)
+_UNPLACED = {
+    errno.ENOSPC: "free space on the disk it writes to (`df -h` shows what each disk has left; the standard output too, when it goes to a file), then {then}",
+    errno.EACCES: "you may not {verb} it: check the permissions of what it reads and writes (the standard output too, when it goes to a file), then {then}",
+    errno.EPERM: "you may not {verb} it: check the permissions of what it reads and writes (the standard output too, when it goes to a file), then {then}",
+}
+
+
 def refused(exc: BaseException) -> bool:
     """Whether `exc` is the file system refusing (full, over quota, too large, read-only, not permitted, failing)."""
     return isinstance(exc, OSError) and exc.errno in _REFUSALS
 
 
 def refusal_hint(exc: OSError, where: object, verb: str = "write to", then: str = "run it again") -> str | None:
-    """What to do about the file system's refusal `exc` of a write (or `verb`) at `where`, and `then`; None for other errors."""
-    hint = _REFUSALS.get(exc.errno)
+    """What to do about the file system's refusal `exc` of a write (or `verb`) at `where` (None: not known), and `then`; None for other errors."""
+    hint = (_UNPLACED.get(exc.errno) if where is None else None) or _REFUSALS.get(exc.errno)
     return hint.format(where=where, verb=verb, then=then) if hint is not None else None
 
 
@@ -121,19 +129,20 @@ def refusal(exc: OSError, what: object = None, where: object = None, verb: str =
     """The file system's refusal `exc` as one error with its fix.
 
     `cannot write to WHAT: No space left on device (FILE)`, or `FILE: No space left on device`
-    when what was being done is not known (`what` None). `where` is the place the hint names
-    (`df -h WHERE`, its permissions): by default the nearest existing folder of the file;
+    when what was being done is not known (`what` None), or `a file it did not name: ...` when
+    the OSError names none (the standard output on a full disk). `where` is the place the hint
+    names (`df -h WHERE`, its permissions): by default the nearest existing folder of the file;
     `then` what to do once it is fixed.
     """
     file = exc.filename
     if where is None:
         where = existing(Path(file)) if file else what
     if what is None:
-        message = f"{file or 'a file'}: {exc.strerror or exc}"
+        message = f"{file or 'a file it did not name'}: {exc.strerror or exc}"
         verb = "read or write"
     else:
         message = f"cannot {verb} {what}: {exc.strerror or exc}" + (f" ({file})" if file and str(file) != str(what) else "")
-    return FileSystemError(message, hint=refusal_hint(exc, where, verb, then) or f"check that you may {verb} {where}")
+    return FileSystemError(message, hint=refusal_hint(exc, where, verb, then) or f"check that you may {verb} {where or 'what it reads and writes'}")
 
 
 def naming(exc: OSError, path: object, instead: object = None) -> OSError:

@@ -192,3 +192,28 @@ def test_a_figure_the_disk_refuses_is_one_message_and_keeps_the_one_there(tmp_pa
         result = _invoke("store", "show", path, "-o", png)
     assert result.exit_code == 2 and "Traceback" not in result.output and f"error: {png}: No space left on device" in result.output, result.output
     assert png.read_bytes() == b"an earlier figure" and _unfinished(tmp_path) == []
+
+
+def test_a_refusal_that_names_no_file_is_not_blamed_on_the_run_folder(tmp_path):
+    """The standard output on a full disk (an OSError naming no file) is not the run folder's: no `df -h` of a wrong disk, no `None`."""
+    from amemctl.engine.runner import run_refusal
+
+    run_dir = tmp_path / "runs" / "small" / "1"
+    unnamed = run_refusal(OSError(errno.ENOSPC, "No space left on device"), run_dir)
+    assert unnamed.message == "a file it did not name: No space left on device"
+    assert "None" not in unnamed.hint and "the standard output" in unnamed.hint and f"amemctl run --resume {run_dir}" in unnamed.hint
+    elsewhere = run_refusal(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "stores" / "s.zarr")), run_dir)
+    assert "run folder" not in elsewhere.message and f"df -h {tmp_path}" in elsewhere.hint
+    inside = run_refusal(OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.json")), run_dir)
+    assert inside.message.startswith(f"cannot write to the run folder {run_dir}")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_command_whose_output_the_disk_refuses_says_so_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "amemctl", "runs", "ls", str(tmp_path)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: a file it did not name: No space left on device" in done.stderr and "the standard output" in done.stderr

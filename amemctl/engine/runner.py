@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import platform
 import random
 import shutil
@@ -223,7 +224,7 @@ def run_pipeline(
                         run.points.append(combine(done))
                         done = []
         except BaseException as exc:
-            error = folder_error(exc, run_dir) if refused(exc) else exc  # a point's file or run.json: a stage's own is told in _run_point
+            error = run_refusal(exc, run_dir) if refused(exc) else exc  # a point's file, run.json, the console: a stage's own is told in _run_point
             if stopping_once():  # an `--nproc` rank's run ends here: the stop the launcher sends its peers must not cut its record short
                 ignore_stops()
             run.status = "interrupted" if stop_signal(exc) is not None else "failed"
@@ -240,7 +241,7 @@ def run_pipeline(
                     if not refused(exc):
                         raise
                     if error is None:
-                        raise folder_error(exc, run_dir) from None
+                        raise run_refusal(exc, run_dir) from None
                     warn(f"the report of this run could not be written in {run_dir}: {exc.strerror or exc}")  # the error that stopped it is the one to tell
             except BaseException as exc:
                 error = error or exc
@@ -259,6 +260,14 @@ def folder_error(exc: OSError, run_dir: Path, resumable: bool = True) -> Amemctl
     if not resumable:
         error.message += "; the folder is removed again, as the run had not started"
     return error
+
+
+def run_refusal(exc: OSError, run_dir: Path) -> AmemctlError:
+    """A refusal of the file system met while running: of the run folder (whose files are all named: atomic.replacing), or of another file (the standard output on a full disk)."""
+    file = exc.filename
+    if file is not None and Path(os.path.abspath(file)).is_relative_to(os.path.abspath(run_dir)):
+        return folder_error(exc, run_dir)
+    return refusal(exc, then=_go_on(run_dir))
 
 
 def _go_on(run_dir: Path) -> str:
