@@ -37,7 +37,7 @@ from amemctl.engine.records import (
     unstarted_line,
     write_atomically,
 )
-from amemctl.errors import AmemctlError, RunFolderError
+from amemctl.errors import AmemctlError, RunFolderError, StageCrash
 
 #: the folder in which the ranks of an `--nproc` run leave word for the launcher (set by launch):
 #: rank 0 where its run folder is (RUN_FOLDER), a stopped rank which signal stopped it and when (stopped-RANK.json)
@@ -190,6 +190,9 @@ def report_failure(error: BaseException) -> None:
         return
     if isinstance(error, AmemctlError):
         message = details = error.render()
+        if isinstance(error, StageCrash) and error.__cause__ is not None:  # the bug's traceback, which the rank's own error.txt (scratch, deleted) held
+            cause = error.__cause__
+            details += "\n\n" + "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
     else:
         message = f"{type(error).__name__}: {error}"
         details = "".join(traceback.format_exception(type(error), error, error.__traceback__))

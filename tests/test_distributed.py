@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -174,12 +175,15 @@ class FailRank(Stage):
     rank = Param(int, 1, "the rank that fails")
     call = Param(int, 3, "the point (counted in this process) at which it fails")
     hold = Param(bool, False, "the other ranks then wait there, out of any collective, until they are stopped")
+    crash = Param(bool, False, "fail as a bug does (a ValueError), not with an amemctl error")
     calls = 0
 
     def run(self, ctx):
         type(self).calls += 1
         if ctx.distributed and type(self).calls == self.call:
             if dist.get_rank(ctx.group) == self.rank:
+                if self.crash:
+                    raise ValueError(f"rank {self.rank} crashes on purpose")
                 raise AmemctlError(f"rank {self.rank} fails on purpose")
             while self.hold:
                 time.sleep(0.01)
@@ -269,6 +273,24 @@ def _first_point(runs: Path, child: subprocess.Popen, timeout: float = 180) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and child.poll() is None and not list(runs.glob("small/*/points/*.pt")):
         time.sleep(0.05)
+
+
+def test_a_crash_on_rank_1_names_rank_0s_folder_and_keeps_the_traceback_there(tmp_path):
+    """Rank 1's own run folder is scratch, deleted when it ends: its message names rank 0's folder for the traceback and the resume, and the traceback is in rank 0's error.txt."""
+    from amemctl.engine.records import read_record
+
+    sweep = RUNS_SWEEP.replace("  - report: {count: 3}\n", "").replace("  - evaluate:", "  - fail_rank: {rank: 1, call: 1, crash: true}\n  - evaluate:")
+    (tmp_path / "small.yaml").write_text(sweep)
+    command = [sys.executable, "-m", "amemctl", "run", "small.yaml", "--nproc", "2", "--quiet", "--device", "cpu", "--out", "runs"]
+    proc = subprocess.run(command, env=_fail_rank_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    output = proc.stdout + proc.stderr
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    assert proc.returncode == 2 and "(rank 1) stage 'fail_rank' (package failrank) crashed" in proc.stderr, output
+    assert "the traceback is in error.txt of rank 0's run folder" in proc.stderr and tempfile.gettempdir() + "/tmp" not in output, output
+    record = read_record(run_dir)
+    assert record["status"] == "failed" and record["error"]["message"].startswith("rank 1 failed (exit code 1): "), record  # a crash's code
+    written = (run_dir / "error.txt").read_text()
+    assert "Traceback" in written and "ValueError: rank 1 crashes on purpose" in written, written
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

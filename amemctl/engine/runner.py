@@ -110,6 +110,10 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
+#: how a rank other than 0 names the run folder in its messages: its own is scratch, deleted when it ends
+RANK_0S_FOLDER = "rank 0's run folder (the launcher names it below)"
+
+
 def stage_seed(seed: int, position: int) -> int:
     """The seed of the stage at `position`: independent of what ran before it."""
     return derived_seed(seed, position + 1)
@@ -128,6 +132,7 @@ def run_pipeline(
     resume: "str | Path | None" = None,
     announce: "Callable[[Path], None] | None" = None,
     stop_line: bool = True,
+    scratch: bool = False,
 ) -> RunResult:
     """Run every sweep point of `pipeline` and write its run folder; see the module docstring.
 
@@ -139,6 +144,8 @@ def run_pipeline(
     0's record is, to correct it if another rank fails. Without `stop_line`, a run that does
     not finish ends without its closing line (how far it got, how to resume): rank 0 of an
     `--nproc` run leaves it to the launcher, which alone knows how every rank ended.
+    `scratch`: the run folder is a rank's own, deleted when it ends (an `--nproc` rank other
+    than 0): messages name rank 0's folder instead, where the launcher records this rank's error.
     """
     from amemctl.engine import results
 
@@ -174,7 +181,7 @@ def run_pipeline(
             raise
         if previous is None:  # a new folder without its run.json is no run: nothing in it can be resumed
             shutil.rmtree(run_dir, ignore_errors=True)
-        raise folder_error(exc, run_dir, resumable=previous is not None) from None
+        raise folder_error(exc, run_dir, resumable=previous is not None, scratch=scratch) from None
     except (KeyboardInterrupt, Interrupted):  # stopped before the run was recorded: there is nothing to resume
         if resume is None:  # the new folder holds its inputs alone (environment() takes seconds): no run folder, removed
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -210,7 +217,7 @@ def run_pipeline(
                     result = load_point(run_dir, keys[i], point, warn) if previous is not None else None
                     was_reused = result is not None
                     if result is None:
-                        result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group)
+                        result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group, scratch)
                         save_point(run_dir, keys[i], result, seed)
                     reused += was_reused
                     done.append(result)
@@ -224,7 +231,7 @@ def run_pipeline(
                         run.points.append(combine(done))
                         done = []
         except BaseException as exc:
-            error = run_refusal(exc, run_dir) if refused(exc) else exc  # a point's file, run.json, the console: a stage's own is told in _run_point
+            error = run_refusal(exc, run_dir, scratch) if refused(exc) else exc  # a point's file, run.json, the console: a stage's own is told in _run_point
             if stopping_once():  # an `--nproc` rank's run ends here: the stop the launcher sends its peers must not cut its record short
                 ignore_stops()
             run.status = "interrupted" if stop_signal(exc) is not None else "failed"
@@ -241,7 +248,7 @@ def run_pipeline(
                     if not refused(exc):
                         raise
                     if error is None:
-                        raise run_refusal(exc, run_dir) from None
+                        raise run_refusal(exc, run_dir, scratch) from None
                     warn(f"the report of this run could not be written in {run_dir}: {exc.strerror or exc}")  # the error that stopped it is the one to tell
             except BaseException as exc:
                 error = error or exc
@@ -251,27 +258,30 @@ def run_pipeline(
     return run
 
 
-def folder_error(exc: OSError, run_dir: Path, resumable: bool = True) -> AmemctlError:
+def folder_error(exc: OSError, run_dir: Path, resumable: bool = True, scratch: bool = False) -> AmemctlError:
     """A write to the run folder that the file system refused (a full disk, no permission), with the fix and how to go on.
 
     Not `resumable`: the folder was new and, without its run.json, is removed again.
+    `scratch`: see run_pipeline.
     """
-    error = refusal(exc, f"the run folder {run_dir}", where=existing(run_dir), then=_go_on(run_dir) if resumable else "run it again")
+    error = refusal(exc, f"the run folder {run_dir}", where=existing(run_dir), then=_go_on(run_dir, scratch) if resumable else "run it again")
     if not resumable:
         error.message += "; the folder is removed again, as the run had not started"
     return error
 
 
-def run_refusal(exc: OSError, run_dir: Path) -> AmemctlError:
+def run_refusal(exc: OSError, run_dir: Path, scratch: bool = False) -> AmemctlError:
     """A refusal of the file system met while running: of the run folder (whose files are all named: atomic.replacing), or of another file (the standard output on a full disk)."""
     file = exc.filename
     if file is not None and Path(os.path.abspath(file)).is_relative_to(os.path.abspath(run_dir)):
-        return folder_error(exc, run_dir)
-    return refusal(exc, then=_go_on(run_dir))
+        return folder_error(exc, run_dir, scratch=scratch)
+    return refusal(exc, then=_go_on(run_dir, scratch))
 
 
-def _go_on(run_dir: Path) -> str:
-    """What to do once the file system lets the run go on: resume it, reusing its finished points."""
+def _go_on(run_dir: Path, scratch: bool = False) -> str:
+    """What to do once the file system lets the run go on: resume it, reusing its finished points (`scratch`: see run_pipeline)."""
+    if scratch:
+        return f"continue the run with `amemctl run --resume` and {RANK_0S_FOLDER} (its finished points are reused)"
     return f"continue the run with `amemctl run --resume {run_dir}` (its finished points are reused)"
 
 
@@ -455,6 +465,7 @@ def _run_point(
     slot: int,
     seed: int,
     group: object = None,
+    scratch: bool = False,
 ) -> PointResult:
     ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable and log is None else None, log=log.line if log is not None else None, group=group, registry=pipeline.registry)
     ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=seed)
@@ -476,10 +487,10 @@ def _run_point(
             raise exc.at(step.parts[0].location)  # noqa: B904 (the same error, located)
         except Exception as exc:  # a bug in the stage: one message, the traceback in the run folder
             if refused(exc):  # no bug: the file system refused a file the stage reads or writes (a full disk, no permission)
-                error = refusal(exc, then=_go_on(run_dir))
+                error = refusal(exc, then=_go_on(run_dir, scratch))
                 error.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {error.message}"
                 raise error.at(step.parts[0].location) from None
-            raise _crash(exc, step, point, pipeline, run_dir) from exc
+            raise _crash(exc, step, point, pipeline, run_dir, scratch) from exc
         ctx.metrics[f"seconds.{step.name}"] = time.perf_counter() - start
         cache.store(slot, j, ctx)
         bar.advance(task)
@@ -487,14 +498,14 @@ def _run_point(
     return PointResult(point, dict(ctx.metrics), list(ctx.figures), dict(ctx.examples), list(ctx.notes), seeds=[seed])
 
 
-def _crash(exc: Exception, step: Step, point: Point, pipeline: Pipeline, run_dir: Path) -> StageCrash:
-    """A StageCrash naming the stage, the package to blame and the pipeline line (the run record saves its traceback)."""
+def _crash(exc: Exception, step: Step, point: Point, pipeline: Pipeline, run_dir: Path, scratch: bool = False) -> StageCrash:
+    """A StageCrash naming the stage, the package to blame and the pipeline line (the run record saves its traceback; `scratch`: see run_pipeline)."""
     stage = step.parts[0].stage
     registry = pipeline.registry
     package = registry.package_of("stages", stage.name) if registry is not None else "?"
     return StageCrash(
         f"stage {stage.name!r} (package {package}) crashed ({point.label()}): {type(exc).__name__}: {exc}",
-        hint=f"{_blame(exc, step, package, registry)}, not in the pipeline; the traceback is in {run_dir / TRACEBACK}",
+        hint=f"{_blame(exc, step, package, registry)}, not in the pipeline; the traceback is in {f'{TRACEBACK} of {RANK_0S_FOLDER}' if scratch else run_dir / TRACEBACK}",
         location=step.parts[0].location,
     )
 
