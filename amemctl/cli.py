@@ -112,6 +112,7 @@ def _run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, 
         if pipeline is not None or overrides:
             raise AmemctlError("--resume continues a run with its own pipeline and overrides", hint=f"run `amemctl run --resume {resume}` alone")
         resume_dir, pipeline, recorded, extra = resume_source(resume, out_root)
+        stop.resuming = resume_dir
         overrides = tuple(recorded)
         checked = load_pipeline(pipeline, [*overrides, *extra])
         err_console.print(f"resuming {resume_dir}", markup=False)
@@ -202,6 +203,7 @@ class _Stop:
     """Whether a stop of `amemctl run` is told by the run (its closing line: run_pipeline's, or the `--nproc` launcher's), or here: it stopped before it started."""
 
     told = False
+    resuming: Path | None = None  #: the run folder `--resume` continues, once known: a stop before it is recorded leaves it as it was
 
     def recorded(self, run_dir: Path) -> None:
         """The run is recorded (runner.run_pipeline's announce): a stop from now on ends it with its own closing line."""
@@ -217,7 +219,8 @@ def _exit_when_interrupted() -> Iterator[_Stop]:
     word). Once the run is recorded, a stopped run records itself `interrupted` and prints
     its last line, how far it got and the `--resume` command that continues it (for `--nproc`,
     the launcher prints it); before that, the line says it stopped before it started, with
-    nothing to resume. Click would print "Aborted!" and exit 1.
+    nothing to resume (or, for `--resume`, that the run is as it was, with the command that
+    continues it). Click would print "Aborted!" and exit 1.
     """
     from amemctl.engine.records import STOP_SIGNALS, Interrupted, unstarted_line
 
@@ -233,7 +236,7 @@ def _exit_when_interrupted() -> Iterator[_Stop]:
     except (KeyboardInterrupt, Interrupted) as exc:
         status = _stopped_status(exc)
         if not stop.told:
-            Console().print(unstarted_line(status - 128), style="yellow", markup=False, highlight=False, soft_wrap=True)
+            Console().print(unstarted_line(status - 128, resuming=stop.resuming), style="yellow", markup=False, highlight=False, soft_wrap=True)
         raise click.exceptions.Exit(status) from None
     finally:
         for signum, handler in before.items():

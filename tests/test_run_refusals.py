@@ -217,3 +217,54 @@ def test_a_command_whose_output_the_disk_refuses_says_so_without_a_traceback(tmp
         done = subprocess.run([sys.executable, "-m", "amemctl", "runs", "ls", str(tmp_path)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "error: a file it did not name: No space left on device" in done.stderr and "the standard output" in done.stderr
+
+
+def test_a_run_stopped_on_a_full_disk_still_says_how_to_resume_it(tmp_path, monkeypatch):
+    """Ctrl-C once the disk is full: the report no longer fits (a warning), but the run's last line, with the --resume command, is still printed."""
+    import signal
+
+    from amemctl.engine import runner
+
+    (tmp_path / "small.yaml").write_text(SMALL)
+    out = tmp_path / "runs"
+    out.mkdir()
+    disk = FakeDisk(out, monkeypatch)
+    real = runner.save_point
+
+    def save_point(*args, **kwargs):
+        real(*args, **kwargs)
+        disk.free = 0  # the disk is now full, and the user presses Ctrl-C
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(runner, "save_point", save_point)
+    result = _invoke("run", tmp_path / "small.yaml", "--out", out, "--quiet")
+    (run_dir,) = (out / "small").iterdir()
+    assert result.exit_code == 130 and "the report of this run could not be written" in result.output, result.output
+    assert f"run interrupted after 0 of 2 points; continue it with `amemctl run --resume {run_dir}`" in result.output, result.output  # stopped as it saved the first
+
+
+def test_a_resume_stopped_before_it_resumes_leaves_the_run_as_it_was_and_says_so(tmp_path, monkeypatch):
+    """Ctrl-C while `--resume` writes its inputs: not "nothing to resume", but the run as it was and the command that continues it."""
+    from amemctl.engine import runner
+    from amemctl.engine.records import Interrupted
+
+    (tmp_path / "small.yaml").write_text(SMALL)
+    real = runner.save_point
+
+    def save_point(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Interrupted(2)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "save_point", save_point)
+        assert _invoke("run", tmp_path / "small.yaml", "--out", tmp_path / "runs", "--quiet").exit_code == 130
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+
+    def environment(device):
+        raise Interrupted(2)
+
+    monkeypatch.setattr("amemctl.engine.results.environment", environment)  # written first, and slow: where a stop most likely lands
+    result = _invoke("run", "--resume", run_dir, "--quiet")
+    assert result.exit_code == 130, result.output
+    assert f"run stopped by SIGINT before it resumed: {run_dir} is as it was; continue it with `amemctl run --resume {run_dir}`" in result.output, result.output
+    assert read_record(run_dir)["status"] == "interrupted" and list((run_dir / "points").iterdir())

@@ -280,9 +280,11 @@ def closing_line(status: str, progress: str, run_dir: "str | Path", cause: str =
     return f"run stopped after {progress}{because}; what finished is in {run_dir}"
 
 
-def unstarted_line(signum: int, cause: str = "") -> str:
-    """What `amemctl run` says when a stop signal came before the run was recorded: there is nothing to resume."""
+def unstarted_line(signum: int, cause: str = "", resuming: "str | Path | None" = None) -> str:
+    """What `amemctl run` says when a stop signal came before the run was recorded: nothing to resume, or (`resuming`) the run as it was."""
     because = f" ({cause})" if cause else ""
+    if resuming is not None:
+        return f"run stopped by {signal.Signals(signum).name} before it resumed{because}: {resuming} is as it was; continue it with `amemctl run --resume {resuming}`"
     return f"run stopped by {signal.Signals(signum).name} before it started{because}: no run was recorded, so there is nothing to resume"
 
 

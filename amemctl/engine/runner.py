@@ -42,6 +42,7 @@ from amemctl.engine.records import (
     TRACEBACK,
     Interrupted,
     RunRecord,
+    closing_line,
     count_text,
     ignore_stops,
     is_int,
@@ -186,8 +187,6 @@ def run_pipeline(
         if resume is None:  # the new folder holds its inputs alone (environment() takes seconds): no run folder, removed
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if announce is not None:
-        announce(run_dir)
     bar = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -208,6 +207,8 @@ def run_pipeline(
 
     with figures.extra_formats(pipeline.formats):  # every figure of the run, the stages' and the report's, in these formats too
         try:
+            if announce is not None:  # inside the try: a stop from here on ends the recorded run with its closing line
+                announce(run_dir)
             with bar, _signals_interrupt():
                 sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
                 done: list[PointResult] = []
@@ -231,6 +232,7 @@ def run_pipeline(
                         run.points.append(combine(done))
                         done = []
         except BaseException as exc:
+            error, run.status = exc, "failed"  # first, in plain assignments: a second stop signal may cut what follows short
             error = run_refusal(exc, run_dir, scratch) if refused(exc) else exc  # a point's file, run.json, the console: a stage's own is told in _run_point
             if stopping_once():  # an `--nproc` rank's run ends here: the stop the launcher sends its peers must not cut its record short
                 ignore_stops()
@@ -250,6 +252,8 @@ def run_pipeline(
                     if error is None:
                         raise run_refusal(exc, run_dir, scratch) from None
                     warn(f"the report of this run could not be written in {run_dir}: {exc.strerror or exc}")  # the error that stopped it is the one to tell
+                    if stop_line:  # write_outputs ends with it
+                        console.print(closing_line(run.status, run.progress(), run_dir), style="yellow", markup=False, highlight=False, soft_wrap=True)
             except BaseException as exc:
                 error = error or exc
                 raise
