@@ -150,3 +150,16 @@ def test_a_tampered_point_file_is_recomputed_with_a_warning(tmp_path):
     assert len(warnings) == len(EDITS) and all("is not usable" in w and w.endswith("computing that point again") for w in warnings), out.getvalue()
     assert _metrics(whole.run_dir) == [{k: v for k, v in p.metrics.items() if not k.startswith("seconds.")} for p in whole.points]
     assert all(torch.load(path, weights_only=True)["seed"] == 0 for path in files)  # rewritten whole
+
+
+def test_restate_rewrites_the_status_line_of_the_report_not_a_description_line(tmp_path):
+    """The --nproc launcher's correction of report.md and metrics.json (results.restate): the header's status, not a look-alike in the pipeline's description."""
+    import json
+
+    from amemctl.engine.results import restate
+
+    (tmp_path / "report.md").write_text("# p\n\n- status: ok is what a description may say\n\n- pipeline: `p.yaml`\n- status: interrupted (1 of 4 sweep points)\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted", "points": []}))
+    restate(tmp_path, "failed", "rank 1 failed (exit code 2): boom")
+    assert (tmp_path / "report.md").read_text() == "# p\n\n- status: ok is what a description may say\n\n- pipeline: `p.yaml`\n- status: failed (1 of 4 sweep points)\n"
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"status": "failed", "points": [], "error": "rank 1 failed (exit code 2): boom"}

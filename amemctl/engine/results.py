@@ -181,7 +181,7 @@ def restate(run_dir: Path, status: str, error: str | None) -> None:
         text = report.read_text()
     except OSError:
         return
-    write_atomically(report, re.sub(r"^- status: \w+", f"- status: {status}", text, count=1, flags=re.MULTILINE))
+    write_atomically(report, re.sub(r"^- status: \w+(?= \(\d+ of \d+ sweep points\)$)", f"- status: {status}", text, count=1, flags=re.MULTILINE))
 
 
 def _metrics_document(run: RunResult) -> dict[str, Any]:
