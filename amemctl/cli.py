@@ -191,10 +191,13 @@ def _rank_work(checked: Any, out_root: Path, device: str | None, quiet: bool, re
         finished = True
     except Exception as exc:  # not a stop signal: the launcher needs this rank's message and when it failed
         ignore_stops()  # the rank ends with its own error: the launcher's SIGTERM must not cut that short with an Interrupted traceback
-        if isinstance(exc, AmemctlError):
-            exc.message = f"(rank {rank}) {exc.message}"
-        launch.report_failure(exc)
-        raise
+        error = refusal(exc) if refused(exc) else exc  # the file system's (its scratch folder on a full /tmp, say): the user's to fix
+        if isinstance(error, AmemctlError):
+            error.message = f"(rank {rank}) {error.message}"
+        launch.report_failure(error)
+        if error is exc:
+            raise
+        raise error from None
     finally:
         launch.stop_worker(finished)
 
