@@ -37,18 +37,29 @@ err_console = Console(stderr=True, highlight=False)
 class _Group(click.Group):
     """A click group that turns amemctl errors, and the file system's refusals (errors.refused), into one message and exit code 2."""
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any) -> click.Context:
+        with _told():  # --help and --version print while the arguments are parsed, before invoke
+            return super().make_context(info_name, args, parent, **extra)
+
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with _told():
             return super().invoke(ctx)
-        except AmemctlError as exc:
-            print_error(exc)
-            raise click.exceptions.Exit(exc.exit_code) from None
-        except OSError as exc:
-            if not refused(exc):  # anything else escaping is a bug, and keeps its traceback
-                raise
-            error = refusal(exc)  # a full disk or a permission, wherever a command met it: the user's to fix
-            print_error(error)
-            raise click.exceptions.Exit(error.exit_code) from None
+
+
+@contextlib.contextmanager
+def _told() -> Iterator[None]:
+    """amemctl errors, and the file system's refusals (a full disk or a permission, wherever a command met them: the user's to fix), as one message and their exit code."""
+    try:
+        yield
+    except AmemctlError as exc:
+        print_error(exc)
+        raise click.exceptions.Exit(exc.exit_code) from None
+    except OSError as exc:
+        if not refused(exc):  # anything else escaping is a bug, and keeps its traceback
+            raise
+        error = refusal(exc)
+        print_error(error)
+        raise click.exceptions.Exit(error.exit_code) from None
 
 
 def print_error(exc: AmemctlError) -> None:

@@ -213,10 +213,11 @@ def test_a_command_whose_output_the_disk_refuses_says_so_without_a_traceback(tmp
     import subprocess
     import sys
 
-    with open("/dev/full", "w") as full:
-        done = subprocess.run([sys.executable, "-m", "amemctl", "runs", "ls", str(tmp_path)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "error: a file it did not name: No space left on device" in done.stderr and "the standard output" in done.stderr
+    for command in (["runs", "ls", str(tmp_path)], ["--help"]):  # --help prints while click parses, before the command runs
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "amemctl", *command], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (command, done.stderr)
+        assert "error: a file it did not name: No space left on device" in done.stderr and "the standard output" in done.stderr, done.stderr
 
 
 def test_a_run_stopped_on_a_full_disk_still_says_how_to_resume_it(tmp_path, monkeypatch):
