@@ -198,7 +198,7 @@ def _rank_work(checked: Any, out_root: Path, device: str | None, quiet: bool, re
             import tempfile
 
             with tempfile.TemporaryDirectory() as scratch:
-                run_pipeline(checked, out_root=scratch, device=device, console=Console(file=io.StringIO()), progress=False, group=group, scratch=True)
+                run_pipeline(checked, out_root=scratch, device=device, console=Console(file=io.StringIO()), progress=False, group=group, elsewhere=launch.elsewhere())
         finished = True
     except Exception as exc:  # not a stop signal: the launcher needs this rank's message and when it failed
         ignore_stops()  # the rank ends with its own error: the launcher's SIGTERM must not cut that short with an Interrupted traceback

@@ -23,7 +23,7 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 from amemctl.engine.records import (
     STOP_SIGNALS,
@@ -38,6 +38,9 @@ from amemctl.engine.records import (
     write_atomically,
 )
 from amemctl.errors import AmemctlError, RunFolderError, StageCrash
+
+if TYPE_CHECKING:
+    from amemctl.engine.runner import Elsewhere
 
 #: the folder in which the ranks of an `--nproc` run leave word for the launcher (set by launch):
 #: rank 0 where its run folder is (RUN_FOLDER), a stopped rank which signal stopped it and when (stopped-RANK.json)
@@ -139,6 +142,15 @@ def run_worker() -> NoReturn:
     except (KeyboardInterrupt, Interrupted) as exc:
         exit_worker(128 + (stop_signal(exc) or 0))
     sys.exit(0)  # click's main exits by itself
+
+
+def elsewhere() -> "Elsewhere":
+    """How a rank other than 0 names rank 0's run folder and where its traceback is: the `--nproc` launcher copies it into rank 0's error.txt, torchrun prints it."""
+    from amemctl.engine.runner import Elsewhere
+
+    if launched():
+        return Elsewhere("rank 0's run folder (the launcher names it below)", "error.txt of rank 0's run folder (the launcher names it below)")
+    return Elsewhere("rank 0's run folder (rank 0 names it)", "torchrun's failure summary (its `traceback` of this rank)")
 
 
 def launched() -> bool:
@@ -395,15 +407,17 @@ def tell_failed(folder: Path, first: Ending | None) -> AmemctlError:
         return AmemctlError("the distributed run failed", hint="the ranks' own output above says why")
     found = _run_folder(folder)
     record = _record(found[0]) if found is not None else None
-    if record is not None and (first.rank != 0 or first.how != "failed"):
+    own = first.rank == 0 and first.how == "failed"  # rank 0 recorded its own failure
+    if record is not None and not own:
         message, details = first.record_text()
-        if _corrected(found[0], lambda: record.fail_elsewhere(message, details)):
+        own = _corrected(found[0], lambda: record.fail_elsewhere(message, details))  # now error.txt tells it
+        if own:
             _restate(found[0], "failed", message)
     told = first.said()
     if first.how == "echo":
         told += f": {first.message}"
     elif first.message:
-        told += "; its message is above" + (f" and in {found[1]}/error.txt" if record is not None and record.data.get("status") == "failed" else "")
+        told += "; its message is above" + (f" and in {found[1]}/error.txt" if record is not None and own and record.data.get("status") == "failed" else "")
     elif first.signum is None:
         told += "; its own output above says why"
     if record is None:

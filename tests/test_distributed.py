@@ -481,7 +481,8 @@ def test_the_launchers_account_survives_a_full_disk(tmp_path, monkeypatch, capsy
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    RunRecord.start(run_dir, pipeline="p", file="p.yaml", overrides=[], command=["amemctl"], points=4, headline=None)
+    record = RunRecord.start(run_dir, pipeline="p", file="p.yaml", overrides=[], command=["amemctl"], points=4, headline=None)
+    record.finish(RuntimeError("Connection closed by peer"))  # rank 0 recorded its broken collective, an echo
     folder = tmp_path / "launch"
     folder.mkdir()
     (folder / launch.RUN_FOLDER).write_text(json.dumps({"path": str(run_dir), "shown": "runs/p/1"}))
@@ -489,11 +490,12 @@ def test_the_launchers_account_survives_a_full_disk(tmp_path, monkeypatch, capsy
     FakeDisk(run_dir, monkeypatch, free=0)
     error = launch.tell_failed(folder, launch.ending_of(1, failed))
     assert error.message.startswith("the distributed run failed: rank 1 failed (exit code 2)") and "--resume runs/p/1" in error.hint
+    assert "error.txt" not in error.message  # it could not be written: the message is the rank's own output above
     launch.tell_interrupted(folder, signal.SIGTERM, launch.ending_of(1, SimpleNamespace(exitcode=143, message="")))
     out = capsys.readouterr().out
     assert out.count("could not be corrected (No space left on device)") == 2, out
     assert "run stopped after 0 of 4 points" in out and "run interrupted after 0 of 4 points: rank 1 was stopped by SIGTERM" in out
-    assert read_record(run_dir)["status"] == "running"
+    assert read_record(run_dir)["status"] == "failed" and "boom" not in (run_dir / "error.txt").read_text()
 
 
 def test_the_launcher_corrects_rank_0s_record_but_never_a_finished_one(tmp_path, capsys):
@@ -556,3 +558,13 @@ def test_embedding_is_split_across_ranks_and_gathered(tmp_path):
     torch.testing.assert_close(result["embeddings"], phi.embed(images, torch.device("cpu")), rtol=1e-4, atol=1e-5)
     assert result["seen"] == [8]  # rank 0 embedded only its own 8 of 23 rows
     assert result["rows"][:, 0].tolist() == [0.0] * 8 + [1.0] * 8 + [2.0] * 7
+
+
+def test_a_rank_names_where_its_traceback_is_by_who_launched_it(monkeypatch):
+    """Under `--nproc` the launcher copies a rank's error into rank 0's error.txt; under torchrun only torchrun's summary shows it."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(launch.LAUNCH_DIR_ENV, "/somewhere")
+    assert launch.elsewhere().traceback == "error.txt of rank 0's run folder (the launcher names it below)"
+    monkeypatch.delenv(launch.LAUNCH_DIR_ENV)
+    assert launch.elsewhere().traceback.startswith("torchrun's failure summary") and "rank 0 names it" in launch.elsewhere().folder

@@ -218,6 +218,12 @@ def test_a_command_whose_output_the_disk_refuses_says_so_without_a_traceback(tmp
             done = subprocess.run([sys.executable, "-m", "amemctl", *command], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (command, done.stderr)
         assert "error: a file it did not name: No space left on device" in done.stderr and "the standard output" in done.stderr, done.stderr
+    (tmp_path / "small.yaml").write_text(SMALL)  # a run whose progress lines (not a terminal) go to a full disk from its first
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "amemctl", "run", "small.yaml", "--out", "runs"], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"amemctl run --resume {Path('runs/small') / run_dir.name}" in done.stderr and read_record(run_dir)["status"] == "failed", done.stderr
 
 
 def test_a_run_stopped_on_a_full_disk_still_says_how_to_resume_it(tmp_path, monkeypatch):

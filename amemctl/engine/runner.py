@@ -111,8 +111,12 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-#: how a rank other than 0 names the run folder in its messages: its own is scratch, deleted when it ends
-RANK_0S_FOLDER = "rank 0's run folder (the launcher names it below)"
+@dataclass(frozen=True)
+class Elsewhere:
+    """How a rank other than 0 names, in its messages, what its own run folder (scratch, deleted when it ends) does not keep."""
+
+    folder: str  #: the run folder to resume
+    traceback: str  #: where a crash's traceback is
 
 
 def stage_seed(seed: int, position: int) -> int:
@@ -133,7 +137,7 @@ def run_pipeline(
     resume: "str | Path | None" = None,
     announce: "Callable[[Path], None] | None" = None,
     stop_line: bool = True,
-    scratch: bool = False,
+    elsewhere: Elsewhere | None = None,
 ) -> RunResult:
     """Run every sweep point of `pipeline` and write its run folder; see the module docstring.
 
@@ -145,8 +149,8 @@ def run_pipeline(
     0's record is, to correct it if another rank fails. Without `stop_line`, a run that does
     not finish ends without its closing line (how far it got, how to resume): rank 0 of an
     `--nproc` run leaves it to the launcher, which alone knows how every rank ended.
-    `scratch`: the run folder is a rank's own, deleted when it ends (an `--nproc` rank other
-    than 0): messages name rank 0's folder instead, where the launcher records this rank's error.
+    `elsewhere`: the run folder is a rank's own, deleted when it ends (a rank other than 0):
+    messages name rank 0's folder, and where the traceback is, as it says.
     """
     from amemctl.engine import results
 
@@ -182,24 +186,11 @@ def run_pipeline(
             raise
         if previous is None:  # a new folder without its run.json is no run: nothing in it can be resumed
             shutil.rmtree(run_dir, ignore_errors=True)
-        raise folder_error(exc, run_dir, resumable=previous is not None, scratch=scratch) from None
+        raise folder_error(exc, run_dir, resumable=previous is not None, elsewhere=elsewhere) from None
     except (KeyboardInterrupt, Interrupted):  # stopped before the run was recorded: there is nothing to resume
         if resume is None:  # the new folder holds its inputs alone (environment() takes seconds): no run folder, removed
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    bar = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not progress,
-        transient=True,
-    )
-    log = _LogLines(console, len(runs)) if progress and not console.is_terminal else None
-    if log is not None:
-        log.line(f"{pipeline.name}: {len(runs)} sweep point(s) x repeat(s), run folder {run_dir}")
     error: BaseException | None = None
 
     def warn(text: str) -> None:
@@ -207,8 +198,21 @@ def run_pipeline(
 
     with figures.extra_formats(pipeline.formats):  # every figure of the run, the stages' and the report's, in these formats too
         try:
-            if announce is not None:  # inside the try: a stop from here on ends the recorded run with its closing line
+            if announce is not None:  # first in the try: a stop from here on ends the recorded run with its closing line
                 announce(run_dir)
+            bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                disable=not progress,
+                transient=True,
+            )
+            log = _LogLines(console, len(runs)) if progress and not console.is_terminal else None
+            if log is not None:
+                log.line(f"{pipeline.name}: {len(runs)} sweep point(s) x repeat(s), run folder {run_dir}")
             with bar, _signals_interrupt():
                 sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
                 done: list[PointResult] = []
@@ -218,7 +222,7 @@ def run_pipeline(
                     result = load_point(run_dir, keys[i], point, warn) if previous is not None else None
                     was_reused = result is not None
                     if result is None:
-                        result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group, scratch)
+                        result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group, elsewhere)
                         save_point(run_dir, keys[i], result, seed)
                     reused += was_reused
                     done.append(result)
@@ -233,7 +237,7 @@ def run_pipeline(
                         done = []
         except BaseException as exc:
             error, run.status = exc, "failed"  # first, in plain assignments: a second stop signal may cut what follows short
-            error = run_refusal(exc, run_dir, scratch) if refused(exc) else exc  # a point's file, run.json, the console: a stage's own is told in _run_point
+            error = run_refusal(exc, run_dir, elsewhere) if refused(exc) else exc  # a point's file, run.json, the console: a stage's own is told in _run_point
             if stopping_once():  # an `--nproc` rank's run ends here: the stop the launcher sends its peers must not cut its record short
                 ignore_stops()
             run.status = "interrupted" if stop_signal(exc) is not None else "failed"
@@ -250,55 +254,57 @@ def run_pipeline(
                     if not refused(exc):
                         raise
                     if error is None:
-                        raise run_refusal(exc, run_dir, scratch) from None
-                    warn(f"the report of this run could not be written in {run_dir}: {exc.strerror or exc}")  # the error that stopped it is the one to tell
-                    if stop_line:  # write_outputs ends with it
-                        console.print(closing_line(run.status, run.progress(), run_dir), style="yellow", markup=False, highlight=False, soft_wrap=True)
+                        raise run_refusal(exc, run_dir, elsewhere) from None
+                    with contextlib.suppress(OSError):  # the console may be what the disk refused: the error that stopped the run is the one to tell
+                        warn(f"the report of this run could not be written in {run_dir}: {exc.strerror or exc}")
+                        if stop_line:  # write_outputs ends with it
+                            console.print(closing_line(run.status, run.progress(), run_dir), style="yellow", markup=False, highlight=False, soft_wrap=True)
             except BaseException as exc:
                 error = error or exc
                 raise
             finally:
-                _finish(record, error, warn)
+                _finish(record, error, warn, elsewhere)
     return run
 
 
-def folder_error(exc: OSError, run_dir: Path, resumable: bool = True, scratch: bool = False) -> AmemctlError:
+def folder_error(exc: OSError, run_dir: Path, resumable: bool = True, elsewhere: Elsewhere | None = None) -> AmemctlError:
     """A write to the run folder that the file system refused (a full disk, no permission), with the fix and how to go on.
 
     Not `resumable`: the folder was new and, without its run.json, is removed again.
-    `scratch`: see run_pipeline.
+    `elsewhere`: see run_pipeline.
     """
-    error = refusal(exc, f"the run folder {run_dir}", where=existing(run_dir), then=_go_on(run_dir, scratch) if resumable else "run it again")
+    error = refusal(exc, f"the run folder {run_dir}", where=existing(run_dir), then=_go_on(run_dir, elsewhere) if resumable else "run it again")
     if not resumable:
         error.message += "; the folder is removed again, as the run had not started"
     return error
 
 
-def run_refusal(exc: OSError, run_dir: Path, scratch: bool = False) -> AmemctlError:
+def run_refusal(exc: OSError, run_dir: Path, elsewhere: Elsewhere | None = None) -> AmemctlError:
     """A refusal of the file system met while running: of the run folder (whose files are all named: atomic.replacing), or of another file (the standard output on a full disk)."""
     file = exc.filename
     if file is not None and Path(os.path.abspath(file)).is_relative_to(os.path.abspath(run_dir)):
-        return folder_error(exc, run_dir, scratch=scratch)
-    return refusal(exc, then=_go_on(run_dir, scratch))
+        return folder_error(exc, run_dir, elsewhere=elsewhere)
+    return refusal(exc, then=_go_on(run_dir, elsewhere))
 
 
-def _go_on(run_dir: Path, scratch: bool = False) -> str:
-    """What to do once the file system lets the run go on: resume it, reusing its finished points (`scratch`: see run_pipeline)."""
-    if scratch:
-        return f"continue the run with `amemctl run --resume` and {RANK_0S_FOLDER} (its finished points are reused)"
+def _go_on(run_dir: Path, elsewhere: Elsewhere | None = None) -> str:
+    """What to do once the file system lets the run go on: resume it, reusing its finished points (`elsewhere`: see run_pipeline)."""
+    if elsewhere is not None:
+        return f"continue the run with `amemctl run --resume` and {elsewhere.folder} (its finished points are reused)"
     return f"continue the run with `amemctl run --resume {run_dir}` (its finished points are reused)"
 
 
-def _finish(record: RunRecord, error: BaseException | None, warn: Callable[[str], None]) -> None:
-    """End the run's record; one the file system refuses is the run's error, unless another error already stopped it (then only warned of)."""
+def _finish(record: RunRecord, error: BaseException | None, warn: Callable[[str], None], elsewhere: Elsewhere | None = None) -> None:
+    """End the run's record; one the file system refuses is the run's error, unless another error already stopped it (then only warned of, if the console can)."""
     try:
         record.finish(error)
     except OSError as exc:
         if not refused(exc):
             raise
         if error is None:
-            raise folder_error(exc, record.run_dir) from None
-        warn(f"{record.run_dir / RECORD} could not record how the run ended ({exc.strerror or exc}); `amemctl runs ls` shows it as dead")
+            raise folder_error(exc, record.run_dir, elsewhere=elsewhere) from None
+        with contextlib.suppress(OSError):
+            warn(f"{record.run_dir / RECORD} could not record how the run ended ({exc.strerror or exc}); `amemctl runs ls` shows it as dead")
 
 
 def _resumable(run_dir: Path) -> dict[str, Any]:
@@ -469,7 +475,7 @@ def _run_point(
     slot: int,
     seed: int,
     group: object = None,
-    scratch: bool = False,
+    elsewhere: Elsewhere | None = None,
 ) -> PointResult:
     ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable and log is None else None, log=log.line if log is not None else None, group=group, registry=pipeline.registry)
     ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=seed)
@@ -491,10 +497,10 @@ def _run_point(
             raise exc.at(step.parts[0].location)  # noqa: B904 (the same error, located)
         except Exception as exc:  # a bug in the stage: one message, the traceback in the run folder
             if refused(exc):  # no bug: the file system refused a file the stage reads or writes (a full disk, no permission)
-                error = refusal(exc, then=_go_on(run_dir, scratch))
+                error = refusal(exc, then=_go_on(run_dir, elsewhere))
                 error.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {error.message}"
                 raise error.at(step.parts[0].location) from None
-            raise _crash(exc, step, point, pipeline, run_dir, scratch) from exc
+            raise _crash(exc, step, point, pipeline, run_dir, elsewhere) from exc
         ctx.metrics[f"seconds.{step.name}"] = time.perf_counter() - start
         cache.store(slot, j, ctx)
         bar.advance(task)
@@ -502,14 +508,14 @@ def _run_point(
     return PointResult(point, dict(ctx.metrics), list(ctx.figures), dict(ctx.examples), list(ctx.notes), seeds=[seed])
 
 
-def _crash(exc: Exception, step: Step, point: Point, pipeline: Pipeline, run_dir: Path, scratch: bool = False) -> StageCrash:
-    """A StageCrash naming the stage, the package to blame and the pipeline line (the run record saves its traceback; `scratch`: see run_pipeline)."""
+def _crash(exc: Exception, step: Step, point: Point, pipeline: Pipeline, run_dir: Path, elsewhere: Elsewhere | None = None) -> StageCrash:
+    """A StageCrash naming the stage, the package to blame and the pipeline line (the run record saves its traceback; `elsewhere`: see run_pipeline)."""
     stage = step.parts[0].stage
     registry = pipeline.registry
     package = registry.package_of("stages", stage.name) if registry is not None else "?"
     return StageCrash(
         f"stage {stage.name!r} (package {package}) crashed ({point.label()}): {type(exc).__name__}: {exc}",
-        hint=f"{_blame(exc, step, package, registry)}, not in the pipeline; the traceback is in {f'{TRACEBACK} of {RANK_0S_FOLDER}' if scratch else run_dir / TRACEBACK}",
+        hint=f"{_blame(exc, step, package, registry)}, not in the pipeline; the traceback is in {elsewhere.traceback if elsewhere is not None else run_dir / TRACEBACK}",
         location=step.parts[0].location,
     )
 
