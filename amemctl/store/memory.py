@@ -35,7 +35,7 @@ import secrets
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -59,9 +59,10 @@ from amemctl.store.soundness import (
 SCHEMA = 1
 DEFAULT_CHUNK_BYTES = 32 * 2**20
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-#: how often `open` starts again when other processes swap a new copy in while it opens a store
+#: how often `open` (and `store verify`) starts again when other processes swap a new copy in while it reads a store
 OPEN_ATTEMPTS = 10
 #: `_copy_on_disk` of a store whose zarr.json is missing (between a swap's renames) or unreadable
 _GONE = "(no readable zarr.json)"
@@ -74,6 +75,28 @@ def _copy_on_disk(path: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return _GONE
     return generation if isinstance(generation, str) else None
+
+
+def within_one_copy(path: Path, read: "Callable[[], T]", copy_of: "Callable[[T], str | None] | None" = None) -> "T | None":
+    """`read()` of the store at `path` within one copy of it: read again while other processes swap new copies in.
+
+    Readers take no lock, so a copy swapped in while `read` runs (compact, replace) would mix
+    two copies in what it read. A result counts when the copy on disk is the same before and
+    after (and is the one `copy_of(result)` says it read); a StoreError is raised only when the
+    copy did not change meanwhile (else it may be two copies mixed, not damage). None when the
+    copy changed each of OPEN_ATTEMPTS times.
+    """
+    for _ in range(OPEN_ATTEMPTS):
+        before = _copy_on_disk(path)
+        try:
+            result = read()
+        except StoreError:
+            if _copy_on_disk(path) == before:
+                raise
+            continue
+        if (copy_of is None or copy_of(result) == before) and _copy_on_disk(path) == before:
+            return result
+    return None
 
 
 def _generation(group: Any) -> str | None:
@@ -195,16 +218,9 @@ class MemoryStore:
         while it was opened is opened again, refused only if it is refused within one copy.
         """
         path = store_root(path)
-        for _ in range(OPEN_ATTEMPTS):
-            before = _copy_on_disk(path)
-            try:
-                store = cls._open_once(path, mode, check)
-            except StoreError:
-                if _copy_on_disk(path) == before:
-                    raise
-                continue  # what was refused may be two copies mixed, not damage
-            if store.generation == before == _copy_on_disk(path):
-                return store
+        store = within_one_copy(path, lambda: cls._open_once(path, mode, check), copy_of=lambda opened: opened.generation)
+        if store is not None:
+            return store
         raise StoreError(
             f"{path} was replaced by other processes each of the {OPEN_ATTEMPTS} times it was opened (compacted or rewritten)",
             hint="run again when fewer processes write to it",

@@ -11,7 +11,7 @@ import torch
 
 from amemctl.errors import StoreError
 from amemctl.store.encoding import decode
-from amemctl.store.memory import OPEN_ATTEMPTS, MemoryStore, _copy_on_disk
+from amemctl.store.memory import OPEN_ATTEMPTS, MemoryStore, within_one_copy
 from amemctl.store.soundness import EVERY_CHUNK, chunk_file, problems, row_bound
 
 
@@ -35,18 +35,10 @@ def verify(path: "str | Path") -> Report:
     Like `MemoryStore.open`, it reads without the writer lock: when another process swaps a new
     copy in while it reads (compact, replace), what it read mixes two copies, and it checks again.
     """
-    for _ in range(OPEN_ATTEMPTS):
-        before = _copy_on_disk(Path(path))
-        try:
-            report = _verify(path)
-        except StoreError:  # a read refused because the copy changed under it (damage is reported, not raised)
-            if _copy_on_disk(Path(path)) == before:
-                raise
-            continue
-        if _copy_on_disk(Path(path)) == before:
-            return report
-    report = Report(Path(path))
-    report.problems.append(f"{path} was replaced by other processes each of the {OPEN_ATTEMPTS} times it was verified (compacted or rewritten); run again")
+    report = within_one_copy(Path(path), lambda: _verify(path))  # a StoreError here: a read refused within one copy (damage is reported, not raised)
+    if report is None:
+        report = Report(Path(path))
+        report.problems.append(f"{path} was replaced by other processes each of the {OPEN_ATTEMPTS} times it was verified (compacted or rewritten); run again")
     return report
 
 
