@@ -34,4 +34,10 @@ def replacing(path: Path) -> Iterator[Path]:
         raise
 
 
-__all__ = ["replacing"]
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` whole, or leave what was there before (and no temporary file)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+
+
+__all__ = ["replacing", "write_atomically"]

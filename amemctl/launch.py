@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
+from amemctl.atomic import write_atomically
 from amemctl.engine.records import (
     STOP_SIGNALS,
     Interrupted,
@@ -35,7 +36,6 @@ from amemctl.engine.records import (
     read_json,
     stop_signal,
     unstarted_line,
-    write_atomically,
 )
 from amemctl.errors import AmemctlError, RunFolderError, StageCrash
 

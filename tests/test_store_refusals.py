@@ -144,7 +144,7 @@ def test_a_trim_the_disk_refuses_leaves_no_staged_metadata(tmp_path, monkeypatch
     real = Path.write_text
 
     def full(self, *args, **kwargs):
-        if self.name.startswith(".zarr.json.trim-"):
+        if self.name.startswith(".zarr.json.") and self.name.endswith(".tmp"):  # trim's staged metadata (atomic.replacing)
             real(self, "")  # created, then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(self, *args, **kwargs)

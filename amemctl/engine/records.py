@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from amemctl.atomic import replacing
+from amemctl.atomic import write_atomically
 from amemctl.errors import RunFolderError
 
 RECORD = "run.json"
@@ -48,16 +48,6 @@ def git_state(path: "str | Path") -> dict[str, Any] | None:
     except (OSError, subprocess.SubprocessError):  # no git installed, or it hangs
         return None
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary name in the same folder, then rename: the file is whole or unchanged.
-
-    A write that fails (a full disk) deletes the temporary file: nothing is left behind, and
-    what was at `path` before is kept.
-    """
-    with replacing(path) as tmp:
-        tmp.write_text(text)
 
 
 class RunRecord:

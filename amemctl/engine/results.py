@@ -18,9 +18,10 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from amemctl import figures
+from amemctl.atomic import write_atomically
 from amemctl.dsl.pipeline import CurveSpec, Pipeline, TableSpec
 from amemctl.dsl.sweep import MissingField, Point, lookup, value_label
-from amemctl.engine.records import closing_line, json_object, write_atomically
+from amemctl.engine.records import closing_line, json_object
 from amemctl.engine.runner import PointResult, RunResult, environment
 
 

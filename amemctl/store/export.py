@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from amemctl.atomic import replacing
 from amemctl.errors import StoreError, refusal_hint
 from amemctl.store.memory import MemoryStore
 
@@ -23,20 +22,14 @@ def export_npz(store: MemoryStore, output: Path) -> dict[str, tuple[int, ...]]:
     memory exports in about two chunks of it. The file is written beside `output` and renamed
     over it once complete.
     """
-    partial = output.with_name(f".{output.name}.partial")
     shapes = {}
     try:
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        with replacing(output) as partial, zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
             for name in ["ids", *store.arrays]:
                 entry = name.replace("/", "__")
                 shapes[entry] = _write_entry(archive, entry, store, name)
-        os.replace(partial, output)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # gone already, or its folder is: the error to tell is the write's
-            partial.unlink()
-        if isinstance(exc, OSError):  # the store's reads tell their own failures as StoreErrors: this is the output's
-            raise _unwritable(output, exc) from None
-        raise
+    except OSError as exc:  # the store's reads tell their own failures as StoreErrors: this is the output's
+        raise _unwritable(output, exc) from None
     return shapes
 
 

@@ -10,14 +10,13 @@ copying them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import secrets
 import shutil
 from pathlib import Path
 
+from amemctl.atomic import write_atomically
 from amemctl.errors import DamagedStore
 from amemctl.store.memory import MemoryStore, _now
 from amemctl.store.soundness import FIXED, RESERVED, open_array
@@ -77,14 +76,7 @@ def _shrink(folder: Path, rows: int, chunk_rows: int) -> None:
     meta = folder / "zarr.json"
     doc = json.loads(meta.read_bytes())
     doc["shape"][0] = rows
-    staged = meta.with_name(f".zarr.json.trim-{secrets.token_hex(4)}")
-    try:
-        staged.write_text(json.dumps(doc, indent=2))
-        os.replace(staged, meta)
-    except BaseException:
-        with contextlib.suppress(OSError):  # gone already, or its folder is: the error to tell is the write's
-            staged.unlink()
-        raise
+    write_atomically(meta, json.dumps(doc, indent=2))
 
 
 __all__ = ["trim"]
