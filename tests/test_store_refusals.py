@@ -272,3 +272,29 @@ def test_a_store_path_that_is_a_file_or_under_one_is_told_as_such(tmp_path, run_
     with pytest.raises(AmemctlError, match=f"cannot lock {file / 'sub.zarr'} for writing: {file} is a file, not a folder"):
         run_text(f"name: under\ndata: {{dataset: digits, limit: 20}}\nstages:\n  - persist: {{store: {file / 'sub.zarr'}, mode: append}}\n")
     assert file.read_text() == "not a store\n"
+
+
+def test_a_failed_chunk_write_leaves_no_folder_behind_however_late_its_siblings_land(tmp_path, monkeypatch):
+    """zarr gathers a call's chunk writes and raises at the first that fails, while the others go on:
+    one landing after the unfinished copy was deleted must not bring its folder back."""
+    import asyncio
+    import time
+
+    import zarr.storage
+
+    real = zarr.storage.LocalStore.set
+    landed = []
+
+    async def set(self, key, value):
+        if key.endswith("/c/0/0"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if key.endswith("/c/1/0"):
+            await asyncio.sleep(0.3)  # lands well after its sibling failed
+            landed.append(key)
+        return await real(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", set)
+    with pytest.raises(StoreError, match="No space left on device"):
+        MemoryStore.write_new(tmp_path / "new.zarr", _fill, chunk_bytes=4 * 4 * 16)
+    time.sleep(0.5)
+    assert landed and _unfinished(tmp_path) == [] and not (tmp_path / "new.zarr").exists()

@@ -24,6 +24,7 @@ a missing or truncated chunk is refused instead of read as zeros.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import glob
@@ -805,11 +806,28 @@ def _discard_or_warn(folder: Path, what: str) -> None:
 
 
 def _discard(folder: Path) -> None:
-    """Delete a folder of ours, its zarr.json first so that a half-deleted one is no store."""
+    """Delete a folder of ours, its zarr.json first so that a half-deleted one is no store.
+
+    Once zarr's writes in flight have ended: when one chunk write fails (a full disk), zarr
+    raises at once while the others of the same call go on in its event loop, and a chunk
+    written after the deletion would leave the folder behind.
+    """
+    _writes_ended()
     if not folder.exists():
         return
     (folder / "zarr.json").unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _writes_ended() -> None:
+    """Wait until the tasks in zarr's event loop have ended (zarr.core.sync: zarr gathers a call's chunk writes there, and does not cancel them when one fails)."""
+    from zarr.core.sync import sync
+
+    async def ended() -> None:
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        await asyncio.gather(*others, return_exceptions=True)
+
+    sync(ended())
 
 
 def swap_in(path: Path, new: Path) -> None:
