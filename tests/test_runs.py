@@ -176,6 +176,22 @@ def test_sigterm_in_a_stage_records_the_run_interrupted_not_a_crash(tmp_path):
     assert "crashed" not in record["error"]["message"] and "please report" not in (run_dir / "error.txt").read_text()
 
 
+def test_a_second_stop_while_the_first_is_handled_leaves_report_and_record_agreeing(tmp_path, monkeypatch):
+    """Ctrl-C pressed again while the runner handles a scheduler's SIGTERM: report.md and run.json both say interrupted."""
+    from amemctl.engine import runner
+
+    def second_stop():
+        raise KeyboardInterrupt  # lands in the runner's except, before it has settled the run's status
+
+    monkeypatch.setattr(runner, "stopping_once", second_stop)
+    Stop.calls, Stop.at, Stop.signum = 0, 3, signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(parse_text(STOPPING, "t.yaml", registry=_stop_registry()), out_root=tmp_path / "runs", device="cpu", progress=False)
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    assert read_record(run_dir)["status"] == "interrupted"
+    assert "- status: interrupted (" in (run_dir / "report.md").read_text()
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_an_interrupted_run_says_how_far_it_got_and_how_to_resume(tmp_path, monkeypatch, signum, code):
     """One line, in the unit `runs ls` counts (point runs: points x repeats), with the --resume command; 128 + the signal."""

@@ -115,7 +115,7 @@ class RunRecord:
             self.data["status"] = "finished"
         else:
             stop = stop_signal(error)
-            self.data["status"] = "interrupted" if stop is not None else "failed"
+            self.data["status"] = ended_by(error)
             render = getattr(error, "render", None)
             message = render() if callable(render) else (str(error) or type(error).__name__)
             if stop is not None:
@@ -187,6 +187,11 @@ def stop_signal(error: BaseException) -> int | None:
     if isinstance(error, Interrupted):
         return error.signum
     return None
+
+
+def ended_by(error: BaseException) -> str:
+    """How an error ended a run, as its record and its report both say: "interrupted" by a stop signal, else "failed"."""
+    return "interrupted" if stop_signal(error) is not None else "failed"
 
 
 #: the signals that stop a run as interrupted (Ctrl-C, a scheduler's stop); the exit status is 128 + the signal

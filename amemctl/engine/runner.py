@@ -44,13 +44,13 @@ from amemctl.engine.records import (
     RunRecord,
     closing_line,
     count_text,
+    ended_by,
     ignore_stops,
     is_int,
     is_number,
     load_record,
     short_repr,
     status_of,
-    stop_signal,
     stopping_once,
 )
 from amemctl.errors import AmemctlError, DeviceError, StageCrash, existing, refusal, refused
@@ -240,13 +240,14 @@ def run_pipeline(
             error = run_refusal(exc, run_dir, elsewhere) if refused(exc) else exc  # a point's file, run.json, the console: a stage's own is told in _run_point
             if stopping_once():  # an `--nproc` rank's run ends here: the stop the launcher sends its peers must not cut its record short
                 ignore_stops()
-            run.status = "interrupted" if stop_signal(exc) is not None else "failed"
             if isinstance(error, AmemctlError):
                 run.error = error.render()
             if error is exc:
                 raise
             raise error from None
         finally:
+            if error is not None:  # here, not in the except: a second stop signal there must not leave the report and the record disagreeing
+                run.status = ended_by(error)
             try:
                 try:
                     results.write_outputs(run, console, stop_line)
