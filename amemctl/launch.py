@@ -181,8 +181,29 @@ def note_stop(signum: int) -> None:
     """
     folder, rank = os.environ.get(LAUNCH_DIR_ENV), os.environ.get("RANK")
     if folder and rank is not None:
+        note, text = Path(folder) / f"stopped-{rank}.json", json.dumps({"signal": int(signum), "at": time.time()})
         with contextlib.suppress(OSError):
-            write_atomically(Path(folder) / f"stopped-{rank}.json", json.dumps({"signal": int(signum), "at": time.time()}))
+            if note.is_file():  # reserved by the launcher (reserve_stop_notes): written in place, it needs no new block of a full disk
+                with open(note, "r+b") as file:
+                    file.write(text.encode())
+            else:
+                write_atomically(note, text)
+
+
+#: the bytes reserved for each rank's stop note: far more than its JSON takes
+STOP_NOTE_BYTES = 256
+
+
+def reserve_stop_notes(folder: Path, nproc: int) -> None:
+    """Make each rank's stop note (note_stop) before the ranks start, as blanks that JSON reads past.
+
+    A failing rank's echo and a stop are told apart by their times. A rank that could not note
+    its stop (a full /tmp) would read as stopped at an unknown time, which comes before any echo,
+    and so a run that failed would read as interrupted. Best effort, as the note itself.
+    """
+    with contextlib.suppress(OSError):
+        for rank in range(nproc):
+            (folder / f"stopped-{rank}.json").write_bytes(b" " * STOP_NOTE_BYTES)
 
 
 def report_failure(error: BaseException) -> None:
@@ -239,6 +260,7 @@ def launch(nproc: int, arguments: list[str]) -> None:
     handlers = {signum: signal.getsignal(signum) for signum in handled}
     folder = Path(tempfile.mkdtemp(prefix="amemctl-launch-"))  # the ranks leave word for the launcher there
     try:
+        reserve_stop_notes(folder, nproc)
         config = LaunchConfig(
             min_nodes=1,
             max_nodes=1,

@@ -33,7 +33,8 @@ class FakeDisk:
         def opener(file, mode="r", *args, **kwargs):
             handle = real_open(file, mode, *args, **kwargs)
             if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+") and os.path.abspath(file).startswith(self.root):
-                return _Metered(handle, self)
+                in_place = not any(c in mode for c in "wax")  # "r+": overwriting the blocks a file has takes none
+                return _Metered(handle, self, os.path.getsize(file) if in_place else 0, in_place)
             return handle
 
         def unlink(path, *, dir_fd=None):
@@ -71,11 +72,12 @@ class FakeDisk:
 class _Metered:
     """A file being written on a FakeDisk: each block it grows into is taken from the disk first."""
 
-    def __init__(self, handle, disk: FakeDisk) -> None:
-        self._handle, self._disk, self._size = handle, disk, 0
+    def __init__(self, handle, disk: FakeDisk, size: int = 0, in_place: bool = False) -> None:
+        self._handle, self._disk, self._size, self._in_place = handle, disk, size, in_place
 
     def write(self, data):
-        size = self._size + (len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes)
+        length = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
+        size = max(self._size, self._handle.tell() + length) if self._in_place else self._size + length
         self._disk.take(math.ceil(size / BLOCK) - math.ceil(self._size / BLOCK))
         self._size = size
         return self._handle.write(data)

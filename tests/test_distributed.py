@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -472,6 +473,28 @@ def test_how_each_rank_ended_decides_how_the_run_ended(tmp_path):
     assert launch.ending_of(1, failure(2, at=1.0, message="bad")).record_text() == ("rank 1 failed (exit code 2): bad", "")
     assert launch.ending_of(1, failure(-9)).record_text() == ("rank 1 was killed by SIGKILL (exit code -9)", "")
     assert launch.ending_of(1, failure(143)).said() == "rank 1 was stopped by SIGTERM"
+
+
+def test_a_stop_is_noted_with_its_time_on_a_full_disk(tmp_path, monkeypatch):
+    """note_stop writes in the note the launcher reserved: a full /tmp cannot leave the stop's time unknown,
+    which would put it before an echo and make a run that failed read as interrupted."""
+    from tests.fakedisk import FakeDisk
+
+    launch.reserve_stop_notes(tmp_path, 1)  # rank 0's only
+    assert launch.ending_of(0, SimpleNamespace(exitcode=143, message=""), tmp_path).at == math.inf  # the blank reads as no note
+    FakeDisk(tmp_path, monkeypatch, free=0)
+    monkeypatch.setenv(launch.LAUNCH_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("RANK", "0")
+    before = time.time()
+    launch.note_stop(signal.SIGTERM)
+    stopped = launch.ending_of(0, SimpleNamespace(exitcode=143, message=""), tmp_path)
+    assert stopped.how == "stopped" and stopped.signum == signal.SIGTERM and before <= stopped.at <= time.time()
+    echo = SimpleNamespace(exitcode=1, message={"message": "Connection closed by peer", "extraInfo": {"failed_at": before - 1, "echo": True}})
+    assert launch.decisive([stopped, launch.ending_of(1, echo, tmp_path)]).how == "echo"  # the launcher stopped rank 0 after rank 1's own failure
+    monkeypatch.setenv("RANK", "1")
+    # not reserved: the note needs a new file, which the full disk refuses, and nothing is raised
+    launch.note_stop(signal.SIGTERM)
+    assert not (tmp_path / "stopped-1.json").exists()
 
 
 def test_the_launchers_account_survives_a_full_disk(tmp_path, monkeypatch, capsys):
