@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from amemctl.core import colour, random
-from amemctl.errors import StageError
+from amemctl.errors import AmemctlError, StageError, blame_function
 from amemctl.functions import Function
 from amemctl.stage import Param, ParamError
 from amemctl.suggest import did_you_mean
@@ -44,7 +44,20 @@ class Corruption(Function):
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None, **params: Any) -> Tensor:
         _check_images(images)
-        return self.apply(images, generator, **self.configure(params))
+        values = self.configure(params)
+        try:
+            out = self.apply(images, generator, **values)
+        except AmemctlError:
+            raise
+        except Exception as exc:
+            blame_function(exc, self.kind, self.name)
+            raise
+        if not isinstance(out, Tensor) or out.shape != images.shape:
+            # a bug of the corruption's: caught here, not as queries that fit no stored key later
+            got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            error = ValueError(f"corruption {self.name!r} returned {got} for images of shape {tuple(images.shape)}; a corruption returns images of the shape it is given")
+            raise blame_function(error, self.kind, self.name)
+        return out
 
 
 def _check_images(images: Tensor) -> None:

@@ -170,3 +170,27 @@ class StageCrash(AmemctlError):
     """
 
     exit_code = 1
+
+
+def blame_function(exc: BaseException, noun: str, name: str) -> BaseException:
+    """Mark `exc` as the fault of the registered function `name` (a similarity, separation, corruption...); returns it.
+
+    For what amemctl finds wrong with what a function gave it (a kernel's scores of the wrong
+    shape, a corruption's images of another shape, a separation class that cannot be made): no
+    frame of the function's package is in the traceback, so without the mark a crash would be
+    blamed on amemctl. The innermost mark wins (a plugin's corruption inside `compose`).
+    """
+    if getattr(exc, "amemctl_function", None) is None:
+        exc.amemctl_function = (noun, name)  # type: ignore[attr-defined]
+    return exc
+
+
+def blamed_function(exc: BaseException) -> tuple[str, str] | None:
+    """The (noun, name) `blame_function` marked `exc` or an exception it was raised from, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        marked = getattr(seen, "amemctl_function", None)
+        if marked is not None:
+            return marked
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Mapping
 
+from amemctl.errors import AmemctlError, blame_function
 from amemctl.stage import Param, ParamError
 from amemctl.suggest import did_you_mean
 
@@ -79,8 +80,19 @@ class Function:
         return values
 
     def __call__(self, *args: Any, **given: Any) -> Any:
-        """`make(*args, **parameters)` with the parameters checked and completed."""
-        return self.make(*args, **self.configure(given))
+        """`make(*args, **parameters)` with the parameters checked and completed.
+
+        What `make` raises (a class that cannot be made, a bug in it) is marked as this
+        function's, so a crash names the package that registered it rather than amemctl.
+        """
+        values = self.configure(given)
+        try:
+            return self.make(*args, **values)
+        except AmemctlError:
+            raise
+        except Exception as exc:
+            blame_function(exc, self.kind, self.name)
+            raise
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -258,7 +258,7 @@ RETRIEVAL = "seed: 0\ndata: {dataset: digits, limit: 20}\nstages:\n  - corrupt: 
     "corruption, similarity, separation, line, bug",
     [
         ("gaussian", "buggy_similarity", "max", 5, "kernel bug"),
-        ("gaussian", "euclidean", "buggy_separation", 5, "make bug"),  # made by describe(), before the stage runs
+        ("gaussian", "euclidean", "buggy_separation", 6, "make bug"),  # made by describe(), before the stage runs; at `separate`, not the fused step's `score`
         ("buggy_corruption", "euclidean", "max", 4, "corruption bug"),
     ],
 )
@@ -277,8 +277,9 @@ def test_a_plugin_function_that_raises_inside_a_builtin_stage_is_blamed_on_the_p
     assert "please report it" not in message
 
 
-def test_a_crash_in_amemctl_after_a_plugin_function_ran_names_that_function_too(install, tmp_path):
-    # The kernel returned normally; amemctl's shape check raises, so no plugin frame is in the traceback.
+def test_a_kernel_of_the_wrong_shape_is_blamed_on_its_plugin_though_amemctl_raised(install, tmp_path):
+    # The kernel returned normally; amemctl's shape check raises, so no plugin frame is in the
+    # traceback: the check knows whose kernel it was, and says so rather than "a bug in amemctl".
     from amemctl.dsl.pipeline import parse_text
     from amemctl.engine.runner import run_pipeline
     from amemctl.errors import StageCrash
@@ -287,8 +288,63 @@ def test_a_crash_in_amemctl_after_a_plugin_function_ran_names_that_function_too(
     text = RETRIEVAL.replace("{kind: %s}", "{kind: gaussian, count: 5}") % ("transposed", "max")
     with pytest.raises(StageCrash) as info:
         run_pipeline(parse_text(text, "p.yaml", registry=build_registry()), out_root=tmp_path, device="cpu", progress=False)
+    assert info.value.render().startswith("p.yaml:5:5: stage 'score' (package amemctl) crashed")
     assert "returned scores of shape (20, 5) for 5 queries and 20 keys" in info.value.message
-    assert "a bug in amemctl (please report it) or in what a plugin gave it: similarity 'transposed' (buggy-plugin)" in info.value.hint
+    assert info.value.hint.startswith("a bug in the plugin package buggy-plugin (its similarity 'transposed'), not a mistake in the pipeline;")
+    assert "please report it" not in info.value.hint
+
+
+CONTRACT_BREAKERS = """\
+    import torch
+
+    from amemctl import Corruption, Param, Separation, SeparationFunction, hookimpl
+
+    class Forgetful(Separation):
+        # a separation without reducer(): Python refuses to make it, in amemctl's call
+        name = "forgetful"
+
+        def __init__(self, beta):
+            self.beta = beta
+
+        def weights(self, scores):
+            return torch.softmax(self.beta * scores, dim=1)
+
+    def crop_one_row(images, generator, p):
+        return images[..., 1:, :]
+
+    @hookimpl
+    def amemctl_register_separations():
+        return [SeparationFunction("forgetful", Forgetful, {"beta": Param(float, 1.0, "inverse temperature")})]
+
+    @hookimpl
+    def amemctl_register_corruptions():
+        return [Corruption("crop_one_row", "one row too few", crop_one_row, {"p": Param(float, 0.5, "unused")})]
+    """
+
+
+@pytest.mark.parametrize(
+    "corruption, separation, line, stage, bug",
+    [
+        # TypeError raised by Python when amemctl makes the class: no frame of the plugin ran
+        ("{kind: gaussian}", "forgetful", 6, "separate", "its separation 'forgetful'"),
+        # before: refused later at `score`, as a wiring mistake of the pipeline's
+        ("{kind: crop_one_row}", "max", 4, "corrupt", "its corruption 'crop_one_row'"),
+        ("{kind: compose, steps: [{kind: gaussian}, {kind: crop_one_row}]}", "max", 4, "corrupt", "its corruption 'crop_one_row'"),
+    ],
+)
+def test_a_plugin_function_breaking_its_contract_is_blamed_on_the_plugin_at_its_stage(install, tmp_path, corruption, separation, line, stage, bug):
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.engine.runner import run_pipeline
+    from amemctl.errors import StageCrash
+
+    install("breaker-plugin", "breaker_mod", CONTRACT_BREAKERS)
+    text = RETRIEVAL.replace("{kind: %s}", "%s") % (corruption, "euclidean", separation)
+    with pytest.raises(StageCrash) as info:
+        run_pipeline(parse_text(text, "p.yaml", registry=build_registry()), out_root=tmp_path, device="cpu", progress=False)
+    assert info.value.render().startswith(f"p.yaml:{line}:5: stage {stage!r} (package amemctl) crashed")
+    assert info.value.hint.startswith(f"a bug in the plugin package breaker-plugin ({bug}), not a mistake in the pipeline;")
+    if stage == "corrupt":
+        assert "corruption 'crop_one_row' returned shape (20, 1, 7, 8) for images of shape (20, 1, 8, 8)" in info.value.message
 
 
 def test_a_kernel_returning_the_wrong_shape_is_named_with_the_shape_it_owes():

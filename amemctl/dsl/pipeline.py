@@ -572,7 +572,7 @@ def _check_crash(exc: Exception, cls: type, registry: Registry) -> StageCrash:
     at = f" at {found.where}" if found is not None else ""
     return StageCrash(
         f"stage {cls.name!r} crashed while checking its parameters: {type(exc).__name__}: {exc}",
-        hint=f"a bug in the package {package}{at}, not in the pipeline; parameters that do not go together "
+        hint=f"a bug in the package {package}{at}, not a mistake in the pipeline; parameters that do not go together "
         "raise amemctl.ParamError(message, hint=..., param=NAME), which names the line to change",
     )
 

@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from amemctl import figures
 from amemctl.context import Context, clock
 from amemctl.core.random import derived_seed
-from amemctl.dsl.pipeline import Pipeline
+from amemctl.dsl.pipeline import Pipeline, PlannedStage
 from amemctl.dsl.sweep import Point
 from amemctl.engine.plan import Step, plan_steps
 from amemctl.engine.records import (
@@ -53,7 +53,7 @@ from amemctl.engine.records import (
     status_of,
     stopping_once,
 )
-from amemctl.errors import AmemctlError, DeviceError, StageCrash, existing, refusal, refused
+from amemctl.errors import AmemctlError, DeviceError, StageCrash, blamed_function, existing, refusal, refused
 from amemctl.models.tensor_files import load_tensors
 from amemctl.plugins import BUILTIN, KINDS, Registry, culprit
 
@@ -511,18 +511,48 @@ def _run_point(
 
 def _crash(exc: Exception, step: Step, point: Point, pipeline: Pipeline, run_dir: Path, elsewhere: Elsewhere | None = None) -> StageCrash:
     """A StageCrash naming the stage, the package to blame and the pipeline line (the run record saves its traceback; `elsewhere`: see run_pipeline)."""
-    stage = step.parts[0].stage
     registry = pipeline.registry
+    part = _blamed_part(exc, step, registry)
+    stage = part.stage
     package = registry.package_of("stages", stage.name) if registry is not None else "?"
     return StageCrash(
         f"stage {stage.name!r} (package {package}) crashed ({point.label()}): {type(exc).__name__}: {exc}",
-        hint=f"{_blame(exc, step, package, registry)}, not in the pipeline; the traceback is in {elsewhere.traceback if elsewhere is not None else run_dir / TRACEBACK}",
-        location=step.parts[0].location,
+        hint=f"{_blame(exc, step, package, registry)}, not a mistake in the pipeline; the traceback is in {elsewhere.traceback if elsewhere is not None else run_dir / TRACEBACK}",
+        location=part.location,
     )
 
 
+def _blamed_part(exc: Exception, step: Step, registry: Registry | None) -> PlannedStage:
+    """The stage of a (fused) step that a crash belongs to: the one running the code or the chosen function blamed.
+
+    score -> separate -> project run as one step; a bug in the separation is at the
+    `separate` line, not at `score`'s. The first stage when nothing says otherwise.
+    """
+    if registry is None or len(step.parts) == 1:
+        return step.parts[0]
+    found = culprit(exc, registry)
+    marked = blamed_function(exc) if found is None else None
+    for part in step.parts:
+        chosen = _chosen(part, registry)
+        if marked is not None and any((noun, name) == marked for noun, name, _ in chosen):
+            return part
+        if found is not None and found.package in (registry.package_of("stages", part.stage.name), *(owner for _, _, owner in chosen)):
+            return part
+    return step.parts[0]
+
+
+def _chosen(part: PlannedStage, registry: Registry) -> list[tuple[str, str, str]]:
+    """The functions a stage dispatches to, as (noun, name, package)."""
+    chosen = []
+    for param, kind in part.stage.dispatch.items():
+        name = part.stage.settings.get(param)
+        if isinstance(name, str):
+            chosen.append((KINDS[kind][1], name, registry.package_of(kind, name)))
+    return chosen
+
+
 def _blame(exc: Exception, step: Step, package: str, registry: Registry | None) -> str:
-    """Whose bug a crash is: the plugin whose code raised, else the stage's package, else a plugin function it chose.
+    """Whose bug a crash is: the plugin whose code raised, else the plugin whose function amemctl found at fault, else the stage's package, else a plugin function it chose.
 
     A plugin's similarity, separation or corruption runs inside a built-in stage: without
     this, a bug in it would be reported as amemctl's.
@@ -530,6 +560,12 @@ def _blame(exc: Exception, step: Step, package: str, registry: Registry | None) 
     found = culprit(exc, registry) if registry is not None else None
     if found is not None:
         return f"a bug in the plugin package {found.package} (at {found.where})"
+    marked = blamed_function(exc)
+    if marked is not None and registry is not None:
+        noun, name = marked
+        owner = next((registry.package_of(kind, name) for kind, (_, each) in KINDS.items() if each == noun), "?")
+        if owner not in (BUILTIN, "?"):
+            return f"a bug in the plugin package {owner} (its {noun} {name!r})"
     if package not in (BUILTIN, "?"):
         return f"a bug in the plugin package {package}"
     if _in_collective(exc):
@@ -561,14 +597,7 @@ def lost_peer(error: BaseException) -> bool:
 
 def _plugin_choices(step: Step, registry: Registry) -> list[str]:
     """The plugin functions this step's stages dispatch to, as "kind 'name' (package)"."""
-    chosen = []
-    for part in step.parts:
-        for param, kind in part.stage.dispatch.items():
-            name = part.stage.settings.get(param)
-            owner = registry.package_of(kind, name) if isinstance(name, str) else BUILTIN
-            if owner not in (BUILTIN, "?"):
-                chosen.append(f"{KINDS[kind][1]} {name!r} ({owner})")
-    return chosen
+    return [f"{noun} {name!r} ({owner})" for part in step.parts for noun, name, owner in _chosen(part, registry) if owner not in (BUILTIN, "?")]
 
 
 def _seed_globals(seed: int) -> None:
