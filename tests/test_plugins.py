@@ -300,13 +300,14 @@ CONTRACT_BREAKERS = """\
     from amemctl import Corruption, Param, Separation, SeparationFunction, hookimpl
 
     class Forgetful(Separation):
-        # a separation without reducer(): Python refuses to make it, in amemctl's call
+        # a separation without weights(): Python refuses to make it, in amemctl's call
         name = "forgetful"
+        needs_full_rows = True
 
         def __init__(self, beta):
             self.beta = beta
 
-        def weights(self, scores):
+        def wieghts(self, scores):
             return torch.softmax(self.beta * scores, dim=1)
 
     def crop_one_row(images, generator, p):

@@ -121,6 +121,35 @@ def test_streaming_equals_the_full_row(name, params, chunk):
     torch.testing.assert_close(_stream(sep, s, v, chunk), sep.weights(s) @ v)
 
 
+def test_a_full_row_separation_defines_weights_only_and_still_streams():
+    # docs/plugins.md: one with `needs_full_rows = True` gets each query's full row of scores;
+    # reducer() was abstract, so a plugin's such class could not even be made.
+    from amemctl import Separation
+
+    class Floored(Separation):
+        name = "floored"
+        needs_full_rows = True
+
+        def weights(self, scores):
+            w = torch.softmax(scores, dim=1)
+            w = torch.where(w >= 0.5 * w.amax(1, keepdim=True), w, torch.zeros_like(w))
+            return w / w.sum(1, keepdim=True)
+
+    s = _scores(q=5, n=40, seed=3)
+    v = torch.randn(40, 9, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for chunk in (1, 7, 40):
+        torch.testing.assert_close(_stream(Floored(), s, v, chunk), Floored().weights(s) @ v)
+
+    class Unstreamed(Separation):
+        name = "unstreamed"
+
+        def weights(self, scores):
+            return scores
+
+    with pytest.raises(TypeError, match="separation 'unstreamed' \\(Unstreamed\\) defines no reducer\\(\\): set needs_full_rows = True"):
+        Unstreamed().reducer(5, 9, s)
+
+
 def test_online_softmax_survives_huge_beta():
     s = _scores() * 10
     v = torch.randn(40, 3, dtype=torch.float64)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from amemctl.core.rows import Rows
-from amemctl.errors import StageError
+from amemctl.errors import StageError, blame_function
 from amemctl.suggest import did_you_mean
 
 
@@ -74,9 +74,20 @@ class Separation(ABC):
     def weights(self, scores: Tensor) -> Tensor:
         """Projection weights for a Q x N score matrix (the unchunked reference)."""
 
-    @abstractmethod
     def reducer(self, rows: int, width: int, like: Tensor) -> Reducer:
-        """A fresh streaming state for `rows` queries and values `width` wide."""
+        """A fresh streaming state for `rows` queries and values `width` wide.
+
+        With `needs_full_rows` it gathers each query's full row of scores and calls `weights`
+        on it, so such a separation defines `weights` only. Any other defines its own (an
+        `Elementwise` streams by itself).
+        """
+        if self.needs_full_rows:
+            return _FullRows(self, [])
+        error = TypeError(
+            f"separation {self.name!r} ({type(self).__name__}) defines no reducer(): set needs_full_rows = True to be given "
+            "each query's full row of scores, or define reducer() to stream over chunks of memories"
+        )
+        raise blame_function(error, "separation", self.name)
 
     def describe(self) -> str:
         """A short label such as `softmax(beta=1000)`, used in tables and figures."""
