@@ -349,9 +349,8 @@ def _describe_preset_or_refuse(console: Console, registry: Any, name: str) -> No
         click.echo(presets.__doc__.split("\n", 1)[1].strip())
         return
     known = [*presets.PRESETS, "model", *(n for kind in KINDS for n in registry.table(kind))]
-    hint = did_you_mean(name, known) or "run `amemctl stages` to list them"
-    disabled = f" (disabled on request: {', '.join(registry.disabled)})" if registry.disabled else ""
-    raise PluginError(f"no stage, similarity, separation, corruption, encoder, dataset or model preset is called {name!r}{registry.failure_note()}{disabled}", hint=hint)
+    hint = registry.clash_hint(None, name) or did_you_mean(name, known) or "run `amemctl stages` to list them"
+    raise PluginError(f"no stage, similarity, separation, corruption, encoder, dataset or model preset is called {name!r}{registry.failure_note(None, name)}", hint=hint)
 
 
 def _summary(entry: Any) -> str:

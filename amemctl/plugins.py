@@ -69,6 +69,12 @@ class PluginFailure:
     package: str
     reason: str
     hint: str = ""
+    #: the (kind, name)s it would have provided, when known (a clash); None: unknown (it failed to load)
+    provides: frozenset[tuple[str, str]] | None = None
+
+    def may_provide(self, kind: str | None, name: str) -> bool:
+        """Whether `name` (of `kind`, or of any kind) may be one of this plugin's."""
+        return self.provides is None or any(n == name and kind in (None, k) for k, n in self.provides)
 
     def __str__(self) -> str:
         return f"plugin {self.plugin!r} (package {self.package}) is disabled: {self.reason}"
@@ -106,16 +112,28 @@ class Registry:
         """Every (kind, entry) called `name`, of any kind (a stage and a similarity may share one)."""
         return [(kind, self.table(kind)[name]) for kind in KINDS if name in self.table(kind)]
 
-    def failure_note(self) -> str:
-        """A sentence naming plugins that failed to load or were skipped, for errors about unknown names.
+    def failure_note(self, kind: str | None = None, name: str | None = None) -> str:
+        """A sentence naming plugins that failed to load or were skipped, for an error about the unknown `name`.
 
         A name a skipped plugin provides is unknown too; without the note an
-        AMEMCTL_DISABLE_PLUGINS set long ago reads as a missing plugin.
+        AMEMCTL_DISABLE_PLUGINS set long ago reads as a missing plugin. A plugin disabled for a
+        clash is named only where it provides `name` (what the others provide is known). So is
+        an installed package that requires amemctl but declares no entry point, which amemctl
+        never loads: the plugin author's usual first mistake.
         """
-        notes = [str(f) for f in self.failures]
+        notes = [str(f) for f in self.failures if name is None or f.may_provide(kind, name)]
         if self.disabled:
             notes.append(f"plugins skipped on request ({DISABLE_ENV} or --no-plugin): {', '.join(self.disabled)}")
+        notes += [f"package {package} requires amemctl but declares no `{ENTRY_POINT_GROUP}` entry point, so it is never loaded (docs/plugins.md)" for package in without_entry_point()]
         return " (" + "; ".join(notes) + ")" if notes else ""
+
+    def clash_hint(self, kind: str | None, name: str) -> str | None:
+        """What to do when `name` is unknown because the plugins providing it clashed (None if they did not)."""
+        clashing = [f for f in self.failures if f.provides is not None and f.may_provide(kind, name)]
+        if len(clashing) < 2:
+            return clashing[0].hint if clashing else None
+        keep = ", ".join(" ".join(f"--no-plugin {o.plugin}" for o in clashing if o is not f) + f" keeps {f.package}'s" for f in clashing)
+        return f"packages {', '.join(f.package for f in clashing)} all provide {name!r}: rename it in all but one, or choose one ({keep}; or {DISABLE_ENV})"
 
 
 def disabled_names(extra: Iterable[str] = ()) -> set[str]:
@@ -130,6 +148,29 @@ def installed_plugins() -> set[str]:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         names |= {ep.name, ep.dist.name if ep.dist is not None else ep.value}
     return names
+
+
+def without_entry_point() -> list[str]:
+    """Installed packages that require amemctl but declare no `amemctl` entry point (plugins whose entry point was forgotten)."""
+    found = []
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        if name.lower() == BUILTIN or any(ep.group == ENTRY_POINT_GROUP for ep in dist.entry_points):
+            continue
+        requires = [r for r in dist.requires or [] if "extra ==" not in r]
+        if any(_requirement_name(r) == BUILTIN for r in requires):
+            found.append(name)
+    return sorted(set(found))
+
+
+def _requirement_name(requirement: str) -> str:
+    """The normalised project name a requirement line starts with ("amemctl>=0.1; ..." -> "amemctl")."""
+    head = requirement.strip()
+    for i, char in enumerate(head):
+        if not (char.isalnum() or char in "-_."):
+            head = head[:i]
+            break
+    return head.lower().replace("_", "-").replace(".", "-")
 
 
 def build_registry(entry_points: bool = True, disable: Iterable[str] = ()) -> Registry:
@@ -155,8 +196,17 @@ def build_registry(entry_points: bool = True, disable: Iterable[str] = ()) -> Re
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
                 continue
             try:
-                pm.register(ep.load(), name=ep.name)
+                module = ep.load()
             except Exception as exc:  # a broken plugin must not take the others down
+                registry.failures.append(PluginFailure(ep.name, package, _reason(exc) + _where(exc, ep.module), _disable_hint(ep.name)))
+                continue
+            try:
+                pm.register(module, name=ep.name)
+            except pluggy.PluginValidationError as exc:  # a hook that takes arguments
+                reason, hint = _bad_signatures(module, str(exc))
+                registry.failures.append(PluginFailure(ep.name, package, reason, hint or _disable_hint(ep.name)))
+                continue
+            except Exception as exc:
                 registry.failures.append(PluginFailure(ep.name, package, _reason(exc), _disable_hint(ep.name)))
                 continue
             packages[ep.name] = package
@@ -195,7 +245,8 @@ def _collect(pm: pluggy.PluginManager, plugin_name: str, package: str, registry:
                 result = list(impl.function() or [])
                 names = [_name_of(kind, item) for item in result]
             except Exception as exc:
-                registry.failures.append(PluginFailure(plugin_name, package, f"{hook_name}() raised {_reason(exc)}", _disable_hint(plugin_name)))
+                where = _where(exc, getattr(impl.plugin, "__name__", ""))
+                registry.failures.append(PluginFailure(plugin_name, package, f"{hook_name}() raised {_reason(exc)}{where}", _disable_hint(plugin_name)))
                 return None
             for name, item in zip(names, result):
                 if name in items:
@@ -226,7 +277,8 @@ def _merge(provided: dict[str, dict[str, dict[str, Any]]], packages: dict[str, s
         for plugin in plugins:
             if packages.get(plugin) == BUILTIN or plugin in clashes:
                 continue
-            clashes[plugin] = _clash(plugin, packages, kind, name, [packages.get(p, p) for p in plugins if p != plugin], builtin)
+            provides = frozenset((k, n) for k, items in provided[plugin].items() for n in items)
+            clashes[plugin] = _clash(plugin, packages, kind, name, [packages.get(p, p) for p in plugins if p != plugin], builtin, provides)
     registry.failures.extend(clashes.values())
     for plugin, kinds in provided.items():
         if plugin in clashes:
@@ -236,7 +288,7 @@ def _merge(provided: dict[str, dict[str, dict[str, Any]]], packages: dict[str, s
             registry.origin.update({(kind, name): packages.get(plugin, plugin) for name in items})
 
 
-def _clash(plugin: str, packages: dict[str, str], kind: str, name: str, others: list[str], builtin: bool) -> PluginFailure:
+def _clash(plugin: str, packages: dict[str, str], kind: str, name: str, others: list[str], builtin: bool, provides: frozenset[tuple[str, str]] | None = None) -> PluginFailure:
     """The failure of a plugin providing a name that amemctl or another plugin also provides."""
     noun = KINDS[kind][1]
     package = packages.get(plugin, plugin)
@@ -248,7 +300,7 @@ def _clash(plugin: str, packages: dict[str, str], kind: str, name: str, others: 
         reason = f"it provides the {noun} {name!r}, which {which}"
         rest = "the other" if len(others) == 1 else "the others"
         hint = f"rename the {noun} in all but one package, uninstall all but one, or {_disable_hint(plugin, f'to use {rest}')}"
-    return PluginFailure(plugin, package, reason, hint)
+    return PluginFailure(plugin, package, reason, hint, provides)
 
 
 def _name_of(kind: str, item: Any) -> str:
@@ -275,6 +327,47 @@ def _unknown_hooks(plugin: object, fallback: str) -> tuple[str, str]:
     hints = [h for h in (did_you_mean(n, known) for n in unknown) if h]
     names = ", ".join(repr(n) for n in unknown)
     return f"it implements the unknown hook(s) {names}", " ".join(hints) or f"the hooks are {', '.join(known)}"
+
+
+def _bad_signatures(plugin: object, fallback: str) -> tuple[str, str]:
+    """The reason pluggy refused a plugin's hooks: hooks that take arguments, named with their file and line and the fix."""
+    import inspect
+
+    bad = []
+    for name in dir(hookspecs):
+        function = getattr(plugin, name, None)
+        if name.startswith("amemctl_") and callable(function):
+            try:
+                parameters = list(inspect.signature(function).parameters)
+            except (TypeError, ValueError):
+                continue
+            if parameters:
+                bad.append((name, parameters, _source_line(function)))
+    if not bad:
+        return f"PluginValidationError: {fallback}", ""
+    reasons = ", ".join(f"{name}({', '.join(params)}){at}" for name, params, at in bad)
+    fixes = " and ".join(f"`def {name}():`" for name, _, _ in bad)
+    return f"its hook(s) {reasons} take arguments, but amemctl calls every hook with none", f"define them without arguments: {fixes} (docs/plugins.md, Hooks)"
+
+
+def _source_line(function: Any) -> str:
+    """` at file:line` of a function's definition, or nothing."""
+    import inspect
+
+    try:
+        return f" at {inspect.getsourcefile(function)}:{inspect.getsourcelines(function)[1]}"
+    except (OSError, TypeError):
+        return ""
+
+
+def _where(exc: BaseException, module: str) -> str:
+    """` (at file:line)` of the innermost frame of `exc` in the plugin's own package (top-level module of `module`), or nothing."""
+    top = module.split(".")[0]
+    found = ""
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        if top and str(frame.f_globals.get("__name__", "")).split(".")[0] == top:
+            found = f" (at {frame.f_code.co_filename}:{line})"
+    return found
 
 
 def _disable_hint(plugin: str, purpose: str = "to silence this") -> str:
@@ -335,8 +428,8 @@ def lookup(registry: Registry, kind: str, name: str) -> Any:
             return table[key]
         names += list(ALIASES)
     noun = KINDS[kind][1]
-    hint = did_you_mean(str(name), names) or f"choose one of {', '.join(table)}"
-    raise ParamError(f"unknown {noun} {name!r}{registry.failure_note()}", hint=hint)
+    hint = registry.clash_hint(kind, str(name)) or did_you_mean(str(name), names) or f"choose one of {', '.join(table)}"
+    raise ParamError(f"unknown {noun} {name!r}{registry.failure_note(kind, str(name))}", hint=hint)
 
 
 def stage_class(name: str, registry: Registry | None = None) -> Any:
@@ -346,5 +439,5 @@ def stage_class(name: str, registry: Registry | None = None) -> Any:
     registry = registry or get_registry()
     if name in registry.stages:
         return registry.stages[name]
-    hint = did_you_mean(name, registry.stages) or "run `amemctl stages` to list them"
-    raise PluginError(f"unknown stage {name!r}{registry.failure_note()}", hint=hint)
+    hint = registry.clash_hint("stages", name) or did_you_mean(name, registry.stages) or "run `amemctl stages` to list them"
+    raise PluginError(f"unknown stage {name!r}{registry.failure_note('stages', name)}", hint=hint)

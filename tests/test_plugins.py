@@ -80,7 +80,8 @@ def test_a_misspelt_hook_disables_that_plugin_with_a_did_you_mean(install):
 def test_a_hook_that_raises_is_reported(install):
     install("raising-plugin", "raising_mod", "from amemctl import hookimpl\n\n@hookimpl\ndef amemctl_register_stages():\n    raise RuntimeError('boom')\n")
     registry = build_registry()
-    assert any(f.plugin == "raising_mod" and "RuntimeError: boom" in f.reason for f in registry.failures)
+    (failure,) = [f for f in registry.failures if f.plugin == "raising_mod"]
+    assert "RuntimeError: boom (at " in failure.reason and failure.reason.endswith("raising_mod.py:5)")  # where, in the plugin
 
 
 CLASH = """\
@@ -442,3 +443,67 @@ def test_a_pipeline_parsed_from_text_runs_into_a_plain_folder(tmp_path):
 
     run = run_pipeline(parse_text("data: {dataset: digits, limit: 4}\nstages:\n  - corrupt: {}\n"), out_root=tmp_path, device="cpu", progress=False)
     assert run.run_dir.parent == tmp_path / "pipeline"
+
+
+def test_a_hook_that_takes_arguments_is_named_at_its_line_with_the_fix(install):
+    # pluggy's own message ("Argument(s) {'registry'} are declared in the hookimpl but can not
+    # be found in the hookspec") named neither the file nor what to write instead.
+    install("args-plugin", "args_mod", "from amemctl import hookimpl\n\n\n@hookimpl\ndef amemctl_register_stages(registry):\n    return []\n")
+    registry = build_registry()
+    (failure,) = [f for f in registry.failures if f.plugin == "args_mod"]
+    assert failure.reason.startswith("its hook(s) amemctl_register_stages(registry) at ") and "args_mod.py:4 take arguments" in failure.reason
+    assert failure.hint.startswith("define them without arguments: `def amemctl_register_stages():`")
+    assert "pca" in registry.stages
+
+
+TWIN_AND_SOLO = TWIN.replace("return [Twin]", "return [Twin, Solo]").replace(
+    "    @hookimpl", "    class Solo(Stage):\n        '''A stage only this plugin provides.'''\n        name = \"solo\"\n\n    @hookimpl"
+)
+
+
+def test_a_clash_is_told_only_about_the_names_each_clashing_plugin_provides(install):
+    # Every unknown name used to carry every disabled plugin's note, and "did you mean" a
+    # built-in: a pipeline using four names of a clashing plugin printed eight notes.
+    install("twin-a", "twin_a", TWIN_AND_SOLO)
+    install("twin-b", "twin_b", TWIN)
+    registry = build_registry()
+    with pytest.raises(PluginError) as twin:
+        stage_class("twin", registry)
+    assert "plugin 'twin_a' (package twin-a) is disabled" in twin.value.message and "plugin 'twin_b' (package twin-b) is disabled" in twin.value.message
+    assert twin.value.hint == "packages twin-a, twin-b all provide 'twin': rename it in all but one, or choose one (--no-plugin twin_b keeps twin-a's, --no-plugin twin_a keeps twin-b's; or AMEMCTL_DISABLE_PLUGINS)"
+    with pytest.raises(PluginError) as solo:
+        stage_class("solo", registry)
+    assert "plugin 'twin_a' (package twin-a) is disabled" in solo.value.message and "twin_b" not in solo.value.message
+    assert "--no-plugin twin_a" in solo.value.hint
+    with pytest.raises(PluginError) as other:
+        stage_class("whiten", registry)
+    assert "twin" not in other.value.message and other.value.hint == "run `amemctl stages` to list them"
+
+
+def test_a_plugin_installed_without_an_entry_point_is_named(install, tmp_path):
+    # The author's usual first mistake: the package is installed, amemctl never looks at it,
+    # and `unknown similarity 'negdot'` said only "did you mean 'dot'?".
+    info = tmp_path / "forgotten_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: forgotten-plugin\nVersion: 0.1\nRequires-Dist: amemctl>=0.1\nRequires-Dist: pytest; extra == 'test'\n")
+    install("other-plugin", "other_mod", "")  # puts tmp_path on sys.path
+    registry = build_registry()
+    with pytest.raises(PluginError, match=r"unknown stage 'whiten' \(.*package forgotten-plugin requires amemctl but declares no `amemctl` entry point, so it is never loaded"):
+        stage_class("whiten", registry)
+
+
+def test_stages_name_tells_a_skipped_plugin_once(install, monkeypatch):
+    from click.testing import CliRunner
+
+    from amemctl.cli import main
+    from amemctl.plugins import DISABLE_ENV, get_registry
+
+    install("twin-a", "twin_a", TWIN)
+    monkeypatch.setenv(DISABLE_ENV, "twin_a")
+    get_registry.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["stages", "twin"])
+    finally:
+        get_registry.cache_clear()
+    assert result.exit_code == 2
+    assert result.output.count("twin_a (twin-a)") == 1, result.output
