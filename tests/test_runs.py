@@ -437,6 +437,7 @@ def test_curves_name_the_metric_in_words_on_their_axis():
     assert metric_axis("cycles_found") == "cycles_found"  # unknown metrics read as their name
     assert metric_axis("seconds.evaluate") == "seconds.evaluate"
     assert metric_axis("reconstruction_mse") == "reconstruction MSE"  # the longest known name, not mse with a prefix
+    assert metric_axis("rmse") == "rmse" and metric_axis("nmse") == "nmse"  # a plugin's metric, not "r: mean squared error"
 
 
 def test_validate_warns_about_absent_data_and_tables_name_the_column_variable(tmp_path, monkeypatch, run_text):

@@ -82,10 +82,12 @@ def _known_metric(name: str) -> tuple[str, MetricText] | None:
     """The evaluate prefix and entry of the longest common metric that `name` ends with (timings are never one).
 
     Longest: `reconstruction_mse` is its own metric, not `mse` with a prefix "reconstruction".
+    A prefix ends where a word does (`semantic_error_index`): a plugin's `rmse` or `nmse` is
+    not `mse` with a prefix "r", and reads as its own name rather than "r: mean squared error".
     """
     if name.startswith("seconds."):
         return None
-    matches = [known for known in METRICS if name.endswith(known)]
+    matches = [known for known in METRICS if name.endswith(known) and (len(name) == len(known) or not name[-len(known) - 1].isalnum())]
     if not matches:
         return None
     known = max(matches, key=len)
