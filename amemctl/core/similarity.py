@@ -34,9 +34,9 @@ class Similarity:
     """A named similarity: its kernel and how it should be run.
 
     `distance` marks kernels that return a distance (lower is closer) which `to_score`
-    turns into a score. `workspace` is the number of temporary elements the kernel needs
-    per (query, key) pair beyond its output, per feature when `per_feature` is set; the
-    chunked retrieval uses it to keep memory within its budget.
+    turns into a score. `per_feature_workspace` marks kernels that form a Q x n x d
+    temporary (one element per feature of each (query, key) pair, `workspace(d)`); the
+    chunked retrieval sizes its chunks for it to keep memory within its budget.
     """
 
     name: str
