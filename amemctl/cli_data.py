@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -70,7 +71,7 @@ def corrupt() -> None:
 
 @corrupt.command()
 @click.option("--dataset", default="patches32", show_default=True, help="Dataset to take the images from.")
-@click.option("--kinds", default="all", show_default=True, help="Comma-separated corruptions, or all.")
+@click.option("--kinds", default="all", show_default=True, help="Comma-separated corruptions (built-in or a plugin's), or all.")
 @click.option("--count", default=8, show_default=True, type=click.IntRange(1, 32), help="Images per row.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the corruptions and of the image choice.")
 @click.option("--root", default=None, help="Dataset root, as for `load`.")
@@ -80,20 +81,46 @@ def preview(dataset: str, kinds: str, count: int, seed: int, root: str | None, o
     import torch
 
     from amemctl.context import Context
-    from amemctl.corruptions import CORRUPTIONS
-    from amemctl.corruptions import corrupt as apply
+    from amemctl.errors import StageError
     from amemctl.figures import image_grid
+    from amemctl.plugins import get_registry, lookup
     from amemctl.stages.load import Load
 
-    names = [k for k in CORRUPTIONS if k not in ("none", "compose")] if kinds == "all" else [k.strip() for k in kinds.split(",")]
-    ctx = Context(torch.device("cpu"), seed, 2**28, Path("."), stage_seed=seed)
-    Load(dataset=dataset, root=root, download=False, subset=count).run(ctx)
+    registry = get_registry()  # plugins' corruptions too, as a pipeline's `corrupt` sees them
+    every = kinds == "all"
+    names = [k for k in registry.corruptions if k not in ("none", "compose")] if every else [k.strip() for k in kinds.split(",")]
+    functions = [lookup(registry, "corruptions", kind) for kind in names]  # an unknown name: did you mean, before loading
+    ctx = Context(torch.device("cpu"), seed, 2**28, Path("."), stage_seed=seed, registry=registry)
+    Load(registry, dataset=dataset, root=root, download=False, subset=count).run(ctx)
     images = ctx["patterns"]
-    rows = [("original", images)]
-    for kind in names:
-        rows.append((kind, apply(images, kind, torch.Generator().manual_seed(seed))))
+    rows, skipped = [("original", images)], []
+    for kind, function in zip(names, functions):
+        try:
+            rows.append((kind, function(images, torch.Generator().manual_seed(seed))))
+        except StageError as exc:
+            if not every:
+                raise
+            skipped.append(f"{kind} ({exc.message})")  # `all` on grey images: color does not apply, the rest still show
+        except Exception as exc:  # a bug in the corruption (a plugin's, most likely): one message, not a traceback
+            raise _crash(exc, kind, registry) from exc
     image_grid(rows, output, title=f"corruptions of {dataset} (default parameters)")
-    click.echo(f"wrote {output}")
+    click.echo(f"wrote {output}" + (f"; skipped what does not apply to {dataset}: {'; '.join(skipped)}" if skipped else ""))
+
+
+def _crash(exc: Exception, kind: str, registry: Any) -> Exception:
+    """A StageCrash naming the corruption that raised and whose bug it is (the plugin package whose code ran, or that registered it)."""
+    from amemctl.errors import StageCrash, blamed_function
+    from amemctl.plugins import BUILTIN, culprit
+
+    package = registry.package_of("corruptions", kind)
+    found = culprit(exc, registry)
+    if found is not None:
+        whose = f"a bug in the plugin package {found.package} (at {found.where})"
+    elif package != BUILTIN and blamed_function(exc) is not None:
+        whose = f"a bug in the plugin package {package} (its corruption {kind!r})"
+    else:
+        whose = "a bug in amemctl (please report it)"
+    return StageCrash(f"corruption {kind!r} (package {package}) crashed: {type(exc).__name__}: {exc}", hint=f"{whose}; leave it out with --kinds")
 
 
 def _mnist5k_here(root: Path) -> str:

@@ -146,6 +146,19 @@ def test_corrupt_preview_writes_the_grid(tmp_path):
     assert _invoke("corrupt", "preview", "--kinds", "gausian", "-o", str(out)).exit_code == 2
 
 
+def test_corrupt_preview_shows_plugin_corruptions_and_skips_what_grey_images_cannot_take(tmp_path):
+    # It knew the built-in corruptions only ("unknown corruption 'dropout_rows'"), and `all`
+    # on the digits stopped at color, which needs RGB images.
+    out = tmp_path / "corruptions.png"
+    result = _invoke("corrupt", "preview", "--dataset", "digits", "--kinds", "dropout_rows,gaussian", "--count", "4", "-o", str(out))
+    assert result.exit_code == 0 and out.is_file(), result.output
+    result = _invoke("corrupt", "preview", "--dataset", "digits", "--count", "4", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "skipped what does not apply to digits: color (color needs RGB images (3 channels), got 1)" in result.output
+    result = _invoke("corrupt", "preview", "--dataset", "digits", "--kinds", "color", "-o", str(out))
+    assert result.exit_code == 2 and "color needs RGB images" in result.output  # named on purpose: an error
+
+
 def test_data_ls_and_download_errors(tmp_path):
     listing = _invoke("data", "ls", "--root", str(tmp_path))
     assert listing.exit_code == 0 and "patches32" in listing.output and "cifar10" in listing.output

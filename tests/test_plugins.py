@@ -507,3 +507,20 @@ def test_stages_name_tells_a_skipped_plugin_once(install, monkeypatch):
         get_registry.cache_clear()
     assert result.exit_code == 2
     assert result.output.count("twin_a (twin-a)") == 1, result.output
+
+
+def test_corrupt_preview_blames_a_plugin_corruption_in_one_message(install, tmp_path):
+    from click.testing import CliRunner
+
+    from amemctl.cli import main
+    from amemctl.plugins import get_registry
+
+    install("breaker-plugin", "breaker_mod", CONTRACT_BREAKERS)
+    get_registry.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["corrupt", "preview", "--dataset", "digits", "--kinds", "gaussian,crop_one_row", "-o", str(tmp_path / "c.png")])
+    finally:
+        get_registry.cache_clear()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "corruption 'crop_one_row' (package breaker-plugin) crashed: ValueError: corruption 'crop_one_row' returned shape" in result.output
+    assert "a bug in the plugin package breaker-plugin (its corruption 'crop_one_row'); leave it out with --kinds" in result.output
