@@ -87,7 +87,8 @@ def show(run: str, root: Path) -> None:
         console.print(f"[bold]{'attempts':>10}[/]  " + "; ".join(f"{a.get('status')} {a.get('started')}" for a in record["attempts"]))
     points = s.metrics.get("points", [])
     if points:
-        names = [k for k in points[0].get("metrics", {}) if not k.startswith("seconds.") and not k.endswith(".std")][:8]
+        every = [k for k in points[0].get("metrics", {}) if not k.startswith("seconds.") and not k.endswith(".std")]
+        names, rest = every[:8], every[8:]
         table = Table(title="metrics per sweep point", title_justify="left")
         table.add_column("point", overflow="fold")
         for name in names:
@@ -96,6 +97,8 @@ def show(run: str, root: Path) -> None:
             label = ", ".join(f"{k}={v}" for k, v in p.get("sweep", {}).items()) or "run"
             table.add_row(label, *(_number(p.get("metrics", {}).get(n)) for n in names))
         console.print(table)
+        if rest:  # a plugin's metrics come after the built-in ones': never dropped without a word
+            console.print(f"not shown: {', '.join(rest)} (amemctl runs compare RUN RUN --metric NAME, or metrics.csv)", markup=False, soft_wrap=True)
     if (s.path / "report.md").is_file():
         console.print(f"report: {s.path / 'report.md'}", markup=False, soft_wrap=True)
 

@@ -275,6 +275,16 @@ def test_runs_ls_show_and_compare(tmp_path):
     assert missing.exit_code == 2 and "no run 'nothing'" in missing.output and "small" in missing.output
 
 
+def test_runs_show_names_the_metrics_its_table_has_no_room_for(tmp_path):
+    # Only the first 8 metrics fit the table; the rest (a plugin's, which come last) were dropped silently.
+    evaluations = "".join(f"  - evaluate: {{prefix: {p}_}}\n" for p in "abc")
+    text = f"name: many\ndata: {{dataset: digits, limit: 30}}\nstages:\n  - corrupt: {{count: 5}}\n  - score: {{}}\n  - separate: {{function: max}}\n  - project: {{}}\n{evaluations}"
+    (tmp_path / "many.yaml").write_text(text)
+    assert _invoke("run", tmp_path / "many.yaml", "--out", tmp_path / "runs", "--quiet").exit_code == 0
+    shown = _invoke("runs", "show", "many", "--root", tmp_path / "runs")
+    assert shown.exit_code == 0 and "not shown: c_error_pixels, c_mse (amemctl runs compare" in shown.output, shown.output
+
+
 TRAINING = {
     "train-hetero-encoder": """\
 name: stories
