@@ -524,3 +524,32 @@ def test_corrupt_preview_blames_a_plugin_corruption_in_one_message(install, tmp_
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "corruption 'crop_one_row' (package breaker-plugin) crashed: ValueError: corruption 'crop_one_row' returned shape" in result.output
     assert "a bug in the plugin package breaker-plugin (its corruption 'crop_one_row'); leave it out with --kinds" in result.output
+
+
+UNDECLARED = """\
+    from amemctl import Input, Stage, hookimpl
+
+    class Rmse(Stage):
+        '''Records rmse, but forgets to declare it in metrics().'''
+        name = "rmse_metric"
+        retrieved = Input("retrieved")
+
+        def run(self, ctx):
+            ctx.metric("rmse", 0.0)
+
+    @hookimpl
+    def amemctl_register_stages():
+        return [Rmse]
+    """
+
+
+def test_a_report_metric_nobody_declares_points_at_plugin_stages_without_metrics(install):
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.errors import PipelineError
+
+    install("rmse-plugin", "rmse_mod", UNDECLARED)
+    text = RETRIEVAL % ("gaussian", "euclidean", "max") + "  - rmse_metric: {}\nreport:\n  tables: [{metric: rmse}]\n"
+    with pytest.raises(PipelineError) as info:
+        parse_text(text, "p.yaml", registry=build_registry())
+    assert "p.yaml:10:" in str(info.value) and "no stage records the metric 'rmse'" in str(info.value)
+    assert "plugin stage(s) 'rmse_metric' declare no metrics: a stage lists what it records in `metrics(self)`" in str(info.value)

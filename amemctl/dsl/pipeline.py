@@ -20,7 +20,7 @@ from amemctl.dsl import presets
 from amemctl.dsl import sweep as sweeps
 from amemctl.dsl.source import SourceMap, load_yaml, read_yaml
 from amemctl.errors import AmemctlError, Location, PipelineError, StageCrash
-from amemctl.plugins import Registry, culprit, get_registry
+from amemctl.plugins import BUILTIN, Registry, culprit, get_registry
 from amemctl.stage import ParamError, Stage
 from amemctl.suggest import did_you_mean
 
@@ -667,8 +667,9 @@ def _report(value: Any, sweep: dict, plans: list[PointPlan], source: SourceMap, 
             errors.add(PipelineError(f"unknown report key {key!r}", hint=did_you_mean(str(key), ["tables", "curves", "formats"]) or "use tables, curves or formats"), source.key(("report", key)))
     # a stage that could not be configured records metrics nobody knows: check none then
     declared = set() if any(plan.incomplete for plan in plans) else {m for plan in plans for s in plan.stages for m in s.stage.metrics()}
-    tables = [t for i, raw in enumerate(_list(value, "tables", source, errors)) if (t := _table(raw, ("report", "tables", i), sweep, declared, source, errors))]
-    curves = [c for i, raw in enumerate(_list(value, "curves", source, errors)) if (c := _curve(raw, ("report", "curves", i), sweep, declared, source, errors))]
+    silent = _silent(plans)
+    tables = [t for i, raw in enumerate(_list(value, "tables", source, errors)) if (t := _table(raw, ("report", "tables", i), sweep, declared, source, errors, silent))]
+    curves = [c for i, raw in enumerate(_list(value, "curves", source, errors)) if (c := _curve(raw, ("report", "curves", i), sweep, declared, source, errors, silent))]
     return tables, curves
 
 
@@ -713,13 +714,26 @@ def _fields(raw: Any, path: tuple, allowed: set[str], source: SourceMap, errors:
     return raw
 
 
-def _metric(raw: dict, path: tuple, declared: set[str], source: SourceMap, errors: _Collector) -> str:
+def _silent(plans: list[PointPlan]) -> list[str]:
+    """Plugin stages of the pipeline that declare no metrics: the likely recorders of a metric `report:` names that nobody declares."""
+    silent = []
+    for plan in plans:
+        for planned in plan.stages:
+            stage = planned.stage
+            registry = stage.registry
+            package = registry.package_of("stages", stage.name) if registry is not None else "?"
+            if package not in (BUILTIN, "?") and not stage.metrics() and stage.name not in silent:
+                silent.append(stage.name)
+    return silent
+
+
+def _metric(raw: dict, path: tuple, declared: set[str], source: SourceMap, errors: _Collector, silent: list[str] = ()) -> str:
     metric = str(raw["metric"])
     if declared and metric not in declared and not metric.startswith("seconds"):
-        errors.add(
-            PipelineError(f"no stage records the metric {metric!r}", hint=did_you_mean(metric, declared) or f"recorded: {', '.join(sorted(declared))}"),
-            source.value((*path, "metric")),
-        )
+        hint = did_you_mean(metric, declared) or f"recorded: {', '.join(sorted(declared))}"
+        if silent:  # a plugin stage that records it with ctx.metric but forgot to say so
+            hint += f"; plugin stage(s) {', '.join(repr(n) for n in silent)} declare no metrics: a stage lists what it records in `metrics(self)`"
+        errors.add(PipelineError(f"no stage records the metric {metric!r}", hint=hint), source.value((*path, "metric")))
     return metric
 
 
@@ -735,10 +749,10 @@ def _vars(raw: Any, path: tuple, sweep: dict, source: SourceMap, errors: _Collec
     return [str(n) for n in names]
 
 
-def _table(raw: Any, path: tuple, sweep: dict, declared: set[str], source: SourceMap, errors: _Collector) -> TableSpec | None:
+def _table(raw: Any, path: tuple, sweep: dict, declared: set[str], source: SourceMap, errors: _Collector, silent: list[str] = ()) -> TableSpec | None:
     if _fields(raw, path, _TABLE_KEYS, source, errors) is None:
         return None
-    metric = _metric(raw, path, declared, source, errors)
+    metric = _metric(raw, path, declared, source, errors, silent)
     names = list(sweep)
     columns_given = _vars(raw.get("columns"), (*path, "columns"), sweep, source, errors)
     columns = columns_given[0] if columns_given else (names[-1] if names and "rows" not in raw else None)
@@ -752,10 +766,10 @@ def _table(raw: Any, path: tuple, sweep: dict, declared: set[str], source: Sourc
     return TableSpec(metric, rows, columns, str(raw.get("title", metric)), fmt, reduce)
 
 
-def _curve(raw: Any, path: tuple, sweep: dict, declared: set[str], source: SourceMap, errors: _Collector) -> CurveSpec | None:
+def _curve(raw: Any, path: tuple, sweep: dict, declared: set[str], source: SourceMap, errors: _Collector, silent: list[str] = ()) -> CurveSpec | None:
     if _fields(raw, path, _CURVE_KEYS, source, errors) is None:
         return None
-    metric = _metric(raw, path, declared, source, errors)
+    metric = _metric(raw, path, declared, source, errors, silent)
     if "x" not in raw:
         errors.add(PipelineError("a curve needs `x:`, the sweep variable on the horizontal axis"), source.value(path))
         return None
