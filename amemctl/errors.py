@@ -188,7 +188,9 @@ def blame_function(exc: BaseException, noun: str, name: str) -> BaseException:
 def blamed_function(exc: BaseException) -> tuple[str, str] | None:
     """The (noun, name) `blame_function` marked `exc` or an exception it was raised from, if any."""
     seen: BaseException | None = exc
-    while seen is not None:
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:  # a chain may loop back on itself
+        visited.add(id(seen))
         marked = getattr(seen, "amemctl_function", None)
         if marked is not None:
             return marked
