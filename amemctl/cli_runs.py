@@ -56,7 +56,9 @@ def _status(status: str) -> str:
 @_ROOT
 def show(run: str, root: Path) -> None:
     """Show RUN (a run folder, <pipeline>/<stamp>, or a pipeline's name for its latest run): its record and metrics."""
+    from amemctl.dsl.pipeline import default_format
     from amemctl.engine.records import count_text
+    from amemctl.engine.results import format_value
     from amemctl.engine.runs import find_run, format_metric, format_seconds, summarise
 
     s = summarise(find_run(run, root), root)
@@ -89,13 +91,14 @@ def show(run: str, root: Path) -> None:
     if points:
         every = [k for k in points[0].get("metrics", {}) if not k.startswith("seconds.") and not k.endswith(".std")]
         names, rest = every[:8], every[8:]
+        formats = {name: s.headline_format if name == s.headline else default_format(name) for name in names}  # as the report's tables read
         table = Table(title="metrics per sweep point", title_justify="left")
         table.add_column("point", overflow="fold")
         for name in names:
-            table.add_column(name, justify="right")
+            table.add_column(name + (" (%)" if formats[name] == "percent" else ""), justify="right")
         for p in points:
             label = ", ".join(f"{k}={v}" for k, v in p.get("sweep", {}).items()) or "run"
-            table.add_row(label, *(_number(p.get("metrics", {}).get(n)) for n in names))
+            table.add_row(label, *(format_value(_number(p.get("metrics", {}).get(n)), formats[n]) for n in names))
         console.print(table)
         if rest:  # a plugin's metrics come after the built-in ones': never dropped without a word
             console.print(f"not shown: {', '.join(rest)} (amemctl runs compare RUN RUN --metric NAME, or metrics.csv)", markup=False, soft_wrap=True)
@@ -103,8 +106,9 @@ def show(run: str, root: Path) -> None:
         console.print(f"report: {s.path / 'report.md'}", markup=False, soft_wrap=True)
 
 
-def _number(value: object) -> str:
-    return "-" if not isinstance(value, (int, float)) else f"{value:.4g}"
+def _number(value: object) -> float | None:
+    """A metric's value as metrics.json holds it, None when it is missing or not a number."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @runs.command()

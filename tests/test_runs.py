@@ -265,6 +265,9 @@ def test_runs_ls_show_and_compare(tmp_path):
     assert len(table["rows"]) == 4 and table["rows"][0]["point"] == "beta=1, corruption=gaussian variance=0.1"
     text = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs").output
     assert "run 1" in text and "run 2" in text and f"{100 * a[0]['metrics']['error_index']:.1f} %" in text
+    rows = [line for line in shown.output.splitlines() if "beta=1," in line or "beta=100," in line]
+    cells = {cell.strip() for line in rows for cell in line.split("│")}
+    assert f"{100 * b[0]['metrics']['error_index']:.1f}" in cells and f"{b[0]['metrics']['mse']:.4g}" in cells  # error rates in percent, as ls, compare and report.md read
     misspelt = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs", "--metric", "error_idx")
     assert misspelt.exit_code == 2 and "none of the runs holds a metric 'error_idx'" in misspelt.output and "did you mean 'error_index'?" in misspelt.output
     unknown = _invoke("runs", "compare", first, second, "--root", tmp_path / "runs", "--metric", "zzz")

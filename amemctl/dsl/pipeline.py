@@ -704,6 +704,11 @@ _CURVE_KEYS = {"metric", "x", "series", "title", "log_x"}
 FORMATS = ("percent", "float", "seconds", "int")
 
 
+def default_format(metric: str) -> str:
+    """How a metric reads when a table does not say: error rates (fractions) in percent, the rest as numbers."""
+    return "percent" if "error" in metric else "float"
+
+
 def _fields(raw: Any, path: tuple, allowed: set[str], source: SourceMap, errors: _Collector) -> dict | None:
     if not isinstance(raw, dict) or "metric" not in raw:
         errors.add(PipelineError("each report entry is a mapping with at least `metric:`"), source.value(path))
@@ -757,7 +762,7 @@ def _table(raw: Any, path: tuple, sweep: dict, declared: set[str], source: Sourc
     columns_given = _vars(raw.get("columns"), (*path, "columns"), sweep, source, errors)
     columns = columns_given[0] if columns_given else (names[-1] if names and "rows" not in raw else None)
     rows = _vars(raw.get("rows"), (*path, "rows"), sweep, source, errors) if "rows" in raw else [n for n in names if n != (columns or "").split(".")[0]]
-    fmt = raw.get("format", "percent" if "error" in metric else "float")
+    fmt = raw.get("format", default_format(metric))
     if fmt not in FORMATS:
         errors.add(PipelineError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}"), source.value((*path, "format")))
     reduce = raw.get("reduce", "none")
