@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -166,3 +167,28 @@ stages:
 """
     metrics = run_text(text, registry=registry).points[0].metrics
     assert metrics["error_index"] < 0.05  # an unchanged top half finds its own digit
+
+
+@pytest.mark.parametrize(
+    "targets, refusal",
+    [
+        (torch.tensor([0.0, 1.0, 2.0]), "targets ('targets') must be row numbers of the stored values, a vector of integers; it is float32 shaped (3,)"),
+        (torch.tensor([[0], [1], [2]]), "it is int64 shaped (3, 1)"),
+        (torch.tensor([0, 1, 4]), "targets ('targets') hold row numbers outside 0..3, the 4 stored values"),
+        (torch.tensor([0, -1, 2]), "outside 0..3"),
+    ],
+)
+def test_evaluate_refuses_targets_that_are_not_row_numbers_of_the_stored_values(targets, refusal):
+    """Before: a float tensor named in `targets:` (or rows out of range) crashed evaluate as 'a bug in amemctl'."""
+    from amemctl.context import Context
+    from amemctl.errors import StageError
+    from amemctl.stages.evaluate import Evaluate
+
+    ctx = Context(torch.device("cpu"), 0, 2**20, None, stage_seed=0)
+    values = torch.rand(4, 6)
+    ctx["patterns"], ctx["retrieved"], ctx["targets"] = values, values[:3], targets
+    with pytest.raises(StageError, match=re.escape(refusal)):
+        Evaluate().run(ctx)
+    ctx["targets"] = torch.tensor([0, 1, 2])
+    Evaluate().run(ctx)
+    assert ctx.metrics["error_index"] == 0

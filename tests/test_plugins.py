@@ -553,3 +553,40 @@ def test_a_report_metric_nobody_declares_points_at_plugin_stages_without_metrics
         parse_text(text, "p.yaml", registry=build_registry())
     assert "p.yaml:10:" in str(info.value) and "no stage records the metric 'rmse'" in str(info.value)
     assert "plugin stage(s) 'rmse_metric' declare no metrics: a stage lists what it records in `metrics(self)`" in str(info.value)
+
+
+DROPPER = """\
+    from amemctl import Input, Output, Stage, hookimpl
+
+    class DropLast(Stage):
+        \"\"\"A post-processing stage with an off-by-one: it loses the last retrieval.\"\"\"
+
+        name = "drop-last"
+        source = Input("retrieved", "the retrievals")
+        out = Output("retrieved", "the retrievals, post-processed")
+
+        def run(self, ctx):
+            ctx[self.out] = ctx[self.source][:-1]
+
+    @hookimpl
+    def amemctl_register_stages():
+        return [DropLast]
+"""
+
+
+def test_data_a_plugin_stage_wrote_wrong_is_refused_where_read_and_traced_to_where_it_was_made(install, tmp_path):
+    """evaluate refuses 19 retrievals for 20 targets; the hint names the plugin stage that wrote them, at its line."""
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.engine.runner import run_pipeline
+    from amemctl.errors import StageError
+
+    install("dropper-plugin", "dropper_mod", DROPPER)
+    text = RETRIEVAL % ("gaussian", "euclidean", "max") + "  - drop-last: {}\n  - evaluate: {}\n"
+    with pytest.raises(StageError) as info:
+        run_pipeline(parse_text(text, "p.yaml", registry=build_registry()), out_root=tmp_path, device="cpu", progress=False)
+    assert info.value.render().startswith("p.yaml:9:5: stage 'evaluate' failed") and "19 retrievals but 20 targets" in info.value.message
+    assert info.value.hint.endswith("; 'retrieved' comes from the plugin stage 'drop-last' (package dropper-plugin) at p.yaml:8:5: check what it writes")
+    # amemctl's own stages wrote every input: no such note
+    with pytest.raises(StageError) as info:
+        run_pipeline(parse_text(text.replace("  - drop-last: {}\n", "  - evaluate: {targets: patterns}\n"), "p.yaml", registry=build_registry()), out_root=tmp_path, device="cpu", progress=False)
+    assert "comes from" not in (info.value.hint or "") and "targets ('patterns') must be row numbers of the stored values, a vector of integers; it is float32 shaped (20, 1, 8, 8)" in info.value.message

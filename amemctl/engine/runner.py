@@ -495,6 +495,9 @@ def _run_point(
                 torch.cuda.synchronize(device)
         except AmemctlError as exc:
             exc.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {exc.message}"
+            written = _plugin_writers(steps[:j], step, pipeline.registry)
+            if written:  # bad data from a plugin stage is refused where it is read: name where it was made
+                exc.hint = "; ".join(filter(None, [exc.hint, f"{written}: check what it writes"]))
             raise exc.at(step.parts[0].location)  # noqa: B904 (the same error, located)
         except Exception as exc:  # a bug in the stage: one message, the traceback in the run folder
             if refused(exc):  # no bug: the file system refused a file the stage reads or writes (a full disk, no permission)
@@ -507,6 +510,32 @@ def _run_point(
         bar.advance(task)
     bar.remove_task(task)
     return PointResult(point, dict(ctx.metrics), list(ctx.figures), dict(ctx.examples), list(ctx.notes), seeds=[seed])
+
+
+def _plugin_writers(before: list[Step], step: Step, registry: Registry | None) -> str:
+    """Which of the tensors `step` reads a plugin stage wrote, and where: "'retrieved' comes from the plugin stage 'x' (package p) at t.yaml:9"; "" when none.
+
+    A stage refuses the data it is given (199 retrievals for 200 targets), but the mistake is
+    most often in the stage that wrote it; amemctl's own stages check what they write.
+    """
+    if registry is None:
+        return ""
+    writers: dict[str, PlannedStage] = {}
+    for earlier in before:
+        for part in earlier.parts:
+            writers.update(dict.fromkeys(part.stage.outputs(), part))
+    read, made = set(), set()  # a fused step's parts read what its earlier parts made: not the step's inputs
+    for part in step.parts:
+        read |= set(part.stage.inputs()) - made
+        made |= set(part.stage.outputs())
+    told = []
+    for name in sorted(read):
+        part = writers.get(name)
+        package = registry.package_of("stages", part.stage.name) if part is not None else BUILTIN
+        if package not in (BUILTIN, "?"):
+            where = f" at {part.location}" if part.location is not None else ""
+            told.append(f"{name!r} comes from the plugin stage {part.stage.name!r} (package {package}){where}")
+    return "; ".join(told)
 
 
 def _crash(exc: Exception, step: Step, point: Point, pipeline: Pipeline, run_dir: Path, elsewhere: Elsewhere | None = None) -> StageCrash:

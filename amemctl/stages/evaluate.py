@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
 from amemctl.context import Context
 from amemctl.core.retrieval import nearest_index
 from amemctl.core.rows import row_shape, take
@@ -35,6 +38,7 @@ class Evaluate(Stage):
         retrieved, values, targets = ctx[self.retrieved], ctx[self.values], ctx[self.targets]
         if len(retrieved) != len(targets):
             raise StageError(f"{len(retrieved)} retrievals but {len(targets)} targets", hint="evaluate the retrievals of the queries the targets belong to")
+        _check_targets(targets, len(values), self.targets)
         if tuple(retrieved.shape[1:]) != row_shape(values):
             raise StageError(
                 f"retrievals are shaped {tuple(retrieved.shape[1:])} but stored values {row_shape(values)}",
@@ -52,6 +56,17 @@ class Evaluate(Stage):
             ctx.metric(f"{self.prefix}error_label", (labels[nearest] != labels[targets]).float().mean())
         if self.recalled is not None:
             ctx[self.recalled] = nearest
+
+
+def _check_targets(targets: Tensor, rows: int, name: str) -> None:
+    """Targets are row numbers of the stored values: an integer vector within 0..rows-1 (else the tensor named is not targets)."""
+    if targets.dim() != 1 or targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise StageError(
+            f"targets ({name!r}) must be row numbers of the stored values, a vector of integers; it is {str(targets.dtype).removeprefix('torch.')} shaped {tuple(targets.shape)}",
+            hint="name in `targets:` the tensor that holds, for each query, the row it should retrieve (corrupt writes `targets`)",
+        )
+    if len(targets) and not bool(((targets >= 0) & (targets < rows)).all()):
+        raise StageError(f"targets ({name!r}) hold row numbers outside 0..{rows - 1}, the {rows} stored values", hint="evaluate against the values the targets number")
 
 
 @hookimpl
