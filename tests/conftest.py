@@ -19,6 +19,16 @@ from amemctl.engine.runner import RunResult, run_pipeline
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def child_env(*paths: str | Path, **extra: str) -> dict[str, str]:
+    """This process's environment for a child Python, with the checkout (and `paths`) first on its PYTHONPATH.
+
+    The inherited PYTHONPATH stays after them: it may be where packages live (the GPU machine's
+    setup puts zarr on it), so a child given PYTHONPATH=ROOT alone could not import them.
+    """
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *map(str, paths), *inherited]), **extra}
+
+
 @pytest.fixture(autouse=True)
 def _training_checkpoints(tmp_path, monkeypatch):
     """Training checkpoints of each test in its own folder: no test resumes another's training."""

@@ -25,9 +25,9 @@ from amemctl.core.distributed import shard_range
 from amemctl.core.retrieval import recall
 from amemctl.core.separation import make_separation
 from amemctl.store.memory import MemoryStore
+from tests.conftest import child_env
 from tests.test_runs import SWEEP as RUNS_SWEEP
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = [("softmax", {"beta": 5.0}), ("topk", {"k": 3}), ("max", {}), ("identity", {}), ("polynomial", {"n": 3})]
 
 
@@ -219,7 +219,7 @@ def _fail_rank_env(tmp_path: Path) -> dict[str, str]:
     (site / "failrank.py").write_text(FAIL_RANK_PLUGIN)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: failrank\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[amemctl]\nfailrank = failrank\n")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site), os.environ.get("PYTHONPATH", "")])}
+    return child_env(site)
 
 
 @pytest.mark.parametrize("rank", [1, 0])
@@ -305,7 +305,7 @@ def test_an_interrupted_nproc_run_is_recorded_interrupted_and_resumes(tmp_path, 
     from amemctl.engine.records import read_record
 
     (tmp_path / "small.yaml").write_text(SWEEP)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = child_env()
     command = [sys.executable, "-m", "amemctl", "run", "small.yaml", "--nproc", "2", "--quiet", "--device", "cpu", "--out", "runs"]
     with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
         child = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=stdout, stderr=stderr)

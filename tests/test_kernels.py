@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from tests.conftest import ROOT  # noqa: E402
+from tests.conftest import child_env  # noqa: E402
 
 INTERPRETED = textwrap.dedent(
     """
@@ -315,7 +314,7 @@ NEAREST = textwrap.dedent(
 
 
 def _interpret(script: str) -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    env = child_env(TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 

@@ -21,6 +21,7 @@ from amemctl.dsl.pipeline import parse_text
 from amemctl.engine.records import read_record, status_of
 from amemctl.engine.runner import run_pipeline
 from amemctl.plugins import build_registry
+from tests.conftest import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -224,7 +225,7 @@ def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
     text = SWEEP.replace("limit: 200", "limit: 600").replace("beta: [1, 10, 100, 1000]", "beta: [1, 3, 10, 30, 100, 300, 1000, 3000]")
     pipeline = tmp_path / "small.yaml"
     pipeline.write_text(text)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = child_env()
     child = subprocess.Popen([sys.executable, "-m", "amemctl", "run", str(pipeline), "--out", str(tmp_path / "runs"), "--quiet"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((tmp_path / "runs").glob("small/*/points/*.pt"))) < 2 and child.poll() is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from amemctl.errors import StoreError
 from amemctl.store.lock import WriterLock, lock_path
 from amemctl.store.memory import MemoryStore, is_store
 from amemctl.store.verify import verify
-from tests.conftest import ROOT
+from tests.conftest import child_env
 
 
 def _images(n=100, seed=0):
@@ -162,7 +161,7 @@ def test_a_writer_killed_mid_append_leaves_the_previous_store(tmp_path):
     store.append(patterns=before, labels=torch.zeros(40, dtype=torch.long))
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(CHILD))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     child = subprocess.Popen([sys.executable, str(script), str(path), "200", "8"], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert child.stdout.readline().strip() == "appending"
@@ -197,7 +196,7 @@ with WriterLock(sys.argv[1]):
 def test_one_writer_at_a_time(tmp_path):
     path = tmp_path / "s.zarr"
     MemoryStore.create(path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert holder.stdout.readline().strip() == "holding"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import random
 import signal
@@ -18,7 +17,7 @@ import torch
 from amemctl.errors import AmemctlError, DamagedStore, StoreError
 from amemctl.store.memory import MemoryStore
 from amemctl.store.verify import verify
-from tests.conftest import ROOT
+from tests.conftest import child_env
 
 WRITER = """
 import sys, time, torch
@@ -86,7 +85,7 @@ def test_replace_racing_append_and_compact_under_sigkill_never_publishes_a_mixed
     """
     path = tmp_path / "s.zarr"
     MemoryStore.create(path, chunk_bytes=6 * 4 * 64).append(patterns=torch.zeros(200, 6), labels=torch.zeros(200, dtype=torch.long))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     done = {"replace": 0, "append": 0, "compact": 0}
     rng = random.Random(0)
     for turn in range(2):

@@ -9,7 +9,7 @@ while [ $(( $(date +%s) - start )) -lt ${WAIT:-500} ] && [ ! -e $G/chain.done ];
 tail -n 6 $G/table1.log $G/phi.log
 bash tools/gpu/pack.sh
 if [ -e $G/chain.done ] && [ "${BENCH:-0}" = 1 ]; then
-  timeout ${BENCH_S:-300} amemctl bench --device cuda --repeats 5 -o $OUT/BENCHMARKS-gpu.md 2>&1 | tee $OUT/bench.log
+  timeout ${BENCH_S:-300} python3 -m amemctl bench --device cuda --repeats 5 -o $OUT/BENCHMARKS-gpu.md 2>&1 | tee $OUT/bench.log
   timeout ${KERNEL_S:-120} python3 tools/gpu/kernels.py --parts simclr,l1 2>&1 | tee $OUT/kernels.log
 fi
 if [ -e $G/chain.done ] && [ "${FUSED:-0}" = 1 ]; then
