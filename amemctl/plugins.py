@@ -154,10 +154,13 @@ def without_entry_point() -> list[str]:
     """Installed packages that require amemctl but declare no `amemctl` entry point (plugins whose entry point was forgotten)."""
     found = []
     for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"] or ""
-        if name.lower() == BUILTIN or any(ep.group == ENTRY_POINT_GROUP for ep in dist.entry_points):
+        try:  # a damaged install's metadata must not turn the error this note joins into a traceback
+            name = dist.metadata["Name"] or ""
+            if name.lower() == BUILTIN or any(ep.group == ENTRY_POINT_GROUP for ep in dist.entry_points):
+                continue
+            requires = [r for r in dist.requires or [] if "extra ==" not in r]
+        except Exception:
             continue
-        requires = [r for r in dist.requires or [] if "extra ==" not in r]
         if any(_requirement_name(r) == BUILTIN for r in requires):
             found.append(name)
     return sorted(set(found))

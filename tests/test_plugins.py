@@ -490,6 +490,11 @@ def test_a_plugin_installed_without_an_entry_point_is_named(install, tmp_path):
     registry = build_registry()
     with pytest.raises(PluginError, match=r"unknown stage 'whiten' \(.*package forgotten-plugin requires amemctl but declares no `amemctl` entry point, so it is never loaded"):
         stage_class("whiten", registry)
+    damaged = tmp_path / "damaged_plugin-0.1.dist-info"  # METADATA that is not UTF-8 (importlib.metadata raises): skipped, the note still told
+    damaged.mkdir()
+    (damaged / "METADATA").write_bytes(b"Metadata-Version: 2.1\nName: dam\xff\xfeaged\nVersion: 0.1\nRequires-Dist: amemctl\n")
+    with pytest.raises(PluginError, match=r"package forgotten-plugin requires amemctl but declares no"):
+        stage_class("whiten", registry)
 
 
 def test_stages_name_tells_a_skipped_plugin_once(install, monkeypatch):
