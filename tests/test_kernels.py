@@ -477,3 +477,32 @@ def test_l1_autotuning_is_keyed_by_size_class_so_chunks_of_similar_shape_share_i
 
     assert _size_class(1000, 60_000) == _size_class(1024, 65_536) == _size_class(513, 32_769)
     assert len({_size_class(1024, 65_536), _size_class(1025, 65_536), _size_class(1024, 65_537), _size_class(1, 1)}) == 4
+
+
+COMPILED = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, "tools/gpu")
+    import compile_check as check
+
+    variants = check.default_variants()
+    wanted = ["l1 float32", "fused manhattan float32 ieee", "fused dot bfloat16 bf16", "fused euclidean float32 tf32x3"]
+    picks = [next(v for name, v in variants if name.startswith(w)) for w in wanted]
+    picks.append(next(v for name, v in variants if name.startswith("fused manhattan") and name.endswith("top-k 8")))
+    picks.append(next(v for name, v in variants if name.startswith("fused dot float32 tf32x3") and "block_dv=128, num_warps=8" in name and "width 3072" in name))
+    for v in picks:  # the most shared memory of all: the 8-warp tile with 128 value columns
+        assert check.compile_variant(v) <= check.SHARED
+    print("ok")
+    """
+)
+
+
+def test_the_kernels_compile_for_an_h100_without_a_gpu():
+    """The interpreter never compiles: what only the compiler refuses (a tl.dot shape or precision, a
+    loop-carried type, too much shared memory) is caught here, not in a lent GPU's scarce minutes.
+    A sample of tools/gpu/compile_check.py's variants (the whole set: `python3 tools/gpu/compile_check.py`)."""
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in child_env().items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", COMPILED], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
