@@ -259,7 +259,6 @@ RETRIEVAL = "seed: 0\ndata: {dataset: digits, limit: 20}\nstages:\n  - corrupt: 
     "corruption, similarity, separation, line, bug",
     [
         ("gaussian", "buggy_similarity", "max", 5, "kernel bug"),
-        ("gaussian", "euclidean", "buggy_separation", 6, "make bug"),  # made by describe(), before the stage runs; at `separate`, not the fused step's `score`
         ("buggy_corruption", "euclidean", "max", 4, "corruption bug"),
     ],
 )
@@ -276,6 +275,22 @@ def test_a_plugin_function_that_raises_inside_a_builtin_stage_is_blamed_on_the_p
     assert message.startswith(f"p.yaml:{line}:5: stage ") and f"ValueError: {bug}" in message
     assert "a bug in the plugin package buggy-plugin (at " in message and "buggy_mod.py:" in message
     assert "please report it" not in message
+
+
+def test_a_separation_that_cannot_be_made_is_refused_before_anything_runs(install):
+    """`separate` makes its separation while its parameters are checked: `amemctl validate` finds it, not
+    the sweep point that reaches it hours into a run; blamed on the plugin, at the `separate` line."""
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.errors import StageCrash
+
+    install("buggy-plugin", "buggy_mod", BUGGY_FUNCTIONS)
+    install("breaker-plugin", "breaker_mod", CONTRACT_BREAKERS)
+    sweep = "sweep:\n  function: [max, softmax, %s]\n" + RETRIEVAL.replace("{function: %s}", "{function: \"${function}\"}") % ("gaussian", "euclidean")
+    for separation, bug, whose in [("buggy_separation", "ValueError: make bug", "a bug in the package buggy-plugin at "), ("forgetful", "TypeError: Can't instantiate abstract class Forgetful", "a bug in the package breaker-plugin (its separation 'forgetful')")]:
+        with pytest.raises(StageCrash) as info:
+            parse_text(sweep % separation, "p.yaml", registry=build_registry())
+        assert info.value.render().startswith(f"p.yaml:8:5: stage 'separate' crashed while checking its parameters: {bug}"), info.value.render()
+        assert info.value.hint.startswith(whose) and "not a mistake in the pipeline" in info.value.hint
 
 
 def test_a_kernel_of_the_wrong_shape_is_blamed_on_its_plugin_though_amemctl_raised(install, tmp_path):
@@ -327,8 +342,6 @@ CONTRACT_BREAKERS = """\
 @pytest.mark.parametrize(
     "corruption, separation, line, stage, bug",
     [
-        # TypeError raised by Python when amemctl makes the class: no frame of the plugin ran
-        ("{kind: gaussian}", "forgetful", 6, "separate", "its separation 'forgetful'"),
         # before: refused later at `score`, as a wiring mistake of the pipeline's
         ("{kind: crop_one_row}", "max", 4, "corrupt", "its corruption 'crop_one_row'"),
         ("{kind: compose, steps: [{kind: gaussian}, {kind: crop_one_row}]}", "max", 4, "corrupt", "its corruption 'crop_one_row'"),

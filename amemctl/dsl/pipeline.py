@@ -19,8 +19,8 @@ from typing import Any
 from amemctl.dsl import presets
 from amemctl.dsl import sweep as sweeps
 from amemctl.dsl.source import SourceMap, load_yaml, read_yaml
-from amemctl.errors import AmemctlError, Location, PipelineError, StageCrash
-from amemctl.plugins import BUILTIN, Registry, culprit, get_registry
+from amemctl.errors import AmemctlError, Location, PipelineError, StageCrash, blamed_function
+from amemctl.plugins import BUILTIN, KINDS, Registry, culprit, get_registry
 from amemctl.stage import ParamError, Stage
 from amemctl.suggest import did_you_mean
 
@@ -568,11 +568,17 @@ def _plan_point(
 def _check_crash(exc: Exception, cls: type, registry: Registry) -> StageCrash:
     """A stage (or a function it chose) raised while checking its parameters: whose bug, and where in its code."""
     found = culprit(exc, registry)
-    package = found.package if found is not None else registry.package_of("stages", cls.name)
-    at = f" at {found.where}" if found is not None else ""
+    marked = blamed_function(exc) if found is None else None  # a function it chose that amemctl could not use (a separation class that cannot be made)
+    owner = next((registry.package_of(kind, marked[1]) for kind, (_, noun) in KINDS.items() if marked is not None and noun == marked[0]), BUILTIN)
+    if found is not None:
+        whose = f"a bug in the package {found.package} at {found.where}"
+    elif owner not in (BUILTIN, "?"):
+        whose = f"a bug in the package {owner} (its {marked[0]} {marked[1]!r})"
+    else:
+        whose = f"a bug in the package {registry.package_of('stages', cls.name)}"
     return StageCrash(
         f"stage {cls.name!r} crashed while checking its parameters: {type(exc).__name__}: {exc}",
-        hint=f"a bug in the package {package}{at}, not a mistake in the pipeline; parameters that do not go together "
+        hint=f"{whose}, not a mistake in the pipeline; parameters that do not go together "
         "raise amemctl.ParamError(message, hint=..., param=NAME), which names the line to change",
     )
 
