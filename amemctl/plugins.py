@@ -100,6 +100,9 @@ class Registry:
     disabled: list[str] = field(default_factory=list)
     #: top-level module of each loaded plugin -> its package, to tell whose code raised
     modules: dict[str, str] = field(default_factory=dict)
+    #: without_entry_point(), read once: it scans every installed distribution (30 ms for 70 of
+    #: them), and an unknown name is refused once per sweep point
+    _unhooked: list[str] | None = field(default=None, repr=False, compare=False)
 
     def package_of(self, kind: str, name: str) -> str:
         return self.origin.get((kind, name), "?")
@@ -124,7 +127,9 @@ class Registry:
         notes = [str(f) for f in self.failures if name is None or f.may_provide(kind, name)]
         if self.disabled:
             notes.append(f"plugins skipped on request ({DISABLE_ENV} or --no-plugin): {', '.join(self.disabled)}")
-        notes += [f"package {package} requires amemctl but declares no `{ENTRY_POINT_GROUP}` entry point, so it is never loaded (docs/plugins.md)" for package in without_entry_point()]
+        if self._unhooked is None:
+            self._unhooked = without_entry_point()
+        notes += [f"package {package} requires amemctl but declares no `{ENTRY_POINT_GROUP}` entry point, so it is never loaded (docs/plugins.md)" for package in self._unhooked]
         return " (" + "; ".join(notes) + ")" if notes else ""
 
     def clash_hint(self, kind: str | None, name: str) -> str | None:
