@@ -81,7 +81,7 @@ def preview(dataset: str, kinds: str, count: int, seed: int, root: str | None, o
     import torch
 
     from amemctl.context import Context
-    from amemctl.errors import StageError
+    from amemctl.errors import AmemctlError
     from amemctl.figures import image_grid
     from amemctl.plugins import get_registry, lookup
     from amemctl.stages.load import Load
@@ -97,7 +97,7 @@ def preview(dataset: str, kinds: str, count: int, seed: int, root: str | None, o
     for kind, function in zip(names, functions):
         try:
             rows.append((kind, function(images, torch.Generator().manual_seed(seed))))
-        except StageError as exc:
+        except AmemctlError as exc:  # not a bug: images it does not apply to, a parameter it needs (a preview gives none)
             if not every:
                 raise
             skipped.append(f"{kind} ({exc.message})")  # `all` on grey images: color does not apply, the rest still show

@@ -626,3 +626,37 @@ def test_data_a_plugin_stage_wrote_wrong_is_refused_where_read_and_traced_to_whe
     with pytest.raises(StageError) as info:
         run_pipeline(parse_text(text.replace("  - drop-last: {}\n", "  - evaluate: {targets: patterns}\n"), "p.yaml", registry=build_registry()), out_root=tmp_path, device="cpu", progress=False)
     assert "comes from" not in (info.value.hint or "") and "targets ('patterns') must be row numbers of the stored values, a vector of integers; it is float32 shaped (20, 1, 8, 8)" in info.value.message
+
+
+NEEDY = """\
+    from amemctl import Corruption, Param, hookimpl
+
+    def shift(images, generator, amount):
+        return (images + amount).clamp(0, 1)
+
+    @hookimpl
+    def amemctl_register_corruptions():
+        return [Corruption("shift", "adds amount", shift, {"amount": Param(float, doc="how much")})]
+    """
+
+
+@pytest.mark.parametrize("kinds, code", [("all", 0), ("shift", 2)])
+def test_corrupt_preview_of_a_corruption_needing_a_parameter_is_no_bug_in_amemctl(install, tmp_path, kinds, code):
+    """A preview gives no parameters: a corruption that needs one raised ParamError, reported as
+    'crashed ... a bug in amemctl (please report it)', exit 1, and --kinds all stopped there."""
+    from click.testing import CliRunner
+
+    from amemctl.cli import main
+    from amemctl.plugins import get_registry
+
+    install("needy-plugin", "needy_mod", NEEDY)
+    get_registry.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["corrupt", "preview", "--dataset", "digits", "--kinds", kinds, "-o", str(tmp_path / "c.png")])
+    finally:
+        get_registry.cache_clear()
+    assert result.exit_code == code, result.output
+    assert "please report it" not in result.output and "crashed" not in result.output
+    assert "corruption 'shift' needs parameter 'amount'" in result.output
+    if kinds == "all":
+        assert "skipped what does not apply to digits: " in result.output and (tmp_path / "c.png").is_file()
