@@ -181,7 +181,10 @@ def blame_function(exc: BaseException, noun: str, name: str) -> BaseException:
     blamed on amemctl. The innermost mark wins (a plugin's corruption inside `compose`).
     """
     if getattr(exc, "amemctl_function", None) is None:
-        exc.amemctl_function = (noun, name)  # type: ignore[attr-defined]
+        try:  # an exception that takes no attribute (a frozen dataclass's) goes on unmarked, never replaced by that refusal
+            exc.amemctl_function = (noun, name)  # type: ignore[attr-defined]
+        except Exception:
+            pass
     return exc
 
 

@@ -660,3 +660,25 @@ def test_corrupt_preview_of_a_corruption_needing_a_parameter_is_no_bug_in_amemct
     assert "corruption 'shift' needs parameter 'amount'" in result.output
     if kinds == "all":
         assert "skipped what does not apply to digits: " in result.output and (tmp_path / "c.png").is_file()
+
+
+def test_a_function_raising_an_exception_that_takes_no_attributes_raises_it_unchanged():
+    """Marking whose function raised set an attribute on the exception: a frozen dataclass's refused,
+    and its FrozenInstanceError replaced the function's own exception (an `except Refused` missed it)."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from amemctl import Corruption, SeparationFunction
+
+    @dataclass(frozen=True)
+    class Refused(Exception):
+        reason: str
+
+    def refuse(*args, **kwargs):
+        raise Refused("no")
+
+    with pytest.raises(Refused):
+        SeparationFunction("refusing", refuse)()
+    with pytest.raises(Refused):
+        Corruption("refusing", "refuses", refuse)(torch.rand(2, 3))
