@@ -682,3 +682,38 @@ def test_a_function_raising_an_exception_that_takes_no_attributes_raises_it_unch
         SeparationFunction("refusing", refuse)()
     with pytest.raises(Refused):
         Corruption("refusing", "refuses", refuse)(torch.rand(2, 3))
+
+
+KEEPER = """\
+    from amemctl import Input, Output, Stage, hookimpl
+
+    class Keep(Stage):
+        \"\"\"Passes the patterns on unchanged.\"\"\"
+
+        name = "keep"
+        source = Input("patterns", "the patterns")
+        out = Output("patterns", "the same patterns")
+
+        def run(self, ctx):
+            ctx[self.out] = ctx[self.source]
+
+    @hookimpl
+    def amemctl_register_stages():
+        return [Keep]
+"""
+
+
+def test_an_error_that_is_not_about_the_data_does_not_point_at_the_plugin_stage_that_wrote_it(install, tmp_path):
+    """Only a stage refusing its data (StageError) names the plugin stage that wrote it: persist refusing
+    a store that already exists said "'patterns' comes from the plugin stage 'keep': check what it writes"."""
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.engine.runner import run_pipeline
+    from amemctl.errors import StoreError
+
+    install("keeper-plugin", "keeper_mod", KEEPER)
+    text = f"seed: 0\ndata: {{dataset: digits, limit: 20}}\nstages:\n  - keep: {{}}\n  - persist: {{store: {tmp_path / 's.zarr'}}}\n"
+    run_pipeline(parse_text(text, "p.yaml", registry=build_registry()), out_root=tmp_path / "runs", device="cpu", progress=False)
+    with pytest.raises(StoreError) as info:
+        run_pipeline(parse_text(text, "p.yaml", registry=build_registry()), out_root=tmp_path / "runs", device="cpu", progress=False)
+    assert "already exists" in info.value.message
+    assert "comes from" not in (info.value.hint or "")

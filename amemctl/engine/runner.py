@@ -53,7 +53,16 @@ from amemctl.engine.records import (
     status_of,
     stopping_once,
 )
-from amemctl.errors import AmemctlError, DeviceError, StageCrash, blamed_function, existing, refusal, refused
+from amemctl.errors import (
+    AmemctlError,
+    DeviceError,
+    StageCrash,
+    StageError,
+    blamed_function,
+    existing,
+    refusal,
+    refused,
+)
 from amemctl.models.tensor_files import load_tensors
 from amemctl.plugins import BUILTIN, KINDS, Registry, culprit
 
@@ -495,8 +504,8 @@ def _run_point(
                 torch.cuda.synchronize(device)
         except AmemctlError as exc:
             exc.message = f"stage {step.parts[0].stage.name!r} failed ({point.label()}): {exc.message}"
-            written = _plugin_writers(steps[:j], step, pipeline.registry)
-            if written:  # bad data from a plugin stage is refused where it is read: name where it was made
+            written = _plugin_writers(steps[:j], step, pipeline.registry) if isinstance(exc, StageError) else ""
+            if written:  # bad data from a plugin stage is refused where it is read (a StageError): name where it was made
                 exc.hint = "; ".join(filter(None, [exc.hint, f"{written}: check what it writes"]))
             raise exc.at(step.parts[0].location)  # noqa: B904 (the same error, located)
         except Exception as exc:  # a bug in the stage: one message, the traceback in the run folder
