@@ -294,6 +294,41 @@ def test_a_separation_that_cannot_be_made_is_refused_before_anything_runs(instal
         assert info.value.hint.startswith(whose) and "not a mistake in the pipeline" in info.value.hint
 
 
+UNSTREAMED = """\
+    import torch
+
+    from amemctl import Param, Separation, SeparationFunction, hookimpl
+
+    class Floored(Separation):
+        # weights() only, but needs_full_rows forgotten: retrieval has no reducer to stream it with
+        name = "floored"
+
+        def __init__(self, beta):
+            self.beta = beta
+
+        def weights(self, scores):
+            return torch.softmax(self.beta * scores, dim=1)
+
+    @hookimpl
+    def amemctl_register_separations():
+        return [SeparationFunction("floored", Floored, {"beta": Param(float, 1.0, "inverse temperature")})]
+    """
+
+
+def test_a_separation_that_neither_streams_nor_needs_full_rows_is_refused_before_anything_runs(install):
+    """reducer() stopped being abstract (a needs_full_rows separation defines weights() only), so a class
+    defining neither it nor needs_full_rows could be made: `validate` passed it, and the run crashed at
+    its first retrieval, after every stage before it had run."""
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.errors import StageCrash
+
+    install("unstreamed-plugin", "unstreamed_mod", UNSTREAMED)
+    with pytest.raises(StageCrash) as info:
+        parse_text(RETRIEVAL % ("gaussian", "euclidean", "floored"), "p.yaml", registry=build_registry())
+    assert info.value.render().startswith("p.yaml:6:5: stage 'separate' crashed while checking its parameters: TypeError: separation 'floored' (Floored) defines no reducer()")
+    assert info.value.hint.startswith("a bug in the package unstreamed-plugin (its separation 'floored'), not a mistake in the pipeline")
+
+
 def test_a_kernel_of_the_wrong_shape_is_blamed_on_its_plugin_though_amemctl_raised(install, tmp_path):
     # The kernel returned normally; amemctl's shape check raises, so no plugin frame is in the
     # traceback: the check knows whose kernel it was, and says so rather than "a bug in amemctl".

@@ -83,15 +83,28 @@ class Separation(ABC):
         """
         if self.needs_full_rows:
             return _FullRows(self, [])
-        error = TypeError(
-            f"separation {self.name!r} ({type(self).__name__}) defines no reducer(): set needs_full_rows = True to be given "
-            "each query's full row of scores, or define reducer() to stream over chunks of memories"
-        )
-        raise blame_function(error, "separation", self.name)
+        raise _no_reducer(self)
+
+    def check_streams(self) -> None:
+        """Raise what `reducer` would (blamed on its function) when retrieval could not run this separation: neither its own reducer nor full rows.
+
+        `separate` calls it while its parameters are checked, so `validate` refuses such a class
+        rather than the run's first retrieval, after every stage before it.
+        """
+        if not self.needs_full_rows and type(self).reducer is Separation.reducer:
+            raise _no_reducer(self)
 
     def describe(self) -> str:
         """A short label such as `softmax(beta=1000)`, used in tables and figures."""
         return self.name
+
+
+def _no_reducer(separation: Separation) -> BaseException:
+    error = TypeError(
+        f"separation {separation.name!r} ({type(separation).__name__}) defines no reducer(): set needs_full_rows = True to be given "
+        "each query's full row of scores, or define reducer() to stream over chunks of memories"
+    )
+    return blame_function(error, "separation", separation.name)
 
 
 def _fmt(v: object) -> str:

@@ -101,7 +101,7 @@ class Separate(Stage):
         return self.chosen("function")(**self.options["function"])
 
     def check(self) -> None:
-        self.separation()  # made once before anything runs: one that cannot be made is refused by `validate`, not at the sweep point that reaches it
+        self.separation().check_streams()  # made once before anything runs: one that cannot be made is refused by `validate`, not at the sweep point that reaches it
 
     def describe(self) -> str:
         return self.separation().describe()
