@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import pluggy
 
 from amemctl import hookspecs
-from amemctl.errors import PluginError
+from amemctl.errors import PluginError, blamed_function
 
 hookimpl = pluggy.HookimplMarker("amemctl")
 
@@ -106,6 +106,15 @@ class Registry:
 
     def package_of(self, kind: str, name: str) -> str:
         return self.origin.get((kind, name), "?")
+
+    def blamed_plugin(self, exc: BaseException) -> tuple[str, str] | None:
+        """The plugin package whose function amemctl found at fault (errors.blame_function) and "its NOUN 'NAME'"; None when unmarked or amemctl's own."""
+        marked = blamed_function(exc)
+        if marked is None:
+            return None
+        noun, name = marked
+        owner = next((self.package_of(kind, name) for kind, (_, each) in KINDS.items() if each == noun), "?")
+        return (owner, f"its {noun} {name!r}") if owner not in (BUILTIN, "?") else None
 
     def table(self, kind: str) -> dict[str, Any]:
         """The entries of one kind (a key of KINDS)."""

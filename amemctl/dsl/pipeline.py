@@ -19,8 +19,8 @@ from typing import Any
 from amemctl.dsl import presets
 from amemctl.dsl import sweep as sweeps
 from amemctl.dsl.source import SourceMap, load_yaml, read_yaml
-from amemctl.errors import AmemctlError, Location, PipelineError, StageCrash, blamed_function
-from amemctl.plugins import BUILTIN, KINDS, Registry, culprit, get_registry
+from amemctl.errors import AmemctlError, Location, PipelineError, StageCrash
+from amemctl.plugins import BUILTIN, Registry, culprit, get_registry
 from amemctl.stage import ParamError, Stage
 from amemctl.suggest import did_you_mean
 
@@ -568,12 +568,11 @@ def _plan_point(
 def _check_crash(exc: Exception, cls: type, registry: Registry) -> StageCrash:
     """A stage (or a function it chose) raised while checking its parameters: whose bug, and where in its code."""
     found = culprit(exc, registry)
-    marked = blamed_function(exc) if found is None else None  # a function it chose that amemctl could not use (a separation class that cannot be made)
-    owner = next((registry.package_of(kind, marked[1]) for kind, (_, noun) in KINDS.items() if marked is not None and noun == marked[0]), BUILTIN)
+    blamed = registry.blamed_plugin(exc)  # a function it chose that amemctl could not use (a separation class that cannot be made)
     if found is not None:
         whose = f"a bug in the package {found.package} at {found.where}"
-    elif owner not in (BUILTIN, "?"):
-        whose = f"a bug in the package {owner} (its {marked[0]} {marked[1]!r})"
+    elif blamed is not None:
+        whose = f"a bug in the package {blamed[0]} ({blamed[1]})"
     else:
         whose = f"a bug in the package {registry.package_of('stages', cls.name)}"
     return StageCrash(

@@ -598,12 +598,9 @@ def _blame(exc: Exception, step: Step, package: str, registry: Registry | None) 
     found = culprit(exc, registry) if registry is not None else None
     if found is not None:
         return f"a bug in the plugin package {found.package} (at {found.where})"
-    marked = blamed_function(exc)
-    if marked is not None and registry is not None:
-        noun, name = marked
-        owner = next((registry.package_of(kind, name) for kind, (_, each) in KINDS.items() if each == noun), "?")
-        if owner not in (BUILTIN, "?"):
-            return f"a bug in the plugin package {owner} (its {noun} {name!r})"
+    blamed = registry.blamed_plugin(exc) if registry is not None else None
+    if blamed is not None:
+        return f"a bug in the plugin package {blamed[0]} ({blamed[1]})"
     if package not in (BUILTIN, "?"):
         return f"a bug in the plugin package {package}"
     if _in_collective(exc):
