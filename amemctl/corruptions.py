@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from amemctl.core import colour, random
-from amemctl.errors import AmemctlError, StageError, blame_function
+from amemctl.errors import StageError, blame_function
 from amemctl.functions import Function
 from amemctl.stage import Param, ParamError
 from amemctl.suggest import did_you_mean
@@ -44,14 +44,7 @@ class Corruption(Function):
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None, **params: Any) -> Tensor:
         _check_images(images)
-        values = self.configure(params)
-        try:
-            out = self.apply(images, generator, **values)
-        except AmemctlError:
-            raise
-        except Exception as exc:
-            blame_function(exc, self.kind, self.name)
-            raise
+        out = super().__call__(images, generator, **params)  # checked parameters; what it raises is marked as its own
         if not isinstance(out, Tensor) or out.shape != images.shape:
             # a bug of the corruption's: caught here, not as queries that fit no stored key later
             got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
