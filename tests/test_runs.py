@@ -506,3 +506,29 @@ stages:
     assert saved.stat().st_size < 3 * 4 * 3072 * 4 + 2**16  # three rows (originals, queries, retrievals) of 4 images of 3,072 floats, and the rest
     shown = [row[1] for rows in run.points[0].examples.values() for row in rows]
     assert shown and all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in shown)
+
+
+def test_a_run_outside_git_records_the_commit_that_amemctl_git_commit_names(tmp_path, monkeypatch):
+    """The GPU machine runs a copy of the working tree without .git: AMEMCTL_GIT_COMMIT says
+    which commit it is, so run.json (and a model card made from it) names the code that ran."""
+    pipeline = tmp_path / "small.yaml"
+    pipeline.write_text(SWEEP)
+
+    def recorded_git():
+        run_dir = run_pipeline(parse_text(SWEEP, str(pipeline)), out_root=tmp_path / "runs", device="cpu", progress=False).run_dir
+        return read_record(run_dir)["git"]
+
+    monkeypatch.delenv("AMEMCTL_GIT_COMMIT", raising=False)
+    assert recorded_git() is None  # tmp_path is not in a checkout, and nothing declares one
+    monkeypatch.setenv("AMEMCTL_GIT_COMMIT", "3621536abcdef0123456789abcdef0123456789a-dirty")
+    assert recorded_git() == {"commit": "3621536abcdef0123456789abcdef0123456789a", "dirty": True}
+    monkeypatch.setenv("AMEMCTL_GIT_COMMIT", "3621536")
+    assert recorded_git() == {"commit": "3621536", "dirty": False}
+    monkeypatch.setenv("AMEMCTL_GIT_COMMIT", "not a commit; rm -rf /")
+    assert recorded_git() is None  # what is not a commit is not recorded as one
+    inside = ROOT / "pipelines" / "quickstart.yaml"  # in this checkout git wins over the variable
+    monkeypatch.setenv("AMEMCTL_GIT_COMMIT", "0000000")
+    from amemctl.engine.records import git_state
+
+    if (ROOT / ".git").exists():  # the GPU machine's copy of the tree has none
+        assert git_state(inside)["commit"] != "0000000"

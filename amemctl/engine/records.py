@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import reprlib
 import signal
 import socket
@@ -36,18 +37,36 @@ def now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
+#: names the commit of a copy of a checkout that has no .git (the GPU machine's copy of the
+#: working tree, a CI artifact): the commit, with "-dirty" appended when the copy held changes
+GIT_COMMIT_ENV = "AMEMCTL_GIT_COMMIT"
+
+
 def git_state(path: "str | Path") -> dict[str, Any] | None:
-    """The commit of the git checkout holding `path` and whether it has uncommitted changes; None outside git."""
+    """The commit of the git checkout holding `path` and whether it has uncommitted changes.
+
+    Outside git, what AMEMCTL_GIT_COMMIT says (so a run on a copy of the tree still records
+    the code it ran); None when neither says.
+    """
     folder = Path(path).resolve()
     folder = folder if folder.is_dir() else folder.parent
     try:
         commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
-            return None
+            return _declared_commit()
         status = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):  # no git installed, or it hangs
-        return None
+        return _declared_commit()
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def _declared_commit() -> dict[str, Any] | None:
+    """The commit AMEMCTL_GIT_COMMIT names ("<sha>" or "<sha>-dirty"); None when unset or not a commit."""
+    declared = os.environ.get(GIT_COMMIT_ENV, "").strip()
+    sha, dirty = (declared[: -len("-dirty")], True) if declared.endswith("-dirty") else (declared, False)
+    if not re.fullmatch(r"[0-9a-f]{7,64}", sha):
+        return None
+    return {"commit": sha, "dirty": dirty}
 
 
 class RunRecord:
