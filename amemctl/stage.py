@@ -25,6 +25,7 @@ which lets the engine reuse results shared by several sweep points.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
@@ -46,6 +47,7 @@ class _Required:
 REQUIRED: Any = _Required()
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?(inf|infinity)$", re.IGNORECASE)
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "mapping"}
 
 
@@ -68,7 +70,10 @@ class Param:
     type: int, float, str, bool, list, dict, or a tuple of them; None allows anything.
     default: the value when the pipeline omits it; REQUIRED when it must be given.
     choices: the allowed values, or a function returning them (looked up when checked).
-    min / max: bounds for numbers (inclusive).
+    min / max: inclusive bounds for numbers (value >= min, value <= max).
+    above / below: exclusive bounds for numbers (value > above, value < below): a beta or a
+        temperature that must be positive, a fraction that must stay under 1. A side takes
+        one of its two bounds; `amemctl stages` and the messages show them as `> 0`, `>= 1`.
     items: the type of a list's items.
     nullable: whether `null` is accepted (always true when the default is None).
     validate: a function of the converted value raising an AmemctlError when it does not fit
@@ -88,6 +93,8 @@ class Param:
         choices: "Iterable[Any] | Callable[[], Iterable[Any]] | None" = None,
         min: float | None = None,
         max: float | None = None,
+        above: float | None = None,
+        below: float | None = None,
         items: Any = None,
         nullable: bool = False,
         validate: "Callable[[Any], Any] | None" = None,
@@ -99,11 +106,29 @@ class Param:
         self._choices = choices
         self.min = min
         self.max = max
+        self.above = above
+        self.below = below
         self.items = items
         self.nullable = nullable or default is None
         self.validate = validate
         self.finite = finite
         self.name = ""
+        self._check_declaration()
+
+    def _check_declaration(self) -> None:
+        """Refuse two bounds on one side, or a default the bounds refuse, where the parameter is declared.
+
+        Either would otherwise surface only in a user's pipeline: which of two lower bounds
+        holds is anyone's guess, and a default outside the bounds is accepted when omitted and
+        refused when written out.
+        """
+        if self.min is not None and self.above is not None:
+            raise TypeError("Param: give min (inclusive) or above (exclusive), not both")
+        if self.max is not None and self.below is not None:
+            raise TypeError("Param: give max (inclusive) or below (exclusive), not both")
+        default = self.default
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and not self._within(default):
+            raise TypeError(f"Param: the default {default!r} is not {self.bounds_text()}")
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -136,6 +161,23 @@ class Param:
             said = re.findall(r"\(default:? ([^()]*(?:\([^()]*\)[^()]*)*)\)", self.doc)
             return said[0].strip() if len(said) == 1 else ("see meaning" if said else "none")
         return repr(self.default)
+
+    def bounds(self) -> list[tuple[str, float]]:
+        """The declared bounds as (operator, limit) pairs, lower first: [('>', 0), ('<=', 1)]."""
+        declared = ((">=", self.min), (">", self.above), ("<=", self.max), ("<", self.below))
+        return [(op, limit) for op, limit in declared if limit is not None]
+
+    def bounds_text(self) -> str:
+        """The bounds as a reader checks them: `> 0 and <= 1`; empty when there are none."""
+        return " and ".join(f"{op} {limit:g}" for op, limit in self.bounds())
+
+    def type_text(self) -> str:
+        """The type with its bounds (`number > 0`), as `amemctl stages` and docs/stages.md show it."""
+        bounds = self.bounds_text()
+        return f"{self.type_name()} {bounds}" if bounds else self.type_name()
+
+    def _within(self, value: float) -> bool:
+        return all(_COMPARE[op](value, limit) for op, limit in self.bounds())
 
     def type_name(self) -> str:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
@@ -177,16 +219,12 @@ class Param:
             raise ParamError(f"parameter {self.name!r} is NaN", hint=self._expect())
         if self.finite and isinstance(value, float) and math.isinf(value):
             raise ParamError(f"parameter {self.name!r} is {value}, not a finite number", hint=self._expect())
-        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+        if not self._within(value):
             raise ParamError(f"parameter {self.name!r} is {value}, out of range", hint=self._expect())
 
     def _expect(self) -> str:
-        bounds = []
-        if self.min is not None:
-            bounds.append(f">= {self.min:g}")
-        if self.max is not None:
-            bounds.append(f"<= {self.max:g}")
-        return f"{self.name} takes {_a(self.type_name())}" + (f" {' and '.join(bounds)}" if bounds else "")
+        """What fits, as a hint: `beta takes a number > 0`."""
+        return f"{self.name} takes {_a(self.type_text())}"
 
 
 def _convert(value: Any, types: Any, items: Any, param: Param) -> Any:
