@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
 
@@ -52,16 +53,51 @@ _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", 
 
 
 class ParamError(PipelineError):
-    """A parameter that does not fit its declaration.
+    """A parameter that does not fit its declaration, or every such parameter of one stage or function.
 
     `param` names it when known; `about` says whether the fault is the parameter's value
-    (reported at the value) or its presence (reported at its key).
+    (reported at the value) or its presence (reported at its key). A stage or function checks
+    all its parameters before it gives up, and raises what it found as one error
+    (`ParamError.together`) whose `problems` are the single errors: a user fixes every mistake of
+    a stage in one pass, rather than one per `amemctl validate`, which reports each at its line.
     """
 
-    def __init__(self, message: str, *, hint: str | None = None, param: str | None = None, about: str = "value") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        param: str | None = None,
+        about: str = "value",
+        problems: "Sequence[ParamError]" = (),
+    ) -> None:
         super().__init__(message, hint=hint)
         self.param = param
         self.about = about
+        #: the single errors this one gathers; empty for a single error
+        self.problems: list[ParamError] = list(problems)
+
+    @classmethod
+    def together(cls, errors: "Sequence[ParamError]", owner: str = "") -> "ParamError":
+        """One error for all of `errors` (gathered ones flattened): a lone error unchanged, so one
+        mistake reads as it always did, else one listing each; `owner` names whose parameters they are."""
+        single = [problem for error in errors for problem in error.each()]
+        if not single:
+            raise ValueError("ParamError.together needs at least one error")
+        if len(single) == 1:
+            return single[0]
+        return cls(f"{owner + ' has ' if owner else ''}{len(single)} parameter errors", problems=single)
+
+    def each(self) -> "list[ParamError]":
+        """The single errors this one stands for: its problems, or itself."""
+        return list(self.problems) or [self]
+
+    def render(self) -> str:
+        """A single error as any other; gathered ones as a head line and each error indented under it."""
+        if not self.problems:
+            return super().render()
+        listed = "\n".join(textwrap.indent(problem.render(), "  ") for problem in self.problems)
+        return f"{super().render()}:\n{listed}"
 
 
 class Param:
@@ -355,61 +391,89 @@ class Stage:
         #: dispatching parameter -> the chosen function's checked parameters
         self.options: dict[str, dict[str, Any]] = {}
         extra = {k: v for k, v in values.items() if k not in self.params}
-        if extra and not self.dispatch:
-            key = next(iter(extra))
-            raise ParamError(
-                f"stage {self.name!r} has no parameter {key!r}",
-                hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params) or 'none'}",
-                param=key,
-                about="key",
-            )
+        problems = [] if self.dispatch else [self._no_parameter(key) for key in extra]
         for key, param in self.params.items():
-            if key in values:
-                try:
-                    self.settings[key] = param.coerce(values[key])
-                except ParamError as exc:
-                    exc.param = key
-                    raise
-            elif param.required:
-                doc = f": {param.doc}" if param.doc else ""
-                raise ParamError(f"stage {self.name!r} needs parameter {key!r}", hint=param._expect() + doc)
-            else:
-                self.settings[key] = param.default
-        self._configure_choices(extra)
-        self.check()
+            try:
+                self.settings[key] = self._setting(key, param, values)
+            except ParamError as exc:
+                problems.append(exc)
+        if self.dispatch:
+            problems += self._configure_choices(extra)
+        if problems:  # every one of them, so that one `validate` shows all a stage's mistakes
+            raise ParamError.together(problems, f"stage {self.name!r}")
+        self.check()  # cross-parameter checks need each parameter valid
 
-    def _configure_choices(self, extra: dict[str, Any]) -> None:
-        """Check the parameters meant for the functions this stage dispatches to."""
+    def _no_parameter(self, key: str) -> ParamError:
+        return ParamError(
+            f"stage {self.name!r} has no parameter {key!r}",
+            hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params) or 'none'}",
+            param=key,
+            about="key",
+        )
+
+    def _setting(self, key: str, param: Param, values: dict[str, Any]) -> Any:
+        """One parameter's checked value: the given one, or its default; a ParamError naming it otherwise."""
+        if key in values:
+            try:
+                return param.coerce(values[key])
+            except ParamError as exc:
+                exc.param = key
+                raise
+        if param.required:
+            doc = f": {param.doc}" if param.doc else ""
+            raise ParamError(f"stage {self.name!r} needs parameter {key!r}", hint=param._expect() + doc)
+        return param.default
+
+    def _configure_choices(self, extra: dict[str, Any]) -> list[ParamError]:
+        """Check the parameters meant for the functions this stage dispatches to; every problem found.
+
+        A dispatching parameter that is itself wrong (an unknown name) leaves the parameters no
+        chosen function takes unjudged: they may be meant for the function it failed to name.
+        """
+        problems: list[ParamError] = []
+        taken: list[str] = []
+        named = True  # every dispatching parameter names a function
         for key in self.dispatch:
-            chosen = self.chosen(key)
+            if key not in self.settings:  # its own value was refused, and is among the problems
+                named = False
+                continue
+            try:
+                chosen = self.chosen(key)
+            except ParamError as exc:
+                problems.append(exc)
+                named = False
+                continue
             params = getattr(chosen, "params", {}) if chosen is not None else {}
             mine = {k: v for k, v in extra.items() if k in params}
+            taken += [k for k in params if k not in taken]
             if chosen is not None and hasattr(chosen, "configure"):
-                self.options[key] = chosen.configure(mine)
+                try:
+                    self.options[key] = chosen.configure(mine)
+                except ParamError as exc:
+                    problems.append(exc)
+                    continue
             else:
                 self.options[key] = dict(mine)
             self.settings.update({k: v for k, v in self.options[key].items() if k not in self.params})
-        taken = list(dict.fromkeys(k for options in self.options.values() for k in options))
-        for key in extra:
-            if key not in taken:
-                from amemctl.plugins import KINDS
+        if not named:
+            return problems
+        return problems + [self._taken_by_none(key, taken) for key in extra if key not in taken]
 
-                takers = [k for k in self.dispatch if hasattr(self.chosen(k), "configure")]
-                what = " nor ".join(f"{KINDS[self.dispatch[k]][1]} {self.settings[k]!r}" for k in takers) or f"stage {self.name!r}"
-                if not takers:
-                    raise ParamError(
-                        f"stage {self.name!r} has no parameter {key!r}",
-                        hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params)}",
-                        param=key,
-                        about="key",
-                    )
-                own = [k for k, p in self.params.items() if p.role == "param"]
-                raise ParamError(
-                    f"{what} takes no parameter {key!r}",
-                    hint=did_you_mean(key, [*self.params, *taken]) or f"it accepts {', '.join(taken) or 'no parameters'} (and the stage's own: {', '.join(own)})",
-                    param=key,
-                    about="key",
-                )
+    def _taken_by_none(self, key: str, taken: list[str]) -> ParamError:
+        """A parameter neither this stage nor the functions it chose take."""
+        from amemctl.plugins import KINDS
+
+        takers = [k for k in self.dispatch if hasattr(self.chosen(k), "configure")]
+        if not takers:
+            return self._no_parameter(key)
+        what = " nor ".join(f"{KINDS[self.dispatch[k]][1]} {self.settings[k]!r}" for k in takers)
+        own = [k for k, p in self.params.items() if p.role == "param"]
+        return ParamError(
+            f"{what} takes no parameter {key!r}",
+            hint=did_you_mean(key, [*self.params, *taken]) or f"it accepts {', '.join(taken) or 'no parameters'} (and the stage's own: {', '.join(own)})",
+            param=key,
+            about="key",
+        )
 
     def __getattr__(self, name: str) -> Any:
         """A dispatched function's parameter reads like the stage's own (`separate.beta`)."""
