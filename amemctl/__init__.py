@@ -9,8 +9,9 @@ The public API, for notebooks and plugins (a plugin needs nothing from elsewhere
   `row_shape(x)` the shape of one; or list the input in the stage's `materialize` and the
   engine hands the stage a tensor
 - what stages dispatch to, each with its own `Param`s: `Similarity`, `SeparationFunction`
-  (making a `Separation`, e.g. an `Elementwise`), `Corruption`, `EncoderArchitecture`;
-  and `Dataset` (reading a `Request` into `Loaded` images and labels)
+  (making a `Separation`: an `Elementwise`, a `Softmax`, or a class of its own whose
+  `Reducer` streams over chunks of memories, often by wrapping a `Softmax`'s), `Corruption`,
+  `EncoderArchitecture`; and `Dataset` (reading a `Request` into `Loaded` images and labels)
 - randomness: `random.rand/randn/randint/randperm(shape, generator, device=...)` draw with a
   generator of any device (`ctx.rng()` is a CPU one) onto any device
 - errors: `AmemctlError` and its subclasses, `ParamError` for parameters
@@ -45,6 +46,8 @@ _LAZY = {
     "Similarity": "amemctl.core.similarity",
     "Separation": "amemctl.core.separation",
     "Elementwise": "amemctl.core.separation",
+    "Softmax": "amemctl.core.separation",
+    "Reducer": "amemctl.core.separation",
     "Rows": "amemctl.core.rows",
     "TensorRows": "amemctl.core.rows",
     "materialize": "amemctl.core.rows",
@@ -91,11 +94,13 @@ __all__ = [
     "PipelineError",
     "PluginError",
     "Recall",
+    "Reducer",
     "Request",
     "Rows",
     "Separation",
     "SeparationFunction",
     "Similarity",
+    "Softmax",
     "Stage",
     "StageCrash",
     "StageError",

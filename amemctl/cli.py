@@ -369,7 +369,7 @@ def _params_table(title: str, params: "list[tuple[str, Any]]", role: str) -> Tab
             table.add_column(column)
     for key, p in params:
         default = p.default_text()
-        cells = [key, p.type_name(), default, p.described()] if role == "param" else [key, str(p.default), p.described()]
+        cells = [key, p.type_text(), default, p.described()] if role == "param" else [key, str(p.default), p.described()]
         table.add_row(*cells)
     return table
 

@@ -262,8 +262,8 @@ def _pair(value: object, name: str) -> tuple[float, float]:
     return low, high
 
 
-def _fraction(doc: str = "fraction of the rows (or columns) masked", high: float = 1.0) -> Param:
-    return Param(float, 0.5, doc, min=0.0, max=high)
+def _fraction(doc: str = "fraction of the rows (or columns) masked") -> Param:
+    return Param(float, 0.5, doc, min=0.0, max=1.0)
 
 
 def _probability(default: float, doc: str) -> Param:
@@ -305,7 +305,7 @@ CORRUPTIONS: dict[str, Corruption] = {
         Corruption("random_mask", "each pixel zeroed with probability p", random_mask, {"p": _probability(0.5, "probability that a pixel is zeroed")}),
         Corruption("salt_pepper", "a fraction p of pixels set to 0 or 1", salt_pepper, {"p": _probability(0.1, "fraction of pixels hit")}),
         Corruption("crop", "a zoomed view: a random square crop resized back to full size", crop, {"scale": Param(list, [0.3, 0.6], "[low, high]: range of the fraction of the area kept", items=float, validate=lambda v: _pair(v, "scale"))}),
-        Corruption("inpaint", "the border zeroed and the centre kept (UHN paper)", inpaint, {"fraction": _fraction("fraction of each side masked, half on each edge", 0.99)}),
+        Corruption("inpaint", "the border zeroed and the centre kept (UHN paper)", inpaint, {"fraction": Param(float, 0.5, "fraction of each side masked, half on each edge; under 1, so the centre stays", min=0.0, below=1.0)}),
         Corruption(
             "color",
             "a random colour filter per image (channel gains, brightness, saturation, hue)",

@@ -53,31 +53,44 @@ class Function:
         return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
 
     def configure(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Every parameter: the given values checked against their declarations, defaults for the rest."""
-        for key in given:
-            if key not in self.params:
-                accepted = ", ".join(self.params) or "no parameters"
-                raise ParamError(
-                    f"{self.kind} {self.name!r} takes no parameter {key!r}",
-                    hint=did_you_mean(key, self.params) or f"{self.name} accepts {accepted}",
-                    param=key,
-                    about="key",
-                )
+        """Every parameter: the given values checked against their declarations, defaults for the rest.
+
+        Every unknown, missing or unfitting parameter is found before a ParamError is raised
+        (one listing them all when there are several); `check` runs once each one fits.
+        """
+        problems = [self._no_parameter(key) for key in given if key not in self.params]
         values: dict[str, Any] = {}
         for key, param in self.params.items():
-            if key in given:
-                try:
-                    values[key] = param.coerce(given[key])
-                except ParamError as exc:
-                    exc.param = key
-                    raise
-            elif param.required:
-                raise ParamError(f"{self.kind} {self.name!r} needs parameter {key!r}", hint=param._expect() + (f": {param.doc}" if param.doc else ""), param=key, about="key")
-            else:
-                values[key] = param.default
+            try:
+                values[key] = self._value(key, param, given)
+            except ParamError as exc:
+                problems.append(exc)
+        if problems:
+            raise ParamError.together(problems, f"{self.kind} {self.name!r}")
         if self.check is not None:
             self.check(values)
         return values
+
+    def _no_parameter(self, key: str) -> ParamError:
+        accepted = ", ".join(self.params) or "no parameters"
+        return ParamError(
+            f"{self.kind} {self.name!r} takes no parameter {key!r}",
+            hint=did_you_mean(key, self.params) or f"{self.name} accepts {accepted}",
+            param=key,
+            about="key",
+        )
+
+    def _value(self, key: str, param: Param, given: Mapping[str, Any]) -> Any:
+        """One parameter's checked value: the given one, or its default; a ParamError naming it otherwise."""
+        if key in given:
+            try:
+                return param.coerce(given[key])
+            except ParamError as exc:
+                exc.param = key
+                raise
+        if param.required:
+            raise ParamError(f"{self.kind} {self.name!r} needs parameter {key!r}", hint=param._expect() + (f": {param.doc}" if param.doc else ""), param=key, about="key")
+        return param.default
 
     def __call__(self, *args: Any, **given: Any) -> Any:
         """`make(*args, **parameters)` with the parameters checked and completed.

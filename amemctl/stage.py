@@ -25,7 +25,9 @@ which lets the engine reuse results shared by several sweep points.
 from __future__ import annotations
 
 import math
+import operator
 import re
+import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
 
@@ -46,20 +48,56 @@ class _Required:
 REQUIRED: Any = _Required()
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?(inf|infinity)$", re.IGNORECASE)
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "mapping"}
 
 
 class ParamError(PipelineError):
-    """A parameter that does not fit its declaration.
+    """A parameter that does not fit its declaration, or every such parameter of one stage or function.
 
     `param` names it when known; `about` says whether the fault is the parameter's value
-    (reported at the value) or its presence (reported at its key).
+    (reported at the value) or its presence (reported at its key). A stage or function checks
+    all its parameters before it gives up, and raises what it found as one error
+    (`ParamError.together`) whose `problems` are the single errors: a user fixes every mistake of
+    a stage in one pass, rather than one per `amemctl validate`, which reports each at its line.
     """
 
-    def __init__(self, message: str, *, hint: str | None = None, param: str | None = None, about: str = "value") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        param: str | None = None,
+        about: str = "value",
+        problems: "Sequence[ParamError]" = (),
+    ) -> None:
         super().__init__(message, hint=hint)
         self.param = param
         self.about = about
+        #: the single errors this one gathers; empty for a single error
+        self.problems: list[ParamError] = list(problems)
+
+    @classmethod
+    def together(cls, errors: "Sequence[ParamError]", owner: str = "") -> "ParamError":
+        """One error for all of `errors` (gathered ones flattened): a lone error unchanged, so one
+        mistake reads as it always did, else one listing each; `owner` names whose parameters they are."""
+        single = [problem for error in errors for problem in error.each()]
+        if not single:
+            raise ValueError("ParamError.together needs at least one error")
+        if len(single) == 1:
+            return single[0]
+        return cls(f"{owner + ' has ' if owner else ''}{len(single)} parameter errors", problems=single)
+
+    def each(self) -> "list[ParamError]":
+        """The single errors this one stands for: its problems, or itself."""
+        return list(self.problems) or [self]
+
+    def render(self) -> str:
+        """A single error as any other; gathered ones as a head line and each error indented under it."""
+        if not self.problems:
+            return super().render()
+        listed = "\n".join(textwrap.indent(problem.render(), "  ") for problem in self.problems)
+        return f"{super().render()}:\n{listed}"
 
 
 class Param:
@@ -68,7 +106,10 @@ class Param:
     type: int, float, str, bool, list, dict, or a tuple of them; None allows anything.
     default: the value when the pipeline omits it; REQUIRED when it must be given.
     choices: the allowed values, or a function returning them (looked up when checked).
-    min / max: bounds for numbers (inclusive).
+    min / max: inclusive bounds for numbers (value >= min, value <= max).
+    above / below: exclusive bounds for numbers (value > above, value < below): a beta or a
+        temperature that must be positive, a fraction that must stay under 1. A side takes
+        one of its two bounds; `amemctl stages` and the messages show them as `> 0`, `>= 1`.
     items: the type of a list's items.
     nullable: whether `null` is accepted (always true when the default is None).
     validate: a function of the converted value raising an AmemctlError when it does not fit
@@ -88,6 +129,8 @@ class Param:
         choices: "Iterable[Any] | Callable[[], Iterable[Any]] | None" = None,
         min: float | None = None,
         max: float | None = None,
+        above: float | None = None,
+        below: float | None = None,
         items: Any = None,
         nullable: bool = False,
         validate: "Callable[[Any], Any] | None" = None,
@@ -99,11 +142,29 @@ class Param:
         self._choices = choices
         self.min = min
         self.max = max
+        self.above = above
+        self.below = below
         self.items = items
         self.nullable = nullable or default is None
         self.validate = validate
         self.finite = finite
         self.name = ""
+        self._check_declaration()
+
+    def _check_declaration(self) -> None:
+        """Refuse two bounds on one side, or a default the bounds refuse, where the parameter is declared.
+
+        Either would otherwise surface only in a user's pipeline: which of two lower bounds
+        holds is anyone's guess, and a default outside the bounds is accepted when omitted and
+        refused when written out.
+        """
+        if self.min is not None and self.above is not None:
+            raise TypeError("Param: give min (inclusive) or above (exclusive), not both")
+        if self.max is not None and self.below is not None:
+            raise TypeError("Param: give max (inclusive) or below (exclusive), not both")
+        default = self.default
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and not self._within(default):
+            raise TypeError(f"Param: the default {default!r} is not {self.bounds_text()}")
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -136,6 +197,23 @@ class Param:
             said = re.findall(r"\(default:? ([^()]*(?:\([^()]*\)[^()]*)*)\)", self.doc)
             return said[0].strip() if len(said) == 1 else ("see meaning" if said else "none")
         return repr(self.default)
+
+    def bounds(self) -> list[tuple[str, float]]:
+        """The declared bounds as (operator, limit) pairs, lower first: [('>', 0), ('<=', 1)]."""
+        declared = ((">=", self.min), (">", self.above), ("<=", self.max), ("<", self.below))
+        return [(op, limit) for op, limit in declared if limit is not None]
+
+    def bounds_text(self) -> str:
+        """The bounds as a reader checks them: `> 0 and <= 1`; empty when there are none."""
+        return " and ".join(f"{op} {limit:g}" for op, limit in self.bounds())
+
+    def type_text(self) -> str:
+        """The type with its bounds (`number > 0`), as `amemctl stages` and docs/stages.md show it."""
+        bounds = self.bounds_text()
+        return f"{self.type_name()} {bounds}" if bounds else self.type_name()
+
+    def _within(self, value: float) -> bool:
+        return all(_COMPARE[op](value, limit) for op, limit in self.bounds())
 
     def type_name(self) -> str:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
@@ -177,16 +255,12 @@ class Param:
             raise ParamError(f"parameter {self.name!r} is NaN", hint=self._expect())
         if self.finite and isinstance(value, float) and math.isinf(value):
             raise ParamError(f"parameter {self.name!r} is {value}, not a finite number", hint=self._expect())
-        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+        if not self._within(value):
             raise ParamError(f"parameter {self.name!r} is {value}, out of range", hint=self._expect())
 
     def _expect(self) -> str:
-        bounds = []
-        if self.min is not None:
-            bounds.append(f">= {self.min:g}")
-        if self.max is not None:
-            bounds.append(f"<= {self.max:g}")
-        return f"{self.name} takes {_a(self.type_name())}" + (f" {' and '.join(bounds)}" if bounds else "")
+        """What fits, as a hint: `beta takes a number > 0`."""
+        return f"{self.name} takes {_a(self.type_text())}"
 
 
 def _convert(value: Any, types: Any, items: Any, param: Param) -> Any:
@@ -317,61 +391,89 @@ class Stage:
         #: dispatching parameter -> the chosen function's checked parameters
         self.options: dict[str, dict[str, Any]] = {}
         extra = {k: v for k, v in values.items() if k not in self.params}
-        if extra and not self.dispatch:
-            key = next(iter(extra))
-            raise ParamError(
-                f"stage {self.name!r} has no parameter {key!r}",
-                hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params) or 'none'}",
-                param=key,
-                about="key",
-            )
+        problems = [] if self.dispatch else [self._no_parameter(key) for key in extra]
         for key, param in self.params.items():
-            if key in values:
-                try:
-                    self.settings[key] = param.coerce(values[key])
-                except ParamError as exc:
-                    exc.param = key
-                    raise
-            elif param.required:
-                doc = f": {param.doc}" if param.doc else ""
-                raise ParamError(f"stage {self.name!r} needs parameter {key!r}", hint=param._expect() + doc)
-            else:
-                self.settings[key] = param.default
-        self._configure_choices(extra)
-        self.check()
+            try:
+                self.settings[key] = self._setting(key, param, values)
+            except ParamError as exc:
+                problems.append(exc)
+        if self.dispatch:
+            problems += self._configure_choices(extra)
+        if problems:  # every one of them, so that one `validate` shows all a stage's mistakes
+            raise ParamError.together(problems, f"stage {self.name!r}")
+        self.check()  # cross-parameter checks need each parameter valid
 
-    def _configure_choices(self, extra: dict[str, Any]) -> None:
-        """Check the parameters meant for the functions this stage dispatches to."""
+    def _no_parameter(self, key: str) -> ParamError:
+        return ParamError(
+            f"stage {self.name!r} has no parameter {key!r}",
+            hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params) or 'none'}",
+            param=key,
+            about="key",
+        )
+
+    def _setting(self, key: str, param: Param, values: dict[str, Any]) -> Any:
+        """One parameter's checked value: the given one, or its default; a ParamError naming it otherwise."""
+        if key in values:
+            try:
+                return param.coerce(values[key])
+            except ParamError as exc:
+                exc.param = key
+                raise
+        if param.required:
+            doc = f": {param.doc}" if param.doc else ""
+            raise ParamError(f"stage {self.name!r} needs parameter {key!r}", hint=param._expect() + doc)
+        return param.default
+
+    def _configure_choices(self, extra: dict[str, Any]) -> list[ParamError]:
+        """Check the parameters meant for the functions this stage dispatches to; every problem found.
+
+        A dispatching parameter that is itself wrong (an unknown name) leaves the parameters no
+        chosen function takes unjudged: they may be meant for the function it failed to name.
+        """
+        problems: list[ParamError] = []
+        taken: list[str] = []
+        named = True  # every dispatching parameter names a function
         for key in self.dispatch:
-            chosen = self.chosen(key)
+            if key not in self.settings:  # its own value was refused, and is among the problems
+                named = False
+                continue
+            try:
+                chosen = self.chosen(key)
+            except ParamError as exc:
+                problems.append(exc)
+                named = False
+                continue
             params = getattr(chosen, "params", {}) if chosen is not None else {}
             mine = {k: v for k, v in extra.items() if k in params}
+            taken += [k for k in params if k not in taken]
             if chosen is not None and hasattr(chosen, "configure"):
-                self.options[key] = chosen.configure(mine)
+                try:
+                    self.options[key] = chosen.configure(mine)
+                except ParamError as exc:
+                    problems.append(exc)
+                    continue
             else:
                 self.options[key] = dict(mine)
             self.settings.update({k: v for k, v in self.options[key].items() if k not in self.params})
-        taken = list(dict.fromkeys(k for options in self.options.values() for k in options))
-        for key in extra:
-            if key not in taken:
-                from amemctl.plugins import KINDS
+        if not named:
+            return problems
+        return problems + [self._taken_by_none(key, taken) for key in extra if key not in taken]
 
-                takers = [k for k in self.dispatch if hasattr(self.chosen(k), "configure")]
-                what = " nor ".join(f"{KINDS[self.dispatch[k]][1]} {self.settings[k]!r}" for k in takers) or f"stage {self.name!r}"
-                if not takers:
-                    raise ParamError(
-                        f"stage {self.name!r} has no parameter {key!r}",
-                        hint=did_you_mean(key, self.params) or f"its parameters are {', '.join(self.params)}",
-                        param=key,
-                        about="key",
-                    )
-                own = [k for k, p in self.params.items() if p.role == "param"]
-                raise ParamError(
-                    f"{what} takes no parameter {key!r}",
-                    hint=did_you_mean(key, [*self.params, *taken]) or f"it accepts {', '.join(taken) or 'no parameters'} (and the stage's own: {', '.join(own)})",
-                    param=key,
-                    about="key",
-                )
+    def _taken_by_none(self, key: str, taken: list[str]) -> ParamError:
+        """A parameter neither this stage nor the functions it chose take."""
+        from amemctl.plugins import KINDS
+
+        takers = [k for k in self.dispatch if hasattr(self.chosen(k), "configure")]
+        if not takers:
+            return self._no_parameter(key)
+        what = " nor ".join(f"{KINDS[self.dispatch[k]][1]} {self.settings[k]!r}" for k in takers)
+        own = [k for k, p in self.params.items() if p.role == "param"]
+        return ParamError(
+            f"{what} takes no parameter {key!r}",
+            hint=did_you_mean(key, [*self.params, *taken]) or f"it accepts {', '.join(taken) or 'no parameters'} (and the stage's own: {', '.join(own)})",
+            param=key,
+            about="key",
+        )
 
     def __getattr__(self, name: str) -> Any:
         """A dispatched function's parameter reads like the stage's own (`separate.beta`)."""

@@ -34,7 +34,7 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
         for key, param in cls.params.items():
             default = "required" if param.required else (f"`{param.default!r}`" if param.default is not None else param.default_text().replace("|", "/"))
             doc = param.described()
-            lines.append(f"| `{key}` | {ROLES[param.role]} | {param.type_name()} | {default} | {doc.replace('|', '/')} |")
+            lines.append(f"| `{key}` | {ROLES[param.role]} | {param.type_text()} | {default} | {doc.replace('|', '/')} |")
         for key, kind in cls.dispatch.items():
             lines += ["", f"`{key}` chooses one of the [{kind}](#{kind}); its parameters are written beside it."]
         recorded = default_metrics(cls)
@@ -75,7 +75,7 @@ def _functions(registry: Registry, kind: str, package: str | None) -> list[str]:
             continue
         doc = (getattr(entry, "doc", "") or "").strip().splitlines()
         params = "; ".join(
-            f"`{key}` ({param.type_name()}, default `{param.default!r}`): {param.described()}" for key, param in getattr(entry, "params", {}).items()
+            f"`{key}` ({param.type_text()}, default `{param.default!r}`): {param.described()}" for key, param in getattr(entry, "params", {}).items()
         )
         lines.append(f"| `{name}` | {(doc[0] if doc else '').replace('|', '/')} | {params.replace('|', '/') or 'none'} |")
     return [*lines, ""]

@@ -33,14 +33,24 @@ from amemctl.suggest import did_you_mean
 
 
 class Reducer(ABC):
-    """Streaming state of one separation over chunks of memories, for a block of queries."""
+    """The streaming state of one separation for a block of queries: separate and project chunk by chunk.
 
-    #: False when `update` ignores the values chunk (top-k, full rows read values at the end).
+    Retrieval makes one per block of queries (`Separation.reducer`), calls `update` once per
+    chunk of stored memories, in order, then `finish` once for the projected output. So it
+    never holds a queries x memories matrix of scores, which bounds its memory by the `budget`
+    whatever the number of memories; the answer must not depend on where the chunks end.
+    Public (`amemctl.Reducer`) so that a plugin's separation can stream: most wrap a built-in
+    one's, e.g. `Softmax(beta).reducer(...)` fed transformed scores, rather than redo its
+    arithmetic (docs/plugins.md shows how).
+    """
+
+    #: False when `update` ignores the values chunk (top-k, full rows read values at the end):
+    #: retrieval then reads no values while streaming, and passes None.
     reads_values: bool = True
 
     @abstractmethod
-    def update(self, scores: Tensor, offset: int, values: Tensor) -> None:
-        """Fold in the scores of memories offset.. (rows x n) and those memories' values (n x width)."""
+    def update(self, scores: Tensor, offset: int, values: Tensor | None) -> None:
+        """Fold in the scores of memories offset.. (rows x n) and those memories' values (n x width; None unless `reads_values`)."""
 
     @abstractmethod
     def finish(self, values: Rows) -> Tensor:
@@ -203,7 +213,17 @@ def threshold(t: float = 0.0, normalize: bool = True) -> Elementwise:
 
 @dataclass
 class Softmax(Separation):
-    """softmax(beta * s): the modern continuous Hopfield network's separation."""
+    """softmax(beta * s): the modern continuous Hopfield network's separation.
+
+    Its reducer is an online softmax (a running maximum and normaliser, as flash attention
+    keeps): exact for any chunking, and safe for a large beta, as every exponent is taken
+    relative to that maximum; beta = 0 weights every memory alike. Retrieval recognises a
+    `Softmax` itself (not a subclass) with beta > 0 and may take its fast routes: the blocked
+    CPU kernel, the one-pass GPU kernel where it was measured faster. Public (`amemctl.Softmax`)
+    for notebooks, `retrieve(q, memories, separation=Softmax(beta=1000))`, and for plugins: a
+    separation whose weights are a softmax returns one from its `make` (and gets those routes);
+    one that transforms the scores first reuses its `weights` and `reducer` (docs/plugins.md).
+    """
 
     beta: float = 1.0
     name: str = field(default="softmax", init=False, repr=False)

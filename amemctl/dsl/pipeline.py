@@ -546,7 +546,8 @@ def _plan_point(
             stage = cls(registry, **params)  # the registry checked against: its functions, not the process's
         except AmemctlError as exc:
             if isinstance(exc, ParamError):
-                errors.add(_locate(exc, entry, whole, point, sweep, source))
+                for problem in exc.each():  # a stage's several mistakes, each at its own line
+                    errors.add(_locate(problem, entry, whole, point, sweep, source))
             else:
                 errors.add(exc, where)
             _assume_outputs(cls, params, entry, available)
@@ -636,6 +637,9 @@ def _locate(exc: ParamError, entry: _Entry, whole: dict, point: sweeps.Point, sw
     if var is not None:
         index = point.positions[var]
         exc.message += f" (from sweep variable {var!r}, value {index + 1})"
+        if () in whole and param is not None:  # a whole mapping of parameters: the parameter inside it, where written
+            inside = ("sweep", var, index, param)
+            return exc.at(source.key(inside) if exc.about == "key" else source.value(inside))
         return exc.at(source.value(("sweep", var, index)))
     if param is not None:
         path = (*entry.params_path, param)

@@ -37,11 +37,16 @@ class Corrupt(Stage):
         steps = self.options["kind"]["steps"]
         if not steps:
             raise ParamError("corruption 'compose' needs `steps:`", hint="e.g. steps: [{kind: crop}, {kind: gaussian, variance: 0.05}]", param="kind")
+        problems = []
         for i, step in enumerate(steps):
             try:
                 self._check_step(step)
+            except ParamError as exc:  # each of a step's mistakes, and every step's
+                problems += [ParamError(f"step {i + 1} of compose: {p.message}", hint=p.hint, param="steps") for p in exc.each()]
             except AmemctlError as exc:
-                raise ParamError(f"step {i + 1} of compose: {exc.message}", hint=exc.hint, param="steps") from None
+                problems.append(ParamError(f"step {i + 1} of compose: {exc.message}", hint=exc.hint, param="steps"))
+        if problems:
+            raise ParamError.together(problems, "corruption 'compose'")
 
     def _check_step(self, step: dict[str, Any]) -> None:
         """A compose step names a corruption of this stage's registry, not compose, with parameters it takes."""

@@ -161,7 +161,7 @@ class TrainSimCLR(Stage):
     batch_size = Param(int, 256, "images per step (each gives two views)", min=2)
     lr = Param(float, 3e-4, "learning rate", min=0)
     weight_decay = Param(float, 1e-4, "weight decay", min=0)
-    temperature = Param(float, 0.5, "NT-Xent temperature", min=1e-6)
+    temperature = Param(float, 0.5, "NT-Xent temperature", above=0)
     projection_dim = Param(int, 128, "width of the projection head's output", min=1)
     optimizer = Param(str, "adam", "adam, or lars (layer-wise adaptive rates)", choices=["adam", "lars"])
     crop_scale = Param(list, [0.08, 1.0], "random resized crop: range of the area fraction kept", items=float)
@@ -240,7 +240,7 @@ class KnnAccuracy(Stage):
 
     name = "knn-accuracy"
     k = Param(int, 200, "neighbours that vote", min=1)
-    tau = Param(float, 0.1, "temperature of the votes' weights exp(similarity / tau)", min=1e-6)
+    tau = Param(float, 0.1, "temperature of the votes' weights exp(similarity / tau)", above=0)
     embeddings = Input("embeddings", "the embeddings to classify")
     labels = Input("labels", "their labels")
     references = Input(None, "embeddings of labelled references (default: the embeddings themselves, each leaving itself out)", optional=True)
