@@ -13,6 +13,7 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,35 @@ def blame_function(exc: BaseException, noun: str, name: str) -> BaseException:
         except Exception:
             pass
     return exc
+
+
+def blaming(noun: str, name: str) -> "_Blaming":
+    """A `with` block marking what it raises as the fault of the registered function `name` (blame_function); an AmemctlError goes on unmarked.
+
+    Wrapped around each call amemctl makes into a function's own code (a Function's `make`, a
+    similarity's kernel, a separation's reducer and weights): a crash is then blamed on the
+    function that raised and placed at the stage that chose it, even where one plugin package
+    provides several functions of one step (its similarity and its separation). An
+    AmemctlError is the user's to fix, not a bug of the function's.
+    """
+    return _Blaming(noun, name)
+
+
+@dataclass(frozen=True)
+class _Blaming:
+    """The context manager of `blaming`: a class, as contextlib's generator ones set `__traceback__` on
+    the exception they pass on, which an exception that takes no attributes refuses."""
+
+    noun: str
+    name: str
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if isinstance(exc, Exception) and not isinstance(exc, AmemctlError):
+            blame_function(exc, self.noun, self.name)
+        return False  # raised on unchanged
 
 
 def blamed_function(exc: BaseException) -> tuple[str, str] | None:

@@ -398,6 +398,59 @@ def test_a_plugin_function_breaking_its_contract_is_blamed_on_the_plugin_at_its_
         assert "corruption 'crop_one_row' returned shape (20, 1, 7, 8) for images of shape (20, 1, 8, 8)" in info.value.message
 
 
+PAIRED = """\
+    from amemctl import Elementwise, Separation, SeparationFunction, Similarity, hookimpl
+
+    def dot(queries, keys):
+        return queries @ keys.T
+
+    def broken_kernel(queries, keys):
+        raise ValueError("kernel bug")
+
+    def spike(scores):
+        raise ValueError("elementwise bug")
+
+    class Ranked(Separation):
+        name = "ranked"
+        needs_full_rows = True
+
+        def weights(self, scores):
+            raise ValueError("weights bug")
+
+    @hookimpl
+    def amemctl_register_similarities():
+        return [Similarity("pair_dot", dot), Similarity("pair_broken", broken_kernel)]
+
+    @hookimpl
+    def amemctl_register_separations():
+        return [SeparationFunction("spiky", lambda: Elementwise("spiky", spike)), SeparationFunction("ranked", Ranked)]
+    """
+
+
+@pytest.mark.parametrize(
+    "similarity, separation, line, bug",
+    [
+        ("pair_dot", "spiky", 6, "elementwise bug"),  # streamed: raised in the reducer's update
+        ("pair_dot", "ranked", 6, "weights bug"),  # full rows: raised in the reducer's finish
+        ("pair_broken", "spiky", 5, "kernel bug"),
+    ],
+)
+def test_a_crash_in_one_of_two_functions_of_one_plugin_is_placed_at_the_stage_that_chose_the_one_that_raised(install, tmp_path, similarity, separation, line, bug):
+    """One package providing both the similarity and the separation of a fused retrieval: the crash was
+    placed at the first stage whose chosen function was that package's, `score`, whichever of the two raised."""
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.engine.runner import run_pipeline
+    from amemctl.errors import StageCrash
+
+    install("pair-plugin", "pair_mod", PAIRED)
+    pipeline = parse_text(RETRIEVAL % ("gaussian", similarity, separation), "p.yaml", registry=build_registry())
+    with pytest.raises(StageCrash) as info:
+        run_pipeline(pipeline, out_root=tmp_path, device="cpu", progress=False)
+    stage = {5: "score", 6: "separate"}[line]
+    assert info.value.render().startswith(f"p.yaml:{line}:5: stage {stage!r} (package amemctl) crashed (run): ValueError: {bug}"), info.value.render()
+    assert info.value.hint.startswith("a bug in the plugin package pair-plugin (at ") and "pair_mod.py:" in info.value.hint
+
+
 def test_a_kernel_returning_the_wrong_shape_is_named_with_the_shape_it_owes():
     import torch
 
