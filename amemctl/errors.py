@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -219,13 +220,24 @@ class _Blaming:
 
 
 def blamed_function(exc: BaseException) -> tuple[str, str] | None:
-    """The (noun, name) `blame_function` marked `exc` or an exception it was raised from, if any."""
+    """The (noun, name) `blame_function` marked `exc` or an exception it was raised from, if any (see `chain`)."""
+    return next((marked for seen in chain(exc) if (marked := getattr(seen, "amemctl_function", None)) is not None), None)
+
+
+def chain(exc: BaseException, implicit: bool = True) -> Iterator[BaseException]:
+    """`exc`, then each exception it was raised from, as Python's traceback prints them; without `implicit`, causes only.
+
+    Each step is the cause (`raise ... from exc`), else the exception it was raised while
+    handling, unless `raise ... from None` suppressed that one: its code said the error it
+    handled is no part of the new one, so nothing is blamed through it. Stops where the chain
+    loops back on itself (an exception re-raised from one raised from it).
+    """
     seen: BaseException | None = exc
     visited: set[int] = set()
-    while seen is not None and id(seen) not in visited:  # a chain may loop back on itself
+    while seen is not None and id(seen) not in visited:
         visited.add(id(seen))
-        marked = getattr(seen, "amemctl_function", None)
-        if marked is not None:
-            return marked
-        seen = seen.__cause__ or seen.__context__
-    return None
+        yield seen
+        if seen.__cause__ is not None or not implicit or seen.__suppress_context__:
+            seen = seen.__cause__
+        else:
+            seen = seen.__context__

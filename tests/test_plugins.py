@@ -772,6 +772,31 @@ def test_a_function_raising_an_exception_that_takes_no_attributes_raises_it_unch
         Corruption("refusing", "refuses", refuse)(torch.rand(2, 3))
 
 
+def test_a_plugin_function_is_not_blamed_through_a_context_that_raise_from_none_suppressed():
+    """blamed_function walked `__cause__ or __context__`: past `raise ... from None`, which says the error
+    it handled is no part of the new one (Python's traceback does not print it), so code that replaced a
+    plugin function's error with its own was blamed on the plugin. A cause (`from exc`), and the error a
+    new one was raised while handling, are still followed, as the traceback prints them."""
+    from amemctl.errors import blame_function, blamed_function
+
+    def replaced(how: str) -> BaseException:
+        try:
+            try:
+                raise blame_function(ValueError("the function's"), "similarity", "theirs")
+            except ValueError as exc:
+                if how == "from None":
+                    raise RuntimeError("my own") from None
+                if how == "from exc":
+                    raise RuntimeError("because of it") from exc
+                raise RuntimeError("while handling it")  # noqa: B904 (what is tested: the implicit context)
+        except RuntimeError as error:
+            return error
+
+    assert blamed_function(replaced("from None")) is None
+    assert blamed_function(replaced("from exc")) == ("similarity", "theirs")
+    assert blamed_function(replaced("while handling")) == ("similarity", "theirs")
+
+
 KEEPER = """\
     from amemctl import Input, Output, Stage, hookimpl
 

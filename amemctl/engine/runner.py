@@ -59,6 +59,7 @@ from amemctl.errors import (
     StageCrash,
     StageError,
     blamed_function,
+    chain,
     existing,
     refusal,
     refused,
@@ -627,12 +628,7 @@ def lost_peer(error: BaseException) -> bool:
     Most likely an echo: the rank's collective broke because a peer rank had left (failed,
     or was stopped); the `--nproc` launcher blames the peer, not this rank.
     """
-    seen: BaseException | None = error
-    while seen is not None:
-        if _in_collective(seen):
-            return True
-        seen = seen.__cause__
-    return False
+    return any(_in_collective(seen) for seen in chain(error, implicit=False))  # causes only; a chain that loops back ends
 
 
 def _plugin_choices(step: Step, registry: Registry) -> list[str]:
