@@ -84,6 +84,7 @@ def _known_metric(name: str) -> tuple[str, MetricText] | None:
     Longest: `reconstruction_mse` is its own metric, not `mse` with a prefix "reconstruction".
     A prefix ends where a word does (`semantic_error_index`): a plugin's `rmse` or `nmse` is
     not `mse` with a prefix "r", and reads as its own name rather than "r: mean squared error".
+    So `evaluate` refuses a prefix ending in a letter or digit (`pass1`), which would not read.
     """
     if name.startswith("seconds."):
         return None
