@@ -590,7 +590,7 @@ def test_a_plugin_installed_without_an_entry_point_is_named(install, tmp_path):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: forgotten-plugin\nVersion: 0.1\nRequires-Dist: amemctl>=0.1\nRequires-Dist: pytest; extra == 'test'\n")
     install("other-plugin", "other_mod", "")  # puts tmp_path on sys.path
     registry = build_registry()
-    with pytest.raises(PluginError, match=r"unknown stage 'whiten' \(.*package forgotten-plugin requires amemctl but declares no `amemctl` entry point, so it is never loaded"):
+    with pytest.raises(PluginError, match=r"unknown stage 'whiten' \(.*package forgotten-plugin requires amemctl but declares no `amemctl` entry point: if it is a plugin, amemctl never loads it"):
         stage_class("whiten", registry)
     damaged = tmp_path / "damaged_plugin-0.1.dist-info"  # METADATA that is not UTF-8 (importlib.metadata raises): skipped, the note still told
     damaged.mkdir()
@@ -598,6 +598,39 @@ def test_a_plugin_installed_without_an_entry_point_is_named(install, tmp_path):
     importlib.invalidate_caches()
     with pytest.raises(PluginError, match=r"package forgotten-plugin requires amemctl but declares no"):
         stage_class("whiten", build_registry())  # a new registry: each reads the installed packages once
+
+
+def _installed(site, dist: str, files: dict[str, str], record: list[str]) -> None:
+    """A distribution that requires amemctl and declares no entry point, its `files` written under `site` and `record` its RECORD."""
+    for path, text in files.items():
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_text(textwrap.dedent(text))
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\nRequires-Dist: amemctl>=0.1\n")
+    (info / "RECORD").write_text("".join(f"{path},,\n" for path in [*record, f"{info.name}/METADATA", f"{info.name}/RECORD"]))
+
+
+def test_a_package_that_only_uses_amemctl_is_not_named_as_a_plugin_without_its_entry_point(install, tmp_path):
+    """The note on a forgotten entry point named every installed package requiring amemctl, an application
+    that imports it as a library too, as a plugin 'never loaded'. Only one whose modules define a hook is
+    named as a plugin; one whose modules cannot be read (an editable install's) is named as perhaps one."""
+    from amemctl.plugins import without_entry_point
+
+    install("other-plugin", "other_mod", "")  # puts tmp_path on sys.path
+    app = {"hopfield_app/__init__.py": "", "hopfield_app/main.py": "from amemctl import retrieve\n\ndef main():\n    return retrieve\n"}
+    _installed(tmp_path, "hopfield-app", app, list(app))
+    hooks = "from amemctl import Similarity, hookimpl\n\n@hookimpl\ndef amemctl_register_similarities():\n    return [Similarity('negdot', lambda q, k: -(q @ k.T))]\n"
+    _installed(tmp_path, "negdot-plugin", {"negdot/__init__.py": "", "negdot/plugin.py": hooks}, ["negdot/__init__.py", "negdot/plugin.py"])
+    src = tmp_path / "checkout" / "src"  # an editable install: its RECORD lists a .pth naming its source folder
+    _installed(tmp_path, "editable-plugin", {"checkout/src/edited/__init__.py": hooks, "_editable_plugin.pth": f"{src}\n"}, ["_editable_plugin.pth"])
+    _installed(tmp_path, "editable-app", {"app_checkout/src/tool/__init__.py": app["hopfield_app/main.py"], "_editable_app.pth": f"{tmp_path / 'app_checkout' / 'src'}\n"}, ["_editable_app.pth"])
+    importlib.invalidate_caches()
+    assert dict(without_entry_point()) == {"negdot-plugin": True, "editable-plugin": True}
+    with pytest.raises(PluginError) as info:
+        stage_class("whiten", build_registry())
+    assert "package negdot-plugin defines amemctl hooks but declares no `amemctl` entry point, so amemctl never loads it" in info.value.message
+    assert "hopfield-app" not in info.value.message and "editable-app" not in info.value.message
 
 
 def test_an_unknown_name_in_every_sweep_point_reads_the_installed_packages_once(monkeypatch):
