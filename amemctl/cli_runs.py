@@ -58,7 +58,7 @@ def show(run: str, root: Path) -> None:
     """Show RUN (a run folder, <pipeline>/<stamp>, or a pipeline's name for its latest run): its record and metrics."""
     from amemctl.dsl.pipeline import default_format
     from amemctl.engine.records import count_text
-    from amemctl.engine.results import format_value
+    from amemctl.engine.results import format_value, unit
     from amemctl.engine.runs import find_run, format_metric, format_seconds, summarise
 
     s = summarise(find_run(run, root), root)
@@ -95,7 +95,7 @@ def show(run: str, root: Path) -> None:
         table = Table(title="metrics per sweep point", title_justify="left")
         table.add_column("point", overflow="fold")
         for name in names:
-            table.add_column(name + (" (%)" if formats[name] == "percent" else ""), justify="right")
+            table.add_column(name + unit(formats[name]), justify="right")  # "(%)", "(s)": as report.md's tables head them
         for p in points:
             label = ", ".join(f"{k}={v}" for k, v in p.get("sweep", {}).items()) or "run"
             table.add_row(label, *(format_value(_number(p.get("metrics", {}).get(n)), formats[n]) for n in names))

@@ -13,6 +13,8 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -188,14 +190,54 @@ def blame_function(exc: BaseException, noun: str, name: str) -> BaseException:
     return exc
 
 
+def blaming(noun: str, name: str) -> "_Blaming":
+    """A `with` block marking what it raises as the fault of the registered function `name` (blame_function); an AmemctlError goes on unmarked.
+
+    Wrapped around each call amemctl makes into a function's own code (a Function's `make`, a
+    similarity's kernel, a separation's reducer and weights): a crash is then blamed on the
+    function that raised and placed at the stage that chose it, even where one plugin package
+    provides several functions of one step (its similarity and its separation). An
+    AmemctlError is the user's to fix, not a bug of the function's.
+    """
+    return _Blaming(noun, name)
+
+
+@dataclass(frozen=True)
+class _Blaming:
+    """The context manager of `blaming`: a class, as contextlib's generator ones set `__traceback__` on
+    the exception they pass on, which an exception that takes no attributes refuses."""
+
+    noun: str
+    name: str
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if isinstance(exc, Exception) and not isinstance(exc, AmemctlError):
+            blame_function(exc, self.noun, self.name)
+        return False  # raised on unchanged
+
+
 def blamed_function(exc: BaseException) -> tuple[str, str] | None:
-    """The (noun, name) `blame_function` marked `exc` or an exception it was raised from, if any."""
+    """The (noun, name) `blame_function` marked `exc` or an exception it was raised from, if any (see `chain`)."""
+    return next((marked for seen in chain(exc) if (marked := getattr(seen, "amemctl_function", None)) is not None), None)
+
+
+def chain(exc: BaseException, implicit: bool = True) -> Iterator[BaseException]:
+    """`exc`, then each exception it was raised from, as Python's traceback prints them; without `implicit`, causes only.
+
+    Each step is the cause (`raise ... from exc`), else the exception it was raised while
+    handling, unless `raise ... from None` suppressed that one: its code said the error it
+    handled is no part of the new one, so nothing is blamed through it. Stops where the chain
+    loops back on itself (an exception re-raised from one raised from it).
+    """
     seen: BaseException | None = exc
     visited: set[int] = set()
-    while seen is not None and id(seen) not in visited:  # a chain may loop back on itself
+    while seen is not None and id(seen) not in visited:
         visited.add(id(seen))
-        marked = getattr(seen, "amemctl_function", None)
-        if marked is not None:
-            return marked
-        seen = seen.__cause__ or seen.__context__
-    return None
+        yield seen
+        if seen.__cause__ is not None or not implicit or seen.__suppress_context__:
+            seen = seen.__cause__
+        else:
+            seen = seen.__context__

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Mapping
 
-from amemctl.errors import AmemctlError, blame_function
+from amemctl.errors import blaming
 from amemctl.stage import Param, ParamError
 from amemctl.suggest import did_you_mean
 
@@ -99,13 +99,8 @@ class Function:
         function's, so a crash names the package that registered it rather than amemctl.
         """
         values = self.configure(given)
-        try:
+        with blaming(self.kind, self.name):
             return self.make(*args, **values)
-        except AmemctlError:
-            raise
-        except Exception as exc:
-            blame_function(exc, self.kind, self.name)
-            raise
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

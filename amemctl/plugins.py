@@ -13,13 +13,15 @@ entry-point or distribution name, like pytest's `-p no:NAME`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.metadata
 import os
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import pluggy
 
@@ -101,8 +103,8 @@ class Registry:
     #: top-level module of each loaded plugin -> its package, to tell whose code raised
     modules: dict[str, str] = field(default_factory=dict)
     #: without_entry_point(), read once: it scans every installed distribution (30 ms for 70 of
-    #: them), and an unknown name is refused once per sweep point
-    _unhooked: list[str] | None = field(default=None, repr=False, compare=False)
+    #: them) and the modules of those requiring amemctl, and an unknown name is refused once per sweep point
+    _unhooked: list[tuple[str, bool | None]] | None = field(default=None, repr=False, compare=False)
 
     def package_of(self, kind: str, name: str) -> str:
         return self.origin.get((kind, name), "?")
@@ -130,15 +132,16 @@ class Registry:
         A name a skipped plugin provides is unknown too; without the note an
         AMEMCTL_DISABLE_PLUGINS set long ago reads as a missing plugin. A plugin disabled for a
         clash is named only where it provides `name` (what the others provide is known). So is
-        an installed package that requires amemctl but declares no entry point, which amemctl
-        never loads: the plugin author's usual first mistake.
+        an installed package that requires amemctl, defines hooks (or cannot be read to tell)
+        but declares no entry point, which amemctl never loads: the plugin author's usual first
+        mistake. One that only uses amemctl as a library is no plugin, and not named.
         """
         notes = [str(f) for f in self.failures if name is None or f.may_provide(kind, name)]
         if self.disabled:
             notes.append(f"plugins skipped on request ({DISABLE_ENV} or --no-plugin): {', '.join(self.disabled)}")
         if self._unhooked is None:
             self._unhooked = without_entry_point()
-        notes += [f"package {package} requires amemctl but declares no `{ENTRY_POINT_GROUP}` entry point, so it is never loaded (docs/plugins.md)" for package in self._unhooked]
+        notes += [_unhooked_note(package, hooks) for package, hooks in self._unhooked]
         return " (" + "; ".join(notes) + ")" if notes else ""
 
     def clash_hint(self, kind: str | None, name: str) -> str | None:
@@ -148,6 +151,13 @@ class Registry:
             return clashing[0].hint if clashing else None
         keep = ", ".join(" ".join(f"--no-plugin {o.plugin}" for o in clashing if o is not f) + f" keeps {f.package}'s" for f in clashing)
         return f"packages {', '.join(f.package for f in clashing)} all provide {name!r}: rename it in all but one, or choose one ({keep}; or {DISABLE_ENV})"
+
+
+def _unhooked_note(package: str, hooks: bool | None) -> str:
+    """The note on an installed package without an `amemctl` entry point: a plugin when it defines hooks, perhaps one when that cannot be told."""
+    if hooks:
+        return f"package {package} defines amemctl hooks but declares no `{ENTRY_POINT_GROUP}` entry point, so amemctl never loads it (docs/plugins.md)"
+    return f"package {package} requires amemctl but declares no `{ENTRY_POINT_GROUP}` entry point: if it is a plugin, amemctl never loads it (docs/plugins.md)"
 
 
 def disabled_names(extra: Iterable[str] = ()) -> set[str]:
@@ -164,9 +174,14 @@ def installed_plugins() -> set[str]:
     return names
 
 
-def without_entry_point() -> list[str]:
-    """Installed packages that require amemctl but declare no `amemctl` entry point (plugins whose entry point was forgotten)."""
-    found = []
+def without_entry_point() -> list[tuple[str, bool | None]]:
+    """Installed packages that require amemctl but declare no `amemctl` entry point (plugins whose entry point was forgotten), each with whether it defines a hook (None: cannot tell).
+
+    A package whose modules can be read and define no hook is left out: an application that
+    uses amemctl as a library, not a plugin. Only the modules of the few packages requiring
+    amemctl are read, never imported.
+    """
+    found: dict[str, bool | None] = {}
     for dist in importlib.metadata.distributions():
         try:  # a damaged install's metadata must not turn the error this note joins into a traceback
             name = dist.metadata["Name"] or ""
@@ -176,8 +191,48 @@ def without_entry_point() -> list[str]:
         except Exception:
             continue
         if any(_requirement_name(r) == BUILTIN for r in requires):
-            found.append(name)
-    return sorted(set(found))
+            hooks = _defines_hooks(dist)
+            if hooks is not False:
+                found[name] = hooks
+    return sorted(found.items())
+
+
+#: what every plugin module defines: its hooks are all named amemctl_register_<what>
+HOOK_PREFIX = "amemctl_register_"
+
+#: the most module files of one package read to tell whether it defines a hook; past them, it cannot be told
+MOST_MODULES = 500
+
+
+def _defines_hooks(dist: importlib.metadata.Distribution) -> bool | None:
+    """Whether a module of `dist` defines an amemctl hook (its text names one); None when its modules cannot be found or are too many."""
+    read = 0
+    try:  # a damaged install (an unreadable RECORD, a folder gone) cannot be told, not a traceback
+        for path in _module_files(dist):
+            read += 1
+            if read > MOST_MODULES:
+                return None
+            with contextlib.suppress(OSError):
+                if HOOK_PREFIX in path.read_text(encoding="utf-8", errors="replace"):
+                    return True
+    except Exception:
+        return None
+    return False if read else None
+
+
+def _module_files(dist: importlib.metadata.Distribution) -> Iterator[Path]:
+    """The Python files of `dist`: those its RECORD lists, and those of an editable install's source folders (named by the .pth it lists)."""
+    for file in dist.files or []:
+        if file.suffix == ".py" and not file.name.startswith("__editable__"):  # setuptools' editable finder is not the package's
+            yield Path(dist.locate_file(file))
+        elif file.suffix == ".pth":
+            pth = Path(dist.locate_file(file))
+            for line in map(str.strip, pth.read_text(errors="replace").splitlines()):
+                folder = pth.parent / line  # a relative folder is the site folder's
+                if line and not line.startswith(("#", "import")) and folder.is_dir():
+                    yield from folder.glob("*.py")  # its top-level modules and packages, not whatever else the folder holds
+                    for package in sorted(p for p in folder.iterdir() if (p / "__init__.py").is_file()):
+                        yield from package.rglob("*.py")
 
 
 def _requirement_name(requirement: str) -> str:

@@ -475,6 +475,19 @@ def test_how_each_rank_ended_decides_how_the_run_ended(tmp_path):
     assert launch.ending_of(1, failure(143)).said() == "rank 1 was stopped by SIGTERM"
 
 
+def test_an_error_whose_causes_loop_back_is_told_apart_from_an_echo():
+    """runner.lost_peer walked `__cause__` without end: an exception re-raised from one raised from it
+    (a cause chain that loops back) hung the failing rank instead of reporting its error."""
+    code = (
+        "from amemctl.engine.runner import lost_peer\n"
+        "first, second = ValueError('first'), RuntimeError('second')\n"
+        "first.__cause__, second.__cause__ = second, first\n"
+        "print(lost_peer(first))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env())
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_a_stop_is_noted_with_its_time_on_a_full_disk(tmp_path, monkeypatch):
     """note_stop writes in the note the launcher reserved: a full /tmp cannot leave the stop's time unknown,
     which would put it before an echo and make a run that failed read as interrupted."""

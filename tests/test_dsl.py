@@ -208,3 +208,18 @@ def test_a_reference_misspelt_in_several_places_is_reported_once():
     text = "sweep: {limit: [1]}\nstages:\n  - load: {dataset: digits, limit: '${limt}'}\n  - corrupt: {count: '${limt}'}\n"
     message = error_of(text)
     assert message.count("is not a sweep variable") == 1 and "(used 2 times)" in message and "never used" not in message
+
+
+def test_an_evaluate_prefix_without_a_separator_is_refused_where_it_is_written():
+    """`prefix: pass1` named the metrics pass1error_index, pass1mse...: reports read an evaluate prefix only
+    where a word ends (a plugin's rmse is not "r: mean squared error"), so their titles, `runs show` and the
+    figures showed the raw name where `pass1_` reads "pass1: wrongly retrieved"."""
+    from amemctl.engine.results import describe_metric
+
+    text = "stages:\n  - load: {dataset: digits}\n  - corrupt: {}\n  - score: {}\n  - separate: {}\n  - project: {}\n  - evaluate: {prefix: %s}\n"
+    message = error_of(text % "pass1")
+    assert message.startswith("bad.yaml:7:24: evaluate's prefix 'pass1' does not end with a separator"), message
+    assert "hint: end it with one: prefix: pass1_ (metrics pass1_error_index, pass1_error_pixels, pass1_mse, titled 'pass1: wrongly retrieved'" in message
+    for fine in ("pass1_", "pass1.", "''"):
+        parse_text(text % fine, "good.yaml")
+    assert describe_metric("pass1_error_index")[0] == "pass1: wrongly retrieved (nearest stored pattern is not the original)"

@@ -398,6 +398,59 @@ def test_a_plugin_function_breaking_its_contract_is_blamed_on_the_plugin_at_its_
         assert "corruption 'crop_one_row' returned shape (20, 1, 7, 8) for images of shape (20, 1, 8, 8)" in info.value.message
 
 
+PAIRED = """\
+    from amemctl import Elementwise, Separation, SeparationFunction, Similarity, hookimpl
+
+    def dot(queries, keys):
+        return queries @ keys.T
+
+    def broken_kernel(queries, keys):
+        raise ValueError("kernel bug")
+
+    def spike(scores):
+        raise ValueError("elementwise bug")
+
+    class Ranked(Separation):
+        name = "ranked"
+        needs_full_rows = True
+
+        def weights(self, scores):
+            raise ValueError("weights bug")
+
+    @hookimpl
+    def amemctl_register_similarities():
+        return [Similarity("pair_dot", dot), Similarity("pair_broken", broken_kernel)]
+
+    @hookimpl
+    def amemctl_register_separations():
+        return [SeparationFunction("spiky", lambda: Elementwise("spiky", spike)), SeparationFunction("ranked", Ranked)]
+    """
+
+
+@pytest.mark.parametrize(
+    "similarity, separation, line, bug",
+    [
+        ("pair_dot", "spiky", 6, "elementwise bug"),  # streamed: raised in the reducer's update
+        ("pair_dot", "ranked", 6, "weights bug"),  # full rows: raised in the reducer's finish
+        ("pair_broken", "spiky", 5, "kernel bug"),
+    ],
+)
+def test_a_crash_in_one_of_two_functions_of_one_plugin_is_placed_at_the_stage_that_chose_the_one_that_raised(install, tmp_path, similarity, separation, line, bug):
+    """One package providing both the similarity and the separation of a fused retrieval: the crash was
+    placed at the first stage whose chosen function was that package's, `score`, whichever of the two raised."""
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.engine.runner import run_pipeline
+    from amemctl.errors import StageCrash
+
+    install("pair-plugin", "pair_mod", PAIRED)
+    pipeline = parse_text(RETRIEVAL % ("gaussian", similarity, separation), "p.yaml", registry=build_registry())
+    with pytest.raises(StageCrash) as info:
+        run_pipeline(pipeline, out_root=tmp_path, device="cpu", progress=False)
+    stage = {5: "score", 6: "separate"}[line]
+    assert info.value.render().startswith(f"p.yaml:{line}:5: stage {stage!r} (package amemctl) crashed (run): ValueError: {bug}"), info.value.render()
+    assert info.value.hint.startswith("a bug in the plugin package pair-plugin (at ") and "pair_mod.py:" in info.value.hint
+
+
 def test_a_kernel_returning_the_wrong_shape_is_named_with_the_shape_it_owes():
     import torch
 
@@ -537,7 +590,7 @@ def test_a_plugin_installed_without_an_entry_point_is_named(install, tmp_path):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: forgotten-plugin\nVersion: 0.1\nRequires-Dist: amemctl>=0.1\nRequires-Dist: pytest; extra == 'test'\n")
     install("other-plugin", "other_mod", "")  # puts tmp_path on sys.path
     registry = build_registry()
-    with pytest.raises(PluginError, match=r"unknown stage 'whiten' \(.*package forgotten-plugin requires amemctl but declares no `amemctl` entry point, so it is never loaded"):
+    with pytest.raises(PluginError, match=r"unknown stage 'whiten' \(.*package forgotten-plugin requires amemctl but declares no `amemctl` entry point: if it is a plugin, amemctl never loads it"):
         stage_class("whiten", registry)
     damaged = tmp_path / "damaged_plugin-0.1.dist-info"  # METADATA that is not UTF-8 (importlib.metadata raises): skipped, the note still told
     damaged.mkdir()
@@ -545,6 +598,39 @@ def test_a_plugin_installed_without_an_entry_point_is_named(install, tmp_path):
     importlib.invalidate_caches()
     with pytest.raises(PluginError, match=r"package forgotten-plugin requires amemctl but declares no"):
         stage_class("whiten", build_registry())  # a new registry: each reads the installed packages once
+
+
+def _installed(site, dist: str, files: dict[str, str], record: list[str]) -> None:
+    """A distribution that requires amemctl and declares no entry point, its `files` written under `site` and `record` its RECORD."""
+    for path, text in files.items():
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_text(textwrap.dedent(text))
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\nRequires-Dist: amemctl>=0.1\n")
+    (info / "RECORD").write_text("".join(f"{path},,\n" for path in [*record, f"{info.name}/METADATA", f"{info.name}/RECORD"]))
+
+
+def test_a_package_that_only_uses_amemctl_is_not_named_as_a_plugin_without_its_entry_point(install, tmp_path):
+    """The note on a forgotten entry point named every installed package requiring amemctl, an application
+    that imports it as a library too, as a plugin 'never loaded'. Only one whose modules define a hook is
+    named as a plugin; one whose modules cannot be read (an editable install's) is named as perhaps one."""
+    from amemctl.plugins import without_entry_point
+
+    install("other-plugin", "other_mod", "")  # puts tmp_path on sys.path
+    app = {"hopfield_app/__init__.py": "", "hopfield_app/main.py": "from amemctl import retrieve\n\ndef main():\n    return retrieve\n"}
+    _installed(tmp_path, "hopfield-app", app, list(app))
+    hooks = "from amemctl import Similarity, hookimpl\n\n@hookimpl\ndef amemctl_register_similarities():\n    return [Similarity('negdot', lambda q, k: -(q @ k.T))]\n"
+    _installed(tmp_path, "negdot-plugin", {"negdot/__init__.py": "", "negdot/plugin.py": hooks}, ["negdot/__init__.py", "negdot/plugin.py"])
+    src = tmp_path / "checkout" / "src"  # an editable install: its RECORD lists a .pth naming its source folder
+    _installed(tmp_path, "editable-plugin", {"checkout/src/edited/__init__.py": hooks, "_editable_plugin.pth": f"{src}\n"}, ["_editable_plugin.pth"])
+    _installed(tmp_path, "editable-app", {"app_checkout/src/tool/__init__.py": app["hopfield_app/main.py"], "_editable_app.pth": f"{tmp_path / 'app_checkout' / 'src'}\n"}, ["_editable_app.pth"])
+    importlib.invalidate_caches()
+    assert dict(without_entry_point()) == {"negdot-plugin": True, "editable-plugin": True}
+    with pytest.raises(PluginError) as info:
+        stage_class("whiten", build_registry())
+    assert "package negdot-plugin defines amemctl hooks but declares no `amemctl` entry point, so amemctl never loads it" in info.value.message
+    assert "hopfield-app" not in info.value.message and "editable-app" not in info.value.message
 
 
 def test_an_unknown_name_in_every_sweep_point_reads_the_installed_packages_once(monkeypatch):
@@ -717,6 +803,31 @@ def test_a_function_raising_an_exception_that_takes_no_attributes_raises_it_unch
         SeparationFunction("refusing", refuse)()
     with pytest.raises(Refused):
         Corruption("refusing", "refuses", refuse)(torch.rand(2, 3))
+
+
+def test_a_plugin_function_is_not_blamed_through_a_context_that_raise_from_none_suppressed():
+    """blamed_function walked `__cause__ or __context__`: past `raise ... from None`, which says the error
+    it handled is no part of the new one (Python's traceback does not print it), so code that replaced a
+    plugin function's error with its own was blamed on the plugin. A cause (`from exc`), and the error a
+    new one was raised while handling, are still followed, as the traceback prints them."""
+    from amemctl.errors import blame_function, blamed_function
+
+    def replaced(how: str) -> BaseException:
+        try:
+            try:
+                raise blame_function(ValueError("the function's"), "similarity", "theirs")
+            except ValueError as exc:
+                if how == "from None":
+                    raise RuntimeError("my own") from None
+                if how == "from exc":
+                    raise RuntimeError("because of it") from exc
+                raise RuntimeError("while handling it")  # noqa: B904 (what is tested: the implicit context)
+        except RuntimeError as error:
+            return error
+
+    assert blamed_function(replaced("from None")) is None
+    assert blamed_function(replaced("from exc")) == ("similarity", "theirs")
+    assert blamed_function(replaced("while handling")) == ("similarity", "theirs")
 
 
 KEEPER = """\

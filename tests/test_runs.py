@@ -289,6 +289,41 @@ def test_runs_show_names_the_metrics_its_table_has_no_room_for(tmp_path):
     assert shown.exit_code == 0 and "not shown: c_error_pixels, c_mse (amemctl runs compare" in shown.output, shown.output
 
 
+class Clocked(Stage):
+    """Records two durations in seconds and a loss, as a plugin's training stage might."""
+
+    name = "clocked"
+
+    def metrics(self):
+        return ["fit_seconds", "warmup_seconds", "loss"]
+
+    def run(self, ctx):
+        ctx.metric("fit_seconds", 1.5)
+        ctx.metric("warmup_seconds", 0.125)
+        ctx.metric("loss", 0.25)
+
+
+def test_runs_show_ls_and_compare_give_seconds_their_unit(tmp_path):
+    """`runs show` headed error rates "(%)" but seconds with nothing (fit_seconds read 1.5, a number of
+    what?), and ls and compare printed "22.2 %" beside a bare 1.500: seconds now read "(s)" in headers
+    and "1.500 s" in cells, as report.md's tables ("(s)") do; a metric named in seconds is formatted as them."""
+    registry = build_registry()
+    registry.stages["clocked"] = Clocked
+    text = "name: timed\ndata: {dataset: digits, limit: 10}\nstages:\n  - clocked: {}\nreport:\n  tables: [{metric: fit_seconds}]\n"
+    for _ in range(2):
+        run_pipeline(parse_text(text, "t.yaml", registry=registry), out_root=tmp_path / "runs", device="cpu", progress=False)
+        time.sleep(1.1)  # run folders are named by the second they started
+    first, second = sorted((tmp_path / "runs" / "timed").iterdir())
+    shown = _invoke("runs", "show", "timed", "--root", tmp_path / "runs").output
+    assert "fit_seconds 1.500 s (mean over points)" in shown, shown
+    assert "fit_seconds (s)" in shown and "warmup_seconds (s)" in shown and "loss (s)" not in shown, shown
+    cells = {cell.strip() for line in shown.splitlines() if line.startswith("│ run") for cell in line.split("│")}
+    assert {"1.500", "0.125", "0.25"} <= cells, shown
+    assert "1.500 s" in _invoke("runs", "ls", "--root", tmp_path / "runs").output
+    assert "1.500 s" in _invoke("runs", "compare", first, second, "--root", tmp_path / "runs").output
+    assert "## fit_seconds (s)" in (second / "report.md").read_text()
+
+
 TRAINING = {
     "train-hetero-encoder": """\
 name: stories

@@ -26,7 +26,7 @@ from amemctl.core.kernels import cpu, routes
 from amemctl.core.rows import Aligned, Rows, TensorRows, as_rows
 from amemctl.core.separation import Separation, make_separation
 from amemctl.core.similarity import Similarity, get_similarity
-from amemctl.errors import StageError
+from amemctl.errors import StageError, blaming
 
 #: Bytes of score-sized temporaries one retrieval may hold at once.
 DEFAULT_BUDGET = 256 * 2**20
@@ -219,7 +219,8 @@ def _recall_block(
             dist.all_reduce(totals, group=shard.group)
         totals = torch.where(totals == 0, torch.ones_like(totals), totals)
 
-    reducer = sep.reducer(q.shape[0], width, q)
+    with blaming("separation", sep.name):  # here and below: what the separation's own code raises is its bug
+        reducer = sep.reducer(q.shape[0], width, q)
     best = q.new_full((q.shape[0],), -math.inf)
     best_index = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     value_chunks = Aligned(value_rows, block_n) if reducer.reads_values else None
@@ -234,12 +235,14 @@ def _recall_block(
         values = None
         if value_chunks is not None:
             values = value_chunks.next(len(chunk)).to(device=q.device, dtype=q.dtype)
-        reducer.update(s, offset + start, values)
+        with blaming("separation", sep.name):
+            reducer.update(s, offset + start, values)
     local_values = _OnDevice(value_rows, q)
     if shard is not None:
-        reducer.merge(shard.group, local_values, start)
+        reducer.merge(shard.group, local_values, start)  # unmarked: a collective that lost its peer rank is no bug of the separation's
         best, best_index = _merge_best(best, best_index, shard.group)
-    return reducer.finish(local_values), best_index, best, reducer.unweighted()
+    with blaming("separation", sep.name):
+        return reducer.finish(local_values), best_index, best, reducer.unweighted()
 
 
 def _merge_best(best: Tensor, index: Tensor, group: object) -> tuple[Tensor, Tensor]:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from amemctl.errors import StageError, blame_function
+from amemctl.errors import StageError, blame_function, blaming
 from amemctl.suggest import did_you_mean
 
 #: Added before logarithms and to denominators so that zeros stay finite.
@@ -62,7 +62,8 @@ class Similarity:
         return dim if self.per_feature_workspace else 1
 
     def __call__(self, queries: Tensor, keys: Tensor, form: str = "negative") -> Tensor:
-        raw = self.kernel(queries, keys)
+        with blaming("similarity", self.name):  # a bug in the kernel is this similarity's, placed at the stage that chose it
+            raw = self.kernel(queries, keys)
         if tuple(raw.shape) != (len(queries), len(keys)):  # a kernel's bug, caught before it reads as a broadcast error later
             error = ValueError(f"similarity {self.name!r} returned scores of shape {tuple(raw.shape)} for {len(queries)} queries and {len(keys)} keys; a kernel maps (queries Q x d, keys n x d) to Q x n")
             raise blame_function(error, "similarity", self.name)

@@ -714,8 +714,13 @@ FORMATS = ("percent", "float", "seconds", "int")
 
 
 def default_format(metric: str) -> str:
-    """How a metric reads when a table does not say: error rates (fractions) in percent, the rest as numbers."""
-    return "percent" if "error" in metric else "float"
+    """How a metric reads when a table does not say: error rates (fractions) in percent, durations (`seconds` a word of the name) in seconds, the rest as numbers.
+
+    `seconds.retrieve` and `simclr_seconds_per_epoch` are seconds; `images_per_second` is a rate, not one.
+    """
+    if "error" in metric:
+        return "percent"
+    return "seconds" if "seconds" in re.split(r"[^a-z0-9]+", metric.lower()) else "float"
 
 
 def _fields(raw: Any, path: tuple, allowed: set[str], source: SourceMap, errors: _Collector) -> dict | None:

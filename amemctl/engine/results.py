@@ -84,6 +84,7 @@ def _known_metric(name: str) -> tuple[str, MetricText] | None:
     Longest: `reconstruction_mse` is its own metric, not `mse` with a prefix "reconstruction".
     A prefix ends where a word does (`semantic_error_index`): a plugin's `rmse` or `nmse` is
     not `mse` with a prefix "r", and reads as its own name rather than "r: mean squared error".
+    So `evaluate` refuses a prefix ending in a letter or digit (`pass1`), which would not read.
     """
     if name.startswith("seconds."):
         return None
@@ -364,7 +365,8 @@ def format_value(value: float | None, fmt: str) -> str:
     return f"{value:.4g}"
 
 
-def _unit(fmt: str) -> str:
+def unit(fmt: str) -> str:
+    """What a title or column header of values in format `fmt` ends with: " (%)", " (s)", or nothing (plain numbers)."""
     return {"percent": " (%)", "seconds": " (s)"}.get(fmt, "")
 
 
@@ -379,12 +381,12 @@ def print_table(console: Console, grid: Grid) -> None:
     if Measurement.get(console, console.options.update_width(10**6), table).maximum <= console.width:
         console.print(table)
         return
-    console.print(grid.title + _unit(grid.format), markup=False, highlight=False)
+    console.print(grid.title + unit(grid.format), markup=False, highlight=False)
     console.print(markdown_table(grid), markup=False, highlight=False, soft_wrap=True)
 
 
 def _rich_table(grid: Grid) -> Table:
-    table = Table(title=grid.title + _unit(grid.format), title_justify="left")
+    table = Table(title=grid.title + unit(grid.format), title_justify="left")
     for name in grid.headers():
         table.add_column(name, style="bold", overflow="fold")
     for column in grid.columns:
@@ -598,7 +600,7 @@ def _markdown(run: RunResult, grids: list[Grid], curve_paths: list[Path], overvi
         "",
     ]
     for grid in grids:
-        lines += [f"## {grid.title}{_unit(grid.format)}", "", markdown_table(grid), ""]
+        lines += [f"## {grid.title}{unit(grid.format)}", "", markdown_table(grid), ""]
     timing = _timing(run.points)
     if timing:
         lines += ["## Time per step (s, median over sweep points)", "", timing, ""]

@@ -59,6 +59,7 @@ from amemctl.errors import (
     StageCrash,
     StageError,
     blamed_function,
+    chain,
     existing,
     refusal,
     refused,
@@ -561,20 +562,25 @@ def _crash(exc: Exception, step: Step, point: Point, pipeline: Pipeline, run_dir
 
 
 def _blamed_part(exc: Exception, step: Step, registry: Registry | None) -> PlannedStage:
-    """The stage of a (fused) step that a crash belongs to: the one running the code or the chosen function blamed.
+    """The stage of a (fused) step that a crash belongs to: the one that chose the function that raised, else the one running the code blamed.
 
     score -> separate -> project run as one step; a bug in the separation is at the
-    `separate` line, not at `score`'s. The first stage when nothing says otherwise.
+    `separate` line, not at `score`'s, also when one plugin package provides both the
+    similarity and the separation: the function marked (errors.blamed_function) decides
+    between them. A mark is followed only when no plugin code raised or the marked function
+    is that plugin's: a plugin's code calling a built-in function wrongly is the plugin's
+    stage or function. The first stage when nothing says otherwise.
     """
     if registry is None or len(step.parts) == 1:
         return step.parts[0]
     found = culprit(exc, registry)
-    marked = blamed_function(exc) if found is None else None
-    for part in step.parts:
-        chosen = _chosen(part, registry)
-        if marked is not None and any((noun, name) == marked for noun, name, _ in chosen):
+    marked = blamed_function(exc)
+    chosen = [(part, _chosen(part, registry)) for part in step.parts]
+    for part, functions in chosen:
+        if any((noun, name) == marked and (found is None or owner == found.package) for noun, name, owner in functions):
             return part
-        if found is not None and found.package in (registry.package_of("stages", part.stage.name), *(owner for _, _, owner in chosen)):
+    for part, functions in chosen:
+        if found is not None and found.package in (registry.package_of("stages", part.stage.name), *(owner for _, _, owner in functions)):
             return part
     return step.parts[0]
 
@@ -622,12 +628,7 @@ def lost_peer(error: BaseException) -> bool:
     Most likely an echo: the rank's collective broke because a peer rank had left (failed,
     or was stopped); the `--nproc` launcher blames the peer, not this rank.
     """
-    seen: BaseException | None = error
-    while seen is not None:
-        if _in_collective(seen):
-            return True
-        seen = seen.__cause__
-    return False
+    return any(_in_collective(seen) for seen in chain(error, implicit=False))  # causes only; a chain that loops back ends
 
 
 def _plugin_choices(step: Step, registry: Registry) -> list[str]:

@@ -10,7 +10,7 @@ from amemctl.core.retrieval import nearest_index
 from amemctl.core.rows import row_shape, take
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
-from amemctl.stage import Input, Output, Param, Stage
+from amemctl.stage import Input, Output, Param, ParamError, Stage
 
 
 class Evaluate(Stage):
@@ -19,7 +19,7 @@ class Evaluate(Stage):
     name = "evaluate"
     threshold = Param(float, 50.0, "a retrieval is correct when its sum of squared errors to the target is at most this (the UHN code: 60)", min=0)
     threshold_pixels = Param(int, None, "the threshold is meant for patterns of this many values: scale it by this / the values per pattern (the UHN code's Fig. 2: 784)", min=1)
-    prefix = Param(str, "", "put before each metric name, to evaluate several retrievals in one pipeline")
+    prefix = Param(str, "", "put before each metric name, ending with a separator (pass1_), to evaluate several retrievals in one pipeline", validate=lambda p: _ends_a_word(p))
     retrieved = Input("retrieved", "the retrievals, Q x (value shape)")
     values = Input("patterns", "the stored values the retrievals should reproduce")
     targets = Input("targets", "for each query, the row of the stored value it should retrieve")
@@ -56,6 +56,23 @@ class Evaluate(Stage):
             ctx.metric(f"{self.prefix}error_label", (labels[nearest] != labels[targets]).float().mean())
         if self.recalled is not None:
             ctx[self.recalled] = nearest
+
+
+def _ends_a_word(prefix: str) -> None:
+    """Refuse a prefix whose last character is a letter or digit: its metrics (pass1error_index) would not read as prefixed.
+
+    Reports read an evaluate prefix only where a word ends (engine.results._known_metric:
+    `semantic_error_index` is "semantic: wrongly retrieved", while a plugin's `rmse` is its own
+    metric, not `mse` with a prefix "r"), so `pass1error_index` would be titled by its raw name
+    in report.md, `runs show` and the figures. Refused at validate rather than guessed at later.
+    """
+    if prefix and prefix[-1].isalnum():
+        names = ", ".join(f"{prefix}_{m}" for m in ("error_index", "error_pixels", "mse"))
+        raise ParamError(
+            f"evaluate's prefix {prefix!r} does not end with a separator: its metrics would be {prefix}error_index, {prefix}mse..., "
+            "which report.md, `runs show` and figures title by their raw names (a prefix is read only where a word ends)",
+            hint=f"end it with one: prefix: {prefix}_ (metrics {names}, titled '{prefix}: wrongly retrieved' and so on)",
+        )
 
 
 def _check_targets(targets: Tensor, rows: int, name: str) -> None:

@@ -20,7 +20,7 @@ from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
 from amemctl.core.separation import Separation
 from amemctl.core.similarity import SMOOTHINGS, Similarity
-from amemctl.errors import StageError
+from amemctl.errors import StageError, blaming
 from amemctl.functions import SeparationFunction
 from amemctl.plugins import hookimpl
 from amemctl.stage import Fusion, Input, Output, Param, Stage
@@ -104,10 +104,14 @@ class Separate(Stage):
         self.separation().check_streams()  # made once before anything runs: one that cannot be made is refused by `validate`, not at the sweep point that reaches it
 
     def describe(self) -> str:
-        return self.separation().describe()
+        separation = self.separation()
+        with blaming("separation", self.function):  # run for a fused retrieval's progress line too: a bug in it is at this stage's line
+            return separation.describe()
 
     def run(self, ctx: Context) -> None:
-        ctx[self.output] = self.separation().weights(ctx[self.input])
+        separation = self.separation()
+        with blaming("separation", self.function):
+            ctx[self.output] = separation.weights(ctx[self.input])
 
 
 class Project(Stage):
