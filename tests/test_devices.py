@@ -8,8 +8,12 @@ a GPU is a synchronisation. The tests marked "needs a CUDA device" check the sam
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from amemctl.core.retrieval import _recall_block, recall
 from amemctl.core.rows import TensorRows
@@ -132,3 +136,51 @@ def test_a_nan_key_under_max_or_topk_is_named_not_hidden(separation):
     keys[7, 2] = float("nan")
     with pytest.raises(StageError, match=r"stored keys contain NaN or infinite values \(rows 7\)"):
         recall(torch.rand(3, 4), keys, separation=make_separation(separation[0], **separation[1]))
+
+
+# ---------------------------------------------------------------------------------------
+# what a CPU can tell of a GPU's memory and waits: meta tensors watched by a dispatch mode
+
+
+class _Peak(TorchDispatchMode):
+    """The most bytes that tensors made inside the mode hold at once (meta tensors: their sizes; inputs not counted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: dict[int, tuple[int, list]] = {}  # storage -> (bytes, weak references of the tensors on it)
+        self.bytes = 0
+
+    def _alive(self, key: int) -> bool:
+        refs = self.storages[key][1]
+        refs[:] = [r for r in refs if r() is not None]
+        if not refs:  # freed: its address may come back as another storage's
+            del self.storages[key]
+        return bool(refs)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                key = t.untyped_storage()._cdata
+                if key in self.storages and self._alive(key):
+                    self.storages[key][1].append(weakref.ref(t))
+                elif key not in given:  # a new allocation (what a GPU's allocator would hand out: numel x element size)
+                    self.storages[key] = (t.numel() * t.element_size(), [weakref.ref(t)])
+        self.bytes = max(self.bytes, sum(self.storages[k][0] for k in list(self.storages) if self._alive(k)))
+        return out
+
+
+def test_jensen_shannon_off_the_cpu_holds_no_more_than_the_workspace_retrieval_plans_for():
+    """Off the CPU the mixture was one Q x n x d block and its logarithm another: twice the workspace
+    `plan_blocks` sizes chunks by (one element per feature and pair), so a GPU retrieval held twice its budget."""
+    from amemctl.core.similarity import jensen_shannon
+
+    meta = torch.device("meta")
+    for n_q, n, d in ((29, 1024, 32), (1, 3000, 64), (64, 200, 300)):
+        q, k = torch.empty(n_q, d, device=meta), torch.empty(n, d, device=meta)
+        with _Peak() as peak:
+            jensen_shannon(q, k)
+        planned = n_q * n * (3 + SIMILARITIES["jensen_shannon"].workspace(d)) * 4  # what plan_blocks allots these pairs
+        inputs = 2 * (n_q + n) * d * 4  # the rows as distributions and their logarithms: chunk-sized, not score-sized
+        assert peak.bytes <= planned + inputs, (n_q, n, d, peak.bytes / planned)
