@@ -184,3 +184,101 @@ def test_jensen_shannon_off_the_cpu_holds_no_more_than_the_workspace_retrieval_p
         planned = n_q * n * (3 + SIMILARITIES["jensen_shannon"].workspace(d)) * 4  # what plan_blocks allots these pairs
         inputs = 2 * (n_q + n) * d * 4  # the rows as distributions and their logarithms: chunk-sized, not score-sized
         assert peak.bytes <= planned + inputs, (n_q, n, d, peak.bytes / planned)
+
+
+def _blocking_copies_to_meta(monkeypatch) -> tuple[list[str], TorchDispatchMode]:
+    """Record every copy of host data to the meta device that would wait for a GPU there.
+
+    A `.to()` or `copy_` from the CPU without non_blocking, and `torch.tensor` / `torch.as_tensor`
+    of Python data with a device (a blocking copy inside): each is a stream synchronisation on a
+    GPU. `random.moved`, which on a GPU copies from pinned memory without blocking, copies so here.
+    """
+    from amemctl.core import random
+
+    seen: list[str] = []
+    aten = torch.ops.aten
+
+    def watch(name: str):
+        real = getattr(torch, name)
+
+        def made(data, *args, **kwargs):
+            device = kwargs.get("device")
+            if device is not None and torch.device(device).type != "cpu" and not isinstance(data, torch.Tensor):
+                seen.append(f"torch.{name}(..., device={device})")
+            return real(data, *args, **kwargs)
+
+        monkeypatch.setattr(torch, name, made)
+
+    watch("tensor")
+    watch("as_tensor")
+    monkeypatch.setattr(random, "moved", lambda x, device, dtype=None: x.to(device if device is not None else x.device, non_blocking=True).to(dtype=dtype or x.dtype))
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is aten._to_copy.default and args[0].device.type == "cpu" and kwargs.get("device") is not None and kwargs["device"].type == "meta" and not kwargs.get("non_blocking"):
+                seen.append(f"a blocking .to() of a CPU tensor {tuple(args[0].shape)}")
+            if func is aten.copy_.default and args[0].device.type == "meta" and args[1].device.type == "cpu" and not (args[2:] and args[2]):
+                seen.append(f"a blocking copy_ of a CPU tensor {tuple(args[1].shape)}")
+            return func(*args, **kwargs)
+
+    return seen, Copies()
+
+
+def test_a_simclr_step_copies_nothing_to_the_gpu_that_would_wait_for_it(monkeypatch):
+    """Views, their normalisation and the loss, on meta tensors: every host-to-device copy is a pinned, non-blocking one.
+
+    Were: hsv_to_rgb's table (torch.tensor(..., device=), per hue jitter of every view), torchvision's
+    normalize (torch.as_tensor(mean, device=), per view) and nt_xent's targets (.to(device), per
+    step), each a stream synchronisation that let the CPU queue nothing while the GPU worked.
+    """
+    from amemctl.core import colour
+    from amemctl.models.encoders import Preprocessing
+    from amemctl.training.augment import ViewSpec, views
+    from amemctl.training.simclr import nt_xent
+
+    meta = torch.device("meta")
+    images = torch.empty(16, 3, 16, 16, device=meta)
+    spec = ViewSpec(16, blur=True, filters=0.5, rotations=0.5, erase=0.5, noise=0.1)
+    seen, copies = _blocking_copies_to_meta(monkeypatch)
+    with copies:
+        x = Preprocessing()(views(images, spec, torch.Generator().manual_seed(0)))
+        hue = colour.adjust_hue(images, torch.full((16,), 0.1))  # jitter's hue, whichever images its draws chose
+        loss = nt_xent(torch.empty(16, 8, device=meta), torch.empty(16, 8, device=meta), 0.5)
+    assert x.device == hue.device == loss.device == meta
+    assert seen == [], seen
+
+
+@CUDA
+def test_a_simclr_training_step_never_synchronises_on_the_gpu():
+    """A whole step (views, normalisation, bf16 autocast, channels_last, loss, backward, Adam) under sync debug mode "error"."""
+    from amemctl.models.encoders import Preprocessing
+    from amemctl.training.augment import ViewSpec
+    from amemctl.training.simclr import SimCLR, train_step
+
+    device = torch.device("cuda")
+    model = SimCLR("small", True, 32).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images = torch.rand(64, 3, 32, 32, device=device)
+    spec = ViewSpec(32, blur=True, filters=0.5, rotations=0.5, erase=0.5, noise=0.1)
+    train_step(model, optimizer, images, spec, Preprocessing(), torch.Generator().manual_seed(0), 0.5, True)  # first calls: cuDNN, allocators
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = train_step(model, optimizer, images, spec, Preprocessing(), torch.Generator().manual_seed(1), 0.5, True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert loss.device.type == "cuda" and loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_the_simclr_loss_is_computed_outside_bfloat16_autocast(tmp_path, monkeypatch):
+    """Under autocast the loss's z @ z.T ran in bfloat16 although z had been made float32: logits up to
+    1 / temperature to 8 bits. amp is on by default on GPUs only; the CPU's autocast shows the same."""
+    from amemctl.training import simclr
+
+    states = []
+    loss = simclr.nt_xent
+    monkeypatch.setattr(simclr, "nt_xent", lambda z1, z2, t: states.append((torch.is_autocast_enabled("cpu"), z1.dtype)) or loss(z1, z2, t))
+    images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    simclr.train_simclr(images, simclr.SimCLRConfig(arch="small", epochs=1, batch_size=8), tmp_path, torch.device("cpu"), amp=True)
+    assert states == [(False, torch.float32)]
