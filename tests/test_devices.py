@@ -282,3 +282,46 @@ def test_the_simclr_loss_is_computed_outside_bfloat16_autocast(tmp_path, monkeyp
     images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     simclr.train_simclr(images, simclr.SimCLRConfig(arch="small", epochs=1, batch_size=8), tmp_path, torch.device("cpu"), amp=True)
     assert states == [(False, torch.float32)]
+
+
+def test_the_benchmarks_plain_distances_never_ask_cdist_for_half_precision(monkeypatch):
+    """torch.cdist has no bfloat16 or float16 kernel on CUDA either ("cdist_cuda" not implemented for
+    'BFloat16'): `amemctl bench --device cuda`, whose default dtypes include bfloat16, stopped at its
+    first bfloat16 manhattan row, before writing any table. Upcast on every device, not the CPU only."""
+    from amemctl import bench
+
+    given = []
+    monkeypatch.setattr(torch, "cdist", lambda a, b, p: given.append((a.dtype, b.dtype)) or torch.empty(len(a), len(b), device=a.device))
+    for dtype in (torch.bfloat16, torch.float16):
+        q, k = torch.empty(4, 8, device="meta", dtype=dtype), torch.empty(6, 8, device="meta", dtype=dtype)
+        for similarity in ("euclidean", "manhattan"):
+            bench.plain_scores(similarity, q, k)
+    assert given == [(torch.float32, torch.float32)] * 4
+
+
+@CUDA
+def test_the_benchmark_measures_bfloat16_distances_on_the_gpu():
+    from amemctl import bench
+
+    for similarity, queries in (("manhattan", 64), ("euclidean", 8)):  # 8 queries: cdist's direct kernel, not its matrix product
+        row = bench.measure("random", similarity, torch.bfloat16, 3000, 32, queries, torch.device("cuda"), 1)
+        assert row.ours_s > 0 and row.plain_s > 0 and row.peak_mib is not None
+
+
+def test_the_benchmarks_peak_memory_leaves_out_what_a_first_call_allocates(monkeypatch):
+    """The peak was read over the first call: for L1 that one autotunes, and Triton benchmarks each
+    configuration beside a 256 MiB cache-flush buffer, so the table showed 256 MiB that retrieval never holds."""
+    from amemctl import bench
+
+    gpu = {"allocated": 0, "peak": 0, "calls": 0}
+
+    def retrieval():
+        gpu["calls"] += 1
+        autotuning = 256 * 2**20 if gpu["calls"] == 1 else 0
+        gpu["peak"] = max(gpu["peak"], gpu["allocated"] + autotuning + 10 * 2**20)
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: gpu.update(peak=gpu["allocated"]))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: gpu["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: gpu["peak"])
+    assert bench.peak_mib(retrieval, torch.device("cuda")) == 10
