@@ -325,3 +325,26 @@ def test_the_benchmarks_peak_memory_leaves_out_what_a_first_call_allocates(monke
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: gpu["allocated"])
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: gpu["peak"])
     assert bench.peak_mib(retrieval, torch.device("cuda")) == 10
+
+
+def test_ranks_take_the_pipelines_own_device_when_none_is_given(tmp_path, monkeypatch):
+    """`device: cpu` in the pipeline and `--nproc 2` on a GPU machine: the ranks joined with NCCL on
+    cuda:<rank> (with one GPU, rank 1 failed "has no GPU of its own"), as if the pipeline said auto."""
+    from amemctl import cli, launch
+    from amemctl.dsl.pipeline import parse_text
+
+    asked = []
+
+    class Joined(Exception):
+        pass
+
+    def start_worker(device):
+        asked.append(device)
+        raise Joined
+
+    monkeypatch.setattr(launch, "start_worker", start_worker)
+    for text, given, want in (("device: cpu\n", None, "cpu"), ("", None, "auto"), ("device: cpu\n", "cuda", "cuda")):
+        pipeline = parse_text(text + "data: {dataset: digits, limit: 4}\nstages:\n  - corrupt: {}\n", "p.yaml")
+        with pytest.raises(Joined):
+            cli._rank_work(pipeline, tmp_path, given, True, {})
+        assert asked.pop() == want
