@@ -348,3 +348,35 @@ def test_ranks_take_the_pipelines_own_device_when_none_is_given(tmp_path, monkey
         with pytest.raises(Joined):
             cli._rank_work(pipeline, tmp_path, given, True, {})
         assert asked.pop() == want
+
+
+def test_asynchronous_flips_bring_the_patterns_to_the_queries_device(monkeypatch):
+    """The synchronous update moved the patterns per step (flip_field); the asynchronous sweep multiplied CPU patterns with GPU states."""
+    from amemctl.core import dynamics
+
+    met = []
+
+    class Swept(Exception):
+        pass
+
+    def sweep(s, m, integral, order):
+        met.append((s.device, m.device))
+        raise Swept
+
+    monkeypatch.setattr(dynamics, "_sweep", sweep)
+    with pytest.raises(Swept):
+        dynamics.hopfield_asynchronous(torch.empty(2, 6, device="meta"), torch.ones(3, 6), steps=1)
+    assert met == [(torch.device("meta"), torch.device("meta"))]
+
+
+@CUDA
+def test_the_classical_network_runs_asynchronously_on_the_gpu_with_patterns_on_the_cpu():
+    from amemctl.core.dynamics import hopfield_asynchronous
+
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.randint(0, 2, (5, 64), generator=g).float() * 2 - 1
+    queries = patterns.clone()
+    queries[:, :8] *= -1
+    want = hopfield_asynchronous(queries, patterns, steps=5, generator=torch.Generator().manual_seed(1))
+    got = hopfield_asynchronous(queries.cuda(), patterns, steps=5, generator=torch.Generator().manual_seed(1))
+    assert got.state.device.type == "cuda" and torch.equal(got.state.cpu(), want.state)
