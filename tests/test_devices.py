@@ -380,3 +380,45 @@ def test_the_classical_network_runs_asynchronously_on_the_gpu_with_patterns_on_t
     want = hopfield_asynchronous(queries, patterns, steps=5, generator=torch.Generator().manual_seed(1))
     got = hopfield_asynchronous(queries.cuda(), patterns, steps=5, generator=torch.Generator().manual_seed(1))
     assert got.state.device.type == "cuda" and torch.equal(got.state.cpu(), want.state)
+
+
+def _stores(tmp_path):
+    """A store per storage type, of 8-bit images (exact in every storage), in chunks of 16 rows, with forgotten rows."""
+    from amemctl.store.memory import MemoryStore
+
+    images = torch.randint(0, 256, (100, 3, 4, 4), generator=torch.Generator().manual_seed(0)).float() / 255
+    for storage in ("float32", "float16", "bfloat16", "uint8"):
+        store = MemoryStore.create(tmp_path / f"{storage}.zarr", chunk_bytes=16 * 48 * 4, checksum=False)
+        store.append(patterns=images, storage={"patterns": storage})
+        store.forget(ids=[3, 40, 41])
+        yield storage, MemoryStore.open(tmp_path / f"{storage}.zarr")
+
+
+def test_store_rows_for_a_gpu_cross_as_stored_and_decode_to_the_same_numbers(tmp_path):
+    """float16, bfloat16 and uint8 rows were decoded to float32 by the reading thread before the copy:
+    twice (four times) the bytes over PCIe, and the conversion on one CPU thread. On a GPU they now
+    cross as stored and are decoded there (`decode_on_device`, switched on here on the CPU)."""
+    for storage, store in _stores(tmp_path):
+        want = [(offset, chunk) for offset, chunk in store.rows("patterns", "cpu").chunks(20)]
+        rows = store.rows("patterns", "cpu")
+        rows.decode_on_device = True
+        crossed = []
+        to_device = rows._to_device
+        rows._to_device = lambda block, crossed=crossed, to_device=to_device: crossed.append(block.dtype) or to_device(block)
+        got = list(rows.chunks(20))
+        assert [o for o, _ in got] == [o for o, _ in want] and all(torch.equal(a, b) and a.dtype == torch.float32 for (_, a), (_, b) in zip(got, want)), storage
+        stored = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.int16, "uint8": torch.uint8}[storage]
+        assert set(crossed) == {stored}, (storage, crossed)
+
+
+@CUDA
+def test_store_rows_stream_to_the_gpu_as_stored_and_retrieve_what_the_cpu_retrieves(tmp_path):
+    for storage, store in _stores(tmp_path):
+        on_gpu = store.rows("patterns", "cuda")
+        assert on_gpu.decode_on_device
+        for (o1, a), (o2, b) in zip(on_gpu.chunks(20), store.rows("patterns", "cpu").chunks(20)):
+            assert o1 == o2 and a.device.type == "cuda" and a.dtype == torch.float32 and torch.equal(a.cpu(), b), storage
+        q = store.to_tensor("patterns")[:10] + 0.01
+        want = recall(q, store.rows("patterns", "cpu"), separation="max")
+        got = recall(q.cuda(), on_gpu, separation="max")
+        assert torch.equal(got.index.cpu(), want.index) and torch.equal(got.output.cpu(), want.output), storage
