@@ -55,8 +55,8 @@ def plain_scores(similarity: str, q: Tensor, k: Tensor) -> Tensor:
     if similarity == "cosine":
         return torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(k, dim=1).T
     if similarity in ("euclidean", "manhattan"):
-        if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):
-            q, k = q.float(), k.float()  # cdist has no half-precision CPU kernel
+        if q.dtype in (torch.float16, torch.bfloat16):
+            q, k = q.float(), k.float()  # cdist has no half-precision kernel, on the CPU or on CUDA ("cdist_cuda" not implemented for 'BFloat16')
         return -torch.cdist(q, k, p=2 if similarity == "euclidean" else 1)
     raise ValueError(similarity)
 
@@ -98,17 +98,29 @@ def measure(workload: str, similarity: str, dtype: torch.dtype, n: int, d: int, 
     plain = lambda: plain_retrieve(queries, keys, keys, similarity, beta)  # noqa: E731
     peak = fused_s = None
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        ours()
-        torch.cuda.synchronize(device)
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        peak = peak_mib(ours, device)
         from amemctl.core.kernels import fused
 
         if fused.supported(similarity):  # at the precision a route would take (amemctl.core.kernels.routes)
             precision = "bf16" if dtype == torch.bfloat16 else "tf32x3"
             fused_s = _time(lambda: fused.retrieve(queries, keys, keys, similarity, beta, precision=precision)[0], device, repeats)
     return Row(workload, similarity, str(dtype).removeprefix("torch."), n, d, q, _time(ours, device, repeats), _time(plain, device, repeats), peak, fused_s)
+
+
+def peak_mib(fn: Callable[[], Tensor], device: torch.device) -> float:
+    """MiB that one call of `fn` holds on the GPU at its peak beyond what was allocated before it.
+
+    Warmed up first: a first call also allocates what stays or goes with the first call alone (the
+    L1 kernel's autotuning benchmarks each configuration with Triton's 256 MiB cache-flush
+    buffer, cuBLAS its workspace), which is not the retrieval's memory.
+    """
+    fn()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def device_name(device: torch.device) -> str:

@@ -188,7 +188,9 @@ def _rank_work(checked: Any, out_root: Path, device: str | None, quiet: bool, re
     from amemctl.engine.records import ignore_stops
     from amemctl.engine.runner import run_pipeline
 
-    group, rank, device = launch.start_worker(device)
+    # the pipeline's own `device:` when --device is not given, as a one-process run takes it: a
+    # `device: cpu` pipeline stays on gloo and the CPU on a GPU machine, not NCCL on cuda:<rank>
+    group, rank, device = launch.start_worker(device if device is not None else checked.device)
     finished = False
     try:
         if rank == 0:  # the launcher learns where the run folder is, to say how the run ended and correct its record

@@ -136,7 +136,8 @@ def test_a_failing_rank_fails_the_run_and_names_itself(tmp_path, capfd):
 
     path = tmp_path / "bad.yaml"
     path.write_text("data: {dataset: digits, limit: 20}\nstages:\n  - corrupt: {count: 50}\n  - persist: {store: " + str(tmp_path / "never.zarr") + "}\n")
-    proc = subprocess.run([sys.executable, "-m", "amemctl", "run", str(path), "--nproc", "2", "--quiet", "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    # --device cpu: gloo, as on the CPU machines; on a one-GPU machine NCCL refused rank 1 before its corrupt stage ran
+    proc = subprocess.run([sys.executable, "-m", "amemctl", "run", str(path), "--nproc", "2", "--quiet", "--device", "cpu", "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "(rank 0) stage 'corrupt' failed" in proc.stderr or "(rank 1) stage 'corrupt' failed" in proc.stderr
     assert "the distributed run failed: rank" in proc.stderr

@@ -226,7 +226,8 @@ def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
     pipeline = tmp_path / "small.yaml"
     pipeline.write_text(text)
     env = child_env()
-    child = subprocess.Popen([sys.executable, "-m", "amemctl", "run", str(pipeline), "--out", str(tmp_path / "runs"), "--quiet"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # on the CPU like `whole` below, whose metrics it must equal to the bit (with CUDA present, auto ran it on the GPU)
+    child = subprocess.Popen([sys.executable, "-m", "amemctl", "run", str(pipeline), "--out", str(tmp_path / "runs"), "--quiet", "--device", "cpu"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((tmp_path / "runs").glob("small/*/points/*.pt"))) < 2 and child.poll() is None:
         time.sleep(0.05)
@@ -239,7 +240,7 @@ def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "report.md").exists()  # as docs/pipelines.md says: resuming writes them
     listing = _invoke("runs", "ls", "--root", tmp_path / "runs")
     assert "dead" in listing.output
-    result = _invoke("run", "--resume", "small", "--out", tmp_path / "runs", "--quiet")
+    result = _invoke("run", "--resume", "small", "--out", tmp_path / "runs", "--quiet", "--device", "cpu")
     assert result.exit_code == 0, result.output
     record = read_record(run_dir)
     assert (run_dir / "metrics.json").is_file() and (run_dir / "report.md").is_file()

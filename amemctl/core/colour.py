@@ -17,6 +17,9 @@ from amemctl.core import random
 #: luma weights (ITU-R 601-2), exactly as torchvision's rgb_to_grayscale
 LUMA = (0.2989, 0.587, 0.114)
 
+#: per hue sector (0..5), which of (v, p, q, t) each of r, g, b takes (hsv_to_rgb)
+SECTORS = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])
+
 
 def grayscale(images: Tensor) -> Tensor:
     """N x 1 x H x W luma of N x 3 x H x W images."""
@@ -73,8 +76,9 @@ def hsv_to_rgb(images: Tensor) -> Tensor:
     q = (v * (1 - s * f)).clamp(0, 1)
     t = (v * (1 - s * (1 - f))).clamp(0, 1)
     sector = sector.long() % 6
-    # per sector (0..5), which of (v, p, q, t) each of r, g, b takes
-    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=images.device)
+    # the table reaches a GPU from pinned memory without blocking: torch.tensor(..., device=) would
+    # wait for the GPU (a blocking copy), once per call, and SimCLR's jitter calls this per view
+    table = random.moved(SECTORS, images.device)
     choices = torch.stack((v, p, q, t), dim=-3)
     index = table[:, sector].movedim(0, -3)
     return choices.gather(-3, index)

@@ -204,6 +204,7 @@ def flip_update(
                          hint="add a `binarize` stage (bipolar: true) before storing")
     shape = queries.shape
     s = torch.where(queries.reshape(len(queries), -1) >= 0, 1.0, -1.0).double()
+    m = m.to(s.device)  # on the queries' device, as every retrieval answers: the asynchronous sweep multiplies the two
     energies = [energy(s, m, separation)] if track_energy else []
     taken = torch.full((len(s),), steps, dtype=torch.long, device=s.device)
     converged = torch.zeros(len(s), dtype=torch.bool, device=s.device)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from amemctl.atomic import replacing
+from amemctl.core import random
 from amemctl.errors import DataError, StageError
 from amemctl.models.tensor_files import load_tensors
 
@@ -55,8 +56,11 @@ class Preprocessing:
             images = images.expand(-1, 3, -1, -1)
         if self.resize is not None and tuple(images.shape[-2:]) != (self.resize, self.resize):
             images = F.resize(images, [self.resize, self.resize], antialias=True)
-        mean, std = NORMALIZATIONS[self.normalize]
-        return F.normalize(images, list(mean), list(std))
+        # torchvision's F.normalize, to the bit, with its mean and std sent from pinned memory: its
+        # own torch.as_tensor(..., device=) is a blocking copy that waits for the GPU on every call
+        # (every view of every SimCLR step, every embedded batch)
+        mean, std = (random.moved(torch.tensor(v, dtype=images.dtype), images.device).view(-1, 1, 1) for v in NORMALIZATIONS[self.normalize])
+        return images.sub(mean).div_(std)
 
     def as_dict(self) -> dict[str, Any]:
         return {"normalize": self.normalize, "resize": self.resize}

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from amemctl.errors import DamagedStore, StoreError, existing, refusal_hint
-from amemctl.store.encoding import decode, encode
+from amemctl.store.encoding import decode, encode, stored
 from amemctl.store.lock import WriterLock
 from amemctl.store.soundness import (
     ATTR,
@@ -307,6 +307,11 @@ class MemoryStore:
         """Published rows start..stop (physical numbering, forgotten ones included), decoded."""
         stop = self.count if stop is None else min(stop, self.count)
         return decode(self._load(name, lambda a: a[start:stop], f"rows {start}..{stop - 1}"), self.storage(name))
+
+    def read_stored(self, name: str, start: int = 0, stop: int | None = None) -> Tensor:
+        """`read`, not decoded yet: the rows as stored (`encoding.stored`; `encoding.widen` decodes them, on any device)."""
+        stop = self.count if stop is None else min(stop, self.count)
+        return stored(self._load(name, lambda a: a[start:stop], f"rows {start}..{stop - 1}"), self.storage(name))
 
     def take(self, name: str, rows: np.ndarray) -> Tensor:
         """The physical rows `rows` (any order, repeats allowed), decoded."""

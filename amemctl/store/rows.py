@@ -2,7 +2,8 @@
 
 While retrieval scores one chunk, the next is read and decoded by a worker thread (and,
 on a GPU, copied from pinned memory without blocking), so a store larger than memory
-answers queries at close to the speed of reading it.
+answers queries at close to the speed of reading it. On a GPU the rows cross as stored
+(float16, bfloat16, uint8: half or a quarter of float32's bytes) and are decoded there.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from amemctl.errors import StoreError
+from amemctl.store.encoding import widen
 
 if TYPE_CHECKING:
     from amemctl.store.memory import MemoryStore
@@ -35,6 +37,9 @@ class StoreRows:
         self._alive = alive[self._first : last]  # physical rows first..last
         self._live = np.flatnonzero(self._alive)  # relative to first
         self._generation = store.generation  # the row numbers above belong to this copy
+        self._storage = store.storage(name)
+        #: chunks cross to the device as stored and are decoded there (`encoding.widen`): on a GPU
+        self.decode_on_device = self.device.type == "cuda"
 
     def __len__(self) -> int:
         return len(self._live)
@@ -67,7 +72,7 @@ class StoreRows:
                 if ahead < len(starts):
                     pending.append(pool.submit(self._read, starts[ahead], min(starts[ahead] + size, count)))
                 if len(block):
-                    yield offset, self._to_device(block)
+                    yield offset, self._arrived(block)
                     offset += len(block)
 
     def shard(self, start: int, stop: int) -> "StoreRows":
@@ -96,14 +101,21 @@ class StoreRows:
             )
 
     def _read(self, start: int, stop: int) -> Tensor:
+        """(In the worker thread) the live rows of physical rows start..stop, for `_arrived`: decoded here, or as stored."""
         self._check_copy()
-        block = self.store.read(self.name, self._first + start, self._first + stop).reshape(stop - start, -1)
+        read = self.store.read_stored if self.decode_on_device else self.store.read
+        block = read(self.name, self._first + start, self._first + stop).reshape(stop - start, -1)
         keep = self._alive[start:stop]
         if not keep.all():
             block = block[torch.from_numpy(keep)]
         if self.device.type == "cuda":
             block = block.pin_memory()
         return block
+
+    def _arrived(self, block: Tensor) -> Tensor:
+        """A block `_read` made, on the device and decoded."""
+        moved = self._to_device(block)
+        return widen(moved, self._storage) if self.decode_on_device else moved
 
     def _to_device(self, block: Tensor) -> Tensor:
         return block.to(self.device, non_blocking=self.device.type == "cuda")

@@ -113,7 +113,8 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     logits = z @ z.T / temperature
     n = z1.shape[0]
     logits.fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    # made on z's device: a CPU tensor copied there would wait for the GPU at every step
+    targets = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
     return F.cross_entropy(logits, targets)
 
 
@@ -210,13 +211,7 @@ def train_simclr(
                 continue
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 10_007 + step)
             originals = source[index].to(device, torch.float32, non_blocking=True)
-            x1, x2 = (_network_input(preprocessing(views(originals, spec, generator)), device) for _ in range(2))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = nt_xent(model(x1).float(), model(x2).float(), config.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            epoch_losses.append(loss.detach())
+            epoch_losses.append(train_step(model, optimizer, originals, spec, preprocessing, generator, config.temperature, amp))
             sizes.append(len(index))
         values = torch.stack(epoch_losses).tolist() if epoch_losses else []
         step_losses.extend(values)
@@ -231,6 +226,24 @@ def train_simclr(
     timing = {"epoch_seconds": seconds, "images_per_second": trained.images_per_second, "device": str(device)}
     (folder / "loss.json").write_text(json.dumps({"epoch_losses": losses, "step_losses": step_losses, **timing}) + "\n")
     return trained
+
+
+def train_step(model: SimCLR, optimizer: torch.optim.Optimizer, originals: Tensor, spec: ViewSpec, preprocessing: Preprocessing, generator: torch.Generator, temperature: float, amp: bool) -> Tensor:
+    """One step on a batch (on the model's device): two views of each image, NT-Xent, backward, the optimiser's step; the loss, on the device.
+
+    Nothing in it waits for a GPU: the views' random parameters come from the CPU `generator`
+    through pinned memory, and the loss stays on the device (train_simclr reads an epoch's at once).
+    """
+    device = originals.device
+    x1, x2 = (_network_input(preprocessing(views(originals, spec, generator)), device) for _ in range(2))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        z1, z2 = model(x1), model(x2)
+    # the loss in float32: inside autocast its z @ z.T would be rounded to bfloat16 again
+    loss = nt_xent(z1.float(), z2.float(), temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def _resident(images: Tensor, device: torch.device) -> Tensor:
