@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from amemctl.core.knn import knn_accuracy
+from amemctl.core.knn import knn_accuracy, queries_per_block
 from amemctl.errors import DataError
 from amemctl.models import pretrained
 from amemctl.models.encoders import Preprocessing, random_encoder, save_encoder
@@ -92,3 +94,50 @@ def test_knn_accuracy_equals_a_plain_leave_one_out_vote():
     assert knn_accuracy(*lone, k=1) == pytest.approx(_plain_knn(x, labels, 1, 0.1) * 60 / 61)
     # with separate references, every query is classified against them
     assert knn_accuracy(centres, torch.arange(4), x, labels, k=5) == 1.0
+
+
+def _exact_knn(x, y, k, tau):
+    """The weighted vote in float64 with Python's exp, which cannot overflow at these tau."""
+    x = torch.nn.functional.normalize(x.double(), dim=1)
+    sims = x @ x.T
+    sims.fill_diagonal_(-math.inf)
+    correct = 0
+    for i in range(len(x)):
+        top, index = sims[i].topk(k)
+        votes = {}
+        for s, j in zip(top.tolist(), index.tolist()):
+            votes[int(y[j])] = votes.get(int(y[j]), 0.0) + math.exp(s / tau)
+        correct += max(votes, key=votes.get) == int(y[i])
+    return correct / len(x)
+
+
+def test_knn_accuracy_at_a_small_tau_votes_as_in_float64_instead_of_overflowing():
+    """exp(similarity / tau) passes float32's largest number once similarity / tau > 88: every
+    class's vote became inf and argmax took class 0, whatever the neighbours said."""
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(5, 16, generator=g)
+    labels = torch.randint(0, 5, (80,), generator=g)
+    x = centres[labels] + 0.9 * torch.randn(80, 16, generator=g)  # neighbours of mixed classes
+    for tau in (0.005, 0.01):  # 0.005: similarities above 0.44 overflowed; 0.75 right before, 0.95 exactly
+        assert knn_accuracy(x, labels, k=10, tau=tau) == pytest.approx(_exact_knn(x, labels, 10, tau)) == pytest.approx(0.95)
+
+
+def test_knn_accuracy_scores_no_more_queries_at_once_than_the_budget_holds():
+    assert queries_per_block(1_000_000, 200, 10, 1024, None) == 1024
+    per_query = 4 * 1_000_000 + 12 * 200 + 4 * 10
+    assert queries_per_block(1_000_000, 200, 10, 1024, 64 * per_query + 5) == 64
+    assert queries_per_block(1_000_000, 200, 10, 1024, 10) == 1  # never none
+    g = torch.Generator().manual_seed(0)
+    x, labels = torch.randn(50, 8, generator=g), torch.randint(0, 3, (50,), generator=g)
+    seen = []
+    original = torch.Tensor.topk
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.shape[0])
+        return original(self, *args, **kwargs)
+
+    budget = 3 * (4 * 50 + 12 * 5 + 4 * 3)  # three queries
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "topk", spy)
+        blocked = knn_accuracy(x, labels, k=5, budget=budget)
+    assert max(seen) == 3 and blocked == pytest.approx(knn_accuracy(x, labels, k=5))

@@ -22,10 +22,15 @@ def knn_accuracy(
     k: int = 200,
     tau: float = 0.1,
     block: int = 1024,
+    budget: int | None = None,
 ) -> float:
     """Fraction of queries whose weighted vote of the k nearest references picks their label.
 
     Without references, the queries are their own references, each leaving itself out.
+    Queries are scored `block` at a time, fewer where their similarities to every reference
+    would exceed `budget` bytes. The weights are exp((similarity - best) / tau): the same votes
+    as exp(similarity / tau), which overflows float32 once similarity / tau passes 88 (tau
+    below about 0.011), where every class's vote becomes inf and the first class wins.
     """
     leave_one_out = references is None
     references = queries if references is None else references
@@ -35,14 +40,27 @@ def knn_accuracy(
     ref_labels = reference_labels.to(q.device).long()
     classes = int(max(ref_labels.max(), query_labels.max())) + 1
     k = min(k, len(r) - int(leave_one_out))
+    rows = queries_per_block(len(r), k, classes, block, budget)
     correct = torch.zeros((), dtype=torch.long, device=q.device)  # counted on the device: one sync, not one per block
-    for start in range(0, len(q), block):
-        sims = q[start : start + block] @ r.T
+    for start in range(0, len(q), rows):
+        sims = q[start : start + rows] @ r.T
         if leave_one_out:
-            rows = torch.arange(sims.shape[0], device=q.device)
-            sims[rows, rows + start] = -torch.inf
+            own = torch.arange(sims.shape[0], device=q.device)
+            sims[own, own + start] = -torch.inf
         top, index = sims.topk(k, dim=1)
         votes = torch.zeros(sims.shape[0], classes, device=q.device)
-        votes.scatter_add_(1, ref_labels[index], torch.exp(top / tau))
-        correct += (votes.argmax(1) == query_labels[start : start + block].to(q.device).long()).sum()
+        votes.scatter_add_(1, ref_labels[index], torch.exp((top - top[:, :1]) / tau))
+        correct += (votes.argmax(1) == query_labels[start : start + rows].to(q.device).long()).sum()
     return int(correct) / len(q)
+
+
+def queries_per_block(references: int, k: int, classes: int, block: int, budget: int | None) -> int:
+    """How many queries one block scores: `block`, or as many as fit `budget` bytes (at least one).
+
+    A query holds its float32 similarity to every reference, its top k (value and index) and
+    its votes per class.
+    """
+    if budget is None:
+        return block
+    per_query = 4 * references + 12 * k + 4 * classes
+    return max(1, min(block, budget // per_query))

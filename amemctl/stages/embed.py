@@ -262,7 +262,7 @@ class KnnAccuracy(Stage):
             raise StageError(f"{len(embeddings)} embeddings but {len(labels)} labels", hint="embed the images the labels belong to")
         references = materialize(ctx[self.references]) if self.references else None
         reference_labels = materialize(ctx[self.reference_labels]) if self.reference_labels else None
-        ctx.metric("knn_accuracy", knn_accuracy(embeddings.reshape(len(embeddings), -1), labels, references, reference_labels, self.k, self.tau))
+        ctx.metric("knn_accuracy", knn_accuracy(embeddings.reshape(len(embeddings), -1), labels, references, reference_labels, self.k, self.tau, budget=ctx.budget))
 
 
 @hookimpl
