@@ -220,6 +220,7 @@ def test_an_evaluate_prefix_without_a_separator_is_refused_where_it_is_written()
     message = error_of(text % "pass1")
     assert message.startswith("bad.yaml:7:24: evaluate's prefix 'pass1' does not end with a separator"), message
     assert "hint: end it with one: prefix: pass1_ (metrics pass1_error_index, pass1_error_pixels, pass1_mse, titled 'pass1: wrongly retrieved'" in message
-    for fine in ("pass1_", "pass1.", "''"):
+    for fine in ("pass1_", "pass1.", "pass1-", "pass1/", "''"):
         parse_text(text % fine, "good.yaml")
-    assert describe_metric("pass1_error_index")[0] == "pass1: wrongly retrieved (nearest stored pattern is not the original)"
+    for prefixed in ("pass1_", "pass1.", "pass1-", "pass1/", "pass1 - "):
+        assert describe_metric(f"{prefixed}error_index")[0] == "pass1: wrongly retrieved (nearest stored pattern is not the original)", prefixed

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import statistics
+import string
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,10 @@ def metric_axis(name: str) -> str:
     return _prefixed(prefix, text.axis)
 
 
+#: what may end an evaluate prefix (pass1_, pass1., pass1-, pass1/), left out of its title
+_SEPARATORS = string.punctuation + string.whitespace
+
+
 def _known_metric(name: str) -> tuple[str, MetricText] | None:
     """The evaluate prefix and entry of the longest common metric that `name` ends with (timings are never one).
 
@@ -92,7 +97,7 @@ def _known_metric(name: str) -> tuple[str, MetricText] | None:
     if not matches:
         return None
     known = max(matches, key=len)
-    return name[: len(name) - len(known)].strip("_. "), METRICS[known]
+    return name[: len(name) - len(known)].rstrip(_SEPARATORS), METRICS[known]
 
 
 def _prefixed(prefix: str, text: str) -> str:
