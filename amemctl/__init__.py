@@ -1,6 +1,7 @@
 """amemctl: associative memories as declared experiments.
 
-The public API, for notebooks and plugins (a plugin needs nothing from elsewhere):
+The public API, for notebooks and plugins (a plugin needs nothing from elsewhere); docs/api.md
+says what each name is for, and a test keeps it and `__all__` the same:
 
 - retrieval math: `retrieve`, `recall`, `Recall`, `UniversalHopfield`
 - writing stages: `Stage`, `Param`, `Input`, `Output`, `REQUIRED`, `Fusion`, `Context`,

@@ -115,3 +115,172 @@ def test_what_the_plugin_guide_takes_from_amemctl_is_exported():
     assert {"Softmax", "Reducer", "Separation", "Elementwise", "ParamError"} <= named
     for name in sorted(named):
         assert name in amemctl.__all__ and getattr(amemctl, name) is not None, name
+
+
+API = ROOT / "docs" / "api.md"
+
+
+def _api_sections() -> list[tuple[str, str]]:
+    """(heading, body) of each `##` and `###` section of docs/api.md, in order."""
+    import re
+
+    parts = re.split(r"^(#{2,3} .*)$", API.read_text(), flags=re.MULTILINE)
+    return list(zip(parts[1::2], parts[2::2]))
+
+
+def _api_entries() -> set[str]:
+    """The names docs/api.md documents: the code in its `###` headings and in its tables' first cells."""
+    import re
+
+    names: set[str] = set()
+    for heading, body in _api_sections():
+        if heading.startswith("### "):
+            names |= set(re.findall(r"`([^`]+)`", heading))
+        for line in body.splitlines():
+            if line.startswith("| `"):
+                names |= set(re.findall(r"`([^`]+)`", line.split("|")[1]))
+    return names
+
+
+def _signature_block(body: str) -> str | None:
+    """A section's signature block: the ```python block right under its heading, if there is one."""
+    body = body.lstrip("\n")
+    return body.split("```python\n", 1)[1].split("```", 1)[0] if body.startswith("```python\n") else None
+
+
+def test_every_public_name_is_documented_in_the_api_page():
+    import ast
+
+    import amemctl
+
+    # what amemctl/__init__.py offers: what it imports from amemctl, and what __getattr__ imports on first use
+    module = ast.parse((ROOT / "amemctl" / "__init__.py").read_text())
+    imported = {a.asname or a.name for node in module.body if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("amemctl") for a in node.names}
+    unlisted = sorted((imported | set(amemctl._LAZY) | {"random"}) - set(amemctl.__all__))
+    assert not unlisted, f"amemctl/__init__.py offers {', '.join(unlisted)} without listing them in __all__: add them (and document them in docs/api.md)"
+    for name in amemctl.__all__:
+        assert getattr(amemctl, name) is not None, name
+    documented = _api_entries()
+    missing = sorted(set(amemctl.__all__) - documented)
+    assert not missing, (
+        f"amemctl exports {', '.join(missing)}, which docs/api.md does not document. Give each a section there, "
+        "'### `NAME`' with a ```python block of its signature right under the heading and a sentence on what it is for "
+        "(what a notebook uses), or a row '| `NAME` | what it is for (link to where docs/plugins.md describes it) |' "
+        "in the table 'The other plugin names' (what only a plugin uses); or, if it is not meant to be public, "
+        "take it out of amemctl.__all__"
+    )
+    stale = sorted(documented - set(amemctl.__all__))
+    assert not stale, f"docs/api.md documents {', '.join(stale)}, which amemctl does not export (amemctl.__all__): remove the entries, or export the names"
+
+
+def _documented_parameters(signature: str) -> list[tuple[str, str, object]]:
+    """(name, kind, default or inspect's empty) of each parameter of `name(...) -> ...` as written in the docs."""
+    import ast
+    import inspect
+
+    args = ast.parse(f"def _{signature[signature.index('('):]}: ...").body[0].args
+    positional = [*args.posonlyargs, *args.args]
+    defaults = [inspect.Parameter.empty] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    written = [(a.arg, inspect.Parameter.POSITIONAL_ONLY, d) for a, d in zip(args.posonlyargs, defaults)]
+    written += [(a.arg, inspect.Parameter.POSITIONAL_OR_KEYWORD, d) for a, d in zip(args.args, defaults[len(args.posonlyargs) :])]
+    written += [(args.vararg.arg, inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.empty)] if args.vararg else []
+    written += [(a.arg, inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.empty if d is None else d) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
+    written += [(args.kwarg.arg, inspect.Parameter.VAR_KEYWORD, inspect.Parameter.empty)] if args.kwarg else []
+    return [(name, kind, default if default is inspect.Parameter.empty else eval(ast.unparse(default), {})) for name, kind, default in written]
+
+
+def _public(path: str) -> tuple[object, object]:
+    """amemctl.`path` (`recall`, `random.randn`, `UniversalHopfield.forward`) and what holds it."""
+    import amemctl
+
+    owner, target = None, amemctl
+    for part in path.split("."):
+        owner, target = target, getattr(target, part)
+    return owner, target
+
+
+def _code_parameters(path: str) -> list[tuple[str, str, object]]:
+    """(name, kind, default or inspect's empty) of each parameter of amemctl.`path` (a method's without self)."""
+    import dataclasses
+    import inspect
+
+    owner, target = _public(path)
+    parameters = list(inspect.signature(target).parameters.values())
+    if isinstance(owner, type) and inspect.isfunction(target):
+        parameters = parameters[1:]  # self
+    factories = {f.name: f.default_factory for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
+    return [
+        (p.name, p.kind, factories[p.name]() if factories.get(p.name, dataclasses.MISSING) is not dataclasses.MISSING else p.default)
+        for p in parameters
+    ]
+
+
+def test_the_signatures_in_the_api_page_are_the_codes():
+    import inspect
+    import re
+
+    import amemctl
+
+    checked = set()
+    for heading, body in _api_sections():
+        block = _signature_block(body)
+        signatures = re.split(r"\n(?=\S)", block.strip()) if block else []
+        for signature in signatures:
+            path = signature.split("(", 1)[0]
+            expected = _code_parameters(path)
+            code = inspect.signature(_public(path)[1])
+            code = code.replace(parameters=[p.replace(annotation=p.empty) for p in code.parameters.values()], return_annotation=code.empty)
+            assert _documented_parameters(signature) == expected, (
+                f"docs/api.md, {heading}: {' '.join(signature.split())} is not what the code takes, {path}{code} "
+                "(the same names in the same order, keyword-only where the code's are, the same defaults)"
+            )
+            checked.add(path)
+        for name in re.findall(r"`([^`]+)`", heading) if heading.startswith("### ") else []:
+            if inspect.isfunction(getattr(amemctl, name)):
+                assert name in checked, f"docs/api.md, {heading}: the function {name} needs its signature in the ```python block right under the heading"
+    assert {"retrieve", "recall", "Recall", "UniversalHopfield", "TensorRows", "run_file", "results", "random.randn", "Context.rng"} <= checked
+
+
+@pytest.mark.parametrize("page", ["docs/api.md", "docs/plugins.md", "README.md"])
+def test_the_links_of_the_api_page_and_those_to_it_lead_somewhere(page):
+    import re
+
+    source = ROOT / page
+    for target, anchor in re.findall(r"\]\(([\w./-]*)(?:#([\w-]+))?\)", source.read_text()):
+        linked = source.parent / target if target else source
+        assert linked.exists(), f"{page} links to {target}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.*)$", linked.read_text(), flags=re.MULTILINE)
+            slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}  # GitHub's anchors
+            assert anchor in slugs, f"{page} links to {target}#{anchor}, a heading {linked.name} does not have"
+
+
+def _api_example(section: str) -> str:
+    """The Python example of a `##` section of docs/api.md (its first block that is not a signature)."""
+    body = dict(_api_sections())[section]
+    return body.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_api_pages_retrieval_example_recalls_what_it_says():
+    import torch
+
+    names: dict = {}
+    exec(compile(_api_example("## Retrieval"), "docs/api.md", "exec"), names)
+    memories, found = names["memories"], names["found"]
+    assert torch.equal(found.index, torch.arange(4)) and found.unweighted == 0  # as the comment says
+    assert names["out"].shape == (4, 1, 8, 8)
+    torch.testing.assert_close(names["out"], memories[:4])  # beta = 1000: the recalled images themselves
+    assert torch.equal(names["completed"], names["bottoms"][:4])  # the bottom halves, from the top halves
+    assert names["again"].shape == (4, 1, 8, 8)
+    torch.testing.assert_close(names["net"].nearest(names["queries"]), found.index)
+
+
+def test_the_api_pages_run_file_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # its run folder and store go here
+    code = _api_example("## Running pipelines").replace('"pipelines/', f'"{ROOT}/pipelines/')
+    names: dict = {}
+    exec(compile(code, "docs/api.md", "exec"), names)
+    run, rows = names["run"], names["rows"]
+    assert run.status == "ok" and (tmp_path / run.run_dir / "metrics.json").is_file()
+    assert len(rows) == len(run.points) == 16 and rows[0]["stored"] == 300
+    assert names["best"]["error_index"] == min(row["error_index"] for row in rows)
