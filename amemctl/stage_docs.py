@@ -43,6 +43,7 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
         lines.append("")
     for kind in ("similarities", "separations", "corruptions", "encoders"):
         lines += _functions(registry, kind, package)
+    lines += _datasets(registry, package)
     return "\n".join(lines)
 
 
@@ -78,4 +79,16 @@ def _functions(registry: Registry, kind: str, package: str | None) -> list[str]:
             f"`{key}` ({param.type_text()}, default `{param.default!r}`): {param.described()}" for key, param in getattr(entry, "params", {}).items()
         )
         lines.append(f"| `{name}` | {(doc[0] if doc else '').replace('|', '/')} | {params.replace('|', '/') or 'none'} |")
+    return [*lines, ""]
+
+
+def _datasets(registry: Registry, package: str | None) -> list[str]:
+    """One table row per dataset `load` can read (the section `load`'s `dataset` links to)."""
+    lines = ["## datasets", "", "Chosen by `load`'s `dataset`; its `split` picks one of the splits (the default first).", "", "| name | what | splits | image shape |", "|---|---|---|---|"]
+    for name, entry in sorted(registry.table("datasets").items()):
+        if package is not None and registry.package_of("datasets", name) != package:
+            continue
+        splits = [entry.default_split, *(split for split in entry.splits if split != entry.default_split)]
+        shape = " x ".join(str(size) for size in entry.shape) or "varies"
+        lines.append(f"| `{name}` | {entry.summary.replace('|', '/')} | {', '.join(f'`{split}`' for split in splits)} | {shape} |")
     return [*lines, ""]
