@@ -168,6 +168,24 @@ def test_module_wrapper_iterates_to_a_stored_pattern():
     torch.testing.assert_close(out, keys[:5], atol=1e-3, rtol=0)
 
 
+def test_the_module_wrapper_keeps_its_budget_for_nearest_too(monkeypatch):
+    """nearest() scored with the default 256 MiB whatever budget the network was given."""
+    import amemctl.core.modules as modules
+
+    budgets = []
+
+    def spy(*args, **kwargs):
+        budgets.append(kwargs.get("budget"))
+        return recall(*args, **kwargs)
+
+    monkeypatch.setattr(modules, "recall", spy)
+    _, keys, _ = _memory(n=100, d=32, q=1)
+    net = UniversalHopfield(keys, similarity="cosine", budget=4096)
+    net(keys[:3])
+    net.nearest(keys[:3])
+    assert budgets == [4096, 4096]
+
+
 def test_nan_in_stored_keys_names_the_rows():
     keys = torch.rand(3000, 4)
     keys[2500, 1] = float("nan")

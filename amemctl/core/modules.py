@@ -48,5 +48,5 @@ class UniversalHopfield(nn.Module):
 
     @torch.no_grad()
     def nearest(self, queries: Tensor) -> Tensor:
-        """Index of the best-scoring stored memory for each query."""
-        return recall(queries, self.memories, similarity=self.similarity, separation="max").index
+        """Index of the best-scoring stored memory for each query (within the network's memory budget)."""
+        return recall(queries, self.memories, similarity=self.similarity, separation="max", budget=self.budget).index
