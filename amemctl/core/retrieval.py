@@ -26,7 +26,7 @@ from amemctl.core.kernels import cpu, routes
 from amemctl.core.rows import Aligned, Rows, TensorRows, as_rows
 from amemctl.core.separation import Separation, make_separation
 from amemctl.core.similarity import Similarity, get_similarity
-from amemctl.errors import StageError, blaming
+from amemctl.errors import StageError, blaming, maker_of
 
 #: Bytes of score-sized temporaries one retrieval may hold at once.
 DEFAULT_BUDGET = 256 * 2**20
@@ -216,7 +216,7 @@ def _recall_block(
             dist.all_reduce(totals, group=shard.group)
         totals = torch.where(totals == 0, torch.ones_like(totals), totals)
 
-    with blaming("separation", sep.name):  # here and below: what the separation's own code raises is its bug
+    with blaming(*maker_of(sep, "separation")):  # here and below: what the separation's own code raises is its bug
         reducer = sep.reducer(q.shape[0], width, q)
     best = q.new_full((q.shape[0],), -math.inf)
     best_index = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
@@ -232,14 +232,14 @@ def _recall_block(
         values = None
         if value_chunks is not None:
             values = value_chunks.next(len(chunk)).to(device=q.device, dtype=q.dtype)
-        with blaming("separation", sep.name):
+        with blaming(*maker_of(sep, "separation")):
             reducer.update(s, offset + start, values)
     s = values = None  # the last chunk's scores and values: held by the reducer if it needs them, not beside its finish too
     local_values = _OnDevice(value_rows, q)
     if shard is not None:
         reducer.merge(shard.group, local_values, start)  # unmarked: a collective that lost its peer rank is no bug of the separation's
         best, best_index = _merge_best(best, best_index, shard.group)
-    with blaming("separation", sep.name):
+    with blaming(*maker_of(sep, "separation")):
         return reducer.finish(local_values), best_index, best, reducer.unweighted()
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from amemctl.core.rows import Rows
-from amemctl.errors import StageError, blame_function
+from amemctl.errors import StageError, blame_function, maker_of
 from amemctl.suggest import did_you_mean
 
 
@@ -116,11 +116,13 @@ class Separation(ABC):
 
 
 def _no_reducer(separation: Separation) -> BaseException:
+    """The TypeError for a separation class retrieval cannot run, marked as the fault of the function that made it (by its registered name)."""
+    noun, name = maker_of(separation, "separation")
     error = TypeError(
-        f"separation {separation.name!r} ({type(separation).__name__}) defines no reducer(): set needs_full_rows = True to be given "
+        f"separation {name!r} ({type(separation).__name__}) defines no reducer(): set needs_full_rows = True to be given "
         "each query's full row of scores, or define reducer() to stream over chunks of memories"
     )
-    return blame_function(error, "separation", separation.name)
+    return blame_function(error, noun, name)
 
 
 def _fmt(v: object) -> str:
