@@ -219,6 +219,31 @@ class _Blaming:
         return False  # raised on unchanged
 
 
+def made_by(made: object, noun: str, name: str) -> object:
+    """Tag `made` as made by the registered function `name` (a `noun`: "separation"); returns it.
+
+    A separation object's own `name` is whatever its class says (a plugin's
+    `SeparationFunction("a", lambda: Elementwise("b", fn))` makes one called "b"), and the
+    runner places a crash at the stage that chose the registered name: code that runs the
+    object's methods marks what they raise with `maker_of` instead. An object that takes no
+    attribute (`__slots__`) goes on untagged, and is blamed by its own name.
+    """
+    try:
+        object.__setattr__(made, "amemctl_made_by", (noun, name))  # past a frozen dataclass's __setattr__
+    except (AttributeError, TypeError):
+        pass
+    return made
+
+
+def maker_of(made: object, noun: str) -> tuple[str, str]:
+    """The registered function that made `made` (`made_by`), as (noun, name) for `blaming`; else its own `name`.
+
+    Untagged: a separation made in a notebook or by `make_separation`, whose name is its registered one.
+    """
+    tag = getattr(made, "amemctl_made_by", None)
+    return tag if tag is not None else (noun, str(getattr(made, "name", type(made).__name__)))
+
+
 def blamed_function(exc: BaseException) -> tuple[str, str] | None:
     """The (noun, name) `blame_function` marked `exc` or an exception it was raised from, if any (see `chain`)."""
     return next((marked for seen in chain(exc) if (marked := getattr(seen, "amemctl_function", None)) is not None), None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Mapping
 
-from amemctl.errors import blaming
+from amemctl.errors import blaming, made_by
 from amemctl.stage import Param, ParamError
 from amemctl.suggest import did_you_mean
 
@@ -110,6 +110,15 @@ class SeparationFunction(Function):
     """A separation: `make(**parameters)` returns an `amemctl.core.separation.Separation`."""
 
     kind = "separation"
+
+    def __call__(self, *args: Any, **given: Any) -> Any:
+        """The separation, tagged with this function's registered name (`errors.made_by`).
+
+        Retrieval marks what the separation's code raises with that name rather than the
+        object's own `name`, which may differ: the crash is then placed at the stage that
+        chose this function, also where one plugin provides the similarity too.
+        """
+        return made_by(super().__call__(*args, **given), self.kind, self.name)
 
 
 class EncoderArchitecture(Function):

@@ -186,6 +186,45 @@ def test_jensen_shannon_off_the_cpu_holds_no_more_than_the_workspace_retrieval_p
         assert peak.bytes <= planned + inputs, (n_q, n, d, peak.bytes / planned)
 
 
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("similarity", ["dot", "jensen_shannon"])
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15"])
+def test_sparsemax_and_entmax_off_the_cpu_hold_no_more_than_the_budget_retrieval_plans_for(name, similarity, normalize):
+    """A block of queries as `recall` plans it, on meta tensors: every Q x N buffer at once within the budget.
+
+    Were 9 (sparsemax) and 13 (entmax) score-sized buffers per score where `plan_blocks` allotted 8:
+    the gathered chunks and their concatenation, beta * s, the sorted copy with its int64 indices,
+    cumulative sums, the last chunk's scores; a GPU retrieval held 13% and 63% over its budget.
+    """
+    from amemctl.core.retrieval import plan_blocks
+
+    meta = torch.device("meta")
+    sep, sim = make_separation(name, beta=2.0), SIMILARITIES[similarity]
+    # (queries, memories, features, value width, budget): many queries at once, few, and one row that barely fits
+    for n_q, n, d, width, budget in ((64, 10000, 32, 32, 2**22), (500, 3000, 16, 5, 2**22), (1000, 1000, 8, 8, 2**20), (8, 50000, 64, 64, 2**24), (3, 60000, 8, 8, 2**21)):
+        block_q, block_n = plan_blocks(n_q, n, 4 * (3 + sim.workspace(d)), budget, sep.row_workspace, 4)  # as recall plans
+        q = torch.empty(block_q, d, device=meta)
+        keys, values = TensorRows(torch.empty(n, d, device=meta)), TensorRows(torch.empty(n, width, device=meta))
+        with _Peak() as peak:
+            _recall_block(q, keys, values, sim, sep, "negative", normalize, block_n, width, budget=budget)
+        # not score-sized: per query the output and a few numbers, per memory the ranks 1..N, per chunk
+        # Jensen-Shannon's rows as distributions and their logarithms (see the test above)
+        small = 4 * (2 * block_q * width + 16 * block_q + 2 * n + 2 * (block_q + block_n) * d)
+        assert peak.bytes <= budget + small, (n_q, n, budget, block_q, block_n, peak.bytes / budget)
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15"])
+def test_sparsemax_and_entmax_weigh_rows_within_the_workspace_they_state(name):
+    """`row_workspace` is what retrieval plans with: the weights of some rows hold no more than that many rows' worth at once."""
+    sep = make_separation(name, beta=2.0)
+    for rows, n in ((1, 5000), (7, 3000), (64, 1000)):
+        scores = torch.empty(rows, n, device="meta")
+        with _Peak() as peak:
+            sep.weights(scores)
+        assert peak.bytes <= (sep.row_workspace * rows * n + n + 16 * rows) * 4, (rows, n, peak.bytes / (rows * n * 4))
+
+
 def _blocking_copies_to_meta(monkeypatch) -> tuple[list[str], TorchDispatchMode]:
     """Record every copy of host data to the meta device that would wait for a GPU there.
 

@@ -451,6 +451,104 @@ def test_a_crash_in_one_of_two_functions_of_one_plugin_is_placed_at_the_stage_th
     assert info.value.hint.startswith("a bug in the plugin package pair-plugin (at ") and "pair_mod.py:" in info.value.hint
 
 
+
+MISNAMED = """\
+    import torch
+
+    from amemctl import Elementwise, Separation, SeparationFunction, Similarity, hookimpl
+
+    def dot(queries, keys):
+        return queries @ keys.T
+
+    def spike(scores):
+        raise ValueError("elementwise bug")
+
+    class Ranked(Separation):
+        name = "ranked_v2"  # not the name it is registered under
+        needs_full_rows = True
+
+        def weights(self, scores):
+            raise ValueError("weights bug")
+
+    class Unstreamed(Separation):
+        name = "plain"  # nor this: and neither a reducer nor needs_full_rows
+
+        def weights(self, scores):
+            return torch.softmax(scores, dim=1)
+
+    @hookimpl
+    def amemctl_register_similarities():
+        return [Similarity("misnamed_dot", dot)]
+
+    @hookimpl
+    def amemctl_register_separations():
+        return [
+            SeparationFunction("spiky", lambda: Elementwise("spike", spike)),
+            SeparationFunction("ranked", Ranked),
+            SeparationFunction("unstreamed", Unstreamed),
+        ]
+    """
+
+
+@pytest.mark.parametrize("separation, bug", [("spiky", "elementwise bug"), ("ranked", "weights bug")])
+def test_a_crash_in_a_separation_named_otherwise_than_registered_is_placed_at_the_stage_that_chose_it(install, tmp_path, separation, bug):
+    """Retrieval marked the crash with the separation object's own `name` ('spike', 'ranked_v2'), which no
+    stage chose: placement fell back to the package, which also provides the similarity, so `score`."""
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.engine.runner import run_pipeline
+    from amemctl.errors import StageCrash
+
+    install("misnamed-plugin", "misnamed_mod", MISNAMED)
+    pipeline = parse_text(RETRIEVAL % ("gaussian", "misnamed_dot", separation), "p.yaml", registry=build_registry())
+    with pytest.raises(StageCrash) as info:
+        run_pipeline(pipeline, out_root=tmp_path, device="cpu", progress=False)
+    assert info.value.render().startswith(f"p.yaml:6:5: stage 'separate' (package amemctl) crashed (run): ValueError: {bug}"), info.value.render()
+    assert info.value.hint.startswith("a bug in the plugin package misnamed-plugin (at ") and "misnamed_mod.py:" in info.value.hint
+
+
+def test_a_separation_named_otherwise_that_cannot_stream_is_blamed_on_its_plugin_by_its_registered_name(install):
+    """The mark of a separation class retrieval cannot run (no reducer, no full rows) named the object ('plain'),
+    which no plugin registers: the crash, raised by amemctl's check, was blamed on amemctl's package."""
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.errors import StageCrash
+
+    install("misnamed-plugin", "misnamed_mod", MISNAMED)
+    with pytest.raises(StageCrash) as info:
+        parse_text(RETRIEVAL % ("gaussian", "misnamed_dot", "unstreamed"), "p.yaml", registry=build_registry())
+    assert info.value.render().startswith("p.yaml:6:5: stage 'separate' crashed while checking its parameters: TypeError: separation 'unstreamed' (Unstreamed) defines no reducer()"), info.value.render()
+    assert info.value.hint.startswith("a bug in the package misnamed-plugin (its separation 'unstreamed'), not a mistake in the pipeline"), info.value.hint
+
+
+def test_a_separation_is_tagged_with_the_name_it_was_registered_under():
+    """`recall` marks a separation's crash with its registered name; one made outside the registry keeps its own."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from amemctl import Elementwise, Separation, SeparationFunction, Softmax, recall
+    from amemctl.errors import blamed_function, maker_of
+
+    made = SeparationFunction("a", lambda: Elementwise("b", lambda s: s))()
+    assert maker_of(made, "separation") == ("separation", "a") and made.name == "b"
+    assert maker_of(Softmax(beta=2.0), "separation") == ("separation", "softmax")
+
+    @dataclass(frozen=True)
+    class Frozen(Separation):  # a frozen plugin class is tagged too
+        name: str = "frozen"
+
+        def weights(self, scores):
+            return scores
+
+    assert maker_of(SeparationFunction("cold", Frozen)(), "separation") == ("separation", "cold")
+
+    def boom(scores):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError) as info:
+        recall(torch.rand(3, 4), torch.rand(5, 4), separation=SeparationFunction("a", lambda: Elementwise("b", boom))())
+    assert blamed_function(info.value) == ("separation", "a")
+
+
 def test_a_kernel_returning_the_wrong_shape_is_named_with_the_shape_it_owes():
     import torch
 

@@ -121,9 +121,14 @@ def test_plan_blocks_takes_fewer_queries_rather_than_tiny_chunks():
     block_q, block_n = plan_blocks(queries=10_000, memories=1_000_000, pair_bytes=16, budget=16 * 2**20, full_rows=False)
     assert block_n >= 1024 and block_q * block_n * 16 <= 16 * 2**20
     with pytest.raises(StageError, match="raise the retrieval budget"):
-        plan_blocks(queries=1, memories=10_000, pair_bytes=16, budget=1024, full_rows=True)
-    block_q, block_n = plan_blocks(queries=50, memories=10_000, pair_bytes=16, budget=2**20, full_rows=True)
-    assert block_q * 10_000 * 32 <= 2**20 and block_q >= 1
+        plan_blocks(queries=1, memories=10_000, pair_bytes=16, budget=1024, full_rows=4)
+    # full rows: each query's row held, and rows of temporaries (4 per score here) no larger than the held ones
+    block_q, block_n = plan_blocks(queries=50, memories=10_000, pair_bytes=16, budget=2**20, full_rows=4)
+    assert block_q == 2**20 // (2 * 10_000 * 4) and block_q * 10_000 * 4 + block_q * block_n * 16 <= 2**20
+    # one row and the temporaries of one: 40,000 bytes each
+    assert plan_blocks(queries=50, memories=10_000, pair_bytes=16, budget=5 * 40_000, full_rows=4)[0] == 1
+    with pytest.raises(StageError, match="raise the retrieval budget"):
+        plan_blocks(queries=50, memories=10_000, pair_bytes=16, budget=5 * 40_000 - 1, full_rows=4)
 
 
 def test_ties_go_to_the_lowest_index_whatever_the_chunking():

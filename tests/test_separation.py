@@ -66,6 +66,44 @@ def test_entmax15_is_normalised_sparse_and_between_softmax_and_sparsemax():
     torch.testing.assert_close(w, (z - tau).clamp_min(0) ** 2)
 
 
+
+def _sparsemax_plain(z):
+    """sparsemax as amemctl computed it before its temporaries were made in place: the reference."""
+    zs, _ = torch.sort(z, dim=1, descending=True)
+    cs = zs.cumsum(1) - 1
+    rho = torch.arange(1, z.shape[1] + 1, dtype=z.dtype)
+    support = (zs * rho > cs).sum(1, keepdim=True)
+    return (z - cs.gather(1, support - 1) / support.to(z.dtype)).clamp_min(0)
+
+
+def _entmax15_plain(z):
+    """1.5-entmax as amemctl computed it before its temporaries were made in place: the reference."""
+    z = (z - z.amax(1, keepdim=True)) / 2
+    zs, _ = torch.sort(z, dim=1, descending=True)
+    rho = torch.arange(1, z.shape[1] + 1, dtype=z.dtype)
+    mean = zs.cumsum(1) / rho
+    mean_sq = (zs * zs).cumsum(1) / rho
+    tau = mean - ((1 - rho * (mean_sq - mean * mean)) / rho).clamp_min(0).sqrt()
+    support = (tau <= zs).sum(1, keepdim=True)
+    return (z - tau.gather(1, support - 1)).clamp_min(0).square()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparsemax_and_entmax_give_the_plain_formulas_numbers_to_the_bit(dtype):
+    """Their temporaries are made in place, and retrieval weighs a few rows at a time: neither changes a weight."""
+    s = torch.randn(23, 300, generator=torch.Generator().manual_seed(5)).to(dtype)
+    s[3, :50] = s[3, 0]  # ties
+    s[4] = 0.0
+    v = torch.randn(300, 9, generator=torch.Generator().manual_seed(6)).to(dtype)
+    for name, plain in (("sparsemax", _sparsemax_plain), ("entmax15", _entmax15_plain)):
+        sep = make_separation(name, beta=3.0)
+        given = s.clone()
+        want = plain(3.0 * s)
+        assert torch.equal(sep.weights(s), want) and torch.equal(s, given), name  # and the scores are left alone
+        for chunk in (7, 300):
+            torch.testing.assert_close(_stream(sep, s, v, chunk), want @ v, rtol=0, atol=0)
+
+
 def test_top_k_keeps_the_lowest_index_among_ties():
     s = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]])
     vals, idx = top_k(s, 2)

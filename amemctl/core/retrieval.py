@@ -26,7 +26,7 @@ from amemctl.core.kernels import cpu, routes
 from amemctl.core.rows import Aligned, Rows, TensorRows, as_rows
 from amemctl.core.separation import Separation, make_separation
 from amemctl.core.similarity import Similarity, get_similarity
-from amemctl.errors import StageError, blaming
+from amemctl.errors import StageError, blaming, maker_of
 
 #: Bytes of score-sized temporaries one retrieval may hold at once.
 DEFAULT_BUDGET = 256 * 2**20
@@ -34,10 +34,6 @@ DEFAULT_BUDGET = 256 * 2**20
 #: Chunks of fewer stored memories than this would waste time on overheads;
 #: below it the retrieval takes fewer queries at a time instead.
 MIN_CHUNK = 1024
-
-#: Bytes per score that full-row separations hold: the row, its sorted copy, cumulative
-#: sums and sort indices.
-_FULL_ROW_BYTES = 4 * 8
 
 
 @dataclass(frozen=True)
@@ -122,7 +118,8 @@ def recall(
     width = math.prod(value_rows.row_shape)
     pair_bytes = q.element_size() * (3 + sim.workspace(q.shape[1]))
     # every rank must make the same collective calls: plan with the whole memory's size
-    block_q, block_n = plan_blocks(q.shape[0], shard.total if shard else n, pair_bytes, budget, sep.needs_full_rows)
+    full_rows = max(1, sep.row_workspace) if sep.needs_full_rows else 0  # 0 plans a streaming separation
+    block_q, block_n = plan_blocks(q.shape[0], shard.total if shard else n, pair_bytes, budget, full_rows, q.element_size())
 
     output = q.new_empty(q.shape[0], width)
     best_index = torch.empty(q.shape[0], dtype=torch.long, device=q.device)
@@ -219,7 +216,7 @@ def _recall_block(
             dist.all_reduce(totals, group=shard.group)
         totals = torch.where(totals == 0, torch.ones_like(totals), totals)
 
-    with blaming("separation", sep.name):  # here and below: what the separation's own code raises is its bug
+    with blaming(*maker_of(sep, "separation")):  # here and below: what the separation's own code raises is its bug
         reducer = sep.reducer(q.shape[0], width, q)
     best = q.new_full((q.shape[0],), -math.inf)
     best_index = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
@@ -235,13 +232,14 @@ def _recall_block(
         values = None
         if value_chunks is not None:
             values = value_chunks.next(len(chunk)).to(device=q.device, dtype=q.dtype)
-        with blaming("separation", sep.name):
+        with blaming(*maker_of(sep, "separation")):
             reducer.update(s, offset + start, values)
+    s = values = None  # the last chunk's scores and values: held by the reducer if it needs them, not beside its finish too
     local_values = _OnDevice(value_rows, q)
     if shard is not None:
         reducer.merge(shard.group, local_values, start)  # unmarked: a collective that lost its peer rank is no bug of the separation's
         best, best_index = _merge_best(best, best_index, shard.group)
-    with blaming("separation", sep.name):
+    with blaming(*maker_of(sep, "separation")):
         return reducer.finish(local_values), best_index, best, reducer.unweighted()
 
 
@@ -281,27 +279,42 @@ class _OnDevice:
         return self.rows.take(index).to(device=self.like.device, dtype=self.like.dtype)
 
 
-def plan_blocks(queries: int, memories: int, pair_bytes: int, budget: int, full_rows: bool) -> tuple[int, int]:
+def plan_blocks(queries: int, memories: int, pair_bytes: int, budget: int, full_rows: int = 0, score_bytes: int = 4) -> tuple[int, int]:
     """How many queries and stored memories to take at once so one block fits `budget`.
 
     Streaming separations prefer all queries against chunks of memories (each memory is
     read once); when that would make chunks tiny they take fewer queries instead.
-    Full-row separations need every memory of a query at once and take fewer queries.
+    Full-row separations (`full_rows`: their `row_workspace`, 0 for a streaming one) need
+    every memory of a query at once and take fewer queries: see `_full_row_queries`. Their
+    chunks are scored in what the gathered rows leave of the budget.
     """
-    pairs = max(1, budget // pair_bytes)
     if full_rows:
-        row_bytes = memories * _FULL_ROW_BYTES
-        if row_bytes > budget:
-            raise StageError(
-                f"this separation needs all {memories} scores of a query at once ({row_bytes} bytes), "
-                f"more than the retrieval budget of {budget} bytes allows",
-                hint="raise the retrieval budget, or use a streaming separation (softmax, max, top-k)",
-            )
-        block_q = max(1, min(queries, budget // row_bytes))
-        return block_q, max(1, min(memories, pairs // block_q))
+        block_q = _full_row_queries(queries, memories, full_rows, score_bytes, budget)
+        left = budget - block_q * memories * score_bytes
+        return block_q, max(1, min(memories, left // (pair_bytes * block_q)))
+    pairs = max(1, budget // pair_bytes)
     block_n = min(memories, max(min(MIN_CHUNK, memories), pairs // max(queries, 1)))
     block_q = max(1, min(queries, pairs // block_n))
     return block_q, block_n
+
+
+def _full_row_queries(queries: int, memories: int, workspace: int, score_bytes: int, budget: int) -> int:
+    """The most queries whose full rows of scores a full-row separation can weigh within `budget`.
+
+    A block of b queries holds its b gathered rows and, while weighing them, the temporaries
+    of `rows_at_once(b, workspace)` rows (`workspace` rows' worth each); gathering held the
+    rows twice for a moment (the chunks and the rows made of them). So b + max(b, that) rows:
+    2b when b >= workspace, b + workspace below.
+    """
+    row = memories * score_bytes
+    block_q = budget // (2 * row) if budget >= 2 * workspace * row else budget // row - workspace
+    if block_q < 1:
+        raise StageError(
+            f"this separation needs all {memories} scores of a query at once, and temporaries {workspace} times their size "
+            f"({(1 + workspace) * row} bytes), more than the retrieval budget of {budget} bytes allows",
+            hint="raise the retrieval budget, or use a streaming separation (softmax, max, top-k)",
+        )
+    return min(queries, block_q)
 
 
 def _flat_queries(queries: Tensor, keys: Rows) -> Tensor:

@@ -10,7 +10,8 @@ give the same answer:
   Weighted sums keep a running sum and normaliser, softmax keeps the running maximum as
   flash attention does, top-k keeps a running top-k. Separations that need a whole row
   (sparsemax, entmax) say so with `needs_full_rows`; the retrieval then bounds memory by
-  taking fewer queries at a time instead.
+  taking fewer queries at a time instead, and weighs their gathered rows a few at a time
+  (`row_workspace`).
 
 Ties are broken toward the lower memory index everywhere, so results do not depend on how
 the memories were chunked.
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from amemctl.core.rows import Rows
-from amemctl.errors import StageError, blame_function
+from amemctl.errors import StageError, blame_function, maker_of
 from amemctl.suggest import did_you_mean
 
 
@@ -79,6 +80,11 @@ class Separation(ABC):
     name: str
     #: True when the weights of a row depend on the whole row at once, not a running state.
     needs_full_rows: bool = False
+    #: With `needs_full_rows`: the score-sized temporaries per score (its result included) that
+    #: `weights` holds at once for the rows it is given. Retrieval gives it `rows_at_once` rows
+    #: at a time and plans its blocks of queries with this (`plan_blocks`). A plugin's `weights`
+    #: is its own: 8 is a guess; sparsemax and entmax state theirs, measured by the tests.
+    row_workspace: int = 8
 
     @abstractmethod
     def weights(self, scores: Tensor) -> Tensor:
@@ -88,8 +94,8 @@ class Separation(ABC):
         """A fresh streaming state for `rows` queries and values `width` wide.
 
         With `needs_full_rows` it gathers each query's full row of scores and calls `weights`
-        on it, so such a separation defines `weights` only. Any other defines its own (an
-        `Elementwise` streams by itself).
+        on a few of those rows at a time (`rows_at_once`), so such a separation defines
+        `weights` only. Any other defines its own (an `Elementwise` streams by itself).
         """
         if self.needs_full_rows:
             return _FullRows(self, [])
@@ -110,11 +116,13 @@ class Separation(ABC):
 
 
 def _no_reducer(separation: Separation) -> BaseException:
+    """The TypeError for a separation class retrieval cannot run, marked as the fault of the function that made it (by its registered name)."""
+    noun, name = maker_of(separation, "separation")
     error = TypeError(
-        f"separation {separation.name!r} ({type(separation).__name__}) defines no reducer(): set needs_full_rows = True to be given "
+        f"separation {name!r} ({type(separation).__name__}) defines no reducer(): set needs_full_rows = True to be given "
         "each query's full row of scores, or define reducer() to stream over chunks of memories"
     )
-    return blame_function(error, "separation", separation.name)
+    return blame_function(error, noun, name)
 
 
 def _fmt(v: object) -> str:
@@ -424,15 +432,18 @@ class Sparse(Separation):
     beta: float = 1.0
     needs_full_rows = True
 
+    @property
+    def row_workspace(self) -> int:  # type: ignore[override]
+        """Rows' worth of temporaries: beta * s, its sorted copy and the sort's int64 indices (two); entmax
+        then holds its cumulative mean, mean square and mean * mean beside the first two (`test_devices` measures both)."""
+        return 4 if self.name == "sparsemax" else 5
+
     def describe(self) -> str:
         return f"{self.name}(beta={_fmt(float(self.beta))})"
 
     def weights(self, scores: Tensor) -> Tensor:
-        z = self.beta * scores
-        return _sparsemax(z) if self.name == "sparsemax" else _entmax15(z)
-
-    def reducer(self, rows: int, width: int, like: Tensor) -> Reducer:
-        return _FullRows(self, [])
+        z = self.beta * scores  # a new tensor, which the functions below overwrite with the weights
+        return _sparsemax_(z) if self.name == "sparsemax" else _entmax15_(z)
 
 
 def sparsemax(beta: float = 1.0) -> Sparse:
@@ -445,6 +456,13 @@ def entmax15(beta: float = 1.0) -> Sparse:
 
 @dataclass
 class _FullRows(Reducer):
+    """Each query's full row of scores, gathered chunk by chunk and weighed at the end (`Separation.weights`).
+
+    The gathered rows become the weights in place, `rows_at_once` rows at a time, so the
+    separation's temporaries (sorted copies, cumulative sums) never exceed those rows
+    themselves: what `plan_blocks` counts.
+    """
+
     sep: Separation
     parts: list
     reads_values = False
@@ -453,8 +471,12 @@ class _FullRows(Reducer):
         self.parts.append(scores)
 
     def finish(self, values: Rows) -> Tensor:
-        w = self.sep.weights(torch.cat(self.parts, 1))
+        w = torch.cat(self.parts, 1)  # a copy: the parts may be a similarity's own tensors
         self.parts.clear()
+        step = rows_at_once(w.shape[0], self.sep.row_workspace)
+        for start in range(0, w.shape[0], step):
+            rows = w[start : start + step]
+            rows.copy_(self.sep.weights(rows))
         out = None
         for offset, chunk in values.chunks(max(1, 1 << 16)):
             part = w[:, offset : offset + chunk.shape[0]] @ chunk.to(w.dtype)
@@ -462,28 +484,46 @@ class _FullRows(Reducer):
         return out
 
 
-def _sparsemax(z: Tensor) -> Tensor:
-    """Euclidean projection of each row onto the simplex (Martins & Astudillo 2016)."""
-    zs, _ = torch.sort(z, dim=1, descending=True)
-    cs = zs.cumsum(1) - 1
+def rows_at_once(rows: int, workspace: int) -> int:
+    """How many of `rows` gathered rows a full-row separation weighs at once, given its `row_workspace`.
+
+    Its temporaries then take no more than the gathered rows themselves, or one row's
+    `workspace` when fewer rows than that were gathered.
+    """
+    return max(1, rows // max(1, workspace))
+
+
+def _sparsemax_(z: Tensor) -> Tensor:
+    """Euclidean projection of each row onto the simplex (Martins & Astudillo 2016), written into z.
+
+    In place where the plain formula made a temporary (same numbers): at most z, its sorted
+    copy and the sort's indices at once (`row_workspace`).
+    """
+    zs = torch.sort(z, dim=1, descending=True).values  # the indices are dropped at once
+    cs = zs.cumsum(1).sub_(1)
     rho = torch.arange(1, z.shape[1] + 1, device=z.device, dtype=z.dtype)
-    support = (zs * rho > cs).sum(1, keepdim=True)
+    support = (zs.mul_(rho) > cs).sum(1, keepdim=True)  # zs * rho > cs
     tau = cs.gather(1, support - 1) / support.to(z.dtype)
-    return (z - tau).clamp_min(0)
+    return z.sub_(tau).clamp_min_(0)
 
 
-def _entmax15(z: Tensor) -> Tensor:
-    """1.5-entmax of each row, exact by sorting (Peters, Niculae & Martins 2019)."""
-    z = (z - z.amax(1, keepdim=True)) / 2
-    zs, _ = torch.sort(z, dim=1, descending=True)
+def _entmax15_(z: Tensor) -> Tensor:
+    """1.5-entmax of each row, exact by sorting (Peters, Niculae & Martins 2019), written into z.
+
+    In place where the plain formula made a temporary (same numbers): at most five rows' worth
+    at once (`row_workspace`).
+    """
+    z.sub_(z.amax(1, keepdim=True)).div_(2)
+    zs = torch.sort(z, dim=1, descending=True).values
     rho = torch.arange(1, z.shape[1] + 1, device=z.device, dtype=z.dtype)
-    mean = zs.cumsum(1) / rho
-    mean_sq = (zs * zs).cumsum(1) / rho
-    delta = ((1 - rho * (mean_sq - mean * mean)) / rho).clamp_min(0)
-    tau = mean - delta.sqrt()
+    mean = zs.cumsum(1).div_(rho)
+    mean_sq = (zs * zs).cumsum_(1).div_(rho)
+    # delta = ((1 - rho * (mean_sq - mean * mean)) / rho).clamp_min(0), into mean_sq
+    delta = mean_sq.sub_(mean * mean).mul_(rho).neg_().add_(1).div_(rho).clamp_min_(0)
+    tau = mean.sub_(delta.sqrt_())  # mean - sqrt(delta)
     support = (tau <= zs).sum(1, keepdim=True)
     tau_star = tau.gather(1, support - 1)
-    return (z - tau_star).clamp_min(0).square()
+    return z.sub_(tau_star).clamp_min_(0).square_()
 
 
 # ---------------------------------------------------------------------------------------
