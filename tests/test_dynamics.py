@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amemctl.core.dynamics import energy, hopfield_asynchronous, iterate
+from amemctl.core.dynamics import energy, flip_update, hopfield_asynchronous, iterate
 from amemctl.core.retrieval import recall
 from amemctl.core.separation import make_separation
 from amemctl.dsl import presets
-from amemctl.errors import PipelineError
+from amemctl.errors import PipelineError, StageError
 from tests.conftest import error_of
 
 
@@ -271,3 +271,29 @@ def test_sdm_reads_the_majority_of_the_patterns_within_the_radius():
         near = [p for p in x if int((p != q).sum()) <= 6]  # the UHN form: each pattern its own hard location
         votes = torch.stack(near).mean(0)
         assert torch.equal(out, (votes > 0.5).float())
+
+
+def test_the_energy_travels_with_the_separation_not_its_name():
+    """A plugin's function called "square" (here sign-preserving, s|s|) was given the built-in
+    square's F = s^3/3 and the claim that its energy never increases, by name alone."""
+    from amemctl.core.dynamics import energy_defined, energy_guaranteed
+    from amemctl.core.separation import Elementwise
+    from amemctl.core.similarity import get_similarity
+
+    dot = get_similarity("dot")
+    impostor = Elementwise("square", lambda s: s * s.abs(), normalize=False)
+    assert not energy_defined(dot, impostor) and not energy_guaranteed(dot, impostor, "none")
+    with pytest.raises(StageError, match="known integral"):
+        flip_update(torch.ones(2, 4), torch.ones(3, 4), impostor)
+    # one that brings its own F gets the energy, and the guarantee only when it says F is convex
+    signed = Elementwise("signed_square", lambda s: s * s.abs(), normalize=False, integral=lambda s: s.abs().pow(3) / 3, convex=True)
+    assert energy_guaranteed(dot, signed, "none")
+    g = torch.Generator().manual_seed(0)
+    z, keys = torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g)
+    s = z @ keys.T
+    torch.testing.assert_close(energy(z, keys, signed), 0.5 * (z * z).sum(1) - (s.abs().pow(3) / 3).sum(1))
+    # the built-ins keep theirs: odd polynomials are convex, even ones are not
+    for name, params, convex in [("square", {}, True), ("polynomial", {"n": 3}, True), ("polynomial", {"n": 2}, False), ("rectified_polynomial", {"n": 2}, True)]:
+        built_in = make_separation(name, normalize=False, **params)
+        assert energy_defined(dot, built_in) and energy_guaranteed(dot, built_in, "none") == convex, name
+        torch.testing.assert_close(energy(z, keys, built_in), 0.5 * (z * z).sum(1) - built_in.integral(s).sum(1))

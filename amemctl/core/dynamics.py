@@ -67,28 +67,15 @@ def energy_defined(similarity: Similarity, separation: Separation, activation: s
 
 
 def has_integral(separation: Separation) -> bool:
-    """Whether F with F' = the separation is known: an unnormalised identity, square or (rectified) polynomial."""
-    return isinstance(separation, Elementwise) and separation.name in _INTEGRALS and not separation.normalize
+    """Whether F with F' = the separation is known: an unnormalised elementwise one that carries its `integral`."""
+    return isinstance(separation, Elementwise) and separation.integral is not None and not separation.normalize
 
 
 def energy_guaranteed(similarity: Similarity, separation: Separation, activation: str) -> bool:
-    """Whether the energy provably never increases under synchronous updates."""
+    """Whether the energy provably never increases under synchronous updates (softmax, or a convex F)."""
     if not energy_defined(similarity, separation) or activation != "none":
         return False
-    if isinstance(separation, Softmax):
-        return True
-    if separation.name in ("identity", "square", "rectified_polynomial"):
-        return True
-    n = separation.params.get("n", 2)
-    return separation.name == "polynomial" and float(n).is_integer() and int(n) % 2 == 1  # F = x^(n+1)/(n+1), convex for odd n
-
-
-_INTEGRALS = {
-    "identity": lambda s, p: s.square() / 2,
-    "square": lambda s, p: s.pow(3) / 3,
-    "polynomial": lambda s, p: s.pow(p.get("n", 2) + 1) / (p.get("n", 2) + 1),
-    "rectified_polynomial": lambda s, p: s.clamp_min(0).pow(p.get("n", 2) + 1) / (p.get("n", 2) + 1),
-}
+    return isinstance(separation, Softmax) or bool(getattr(separation, "convex", False))
 
 
 def energy(state: Tensor, keys: "Tensor | Rows", separation: Separation, chunk: int = 4096) -> Tensor:
@@ -100,10 +87,10 @@ def energy(state: Tensor, keys: "Tensor | Rows", separation: Separation, chunk: 
         beta = separation.beta
         parts = [torch.logsumexp(beta * (z @ flat_keys[s : s + chunk].T), dim=1) for s in range(0, len(flat_keys), chunk)]
         return quadratic - torch.logsumexp(torch.stack(parts, 1), dim=1) / beta
-    integral = _INTEGRALS[separation.name]
+    integral = separation.integral
     total = z.new_zeros(len(z))
     for s in range(0, len(flat_keys), chunk):
-        total += integral(z @ flat_keys[s : s + chunk].T, separation.params).sum(1)
+        total += integral(z @ flat_keys[s : s + chunk].T).sum(1)
     return quadratic - total
 
 
@@ -159,7 +146,7 @@ def flip_field(state: Tensor, patterns: Tensor, separation: Elementwise, budget:
     energy. Computed in float64 (x^20 of overlaps in the hundreds overflows float32), over
     chunks of memories so that Q x chunk x D stays within `budget` elements.
     """
-    integral = _integral(separation)
+    integral = separation.integral
     s = state.reshape(len(state), -1).double()
     m = patterns.reshape(len(patterns), -1).to(s)
     field = s.new_zeros(s.shape)
@@ -197,7 +184,7 @@ def flip_update(
         raise StageError(f"unknown update {update!r}", hint="use synchronous or asynchronous")
     if not has_integral(separation):
         raise StageError(f"energy-flip updates need a separation with a known integral, unnormalised; not {separation.describe()}",
-                         hint="use identity, square, polynomial or rectified_polynomial with normalize: false")
+                         hint="use identity, square, polynomial or rectified_polynomial with normalize: false, or give an Elementwise its integral=")
     m = materialize(patterns).reshape(len(patterns), -1).double()
     if not torch.all((m == 1) | (m == -1)):
         raise StageError("energy-flip updates (classical Hopfield network, dense associative memory) store bipolar patterns (+1/-1)",
@@ -217,7 +204,7 @@ def flip_update(
             order = random.randperm(s.shape[1], generator).tolist()
             block = max(1, budget // (8 * 4 * len(m)))  # the overlaps and three temporaries of their size
             for start in range(0, len(s), block):  # each query's neurons flip on their own: a view is updated in place
-                _sweep(s[start : start + block], m, _integral(separation), order)
+                _sweep(s[start : start + block], m, separation.integral, order)
         s = torch.where(converged[:, None], before, s)
         if track_energy:
             energies.append(energy(s, m, separation))
@@ -249,12 +236,6 @@ def hopfield_asynchronous(queries: Tensor, patterns: "Tensor | Rows", steps: int
     unchanged is a fixed point, and the query stops there. `flip_update` with the identity.
     """
     return flip_update(queries, patterns, make_separation("identity", normalize=False), steps=steps, update="asynchronous", generator=generator, track_energy=track_energy)
-
-
-def _integral(separation: Elementwise) -> Callable[[Tensor], Tensor]:
-    """F with F' = the separation, as a function of the overlaps alone."""
-    fn, params = _INTEGRALS[separation.name], separation.params
-    return lambda x: fn(x, params)
 
 
 def _floating(x: Tensor) -> Tensor:

@@ -139,12 +139,18 @@ class Elementwise(Separation):
 
     With `normalize` (the UHN reference code's default) the output is a weighted average of
     the stored values; without it, a raw weighted sum (classical HN, DAM energies).
+    `integral`, when given, is F with F' = fn: unnormalised on the dot similarity the network
+    then has the energy 1/2 |z|^2 - sum F(s) (`dynamics.energy`), and with `convex` (F convex)
+    synchronous updates provably never increase it. They travel with the object, not its name,
+    so a plugin's function called "square" is never given the built-in square's energy.
     """
 
     name: str
     fn: Callable[[Tensor], Tensor] = field(repr=False)
     normalize: bool = True
     params: dict = field(default_factory=dict)
+    integral: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    convex: bool = False
 
     def describe(self) -> str:
         inner = ", ".join(f"{k}={_fmt(v)}" for k, v in {**self.params, "normalize": self.normalize}.items())
@@ -189,20 +195,24 @@ def _normalised(x: Tensor, total: Tensor) -> Tensor:
 
 
 def identity(normalize: bool = True) -> Elementwise:
-    return Elementwise("identity", lambda s: s, normalize)
+    return Elementwise("identity", lambda s: s, normalize, integral=lambda s: s.square() / 2, convex=True)
 
 
 def polynomial(n: float = 2, normalize: bool = True) -> Elementwise:
-    return Elementwise("polynomial", lambda s: s.pow(n), normalize, {"n": n})
+    """s^n; its energy F = s^(n+1)/(n+1) is convex for odd integer n."""
+    odd = float(n).is_integer() and int(n) % 2 == 1
+    return Elementwise("polynomial", lambda s: s.pow(n), normalize, {"n": n}, integral=lambda s: s.pow(n + 1) / (n + 1), convex=odd)
 
 
 def square(normalize: bool = True) -> Elementwise:
-    return Elementwise("square", lambda s: s.square(), normalize)
+    return Elementwise("square", lambda s: s.square(), normalize, integral=lambda s: s.pow(3) / 3, convex=True)
 
 
 def rectified_polynomial(n: float = 2, normalize: bool = True) -> Elementwise:
     """max(s, 0)^n: the rectified polynomial energy of Krotov and Hopfield (2016)."""
-    return Elementwise("rectified_polynomial", lambda s: s.clamp_min(0).pow(n), normalize, {"n": n})
+    return Elementwise(
+        "rectified_polynomial", lambda s: s.clamp_min(0).pow(n), normalize, {"n": n}, integral=lambda s: s.clamp_min(0).pow(n + 1) / (n + 1), convex=True
+    )
 
 
 def log(normalize: bool = True) -> Elementwise:
