@@ -62,7 +62,7 @@ class Function:
         values: dict[str, Any] = {}
         for key, param in self.params.items():
             try:
-                values[key] = self._value(key, param, given)
+                values[key] = param.value_in(key, given, f"{self.kind} {self.name!r}", locate_missing=True)
             except ParamError as exc:
                 problems.append(exc)
         if problems:
@@ -79,18 +79,6 @@ class Function:
             param=key,
             about="key",
         )
-
-    def _value(self, key: str, param: Param, given: Mapping[str, Any]) -> Any:
-        """One parameter's checked value: the given one, or its default; a ParamError naming it otherwise."""
-        if key in given:
-            try:
-                return param.coerce(given[key])
-            except ParamError as exc:
-                exc.param = key
-                raise
-        if param.required:
-            raise ParamError(f"{self.kind} {self.name!r} needs parameter {key!r}", hint=param._expect() + (f": {param.doc}" if param.doc else ""), param=key, about="key")
-        return param.default
 
     def __call__(self, *args: Any, **given: Any) -> Any:
         """`make(*args, **parameters)` with the parameters checked and completed.

@@ -29,7 +29,7 @@ import operator
 import re
 import textwrap
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from amemctl.errors import AmemctlError, PipelineError
 from amemctl.suggest import did_you_mean
@@ -258,6 +258,23 @@ class Param:
         if not self._within(value):
             raise ParamError(f"parameter {self.name!r} is {value}, out of range", hint=self._expect())
 
+    def value_in(self, key: str, given: "Mapping[str, Any]", owner: str, *, locate_missing: bool = False) -> Any:
+        """This parameter's checked value in `given` (under `key`), or its default; a ParamError naming it otherwise.
+
+        `owner` says whose parameter it is ("stage 'score'", "separation 'top_k'"); with
+        `locate_missing` a missing required one is reported at its key, else at its owner.
+        """
+        if key in given:
+            try:
+                return self.coerce(given[key])
+            except ParamError as exc:
+                exc.param = key
+                raise
+        if self.required:
+            where: dict[str, Any] = {"param": key, "about": "key"} if locate_missing else {}
+            raise ParamError(f"{owner} needs parameter {key!r}", hint=self._expect() + (f": {self.doc}" if self.doc else ""), **where)
+        return self.default
+
     def _expect(self) -> str:
         """What fits, as a hint: `beta takes a number > 0`."""
         return f"{self.name} takes {_a(self.type_text())}"
@@ -394,7 +411,7 @@ class Stage:
         problems = [] if self.dispatch else [self._no_parameter(key) for key in extra]
         for key, param in self.params.items():
             try:
-                self.settings[key] = self._setting(key, param, values)
+                self.settings[key] = param.value_in(key, values, f"stage {self.name!r}")
             except ParamError as exc:
                 problems.append(exc)
         if self.dispatch:
@@ -410,19 +427,6 @@ class Stage:
             param=key,
             about="key",
         )
-
-    def _setting(self, key: str, param: Param, values: dict[str, Any]) -> Any:
-        """One parameter's checked value: the given one, or its default; a ParamError naming it otherwise."""
-        if key in values:
-            try:
-                return param.coerce(values[key])
-            except ParamError as exc:
-                exc.param = key
-                raise
-        if param.required:
-            doc = f": {param.doc}" if param.doc else ""
-            raise ParamError(f"stage {self.name!r} needs parameter {key!r}", hint=param._expect() + doc)
-        return param.default
 
     def _configure_choices(self, extra: dict[str, Any]) -> list[ParamError]:
         """Check the parameters meant for the functions this stage dispatches to; every problem found.
