@@ -216,7 +216,8 @@ def _recall_block(
             dist.all_reduce(totals, group=shard.group)
         totals = torch.where(totals == 0, torch.ones_like(totals), totals)
 
-    with blaming(*maker_of(sep, "separation")):  # here and below: what the separation's own code raises is its bug
+    separation_code = blaming(*maker_of(sep, "separation"))  # here and below: what the separation's own code raises is its bug
+    with separation_code:
         reducer = sep.reducer(q.shape[0], width, q)
     best = q.new_full((q.shape[0],), -math.inf)
     best_index = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
@@ -232,14 +233,14 @@ def _recall_block(
         values = None
         if value_chunks is not None:
             values = value_chunks.next(len(chunk)).to(device=q.device, dtype=q.dtype)
-        with blaming(*maker_of(sep, "separation")):
+        with separation_code:
             reducer.update(s, offset + start, values)
     s = values = None  # the last chunk's scores and values: held by the reducer if it needs them, not beside its finish too
     local_values = _OnDevice(value_rows, q)
     if shard is not None:
         reducer.merge(shard.group, local_values, start)  # unmarked: a collective that lost its peer rank is no bug of the separation's
         best, best_index = _merge_best(best, best_index, shard.group)
-    with blaming(*maker_of(sep, "separation")):
+    with separation_code:
         return reducer.finish(local_values), best_index, best, reducer.unweighted()
 
 

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from amemctl.errors import DamagedStore, StoreError, existing, refusal_hint
-from amemctl.store.encoding import decode, encode, stored
+from amemctl.store.encoding import decode, encode, stored, widen
 from amemctl.store.lock import WriterLock
 from amemctl.store.soundness import (
     ATTR,
@@ -305,8 +305,7 @@ class MemoryStore:
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> Tensor:
         """Published rows start..stop (physical numbering, forgotten ones included), decoded."""
-        stop = self.count if stop is None else min(stop, self.count)
-        return decode(self._load(name, lambda a: a[start:stop], f"rows {start}..{stop - 1}"), self.storage(name))
+        return widen(self.read_stored(name, start, stop), self.storage(name))
 
     def read_stored(self, name: str, start: int = 0, stop: int | None = None) -> Tensor:
         """`read`, not decoded yet: the rows as stored (`encoding.stored`; `encoding.widen` decodes them, on any device)."""
