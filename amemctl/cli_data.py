@@ -110,16 +110,9 @@ def preview(dataset: str, kinds: str, count: int, seed: int, root: str | None, o
 def _crash(exc: Exception, kind: str, registry: Any) -> Exception:
     """A StageCrash naming the corruption that raised and whose bug it is (the plugin package whose code ran, or that registered it)."""
     from amemctl.errors import StageCrash
-    from amemctl.plugins import culprit
 
     package = registry.package_of("corruptions", kind)
-    found, blamed = culprit(exc, registry), registry.blamed_plugin(exc)
-    if found is not None:
-        whose = f"a bug in the plugin package {found.package} (at {found.where})"
-    elif blamed is not None:
-        whose = f"a bug in the plugin package {blamed[0]} ({blamed[1]})"
-    else:
-        whose = "a bug in amemctl (please report it)"
+    whose = registry.plugin_bug(exc) or "a bug in amemctl (please report it)"
     return StageCrash(f"corruption {kind!r} (package {package}) crashed: {type(exc).__name__}: {exc}", hint=f"{whose}; leave it out with --kinds")
 
 

@@ -18,6 +18,7 @@ import functools
 import importlib
 import importlib.metadata
 import os
+import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,14 @@ class Registry:
         noun, name = marked
         owner = next((self.package_of(kind, name) for kind, (_, each) in KINDS.items() if each == noun), "?")
         return (owner, f"its {noun} {name!r}") if owner not in (BUILTIN, "?") else None
+
+    def plugin_bug(self, exc: BaseException) -> str | None:
+        """Whose bug a crash is when a plugin's: the package whose code raised (culprit), else the one whose function amemctl found at fault; None when neither."""
+        found = culprit(exc, self)
+        if found is not None:
+            return f"a bug in the plugin package {found.package} (at {found.where})"
+        blamed = self.blamed_plugin(exc)
+        return f"a bug in the plugin package {blamed[0]} ({blamed[1]})" if blamed is not None else None
 
     def table(self, kind: str) -> dict[str, Any]:
         """The entries of one kind (a key of KINDS)."""
@@ -237,11 +246,7 @@ def _module_files(dist: importlib.metadata.Distribution) -> Iterator[Path]:
 
 def _requirement_name(requirement: str) -> str:
     """The normalised project name a requirement line starts with ("amemctl>=0.1; ..." -> "amemctl")."""
-    head = requirement.strip()
-    for i, char in enumerate(head):
-        if not (char.isalnum() or char in "-_."):
-            head = head[:i]
-            break
+    head = re.match(r"[\w.-]*", requirement.strip()).group()
     return head.lower().replace("_", "-").replace(".", "-")
 
 

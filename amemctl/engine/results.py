@@ -370,9 +370,13 @@ def format_value(value: float | None, fmt: str) -> str:
     return f"{value:.4g}"
 
 
+#: the unit of values in each format that has one
+UNITS = {"percent": "%", "seconds": "s"}
+
+
 def unit(fmt: str) -> str:
     """What a title or column header of values in format `fmt` ends with: " (%)", " (s)", or nothing (plain numbers)."""
-    return {"percent": " (%)", "seconds": " (s)"}.get(fmt, "")
+    return f" ({UNITS[fmt]})" if fmt in UNITS else ""
 
 
 def print_table(console: Console, grid: Grid) -> None:

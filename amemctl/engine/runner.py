@@ -601,12 +601,9 @@ def _blame(exc: Exception, step: Step, package: str, registry: Registry | None) 
     A plugin's similarity, separation or corruption runs inside a built-in stage: without
     this, a bug in it would be reported as amemctl's.
     """
-    found = culprit(exc, registry) if registry is not None else None
-    if found is not None:
-        return f"a bug in the plugin package {found.package} (at {found.where})"
-    blamed = registry.blamed_plugin(exc) if registry is not None else None
-    if blamed is not None:
-        return f"a bug in the plugin package {blamed[0]} ({blamed[1]})"
+    plugins = registry.plugin_bug(exc) if registry is not None else None
+    if plugins is not None:
+        return plugins
     if package not in (BUILTIN, "?"):
         return f"a bug in the plugin package {package}"
     if _in_collective(exc):

@@ -165,10 +165,10 @@ def format_seconds(seconds: float | None) -> str:
 
 def format_metric(value: float | None, fmt: str) -> str:
     """A value in a line of text or a table cell with no header to carry its unit: "22.2 %", "1.500 s", "0.25"."""
-    from amemctl.engine.results import format_value
+    from amemctl.engine.results import UNITS, format_value
 
     text = format_value(value, fmt)
-    return text + ({"percent": " %", "seconds": " s"}.get(fmt, "") if value is not None else "")
+    return text + (f" {UNITS[fmt]}" if fmt in UNITS and value is not None else "")
 
 
 @dataclass
