@@ -8,17 +8,15 @@ a GPU is a synchronisation. The tests marked "needs a CUDA device" check the sam
 
 from __future__ import annotations
 
-import weakref
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from amemctl.core.retrieval import _recall_block, recall
 from amemctl.core.rows import TensorRows
 from amemctl.core.separation import make_separation
 from amemctl.core.similarity import SIMILARITIES
+from tests.peak import Peak
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -142,35 +140,6 @@ def test_a_nan_key_under_max_or_topk_is_named_not_hidden(separation):
 # what a CPU can tell of a GPU's memory and waits: meta tensors watched by a dispatch mode
 
 
-class _Peak(TorchDispatchMode):
-    """The most bytes that tensors made inside the mode hold at once (meta tensors: their sizes; inputs not counted)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.storages: dict[int, tuple[int, list]] = {}  # storage -> (bytes, weak references of the tensors on it)
-        self.bytes = 0
-
-    def _alive(self, key: int) -> bool:
-        refs = self.storages[key][1]
-        refs[:] = [r for r in refs if r() is not None]
-        if not refs:  # freed: its address may come back as another storage's
-            del self.storages[key]
-        return bool(refs)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        given = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                key = t.untyped_storage()._cdata
-                if key in self.storages and self._alive(key):
-                    self.storages[key][1].append(weakref.ref(t))
-                elif key not in given:  # a new allocation (what a GPU's allocator would hand out: numel x element size)
-                    self.storages[key] = (t.numel() * t.element_size(), [weakref.ref(t)])
-        self.bytes = max(self.bytes, sum(self.storages[k][0] for k in list(self.storages) if self._alive(k)))
-        return out
-
-
 def test_jensen_shannon_off_the_cpu_holds_no_more_than_the_workspace_retrieval_plans_for():
     """Off the CPU the mixture was one Q x n x d block and its logarithm another: twice the workspace
     `plan_blocks` sizes chunks by (one element per feature and pair), so a GPU retrieval held twice its budget."""
@@ -179,7 +148,7 @@ def test_jensen_shannon_off_the_cpu_holds_no_more_than_the_workspace_retrieval_p
     meta = torch.device("meta")
     for n_q, n, d in ((29, 1024, 32), (1, 3000, 64), (64, 200, 300)):
         q, k = torch.empty(n_q, d, device=meta), torch.empty(n, d, device=meta)
-        with _Peak() as peak:
+        with Peak() as peak:
             jensen_shannon(q, k)
         planned = n_q * n * (3 + SIMILARITIES["jensen_shannon"].workspace(d)) * 4  # what plan_blocks allots these pairs
         inputs = 2 * (n_q + n) * d * 4  # the rows as distributions and their logarithms: chunk-sized, not score-sized
@@ -206,11 +175,30 @@ def test_sparsemax_and_entmax_off_the_cpu_hold_no_more_than_the_budget_retrieval
         block_q, block_n = plan_blocks(n_q, n, 4 * (3 + sim.workspace(d)), budget, sep.row_workspace, 4)  # as recall plans
         q = torch.empty(block_q, d, device=meta)
         keys, values = TensorRows(torch.empty(n, d, device=meta)), TensorRows(torch.empty(n, width, device=meta))
-        with _Peak() as peak:
+        with Peak() as peak:
             _recall_block(q, keys, values, sim, sep, "negative", normalize, block_n, width, budget=budget)
         # not score-sized: per query the output and a few numbers, per memory the ranks 1..N, per chunk
         # Jensen-Shannon's rows as distributions and their logarithms (see the test above)
         small = 4 * (2 * block_q * width + 16 * block_q + 2 * n + 2 * (block_q + block_n) * d)
+        assert peak.bytes <= budget + small, (n_q, n, budget, block_q, block_n, peak.bytes / budget)
+
+
+@pytest.mark.parametrize("similarity", ["dot", "manhattan", "jensen_shannon"])
+@pytest.mark.parametrize("separation", STREAMING, ids=lambda s: s[0] + str(s[1].get("k", "")))
+def test_normalised_scores_kept_for_reuse_stay_within_the_budget(separation, similarity):
+    """Normalising keeps a block's scores (up to a quarter of the budget) beside chunks that were
+    planned for all of it: Jensen-Shannon with softmax held 5.5% over its budget."""
+    from amemctl.core.retrieval import plan_recall
+
+    meta = torch.device("meta")
+    sep, sim = make_separation(separation[0], **separation[1]), SIMILARITIES[similarity]
+    for n_q, n, d, width, budget in ((64, 2000, 32, 32, 2**22), (512, 2000, 16, 5, 2**23), (8, 50000, 64, 64, 2**24)):
+        q = torch.empty(n_q, d, device=meta)
+        block_q, block_n = plan_recall(q, n, sim, sep, True, budget)
+        keys, values = TensorRows(torch.empty(n, d, device=meta)), TensorRows(torch.empty(n, width, device=meta))
+        with Peak() as peak:
+            _recall_block(q[:block_q], keys, values, sim, sep, "negative", True, block_n, width, budget=budget)
+        small = 4 * (4 * block_q * width + 16 * block_q + 2 * (block_q + block_n) * d)  # the reducer's state, per-query numbers, rows as distributions
         assert peak.bytes <= budget + small, (n_q, n, budget, block_q, block_n, peak.bytes / budget)
 
 
@@ -220,7 +208,7 @@ def test_sparsemax_and_entmax_weigh_rows_within_the_workspace_they_state(name):
     sep = make_separation(name, beta=2.0)
     for rows, n in ((1, 5000), (7, 3000), (64, 1000)):
         scores = torch.empty(rows, n, device="meta")
-        with _Peak() as peak:
+        with Peak() as peak:
             sep.weights(scores)
         assert peak.bytes <= (sep.row_workspace * rows * n + n + 16 * rows) * 4, (rows, n, peak.bytes / (rows * n * 4))
 

@@ -89,9 +89,9 @@ def test_a_run_leaves_its_folder(run_text):
     assert env["device"] == "cpu" and env["torch"] == torch.__version__
 
 
-def _run_steps(text, registry):
+def _run_steps(text, registry, budget=2**28):
     plan = parse_text(text, registry=registry).plans[0]
-    ctx = Context(torch.device("cpu"), 0, 2**28, run_dir=None)
+    ctx = Context(torch.device("cpu"), 0, budget, run_dir=None)
     steps = plan_steps(plan.stages)
     for i, step in enumerate(steps):
         ctx.stage_seed = i
@@ -106,6 +106,15 @@ def test_score_separate_project_fuse_unless_a_later_stage_reads_the_weights(regi
     assert [s.name for s in apart_steps] == ["load", "corrupt", "score", "separate", "project", "evaluate", "peek"]
     torch.testing.assert_close(fused["retrieved"], apart["retrieved"], rtol=1e-5, atol=1e-6)
     assert apart.metrics["peeked"] == 40 * 300
+
+
+@pytest.mark.parametrize("function", ["sparsemax", "entmax15"])
+def test_a_full_row_separation_run_apart_weighs_a_few_queries_at_a_time_and_equals_the_fused_retrieval(registry, function):
+    text = BASE.replace("function: softmax", f"function: {function}")
+    _, fused = _run_steps(text, registry)
+    _, apart = _run_steps(text + "  - peek: {}\n", registry, budget=60_000)  # 40 x 300 scores (48,000 bytes) fit; 12 queries weighed at a time
+    torch.testing.assert_close(fused["retrieved"], apart["retrieved"], rtol=1e-5, atol=1e-6)
+    assert apart["weights"].shape == (40, 300) and bool((apart["weights"] == 0).any())
 
 
 def test_an_unfused_score_over_the_budget_is_refused(run_text, registry):

@@ -97,7 +97,7 @@ def recall(
     sep = separation if isinstance(separation, Separation) else make_separation(separation)
     key_rows = as_rows(keys)
     value_rows = key_rows if values is None else as_rows(values)
-    q = _flat_queries(queries, key_rows)
+    q = flat_queries(queries, key_rows)
     n = len(key_rows)
     if len(value_rows) != n:
         raise StageError(
@@ -116,10 +116,8 @@ def recall(
         return _checked(*cpu.recall(q, key_rows, value_rows, sim, sep, budget), key_rows, value_rows, block_n)
 
     width = math.prod(value_rows.row_shape)
-    pair_bytes = q.element_size() * (3 + sim.workspace(q.shape[1]))
     # every rank must make the same collective calls: plan with the whole memory's size
-    full_rows = max(1, sep.row_workspace) if sep.needs_full_rows else 0  # 0 plans a streaming separation
-    block_q, block_n = plan_blocks(q.shape[0], shard.total if shard else n, pair_bytes, budget, full_rows, q.element_size())
+    block_q, block_n = plan_recall(q, shard.total if shard else n, sim, sep, normalize_scores, budget)
 
     output = q.new_empty(q.shape[0], width)
     best_index = torch.empty(q.shape[0], dtype=torch.long, device=q.device)
@@ -193,8 +191,7 @@ def _recall_block(
     start = shard.start if shard else 0
 
     def scores_of(chunk: Tensor) -> Tensor:
-        low = sim.mixed_precision and chunk.dtype in (torch.float16, torch.bfloat16)
-        return sim(q, chunk.to(device=q.device) if low else chunk.to(device=q.device, dtype=q.dtype), distance_form)
+        return sim(q, keys_for(sim, chunk, q), distance_form)
 
     totals = None
     # Normalising needs every score's sum before the first chunk is separated: when this block's
@@ -244,6 +241,12 @@ def _recall_block(
         return reducer.finish(local_values), best_index, best, reducer.unweighted()
 
 
+def keys_for(sim: Similarity, chunk: Tensor, q: Tensor) -> Tensor:
+    """A chunk of stored keys on the queries' device, in their dtype unless the similarity takes keys in their own lower precision."""
+    low = sim.mixed_precision and chunk.dtype in (torch.float16, torch.bfloat16)
+    return chunk.to(device=q.device) if low else chunk.to(device=q.device, dtype=q.dtype)
+
+
 def _merge_best(best: Tensor, index: Tensor, group: object) -> tuple[Tensor, Tensor]:
     """The best score over every rank, and its index (the lowest rank's on ties, so the lowest index)."""
     import torch.distributed as dist
@@ -278,6 +281,18 @@ class _OnDevice:
 
     def take(self, index: Tensor) -> Tensor:
         return self.rows.take(index).to(device=self.like.device, dtype=self.like.dtype)
+
+
+def plan_recall(q: Tensor, memories: int, sim: Similarity, sep: Separation, normalize_scores: bool, budget: int) -> tuple[int, int]:
+    """How many of the queries `q` and of `memories` stored rows `recall` takes at once, within `budget`.
+
+    Normalising may keep a block's scores from the pass that sums them (`_recall_block`), in a
+    quarter of the budget; the chunks are then planned in the other three quarters.
+    """
+    pair_bytes = q.element_size() * (3 + sim.workspace(q.shape[1]))
+    full_rows = max(1, sep.row_workspace) if sep.needs_full_rows else 0  # 0 plans a streaming separation
+    chunks = budget - budget // 4 if normalize_scores else budget
+    return plan_blocks(q.shape[0], memories, pair_bytes, chunks, full_rows, q.element_size())
 
 
 def plan_blocks(queries: int, memories: int, pair_bytes: int, budget: int, full_rows: int = 0, score_bytes: int = 4) -> tuple[int, int]:
@@ -318,7 +333,7 @@ def _full_row_queries(queries: int, memories: int, workspace: int, score_bytes: 
     return min(queries, block_q)
 
 
-def _flat_queries(queries: Tensor, keys: Rows) -> Tensor:
+def flat_queries(queries: Tensor, keys: Rows) -> Tensor:
     if not isinstance(queries, Tensor):
         raise StageError(f"queries must be a tensor, got {type(queries).__name__}")
     if queries.dim() == 0:

@@ -80,10 +80,12 @@ class Separation(ABC):
     name: str
     #: True when the weights of a row depend on the whole row at once, not a running state.
     needs_full_rows: bool = False
-    #: With `needs_full_rows`: the score-sized temporaries per score (its result included) that
-    #: `weights` holds at once for the rows it is given. Retrieval gives it `rows_at_once` rows
-    #: at a time and plans its blocks of queries with this (`plan_blocks`). A plugin's `weights`
-    #: is its own: 8 is a guess; sparsemax and entmax state theirs, measured by the tests.
+    #: The score-sized temporaries per score (its result included) that `weights` holds at once
+    #: for the rows it is given. With `needs_full_rows`, retrieval gives it `rows_at_once` rows
+    #: at a time and plans its blocks of queries with this (`plan_blocks`); the `separate` stage
+    #: run on its own weighs every separation's matrix in blocks sized by it (`weight_matrix`).
+    #: A plugin's `weights` is its own: 8 is a guess; sparsemax and entmax state theirs,
+    #: measured by the tests.
     row_workspace: int = 8
 
     @abstractmethod

@@ -3,7 +3,8 @@
 When the three follow each other and nothing else reads the scores or weights, the engine
 runs them as one streaming retrieval (`run_fused`), which never forms the Q x N matrix.
 Run apart, `score` and `separate` materialise Q x N tensors, which must fit the
-pipeline's `budget`.
+pipeline's `budget`; they are made a block at a time, so that their temporaries fit it too
+(`amemctl.core.matrices`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from amemctl.context import Context
 from amemctl.core import separation as sep
 from amemctl.core.dynamics import ACTIVATIONS, flip_update, has_integral, iterate
+from amemctl.core.matrices import score_matrix, weight_matrix
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
 from amemctl.core.separation import Separation
@@ -74,17 +76,7 @@ class Score(Stage):
     def run(self, ctx: Context) -> None:
         queries, keys = ctx[self.queries], ctx[self.memory]
         _fits_budget(len(queries), len(keys), ctx.budget, "score")
-        keys = materialize(keys)
-        sim = self.similarity_fn()
-        q = queries.reshape(len(queries), -1).float()
-        k = keys.reshape(len(keys), -1).to(q.device, torch.float32)
-        if q.shape[1] != k.shape[1]:
-            raise StageError(f"queries have {q.shape[1]} features but stored keys have {k.shape[1]}", hint="score queries against keys of the same shape")
-        scores = sim(q, k, self.distance_form)
-        if self.normalize:
-            total = scores.sum(1, keepdim=True)
-            scores = scores / torch.where(total == 0, torch.ones_like(total), total)
-        ctx[self.output] = scores
+        ctx[self.output] = score_matrix(queries, keys, self.similarity_fn(), self.distance_form, self.normalize, ctx.budget)
 
 
 class Separate(Stage):
@@ -109,9 +101,11 @@ class Separate(Stage):
             return separation.describe()
 
     def run(self, ctx: Context) -> None:
-        separation = self.separation()
+        separation, scores = self.separation(), ctx[self.input]
+        if scores.dim() == 2:  # weight_matrix refuses any other shape
+            _fits_budget(*scores.shape, ctx.budget, "separate")
         with blaming("separation", self.function):
-            ctx[self.output] = separation.weights(ctx[self.input])
+            ctx[self.output] = weight_matrix(scores, separation, ctx.budget)
 
 
 class Project(Stage):
