@@ -86,7 +86,8 @@ def start_worker(device: str | None) -> tuple[Any, int, str | None]:
             )
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    dist.init_process_group(backend)
+    # binding NCCL to this rank's GPU up front: collectives and barriers need not guess it (torch warns otherwise)
+    dist.init_process_group(backend, device_id=torch.device(device) if wants_gpu else None)
     return dist.group.WORLD, dist.get_rank(), device
 
 
