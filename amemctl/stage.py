@@ -19,7 +19,8 @@ Parameters are class attributes; on an instance they read as the validated value
 (`self.eps` is a float). `Input` and `Output` parameters hold the names of context tensors,
 so a pipeline can rewire any stage, and `amemctl validate` can check the wiring without
 running anything. A stage never modifies a tensor it read in place: it writes new ones,
-which lets the engine reuse results shared by several sweep points.
+which lets the engine reuse results shared by several sweep points (the engine checks each
+tensor's version counter after every stage: `amemctl.engine.plan.ModifiedInPlace`).
 """
 
 from __future__ import annotations

@@ -961,3 +961,51 @@ def test_an_error_that_is_not_about_the_data_does_not_point_at_the_plugin_stage_
         run_pipeline(parse_text(text, "p.yaml", registry=build_registry()), out_root=tmp_path / "runs", device="cpu", progress=False)
     assert "already exists" in info.value.message
     assert "comes from" not in (info.value.hint or "")
+
+
+MUTATORS = """\
+    from amemctl import Input, Output, Param, Stage, hookimpl
+
+    class Brighten(Stage):
+        '''Brighten the queries: in place (the bug), through a view, or into a new tensor.'''
+        name = "brighten"
+        how = Param(str, "in_place", "in_place, view or new")
+        queries = Input("queries", "the queries")
+        output = Output("queries", "the brightened queries")
+
+        def run(self, ctx):
+            q = ctx[self.queries]
+            if self.how == "in_place":
+                q.mul_(2)
+            elif self.how == "view":
+                q[:3] = 0.0
+            else:
+                q = q * 2
+                q.add_(1)  # its own new tensor: changing that is fine
+            ctx[self.output] = q
+
+    @hookimpl
+    def amemctl_register_stages():
+        return [Brighten]
+"""
+
+
+def test_a_stage_that_changes_a_tensor_it_was_given_in_place_is_blamed_for_it(install, tmp_path):
+    """Sweep points share the tensors of their common prefix: a stage that changed one in place
+    handed every later point its changed copy (here the second beta's queries, brightened twice)."""
+    from amemctl.dsl.pipeline import parse_text
+    from amemctl.engine.runner import run_pipeline
+    from amemctl.errors import StageCrash
+
+    install("bright-plugin", "bright_mod", MUTATORS)
+    text = ("seed: 0\ndata: {dataset: digits, limit: 20}\nsweep:\n  beta: [1, 10]\nstages:\n  - corrupt: {kind: gaussian}\n"
+            "  - brighten: {how: %s}\n  - score: {}\n  - separate: {function: softmax, beta: '${beta}'}\n  - project: {}\n")
+    for how, changed in (("in_place", "'queries'"), ("view", "'queries'")):
+        pipeline = parse_text(text % how, "p.yaml", registry=build_registry())
+        with pytest.raises(StageCrash) as info:
+            run_pipeline(pipeline, out_root=tmp_path, device="cpu", progress=False)
+        message = str(info.value)
+        assert message.startswith("p.yaml:7:5: stage 'brighten' (package bright-plugin) crashed") and f"modified the context tensor {changed} in place" in message, message
+        assert "a bug in the plugin package bright-plugin" in message
+    run = run_pipeline(parse_text(text % "new", "p.yaml", registry=build_registry()), out_root=tmp_path, device="cpu", progress=False)
+    assert len(run.points) == 2

@@ -41,12 +41,33 @@ class Step:
         return " -> ".join(p.stage.describe() for p in self.parts)
 
     def run(self, ctx: Context) -> None:
+        """Run the step; a context tensor it changed in place is its bug (`ModifiedInPlace`)."""
+        before = _versions(ctx)
         if self.fusion is not None:
             self.fusion.run(ctx)
-            return
-        stage = self.parts[0].stage
-        with materialized(stage, ctx):
-            stage.run(ctx)
+        else:
+            stage = self.parts[0].stage
+            with materialized(stage, ctx):
+                stage.run(ctx)
+        changed = [name for name, (tensor, version) in before.items() if tensor._version != version]
+        if changed:
+            raise ModifiedInPlace(
+                f"it modified the context tensor{'s' if len(changed) > 1 else ''} {', '.join(map(repr, changed))} in place;"
+                " a stage writes new tensors (x = x * 2, not x.mul_(2) or x[...] = ...), because sweep points that share"
+                " a prefix of stages share its tensors, and a later point would start from the changed one"
+            )
+
+
+class ModifiedInPlace(RuntimeError):
+    """A stage changed a tensor it was given, in place: a bug in the stage, reported as its crash."""
+
+
+def _versions(ctx: Context) -> dict[str, tuple[Tensor, int]]:
+    """Every context tensor with its version counter, which each in-place operation on it (or on a view of it) advances.
+
+    Inference-mode tensors keep no counter and are not watched.
+    """
+    return {name: (t, t._version) for name, t in ctx.values.items() if isinstance(t, Tensor) and not t.is_inference()}
 
 
 @contextmanager
