@@ -3,7 +3,8 @@
 The public API, for notebooks and plugins (a plugin needs nothing from elsewhere); docs/api.md
 says what each name is for, and a test keeps it and `__all__` the same:
 
-- retrieval math: `retrieve`, `recall`, `Recall`, `UniversalHopfield`
+- retrieval math: `retrieve`, `recall`, `Recall`, `UniversalHopfield`; similarities and
+  separations by name (`"manhattan"`, `{"function": "topk", "k": 5}`), a plugin's too
 - writing stages: `Stage`, `Param`, `Input`, `Output`, `REQUIRED`, `Fusion`, `Context`,
   `hookimpl`; stage inputs are tensors or `Rows` (stored rows read in chunks, e.g. a store
   opened by `open_store`): `materialize(x)` reads them whole, `take(x, index)` some of them,
@@ -40,10 +41,10 @@ from amemctl.stage import REQUIRED, Fusion, Input, Output, Param, ParamError, St
 __version__ = "0.1.0"
 
 _LAZY = {
-    "retrieve": "amemctl.core.retrieval",
-    "recall": "amemctl.core.retrieval",
+    "retrieve": "amemctl.retrieval",
+    "recall": "amemctl.retrieval",
+    "UniversalHopfield": "amemctl.retrieval",
     "Recall": "amemctl.core.retrieval",
-    "UniversalHopfield": "amemctl.core.modules",
     "Similarity": "amemctl.core.similarity",
     "Separation": "amemctl.core.separation",
     "Elementwise": "amemctl.core.separation",
