@@ -94,3 +94,38 @@ def test_core_recall_knows_no_plugins():
     with pytest.raises(amemctl.StageError, match="unknown similarity 'chebyshev'"):
         recall(queries, keys, similarity="chebyshev")
     assert amemctl.recall(queries, keys, similarity="chebyshev").output.shape == (7, 16)
+
+
+def test_what_a_notebook_catches_or_passes_is_exported_and_documented():
+    from amemctl import errors
+    from amemctl.core import retrieval
+    from tests.test_docs import _api_entries
+
+    assert amemctl.Shard is retrieval.Shard
+    assert (amemctl.DamagedStore, amemctl.RunFolderError, amemctl.FileSystemError) == (errors.DamagedStore, errors.RunFolderError, errors.FileSystemError)
+    assert issubclass(amemctl.DamagedStore, amemctl.StoreError)
+    assert {"Shard", "DamagedStore", "RunFolderError", "FileSystemError"} <= set(amemctl.__all__) & _api_entries()
+
+
+def test_results_of_a_folder_that_is_no_run_is_a_run_folder_error(tmp_path):
+    with pytest.raises(amemctl.RunFolderError, match="no metrics.json"):
+        amemctl.results(tmp_path)
+    (tmp_path / "metrics.json").write_text("{")
+    with pytest.raises(amemctl.RunFolderError, match="cannot read"):
+        amemctl.results(tmp_path)
+
+
+def test_a_one_rank_shard_gives_the_whole_memorys_answer(tmp_path):
+    """`Shard` as a notebook passes it: this process the only rank, holding rows 0..n of n."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already running in this process")
+    queries, keys, values = _memory()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        sharded = amemctl.recall(queries, keys, values, separation={"function": "topk", "k": 3}, shard=amemctl.Shard(None, 0, len(keys)))
+    finally:
+        dist.destroy_process_group()
+    whole = amemctl.recall(queries, keys, values, separation={"function": "topk", "k": 3})
+    assert torch.equal(sharded.output, whole.output) and torch.equal(sharded.index, whole.index)
