@@ -3,7 +3,8 @@
 The public API, for notebooks and plugins (a plugin needs nothing from elsewhere); docs/api.md
 says what each name is for, and a test keeps it and `__all__` the same:
 
-- retrieval math: `retrieve`, `recall`, `Recall`, `UniversalHopfield`
+- retrieval math: `retrieve`, `recall`, `Recall`, `UniversalHopfield`, `Shard`; similarities and
+  separations by name (`"manhattan"`, `{"function": "topk", "k": 5}`), a plugin's too
 - writing stages: `Stage`, `Param`, `Input`, `Output`, `REQUIRED`, `Fusion`, `Context`,
   `hookimpl`; stage inputs are tensors or `Rows` (stored rows read in chunks, e.g. a store
   opened by `open_store`): `materialize(x)` reads them whole, `take(x, index)` some of them,
@@ -15,7 +16,8 @@ says what each name is for, and a test keeps it and `__all__` the same:
   `EncoderArchitecture`; and `Dataset` (reading a `Request` into `Loaded` images and labels)
 - randomness: `random.rand/randn/randint/randperm(shape, generator, device=...)` draw with a
   generator of any device (`ctx.rng()` is a CPU one) onto any device
-- errors: `AmemctlError` and its subclasses, `ParamError` for parameters
+- errors: `AmemctlError` and its subclasses (`DamagedStore`, `RunFolderError`, `FileSystemError`
+  among them), `ParamError` for parameters
 - results: `run_file` (run a pipeline file), `results` (a run's table: one row per point and repeat)
 """
 
@@ -25,10 +27,13 @@ from typing import Any
 
 from amemctl.errors import (
     AmemctlError,
+    DamagedStore,
     DataError,
     DeviceError,
+    FileSystemError,
     PipelineError,
     PluginError,
+    RunFolderError,
     StageCrash,
     StageError,
     StoreError,
@@ -40,10 +45,11 @@ from amemctl.stage import REQUIRED, Fusion, Input, Output, Param, ParamError, St
 __version__ = "0.1.0"
 
 _LAZY = {
-    "retrieve": "amemctl.core.retrieval",
-    "recall": "amemctl.core.retrieval",
+    "retrieve": "amemctl.retrieval",
+    "recall": "amemctl.retrieval",
+    "UniversalHopfield": "amemctl.retrieval",
     "Recall": "amemctl.core.retrieval",
-    "UniversalHopfield": "amemctl.core.modules",
+    "Shard": "amemctl.core.retrieval",
     "Similarity": "amemctl.core.similarity",
     "Separation": "amemctl.core.separation",
     "Elementwise": "amemctl.core.separation",
@@ -82,11 +88,13 @@ __all__ = [
     "AmemctlError",
     "Context",
     "Corruption",
+    "DamagedStore",
     "DataError",
     "Dataset",
     "DeviceError",
     "Elementwise",
     "EncoderArchitecture",
+    "FileSystemError",
     "Function",
     "Fusion",
     "Input",
@@ -101,8 +109,10 @@ __all__ = [
     "Reducer",
     "Request",
     "Rows",
+    "RunFolderError",
     "Separation",
     "SeparationFunction",
+    "Shard",
     "Similarity",
     "Softmax",
     "Stage",

@@ -81,7 +81,7 @@ class DamagedStore(StoreError):
 
 
 class RunFolderError(AmemctlError):
-    """A folder named as a run is not one amemctl made, or its run.json is damaged."""
+    """A folder named as a run is not one amemctl made, or its run.json (or metrics.json) is damaged."""
 
 
 class PluginError(AmemctlError):

@@ -271,6 +271,9 @@ def test_the_api_pages_retrieval_example_recalls_what_it_says():
     memories, found = names["memories"], names["found"]
     assert torch.equal(found.index, torch.arange(4)) and found.unweighted == 0  # as the comment says
     assert names["out"].shape == (4, 1, 8, 8)
+    from amemctl.core.separation import TopK
+
+    torch.testing.assert_close(names["top5"], names["retrieve"](names["queries"], memories, similarity="manhattan", separation=TopK(k=5)))  # the mapping is the object
     torch.testing.assert_close(names["out"], memories[:4])  # beta = 1000: the recalled images themselves
     assert torch.equal(names["completed"], names["bottoms"][:4])  # the bottom halves, from the top halves
     assert names["again"].shape == (4, 1, 8, 8)

@@ -270,7 +270,7 @@ def results(run: "str | Path | RunResult", **options: Any) -> list[dict[str, Any
     progress; see run_file). `pandas.DataFrame(rows)` makes a DataFrame of it; see rows_of
     for the columns.
     """
-    from amemctl.errors import AmemctlError
+    from amemctl.errors import RunFolderError
 
     if isinstance(run, (str, Path)) and Path(run).suffix in (".yaml", ".yml") and Path(run).is_file():
         run = run_file(run, **options)
@@ -279,11 +279,11 @@ def results(run: "str | Path | RunResult", **options: Any) -> list[dict[str, Any
     path = Path(run)
     path = path / "metrics.json" if path.is_dir() else path
     if not path.exists():
-        raise AmemctlError(f"no metrics.json at {path}", hint="give a run folder, runs/<pipeline>/<stamp>")
+        raise RunFolderError(f"no metrics.json at {path}", hint="give a run folder, runs/<pipeline>/<stamp>")
     try:
         document = json_object(path)
     except ValueError as exc:  # unreadable, not JSON, nested too deep, not an object
-        raise AmemctlError(f"cannot read {path}: {exc}") from None
+        raise RunFolderError(f"cannot read {path}: {exc}") from None
     return rows_of(document)
 
 
