@@ -331,5 +331,16 @@ def get_corruption(name: str) -> Corruption:
 
 
 def corrupt(images: Tensor, kind: str, generator: torch.Generator | None = None, **params: Any) -> Tensor:
-    """Apply the corruption `kind` with `params` to a batch of images."""
-    return get_corruption(kind)(images, generator, **params)
+    """Apply the corruption `kind` with `params` to a batch of images, as a pipeline's `corrupt` does.
+
+    `kind` is looked up in the plugin registry, so an installed plugin's corruptions are known by
+    name here too, also as the steps of a `compose`.
+    """
+    from amemctl.plugins import get_registry, lookup  # loads the plugins on first use
+
+    def find(name: str) -> Corruption:
+        return lookup(get_registry(), "corruptions", name)
+
+    if kind == "compose":  # its steps are found in the same registry, as the corrupt stage finds them
+        return compose(images, generator, find("compose").configure(params)["steps"], find=find)
+    return find(kind)(images, generator, **params)

@@ -129,3 +129,18 @@ def test_a_one_rank_shard_gives_the_whole_memorys_answer(tmp_path):
         dist.destroy_process_group()
     whole = amemctl.recall(queries, keys, values, separation={"function": "topk", "k": 3})
     assert torch.equal(sharded.output, whole.output) and torch.equal(sharded.index, whole.index)
+
+
+def test_a_plugins_corruption_by_name_and_in_a_compose_is_its_own():
+    """`amemctl.corrupt` knew the built-in kinds only: the example plugin's dropout_rows was an unknown corruption."""
+    from amemctl_example.plugin import dropout_rows
+
+    images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    got = amemctl.corrupt(images, "dropout_rows", torch.Generator().manual_seed(3), p=0.5)
+    assert torch.equal(got, dropout_rows(images, torch.Generator().manual_seed(3), p=0.5))
+    composed = amemctl.corrupt(images, "compose", torch.Generator().manual_seed(3), steps=[{"kind": "dropout_rows", "p": 0.5}, {"kind": "mask_zero", "fraction": 0.5}])
+    assert torch.equal(composed, amemctl.corrupt(got, "mask_zero", fraction=0.5))
+    with pytest.raises(amemctl.ParamError, match="parameter 'p' is 2.0, out of range"):
+        amemctl.corrupt(images, "dropout_rows", p=2.0)
+    with pytest.raises(amemctl.ParamError, match="did you mean 'dropout_rows'"):
+        amemctl.corrupt(images, "dropout_row")
