@@ -10,7 +10,8 @@ says what each name is for, and a test keeps it and `__all__` the same:
   opened by `open_store`): `materialize(x)` reads them whole, `take(x, index)` some of them,
   `row_shape(x)` the shape of one; or list the input in the stage's `materialize` and the
   engine hands the stage a tensor
-- what stages dispatch to, each with its own `Param`s: `Similarity`, `SeparationFunction`
+- what stages dispatch to, each with its own `Param`s: `Similarity` (or a `SimilarityFunction`
+  making one from parameters), `SeparationFunction`
   (making a `Separation`: an `Elementwise`, a `Softmax`, or a class of its own whose
   `Reducer` streams over chunks of memories, often by wrapping a `Softmax`'s), `Corruption`,
   `EncoderArchitecture`; and `Dataset` (reading a `Request` into `Loaded` images and labels)
@@ -38,7 +39,7 @@ from amemctl.errors import (
     StageError,
     StoreError,
 )
-from amemctl.functions import EncoderArchitecture, Function, SeparationFunction
+from amemctl.functions import EncoderArchitecture, Function, SeparationFunction, SimilarityFunction
 from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Fusion, Input, Output, Param, ParamError, Stage
 
@@ -114,6 +115,7 @@ __all__ = [
     "SeparationFunction",
     "Shard",
     "Similarity",
+    "SimilarityFunction",
     "Softmax",
     "Stage",
     "StageCrash",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Mapping
 
-from amemctl.errors import blaming, made_by
+from amemctl.errors import blame_function, blaming, made_by
 from amemctl.stage import Param, ParamError
 from amemctl.suggest import did_you_mean
 
@@ -107,6 +107,47 @@ class SeparationFunction(Function):
         chose this function, also where one plugin provides the similarity too.
         """
         return made_by(super().__call__(*args, **given), self.kind, self.name)
+
+
+class SimilarityFunction(Function):
+    """A similarity with parameters of its own: `make(**parameters)` returns the `amemctl.Similarity` they configure.
+
+    A plain `Similarity` registers itself and takes none. One whose kernel has a parameter
+    (Minkowski's p, a kernel's scale) registers a SimilarityFunction, and a pipeline writes its
+    parameters beside its name, `score: {similarity: minkowski, p: 3}`, checked at their line.
+    `distance` says whether what it makes is a distance (`amemctl stages` tells users).
+    """
+
+    kind = "similarity"
+
+    def __init__(
+        self,
+        name: str,
+        make: Callable[..., Any],
+        params: "Mapping[str, Param] | None" = None,
+        doc: str = "",
+        check: "Callable[[dict[str, Any]], None] | None" = None,
+        distance: bool = False,
+    ) -> None:
+        super().__init__(name, make, params, doc, check)
+        self.distance = distance
+
+    def __call__(self, *args: Any, **given: Any) -> Any:
+        """The similarity, under this function's registered name (what blames a bug in its kernel on it)."""
+        from dataclasses import replace
+
+        from amemctl.core.similarity import Similarity
+
+        made = super().__call__(*args, **given)
+        if not isinstance(made, Similarity):
+            error = TypeError(f"similarity {self.name!r} made {made!r}, not an amemctl.Similarity")
+            raise blame_function(error, self.kind, self.name)
+        return made if made.name == self.name else replace(made, name=self.name)
+
+
+def similarity_made(entry: Any, params: "Mapping[str, Any]") -> Any:
+    """The `Similarity` a registered similarity gives with `params`: a plain one is itself, a SimilarityFunction makes one."""
+    return entry(**params) if isinstance(entry, SimilarityFunction) else entry
 
 
 class EncoderArchitecture(Function):

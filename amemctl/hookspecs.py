@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from amemctl.core.similarity import Similarity
     from amemctl.corruptions import Corruption
     from amemctl.data.datasets import Dataset
-    from amemctl.functions import EncoderArchitecture, SeparationFunction
+    from amemctl.functions import EncoderArchitecture, SeparationFunction, SimilarityFunction
     from amemctl.stage import Stage
 
 hookspec = pluggy.HookspecMarker("amemctl")
@@ -42,11 +42,13 @@ def amemctl_register_stages() -> "list[type[Stage]]":
 
 
 @hookspec
-def amemctl_register_similarities() -> "list[Similarity]":
+def amemctl_register_similarities() -> "list[Similarity | SimilarityFunction]":
     """Return extra similarity functions, usable by name in `score` stages.
 
     A `Similarity` wraps a kernel (queries Q x d, keys n x d) -> Q x n scores. Retrieval
     calls it chunk by chunk over the stored memories, so it never sees all of them at once.
+    A `SimilarityFunction` declares `Param`s (written flat beside `similarity:`) and makes
+    the `Similarity` they configure.
     """
 
 

@@ -1,8 +1,8 @@
 """Retrieval as `import amemctl` offers it: similarities and separations named as a pipeline names them.
 
 `amemctl.core.retrieval` is the math and knows nothing of plugins: it takes objects (and the
-built-in names). Here a name, or a separation written as the YAML writes it
-(`{"function": "topk", "k": 5}`), is looked up in the plugin registry, built-ins and
+built-in names). Here a name, or a similarity or separation written as the YAML writes it
+(`{"similarity": "minkowski", "p": 3}`, `{"function": "topk", "k": 5}`), is looked up in the plugin registry, built-ins and
 installed plugins alike, and its parameters are checked against their declarations, through
 the same `lookup` and `Function` calls as the `score` and `separate` stages; then core runs.
 """
@@ -19,17 +19,37 @@ from amemctl.core.retrieval import DEFAULT_BUDGET, Recall, Shard
 from amemctl.core.rows import Rows
 from amemctl.core.separation import Separation
 from amemctl.core.similarity import Similarity
+from amemctl.functions import SimilarityFunction
 from amemctl.plugins import Registry, get_registry, lookup
 from amemctl.stage import ParamError
 
 
-def similarity_of(similarity: "str | Similarity", registry: Registry | None = None) -> Similarity:
-    """A `Similarity` as given, or the one registered under that name (aliases such as L1 too)."""
+def similarity_of(similarity: "str | Mapping[str, Any] | Similarity", registry: Registry | None = None) -> Similarity:
+    """A `Similarity` as given, or the one registered under a name (aliases such as L1 too) or
+    `{"similarity": name, **params}`, as a pipeline's `score:` writes it.
+
+    A similarity with parameters of its own (a `SimilarityFunction`) is made with them, checked
+    against their declarations; a divergence takes `eps` and `smoothing`.
+    """
     if isinstance(similarity, Similarity):
         return similarity
-    if not isinstance(similarity, str):
-        raise ParamError(f"similarity must be a name or a Similarity, got {similarity!r}", hint="e.g. similarity=\"manhattan\"", param="similarity")
-    return lookup(registry or get_registry(), "similarities", similarity)
+    if isinstance(similarity, str):
+        name, params = similarity, {}
+    elif isinstance(similarity, Mapping):
+        params = dict(similarity)
+        name = params.pop("similarity", None)
+        if not isinstance(name, str):
+            raise ParamError(
+                f"similarity {dict(similarity)!r} names no similarity" if name is None else f"a similarity's 'similarity' must be a name, got {name!r}",
+                hint=f"name it under 'similarity', as a pipeline's `score:` does: {({'similarity': 'manhattan', **params})!r}",
+                param="similarity",
+            )
+    else:
+        raise ParamError(f"similarity must be a name, a mapping {{'similarity': name, ...parameters}} or a Similarity, got {similarity!r}", hint="e.g. similarity=\"manhattan\"", param="similarity")
+    entry = lookup(registry or get_registry(), "similarities", name)
+    if isinstance(entry, SimilarityFunction):
+        return entry(**params)
+    return entry.with_options(**params) if params else entry
 
 
 def separation_of(separation: "str | Mapping[str, Any] | Separation", registry: Registry | None = None) -> Separation:
@@ -71,7 +91,7 @@ def recall(
     keys: "Tensor | Rows",
     values: "Tensor | Rows | None" = None,
     *,
-    similarity: "str | Similarity" = "dot",
+    similarity: "str | Mapping[str, Any] | Similarity" = "dot",
     separation: "str | Mapping[str, Any] | Separation" = "softmax",
     distance_form: str = "negative",
     normalize_scores: bool = False,
@@ -104,7 +124,7 @@ class UniversalHopfield(modules.UniversalHopfield):
         memories: Tensor,
         values: Tensor | None = None,
         *,
-        similarity: "str | Similarity" = "dot",
+        similarity: "str | Mapping[str, Any] | Similarity" = "dot",
         separation: "str | Mapping[str, Any] | Separation" = "softmax",
         budget: int = DEFAULT_BUDGET,
     ) -> None:

@@ -23,7 +23,7 @@ from amemctl.core.rows import materialize
 from amemctl.core.separation import Separation
 from amemctl.core.similarity import SMOOTHINGS, Similarity
 from amemctl.errors import StageError, blaming
-from amemctl.functions import SeparationFunction
+from amemctl.functions import SeparationFunction, similarity_made
 from amemctl.plugins import hookimpl
 from amemctl.stage import Fusion, Input, Output, Param, Stage
 
@@ -66,7 +66,7 @@ class Score(Stage):
         Similarities that take no such option ignore it, so one score stage can sweep over
         divergences and distances alike.
         """
-        sim = self.chosen("similarity")
+        sim = similarity_made(self.chosen("similarity"), self.options.get("similarity", {}))
         options = {"eps": self.eps, "smoothing": self.smoothing}
         return sim.with_options(**{k: v for k, v in options.items() if k in sim.options})
 

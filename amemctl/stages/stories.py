@@ -12,6 +12,7 @@ from amemctl.core.chains import distinct_cycles, follow, permutation_cycles
 from amemctl.core.retrieval import nearest_index, recall
 from amemctl.core.rows import materialize
 from amemctl.errors import StageError
+from amemctl.functions import similarity_made
 from amemctl.models.hetero import HeteroEncoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
@@ -158,7 +159,7 @@ class ChainRecall(Stage):
         values = materialize(ctx[self.values]).to(ctx.device)
         params = {"beta": self.beta} if self.beta is not None else {}
         separation = self.chosen("separation")(**params)
-        sim = self.chosen("similarity")
+        sim = similarity_made(self.chosen("similarity"), self.options.get("similarity", {}))
         return lambda x: recall(x, memory, values, similarity=sim, separation=separation, budget=ctx.budget).output
 
     def _draw(self, ctx: Context, chains, cycles, outputs) -> None:

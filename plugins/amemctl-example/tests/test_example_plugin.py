@@ -116,3 +116,30 @@ def test_every_plugin_piece_runs_on_store_backed_inputs(tmp_path):
     run = run_pipeline(parse_text(STORE_BACKED.format(store=store)), out_root=tmp_path, device="cpu", progress=False)
     point = run.points[0]
     assert point.metrics["error_index"] < 0.5, point.metrics  # most bars survive losing a quarter of their rows
+
+
+def test_a_similarity_with_a_parameter_is_made_with_it_in_a_pipeline_and_a_notebook(tmp_path):
+    """`minkowski` of order 1 is the manhattan distance; its order is checked at its YAML line, as a separation's beta is."""
+    import amemctl
+
+    text = "seed: 0\ndata: {dataset: digits, limit: 100}\nstages:\n  - corrupt: {kind: gaussian, variance: 0.3}\n  - score: {similarity: %s}\n  - separate: {function: softmax, beta: 0.2}\n  - project: {}\n  - evaluate: {}\n"
+    (order_one,) = run_pipeline(parse_text(text % "minkowski, p: 1"), out_root=tmp_path, device="cpu", progress=False).points
+    (manhattan,) = run_pipeline(parse_text(text % "manhattan"), out_root=tmp_path, device="cpu", progress=False).points
+    assert order_one.metrics["mse"] == pytest.approx(manhattan.metrics["mse"], rel=1e-5)
+    with pytest.raises(Exception) as info:
+        parse_text(text % "minkowski, p: 0.5", "bad.yaml")
+    assert "bad.yaml:5:39: parameter 'p' is 0.5, out of range" in str(info.value)
+
+    queries, keys = torch.rand(5, 12), torch.rand(40, 12)
+    got = amemctl.recall(queries, keys, similarity={"similarity": "minkowski", "p": 2.5}, separation="max")
+    assert torch.equal(got.index, torch.cdist(queries, keys, p=2.5).argmin(1))
+    with pytest.raises(amemctl.ParamError, match="parameter 'p' is 0.5, out of range"):
+        amemctl.recall(queries, keys, similarity={"similarity": "minkowski", "p": 0.5})
+    kl = amemctl.recall(queries, keys, similarity={"similarity": "kl", "eps": 1e-4}, separation="max")
+    assert torch.equal(kl.index, amemctl.recall(queries, keys, similarity=amemctl.Similarity("kl", lambda q, k: -_kl(q, k, 1e-4)), separation="max").index)
+
+
+def _kl(queries, keys, eps):
+    from amemctl.core.similarity import kl
+
+    return kl(queries, keys, eps=eps)

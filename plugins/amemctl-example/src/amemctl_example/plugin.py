@@ -1,8 +1,8 @@
 """The module amemctl loads through the entry point: one function per hook it implements.
 
-One of each thing a plugin can add: a stage (`pca`), a similarity (`chebyshev`), a
-separation (`cubic`), a corruption (`dropout_rows`), an encoder architecture (`linear`) and
-a dataset (`bars`). Everything comes from the public API, `import amemctl`.
+One of each thing a plugin can add: a stage (`pca`), similarities (`chebyshev`, and
+`minkowski` with a parameter), a separation (`cubic`), a corruption (`dropout_rows`), an
+encoder architecture (`linear`) and a dataset (`bars`). Everything comes from the public API, `import amemctl`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from amemctl import (
     Request,
     SeparationFunction,
     Similarity,
+    SimilarityFunction,
     Stage,
     hookimpl,
 )
@@ -30,6 +31,11 @@ from amemctl_example.pca import PCA
 def chebyshev(queries: Tensor, keys: Tensor) -> Tensor:
     """L-infinity distance: the largest difference in any one feature."""
     return torch.cdist(queries, keys, p=float("inf"))
+
+
+def minkowski(p: float) -> Similarity:
+    """The Minkowski distance of order p, a similarity with a parameter: `score: {similarity: minkowski, p: 3}`."""
+    return Similarity("minkowski", lambda queries, keys: torch.cdist(queries, keys, p=p), distance=True)
 
 
 def cubic(normalize: bool = False) -> Elementwise:
@@ -74,8 +80,11 @@ def amemctl_register_stages() -> list[type[Stage]]:
 
 
 @hookimpl
-def amemctl_register_similarities() -> list[Similarity]:
-    return [Similarity("chebyshev", chebyshev, distance=True, doc="L-infinity distance max |q-k|")]
+def amemctl_register_similarities() -> list[Similarity | SimilarityFunction]:
+    return [
+        Similarity("chebyshev", chebyshev, distance=True, doc="L-infinity distance max |q-k|"),
+        SimilarityFunction("minkowski", minkowski, {"p": Param(float, 3.0, "the order p of the distance (sum |q - k|^p)^(1/p)", min=1)}, doc="Minkowski distance of order p", distance=True),
+    ]
 
 
 @hookimpl
