@@ -33,19 +33,7 @@ def similarity_of(similarity: "str | Mapping[str, Any] | Similarity", registry: 
     """
     if isinstance(similarity, Similarity):
         return similarity
-    if isinstance(similarity, str):
-        name, params = similarity, {}
-    elif isinstance(similarity, Mapping):
-        params = dict(similarity)
-        name = params.pop("similarity", None)
-        if not isinstance(name, str):
-            raise ParamError(
-                f"similarity {dict(similarity)!r} names no similarity" if name is None else f"a similarity's 'similarity' must be a name, got {name!r}",
-                hint=f"name it under 'similarity', as a pipeline's `score:` does: {({'similarity': 'manhattan', **params})!r}",
-                param="similarity",
-            )
-    else:
-        raise ParamError(f"similarity must be a name, a mapping {{'similarity': name, ...parameters}} or a Similarity, got {similarity!r}", hint="e.g. similarity=\"manhattan\"", param="similarity")
+    name, params = _named(similarity, "similarity", "similarity", "score", {"similarity": "manhattan"}, 'e.g. similarity="manhattan"')
     entry = lookup(registry or get_registry(), "similarities", name)
     if isinstance(entry, SimilarityFunction):
         return entry(**params)
@@ -60,25 +48,28 @@ def separation_of(separation: "str | Mapping[str, Any] | Separation", registry: 
     """
     if isinstance(separation, Separation):
         return separation
-    if isinstance(separation, str):
-        name, params = separation, {}
-    elif isinstance(separation, Mapping):
-        params = dict(separation)
-        name = params.pop("function", None)
-        if not isinstance(name, str):
-            example = {"function": "softmax", **params}
-            raise ParamError(
-                f"separation {dict(separation)!r} names no function" if name is None else f"a separation's 'function' must be a name, got {name!r}",
-                hint=f"name it under 'function', as a pipeline's `separate:` does: {example!r}",
-                param="function",
-            )
-    else:
-        raise ParamError(
-            f"separation must be a name, a mapping {{'function': name, ...parameters}} or a Separation, got {separation!r}",
-            hint="e.g. separation=\"max\", separation={\"function\": \"softmax\", \"beta\": 1000} or Softmax(beta=1000)",
-            param="separation",
-        )
+    name, params = _named(
+        separation, "separation", "function", "separate", {"function": "softmax"},
+        'e.g. separation="max", separation={"function": "softmax", "beta": 1000} or Softmax(beta=1000)',
+    )
     return lookup(registry or get_registry(), "separations", name)(**params)
+
+
+def _named(given: object, noun: str, key: str, stage: str, example: dict[str, Any], hint: str) -> tuple[str, dict[str, Any]]:
+    """The registered name and the parameters of a `noun` given by name or as a pipeline's `stage:` writes it, `{key: name, **params}`."""
+    if isinstance(given, str):
+        return given, {}
+    if isinstance(given, Mapping):
+        params = dict(given)
+        name = params.pop(key, None)
+        if isinstance(name, str):
+            return name, params
+        raise ParamError(
+            f"{noun} {dict(given)!r} names no {key}" if name is None else f"a {noun}'s {key!r} must be a name, got {name!r}",
+            hint=f"name it under {key!r}, as a pipeline's `{stage}:` does: {({**example, **params})!r}",
+            param=key,
+        )
+    raise ParamError(f"{noun} must be a name, a mapping {{{key!r}: name, ...parameters}} or a {noun.capitalize()}, got {given!r}", hint=hint, param=noun)
 
 
 def retrieve(queries: Tensor, keys: "Tensor | Rows", values: "Tensor | Rows | None" = None, **options: Any) -> Tensor:
