@@ -390,6 +390,26 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(stage, tmp_path, mo
     assert epochs == []
 
 
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "train-autoencoder: {hidden: [16], code: 4, epochs: 1, batch_size: 25}",
+        "train-simclr: {arch: small, epochs: 1, batch_size: 16}",
+    ],
+)
+def test_a_training_without_a_checkpoint_path_saves_under_amemctl_checkpoints(stage, tmp_path, monkeypatch):
+    """$AMEMCTL_CHECKPOINTS is where every training stage's default checkpoints go: not checkpoints/ in the working folder."""
+    folder = tmp_path / "elsewhere"
+    monkeypatch.setenv("AMEMCTL_CHECKPOINTS", str(folder))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    data = "{dataset: patches32, limit: 32}" if "simclr" in stage else "{dataset: digits, limit: 50}"
+    run_pipeline(parse_text(f"name: t\ndata: {data}\nstages:\n  - {stage}\n", "t.yaml"), out_root=tmp_path / "runs", device="cpu", progress=False)
+    assert not (work / "checkpoints").exists()
+    assert any(folder.iterdir())
+
+
 def test_checkpoints_are_saved_at_most_every_checkpoint_seconds_and_after_the_last_epoch(monkeypatch):
     from functools import partial
     from types import SimpleNamespace
