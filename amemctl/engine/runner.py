@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from amemctl import figures
+from amemctl.console import console as make_console
 from amemctl.context import Context, clock
 from amemctl.core.random import derived_seed
 from amemctl.dsl.pipeline import Pipeline, PlannedStage
@@ -164,7 +165,7 @@ def run_pipeline(
     """
     from amemctl.engine import results
 
-    console = console or Console()
+    console = console or make_console()
     torch_device = resolve_device(device or pipeline.device)
     previous = None
     if resume is not None:
@@ -212,7 +213,7 @@ def run_pipeline(
                 announce(run_dir)
             bar = Progress(
                 SpinnerColumn(),
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),  # point labels, paths: the user's text, never markup
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
@@ -224,7 +225,7 @@ def run_pipeline(
             if log is not None:
                 log.line(f"{pipeline.name}: {len(runs)} sweep point(s) x repeat(s), run folder {run_dir}")
             with bar, _signals_interrupt():
-                sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
+                sweep_task = bar.add_task(pipeline.name, total=len(runs))
                 done: list[PointResult] = []
                 reused = 0
                 for i, (point, steps, r) in enumerate(runs):
