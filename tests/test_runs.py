@@ -220,6 +220,26 @@ def test_resume_refuses_a_run_that_is_still_running(tmp_path, run_text):
     assert result.exit_code == 2 and "is still running" in result.output
 
 
+def test_resume_refuses_a_run_another_process_is_resuming(tmp_path, run_text):
+    """Two `--resume`s started together both read a record that was not running and both ran the run into
+    one folder (the later record lost the earlier attempt): the process running a run holds its .run.lock."""
+    import filelock
+
+    run = run_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
+    before = (run.run_dir / "run.json").read_text()
+    other = filelock.FileLock(run.run_dir / ".run.lock", thread_local=False)
+    other.acquire(timeout=0)  # flock: another open file, as another process's, conflicts
+    try:
+        result = _invoke("run", "--resume", run.run_dir, "--quiet")
+        assert result.exit_code == 2, result.output
+        assert f"run {run.run_dir} is being run by another process" in result.output
+        assert "Traceback" not in result.output and (run.run_dir / "run.json").read_text() == before
+    finally:
+        other.release()
+    assert _invoke("run", "--resume", run.run_dir, "--quiet").exit_code == 0  # once it has ended
+    assert read_record(run.run_dir)["status"] == "finished" and len(read_record(run.run_dir)["attempts"]) == 1
+
+
 def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
     """SIGKILL in the middle of a sweep (a run that cannot write its end), then `run --resume`."""
     text = SWEEP.replace("limit: 200", "limit: 600").replace("beta: [1, 10, 100, 1000]", "beta: [1, 3, 10, 30, 100, 300, 1000, 3000]")

@@ -28,6 +28,8 @@ from amemctl.errors import RunFolderError
 
 RECORD = "run.json"
 TRACEBACK = "error.txt"
+#: the lock file of a run folder, held by the process that runs it (RunLock)
+LOCK = ".run.lock"
 #: run.json's marker: a folder is a run folder when its run.json says this
 RUN_FORMAT = "amemctl-run"
 
@@ -184,6 +186,41 @@ class RunRecord:
         self.data.update(status=status, ended=self.data.get("ended") or now(), error={"type": kind, "message": message, "traceback": TRACEBACK})
         self.save()
         return True
+
+
+class RunLock:
+    """One process runs a run folder at a time: an OS lock (flock, through `filelock`) on its .run.lock.
+
+    The process running a run holds it from its start (or resumption) to its end. `--resume`
+    refuses a run whose record says it is running, but two resumptions started together (a
+    scheduler's retry beside a user's, two terminals) both read the record before either
+    rewrote it, and both ran the run into the same folder: the later one's record lost the
+    earlier one's attempt. The kernel releases the lock when its holder dies, so a killed run
+    leaves nothing to take over, and a live holder's lock cannot be taken.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._lock: Any = None
+
+    def acquire(self) -> None:
+        """Take the lock, or refuse at once (a RunFolderError naming the holder) while another process holds it."""
+        import filelock
+
+        path = self.run_dir / LOCK
+        lock = filelock.FileLock(path, thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            record = read_record(self.run_dir) or {}  # the holder's own once it has recorded its start; the lock file holds nothing
+            who = f" (pid {record.get('pid')} on {record.get('host')})" if record.get("status") == "running" else ""
+            raise RunFolderError(f"run {self.run_dir} is being run by another process{who}", hint="wait for it to end, or stop that process first") from None
+        self._lock = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 class Interrupted(BaseException):
