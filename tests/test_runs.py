@@ -164,6 +164,37 @@ def _stop_registry():
 STOPPING = SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1, 100]").replace("seed: 0", "seed: 0\nrepeats: 2").replace("  - report: {count: 3}\n", "  - report: {count: 3}\n  - stop: {}\n")
 
 
+@pytest.mark.parametrize("mode", ["create", "append"])
+def test_a_resumed_run_does_not_persist_again_what_it_persisted_before_it_stopped(tmp_path, mode):
+    """Stopped after its persist, resumed: `create` failed on the store the run itself had made (the
+    run could never be finished), `append` stored every row a second time."""
+    from amemctl import MemoryStore
+    from amemctl.errors import StoreError
+
+    registry = build_registry()
+    registry.stages["tick"] = Tick
+
+    def text(store):
+        return SWEEP.replace("stages:\n", f"stages:\n  - persist: {{store: {store}, mode: {mode}}}\n", 1).replace("  - report: {count: 3}\n", "  - report: {count: 3}\n  - tick: {}\n")
+
+    Tick.calls, Tick.stop_at = 0, None
+    whole = run_pipeline(parse_text(text(tmp_path / "whole.zarr"), "t.yaml", registry=registry), out_root=tmp_path / "whole", device="cpu", progress=False)
+    Tick.calls, Tick.stop_at = 0, 2  # in the second point: the persist (shared by every point) is done
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(parse_text(text(tmp_path / "cut.zarr"), "t.yaml", registry=registry), out_root=tmp_path / "runs", device="cpu", progress=False)
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    Tick.calls, Tick.stop_at = 0, None
+    run_pipeline(parse_text(text(tmp_path / "cut.zarr"), "t.yaml", registry=registry), device="cpu", progress=False, resume=run_dir)
+    assert read_record(run_dir)["status"] == "finished"
+    assert len(MemoryStore.open(tmp_path / "cut.zarr")) == len(MemoryStore.open(tmp_path / "whole.zarr")) == 200
+    assert len(MemoryStore.open(tmp_path / "cut.zarr").attrs["provenance"]) == 1
+    same = [[(i, {k: v for k, v in m.items() if k != "store_bytes"}) for i, m in _metrics(d)] for d in (run_dir, whole.run_dir)]
+    assert same[0] == same[1] and all(m["persisted"] == 200 for _, m in _metrics(run_dir))
+    if mode == "create":  # another run still finds the store there
+        with pytest.raises(StoreError, match="already exists"):
+            run_pipeline(parse_text(text(tmp_path / "cut.zarr"), "t.yaml", registry=registry), out_root=tmp_path / "again", device="cpu", progress=False)
+
+
 def test_sigterm_in_a_stage_records_the_run_interrupted_not_a_crash(tmp_path):
     """A scheduler's SIGTERM arrives while a stage runs: not the stage's bug, and the run can be resumed."""
     from amemctl.engine.records import Interrupted

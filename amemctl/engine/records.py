@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import traceback
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -118,6 +119,8 @@ class RunRecord:
             headline=headline,
             error=None,
         )
+        if not data.get("id"):  # the run's identity, kept by every resumption (a record from before ids gets one)
+            data["id"] = uuid.uuid4().hex
         record = cls(run_dir, data)
         record.save()
         return record
@@ -377,6 +380,7 @@ _LIST_OF_STR = "a list of strings"
 #: run.json's fields, each with the types amemctl writes it as (a field may be absent: runs of older versions)
 FIELDS: dict[str, tuple[Any, str]] = {
     "format": (str, "a string"),
+    "id": (str, "a string"),
     "pipeline": (str, "a string"),
     "file": (str, "a string"),
     "overrides": (_LIST_OF_STR, _LIST_OF_STR),

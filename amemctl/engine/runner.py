@@ -239,7 +239,7 @@ def run_pipeline(
                         result = load_point(run_dir, keys[i], point, warn) if previous is not None else None
                         was_reused = result is not None
                         if result is None:
-                            result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group, elsewhere)
+                            result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group, elsewhere, record.data["id"])
                             save_point(run_dir, keys[i], result, seed)
                         reused += was_reused
                         done.append(result)
@@ -337,6 +337,11 @@ def _resumable(run_dir: Path) -> dict[str, Any]:
     if status_of(previous) == "running":
         raise AmemctlError(f"run {run_dir} is still running (pid {previous.get('pid')} on {previous.get('host')})", hint="wait for it to end, or stop that process first")
     return previous
+
+
+def work_id(run_id: str, prefix: "tuple[str, ...]") -> str:
+    """Context.work_id of a step: the run's id (run.json's, kept by every resumption) and the seed and resolved steps up to it."""
+    return hashlib.sha256(json.dumps([run_id, *prefix]).encode()).hexdigest()[:24]
 
 
 def point_key(seed: int, steps: list[Step]) -> str:
@@ -496,6 +501,7 @@ def _run_point(
     seed: int,
     group: object = None,
     elsewhere: Elsewhere | None = None,
+    run_id: str = "",
 ) -> PointResult:
     ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable and log is None else None, log=log.line if log is not None else None, group=group, registry=pipeline.registry)
     ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=seed)
@@ -503,7 +509,7 @@ def _run_point(
     task = bar.add_task(point.label(), total=len(steps), completed=first)
     for j in range(first, len(steps)):
         step = steps[j]
-        ctx.begin_stage(stage_seed(seed, step.parts[0].index))
+        ctx.begin_stage(stage_seed(seed, step.parts[0].index), work_id(run_id, cache.keys[slot][j]))
         _seed_globals(ctx.stage_seed)
         start = time.perf_counter()
         try:
