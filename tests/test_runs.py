@@ -300,6 +300,23 @@ def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
     assert _metrics(run_dir) == _metrics(whole.run_dir)
 
 
+def test_a_dead_runs_duration_ends_where_it_last_recorded_progress(tmp_path, run_text):
+    """A run killed two hours ago, one minute in, was listed as having run for two hours (and counting)."""
+    from datetime import datetime, timedelta, timezone
+
+    run = run_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    started = datetime.now(timezone.utc) - timedelta(hours=2)
+    record = json.loads((run.run_dir / "run.json").read_text())
+    record.update(status="running", ended=None, pid=int(gone), started=started.isoformat(timespec="seconds"))
+    (run.run_dir / "run.json").write_text(json.dumps(record))
+    last = (started + timedelta(seconds=61)).timestamp()
+    os.utime(run.run_dir / "run.json", (last, last))
+    listing = _invoke("runs", "ls", "--root", tmp_path / "runs").output
+    assert "dead" in listing and "1m01s" in listing and "2h" not in listing, listing
+    assert "1m01s" in _invoke("runs", "show", run.run_dir, "--root", tmp_path / "runs").output
+
+
 def test_runs_ls_show_and_compare(tmp_path):
     (tmp_path / "small.yaml").write_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1, 100]"))
     for seed in (0, 1):
