@@ -29,9 +29,11 @@ from rich.console import Console
 from rich.table import Table
 
 from amemctl import __version__
+from amemctl.console import console as make_console
+from amemctl.console import plain
 from amemctl.errors import AmemctlError, refusal, refused
 
-err_console = Console(stderr=True, highlight=False)
+err_console = make_console(stderr=True, highlight=False)
 
 
 class _Group(click.Group):
@@ -145,7 +147,7 @@ def _run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, 
         launch.launch(nproc, arguments)  # each rank runs this command without --nproc
         return
     if not launch.in_worker():
-        run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, announce=stop.recorded, **record)
+        run_pipeline(checked, out_root=out_root, device=device, console=make_console(), progress=not quiet, announce=stop.recorded, **record)
         return
     _run_rank(checked, out_root, device, quiet, record)
 
@@ -194,13 +196,13 @@ def _rank_work(checked: Any, out_root: Path, device: str | None, quiet: bool, re
     finished = False
     try:
         if rank == 0:  # the launcher learns where the run folder is, to say how the run ended and correct its record
-            run_pipeline(checked, out_root=out_root, device=device, console=Console(), progress=not quiet, group=group, announce=launch.announce_run_folder, stop_line=not launch.launched(), **record)
+            run_pipeline(checked, out_root=out_root, device=device, console=make_console(), progress=not quiet, group=group, announce=launch.announce_run_folder, stop_line=not launch.launched(), **record)
         else:  # the other ranks compute their shards; rank 0 alone reports
             import io
             import tempfile
 
             with tempfile.TemporaryDirectory() as scratch:
-                run_pipeline(checked, out_root=scratch, device=device, console=Console(file=io.StringIO()), progress=False, group=group, elsewhere=launch.elsewhere())
+                run_pipeline(checked, out_root=scratch, device=device, console=make_console(file=io.StringIO()), progress=False, group=group, elsewhere=launch.elsewhere())
         finished = True
     except Exception as exc:  # not a stop signal: the launcher needs this rank's message and when it failed
         ignore_stops()  # the rank ends with its own error: the launcher's SIGTERM must not cut that short with an Interrupted traceback
@@ -252,7 +254,7 @@ def _exit_when_interrupted() -> Iterator[_Stop]:
     except (KeyboardInterrupt, Interrupted) as exc:
         status = _stopped_status(exc)
         if not stop.told:
-            Console().print(unstarted_line(status - 128, resuming=stop.resuming), style="yellow", markup=False, highlight=False, soft_wrap=True)
+            make_console().print(unstarted_line(status - 128, resuming=stop.resuming), style="yellow", markup=False, highlight=False, soft_wrap=True)
         raise click.exceptions.Exit(status) from None
     finally:
         for signum, handler in before.items():
@@ -315,17 +317,17 @@ def stages(name: str | None, markdown: bool) -> None:
 
         click.echo(stage_reference(registry), nl=False)
         return
-    console = Console()
+    console = make_console()
     if name is None:
         for kind, (_, noun) in KINDS.items():
             table = Table(title=kind, title_justify="left")
             for column in (noun, "package", "summary"):
                 table.add_column(column)
             for entry_name, entry in sorted(registry.table(kind).items()):
-                table.add_row(entry_name, registry.package_of(kind, entry_name), _summary(entry))
+                table.add_row(plain(entry_name), plain(registry.package_of(kind, entry_name)), plain(_summary(entry)))
             console.print(table)
         if registry.disabled:
-            console.print("disabled on request: " + ", ".join(registry.disabled))
+            console.print("disabled on request: " + ", ".join(registry.disabled), markup=False)
         _warn_failed_plugins()
         return
     found = registry.find(name)
@@ -365,14 +367,14 @@ def _summary(entry: Any) -> str:
 
 
 def _params_table(title: str, params: "list[tuple[str, Any]]", role: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=plain(title), title_justify="left")
     for column in ("name", "type" if role == "param" else "default tensor", "default" if role == "param" else "", "doc"):
         if column:
             table.add_column(column)
     for key, p in params:
         default = p.default_text()
         cells = [key, p.type_text(), default, p.described()] if role == "param" else [key, str(p.default), p.described()]
-        table.add_row(*cells)
+        table.add_row(*map(plain, cells))
     return table
 
 
@@ -380,27 +382,27 @@ def _describe_stage(console: Console, registry: Any, cls: Any) -> None:
     from amemctl.plugins import KINDS
     from amemctl.stage_docs import default_metrics
 
-    console.print(f"[bold]{cls.name}[/] (stage, {registry.package_of('stages', cls.name)}): {cls.summary}", soft_wrap=True)
+    console.print(f"[bold]{plain(cls.name)}[/] " + plain(f"(stage, {registry.package_of('stages', cls.name)}): {cls.summary}"), soft_wrap=True)
     doc = (cls.__doc__ or "").strip().splitlines()[1:]
     if any(line.strip() for line in doc):
-        console.print("\n".join(line.strip() for line in doc).strip())
+        console.print("\n".join(line.strip() for line in doc).strip(), markup=False)
     for role, title in (("param", "parameters"), ("input", "reads (context tensors)"), ("output", "writes (context tensors)")):
         params = [(k, p) for k, p in cls.params.items() if p.role == role]
         if params:
             console.print(_params_table(title, params, role))
     for param, kind in cls.dispatch.items():
         names = ", ".join(registry.table(kind))
-        console.print(f"`{param}` chooses a {KINDS[kind][1]}, whose own parameters go beside it (`amemctl stages NAME` lists them): {names}", soft_wrap=True)
+        console.print(f"`{param}` chooses a {KINDS[kind][1]}, whose own parameters go beside it (`amemctl stages NAME` lists them): {names}", soft_wrap=True, markup=False)
     recorded = default_metrics(cls)
     if recorded:
-        console.print(f"records (with its defaults), for `report:` tables and curves: {', '.join(recorded)}", soft_wrap=True)
+        console.print(f"records (with its defaults), for `report:` tables and curves: {', '.join(recorded)}", soft_wrap=True, markup=False)
 
 
 def _describe_function(console: Console, registry: Any, kind: str, entry: Any) -> None:
     from amemctl.plugins import KINDS
 
     noun = KINDS[kind][1]
-    console.print(f"[bold]{entry.name}[/] ({noun}, {registry.package_of(kind, entry.name)}): {_summary(entry)}", soft_wrap=True)
+    console.print(f"[bold]{plain(entry.name)}[/] " + plain(f"({noun}, {registry.package_of(kind, entry.name)}): {_summary(entry)}"), soft_wrap=True)
     if getattr(entry, "width", None):
         console.print(f"embedding width: {entry.width}")
     if getattr(entry, "distance", False):

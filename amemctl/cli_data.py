@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from amemctl.console import console, plain
 from amemctl.errors import DataError
 
 
@@ -27,7 +27,7 @@ def list_datasets(root: Path | None) -> None:
 
     registry = get_registry()
     root = data_root(root)
-    table = Table(title=f"datasets (root: {root})", title_justify="left")
+    table = Table(title=plain(f"datasets (root: {root})"), title_justify="left")
     for column in ("dataset", "splits", "shape", "here", "summary"):
         table.add_column(column, overflow="fold")
     for name, spec in registry.datasets.items():
@@ -38,8 +38,8 @@ def list_datasets(root: Path | None) -> None:
             here = "needs root" if name in ("folder", "tinyimagenet") else "yes (bundled)"
             if name == "mnist5k":
                 here = _mnist5k_here(root)
-        table.add_row(name, ", ".join(spec.splits), "x".join(map(str, spec.shape)) or "any", here, spec.summary)
-    Console().print(table)
+        table.add_row(*(plain(cell) for cell in (name, ", ".join(spec.splits), "x".join(map(str, spec.shape)) or "any", here, spec.summary)))
+    console().print(table)
 
 
 @data.command()

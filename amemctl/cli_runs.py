@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
+
+from amemctl.console import console as make_console
+from amemctl.console import plain
 
 _ROOT = click.option("--root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Folder holding the run folders (run's --out).")
 
@@ -28,27 +30,27 @@ def list_runs(pipeline: str | None, root: Path, last: int | None) -> None:
     folders = [p for p in run_folders(root) if pipeline is None or p.parent.name == pipeline]
     if last:
         folders = folders[-last:]
-    console = Console()
+    console = make_console()
     if not folders:
         console.print(f"no runs under {root}" + (f" of pipeline {pipeline!r}" if pipeline else ""), markup=False)
         return
     summaries = [summarise(path, root) for path in folders]
     metrics = {s.headline for s in summaries if s.headline}
     one = metrics.pop() if len(metrics) == 1 else None  # one headline metric: named in the header
-    table = Table(title=f"runs in {root} (a run is named <pipeline>/<start time>)", title_justify="left")
+    table = Table(title=plain(f"runs in {root} (a run is named <pipeline>/<start time>)"), title_justify="left")
     for column in ("run", "status", "duration", "point runs", "overrides", f"{one} (mean)" if one else "headline"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("run", "status"), justify="left" if column in ("run", "status", "overrides", "headline") else "right")
+        table.add_column(plain(column), overflow="fold", no_wrap=column in ("run", "status"), justify="left" if column in ("run", "status", "overrides", "headline") else "right")
     for s in summaries:
         points = f"{s.points_done}/{s.points_total}" if s.points_total is not None else str(s.points_done if s.points_done is not None else "-")
         value = format_metric(s.headline_value, s.headline_format)
         headline = value if one else (f"{s.headline} {value}" if s.headline else "-")
-        table.add_row(s.id, _status(s.status), format_seconds(s.seconds), points, " ".join(s.overrides) or "-", headline)
+        table.add_row(plain(s.id), _status(s.status), format_seconds(s.seconds), points, plain(" ".join(s.overrides) or "-"), plain(headline))
     console.print(table)
 
 
 def _status(status: str) -> str:
     colour = {"finished": "green", "running": "cyan", "failed": "red", "interrupted": "yellow", "dead": "red"}.get(status)
-    return f"[{colour}]{status}[/]" if colour else status
+    return f"[{colour}]{status}[/]" if colour else plain(status)
 
 
 @runs.command()
@@ -63,12 +65,12 @@ def show(run: str, root: Path) -> None:
 
     s = summarise(find_run(run, root), root)
     record = s.record
-    console = Console(highlight=False)
+    console = make_console(highlight=False)
     git = record.get("git") or {}
     lines = [
         ("run", str(s.path)),
         ("pipeline", f"{s.pipeline} ({record.get('file', '?')})"),
-        ("status", _status(s.status) + (f" (pid {record.get('pid')} on {record.get('host')} is gone)" if s.status == "dead" else "")),
+        ("status", _status(s.status) + plain(f" (pid {record.get('pid')} on {record.get('host')} is gone)" if s.status == "dead" else "")),
         ("command", " ".join(record.get("command") or []) or "-"),
         ("overrides", " ".join(s.overrides) or "-"),
         ("git", f"{git.get('commit', '?')[:12]}{' (dirty)' if git.get('dirty') else ''}" if git else "-"),
@@ -79,14 +81,14 @@ def show(run: str, root: Path) -> None:
     ]
     if s.headline:
         lines.append(("headline", f"{s.headline} {format_metric(s.headline_value, s.headline_format)} (mean over points)"))
-    for key, value in lines:
-        console.print(f"[bold]{key:>10}[/]  {value}", soft_wrap=True)
+    for key, value in lines:  # the user's text, escaped; the status alone carries markup of its own
+        console.print(f"[bold]{key:>10}[/]  {value if key == 'status' else plain(value)}", soft_wrap=True)
     error = record.get("error")
     if error:
-        console.print(f"[bold]{'error':>10}[/]  [red]{error.get('type')}[/]: {error.get('message')}", markup=True)
+        console.print(f"[bold]{'error':>10}[/]  [red]{plain(error.get('type'))}[/]: {plain(error.get('message'))}", soft_wrap=True)
         console.print(f"{'':>10}  traceback: {s.path / error.get('traceback', 'error.txt')}", markup=False)
     if record.get("attempts"):
-        console.print(f"[bold]{'attempts':>10}[/]  " + "; ".join(f"{a.get('status')} {a.get('started')}" for a in record["attempts"]))
+        console.print(f"[bold]{'attempts':>10}[/]  " + plain("; ".join(f"{a.get('status')} {a.get('started')}" for a in record["attempts"])))
     points = s.metrics.get("points", [])
     if points:
         every = [k for k in points[0].get("metrics", {}) if not k.startswith("seconds.") and not k.endswith(".std")]
@@ -95,10 +97,10 @@ def show(run: str, root: Path) -> None:
         table = Table(title="metrics per sweep point", title_justify="left")
         table.add_column("point", overflow="fold")
         for name in names:
-            table.add_column(name + unit(formats[name]), justify="right")  # "(%)", "(s)": as report.md's tables head them
+            table.add_column(plain(name + unit(formats[name])), justify="right")  # "(%)", "(s)": as report.md's tables head them
         for p in points:
             label = ", ".join(f"{k}={v}" for k, v in p.get("sweep", {}).items()) or "run"
-            table.add_row(label, *(format_value(_number(p.get("metrics", {}).get(n)), formats[n]) for n in names))
+            table.add_row(plain(label), *(format_value(_number(p.get("metrics", {}).get(n)), formats[n]) for n in names))
         console.print(table)
         if rest:  # a plugin's metrics come after the built-in ones': never dropped without a word
             console.print(f"not shown: {', '.join(rest)} (amemctl runs compare RUN RUN --metric NAME, or metrics.csv)", markup=False, soft_wrap=True)
@@ -128,9 +130,9 @@ def compare(run_names: tuple[str, ...], root: Path, metrics: tuple[str, ...], as
     if as_json:
         click.echo(json.dumps({"runs": [r.id for r in comparison.runs], "rows": [{"point": p, "metric": m, "values": v} for p, m, v in comparison.rows]}, indent=2))
         return
-    console = Console(highlight=False)
+    console = make_console(highlight=False)
     for n, r in enumerate(comparison.runs, 1):
-        console.print(f"[bold]run {n}[/]: {r.id}  {_status(r.status)}  " + (" ".join(r.overrides) or "no overrides"))
+        console.print(f"[bold]run {n}[/]: {plain(r.id)}  {_status(r.status)}  " + plain(" ".join(r.overrides) or "no overrides"), soft_wrap=True)
     table = Table(title="metrics side by side", title_justify="left")
     table.add_column("sweep point", overflow="fold")
     table.add_column("metric")
@@ -138,5 +140,5 @@ def compare(run_names: tuple[str, ...], root: Path, metrics: tuple[str, ...], as
         table.add_column(f"run {n}", justify="right")
     for label, metric, values in comparison.rows:
         fmt = comparison.formats.get(metric, "number")
-        table.add_row(label, metric, *(format_metric(v, fmt) for v in values))
+        table.add_row(plain(label), plain(metric), *(format_metric(v, fmt) for v in values))
     console.print(table if table.row_count else "no metric in common to compare (give --metric NAME)")

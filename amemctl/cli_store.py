@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from amemctl.console import console, plain
 from amemctl.errors import DamagedStore, StoreError
 
 
@@ -24,7 +24,7 @@ def list_stores(root: Path) -> None:
     from amemctl.store.inspect import disk_size
     from amemctl.store.memory import MemoryStore
 
-    table = Table(title=f"stores in {root}", title_justify="left")
+    table = Table(title=plain(f"stores in {root}"), title_justify="left")
     for column in ("store", "rows", "forgotten", "arrays", "spaces", "size", "updated"):
         table.add_column(column, overflow="fold")
     found = sorted(p.parent for p in root.glob("**/zarr.json") if p.parent.parent == root or p.parent.suffix == ".zarr") if root.exists() else []
@@ -34,12 +34,12 @@ def list_stores(root: Path) -> None:
         try:
             s = MemoryStore.open(path)
         except DamagedStore:
-            table.add_row(str(path.relative_to(root)), "damaged", "-", "-", "-", _size(disk_size(path)), f"run `amemctl store verify {path}`")
+            table.add_row(plain(path.relative_to(root)), "damaged", "-", "-", "-", _size(disk_size(path)), plain(f"run `amemctl store verify {path}`"))
             continue
         except StoreError:
             continue  # not a store this amemctl can list (another schema, a locked writer's)
-        table.add_row(str(path.relative_to(root)), str(len(s)), str(s.count - len(s)), ", ".join(s.arrays), ", ".join(s.spaces) or "-", _size(disk_size(path)), s.attrs["updated"])
-    Console().print(table if table.row_count else f"no stores under {root}")
+        table.add_row(plain(path.relative_to(root)), str(len(s)), str(s.count - len(s)), plain(", ".join(s.arrays)), plain(", ".join(s.spaces) or "-"), _size(disk_size(path)), plain(s.attrs["updated"]))
+    console().print(table if table.row_count else plain(f"no stores under {root}"))
 
 
 @store.command()
@@ -50,21 +50,21 @@ def inspect(path: Path) -> None:
     from amemctl.store.memory import MemoryStore
 
     info = describe(MemoryStore.open(path))
-    tree = Tree(f"[bold]{info['path']}[/]  {info['rows']} rows ({info['forgotten']} forgotten), next id {info['next_id']}, schema {info['schema']}")
+    tree = Tree(f"[bold]{plain(info['path'])}[/]  {info['rows']} rows ({info['forgotten']} forgotten), next id {info['next_id']}, schema {info['schema']}")
     for a in info["arrays"]:
         ratio = a["bytes_raw"] / a["bytes_stored"] if a["bytes_stored"] else 0
         tree.add(
-            f"[cyan]{a['name']}[/] {a['shape']} {a['storage']} (zarr {a['dtype']}), chunks {a['chunks']}, "
+            f"[cyan]{plain(a['name'])}[/] {a['shape']} {plain(a['storage'])} (zarr {a['dtype']}), chunks {a['chunks']}, "
             f"{'+'.join(a['codecs']) or 'raw'}: {_size(a['bytes_stored'])} stored of {_size(a['bytes_raw'])} ({ratio:.1f}x)"
         )
     if info["spaces"]:
         spaces = tree.add("key spaces")
         for space, identity in info["spaces"].items():
-            spaces.add(f"{space}: " + ", ".join(f"{k}={v}" for k, v in identity.items()))
+            spaces.add(plain(f"{space}: " + ", ".join(f"{k}={v}" for k, v in identity.items())))
     history = tree.add("provenance")
     for entry in info["provenance"]:
-        history.add(", ".join(f"{k}={_short(v)}" for k, v in entry.items()))
-    Console().print(tree)
+        history.add(plain(", ".join(f"{k}={_short(v)}" for k, v in entry.items())))
+    console().print(tree)
     click.echo(f"created {info['created']}, updated {info['updated']}")
 
 

@@ -44,6 +44,11 @@ class Context:
     #: example images for the run's overview figures: figure name -> [(row label, images[, wrong])]
     examples: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
     stage_seed: int = 0  #: set by `begin_stage` before each stage, from the seed and the stage's position
+    #: set by `begin_stage`: the identity of the running stage's work in this run (the run, its seed, the resolved
+    #: configuration of this stage and of every one before it), the same when a resumed run does that work again,
+    #: so that a stage whose effect outlives the run (`persist`) can tell that it did it before the run stopped;
+    #: empty outside a run
+    work_id: str = ""
     progress: Any = None  #: the engine's rich Progress, or None when quiet
     #: where track() writes a progress line now and then when there are no bars (a log, not a terminal)
     log: Any = None
@@ -107,9 +112,10 @@ class Context:
     def __contains__(self, name: str) -> bool:
         return name in self.values
 
-    def begin_stage(self, seed: int) -> None:
-        """Start a stage: its seed, and its random streams from the first again."""
+    def begin_stage(self, seed: int, work_id: str = "") -> None:
+        """Start a stage: its seed, its work's identity (`work_id`), and its random streams from the first again."""
         self.stage_seed = seed
+        self.work_id = work_id
         self._streams = 0
 
     def rng(self, device: "torch.device | str | None" = None) -> torch.Generator:

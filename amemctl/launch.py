@@ -495,9 +495,9 @@ def _progress(data: dict[str, Any]) -> str:
 
 def _say(line: str) -> None:
     """Print the run's last line as rank 0 would have (results.write_outputs): stdout, yellow in a terminal."""
-    from rich.console import Console
+    from amemctl.console import console
 
-    Console().print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
+    console().print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 def _error_file(failure: Any) -> tuple[str, str, dict[str, Any]]:

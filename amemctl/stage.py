@@ -258,6 +258,8 @@ class Param:
             raise ParamError(f"parameter {self.name!r} is {value}, not a finite number", hint=self._expect())
         if not self._within(value):
             raise ParamError(f"parameter {self.name!r} is {value}, out of range", hint=self._expect())
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:  # torch's integers are 64-bit: a larger one overflows in the stage
+            raise ParamError(f"parameter {self.name!r} is {value}, too large for a 64-bit integer", hint=self._expect() + " below 2**63")
 
     def value_in(self, key: str, given: "Mapping[str, Any]", owner: str, *, locate_missing: bool = False) -> Any:
         """This parameter's checked value in `given` (under `key`), or its default; a ParamError naming it otherwise.

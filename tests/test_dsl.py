@@ -87,6 +87,7 @@ def test_source_map_remembers_lines_and_columns():
         ("device: gpu\nstages:\n  - load: {dataset: digits}\n", "bad.yaml:1:9: unknown device 'gpu'"),
         ("budget: lots\nstages:\n  - load: {dataset: digits}\n", "bad.yaml:1:9: `budget` must be a positive size"),
         ("seed: 1.5\nstages:\n  - load: {dataset: digits}\n", "bad.yaml:1:7: `seed` must be an integer"),
+        ("seed: -1\nstages:\n  - load: {dataset: digits}\n", "bad.yaml:1:7: `seed` must be at least 0, got -1"),  # it ran, then crashed in numpy
         ("stages:\n  - load: {dataset: digits}\n  - load: {dataset: digits, dataset: digits}\n", "bad.yaml:3:29: key 'dataset' appears twice"),
         (
             "sweep: {n: [10, -1]}\nstages:\n  - load: {dataset: digits, limit: '${n}'}\n",

@@ -50,6 +50,17 @@ def test_exclusive_bounds_refuse_their_edge_and_inclusive_ones_keep_it(bounds, r
             param.coerce(value)
 
 
+def test_an_integer_parameter_beyond_64_bits_is_refused_when_checked():
+    """`steps: 99999999999999999999999` passed validation, then crashed the run as amemctl's bug (OverflowError in torch)."""
+    param = Param(int, 1, "", min=1)
+    param.name = "steps"
+    assert param.coerce(2**63 - 1) == 2**63 - 1
+    for value in (2**63, 10**23, 1e30):
+        with pytest.raises(ParamError, match=r"parameter 'steps' is \d+, too large for a 64-bit integer"):
+            param.coerce(value)
+    assert "parameter 'steps' is 99999999999999999999999, too large" in error_of(LOADED + "  - corrupt: {}\n  - score: {}\n  - separate: {}\n  - project: {steps: 99999999999999999999999}\n")
+
+
 def test_the_hint_and_the_type_say_which_bound_is_exclusive():
     assert _param(above=0).type_text() == "number > 0"
     assert _param(min=0, below=1).type_text() == "number >= 0 and < 1"

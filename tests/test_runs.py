@@ -164,6 +164,37 @@ def _stop_registry():
 STOPPING = SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1, 100]").replace("seed: 0", "seed: 0\nrepeats: 2").replace("  - report: {count: 3}\n", "  - report: {count: 3}\n  - stop: {}\n")
 
 
+@pytest.mark.parametrize("mode", ["create", "append"])
+def test_a_resumed_run_does_not_persist_again_what_it_persisted_before_it_stopped(tmp_path, mode):
+    """Stopped after its persist, resumed: `create` failed on the store the run itself had made (the
+    run could never be finished), `append` stored every row a second time."""
+    from amemctl import MemoryStore
+    from amemctl.errors import StoreError
+
+    registry = build_registry()
+    registry.stages["tick"] = Tick
+
+    def text(store):
+        return SWEEP.replace("stages:\n", f"stages:\n  - persist: {{store: {store}, mode: {mode}}}\n", 1).replace("  - report: {count: 3}\n", "  - report: {count: 3}\n  - tick: {}\n")
+
+    Tick.calls, Tick.stop_at = 0, None
+    whole = run_pipeline(parse_text(text(tmp_path / "whole.zarr"), "t.yaml", registry=registry), out_root=tmp_path / "whole", device="cpu", progress=False)
+    Tick.calls, Tick.stop_at = 0, 2  # in the second point: the persist (shared by every point) is done
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(parse_text(text(tmp_path / "cut.zarr"), "t.yaml", registry=registry), out_root=tmp_path / "runs", device="cpu", progress=False)
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    Tick.calls, Tick.stop_at = 0, None
+    run_pipeline(parse_text(text(tmp_path / "cut.zarr"), "t.yaml", registry=registry), device="cpu", progress=False, resume=run_dir)
+    assert read_record(run_dir)["status"] == "finished"
+    assert len(MemoryStore.open(tmp_path / "cut.zarr")) == len(MemoryStore.open(tmp_path / "whole.zarr")) == 200
+    assert len(MemoryStore.open(tmp_path / "cut.zarr").attrs["provenance"]) == 1
+    same = [[(i, {k: v for k, v in m.items() if k != "store_bytes"}) for i, m in _metrics(d)] for d in (run_dir, whole.run_dir)]
+    assert same[0] == same[1] and all(m["persisted"] == 200 for _, m in _metrics(run_dir))
+    if mode == "create":  # another run still finds the store there
+        with pytest.raises(StoreError, match="already exists"):
+            run_pipeline(parse_text(text(tmp_path / "cut.zarr"), "t.yaml", registry=registry), out_root=tmp_path / "again", device="cpu", progress=False)
+
+
 def test_sigterm_in_a_stage_records_the_run_interrupted_not_a_crash(tmp_path):
     """A scheduler's SIGTERM arrives while a stage runs: not the stage's bug, and the run can be resumed."""
     from amemctl.engine.records import Interrupted
@@ -220,6 +251,26 @@ def test_resume_refuses_a_run_that_is_still_running(tmp_path, run_text):
     assert result.exit_code == 2 and "is still running" in result.output
 
 
+def test_resume_refuses_a_run_another_process_is_resuming(tmp_path, run_text):
+    """Two `--resume`s started together both read a record that was not running and both ran the run into
+    one folder (the later record lost the earlier attempt): the process running a run holds its .run.lock."""
+    import filelock
+
+    run = run_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
+    before = (run.run_dir / "run.json").read_text()
+    other = filelock.FileLock(run.run_dir / ".run.lock", thread_local=False)
+    other.acquire(timeout=0)  # flock: another open file, as another process's, conflicts
+    try:
+        result = _invoke("run", "--resume", run.run_dir, "--quiet")
+        assert result.exit_code == 2, result.output
+        assert f"run {run.run_dir} is being run by another process" in result.output
+        assert "Traceback" not in result.output and (run.run_dir / "run.json").read_text() == before
+    finally:
+        other.release()
+    assert _invoke("run", "--resume", run.run_dir, "--quiet").exit_code == 0  # once it has ended
+    assert read_record(run.run_dir)["status"] == "finished" and len(read_record(run.run_dir)["attempts"]) == 1
+
+
 def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
     """SIGKILL in the middle of a sweep (a run that cannot write its end), then `run --resume`."""
     text = SWEEP.replace("limit: 200", "limit: 600").replace("beta: [1, 10, 100, 1000]", "beta: [1, 3, 10, 30, 100, 300, 1000, 3000]")
@@ -247,6 +298,23 @@ def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
     assert record["status"] == "finished" and record["points_reused"] == finished and record["attempts"][0]["status"] == "running"
     whole = run_pipeline(parse_text(text, str(pipeline)), out_root=tmp_path / "whole", device="cpu", progress=False)
     assert _metrics(run_dir) == _metrics(whole.run_dir)
+
+
+def test_a_dead_runs_duration_ends_where_it_last_recorded_progress(tmp_path, run_text):
+    """A run killed two hours ago, one minute in, was listed as having run for two hours (and counting)."""
+    from datetime import datetime, timedelta, timezone
+
+    run = run_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    started = datetime.now(timezone.utc) - timedelta(hours=2)
+    record = json.loads((run.run_dir / "run.json").read_text())
+    record.update(status="running", ended=None, pid=int(gone), started=started.isoformat(timespec="seconds"))
+    (run.run_dir / "run.json").write_text(json.dumps(record))
+    last = (started + timedelta(seconds=61)).timestamp()
+    os.utime(run.run_dir / "run.json", (last, last))
+    listing = _invoke("runs", "ls", "--root", tmp_path / "runs").output
+    assert "dead" in listing and "1m01s" in listing and "2h" not in listing, listing
+    assert "1m01s" in _invoke("runs", "show", run.run_dir, "--root", tmp_path / "runs").output
 
 
 def test_runs_ls_show_and_compare(tmp_path):
@@ -388,6 +456,26 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(stage, tmp_path, mo
     epochs.clear()
     run("cut")  # a finished training is reused as it is
     assert epochs == []
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "train-autoencoder: {hidden: [16], code: 4, epochs: 1, batch_size: 25}",
+        "train-simclr: {arch: small, epochs: 1, batch_size: 16}",
+    ],
+)
+def test_a_training_without_a_checkpoint_path_saves_under_amemctl_checkpoints(stage, tmp_path, monkeypatch):
+    """$AMEMCTL_CHECKPOINTS is where every training stage's default checkpoints go: not checkpoints/ in the working folder."""
+    folder = tmp_path / "elsewhere"
+    monkeypatch.setenv("AMEMCTL_CHECKPOINTS", str(folder))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    data = "{dataset: patches32, limit: 32}" if "simclr" in stage else "{dataset: digits, limit: 50}"
+    run_pipeline(parse_text(f"name: t\ndata: {data}\nstages:\n  - {stage}\n", "t.yaml"), out_root=tmp_path / "runs", device="cpu", progress=False)
+    assert not (work / "checkpoints").exists()
+    assert any(folder.iterdir())
 
 
 def test_checkpoints_are_saved_at_most_every_checkpoint_seconds_and_after_the_last_epoch(monkeypatch):

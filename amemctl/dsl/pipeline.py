@@ -28,7 +28,7 @@ from amemctl.suggest import did_you_mean
 TOP_LEVEL = {
     "name": "the pipeline's name, a plain folder name (letters, digits, - _ .); runs go to runs/<name>/ (default: the file name)",
     "description": "free text shown in the report",
-    "seed": "integer seed of every random choice (default 0)",
+    "seed": "integer seed of every random choice, 0 or more (default 0)",
     "repeats": "run every sweep point this many times, with seeds seed, seed+1, ...; tables show mean and std (default 1; points x repeats at most AMEMCTL_MAX_POINTS)",
     "device": "auto, cpu, cuda or cuda:N (default auto)",
     "budget": "bytes of score-sized temporaries a retrieval may hold, e.g. 256MiB (default)",
@@ -286,6 +286,9 @@ def parse_pipeline(doc: Any, source: SourceMap, *, text: str = "", registry: Reg
     name = _name(doc, Path(file).stem, source, errors)
     description = _scalar(doc, "description", str, "", source, errors)
     seed = _scalar(doc, "seed", int, 0, source, errors)
+    if seed < 0:  # every stage's seed derives from it (numpy's SeedSequence), which takes no negative number
+        errors.add(PipelineError(f"`seed` must be at least 0, got {seed}", hint=TOP_LEVEL["seed"]), source.value(("seed",)))
+        seed = 0
     repeats = _scalar(doc, "repeats", int, 1, source, errors)
     if repeats < 1:
         errors.add(PipelineError(f"`repeats` must be at least 1, got {repeats}"), source.value(("repeats",)))

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import traceback
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,8 @@ from amemctl.errors import RunFolderError
 
 RECORD = "run.json"
 TRACEBACK = "error.txt"
+#: the lock file of a run folder, held by the process that runs it (RunLock)
+LOCK = ".run.lock"
 #: run.json's marker: a folder is a run folder when its run.json says this
 RUN_FORMAT = "amemctl-run"
 
@@ -116,6 +119,8 @@ class RunRecord:
             headline=headline,
             error=None,
         )
+        if not data.get("id"):  # the run's identity, kept by every resumption (a record from before ids gets one)
+            data["id"] = uuid.uuid4().hex
         record = cls(run_dir, data)
         record.save()
         return record
@@ -184,6 +189,41 @@ class RunRecord:
         self.data.update(status=status, ended=self.data.get("ended") or now(), error={"type": kind, "message": message, "traceback": TRACEBACK})
         self.save()
         return True
+
+
+class RunLock:
+    """One process runs a run folder at a time: an OS lock (flock, through `filelock`) on its .run.lock.
+
+    The process running a run holds it from its start (or resumption) to its end. `--resume`
+    refuses a run whose record says it is running, but two resumptions started together (a
+    scheduler's retry beside a user's, two terminals) both read the record before either
+    rewrote it, and both ran the run into the same folder: the later one's record lost the
+    earlier one's attempt. The kernel releases the lock when its holder dies, so a killed run
+    leaves nothing to take over, and a live holder's lock cannot be taken.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._lock: Any = None
+
+    def acquire(self) -> None:
+        """Take the lock, or refuse at once (a RunFolderError naming the holder) while another process holds it."""
+        import filelock
+
+        path = self.run_dir / LOCK
+        lock = filelock.FileLock(path, thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            record = read_record(self.run_dir) or {}  # the holder's own once it has recorded its start; the lock file holds nothing
+            who = f" (pid {record.get('pid')} on {record.get('host')})" if record.get("status") == "running" else ""
+            raise RunFolderError(f"run {self.run_dir} is being run by another process{who}", hint="wait for it to end, or stop that process first") from None
+        self._lock = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 class Interrupted(BaseException):
@@ -340,6 +380,7 @@ _LIST_OF_STR = "a list of strings"
 #: run.json's fields, each with the types amemctl writes it as (a field may be absent: runs of older versions)
 FIELDS: dict[str, tuple[Any, str]] = {
     "format": (str, "a string"),
+    "id": (str, "a string"),
     "pipeline": (str, "a string"),
     "file": (str, "a string"),
     "overrides": (_LIST_OF_STR, _LIST_OF_STR),

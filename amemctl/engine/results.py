@@ -20,6 +20,7 @@ from rich.table import Table
 
 from amemctl import figures
 from amemctl.atomic import write_atomically
+from amemctl.console import plain
 from amemctl.dsl.pipeline import CurveSpec, Pipeline, TableSpec
 from amemctl.dsl.sweep import MissingField, Point, lookup, value_label
 from amemctl.engine.records import closing_line, json_object
@@ -395,13 +396,13 @@ def print_table(console: Console, grid: Grid) -> None:
 
 
 def _rich_table(grid: Grid) -> Table:
-    table = Table(title=grid.title + unit(grid.format), title_justify="left")
+    table = Table(title=plain(grid.title + unit(grid.format)), title_justify="left")
     for name in grid.headers():
-        table.add_column(name, style="bold", overflow="fold")
+        table.add_column(plain(name), style="bold", overflow="fold")
     for column in grid.columns:
-        table.add_column(column, justify="right", overflow="fold")
+        table.add_column(plain(column), justify="right", overflow="fold")
     for row, values in grid.rows:
-        table.add_row(*row, *(cell(grid, row, c, v) for c, v in zip(grid.columns, values)))
+        table.add_row(*map(plain, row), *(plain(cell(grid, row, c, v)) for c, v in zip(grid.columns, values)))
     return table
 
 

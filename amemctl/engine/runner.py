@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from amemctl import figures
+from amemctl.console import console as make_console
 from amemctl.context import Context, clock
 from amemctl.core.random import derived_seed
 from amemctl.dsl.pipeline import Pipeline, PlannedStage
@@ -41,6 +42,7 @@ from amemctl.engine.records import (
     RECORD,
     TRACEBACK,
     Interrupted,
+    RunLock,
     RunRecord,
     closing_line,
     count_text,
@@ -164,12 +166,12 @@ def run_pipeline(
     """
     from amemctl.engine import results
 
-    console = console or Console()
+    console = console or make_console()
     torch_device = resolve_device(device or pipeline.device)
     previous = None
     if resume is not None:
         run_dir = Path(resume)
-        previous = _resumable(run_dir)
+        previous = _resumable(run_dir)  # a run folder amemctl made, not running: before its lock file is made in it
     else:
         run_dir = new_run_dir(Path(out_root), pipeline.name)
     planned = [(plan.point, plan_steps(plan.stages)) for plan in pipeline.plans]
@@ -178,104 +180,111 @@ def run_pipeline(
     keys = [point_key(pipeline.seed + r, steps) for _, steps, r in runs]
     cache = _PrefixCache([[f"seed={pipeline.seed + r}", *[s.key for s in steps]] for _, steps, r in runs])
     run = RunResult(pipeline, run_dir, torch_device, [])
+    lock = RunLock(run_dir)
     try:
-        results.write_inputs(run_dir, pipeline, torch_device)
-        record = RunRecord.start(
-            run_dir,
-            pipeline=pipeline.name,
-            file=pipeline.file,
-            overrides=list(overrides),
-            command=command,
-            points=len(runs),
-            headline={"metric": pipeline.tables[0].metric, "format": pipeline.tables[0].format} if pipeline.tables else None,
-            previous=previous,
-            repeats=pipeline.repeats,
-        )
-    except OSError as exc:
-        if not refused(exc):
-            raise
-        if previous is None:  # a new folder without its run.json is no run: nothing in it can be resumed
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise folder_error(exc, run_dir, resumable=previous is not None, elsewhere=elsewhere) from None
-    except (KeyboardInterrupt, Interrupted):  # stopped before the run was recorded: there is nothing to resume
-        if resume is None:  # the new folder holds its inputs alone (environment() takes seconds): no run folder, removed
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    error: BaseException | None = None
-
-    def warn(text: str) -> None:
-        console.print(f"warning: {text}", style="yellow", markup=False, highlight=False, soft_wrap=True)
-
-    with figures.extra_formats(pipeline.formats):  # every figure of the run, the stages' and the report's, in these formats too
         try:
-            if announce is not None:  # first in the try: a stop from here on ends the recorded run with its closing line
-                announce(run_dir)
-            bar = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                disable=not progress,
-                transient=True,
+            lock.acquire()  # one process runs a run folder at a time
+            if resume is not None:  # again, under the lock: another `--resume` may have run it since
+                previous = _resumable(run_dir)
+            results.write_inputs(run_dir, pipeline, torch_device)
+            record = RunRecord.start(
+                run_dir,
+                pipeline=pipeline.name,
+                file=pipeline.file,
+                overrides=list(overrides),
+                command=command,
+                points=len(runs),
+                headline={"metric": pipeline.tables[0].metric, "format": pipeline.tables[0].format} if pipeline.tables else None,
+                previous=previous,
+                repeats=pipeline.repeats,
             )
-            log = _LogLines(console, len(runs)) if progress and not console.is_terminal else None
-            if log is not None:
-                log.line(f"{pipeline.name}: {len(runs)} sweep point(s) x repeat(s), run folder {run_dir}")
-            with bar, _signals_interrupt():
-                sweep_task = bar.add_task(f"[bold]{pipeline.name}", total=len(runs))
-                done: list[PointResult] = []
-                reused = 0
-                for i, (point, steps, r) in enumerate(runs):
-                    seed = pipeline.seed + r
-                    result = load_point(run_dir, keys[i], point, warn) if previous is not None else None
-                    was_reused = result is not None
-                    if result is None:
-                        result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group, elsewhere)
-                        save_point(run_dir, keys[i], result, seed)
-                    reused += was_reused
-                    done.append(result)
-                    cache.release(i)
-                    bar.advance(sweep_task)
-                    record.progress(i + 1, reused)
-                    run.runs_done = i + 1
-                    if log is not None:
-                        log.point(i, point.label() + (f" (repeat {r + 1})" if pipeline.repeats > 1 else ""), reused=was_reused)
-                    if r == pipeline.repeats - 1:
-                        run.points.append(combine(done))
-                        done = []
-        except BaseException as exc:
-            error, run.status = exc, "failed"  # first, in plain assignments: a second stop signal may cut what follows short
-            error = run_refusal(exc, run_dir, elsewhere) if refused(exc) else exc  # a point's file, run.json, the console: a stage's own is told in _run_point
-            if stopping_once():  # an `--nproc` rank's run ends here: the stop the launcher sends its peers must not cut its record short
-                ignore_stops()
-            if isinstance(error, AmemctlError):
-                run.error = error.render()
-            if error is exc:
+        except OSError as exc:
+            if not refused(exc):
                 raise
-            raise error from None
-        finally:
-            if error is not None:  # here, not in the except: a second stop signal there must not leave the report and the record disagreeing
-                run.status = ended_by(error)
+            if previous is None:  # a new folder without its run.json is no run: nothing in it can be resumed
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise folder_error(exc, run_dir, resumable=previous is not None, elsewhere=elsewhere) from None
+        except (KeyboardInterrupt, Interrupted):  # stopped before the run was recorded: there is nothing to resume
+            if resume is None:  # the new folder holds its inputs alone (environment() takes seconds): no run folder, removed
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        error: BaseException | None = None
+
+        def warn(text: str) -> None:
+            console.print(f"warning: {text}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+        with figures.extra_formats(pipeline.formats):  # every figure of the run, the stages' and the report's, in these formats too
             try:
-                try:
-                    results.write_outputs(run, console, stop_line)
-                except OSError as exc:
-                    if not refused(exc):
-                        raise
-                    if error is None:
-                        raise run_refusal(exc, run_dir, elsewhere) from None
-                    with contextlib.suppress(OSError):  # the console may be what the disk refused: the error that stopped the run is the one to tell
-                        warn(f"the report of this run could not be written in {run_dir}: {exc.strerror or exc}")
-                        if stop_line:  # write_outputs ends with it
-                            console.print(closing_line(run.status, run.progress(), run_dir), style="yellow", markup=False, highlight=False, soft_wrap=True)
+                if announce is not None:  # first in the try: a stop from here on ends the recorded run with its closing line
+                    announce(run_dir)
+                bar = Progress(
+                    SpinnerColumn(),
+                    TextColumn("{task.description}", markup=False),  # point labels, paths: the user's text, never markup
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=console,
+                    disable=not progress,
+                    transient=True,
+                )
+                log = _LogLines(console, len(runs)) if progress and not console.is_terminal else None
+                if log is not None:
+                    log.line(f"{pipeline.name}: {len(runs)} sweep point(s) x repeat(s), run folder {run_dir}")
+                with bar, _signals_interrupt():
+                    sweep_task = bar.add_task(pipeline.name, total=len(runs))
+                    done: list[PointResult] = []
+                    reused = 0
+                    for i, (point, steps, r) in enumerate(runs):
+                        seed = pipeline.seed + r
+                        result = load_point(run_dir, keys[i], point, warn) if previous is not None else None
+                        was_reused = result is not None
+                        if result is None:
+                            result = _run_point(pipeline, point, steps, run_dir, torch_device, cache, bar, log, i, seed, group, elsewhere, record.data["id"])
+                            save_point(run_dir, keys[i], result, seed)
+                        reused += was_reused
+                        done.append(result)
+                        cache.release(i)
+                        bar.advance(sweep_task)
+                        record.progress(i + 1, reused)
+                        run.runs_done = i + 1
+                        if log is not None:
+                            log.point(i, point.label() + (f" (repeat {r + 1})" if pipeline.repeats > 1 else ""), reused=was_reused)
+                        if r == pipeline.repeats - 1:
+                            run.points.append(combine(done))
+                            done = []
             except BaseException as exc:
-                error = error or exc
-                raise
+                error, run.status = exc, "failed"  # first, in plain assignments: a second stop signal may cut what follows short
+                error = run_refusal(exc, run_dir, elsewhere) if refused(exc) else exc  # a point's file, run.json, the console: a stage's own is told in _run_point
+                if stopping_once():  # an `--nproc` rank's run ends here: the stop the launcher sends its peers must not cut its record short
+                    ignore_stops()
+                if isinstance(error, AmemctlError):
+                    run.error = error.render()
+                if error is exc:
+                    raise
+                raise error from None
             finally:
-                _finish(record, error, warn, elsewhere)
-    return run
+                if error is not None:  # here, not in the except: a second stop signal there must not leave the report and the record disagreeing
+                    run.status = ended_by(error)
+                try:
+                    try:
+                        results.write_outputs(run, console, stop_line)
+                    except OSError as exc:
+                        if not refused(exc):
+                            raise
+                        if error is None:
+                            raise run_refusal(exc, run_dir, elsewhere) from None
+                        with contextlib.suppress(OSError):  # the console may be what the disk refused: the error that stopped the run is the one to tell
+                            warn(f"the report of this run could not be written in {run_dir}: {exc.strerror or exc}")
+                            if stop_line:  # write_outputs ends with it
+                                console.print(closing_line(run.status, run.progress(), run_dir), style="yellow", markup=False, highlight=False, soft_wrap=True)
+                except BaseException as exc:
+                    error = error or exc
+                    raise
+                finally:
+                    _finish(record, error, warn, elsewhere)
+        return run
+    finally:
+        lock.release()
 
 
 def folder_error(exc: OSError, run_dir: Path, resumable: bool = True, elsewhere: Elsewhere | None = None) -> AmemctlError:
@@ -328,6 +337,11 @@ def _resumable(run_dir: Path) -> dict[str, Any]:
     if status_of(previous) == "running":
         raise AmemctlError(f"run {run_dir} is still running (pid {previous.get('pid')} on {previous.get('host')})", hint="wait for it to end, or stop that process first")
     return previous
+
+
+def work_id(run_id: str, prefix: "tuple[str, ...]") -> str:
+    """Context.work_id of a step: the run's id (run.json's, kept by every resumption) and the seed and resolved steps up to it."""
+    return hashlib.sha256(json.dumps([run_id, *prefix]).encode()).hexdigest()[:24]
 
 
 def point_key(seed: int, steps: list[Step]) -> str:
@@ -487,6 +501,7 @@ def _run_point(
     seed: int,
     group: object = None,
     elsewhere: Elsewhere | None = None,
+    run_id: str = "",
 ) -> PointResult:
     ctx = Context(device, seed, pipeline.budget, run_dir, point.label(), point.slug(), progress=bar if not bar.disable and log is None else None, log=log.line if log is not None else None, group=group, registry=pipeline.registry)
     ctx.provenance.update(pipeline=pipeline.name, file=pipeline.file, run=str(run_dir), seed=seed)
@@ -494,7 +509,7 @@ def _run_point(
     task = bar.add_task(point.label(), total=len(steps), completed=first)
     for j in range(first, len(steps)):
         step = steps[j]
-        ctx.begin_stage(stage_seed(seed, step.parts[0].index))
+        ctx.begin_stage(stage_seed(seed, step.parts[0].index), work_id(run_id, cache.keys[slot][j]))
         _seed_globals(ctx.stage_seed)
         start = time.perf_counter()
         try:

@@ -101,7 +101,7 @@ def summarise(path: Path, root: "str | Path" = "runs") -> RunSummary:
         pipeline=record.get("pipeline") or metrics.get("pipeline") or path.parent.name,
         status=status,
         started=record.get("started"),
-        seconds=_duration(record),
+        seconds=_duration(record, status, path),
         points_done=record.get("points_done", len(metrics["points"]) if metrics["points"] else None),
         points_total=record.get("points_total"),
         overrides=list(record.get("overrides") or []),
@@ -141,15 +141,21 @@ def _metrics_point(point: Any) -> dict[str, Any] | None:
     }
 
 
-def _duration(record: dict[str, Any]) -> float | None:
+def _duration(record: dict[str, Any], status: str, path: Path) -> float | None:
+    """How long the run ran: to its end; running, until now; dead (killed), until it last recorded a finished point (run.json's time)."""
     try:
         start = datetime.fromisoformat(record["started"])
         end = datetime.fromisoformat(record["ended"]) if record.get("ended") else None
     except (KeyError, TypeError, ValueError):
         return None
+    if end is None and status == "dead":  # not until now: a run killed a week ago did not run for a week
+        try:
+            end = datetime.fromtimestamp((path / RECORD).stat().st_mtime, start.tzinfo)
+        except (OSError, ValueError):
+            return None
     if end is None:
-        return (datetime.now(start.tzinfo) - start).total_seconds() if record.get("status") == "running" else None
-    return (end - start).total_seconds()
+        return (datetime.now(start.tzinfo) - start).total_seconds() if status == "running" else None
+    return max((end - start).total_seconds(), 0.0)
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -24,7 +24,7 @@ from amemctl.models.encoders import (
 )
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, ParamError, Stage
-from amemctl.training.checkpoints import Progress
+from amemctl.training.checkpoints import Progress, default_folder
 from amemctl.training.simclr import SimCLRConfig, data_sha256, train_simclr
 
 
@@ -174,7 +174,7 @@ class TrainSimCLR(Stage):
     noise = Param(float, 0.0, "largest std of Gaussian noise added to half the views (0 = off)", min=0, max=1)
     normalize = Param(str, "cifar10", "per-channel normalisation of the encoder's input", choices=list(NORMALIZATIONS))
     amp = Param(bool, None, "bfloat16 autocast (default: on GPUs)")
-    checkpoints = Param(str, None, "folder of the epoch checkpoints (default: checkpoints/<pipeline>-simclr-<config hash>); training resumes from it")
+    checkpoints = Param(str, None, "folder of the epoch checkpoints (default: <pipeline>-simclr-<config hash> in $AMEMCTL_CHECKPOINTS, else in checkpoints/); training resumes from it")
     input = Input("patterns", "the training images")
     output = Output("encoder", "the trained encoder, for `embed`")
 
@@ -216,7 +216,7 @@ class TrainSimCLR(Stage):
         if images.dim() != 4:
             raise StageError(f"train-simclr needs images N x C x H x W, got {tuple(images.shape)}")
         config = self.config(ctx.stage_seed % 2**31)
-        folder = Path(self.checkpoints) if self.checkpoints else Path("checkpoints") / f"{ctx.provenance.get('pipeline', 'run')}-simclr-{config.digest(data_sha256(images))}"
+        folder = Path(self.checkpoints) if self.checkpoints else default_folder() / f"{ctx.provenance.get('pipeline', 'run')}-simclr-{config.digest(data_sha256(images))}"
         trained = train_simclr(images, config, folder, ctx.device, amp=self.amp, progress=Progress.of(ctx))
         ctx[self.output] = trained.encoder
         ctx.identities[self.output] = trained.encoder.identity()

@@ -11,7 +11,7 @@ from amemctl.models.autoencoders import Autoencoder, load_autoencoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Output, Param, Stage
 from amemctl.training.autoencoder import train_autoencoder
-from amemctl.training.checkpoints import Checkpointing
+from amemctl.training.checkpoints import Checkpointing, default_folder
 
 
 class TrainAutoencoder(Stage):
@@ -31,7 +31,7 @@ class TrainAutoencoder(Stage):
     epochs = Param(int, 300, "passes over the images", min=0)
     batch_size = Param(int, 250, "images per step", min=1)
     lr = Param(float, 1e-3, "Adam learning rate", min=0)
-    checkpoint = Param(str, None, "where to save phi and psi (default: checkpoints/<pipeline>-autoencoder.pt)")
+    checkpoint = Param(str, None, "where to save phi and psi (default: <pipeline>-autoencoder.pt in $AMEMCTL_CHECKPOINTS, else in checkpoints/)")
     input = Input("patterns", "the training images")
     output = Output("autoencoder", "phi and psi, for `embed` (encoder:) and `generate` (decoder:)")
 
@@ -40,7 +40,7 @@ class TrainAutoencoder(Stage):
 
     def run(self, ctx: Context) -> None:
         images = materialize(ctx[self.input])
-        path = Path(self.checkpoint) if self.checkpoint else Path("checkpoints") / f"{ctx.provenance.get('pipeline', 'run')}-autoencoder.pt"
+        path = Path(self.checkpoint) if self.checkpoint else default_folder() / f"{ctx.provenance.get('pipeline', 'run')}-autoencoder.pt"
         seed = ctx.stage_seed % 2**31
         config = {k: self.settings[k] for k in ("kind", "hidden", "code", "epochs", "batch_size", "lr")}
         checkpointing = Checkpointing.for_stage(ctx, path.parent, f"{path.stem}-training", {**config, "seed": seed}, images)

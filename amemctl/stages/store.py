@@ -10,7 +10,7 @@ from amemctl.core.rows import materialize
 from amemctl.errors import StoreError
 from amemctl.plugins import hookimpl
 from amemctl.stage import REQUIRED, Input, Output, Param, ParamError, Stage
-from amemctl.store.memory import DEFAULT_CHUNK_BYTES, MemoryStore, store_root, writer_lock
+from amemctl.store.memory import DEFAULT_CHUNK_BYTES, MemoryStore, is_store, store_root, writer_lock
 
 MODES = ("create", "append", "replace")
 
@@ -58,6 +58,8 @@ class Persist(Stage):
         storage = {"patterns": self.dtype, "values": self.dtype}
         options = dict(chunk_bytes=int(self.chunk_mib * 2**20), compression=self.compression, checksum=self.checksum, description=ctx.provenance.get("pipeline", ""))
         provenance = {k: v for k, v in ctx.provenance.items() if k != "data"} | ctx.provenance.get("data", {})
+        if ctx.work_id:  # which work of which run wrote these rows: a resumed run does not write them twice
+            provenance["work"] = ctx.work_id
         identities = {space: ctx.identities.get(tensor, {"encoder": "context tensor", "tensor": tensor}) for space, tensor in (self.keys or {}).items()}
         if not ctx.writer:  # with several ranks, rank 0 writes and the others wait for it
             ctx.barrier()
@@ -68,16 +70,35 @@ class Persist(Stage):
             store.append(**tensors, keys=keys, identities=identities, storage=storage, provenance=provenance)
 
         with writer_lock(path):  # held from the first check to the last rename: no other writer interleaves
-            if self.mode == "append" and path.exists():
+            written = self._written_before(path, ctx.work_id)
+            if written is None and self.mode == "append" and path.exists():
                 fill(MemoryStore.open(path, mode="a"))
-            else:  # a whole new store, written aside and renamed into place once complete
+            elif written is None:  # a whole new store, written aside and renamed into place once complete
                 MemoryStore.write_new(path, fill, replace=self.mode == "replace", **options)
         ctx.barrier()
-        ctx.metric(f"{self.prefix}persisted", len(next(iter({**tensors, **keys}.values()))))
+        ctx.metric(f"{self.prefix}persisted", len(next(iter({**tensors, **keys}.values()))) if written is None else written)
         ctx.metric(f"{self.prefix}store_bytes", sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
 
     def metrics(self) -> list[str]:
         return [f"{self.prefix}persisted", f"{self.prefix}store_bytes"]
+
+    def _written_before(self, path: Path, work: str) -> int | None:
+        """The rows this very work of this run wrote into the store before the run stopped (then resumed), or None.
+
+        A run stopped after its persist but before its sweep points finished runs the persist
+        again when resumed: `create` found the store it had made and failed, `append` wrote its
+        rows a second time. `replace` writes the same store again, as it would in any run.
+        """
+        if not work or self.mode == "replace" or not is_store(path):
+            return None
+        try:
+            entries = MemoryStore.open(path).attrs.get("provenance", [])
+        except StoreError:  # damaged, or another schema: the write below tells it
+            return None
+        rows = [e.get("rows") for e in entries if isinstance(e, dict) and e.get("work") == work]
+        if not rows or not isinstance(rows[-1], list) or len(rows[-1]) != 2 or not all(isinstance(n, int) for n in rows[-1]):
+            return None
+        return rows[-1][1] - rows[-1][0]
 
 
 class OpenStore(Stage):
