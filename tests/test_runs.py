@@ -306,7 +306,7 @@ def test_a_dead_runs_duration_ends_where_it_last_recorded_progress(tmp_path, run
 
     run = run_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    started = datetime.now(timezone.utc) - timedelta(hours=2)
+    started = (datetime.now(timezone.utc) - timedelta(hours=2)).replace(microsecond=0)  # as run.json writes it
     record = json.loads((run.run_dir / "run.json").read_text())
     record.update(status="running", ended=None, pid=int(gone), started=started.isoformat(timespec="seconds"))
     (run.run_dir / "run.json").write_text(json.dumps(record))
