@@ -146,8 +146,9 @@ class SimilarityFunction(Function):
 
 
 def similarity_made(entry: Any, params: "Mapping[str, Any]") -> Any:
-    """The `Similarity` a registered similarity gives with `params`: a plain one is itself, a SimilarityFunction makes one."""
-    return entry(**params) if isinstance(entry, SimilarityFunction) else entry
+    """The `Similarity` a registered similarity gives with `params`: a SimilarityFunction makes one; a plain one
+    takes them as its kernel's options (a divergence's eps and smoothing), itself when there are none."""
+    return entry(**params) if isinstance(entry, SimilarityFunction) else entry.with_options(**params)
 
 
 class EncoderArchitecture(Function):

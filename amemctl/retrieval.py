@@ -19,7 +19,7 @@ from amemctl.core.retrieval import DEFAULT_BUDGET, Recall, Shard
 from amemctl.core.rows import Rows
 from amemctl.core.separation import Separation
 from amemctl.core.similarity import Similarity
-from amemctl.functions import SimilarityFunction
+from amemctl.functions import similarity_made
 from amemctl.plugins import Registry, get_registry, lookup
 from amemctl.stage import ParamError
 
@@ -34,10 +34,7 @@ def similarity_of(similarity: "str | Mapping[str, Any] | Similarity", registry: 
     if isinstance(similarity, Similarity):
         return similarity
     name, params = _named(similarity, "similarity", "similarity", "score", {"similarity": "manhattan"}, 'e.g. similarity="manhattan"')
-    entry = lookup(registry or get_registry(), "similarities", name)
-    if isinstance(entry, SimilarityFunction):
-        return entry(**params)
-    return entry.with_options(**params) if params else entry
+    return similarity_made(lookup(registry or get_registry(), "similarities", name), params)
 
 
 def separation_of(separation: "str | Mapping[str, Any] | Separation", registry: Registry | None = None) -> Separation:
