@@ -9,6 +9,7 @@ directory, before anything is read.
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ def load_tensors(path: "str | Path") -> Any:
     """torch.load(path) onto the CPU with weights_only=True, after checking the zip's declared sizes.
 
     Raises what torch.load raises for files it cannot read, and UnsafeTensorFile for one that
-    would inflate; callers turn both into their own error naming the file.
+    would inflate; callers turn both into their own error naming the file. torch's warning
+    about a plain pickle's protocol is silenced: such a file is loaded safely or refused, and
+    the refusal is the caller's message, not a warning beside it.
     """
     path = Path(path)
     if zipfile.is_zipfile(path):
@@ -36,4 +39,6 @@ def load_tensors(path: "str | Path") -> Any:
         size = path.stat().st_size
         if declared > 2 * size + SLACK:
             raise UnsafeTensorFile(f"its entries declare {declared:,} bytes in a file of {size:,} (torch.save stores them uncompressed)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
