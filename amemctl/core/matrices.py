@@ -8,10 +8,9 @@ similarity's per-feature workspace, a separation's sorted copies) fits the budge
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from amemctl.core.retrieval import DEFAULT_BUDGET, flat_queries, keys_for, plan_blocks
+from amemctl.core.retrieval import DEFAULT_BUDGET, flat_queries, keys_for, plan_blocks, row_sum_divisor
 from amemctl.core.rows import Rows, as_rows
 from amemctl.core.separation import Separation
 from amemctl.core.similarity import Similarity
@@ -39,9 +38,8 @@ def score_matrix(
         k = keys_for(similarity, chunk, q)
         for start in range(0, q.shape[0], block_q):
             scores[start : start + block_q, offset : offset + len(k)] = similarity(q[start : start + block_q], k, distance_form)
-    if normalize:  # UHN appendix E; a row summing to 0 is left as it is
-        total = scores.sum(1, keepdim=True)
-        scores.div_(torch.where(total == 0, torch.ones_like(total), total))
+    if normalize:
+        scores.div_(row_sum_divisor(scores.sum(1, keepdim=True)))
     return scores
 
 

@@ -211,7 +211,7 @@ def _recall_block(
             import torch.distributed as dist
 
             dist.all_reduce(totals, group=shard.group)
-        totals = torch.where(totals == 0, torch.ones_like(totals), totals)
+        totals = row_sum_divisor(totals)
 
     separation_code = blaming(*maker_of(sep, "separation"))  # here and below: what the separation's own code raises is its bug
     with separation_code:
@@ -239,6 +239,11 @@ def _recall_block(
         best, best_index = _merge_best(best, best_index, shard.group)
     with separation_code:
         return reducer.finish(local_values), best_index, best, reducer.unweighted()
+
+
+def row_sum_divisor(totals: Tensor) -> Tensor:
+    """What divides each row of scores by its sum (UHN appendix E): a row summing to 0 is left as it is."""
+    return torch.where(totals == 0, torch.ones_like(totals), totals)
 
 
 def keys_for(sim: Similarity, chunk: Tensor, q: Tensor) -> Tensor:
