@@ -5,7 +5,7 @@ says what each name is for, and a test keeps it and `__all__` the same:
 
 - retrieval math: `retrieve`, `recall`, `Recall`, `UniversalHopfield`, `Shard`; similarities and
   separations by name (`"manhattan"`, `{"function": "topk", "k": 5}`), a plugin's too
-- writing stages: `Stage`, `Param`, `Input`, `Output`, `REQUIRED`, `Fusion`, `Context`,
+- writing stages: `Stage`, `Param`, `Input`, `Output`, `REQUIRED`, `Metric`, `Fusion`, `Context`,
   `hookimpl`; stage inputs are tensors or `Rows` (stored rows read in chunks, e.g. a store
   opened by `open_store`): `materialize(x)` reads them whole, `take(x, index)` some of them,
   `row_shape(x)` the shape of one; or list the input in the stage's `materialize` and the
@@ -41,7 +41,7 @@ from amemctl.errors import (
 )
 from amemctl.functions import EncoderArchitecture, Function, SeparationFunction, SimilarityFunction
 from amemctl.plugins import hookimpl
-from amemctl.stage import REQUIRED, Fusion, Input, Output, Param, ParamError, Stage
+from amemctl.stage import REQUIRED, Fusion, Input, Metric, Output, Param, ParamError, Stage
 
 __version__ = "0.1.0"
 
@@ -101,6 +101,7 @@ __all__ = [
     "Input",
     "Loaded",
     "MemoryStore",
+    "Metric",
     "Output",
     "Param",
     "ParamError",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import string
 import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
@@ -363,6 +364,58 @@ class Fusion:
     name: str = "fused"
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A metric a stage records with `ctx.metric(name, value)`, and how a reader is told what it is.
+
+    A stage's `metrics()` lists these (or bare names) so that `report:` is checked before a run
+    and figures read in words: `description` titles a curve, `axis` (a few words) labels its y
+    axis, and `low`/`high` bound it (0 and 1: a fraction, drawn in percent). A metric declared
+    by its bare name is titled by that name.
+    """
+
+    name: str
+    description: str = ""
+    axis: str = ""
+    low: float | None = None
+    high: float | None = None
+
+    @classmethod
+    def of(cls, declared: "str | Metric") -> "Metric":
+        """A declared metric as a Metric: a bare name reads as itself."""
+        if isinstance(declared, Metric):
+            return declared
+        if isinstance(declared, str) and declared:
+            return cls(declared)
+        raise TypeError(f"metrics() listed {declared!r}: a stage lists the metrics it records as names or amemctl.Metric")
+
+    @property
+    def title(self) -> str:
+        """What a curve of this metric is titled: its description, else its name."""
+        return self.description or self.name
+
+    @property
+    def label(self) -> str:
+        """A y axis's label: a few words, else the description, else the name."""
+        return self.axis or self.title
+
+    def prefixed(self, prefix: str) -> "Metric":
+        """The same metric recorded under `prefix` + name (evaluate's `pass1_`), its words led by the prefix ("pass1: ...")."""
+        if not prefix:
+            return self
+        words = prefix.rstrip(_SEPARATORS)
+        return Metric(prefix + self.name, f"{words}: {self.title}", f"{words}: {self.label}", self.low, self.high)
+
+
+#: what may end a metric prefix (pass1_, pass1., pass1-, pass1/), left out of its words
+_SEPARATORS = string.punctuation + string.whitespace
+
+
+def declared_metrics(stages: "Iterable[Stage]") -> "dict[str, Metric]":
+    """Every metric the given configured stages declare, by name."""
+    return {m.name: m for stage in stages for m in map(Metric.of, stage.metrics())}
+
+
 _RESERVED = {"settings", "name", "summary", "params", "run", "check", "inputs", "outputs", "metrics", "describe",
              "registry", "dispatch", "options", "chosen", "fusion", "materialize"}
 
@@ -525,8 +578,12 @@ class Stage:
         """Read inputs from ctx, write outputs to ctx, record metrics; raise StageError on bad data."""
         raise NotImplementedError(f"stage {self.name!r} does not implement run()")
 
-    def metrics(self) -> list[str]:
-        """Names of the metrics this stage records (for checking `report:` before a run)."""
+    def metrics(self) -> "list[str | Metric]":
+        """The metrics this stage records: names, or `Metric`s that also say how figures read them.
+
+        `report:` is checked against them before a run; a figure of a declared `Metric` is
+        titled by its description, not its key.
+        """
         return []
 
     def describe(self) -> str:

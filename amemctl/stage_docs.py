@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 
 from amemctl.plugins import KINDS, Registry
+from amemctl.stage import Metric
 
 ROLES = {"param": "parameter", "input": "reads", "output": "writes"}
 
@@ -39,7 +40,7 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
             lines += ["", f"`{key}` chooses one of the [{kind}](#{kind}); its parameters are written beside it."]
         recorded = default_metrics(cls)
         if recorded:
-            lines += ["", f"Records (with its defaults), for `report:` tables and curves: {', '.join(f'`{m}`' for m in recorded)}."]
+            lines += ["", f"Records (with its defaults), for `report:` tables and curves: {'; '.join(described(m, '`') for m in recorded)}."]
         lines.append("")
     for kind in ("similarities", "separations", "corruptions", "encoders"):
         lines += _functions(registry, kind, package)
@@ -47,7 +48,13 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
     return "\n".join(lines)
 
 
-def default_metrics(cls: type) -> list[str]:
+def described(metric: Metric, quote: str = "") -> str:
+    """A metric's name, and what it is when its stage says."""
+    name = f"{quote}{metric.name}{quote}"
+    return f"{name}: {metric.description}" if metric.description else name
+
+
+def default_metrics(cls: type) -> "list[Metric]":
     """The metrics a stage records when configured with its defaults.
 
     `metrics()` belongs to a configured stage (evaluate's depend on its `prefix` and `labels`).
@@ -56,14 +63,14 @@ def default_metrics(cls: type) -> list[str]:
     store); one whose names need them cannot say, and lists none.
     """
     try:
-        return list(cls().metrics())
+        return [Metric.of(m) for m in cls().metrics()]
     except Exception:  # a required parameter, or a plugin stage that cannot be built bare
         pass
     bare = cls.__new__(cls)
     bare.registry, bare.options = None, {}
     bare.settings = {key: param.default for key, param in cls.params.items() if not param.required}
     try:
-        return list(bare.metrics())
+        return [Metric.of(m) for m in bare.metrics()]
     except Exception:  # its metric names need a required parameter, or a plugin's metrics() needs more
         return []
 

@@ -124,10 +124,11 @@ def test_stages_lists_and_describes():
     preset = _invoke("stages", "mchn")  # `- model: mchn` is a preset, not a stage
     assert preset.exit_code == 0 and "| mchn | dot       | softmax(beta)" in preset.output
     evaluate = _invoke("stages", "evaluate")  # the metric names a `report:` table needs
-    assert "records (with its defaults), for `report:` tables and curves: error_index, error_pixels, mse" in evaluate.output
+    assert "records (with its defaults), for `report:` tables and curves:\n  error_index: wrongly retrieved (nearest stored pattern is not the original)\n  error_pixels: " in evaluate.output
+    assert evaluate.output.splitlines()[-1] == "  mse: mean squared error per value"  # what each metric is, as its stage declares it
     assert "records" not in _invoke("stages", "score").output.splitlines()[-1]
     persist = _invoke("stages", "persist")  # required parameters (path): asked unconfigured
-    assert persist.output.splitlines()[-1].endswith("tables and curves: persisted, store_bytes")
+    assert persist.output.splitlines()[-2:] == ["  persisted: rows written to the store", "  store_bytes: bytes the store takes on disk"]
 
 
 def test_a_missing_file_is_exit_2(tmp_path):

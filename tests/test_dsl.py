@@ -215,7 +215,7 @@ def test_an_evaluate_prefix_without_a_separator_is_refused_where_it_is_written()
     """`prefix: pass1` named the metrics pass1error_index, pass1mse...: reports read an evaluate prefix only
     where a word ends (a plugin's rmse is not "r: mean squared error"), so their titles, `runs show` and the
     figures showed the raw name where `pass1_` reads "pass1: wrongly retrieved"."""
-    from amemctl.engine.results import describe_metric
+    from amemctl.stages.evaluate import Evaluate
 
     text = "stages:\n  - load: {dataset: digits}\n  - corrupt: {}\n  - score: {}\n  - separate: {}\n  - project: {}\n  - evaluate: {prefix: %s}\n"
     message = error_of(text % "pass1")
@@ -224,4 +224,5 @@ def test_an_evaluate_prefix_without_a_separator_is_refused_where_it_is_written()
     for fine in ("pass1_", "pass1.", "pass1-", "pass1/", "''"):
         parse_text(text % fine, "good.yaml")
     for prefixed in ("pass1_", "pass1.", "pass1-", "pass1/", "pass1 - "):
-        assert describe_metric(f"{prefixed}error_index")[0] == "pass1: wrongly retrieved (nearest stored pattern is not the original)", prefixed
+        declared = Evaluate(prefix=prefixed).metrics()[0]
+        assert (declared.name, declared.title) == (f"{prefixed}error_index", "pass1: wrongly retrieved (nearest stored pattern is not the original)"), prefixed

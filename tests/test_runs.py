@@ -567,15 +567,36 @@ def test_curve_bands_stay_within_the_metric_bounds(tmp_path, monkeypatch):
     assert low == pytest.approx([0, 40, 87]) and high == pytest.approx([12, 60, 100])
 
 
-def test_curves_name_the_metric_in_words_on_their_axis():
-    from amemctl.engine.results import metric_axis
+def test_curves_read_the_metrics_their_stages_declare(tmp_path, monkeypatch):
+    """A curve is titled, labelled and bounded by the Metric its stage declares (evaluate's prefix leads its words);
+    a metric no stage describes is shown by its name."""
+    from amemctl import figures
 
-    assert metric_axis("error_index") == "wrongly retrieved"
-    assert metric_axis("semantic_error_pixels") == "semantic: not retrieved exactly"  # an evaluate prefix stays
-    assert metric_axis("cycles_found") == "cycles_found"  # unknown metrics read as their name
-    assert metric_axis("seconds.evaluate") == "seconds.evaluate"
-    assert metric_axis("reconstruction_mse") == "reconstruction MSE"  # the longest known name, not mse with a prefix
-    assert metric_axis("rmse") == "rmse" and metric_axis("nmse") == "nmse"  # a plugin's metric, not "r: mean squared error"
+    drawn = {}
+    monkeypatch.setattr(figures, "curves", lambda series, path, **kw: drawn.setdefault(kw["ylabel"], kw) and path)
+    text = (
+        "name: c\ndata: {dataset: digits, subset: 30}\nsweep: {v: [0.1, 0.5]}\nstages:\n"
+        "  - corrupt: {kind: gaussian, variance: '${v}'}\n  - score: {}\n  - separate: {function: max}\n  - project: {}\n"
+        "  - evaluate: {prefix: semantic_}\n"
+        "report:\n  curves:\n    - {metric: semantic_error_index, x: v}\n    - {metric: semantic_mse, x: v}\n    - {metric: seconds.evaluate, x: v}\n"
+    )
+    run_pipeline(parse_text(text, "c.yaml"), out_root=tmp_path, device="cpu", progress=False)
+    error = drawn["semantic: wrongly retrieved"]
+    assert error["title"] == "semantic: wrongly retrieved (nearest stored pattern is not the original)"
+    assert error["percent"] and error["bounds"] == (0.0, 1.0)
+    mse = drawn["semantic: mean squared error"]
+    assert not mse["percent"] and mse["bounds"] == (0.0, None)
+    assert drawn["seconds.evaluate"]["title"] == "seconds.evaluate"  # a timing: no stage declares it
+
+
+def test_a_metric_is_declared_by_name_or_as_a_metric():
+    from amemctl import Metric
+
+    assert Metric.of("rmse") == Metric("rmse") and Metric("rmse").title == "rmse" == Metric("rmse").label
+    words = Metric("mse", "mean squared error per value", "mean squared error", 0.0).prefixed("pass1 - ")
+    assert (words.name, words.title, words.label, words.low) == ("pass1 - mse", "pass1: mean squared error per value", "pass1: mean squared error", 0.0)
+    with pytest.raises(TypeError, match=r"metrics\(\) listed 3: a stage lists the metrics it records as names or amemctl.Metric"):
+        Metric.of(3)
 
 
 def test_validate_warns_about_absent_data_and_tables_name_the_column_variable(tmp_path, monkeypatch, run_text):

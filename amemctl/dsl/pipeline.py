@@ -21,7 +21,7 @@ from amemctl.dsl import sweep as sweeps
 from amemctl.dsl.source import SourceMap, load_yaml, read_yaml
 from amemctl.errors import AmemctlError, Location, PipelineError, StageCrash
 from amemctl.plugins import BUILTIN, Registry, culprit, get_registry
-from amemctl.stage import ParamError, Stage
+from amemctl.stage import ParamError, Stage, declared_metrics
 from amemctl.suggest import did_you_mean
 
 #: Top-level keys of a pipeline and what each holds (docs/pipelines.md says more).
@@ -678,7 +678,7 @@ def _report(value: Any, sweep: dict, plans: list[PointPlan], source: SourceMap, 
         if key not in ("tables", "curves", "formats"):
             errors.add(PipelineError(f"unknown report key {key!r}", hint=did_you_mean(str(key), ["tables", "curves", "formats"]) or "use tables, curves or formats"), source.key(("report", key)))
     # a stage that could not be configured records metrics nobody knows: check none then
-    declared = set() if any(plan.incomplete for plan in plans) else {m for plan in plans for s in plan.stages for m in s.stage.metrics()}
+    declared = set() if any(plan.incomplete for plan in plans) else set(declared_metrics(s.stage for plan in plans for s in plan.stages))
     silent = _silent(plans)
     tables = [t for i, raw in enumerate(_list(value, "tables", source, errors)) if (t := _table(raw, ("report", "tables", i), sweep, declared, source, errors, silent))]
     curves = [c for i, raw in enumerate(_list(value, "curves", source, errors)) if (c := _curve(raw, ("report", "curves", i), sweep, declared, source, errors, silent))]

@@ -6,7 +6,6 @@ import json
 import math
 import re
 import statistics
-import string
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,30 +24,7 @@ from amemctl.dsl.pipeline import CurveSpec, Pipeline, TableSpec
 from amemctl.dsl.sweep import MissingField, Point, lookup, value_label
 from amemctl.engine.records import closing_line, json_object
 from amemctl.engine.runner import PointResult, RunResult, environment
-
-
-@dataclass(frozen=True)
-class MetricText:
-    """How a common metric reads: a description for figure titles, a few words for a y axis, its bounds."""
-
-    description: str
-    axis: str
-    low: float | None = None
-    high: float | None = None
-
-
-#: what the common metrics mean, for figure titles and axes
-METRICS: dict[str, MetricText] = {
-    "error_index": MetricText("wrongly retrieved (nearest stored pattern is not the original)", "wrongly retrieved", 0.0, 1.0),
-    "error_pixels": MetricText("not retrieved exactly (squared error above the threshold)", "not retrieved exactly", 0.0, 1.0),
-    "error_label": MetricText("retrieved a pattern of another label", "wrong label", 0.0, 1.0),
-    "mse": MetricText("mean squared error per value", "mean squared error", 0.0),
-    "dam_test_accuracy": MetricText("test accuracy", "test accuracy", 0.0, 1.0),
-    "dam_train_accuracy": MetricText("training accuracy", "training accuracy", 0.0, 1.0),
-    "step_accuracy": MetricText("recalls that reach the true associate", "right successor", 0.0, 1.0),
-    "closed_chains": MetricText("chains that close into a cycle", "closed chains", 0.0, 1.0),
-    "reconstruction_mse": MetricText("reconstruction error (mean squared)", "reconstruction MSE", 0.0),
-}
+from amemctl.stage import Metric, declared_metrics
 
 #: how common sweep variables read on an axis
 VARIABLES = {
@@ -62,47 +38,9 @@ VARIABLES = {
 }
 
 
-def describe_metric(name: str) -> tuple[str, float | None, float | None]:
-    """A metric's description and bounds; an evaluate `prefix` is kept in front; unknown metrics read as their name."""
-    known = _known_metric(name)
-    if known is None:
-        return name, None, None
-    prefix, text = known
-    return _prefixed(prefix, text.description), text.low, text.high
-
-
-def metric_axis(name: str) -> str:
-    """A metric's name on a y axis: a few words (an evaluate `prefix` kept in front), never a raw key when known."""
-    known = _known_metric(name)
-    if known is None:
-        return name
-    prefix, text = known
-    return _prefixed(prefix, text.axis)
-
-
-#: what may end an evaluate prefix (pass1_, pass1., pass1-, pass1/), left out of its title
-_SEPARATORS = string.punctuation + string.whitespace
-
-
-def _known_metric(name: str) -> tuple[str, MetricText] | None:
-    """The evaluate prefix and entry of the longest common metric that `name` ends with (timings are never one).
-
-    Longest: `reconstruction_mse` is its own metric, not `mse` with a prefix "reconstruction".
-    A prefix ends where a word does (`semantic_error_index`): a plugin's `rmse` or `nmse` is
-    not `mse` with a prefix "r", and reads as its own name rather than "r: mean squared error".
-    So `evaluate` refuses a prefix ending in a letter or digit (`pass1`), which would not read.
-    """
-    if name.startswith("seconds."):
-        return None
-    matches = [known for known in METRICS if name.endswith(known) and (len(name) == len(known) or not name[-len(known) - 1].isalnum())]
-    if not matches:
-        return None
-    known = max(matches, key=len)
-    return name[: len(name) - len(known)].rstrip(_SEPARATORS), METRICS[known]
-
-
-def _prefixed(prefix: str, text: str) -> str:
-    return f"{prefix}: {text}" if prefix else text
+def declared_by(run: RunResult) -> dict[str, Metric]:
+    """The metrics the run's stages declare, by name: how its figures read them."""
+    return declared_metrics(planned.stage for plan in run.pipeline.plans for planned in plan.stages)
 
 
 def describe_variable(reference: str) -> str:
@@ -421,6 +359,7 @@ def _write_curves(spec: CurveSpec, run: RunResult) -> list[Path]:
         if axis_label(p.point, spec.x) is not None and spec.metric in p.metrics:
             groups.setdefault(_others(p.point, shown), []).append(p)
     paths = []
+    declared = declared_by(run)
     for n, (others, members) in enumerate(groups.items()):
         series: "OrderedDict[str, tuple[list, list, list]]" = OrderedDict()
         for p in members:
@@ -432,21 +371,21 @@ def _write_curves(spec: CurveSpec, run: RunResult) -> list[Path]:
             errs.append(p.metrics.get(f"{spec.metric}.std", 0.0))
         if not series:
             continue
-        description, low, high = describe_metric(spec.metric)
-        base = spec.title if spec.title != spec.metric else description
+        metric = declared.get(spec.metric) or Metric(spec.metric)
+        base = spec.title if spec.title != spec.metric else metric.title
         title = base + ("\n(" + ", ".join(f"{k}={v}" for k, v in others) + ")" if others else "")
         stem = "".join(ch if ch.isalnum() else "-" for ch in f"{spec.metric}-vs-{spec.x}") + (f"-{n}" if len(groups) > 1 else "")
-        fraction = (low, high) == (0.0, 1.0)
+        fraction = (metric.low, metric.high) == (0.0, 1.0)
         paths.append(
             figures.curves(
                 series,
                 run.run_dir / "figures" / f"curve-{stem}.png",
                 title=title,
                 xlabel=describe_variable(spec.x),
-                ylabel=metric_axis(spec.metric),
+                ylabel=metric.label,
                 log_x=spec.log_x,
                 percent=fraction,
-                bounds=(low, high),
+                bounds=(metric.low, metric.high),
                 legend_title=", ".join(spec.series) or None,
             )
         )

@@ -7,7 +7,7 @@ from amemctl.core.rows import materialize
 from amemctl.errors import StageError
 from amemctl.models.dam import accuracy
 from amemctl.plugins import hookimpl
-from amemctl.stage import Input, Output, Param, Stage
+from amemctl.stage import Input, Metric, Output, Param, Stage
 from amemctl.training.checkpoints import Checkpointing, default_folder
 from amemctl.training.dam import train_dam
 
@@ -42,8 +42,12 @@ class TrainDAM(Stage):
     test_labels = Input(None, "their labels", optional=True)
     output = Output("dam", "the trained model")
 
-    def metrics(self) -> list[str]:
-        return ["dam_train_accuracy", "dam_test_accuracy", "dam_loss"]
+    def metrics(self) -> list[Metric]:
+        return [
+            Metric("dam_train_accuracy", "training accuracy", "training accuracy", 0.0, 1.0),
+            Metric("dam_test_accuracy", "test accuracy", "test accuracy", 0.0, 1.0),
+            Metric("dam_loss", "training loss at the last epoch", "loss", 0.0),
+        ]
 
     def describe(self) -> str:
         return f"train-dam n={self.n:g}"

@@ -23,7 +23,7 @@ from amemctl.models.encoders import (
     torchvision_encoder,
 )
 from amemctl.plugins import hookimpl
-from amemctl.stage import Input, Output, Param, ParamError, Stage
+from amemctl.stage import Input, Metric, Output, Param, ParamError, Stage
 from amemctl.training.checkpoints import Progress, default_folder
 from amemctl.training.simclr import SimCLRConfig, data_sha256, train_simclr
 
@@ -137,8 +137,8 @@ class Embed(Stage):
         ctx[self.output] = embeddings
         ctx.identities[self.output] = identity
 
-    def metrics(self) -> list[str]:
-        return ["embeddings_reused"] if self.store else []
+    def metrics(self) -> list[Metric]:
+        return [Metric("embeddings_reused", "embeddings read from the store (1) rather than computed (0)", "reused", 0.0, 1.0)] if self.store else []
 
     def _embed(self, phi: Encoder, images, ctx: Context):
         def run(part):
@@ -230,8 +230,14 @@ class TrainSimCLR(Stage):
             ctx.metric("simclr_images_per_second", trained.images_per_second)
             ctx.metric("simclr_seconds_per_epoch", statistics.median(trained.epoch_seconds))
 
-    def metrics(self) -> list[str]:
-        return ["simclr_loss", "simclr_loss_first", "simclr_epochs_resumed", "simclr_images_per_second", "simclr_seconds_per_epoch"]
+    def metrics(self) -> list[Metric]:
+        return [
+            Metric("simclr_loss", "SimCLR loss (NT-Xent) at the last epoch", "NT-Xent loss", 0.0),
+            Metric("simclr_loss_first", "SimCLR loss (NT-Xent) at the first epoch", "NT-Xent loss", 0.0),
+            Metric("simclr_epochs_resumed", "epochs read from a checkpoint rather than trained", "epochs resumed", 0.0),
+            Metric("simclr_images_per_second", "SimCLR training speed, augmentations included", "images per second", 0.0),
+            Metric("simclr_seconds_per_epoch", "seconds per SimCLR epoch (median)", "seconds per epoch", 0.0),
+        ]
 
 
 
@@ -250,8 +256,8 @@ class KnnAccuracy(Stage):
         if (self.references is None) != (self.reference_labels is None):
             raise ParamError("references and reference_labels go together", hint="give both, or neither for leave-one-out", param="references", about="key")
 
-    def metrics(self) -> list[str]:
-        return ["knn_accuracy"]
+    def metrics(self) -> list[Metric]:
+        return [Metric("knn_accuracy", "weighted kNN accuracy of the embeddings' labels", "kNN accuracy", 0.0, 1.0)]
 
     def run(self, ctx: Context) -> None:
         from amemctl.core.knn import knn_accuracy

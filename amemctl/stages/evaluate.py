@@ -10,7 +10,7 @@ from amemctl.core.retrieval import nearest_index
 from amemctl.core.rows import row_shape, take
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
-from amemctl.stage import Input, Output, Param, ParamError, Stage
+from amemctl.stage import Input, Metric, Output, Param, ParamError, Stage
 
 
 class Evaluate(Stage):
@@ -26,9 +26,15 @@ class Evaluate(Stage):
     labels = Input(None, "labels of the stored values: also count retrievals nearest a memory of another label (error_label)", optional=True)
     recalled = Output("recalled", "for each query, the row of the stored value nearest its retrieval", optional=True)
 
-    def metrics(self) -> list[str]:
-        names = ["error_index", "error_pixels", "mse"] + (["error_label"] if self.labels else [])
-        return [f"{self.prefix}{m}" for m in names]
+    def metrics(self) -> list[Metric]:
+        recorded = [
+            Metric("error_index", "wrongly retrieved (nearest stored pattern is not the original)", "wrongly retrieved", 0.0, 1.0),
+            Metric("error_pixels", "not retrieved exactly (squared error above the threshold)", "not retrieved exactly", 0.0, 1.0),
+            Metric("mse", "mean squared error per value", "mean squared error", 0.0),
+        ]
+        if self.labels:
+            recorded.append(Metric("error_label", "retrieved a pattern of another label", "wrong label", 0.0, 1.0))
+        return [m.prefixed(self.prefix) for m in recorded]
 
     def scaled_threshold(self, values: int) -> float:
         """The threshold for patterns of `values` entries: as given, or scaled as the UHN code does."""
@@ -61,16 +67,16 @@ class Evaluate(Stage):
 def _ends_a_word(prefix: str) -> None:
     """Refuse a prefix whose last character is a letter or digit: its metrics (pass1error_index) would not read as prefixed.
 
-    Reports read an evaluate prefix only where a word ends (engine.results._known_metric:
-    `semantic_error_index` is "semantic: wrongly retrieved", while a plugin's `rmse` is its own
-    metric, not `mse` with a prefix "r"), so `pass1error_index` would be titled by its raw name
-    in report.md, `runs show` and the figures. Refused at validate rather than guessed at later.
+    Metric names are read as words in report.md's tables and `runs show`, where `pass1_error_index`
+    reads as prefixed and `pass1error_index` as one unknown word (the figures' titles come from
+    the declared Metric, "pass1: wrongly retrieved", either way). Refused at validate rather than
+    left to puzzle a reader later.
     """
     if prefix and prefix[-1].isalnum():
         names = ", ".join(f"{prefix}_{m}" for m in ("error_index", "error_pixels", "mse"))
         raise ParamError(
             f"evaluate's prefix {prefix!r} does not end with a separator: its metrics would be {prefix}error_index, {prefix}mse..., "
-            "which report.md, `runs show` and figures title by their raw names (a prefix is read only where a word ends)",
+            "which report.md's tables and `runs show` would show as one word, the prefix not told apart",
             hint=f"end it with one: prefix: {prefix}_ (metrics {names}, titled '{prefix}: wrongly retrieved' and so on)",
         )
 

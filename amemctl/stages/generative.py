@@ -9,7 +9,7 @@ from amemctl.core.rows import materialize
 from amemctl.errors import StageError
 from amemctl.models.autoencoders import Autoencoder, load_autoencoder
 from amemctl.plugins import hookimpl
-from amemctl.stage import Input, Output, Param, Stage
+from amemctl.stage import Input, Metric, Output, Param, Stage
 from amemctl.training.autoencoder import train_autoencoder
 from amemctl.training.checkpoints import Checkpointing, default_folder
 
@@ -55,8 +55,8 @@ class TrainAutoencoder(Stage):
             from amemctl.figures import curves  # matplotlib loads only when a figure is drawn
             curves({"reconstruction": (list(range(1, len(losses) + 1)), losses)}, ctx.figure_path("autoencoder-loss"), title=f"autoencoder ({self.kind}): training loss", xlabel="epoch", ylabel="mean squared error")
 
-    def metrics(self) -> list[str]:
-        return ["reconstruction_mse"]
+    def metrics(self) -> list[Metric]:
+        return [Metric("reconstruction_mse", "reconstruction error (mean squared)", "reconstruction MSE", 0.0)]
 
 
 class Generate(Stage):

@@ -14,7 +14,7 @@ from amemctl.data.embedded import read_digits, read_patches
 from amemctl.data.folders import read_folder, read_tinyimagenet
 from amemctl.data.mnist5k import read_mnist5k
 from amemctl.plugins import hookimpl
-from amemctl.stage import REQUIRED, Output, Param, ParamError, Stage
+from amemctl.stage import REQUIRED, Metric, Output, Param, ParamError, Stage
 
 
 class Load(Stage):
@@ -67,8 +67,8 @@ class Load(Stage):
             ctx[self.labels] = labels.to(ctx.device)
         ctx.metric("stored", len(images))
 
-    def metrics(self) -> list[str]:
-        return ["stored"]
+    def metrics(self) -> list[Metric]:
+        return [Metric("stored", "images loaded", "images", 0.0)]
 
 
 @hookimpl

@@ -25,7 +25,7 @@ from amemctl.core.similarity import SMOOTHINGS, Similarity
 from amemctl.errors import StageError, blaming
 from amemctl.functions import SeparationFunction, similarity_made
 from amemctl.plugins import hookimpl
-from amemctl.stage import Fusion, Input, Output, Param, Stage
+from amemctl.stage import Fusion, Input, Metric, Output, Param, Stage
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,14 @@ class Project(Stage):
         """Whether neurons take the sign of lower energy instead of the projection's sign."""
         return self.flip or self.update == "asynchronous"
 
-    def metrics(self) -> list[str]:
-        return ["iterations", "converged", "energy_increases"] if self.iterative() else []
+    def metrics(self) -> list[Metric]:
+        if not self.iterative():
+            return []
+        return [
+            Metric("iterations", "update steps taken (mean over queries)", "steps", 0.0),
+            Metric("converged", "queries that reached a fixed point within the steps", "converged", 0.0, 1.0),
+            Metric("energy_increases", "updates that raised the energy (0 for a Lyapunov function)", "energy increases", 0.0),
+        ]
 
     def run(self, ctx: Context) -> None:
         if self.iterative():

@@ -9,7 +9,7 @@ from amemctl.context import Context
 from amemctl.core.rows import materialize
 from amemctl.errors import StoreError
 from amemctl.plugins import hookimpl
-from amemctl.stage import REQUIRED, Input, Output, Param, ParamError, Stage
+from amemctl.stage import REQUIRED, Input, Metric, Output, Param, ParamError, Stage
 from amemctl.store.memory import DEFAULT_CHUNK_BYTES, MemoryStore, is_store, store_root, writer_lock
 
 MODES = ("create", "append", "replace")
@@ -79,8 +79,8 @@ class Persist(Stage):
         ctx.metric(f"{self.prefix}persisted", len(next(iter({**tensors, **keys}.values()))) if written is None else written)
         ctx.metric(f"{self.prefix}store_bytes", sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
 
-    def metrics(self) -> list[str]:
-        return [f"{self.prefix}persisted", f"{self.prefix}store_bytes"]
+    def metrics(self) -> list[Metric]:
+        return [Metric("persisted", "rows written to the store", "rows written", 0.0).prefixed(self.prefix), Metric("store_bytes", "bytes the store takes on disk", "bytes", 0.0).prefixed(self.prefix)]
 
     def _written_before(self, path: Path, work: str) -> int | None:
         """The rows this very work of this run wrote into the store before the run stopped (then resumed), or None.
@@ -134,8 +134,8 @@ class OpenStore(Stage):
             ctx[self.labels] = store.to_tensor("labels", ctx.device)
         ctx.metric("stored", len(store))
 
-    def metrics(self) -> list[str]:
-        return ["stored"]
+    def metrics(self) -> list[Metric]:
+        return [Metric("stored", "rows in the store opened", "rows", 0.0)]
 
 
 @hookimpl

@@ -15,7 +15,7 @@ from amemctl.errors import StageError
 from amemctl.functions import similarity_made
 from amemctl.models.hetero import HeteroEncoder
 from amemctl.plugins import hookimpl
-from amemctl.stage import Input, Output, Param, ParamError, Stage
+from amemctl.stage import Input, Metric, Output, Param, ParamError, Stage
 from amemctl.training.checkpoints import Checkpointing, default_folder
 from amemctl.training.hetero import train_hetero
 
@@ -28,6 +28,9 @@ class Associate(Stage):
     input = Input("patterns", "the stored patterns")
     output = Output("successors", "each pattern's associate: input[permutation]")
     permutation = Output("permutation", "the successor index of each pattern")
+
+    def metrics(self) -> list[Metric]:
+        return [Metric("permutation_cycles", "cycles of the pairing, the stories a chain can close into", "cycles", 1.0)]
 
     def run(self, ctx: Context) -> None:
         patterns = materialize(ctx[self.input])
@@ -76,8 +79,8 @@ class TrainHeteroEncoder(Stage):
         if losses:
             ctx.metric("hetero_loss", losses[-1])
 
-    def metrics(self) -> list[str]:
-        return ["hetero_loss"]
+    def metrics(self) -> list[Metric]:
+        return [Metric("hetero_loss", "the hetero-encoder's training loss at the last epoch", "loss", 0.0)]
 
 
 class ChainRecall(Stage):
@@ -115,8 +118,15 @@ class ChainRecall(Stage):
     def describe(self) -> str:
         return f"chain-recall {self.model}"
 
-    def metrics(self) -> list[str]:
-        return ["cycles_found", "closed_chains", "mean_period", "periods_match", "cycles_match", "step_accuracy"]
+    def metrics(self) -> list[Metric]:
+        return [
+            Metric("cycles_found", "distinct cycles the chains closed into", "cycles found", 0.0),
+            Metric("closed_chains", "chains that close into a cycle", "closed chains", 0.0, 1.0),
+            Metric("mean_period", "mean period of the closed chains", "mean period", 0.0),
+            Metric("periods_match", "closed chains whose period is their true cycle's length", "periods match", 0.0, 1.0),
+            Metric("cycles_match", "whether the cycles found are exactly the permutation's (1) or not (0)", "cycles match", 0.0, 1.0),
+            Metric("step_accuracy", "recalls that reach the true associate", "right successor", 0.0, 1.0),
+        ]
 
     def run(self, ctx: Context) -> None:
         memory = materialize(ctx[self.memory]).to(ctx.device)

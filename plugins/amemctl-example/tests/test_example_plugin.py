@@ -21,17 +21,18 @@ def test_components_carry_the_variance_sklearn_finds():
     from sklearn.decomposition import PCA
 
     x = torch.from_numpy(load_digits().data).float()
-    mean, projection = fit_pca(x, 10)
+    mean, projection, kept = fit_pca(x, 10)
     embedded = (x.double() - mean) @ projection
     reference = PCA(n_components=10).fit(x.numpy())
     np.testing.assert_allclose(embedded.var(0, unbiased=True).numpy(), reference.explained_variance_, rtol=1e-6)
+    assert kept == pytest.approx(reference.explained_variance_ratio_.sum(), rel=1e-6)
     # the components are orthonormal, so distances within them never exceed pixel distances
     np.testing.assert_allclose((projection.T @ projection).numpy(), np.eye(10), atol=1e-8)
 
 
 def test_whitened_components_have_unit_variance():
     x = torch.randn(500, 20, dtype=torch.float64) * torch.linspace(0.1, 5, 20)
-    mean, projection = fit_pca(x, 5, whiten=True)
+    mean, projection, _ = fit_pca(x, 5, whiten=True)
     np.testing.assert_allclose(((x - mean) @ projection).var(0).numpy(), np.ones(5), rtol=1e-8)
 
 
@@ -143,3 +144,21 @@ def _kl(queries, keys, eps):
     from amemctl.core.similarity import kl
 
     return kl(queries, keys, eps=eps)
+
+
+def test_the_declared_metric_titles_its_curve_in_words(tmp_path, monkeypatch):
+    """`pca` declares explained_variance as an amemctl.Metric: report: may name it, and its curve reads in words, in percent."""
+    from amemctl import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "curves", lambda series, path, **kw: drawn.append((series, kw)) or path)
+    text = (
+        "name: pca\ndata: {dataset: digits, subset: 40}\nsweep: {c: [4, 16]}\nstages:\n  - corrupt: {kind: gaussian}\n"
+        "  - pca: {components: '${c}'}\nreport:\n  curves: [{metric: explained_variance, x: c}]\n"
+    )
+    run_pipeline(parse_text(text, "pca.yaml"), out_root=tmp_path, device="cpu", progress=False)
+    [(series, kw)] = drawn
+    assert kw["title"] == "variance of the stored patterns the kept components explain" and kw["ylabel"] == "variance explained"
+    assert kw["percent"] and kw["bounds"] == (0.0, 1.0)
+    [(xs, ys, _)] = series.values()
+    assert xs == [4, 16] and 0 < ys[0] < ys[1] <= 1  # more components keep more of the variance

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from amemctl import Context, Input, Output, Param, Stage, StageError
+from amemctl import Context, Input, Metric, Output, Param, Stage, StageError
 
 
-def fit_pca(patterns: Tensor, components: int, whiten: bool = False) -> tuple[Tensor, Tensor]:
-    """The mean (d) and projection (d x components) of N x d patterns, largest variance first."""
+def fit_pca(patterns: Tensor, components: int, whiten: bool = False) -> tuple[Tensor, Tensor, float]:
+    """The mean (d) and projection (d x components) of N x d patterns, largest variance first, and the fraction of the variance they keep."""
     x = patterns.reshape(len(patterns), -1).double()
     mean = x.mean(0)
     centred = x - mean
@@ -24,9 +24,10 @@ def fit_pca(patterns: Tensor, components: int, whiten: bool = False) -> tuple[Te
     variances, vectors = torch.linalg.eigh(cov)  # ascending
     order = variances.argsort(descending=True)[:components]
     projection = vectors[:, order]
+    kept = float(variances[order].sum() / variances.sum()) if variances.sum() > 0 else 1.0
     if whiten:
         projection = projection / variances[order].clamp_min(1e-12).sqrt()
-    return mean, projection
+    return mean, projection, kept
 
 
 class PCA(Stage):
@@ -45,6 +46,10 @@ class PCA(Stage):
     # instead iterate `amemctl.Rows.chunks()`.
     materialize = ("memory", "queries")
 
+    def metrics(self) -> list[Metric]:
+        # declared, so `report:` may name it and its curves read in words, bounded to 0..100%
+        return [Metric("explained_variance", "variance of the stored patterns the kept components explain", "variance explained", 0.0, 1.0)]
+
     def run(self, ctx: Context) -> None:
         patterns, queries = ctx[self.memory], ctx[self.queries]
         width = patterns[0].numel()
@@ -52,7 +57,8 @@ class PCA(Stage):
             raise StageError(f"pca asks for {self.components} components of {width}-feature patterns", hint=f"use components <= {width}")
         if queries[0].numel() != width:
             raise StageError(f"queries have {queries[0].numel()} features, stored patterns {width}", hint="embed queries shaped like the patterns")
-        mean, projection = fit_pca(patterns, self.components, self.whiten)
+        mean, projection, kept = fit_pca(patterns, self.components, self.whiten)
+        ctx.metric("explained_variance", kept)
         dtype = patterns.dtype if patterns.is_floating_point() else torch.float32
 
         def embed(x: Tensor) -> Tensor:
