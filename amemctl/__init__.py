@@ -11,7 +11,8 @@ says what each name is for, and a test keeps it and `__all__` the same:
   `row_shape(x)` the shape of one; or list the input in the stage's `materialize` and the
   engine hands the stage a tensor
 - what stages dispatch to, each with its own `Param`s: `Similarity` (or a `SimilarityFunction`
-  making one from parameters), `SeparationFunction`
+  making one from parameters, written beside its name or inside it: `{name: kl, eps: 1e-4}`),
+  `SeparationFunction`
   (making a `Separation`: an `Elementwise`, a `Softmax`, or a class of its own whose
   `Reducer` streams over chunks of memories, often by wrapping a `Softmax`'s), `Corruption`,
   `EncoderArchitecture`; and `Dataset` (reading a `Request` into `Loaded` images and labels)

@@ -80,10 +80,18 @@ def test_a_misnamed_similarity_or_a_mapping_without_a_function_is_told_what_to_w
     queries, keys, _ = _memory()
     with pytest.raises(amemctl.ParamError, match="unknown similarity 'chebyshv'(.|\n)*did you mean 'chebyshev'"):
         amemctl.retrieve(queries, keys, similarity="chebyshv")
-    with pytest.raises(amemctl.ParamError, match="names no function(.|\n)*'function': 'softmax', 'beta': 3"):
-        amemctl.retrieve(queries, keys, separation={"beta": 3})
     with pytest.raises(amemctl.ParamError, match="separation must be a name, a mapping"):
         amemctl.retrieve(queries, keys, separation=3)
+    with pytest.raises(amemctl.ParamError, match="parameter 'function' must be a string, got 3"):  # as `separate: {function: 3}` is told
+        amemctl.retrieve(queries, keys, separation={"function": 3})
+
+
+def test_a_mapping_naming_no_function_chooses_the_default_as_a_stage_does():
+    """`separate: {beta: 3}` is softmax with beta 3; the notebook's `{"beta": 3}` was refused, as naming no function."""
+    queries, keys, _ = _memory()
+    assert torch.equal(amemctl.retrieve(queries, keys, separation={"beta": 3}), amemctl.retrieve(queries, keys, separation=amemctl.Softmax(beta=3)))
+    with pytest.raises(amemctl.ParamError, match="similarity 'dot' takes no parameter 'p'"):
+        amemctl.retrieve(queries, keys, similarity={"p": 3})
 
 
 def test_core_recall_knows_no_plugins():
