@@ -104,6 +104,41 @@ def recall(
     )
 
 
+def sharded_recall(
+    queries: Tensor,
+    keys: "Tensor | Rows",
+    values: "Tensor | Rows | None" = None,
+    *,
+    group: Any = None,
+    similarity: "str | Mapping[str, Any] | Similarity" = "dot",
+    separation: "str | Mapping[str, Any] | Separation" = "softmax",
+    distance_form: str = "negative",
+    normalize_scores: bool = False,
+    budget: int = DEFAULT_BUDGET,
+) -> Recall:
+    """`recall` over a memory split across the ranks of a torch.distributed `group` (None: the default group).
+
+    Every rank passes the same queries and the whole memory (a tensor, or the same store's
+    `Rows`, which are then read only where needed); each scores the contiguous shard of rows it
+    owns, as `amemctl run --nproc` splits a memory, and the partial states are merged exactly,
+    so every rank gets the whole memory's answer. `recall(..., shard=Shard(...))` is the same for
+    a rank that holds only its own rows.
+    """
+    from amemctl.core.distributed import sharded_recall as sharded
+
+    return sharded(
+        queries,
+        keys,
+        values,
+        group=group,
+        similarity=similarity_of(similarity),
+        separation=separation_of(separation),
+        distance_form=distance_form,
+        normalize_scores=normalize_scores,
+        budget=budget,
+    )
+
+
 class UniversalHopfield(modules.UniversalHopfield):
     """A universal Hopfield network (`amemctl.core.modules.UniversalHopfield`) whose similarity and separation may be named as `recall`'s."""
 
