@@ -155,7 +155,7 @@ def test_mistakes_inside_the_choice_are_told_at_their_own_line():
 def test_a_swept_choice_with_its_parameters_inside(tmp_path):
     text = "data: {dataset: digits, limit: 40}\nsweep:\n  similarity: [euclidean, {name: kl, eps: 1.0e-4, smoothing: log}]\nstages:\n  - corrupt: {}\n  - score: {similarity: '${similarity}'}\n"
     euclidean, kl = (_stage(text, "score", point=i) for i in range(2))
-    assert euclidean.similarity_fn() == SIMILARITIES["euclidean"]
+    assert euclidean.similarity_fn() is SIMILARITIES["euclidean"]  # the core's object itself: the fast routes recognise it so
     assert torch.equal(_scores(kl.similarity_fn()), _scores(SIMILARITIES["kl"].with_options(eps=1e-4, smoothing="log")))
     assert [plan.point.label() for plan in parse_text(text).plans] == ["similarity=euclidean", "similarity=kl"]
     bad = error_of(text.replace("eps: 1.0e-4", "eps: 0"))
