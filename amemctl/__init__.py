@@ -3,15 +3,17 @@
 The public API, for notebooks and plugins (a plugin needs nothing from elsewhere); docs/api.md
 says what each name is for, and a test keeps it and `__all__` the same:
 
-- retrieval math: `retrieve`, `recall`, `Recall`, `UniversalHopfield`, `Shard`; similarities and
-  separations by name (`"manhattan"`, `{"function": "topk", "k": 5}`), a plugin's too
+- retrieval math: `retrieve`, `recall`, `Recall`, `UniversalHopfield`, `Shard`, `sharded_recall`
+  (a memory split across torch.distributed ranks); similarities and separations by name
+  (`"manhattan"`, `{"function": "topk", "k": 5}`), a plugin's too
 - writing stages: `Stage`, `Param`, `Input`, `Output`, `REQUIRED`, `Metric`, `Fusion`, `Context`,
   `hookimpl`; stage inputs are tensors or `Rows` (stored rows read in chunks, e.g. a store
   opened by `open_store`): `materialize(x)` reads them whole, `take(x, index)` some of them,
   `row_shape(x)` the shape of one; or list the input in the stage's `materialize` and the
   engine hands the stage a tensor
 - what stages dispatch to, each with its own `Param`s: `Similarity` (or a `SimilarityFunction`
-  making one from parameters), `SeparationFunction`
+  making one from parameters, written beside its name or inside it: `{name: kl, eps: 1e-4}`),
+  `SeparationFunction`
   (making a `Separation`: an `Elementwise`, a `Softmax`, or a class of its own whose
   `Reducer` streams over chunks of memories, often by wrapping a `Softmax`'s), `Corruption`,
   `EncoderArchitecture`; and `Dataset` (reading a `Request` into `Loaded` images and labels)
@@ -19,7 +21,8 @@ says what each name is for, and a test keeps it and `__all__` the same:
   generator of any device (`ctx.rng()` is a CPU one) onto any device
 - errors: `AmemctlError` and its subclasses (`DamagedStore`, `RunFolderError`, `FileSystemError`
   among them), `ParamError` for parameters
-- results: `run_file` (run a pipeline file), `results` (a run's table: one row per point and repeat)
+- results: `run_file` (run a pipeline file; it returns a `RunResult`), `results` (a run's table:
+  one row per point and repeat)
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "retrieve": "amemctl.retrieval",
     "recall": "amemctl.retrieval",
+    "sharded_recall": "amemctl.retrieval",
     "UniversalHopfield": "amemctl.retrieval",
     "Recall": "amemctl.core.retrieval",
     "Shard": "amemctl.core.retrieval",
@@ -70,6 +74,7 @@ _LAZY = {
     "Context": "amemctl.context",
     "results": "amemctl.engine.results",
     "run_file": "amemctl.engine.results",
+    "RunResult": "amemctl.engine.runner",
 }
 
 
@@ -112,6 +117,7 @@ __all__ = [
     "Request",
     "Rows",
     "RunFolderError",
+    "RunResult",
     "Separation",
     "SeparationFunction",
     "Shard",
@@ -134,5 +140,6 @@ __all__ = [
     "results",
     "row_shape",
     "run_file",
+    "sharded_recall",
     "take",
 ]

@@ -380,7 +380,7 @@ def _params_table(title: str, params: "list[tuple[str, Any]]", role: str) -> Tab
 
 def _describe_stage(console: Console, registry: Any, cls: Any) -> None:
     from amemctl.plugins import KINDS
-    from amemctl.stage_docs import default_metrics, described
+    from amemctl.stage_docs import choice_text, default_metrics, described
 
     console.print(f"[bold]{plain(cls.name)}[/] " + plain(f"(stage, {registry.package_of('stages', cls.name)}): {cls.summary}"), soft_wrap=True)
     doc = (cls.__doc__ or "").strip().splitlines()[1:]
@@ -392,7 +392,7 @@ def _describe_stage(console: Console, registry: Any, cls: Any) -> None:
             console.print(_params_table(title, params, role))
     for param, kind in cls.dispatch.items():
         names = ", ".join(registry.table(kind))
-        console.print(f"`{param}` chooses a {KINDS[kind][1]}, whose own parameters go beside it (`amemctl stages NAME` lists them): {names}", soft_wrap=True, markup=False)
+        console.print(f"`{param}` chooses a {KINDS[kind][1]} (`amemctl stages NAME` lists its parameters): {choice_text(cls, param)}. One of: {names}", soft_wrap=True, markup=False)
     recorded = default_metrics(cls)
     if recorded:
         console.print("records (with its defaults), for `report:` tables and curves:\n" + "\n".join(f"  {described(m)}" for m in recorded), soft_wrap=True, markup=False)

@@ -1,9 +1,11 @@
-"""What a stage dispatches to by name: separations, corruptions, encoder architectures.
+"""What a stage dispatches to by name: similarities, separations, corruptions, encoder architectures.
 
 A `Function` is declared like a stage: a name, a docstring-like `doc`, and its own `Param`s.
 A stage that chooses one by a parameter (`separate`'s `function`, `corrupt`'s `kind`) says
-so in its `dispatch`; the chosen function's parameters are then written flat beside the
-stage's own, and checked at their YAML line against the function's declaration:
+so in its `dispatch`; the chosen function's parameters are then written beside the stage's
+own (or inside the choice, `similarity: {name: kl, eps: 1e-4}`), and checked at their YAML
+line against the function's declaration (amemctl/choices.py reads a choice for pipelines
+and notebooks alike):
 
     SeparationFunction(
         "sparsemax",
@@ -17,7 +19,7 @@ Built-ins and plugins register them through the same hooks (amemctl/hookspecs.py
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from amemctl.errors import blame_function, blaming, made_by
 from amemctl.stage import Param, ParamError
@@ -58,7 +60,7 @@ class Function:
         Every unknown, missing or unfitting parameter is found before a ParamError is raised
         (one listing them all when there are several); `check` runs once each one fits.
         """
-        problems = [self._no_parameter(key) for key in given if key not in self.params]
+        problems = [self.no_parameter(key) for key in given if key not in self.params]
         values: dict[str, Any] = {}
         for key, param in self.params.items():
             try:
@@ -71,14 +73,18 @@ class Function:
             self.check(values)
         return values
 
-    def _no_parameter(self, key: str) -> ParamError:
-        accepted = ", ".join(self.params) or "no parameters"
-        return ParamError(
-            f"{self.kind} {self.name!r} takes no parameter {key!r}",
-            hint=did_you_mean(key, self.params) or f"{self.name} accepts {accepted}",
-            param=key,
-            about="key",
-        )
+    def no_parameter(self, key: str, besides: "Sequence[str]" = (), owner: str = "") -> ParamError:
+        """The error for a parameter `key` this function does not declare: a did-you-mean, or what it does take.
+
+        `besides` are the parameters of the stage that chose it (`owner`), written beside the
+        choice: a name close to one of them is suggested too, and the hint lists them after the
+        function's own. A notebook's message is the pipeline's without them.
+        """
+        takes = f"{self.name} accepts {', '.join(self.params)}" if self.params else f"{self.name} takes no parameters"
+        if besides:
+            takes += f"; {owner} takes {', '.join(besides)}"
+        hint = did_you_mean(key, [*self.params, *besides]) or takes
+        return ParamError(f"{self.kind} {self.name!r} takes no parameter {key!r}", hint=hint, param=key, about="key")
 
     def __call__(self, *args: Any, **given: Any) -> Any:
         """`make(*args, **parameters)` with the parameters checked and completed.
@@ -112,10 +118,13 @@ class SeparationFunction(Function):
 class SimilarityFunction(Function):
     """A similarity with parameters of its own: `make(**parameters)` returns the `amemctl.Similarity` they configure.
 
-    A plain `Similarity` registers itself and takes none. One whose kernel has a parameter
-    (Minkowski's p, a kernel's scale) registers a SimilarityFunction, and a pipeline writes its
-    parameters beside its name, `score: {similarity: minkowski, p: 3}`, checked at their line.
-    `distance` says whether what it makes is a distance (`amemctl stages` tells users).
+    A plain `Similarity` registers itself and takes none (but its kernel's options). One whose
+    kernel has a parameter (Minkowski's p, a kernel's scale, a divergence's eps) registers a
+    SimilarityFunction, and a pipeline writes its parameters beside its name, `score:
+    {similarity: minkowski, p: 3}`, or inside it, `score: {similarity: {name: minkowski, p:
+    3}}`, where one named like a parameter of `score` itself must go; they are checked at their
+    line (the rule: `Stage._configure_choices`). `distance` says whether what it makes is a
+    distance (`amemctl stages` tells users).
     """
 
     kind = "similarity"
@@ -145,10 +154,16 @@ class SimilarityFunction(Function):
         return made if made.name == self.name else replace(made, name=self.name)
 
 
-def similarity_made(entry: Any, params: "Mapping[str, Any]") -> Any:
-    """The `Similarity` a registered similarity gives with `params`: a SimilarityFunction makes one; a plain one
-    takes them as its kernel's options (a divergence's eps and smoothing), itself when there are none."""
-    return entry(**params) if isinstance(entry, SimilarityFunction) else entry.with_options(**params)
+def as_function(entry: Any) -> Any:
+    """A registered entry as the `Function` that takes its parameters: a plain `Similarity` becomes
+    the `SimilarityFunction` taking its kernel's keyword options (none for most, which are then
+    refused by name: "similarity 'cosine' takes no parameter 'p'"); anything else is itself."""
+    from amemctl.core.similarity import Similarity
+
+    if not isinstance(entry, Similarity):
+        return entry
+    options = {option: Param(None, None, "a keyword option of its kernel") for option in entry.options}
+    return SimilarityFunction(entry.name, entry.with_options, options, doc=entry.doc, distance=entry.distance)
 
 
 class EncoderArchitecture(Function):

@@ -47,8 +47,8 @@ def amemctl_register_similarities() -> "list[Similarity | SimilarityFunction]":
 
     A `Similarity` wraps a kernel (queries Q x d, keys n x d) -> Q x n scores. Retrieval
     calls it chunk by chunk over the stored memories, so it never sees all of them at once.
-    A `SimilarityFunction` declares `Param`s (written flat beside `similarity:`) and makes
-    the `Similarity` they configure.
+    A `SimilarityFunction` declares `Param`s (written beside `similarity:`, or inside it:
+    `similarity: {name: NAME, ...}`) and makes the `Similarity` they configure.
     """
 
 

@@ -57,9 +57,10 @@ _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", 
 class ParamError(PipelineError):
     """A parameter that does not fit its declaration, or every such parameter of one stage or function.
 
-    `param` names it when known; `about` says whether the fault is the parameter's value
-    (reported at the value) or its presence (reported at its key). A stage or function checks
-    all its parameters before it gives up, and raises what it found as one error
+    `param` names it when known (a pair such as `("similarity", "eps")` for a parameter inside
+    a choice, `similarity: {name: kl, eps: 1e-4}`); `about` says whether the fault is the
+    parameter's value (reported at the value) or its presence (reported at its key). A stage
+    or function checks all its parameters before it gives up, and raises what it found as one error
     (`ParamError.together`) whose `problems` are the single errors: a user fixes every mistake of
     a stage in one pass, rather than one per `amemctl validate`, which reports each at its line.
     """
@@ -69,7 +70,7 @@ class ParamError(PipelineError):
         message: str,
         *,
         hint: str | None = None,
-        param: str | None = None,
+        param: "str | tuple[str, ...] | None" = None,
         about: str = "value",
         problems: "Sequence[ParamError]" = (),
     ) -> None:
@@ -417,7 +418,7 @@ def declared_metrics(stages: "Iterable[Stage]") -> "dict[str, Metric]":
 
 
 _RESERVED = {"settings", "name", "summary", "params", "run", "check", "inputs", "outputs", "metrics", "describe",
-             "registry", "dispatch", "options", "chosen", "fusion", "materialize"}
+             "registry", "dispatch", "lenient", "options", "chosen", "made", "fusion", "materialize"}
 
 
 class Stage:
@@ -431,8 +432,14 @@ class Stage:
     params: ClassVar[dict[str, Param]] = {}
     #: Parameters that choose a registered function, and the registry table they choose from,
     #: e.g. {"function": "separations"}: the chosen function's own parameters are accepted
-    #: flat beside the stage's, checked against its declaration, and kept in `options`.
+    #: beside the stage's (or inside the choice, `function: {name: topk, k: 5}`), checked
+    #: against its declaration, and kept in `options` (see `_configure_choices` for the rule).
     dispatch: ClassVar[dict[str, str]] = {}
+    #: Per dispatching parameter, parameters of the functions it may choose that a pipeline
+    #: may write beside it whichever function it chose: given to one that declares them,
+    #: ignored by one that does not. `score` lets the divergences' eps and smoothing stand
+    #: beside any similarity, so that one score stage sweeps divergences and distances alike.
+    lenient: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: Input parameters whose stored rows the engine reads into one tensor before `run`
     #: (within the budget), for stages that index or reshape their inputs as tensors. Other
     #: inputs may arrive as `Rows` (a store opened lazily); see `amemctl.Rows`.
@@ -463,15 +470,19 @@ class Stage:
         self.settings: dict[str, Any] = {}
         #: dispatching parameter -> the chosen function's checked parameters
         self.options: dict[str, dict[str, Any]] = {}
+        values, inside, problems = self._open_choices(values)
         extra = {k: v for k, v in values.items() if k not in self.params}
-        problems = [] if self.dispatch else [self._no_parameter(key) for key in extra]
+        if not self.dispatch:
+            problems += [self._no_parameter(key) for key in extra]
         for key, param in self.params.items():
+            if key in inside and inside[key] is None:  # a choice whose mapping was refused: among the problems
+                continue
             try:
                 self.settings[key] = param.value_in(key, values, f"stage {self.name!r}")
             except ParamError as exc:
                 problems.append(exc)
         if self.dispatch:
-            problems += self._configure_choices(extra)
+            problems += self._configure_choices(values, extra, inside)
         if problems:  # every one of them, so that one `validate` shows all a stage's mistakes
             raise ParamError.together(problems, f"stage {self.name!r}")
         self.check()  # cross-parameter checks need each parameter valid
@@ -484,53 +495,124 @@ class Stage:
             about="key",
         )
 
-    def _configure_choices(self, extra: dict[str, Any]) -> list[ParamError]:
-        """Check the parameters meant for the functions this stage dispatches to; every problem found.
+    def _open_choices(self, values: "Mapping[str, Any]") -> "tuple[dict[str, Any], dict[str, dict[str, Any] | None], list[ParamError]]":
+        """The values with each choice written as a mapping (`similarity: {name: kl, eps: 1e-4}`) replaced by its name,
+        the parameters inside each such mapping (None where the mapping itself was refused), and what was refused."""
+        from amemctl.choices import named
 
-        A dispatching parameter that is itself wrong (an unknown name) leaves the parameters no
-        chosen function takes unjudged: they may be meant for the function it failed to name.
-        """
+        values = dict(values)
+        inside: dict[str, dict[str, Any] | None] = {}
         problems: list[ParamError] = []
-        taken: list[str] = []
-        named = True  # every dispatching parameter names a function
         for key in self.dispatch:
-            if key not in self.settings:  # its own value was refused, and is among the problems
-                named = False
+            if not isinstance(values.get(key), Mapping):
                 continue
             try:
-                chosen = self.chosen(key)
+                values[key], inside[key] = named(values[key], key, self.params[key])
+            except ParamError as exc:
+                exc.param = (key, exc.param) if exc.param != key else key
+                problems.append(exc)
+                inside[key] = None
+                del values[key]
+        return values, inside, problems
+
+    def _configure_choices(self, values: "Mapping[str, Any]", extra: "Mapping[str, Any]", inside: "Mapping[str, dict[str, Any] | None]") -> list[ParamError]:
+        """Give each chosen function its parameters, checked against its declaration; every problem found.
+
+        The rule, the same for every stage: a parameter belongs to whoever declares it. One
+        written beside the choice goes to the stage when the stage declares it, else to the
+        chosen function that does; one inside the choice (`similarity: {name: kl, eps: 1e-4}`)
+        to that function alone. A name that the stage and a chosen function both declare, or
+        two chosen functions, is refused beside the choice unless each function that declares
+        it is given its own inside: which one was meant cannot be told, and taking it for one
+        silently would leave the other at its default. A name no one declares is refused,
+        unless `lenient` lets it stand beside that choice. A dispatching parameter that is
+        itself wrong (an unknown name) leaves the names no chosen function takes unjudged:
+        they may be meant for the function it failed to name.
+        """
+        problems: list[ParamError] = []
+        chosen: dict[str, Any] = {}
+        for key in self.dispatch:
+            if key not in self.settings:  # its own value was refused, and is among the problems
+                continue
+            try:
+                chosen[key] = self._function(key)
             except ParamError as exc:
                 problems.append(exc)
-                named = False
-                continue
-            params = getattr(chosen, "params", {}) if chosen is not None else {}
-            mine = {k: v for k, v in extra.items() if k in params}
-            taken += [k for k in params if k not in taken]
-            if chosen is not None and hasattr(chosen, "configure"):
-                try:
-                    self.options[key] = chosen.configure(mine)
-                except ParamError as exc:
-                    problems.append(exc)
-                    continue
-            else:
-                self.options[key] = dict(mine)
-            self.settings.update({k: v for k, v in self.options[key].items() if k not in self.params})
-        if not named:
+        declared = {key: getattr(function, "params", {}) for key, function in chosen.items()}
+        given = {key: dict(inside.get(key) or {}) for key in chosen}
+        for name, value in extra.items():
+            takers = [key for key in chosen if name in declared[key]]
+            if len(takers) > 1 and not all(name in given[key] for key in takers):
+                problems.append(self._ambiguous(name, takers, chosen))
+            elif len(takers) == 1 and name in given[takers[0]]:
+                problems.append(self._given_twice(name, takers[0], chosen[takers[0]]))
+            elif len(takers) == 1:
+                given[takers[0]][name] = value
+            elif not takers and not any(name in self.lenient.get(key, ()) for key in chosen) and len(chosen) == len(self.dispatch):
+                problems.append(self._taken_by_none(name, chosen))
+        for name in (name for name in values if name in self.params and name not in self.dispatch):  # the stage's own, written beside the choices
+            clash = [key for key in chosen if name in declared[key] and name not in given[key]]
+            if clash:
+                problems.append(self._ambiguous(name, clash, chosen, own=True))
+        for key, function in chosen.items():
+            problems += self._configure_choice(key, function, given[key], inside.get(key))
+        return problems
+
+    def _configure_choice(self, key: str, function: Any, given: dict[str, Any], inside: "dict[str, Any] | None") -> list[ParamError]:
+        """Check one chosen function's parameters into `options`; its problems, each at its parameter:
+        inside the choice when written there (`inside`), or missing from a choice written as a mapping."""
+        if function is None or not hasattr(function, "configure"):  # a dataset, or nothing chosen (null): no parameters
+            from amemctl.plugins import KINDS
+
+            self.options[key] = {}
+            what = f"{KINDS[self.dispatch[key]][1]} {self.settings[key]!r}" if function is not None else f"`{key}: null`"
+            hint = f"it takes no parameters; one of stage {self.name!r} goes beside `{key}:`"
+            return [ParamError(f"{what} takes no parameter {name!r}", hint=hint, param=(key, name), about="key") for name in given]
+        try:
+            self.options[key] = function.configure(given)
+        except ParamError as exc:
+            problems = exc.each()
+            for problem in problems:
+                if inside is not None and problem.param is not None and (problem.param in inside or problem.param not in given):
+                    problem.param = (key, problem.param)
             return problems
-        return problems + [self._taken_by_none(key, taken) for key in extra if key not in taken]
+        self.settings.update({k: v for k, v in self.options[key].items() if k not in self.params})
+        return []
 
-    def _taken_by_none(self, key: str, taken: list[str]) -> ParamError:
-        """A parameter neither this stage nor the functions it chose take."""
-        from amemctl.plugins import KINDS
+    def _ambiguous(self, name: str, keys: list[str], chosen: dict[str, Any], own: bool = False) -> ParamError:
+        """A name written beside the choices that more than one of this stage and its chosen functions declare."""
+        whose = [f"{chosen[key].kind} {chosen[key].name!r}'s" for key in keys]
+        owners = [f"stage {self.name!r}'s parameter", *whose] if own else whose
+        inside = " and ".join(f"`{key}: {{name: {chosen[key].name}, {name}: ...}}`" for key in keys)
+        beside = f"; beside it, {name!r} is the stage's" if own else ""
+        return ParamError(
+            f"{name!r} is both {' and '.join(owners)}",
+            hint=f"give the {' and the '.join(chosen[key].kind for key in keys)}'s inside the choice: {inside}{beside}",
+            param=name,
+            about="key",
+        )
 
-        takers = [k for k in self.dispatch if hasattr(self.chosen(k), "configure")]
+    def _given_twice(self, name: str, key: str, function: Any) -> ParamError:
+        return ParamError(
+            f"{function.kind} {function.name!r} is given {name!r} twice, inside `{key}:` and beside it",
+            hint=f"keep one of the two {name!r}",
+            param=name,
+            about="key",
+        )
+
+    def _taken_by_none(self, key: str, chosen: dict[str, Any]) -> ParamError:
+        """A parameter neither this stage nor the functions it chose take: the function's own words when it chose one."""
+        takers = [function for function in chosen.values() if hasattr(function, "configure")]
         if not takers:
             return self._no_parameter(key)
-        what = " nor ".join(f"{KINDS[self.dispatch[k]][1]} {self.settings[k]!r}" for k in takers)
+        if len(takers) == 1:
+            return takers[0].no_parameter(key, list(self.params), f"stage {self.name!r}")
         own = [k for k, p in self.params.items() if p.role == "param"]
+        taken = [name for function in takers for name in function.params]
+        what = " nor ".join(f"{function.kind} {function.name!r}" for function in takers)
         return ParamError(
-            f"{what} takes no parameter {key!r}",
-            hint=did_you_mean(key, [*self.params, *taken]) or f"it accepts {', '.join(taken) or 'no parameters'} (and the stage's own: {', '.join(own)})",
+            f"neither {what} takes a parameter {key!r}",
+            hint=did_you_mean(key, [*self.params, *taken]) or f"they accept {', '.join(taken) or 'no parameters'} (and the stage's own: {', '.join(own)})",
             param=key,
             about="key",
         )
@@ -554,6 +636,23 @@ class Stage:
         except ParamError as exc:
             exc.param = param
             raise
+
+    def _function(self, param: str) -> Any:
+        """The chosen function as a `Function` where it takes parameters (a plain Similarity's are its kernel's options)."""
+        from amemctl.functions import as_function
+
+        return as_function(self.chosen(param))
+
+    def made(self, param: str, *args: Any) -> Any:
+        """What the function a dispatching parameter chose makes with its checked parameters (and `args` before them):
+        `self.made("similarity")` is the `Similarity`, `self.made("function")` the `Separation`.
+
+        The same call as `amemctl.recall` makes for a similarity or separation it is given by
+        name (amemctl/choices.py), so a pipeline and a notebook make the same object.
+        """
+        from amemctl.choices import make
+
+        return make(self._function(param), *args, **self.options[param])
 
     def check(self) -> None:
         """Validate parameters against each other; raise ParamError. Runs before anything runs."""

@@ -37,7 +37,7 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
             doc = param.described()
             lines.append(f"| `{key}` | {ROLES[param.role]} | {param.type_text()} | {default} | {doc.replace('|', '/')} |")
         for key, kind in cls.dispatch.items():
-            lines += ["", f"`{key}` chooses one of the [{kind}](#{kind}); its parameters are written beside it."]
+            lines += ["", f"`{key}` chooses one of the [{kind}](#{kind}); {choice_text(cls, key)}."]
         recorded = default_metrics(cls)
         if recorded:
             lines += ["", f"Records (with its defaults), for `report:` tables and curves: {'; '.join(described(m, '`') for m in recorded)}."]
@@ -46,6 +46,15 @@ def stage_reference(registry: Registry, package: str | None = "amemctl") -> str:
         lines += _functions(registry, kind, package)
     lines += _datasets(registry, package)
     return "\n".join(lines)
+
+
+def choice_text(cls: type, key: str) -> str:
+    """How the parameters of the function a dispatching parameter chose are written, and which may stand beside any."""
+    text = f"its parameters go beside it, or inside it (`{key}: {{name: NAME, ...}}`), where one named like a parameter of the stage must go"
+    lenient = cls.lenient.get(key, ())
+    if lenient:
+        text += f"; {' and '.join(lenient)} may stand beside any of them: one that does not take them ignores them"
+    return text
 
 
 def described(metric: Metric, quote: str = "") -> str:

@@ -80,10 +80,18 @@ def test_a_misnamed_similarity_or_a_mapping_without_a_function_is_told_what_to_w
     queries, keys, _ = _memory()
     with pytest.raises(amemctl.ParamError, match="unknown similarity 'chebyshv'(.|\n)*did you mean 'chebyshev'"):
         amemctl.retrieve(queries, keys, similarity="chebyshv")
-    with pytest.raises(amemctl.ParamError, match="names no function(.|\n)*'function': 'softmax', 'beta': 3"):
-        amemctl.retrieve(queries, keys, separation={"beta": 3})
     with pytest.raises(amemctl.ParamError, match="separation must be a name, a mapping"):
         amemctl.retrieve(queries, keys, separation=3)
+    with pytest.raises(amemctl.ParamError, match="parameter 'function' must be a string, got 3"):  # as `separate: {function: 3}` is told
+        amemctl.retrieve(queries, keys, separation={"function": 3})
+
+
+def test_a_mapping_naming_no_function_chooses_the_default_as_a_stage_does():
+    """`separate: {beta: 3}` is softmax with beta 3; the notebook's `{"beta": 3}` was refused, as naming no function."""
+    queries, keys, _ = _memory()
+    assert torch.equal(amemctl.retrieve(queries, keys, separation={"beta": 3}), amemctl.retrieve(queries, keys, separation=amemctl.Softmax(beta=3)))
+    with pytest.raises(amemctl.ParamError, match="similarity 'dot' takes no parameter 'p'"):
+        amemctl.retrieve(queries, keys, similarity={"p": 3})
 
 
 def test_core_recall_knows_no_plugins():
@@ -107,6 +115,15 @@ def test_what_a_notebook_catches_or_passes_is_exported_and_documented():
     assert {"Shard", "DamagedStore", "RunFolderError", "FileSystemError"} <= set(amemctl.__all__) & _api_entries()
 
 
+def test_what_run_file_returns_and_sharded_recall_are_public_and_documented():
+    """`run_file` returned a RunResult that `import amemctl` did not offer; `sharded_recall` was the engine's alone."""
+    from amemctl.engine import runner
+    from tests.test_docs import _api_entries
+
+    assert amemctl.RunResult is runner.RunResult
+    assert {"RunResult", "sharded_recall"} <= set(amemctl.__all__) & _api_entries()
+
+
 def test_results_of_a_folder_that_is_no_run_is_a_run_folder_error(tmp_path):
     with pytest.raises(amemctl.RunFolderError, match="no metrics.json"):
         amemctl.results(tmp_path)
@@ -125,10 +142,14 @@ def test_a_one_rank_shard_gives_the_whole_memorys_answer(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         sharded = amemctl.recall(queries, keys, values, separation={"function": "topk", "k": 3}, shard=amemctl.Shard(None, 0, len(keys)))
+        # the whole memory given, a plugin's similarity and a separation by name, as `recall` takes them
+        split = amemctl.sharded_recall(queries, keys, values, similarity="chebyshev", separation={"function": "topk", "k": 3})
     finally:
         dist.destroy_process_group()
     whole = amemctl.recall(queries, keys, values, separation={"function": "topk", "k": 3})
     assert torch.equal(sharded.output, whole.output) and torch.equal(sharded.index, whole.index)
+    by_chebyshev = amemctl.recall(queries, keys, values, similarity="chebyshev", separation={"function": "topk", "k": 3})
+    assert torch.equal(split.output, by_chebyshev.output) and torch.equal(split.index, by_chebyshev.index)
 
 
 def test_a_plugins_corruption_by_name_and_in_a_compose_is_its_own():

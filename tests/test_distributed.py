@@ -65,6 +65,10 @@ def _worker(rank: int, world: int, port: int, path: str, out: str) -> None:
             r = sharded_recall(queries, store.rows("patterns"), store.rows("values") if hetero else None, similarity="manhattan",
                                separation=make_separation(name, **params), budget=37 * 16 * 40)
             results[(name, hetero)] = (r.output, r.index)
+    import amemctl  # the public one: names as `recall` takes them, the whole memory given to every rank
+
+    r = amemctl.sharded_recall(queries, store.rows("patterns"), store.rows("values"), similarity="manhattan", separation={"function": "topk", "k": 3}, budget=37 * 16 * 40)
+    results[("public topk", True)] = (r.output, r.index)
     if rank == 0:
         torch.save(results, out)
     _leave()
@@ -81,7 +85,8 @@ def test_ranks_merge_to_the_single_process_answer(tmp_path, world):
     store = MemoryStore.open(path)
     keys, values = store.to_tensor("patterns"), store.to_tensor("values")
     for (name, hetero), (output, index) in results.items():
-        expected = recall(queries, keys, values if hetero else None, similarity="manhattan", separation=make_separation(name, **dict(CASES)[name]))
+        function = name.removeprefix("public ")
+        expected = recall(queries, keys, values if hetero else None, similarity="manhattan", separation=make_separation(function, **dict(CASES)[function]))
         torch.testing.assert_close(output, expected.output, rtol=1e-5, atol=1e-5)
         assert torch.equal(index, expected.index), (name, hetero)
 

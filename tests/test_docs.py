@@ -281,11 +281,14 @@ def test_the_api_pages_retrieval_example_recalls_what_it_says():
 
 
 def test_the_api_pages_run_file_example_runs(tmp_path, monkeypatch):
+    import amemctl
+
     monkeypatch.chdir(tmp_path)  # its run folder and store go here
     code = _api_example("## Running pipelines").replace('"pipelines/', f'"{ROOT}/pipelines/')
     names: dict = {}
     exec(compile(code, "docs/api.md", "exec"), names)
     run, rows = names["run"], names["rows"]
+    assert isinstance(run, amemctl.RunResult)  # what the page says run_file returns, and `import amemctl` offers
     assert run.status == "ok" and (tmp_path / run.run_dir / "metrics.json").is_file()
     assert len(rows) == len(run.points) == 16 and rows[0]["stored"] == 300
     assert names["best"]["error_index"] == min(row["error_index"] for row in rows)

@@ -62,7 +62,7 @@ def test_source_map_remembers_lines_and_columns():
         ),
         (
             "stages:\n  - load: {dataset: digits}\n  - corrupt: {kind: gaussian, p: 0.2}\n",
-            "bad.yaml:3:31: corruption 'gaussian' takes no parameter 'p'\n  hint: it accepts mean, variance",
+            "bad.yaml:3:31: corruption 'gaussian' takes no parameter 'p'\n  hint: gaussian accepts mean, variance",
         ),
         (
             "stages:\n  - load: {dataset: digits}\n  - corrupt: {kind: compose, steps: [{kind: crop, scale: [0.5, 2]}]}\n",

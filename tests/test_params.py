@@ -126,7 +126,7 @@ def test_every_parameter_error_of_a_stage_is_reported_at_once_each_at_its_line()
         "bad.yaml:3:76: corruption 'gaussian' takes no parameter 'p'",
     ], message
     # each with its fix (a name the stage does not take may be its chosen function's: the function is named)
-    for hint in ("count takes an integer >= 1", "did you mean 'output'?", "variance takes a number >= 0", "std takes a number >= 0", "it accepts mean, variance, std, abs"):
+    for hint in ("count takes an integer >= 1", "did you mean 'output'?", "variance takes a number >= 0", "std takes a number >= 0", "gaussian accepts mean, variance, std, abs"):
         assert f"  hint: {hint}" in message, hint
 
 
@@ -217,12 +217,12 @@ def test_one_error_is_told_as_it_always_was():
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_the_cli_prints_them_all_in_one_message_and_exits_2(tmp_path, command):
     path = tmp_path / "bad.yaml"
-    path.write_text(LOADED + "  - corrupt: {kind: gaussian, variance: -1, std: x}\n  - score: {similarity: cosine, eps: 0}\n")
+    path.write_text(LOADED + "  - corrupt: {kind: gaussian, variance: -1, std: x}\n  - score: {similarity: kl, eps: 0}\n")
     result = CliRunner().invoke(main, [command, str(path), "--out", str(tmp_path / "runs")] if command == "run" else [command, str(path)])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
     located = re.findall(r"bad\.yaml:(\d+):(\d+): ", result.output)
-    assert located == [("3", "41"), ("3", "50"), ("4", "38")], result.output
+    assert located == [("3", "41"), ("3", "50"), ("4", "34")], result.output
     assert result.output.count("error:") == 1 and result.output.count("hint:") == 3
 
 

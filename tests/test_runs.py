@@ -616,7 +616,7 @@ def test_the_default_column_says_what_an_unset_parameter_means():
     assert stages["train-dam"].params["temperature"].default_text() == "the 99th percentile of the initial inputs"
     assert stages["train-dam"].params["n"].default_text() == "3"
     assert stages["load"].params["dataset"].default_text() == "required"
-    assert stages["chain-recall"].params["beta"].default_text() == "none"
+    assert stages["chain-recall"].params["network"].default_text() == "none"
 
 
 def test_a_training_in_a_log_prints_progress_lines_with_its_loss(tmp_path, monkeypatch):

@@ -105,7 +105,7 @@ class PlannedStage:
     @property
     def key(self) -> str:
         """Identity of the stage's configuration, for reusing results across points."""
-        return json.dumps([self.stage.name, self.index, self.stage.settings], sort_keys=True, default=str)
+        return json.dumps([self.stage.name, self.index, self.stage.settings, self.stage.options], sort_keys=True, default=str)
 
 
 @dataclass
@@ -631,23 +631,38 @@ def _expanded(entries: list[_Entry], point: sweeps.Point, sweep: dict, source: S
 
 
 def _locate(exc: ParamError, entry: _Entry, whole: dict, point: sweeps.Point, sweep: dict, source: SourceMap) -> ParamError:
-    """Point a parameter error at the text to change: the sweep value it came from, or the parameter."""
-    param = exc.param
-    written = isinstance(entry.params, dict) and param in entry.params
-    if exc.about == "key" and written:  # a misspelt key is in the stage's text, not in the sweep value it takes
-        return exc.at(source.key((*entry.params_path, param)))
-    var = whole.get(()) if () in whole else whole.get((param,)) if param is not None else None
-    if var is not None:
+    """Point a parameter error at the text to change: the sweep value it came from, or the parameter.
+
+    A parameter inside a choice (`similarity: {name: kl, eps: 0}`) has a path of two keys; a
+    sweep variable may stand for the whole stage mapping, the choice, or the value itself.
+    """
+    keys = exc.param if isinstance(exc.param, tuple) else () if exc.param is None else (exc.param,)
+    if exc.about == "key" and keys and _written(entry.params, keys):  # a misspelt key is in the stage's text, not in the sweep value it takes
+        return exc.at(source.key((*entry.params_path, *keys)))
+    for depth in range(len(keys) + 1):
+        var = whole.get(keys[:depth])
+        if var is None:
+            continue
         index = point.positions[var]
         exc.message += f" (from sweep variable {var!r}, value {index + 1})"
-        if () in whole and param is not None:  # a whole mapping of parameters: the parameter inside it, where written
-            inside = ("sweep", var, index, param)
+        rest = keys[depth:]
+        if rest:  # a mapping from the sweep: the parameter inside it, where written
+            inside = ("sweep", var, index, *rest)
             return exc.at(source.key(inside) if exc.about == "key" else source.value(inside))
         return exc.at(source.value(("sweep", var, index)))
-    if param is not None:
-        path = (*entry.params_path, param)
+    if keys:
+        path = (*entry.params_path, *keys)
         return exc.at(source.value(path) if exc.about == "value" and path in source.values else source.key(path))
     return exc.at(source.key((*entry.path, entry.name)) if entry.index >= 0 else source.key(entry.path))
+
+
+def _written(params: Any, keys: tuple) -> bool:
+    """Whether the stage's own text holds the key at `keys` (not a `${var}` standing for a mapping that holds it)."""
+    for key in keys:
+        if not isinstance(params, dict) or key not in params:
+            return False
+        params = params[key]
+    return True
 
 
 def _check_wiring(stage: Stage, entry: _Entry, available: dict[str, str], source: SourceMap, errors: _Collector) -> None:
@@ -802,11 +817,20 @@ def _curve(raw: Any, path: tuple, sweep: dict, declared: set[str], source: Sourc
 
 
 def _explained(stage: Stage) -> dict[str, Any]:
-    """The settings a reader of the plan needs: the functions chosen, and every value not at its declared default."""
-    declared = dict(stage.params)
+    """The settings a reader of the plan needs: the functions chosen, and every value not at its declared default.
+
+    A chosen function's parameter named like one of the stage's own (given inside the choice)
+    reads `similarity.normalize`.
+    """
+    from amemctl.functions import as_function
+
+    shown = {k: v for k, v in stage.settings.items() if k in stage.params and (k in stage.dispatch or v != stage.params[k].default)}
     for key in stage.dispatch:
-        declared.update(getattr(stage.chosen(key), "params", {}))
-    return {k: v for k, v in stage.settings.items() if k in stage.dispatch or k not in declared or v != declared[k].default}
+        declared = getattr(as_function(stage.chosen(key)), "params", {})
+        for name, value in stage.options.get(key, {}).items():
+            if name not in declared or value != declared[name].default:
+                shown[f"{key}.{name}" if name in stage.params else name] = value
+    return shown
 
 
 def explain(pipeline: Pipeline) -> str:

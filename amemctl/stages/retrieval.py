@@ -9,6 +9,7 @@ pipeline's `budget`; they are made a block at a time, so that their temporaries 
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Callable, Sequence
 
@@ -21,9 +22,9 @@ from amemctl.core.matrices import score_matrix, weight_matrix
 from amemctl.core.retrieval import recall
 from amemctl.core.rows import materialize
 from amemctl.core.separation import Separation
-from amemctl.core.similarity import SMOOTHINGS, Similarity
+from amemctl.core.similarity import SIMILARITIES, SMOOTHINGS, Similarity
 from amemctl.errors import StageError, blaming
-from amemctl.functions import SeparationFunction, similarity_made
+from amemctl.functions import SeparationFunction, SimilarityFunction
 from amemctl.plugins import hookimpl
 from amemctl.stage import Fusion, Input, Metric, Output, Param, Stage
 
@@ -37,17 +38,19 @@ class Score(Stage):
     similarity = Param(
         str,
         "dot",
-        "dot, normalized_dot, cosine, euclidean, squared_euclidean, manhattan, kl, reverse_kl, jensen_shannon, hamming (L1, L2 too), or a plugin's",
+        "dot, normalized_dot, cosine, euclidean, squared_euclidean, manhattan, kl, reverse_kl, jensen_shannon, hamming (L1, L2 too), or a plugin's;"
+        " its parameters go beside it, or inside it: {name: kl, eps: 1e-4}",
     )
     distance_form = Param(str, "negative", "how distances become scores: negative (-d) or inverse (1/d, the UHN code's)", choices=["negative", "inverse"])
     normalize = Param(bool, False, "divide each query's scores by their sum (UHN paper, appendix E)")
-    eps = Param(float, None, "kl, reverse_kl, jensen_shannon: what keeps zeros finite (default 1e-6; the UHN code: 1e-4); other similarities ignore it", above=0)
-    smoothing = Param(str, None, "kl, reverse_kl, jensen_shannon: renormalize (eps added, rows summed to 1 again; the default) or log (log(p + eps), the UHN code's)", choices=list(SMOOTHINGS))
     memory = Input("patterns", "the stored keys (N x ...)")
     queries = Input("queries", "the queries, shaped like the keys")
     output = Output("scores", "Q x N scores; only formed when a later stage reads them")
 
     dispatch = {"similarity": "similarities"}
+    #: the divergences' eps and smoothing may stand beside any similarity (one that does not
+    #: take them ignores them), so one score stage sweeps divergences and distances alike
+    lenient = {"similarity": ("eps", "smoothing")}
 
     def fuse(self, following: Sequence[Stage]) -> Fusion | None:
         """score -> separate -> project, wired to each other, run as one streaming retrieval."""
@@ -61,14 +64,8 @@ class Score(Stage):
         return Fusion(3, lambda ctx: run_fused(self, separate, project, ctx), (self.output, separate.output), "retrieve")
 
     def similarity_fn(self) -> Similarity:
-        """The similarity with this stage's options (the divergences' eps and smoothing).
-
-        Similarities that take no such option ignore it, so one score stage can sweep over
-        divergences and distances alike.
-        """
-        sim = similarity_made(self.chosen("similarity"), self.options.get("similarity", {}))
-        options = {"eps": self.eps, "smoothing": self.smoothing}
-        return sim.with_options(**{k: v for k, v in options.items() if k in sim.options})
+        """The chosen similarity, made with its parameters (kl's eps, minkowski's p)."""
+        return self.made("similarity")
 
     def describe(self) -> str:
         return f"score {self.similarity}"
@@ -90,10 +87,11 @@ class Separate(Stage):
     dispatch = {"function": "separations"}
 
     def separation(self) -> Separation:
-        return self.chosen("function")(**self.options["function"])
+        """The chosen separation, made with its parameters as `amemctl.recall` makes one it is given by name."""
+        return self.made("function")
 
     def check(self) -> None:
-        self.separation().check_streams()  # made once before anything runs: one that cannot be made is refused by `validate`, not at the sweep point that reaches it
+        self.separation()  # made once before anything runs: one that cannot be made (or stream) is refused by `validate`, not at the sweep point that reaches it
 
     def describe(self) -> str:
         separation = self.separation()
@@ -294,6 +292,34 @@ def _separation_functions() -> list[SeparationFunction]:
 #: The built-in separations, registered through amemctl_register_separations like a plugin's.
 SEPARATION_FUNCTIONS: list[SeparationFunction] = _separation_functions()
 
+#: What `amemctl stages` tells of the keyword options of the core's kernels (the divergences'),
+#: which the similarities taking them declare as their parameters: type, documentation, limits.
+_OPTIONS: dict[str, Callable[[Any], Param]] = {
+    "eps": _param(float, "what keeps zeros finite (the UHN code: 1e-4)", above=0),
+    "smoothing": _param(str, "renormalize (eps added, rows summed to 1 again) or log (log(p + eps), the UHN code's)", choices=list(SMOOTHINGS)),
+}
+
+
+def _similarity(similarity: Similarity) -> Similarity | SimilarityFunction:
+    """A core similarity as registered: itself, or, when its kernel takes options (eps, smoothing), the
+    SimilarityFunction declaring them as parameters, their defaults the kernel's own.
+
+    A pipeline and `amemctl stages kl` then check and show them like any similarity's
+    parameters; an option _OPTIONS does not describe fails here, at import.
+    """
+    if not similarity.options:
+        return similarity
+    defaults = {name: p.default for name, p in inspect.signature(similarity.kernel).parameters.items() if name in similarity.options}
+    missing = [option for option in similarity.options if option not in _OPTIONS or option not in defaults]
+    if missing:
+        raise TypeError(f"similarity {similarity.name!r} has the options {missing}, which are not described or have no default")
+    params = {option: _OPTIONS[option](defaults[option]) for option in similarity.options}
+    return SimilarityFunction(similarity.name, similarity.with_options, params, doc=similarity.doc, distance=similarity.distance)
+
+
+#: The built-in similarities, registered through amemctl_register_similarities like a plugin's.
+SIMILARITY_FUNCTIONS: list[Similarity | SimilarityFunction] = [_similarity(similarity) for similarity in SIMILARITIES.values()]
+
 
 @hookimpl
 def amemctl_register_stages() -> list[type[Stage]]:
@@ -301,10 +327,8 @@ def amemctl_register_stages() -> list[type[Stage]]:
 
 
 @hookimpl
-def amemctl_register_similarities() -> list[Similarity]:
-    from amemctl.core.similarity import SIMILARITIES
-
-    return list(SIMILARITIES.values())
+def amemctl_register_similarities() -> list[Similarity | SimilarityFunction]:
+    return list(SIMILARITY_FUNCTIONS)
 
 
 @hookimpl

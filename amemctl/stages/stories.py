@@ -12,7 +12,6 @@ from amemctl.core.chains import distinct_cycles, follow, permutation_cycles
 from amemctl.core.retrieval import nearest_index, recall
 from amemctl.core.rows import materialize
 from amemctl.errors import StageError
-from amemctl.functions import similarity_made
 from amemctl.models.hetero import HeteroEncoder
 from amemctl.plugins import hookimpl
 from amemctl.stage import Input, Metric, Output, Param, ParamError, Stage
@@ -97,9 +96,8 @@ class ChainRecall(Stage):
     starts = Param(int, None, "number of starting memories, the first ones (default: every stored pattern)", min=1)
     start_noise = Param(float, 0.0, "variance of Gaussian noise on the starting images", min=0)
     snap = Param(bool, False, "feed the nearest stored pattern back instead of the raw recall")
-    similarity = Param(str, "euclidean", "exact model: the similarity (any registered one)")
-    separation = Param(str, "max", "exact model: the separation (any registered one)")
-    beta = Param(float, None, "exact model: inverse temperature of softmax", min=0)
+    similarity = Param(str, "euclidean", "exact model: the similarity (any registered one); its parameters go beside it, or inside it: {name: kl, eps: 1e-4}")
+    separation = Param(str, "max", "exact model: the separation (any registered one); its parameters go beside it (softmax's beta), or inside it: {name: topk, k: 3}")
     stories = Param(int, 8, "how many distinct cycles to draw as 2 x 10 strips", min=0)
     memory = Input("patterns", "the stored patterns (keys)")
     values = Input("successors", "exact model: the associates (values)", optional=True)
@@ -167,9 +165,7 @@ class ChainRecall(Stage):
                 raise StageError(f"{self.network!r} is not a hetero-encoder (it is a {type(network).__name__})")
             return network.recall
         values = materialize(ctx[self.values]).to(ctx.device)
-        params = {"beta": self.beta} if self.beta is not None else {}
-        separation = self.chosen("separation")(**params)
-        sim = similarity_made(self.chosen("similarity"), self.options.get("similarity", {}))
+        sim, separation = self.made("similarity"), self.made("separation")
         return lambda x: recall(x, memory, values, similarity=sim, separation=separation, budget=ctx.budget).output
 
     def _draw(self, ctx: Context, chains, cycles, outputs) -> None:
