@@ -7,8 +7,9 @@ says what each name is for, and a test keeps it and `__all__` the same:
   (a memory split across torch.distributed ranks); similarities and separations by name
   (`"manhattan"`, `{"function": "topk", "k": 5}`), a plugin's too
 - writing stages: `Stage`, `Param`, `Input`, `Output`, `REQUIRED`, `Metric`, `Fusion`, `Context`,
-  `hookimpl`; stage inputs are tensors or `Rows` (stored rows read in chunks, e.g. a store
-  opened by `open_store`): `materialize(x)` reads them whole, `take(x, index)` some of them,
+  `hookimpl`, `FileUse` (a path a stage reads or writes, as `Stage.files()` lists them);
+  stage inputs are tensors or `Rows` (stored rows read in chunks, e.g. a store opened by
+  `open_store`): `materialize(x)` reads them whole, `take(x, index)` some of them,
   `row_shape(x)` the shape of one; or list the input in the stage's `materialize` and the
   engine hands the stage a tensor
 - what stages dispatch to, each with its own `Param`s: `Similarity` (or a `SimilarityFunction`
@@ -44,7 +45,7 @@ from amemctl.errors import (
 )
 from amemctl.functions import EncoderArchitecture, Function, SeparationFunction, SimilarityFunction
 from amemctl.plugins import hookimpl
-from amemctl.stage import REQUIRED, Fusion, Input, Metric, Output, Param, ParamError, Stage
+from amemctl.stage import REQUIRED, FileUse, Fusion, Input, Metric, Output, Param, ParamError, Stage
 
 __version__ = "0.1.0"
 
@@ -101,6 +102,7 @@ __all__ = [
     "Elementwise",
     "EncoderArchitecture",
     "FileSystemError",
+    "FileUse",
     "Function",
     "Fusion",
     "Input",

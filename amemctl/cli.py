@@ -95,7 +95,7 @@ def main(no_plugin: tuple[str, ...]) -> None:
 @click.option("--out", "out_root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Folder under which the run folder is made.")
 @click.option("--quiet", is_flag=True, help="No progress: no bars in a terminal, no progress lines in a log (epochs, points, ETA).")
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(1), help="Processes (torch.distributed ranks) to split retrieval over.")
-@click.option("--resume", "resume", default=None, metavar="RUN", help="Continue the run folder RUN (interrupted or failed): finished points are reused, training resumes from its checkpoints.")
+@click.option("--resume", "resume", default=None, metavar="RUN", help="Continue the run folder RUN (interrupted or failed), in the directory it was started in: finished points are reused unless what they read has changed, training resumes from its checkpoints.")
 def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int, resume: str | None) -> None:
     """Run PIPELINE: every sweep point, then the tables and figures of its report."""
     from amemctl import launch
@@ -108,31 +108,42 @@ def run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, o
 
 
 def _run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int, resume: str | None, stop: "_Stop") -> None:
-    """`amemctl run`: check the pipeline, then run it in this process, launch its ranks (`--nproc`), or be one rank."""
-    from amemctl import launch
-    from amemctl.dsl.pipeline import load_pipeline
-    from amemctl.engine.runner import run_pipeline
+    """`amemctl run`: check the pipeline, then run it in this process, launch its ranks (`--nproc`), or be one rank.
+
+    `--resume` loads and runs the pipeline in the directory its run was started in, so that
+    its relative paths name the same files however the resumption is started.
+    """
+    from amemctl.engine.records import load_record, started_in, working_directory
 
     if device is not None:
         from amemctl.dsl.pipeline import DEVICE
 
         if not DEVICE.match(device):
             raise AmemctlError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
-    resume_dir = None
-    if resume is not None:
-        from amemctl.engine.runs import resume_source
+    if resume is None:
+        if pipeline is None:
+            raise click.UsageError("give a PIPELINE file, or --resume RUN")
+        _start(pipeline, overrides, device, out_root, quiet, nproc, None, None, [], stop)
+        return
+    from amemctl.engine.runs import resume_source
 
-        if pipeline is not None or overrides:
-            raise AmemctlError("--resume continues a run with its own pipeline and overrides", hint=f"run `amemctl run --resume {resume}` alone")
-        resume_dir, pipeline, recorded, extra = resume_source(resume, out_root)
-        stop.resuming = resume_dir
-        overrides = tuple(recorded)
-        checked = load_pipeline(pipeline, [*overrides, *extra])
+    if pipeline is not None or overrides:
+        raise AmemctlError("--resume continues a run with its own pipeline and overrides", hint=f"run `amemctl run --resume {resume}` alone")
+    resume_dir, pipeline, recorded, extra = resume_source(resume, out_root)
+    stop.resuming = resume_dir
+    with working_directory(started_in(load_record(resume_dir), resume_dir)):
+        _start(pipeline, tuple(recorded), device, out_root, quiet, nproc, resume_dir, str(resume_dir), extra, stop)
+
+
+def _start(pipeline: Path, overrides: tuple[str, ...], device: str | None, out_root: Path, quiet: bool, nproc: int, resume_dir: Path | None, resume: str | None, extra: list[str], stop: "_Stop") -> None:
+    """Check the pipeline (with `extra` overrides, unrecorded) and run it: here, as `--nproc` ranks, or as this rank."""
+    from amemctl import launch
+    from amemctl.dsl.pipeline import load_pipeline
+    from amemctl.engine.runner import run_pipeline
+
+    checked = load_pipeline(pipeline, [*overrides, *extra])  # checked once before any worker starts
+    if resume_dir is not None:
         err_console.print(f"resuming {resume_dir}", markup=False)
-    elif pipeline is None:
-        raise click.UsageError("give a PIPELINE file, or --resume RUN")
-    else:
-        checked = load_pipeline(pipeline, list(overrides))  # checked once before any worker starts
     _warn_failed_plugins()
     arguments = _run_arguments(pipeline, overrides, device, out_root, quiet, resume)
     # Each rank runs `arguments` without --nproc (launch.launch); the record keeps how many
@@ -143,6 +154,9 @@ def _run(pipeline: Path | None, overrides: tuple[str, ...], device: str | None, 
     if nproc > 1 and not launch.in_worker():
         if resume_dir is not None:
             raise AmemctlError("--resume runs in one process", hint="leave out --nproc")
+        from amemctl.engine.files import check_files
+
+        check_files(checked)  # before any rank starts: told once, not by every rank
         stop.told = True  # the launcher tells how the run ended, however it ends
         launch.launch(nproc, arguments)  # each rank runs this command without --nproc
         return
@@ -279,15 +293,19 @@ def _run_arguments(pipeline: Path, overrides: tuple[str, ...], device: str | Non
 @click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Check with these overrides applied.")
 @click.option("--explain", is_flag=True, help="Also print the stages each sweep point runs, with presets expanded.")
-def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...], explain: bool) -> None:
-    """Check PIPELINES without running them: syntax, stages, parameters, sweep, wiring."""
+@click.option("--no-files", "no_files", is_flag=True, help="Do not check the files, folders and stores the stages read (to check a pipeline meant for another machine).")
+def validate(pipelines: tuple[Path, ...], overrides: tuple[str, ...], explain: bool, no_files: bool) -> None:
+    """Check PIPELINES without running them: syntax, stages, parameters, sweep, wiring, and that the files the stages read are there."""
     from amemctl.dsl.pipeline import explain as explain_plans
     from amemctl.dsl.pipeline import load_pipeline
+    from amemctl.engine.files import check_files
 
     failed = 0
     for path in pipelines:
         try:
             checked = load_pipeline(path, list(overrides))
+            if not no_files:
+                check_files(checked)
         except AmemctlError as exc:
             failed += 1
             print_error(exc)

@@ -70,6 +70,7 @@ def show(run: str, root: Path) -> None:
     lines = [
         ("run", str(s.path)),
         ("pipeline", f"{s.pipeline} ({record.get('file', '?')})"),
+        ("directory", record.get("cwd") or "-"),  # where its relative paths point, and where --resume runs it
         ("status", _status(s.status) + plain(f" (pid {record.get('pid')} on {record.get('host')} is gone)" if s.status == "dead" else "")),
         ("command", " ".join(record.get("command") or []) or "-"),
         ("overrides", " ".join(s.overrides) or "-"),

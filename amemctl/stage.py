@@ -119,6 +119,11 @@ class Param:
         (checks the other options cannot say, e.g. "two numbers, low <= high").
     finite: whether infinities (YAML .inf, "inf") are refused, as NaN always is; true unless
         the stage gives inf a meaning, since a number meant to be finite overflows later, elsewhere.
+    reads / writes: the parameter is the path of a file, folder or store (a key of PATH_KINDS)
+        that the stage reads, or writes. `amemctl validate` and `amemctl run` check, before
+        anything runs, that every path a stage reads is there (a store: that it opens as an
+        amemctl store) unless an earlier stage writes it; a resumed run refuses to reuse
+        points whose inputs changed since (Stage.files, amemctl.engine.files).
     """
 
     role = "param"
@@ -138,6 +143,8 @@ class Param:
         nullable: bool = False,
         validate: "Callable[[Any], Any] | None" = None,
         finite: bool = True,
+        reads: str | None = None,
+        writes: str | None = None,
     ) -> None:
         self.type = type
         self.default = default
@@ -151,6 +158,8 @@ class Param:
         self.nullable = nullable or default is None
         self.validate = validate
         self.finite = finite
+        self.reads = reads
+        self.writes = writes
         self.name = ""
         self._check_declaration()
 
@@ -168,6 +177,18 @@ class Param:
         default = self.default
         if isinstance(default, (int, float)) and not isinstance(default, bool) and not self._within(default):
             raise TypeError(f"Param: the default {default!r} is not {self.bounds_text()}")
+        if self.reads is not None and self.writes is not None:
+            raise TypeError("Param: give reads= or writes=, not both (a stage that updates a file reads it: reads=)")
+        kind = self.path_kind
+        if kind is not None and kind not in PATH_KINDS:
+            raise TypeError(f"Param: reads= and writes= take one of {', '.join(PATH_KINDS)}, not {kind!r}")
+        if kind is not None and self.type is not str:
+            raise TypeError("Param: a path parameter (reads= or writes=) has the type str")
+
+    @property
+    def path_kind(self) -> str | None:
+        """What the parameter's path names (a key of PATH_KINDS), or None when it is no path."""
+        return self.reads if self.reads is not None else self.writes
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -222,6 +243,10 @@ class Param:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         if self.type is None:
             return "any"
+        if self.reads is not None:
+            return f"path of an existing {self.reads}"
+        if self.writes is not None:
+            return f"path of a {self.writes} it writes"
         name = " or ".join(_TYPE_NAMES.get(t, getattr(t, "__name__", str(t))) for t in types)
         if list in types and self.items is not None:
             name += f" of {_TYPE_NAMES.get(self.items, self.items.__name__)}"
@@ -330,6 +355,20 @@ def _a(noun: str) -> str:
     return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
+#: what a path parameter (Param reads= / writes=) may name, and how a message says it
+PATH_KINDS = {"file": "file", "folder": "folder", "store": "amemctl store"}
+
+
+@dataclass(frozen=True)
+class FileUse:
+    """A file, folder or store that a configured stage reads or writes, named by one of its parameters."""
+
+    param: str  #: the parameter whose value it is (where `validate` points)
+    path: str  #: as the pipeline gives it: relative to the directory the run is started in
+    kind: str  #: a key of PATH_KINDS
+    writes: bool = False  #: written (created or replaced) by the stage, not read
+
+
 class Input(Param):
     """A parameter naming a context tensor the stage reads."""
 
@@ -418,7 +457,7 @@ def declared_metrics(stages: "Iterable[Stage]") -> "dict[str, Metric]":
 
 
 _RESERVED = {"settings", "name", "summary", "params", "run", "check", "inputs", "outputs", "metrics", "describe",
-             "registry", "dispatch", "lenient", "options", "chosen", "made", "fusion", "materialize"}
+             "registry", "dispatch", "lenient", "options", "chosen", "made", "fusion", "materialize", "files"}
 
 
 class Stage:
@@ -672,6 +711,21 @@ class Stage:
     def outputs(self) -> list[str]:
         """Names of the context tensors this stage writes (from its Output parameters)."""
         return [self.settings[k] for k, p in self.params.items() if p.role == "output" and self.settings[k] is not None]
+
+    def files(self) -> list[FileUse]:
+        """The files, folders and stores this configured stage reads or writes: its `reads=` / `writes=` parameters that are set.
+
+        `amemctl validate` and `run` check that what it reads is there before anything runs,
+        and a resumed run that its contents did not change. Override it when whether a
+        parameter is a path depends on the others (`load`'s root is the image folder itself
+        only for `dataset: folder`).
+        """
+        uses = []
+        for key, param in self.params.items():
+            value = self.settings.get(key)
+            if param.path_kind is not None and isinstance(value, str) and value:
+                uses.append(FileUse(key, value, param.path_kind, writes=param.writes is not None))
+        return uses
 
     def run(self, ctx: "Context") -> None:
         """Read inputs from ctx, write outputs to ctx, record metrics; raise StageError on bad data."""

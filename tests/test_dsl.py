@@ -6,7 +6,7 @@ import pytest
 
 from amemctl.dsl.pipeline import apply_overrides, load_pipeline, parse_size, parse_text
 from amemctl.dsl.source import load_yaml
-from amemctl.errors import PipelineError
+from amemctl.errors import AmemctlError, PipelineError
 from tests.conftest import error_of
 
 GOOD = """\
@@ -146,6 +146,47 @@ def test_overrides_reach_stages_by_name_or_index(tmp_path):
         load_pipeline(path, ["stages.scor.x=1"])
     with pytest.raises(PipelineError, match="bad.yaml|key.path=value"):
         apply_overrides({}, ["seed"], load_yaml("", "bad.yaml")[1])
+
+
+def _hinted(hint: str) -> list[list[str]]:
+    """The `--set A=B` overrides a hint offers, each as the list of overrides one command gives (shell quoting removed)."""
+    import shlex
+
+    return [[word for word in shlex.split(part.split(": ", 1)[1]) if word != "--set"] for part in hint.split("; ")]
+
+
+def test_setting_a_stage_entry_to_parameters_is_refused_with_overrides_that_work(tmp_path):
+    """`--set stages.score={similarity: cosine}` replaced the entry `score: {...}` by a stage called `similarity`,
+    told as "unknown stage 'similarity'; run `amemctl stages`". An override's value replaces what is at its path,
+    and `stages.score` is the whole entry: the mapping is refused, and each override the hint offers works."""
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD)
+    with pytest.raises(PipelineError) as info:
+        load_pipeline(path, ["stages.score={similarity: manhattan, distance_form: inverse}"])
+    error = info.value
+    assert str(error.location) == "--set stages.score={similarity: manhattan, distance_form: inverse}"
+    assert "stages.score is the whole entry of stage 'score'" in error.message and "unknown stage" not in error.message
+    each, whole = _hinted(error.hint)
+    assert each == ["stages.score.similarity=manhattan", "stages.score.distance_form=inverse"]
+    assert whole == ["stages.score={score: {similarity: manhattan, distance_form: inverse}}"]
+    for overrides in (each, whole):
+        score = load_pipeline(path, overrides).plans[0].stages[2].stage
+        assert (score.name, score.similarity, score.distance_form) == ("score", "manhattan", "inverse")
+    path.write_text(GOOD.replace("sweep:\n  beta: [1, 10]\n", "").replace(', beta: "${beta}"', ""))
+    with pytest.raises(PipelineError) as info:  # a name where the entry is: the function it would choose
+        load_pipeline(path, ["stages.separate=max"])
+    (hinted, _) = _hinted(info.value.hint)
+    assert hinted == ["stages.separate.function=max"] and load_pipeline(path, hinted).plans[0].stages[3].stage.describe() == "max"
+
+
+def test_a_stage_entry_can_still_be_replaced_by_another_and_a_bare_stage_takes_parameters(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(GOOD.replace("  - project: {}\n", "  - project\n"))
+    assert load_pipeline(path, ["stages.score={score: {similarity: manhattan}}"]).plans[0].stages[2].stage.similarity == "manhattan"
+    assert load_pipeline(path, ["stages.evaluate=project", "stages.3.steps=2"]).plans[0].stages[-1].stage.name == "project"
+    assert load_pipeline(path, ["stages.project.steps=3"]).plans[0].stages[4].stage.steps == 3  # `- project` alone was "not a mapping or list"
+    with pytest.raises(AmemctlError, match="unknown stage 'scroe'"):  # an entry with a misspelt name: told as one
+        load_pipeline(path, ["stages.score={scroe: {similarity: manhattan}}"])
 
 
 def test_an_override_with_a_bad_value_is_located_at_the_override(tmp_path):

@@ -300,6 +300,119 @@ def test_a_killed_run_reads_dead_and_resumes_to_the_same_metrics(tmp_path):
     assert _metrics(run_dir) == _metrics(whole.run_dir)
 
 
+STORES = """\
+name: use
+sweep:
+  store: [stores/a.zarr, stores/b.zarr]
+stages:
+  - open_store: {store: "${store}"}
+  - persist: {store: stores/copy.zarr, mode: replace}
+  - corrupt: {kind: gaussian, variance: 0.05, count: 10}
+  - score: {similarity: manhattan}
+  - separate: {function: max}
+  - project: {}
+  - evaluate: {}
+"""
+
+
+def _stores(folder: Path, rows: int, names: tuple[str, ...] = ("a", "b"), seed: int = 0) -> None:
+    from amemctl import MemoryStore
+
+    for n, name in enumerate(names):
+        images = torch.rand(rows, 1, 8, 8, generator=torch.Generator().manual_seed(seed + n))
+        MemoryStore.write_new(folder / "stores" / f"{name}.zarr", lambda s, x=images: s.append(patterns=x, labels=torch.arange(len(x))), replace=True)
+
+
+def _point_file(folder: Path, run_dir: Path, index: int) -> Path:
+    """points/<key>.pt of sweep point `index` of the run of STORES (pipeline file use.yaml in `folder`)."""
+    from amemctl.dsl.pipeline import load_pipeline
+    from amemctl.engine.plan import plan_steps
+    from amemctl.engine.runner import point_key
+
+    pipeline = load_pipeline(folder / "use.yaml")
+    return run_dir / "points" / f"{point_key(pipeline.seed, plan_steps(pipeline.plans[index].stages))}.pt"
+
+
+def _started(folder: Path) -> Path:
+    """Run STORES from `folder` with the CLI, as a user does; its run folder."""
+    (folder / "use.yaml").write_text(STORES)
+    result = _invoke("run", "use.yaml", "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (folder / "runs" / "use").iterdir()
+    return run_dir
+
+
+def test_a_run_resumed_from_another_directory_reads_and_writes_the_files_of_the_one_it_started_in(tmp_path, monkeypatch):
+    """`--resume` from elsewhere read `stores/a.zarr` there (another store of the same name, or none) and wrote
+    `stores/copy.zarr` there: the points it computed mixed another memory into the run's table."""
+    start, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    _stores(start, 200)
+    _stores(elsewhere, 50, seed=7)  # stores of the same names, which a resumption must not read
+    monkeypatch.chdir(start)
+    run_dir = _started(start)
+
+    def metrics() -> list:
+        return [(i, {k: v for k, v in m.items() if k != "store_bytes"}) for i, m in _metrics(run_dir)]  # zarr's metadata holds times
+
+    before = metrics()
+    assert [m["stored"] for _, m in before] == [200, 200]
+    for point in (run_dir / "points").iterdir():  # as if stopped before any point finished
+        point.unlink()
+    (start / "stores" / "copy.zarr").rename(start / "copy-before.zarr")
+    monkeypatch.chdir(elsewhere)
+    result = _invoke("run", "--resume", run_dir, "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert metrics() == before  # computed again from the project's stores
+    assert (start / "stores" / "copy.zarr").is_dir() and not (elsewhere / "stores" / "copy.zarr").exists()
+    record = read_record(run_dir)
+    assert record["cwd"] == str(start) and record["file"] == "use.yaml" and record["attempts"][0]["status"] == "finished"
+    assert Path.cwd() == elsewhere  # the command came back to where it was started
+    assert f"directory  {start}" in _invoke("runs", "show", run_dir).output  # where its relative paths point
+
+
+def test_resume_refuses_a_run_whose_start_directory_is_gone(tmp_path, monkeypatch):
+    start = tmp_path / "project"
+    start.mkdir()
+    monkeypatch.chdir(start)
+    (start / "small.yaml").write_text(SWEEP.replace("beta: [1, 10, 100, 1000]", "beta: [1]"))
+    assert _invoke("run", "small.yaml", "--quiet", "--device", "cpu").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    start.rename(tmp_path / "moved")
+    (run_dir,) = (tmp_path / "moved" / "runs" / "small").iterdir()
+    before = (run_dir / "run.json").read_text()
+    result = _invoke("run", "--resume", run_dir, "--quiet")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"run {run_dir} was started in {start}, which no longer exists: its pipeline's relative paths (data, stores, checkpoints) are read from there" in result.output
+    assert f"hint: make {start} again (or a link of that name" in result.output
+    assert (run_dir / "run.json").read_text() == before
+
+
+def test_resume_refuses_to_reuse_points_computed_from_a_store_rewritten_since(tmp_path, monkeypatch):
+    """A resumed run reused its finished points by their configuration alone: after the store they read was
+    rewritten, their results sat in one table beside points computed from the new rows, without a word."""
+    monkeypatch.chdir(tmp_path)
+    _stores(tmp_path, 100)
+    run_dir = _started(tmp_path)
+    _point_file(tmp_path, run_dir, 1).unlink()  # point 1 (stores/b.zarr) did not finish
+    _stores(tmp_path, 60, names=("b",), seed=3)  # read only by the unfinished point: no finished result to mix
+    result = _invoke("run", "--resume", run_dir, "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    record = read_record(run_dir)
+    assert [m["stored"] for _, m in _metrics(run_dir)] == [100, 60] and record["points_reused"] == 1
+    assert record["inputs"][str(tmp_path / "stores" / "b.zarr")]["rows"] == 60  # what the finished point read, now
+    from amemctl import MemoryStore
+
+    MemoryStore.open("stores/a.zarr", mode="a").forget(ids=[3])  # what the finished point 0 read
+    _point_file(tmp_path, run_dir, 1).unlink()
+    before = (run_dir / "run.json").read_text()
+    result = _invoke("run", "--resume", run_dir, "--quiet", "--device", "cpu")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    told = " ".join(result.output.split())
+    assert f"cannot resume {run_dir}: what it reads has changed since its finished points were computed: {tmp_path / 'stores' / 'a.zarr'} (alive 100 -> 99), which 1 finished point run(s) read" in told
+    assert "hint: put it back as it was, then resume; or start a new run, which computes every point from what is there now: `amemctl run use.yaml`" in told
+    assert (run_dir / "run.json").read_text() == before and not _point_file(tmp_path, run_dir, 1).exists()  # left as it was
+
+
 def test_a_dead_runs_duration_ends_where_it_last_recorded_progress(tmp_path, run_text):
     """A run killed two hours ago, one minute in, was listed as having run for two hours (and counting)."""
     from datetime import datetime, timedelta, timezone

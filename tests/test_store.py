@@ -112,6 +112,32 @@ def test_forget_then_compact(tmp_path, monkeypatch):
         store.forget(ids=[999])
 
 
+def test_a_stores_content_id_changes_with_its_rows_not_with_its_key_spaces(tmp_path):
+    """What a resumed run compares (engine.files): every change of the rows a run read changes it; a key space
+    that `embed` adds to the store it reads does not."""
+    path = tmp_path / "s.zarr"
+    store = MemoryStore.create(path, chunk_bytes=512)
+    store.append(patterns=_images(10), labels=torch.arange(10))
+
+    def now():
+        return MemoryStore.open(path).content_id()
+
+    seen = [now()]
+    store.append(patterns=_images(5, seed=1), labels=torch.arange(5))
+    seen.append(now())
+    store.forget(ids=[0])
+    seen.append(now())
+    store.compact()
+    seen.append(now())
+    assert seen[-1]["rows"] == seen[-1]["alive"] == seen[-2]["alive"] == 14
+    store.add_space("pca", torch.rand(14, 2), {"encoder": "pca"})
+    store.add_space("pca", torch.rand(14, 2), {"encoder": "pca", "seed": 1})  # rewritten in place: a new generation
+    assert now() == seen[-1]
+    MemoryStore.write_new(path, lambda new: new.append(patterns=_images(14, seed=2), labels=torch.arange(14)), replace=True)
+    seen.append(now())
+    assert seen[-1]["rows"] == 14 and len({json.dumps(s, sort_keys=True) for s in seen}) == len(seen) == 5
+
+
 def test_streaming_matches_memory_with_tiny_chunks(tmp_path):
     x = torch.rand(500, 12)
     values = torch.rand(500, 3)

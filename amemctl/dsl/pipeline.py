@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from amemctl.dsl import presets
 from amemctl.dsl import sweep as sweeps
@@ -94,6 +94,14 @@ class _Collector:
         return sorted(self.errors, key=place)
 
 
+def raise_together(errors: list[AmemctlError]) -> None:
+    """Raise `errors` as a pipeline's own problems are raised: each told once, in the file's reading order, one alone as itself."""
+    collector = _Collector()
+    for error in errors:
+        collector.add(error)
+    collector.raise_if_any()
+
+
 @dataclass
 class PlannedStage:
     """A configured stage of one sweep point, with where it was written."""
@@ -101,6 +109,12 @@ class PlannedStage:
     stage: Stage
     location: Location
     index: int  #: position in `stages:`; -1 for the load implied by `data:`
+    #: where a parameter's value was written (the parameter, or the sweep value it took)
+    locator: "Callable[[str], Location] | None" = field(default=None, repr=False, compare=False)
+
+    def location_of(self, param: str) -> Location:
+        """Where the value of `param` was written: its line, the sweep value it came from, or the stage's line."""
+        return self.locator(param) if self.locator is not None else self.location
 
     @property
     def key(self) -> str:
@@ -170,7 +184,7 @@ def load_pipeline(
     """Read, override (`key.path=value`), check and plan the pipeline at `path`."""
     doc, source, text = read_yaml(path)
     if overrides:
-        doc = apply_overrides(doc, overrides, source)
+        doc = apply_overrides(doc, overrides, source, registry)
     return parse_pipeline(doc, source, text=text, registry=registry)
 
 
@@ -180,8 +194,15 @@ def parse_text(text: str, file: str = "<pipeline>", registry: Registry | None = 
     return parse_pipeline(doc, source, text=text, registry=registry)
 
 
-def apply_overrides(doc: Any, overrides: list[str], source: SourceMap) -> Any:
-    """Apply `--set key.path=value` overrides; stages may be addressed by index or unique name."""
+def apply_overrides(doc: Any, overrides: list[str], source: SourceMap, registry: Registry | None = None) -> Any:
+    """Apply `--set key.path=value` overrides; stages may be addressed by index or unique name.
+
+    The value replaces what is at the path, as YAML reads it. `stages.NAME` is the stage's
+    whole entry (`score: {...}`), so its value is an entry too (a stage name, or
+    `{name: {parameters}}`); a mapping of parameters there is refused, with the overrides
+    that change them (`stages.score.similarity=cosine`). `registry` knows the stage names
+    (the process's when None).
+    """
     replaced: dict[str, tuple[str, Location]] = {}  # sweep variable -> the override that removed a use of it
     for item in overrides:
         where = Location(f"--set {item}")
@@ -192,7 +213,7 @@ def apply_overrides(doc: Any, overrides: list[str], source: SourceMap) -> Any:
         if not isinstance(doc, dict):
             raise PipelineError("the pipeline is not a mapping; nothing to override", location=where)
         before = _swept(doc)
-        doc = _set_path(doc, [p for p in dotted.strip().split(".") if p], value, where, source)
+        doc = _set_path(doc, [p for p in dotted.strip().split(".") if p], value, where, source, registry)
         replaced.update({var: (dotted.strip(), where) for var in before - _swept(doc)})
     for var, (dotted, where) in replaced.items():
         if isinstance(doc.get("sweep"), dict) and var in doc["sweep"]:
@@ -209,7 +230,7 @@ def _swept(doc: dict) -> set[str]:
     return {var.split(".")[0] for key, value in doc.items() if key != "sweep" for _, var in sweeps.references(value)}
 
 
-def _set_path(doc: dict, parts: list[str], value: Any, where: Location, source: SourceMap) -> dict:
+def _set_path(doc: dict, parts: list[str], value: Any, where: Location, source: SourceMap, registry: Registry | None = None) -> dict:
     if not parts:
         raise PipelineError("an override needs a key before '='", location=where)
     node: Any = doc
@@ -219,8 +240,12 @@ def _set_path(doc: dict, parts: list[str], value: Any, where: Location, source: 
         if isinstance(node, list):
             index = _list_index(node, part, path, where)
             if last:
+                if path == ("stages",):
+                    _check_entry(node[index], value, parts, where, registry)
                 node[index] = value
             else:
+                if path == ("stages",) and isinstance(node[index], str):  # a bare `- project`: its parameters are {}
+                    node[index] = {node[index]: None}
                 node = node[index]
                 if isinstance(node, dict) and len(node) == 1 and path == ("stages",):
                     stage_name = next(iter(node))
@@ -246,6 +271,57 @@ def _set_path(doc: dict, parts: list[str], value: Any, where: Location, source: 
             del table[known]
         table[path] = where
     return doc
+
+
+def _check_entry(entry: Any, value: Any, parts: list[str], where: Location, registry: Registry | None) -> None:
+    """Refuse a `--set stages.X=VALUE` whose value is not a stage entry, with the overrides that do what it seems to mean.
+
+    `stages.score` is the whole entry `score: {...}`; `--set stages.score={similarity: cosine}`
+    made a stage called `similarity` and was told "unknown stage". A value is an entry when it
+    names a stage or preset (`project`, `{model: mchn}`) or maps one name to parameters
+    (`{score: {similarity: cosine}}`, a misspelt name then told as unknown, with its fix).
+    """
+    known = set((registry or get_registry()).stages) | {"model"}
+    if isinstance(value, str) and value in known:
+        return
+    if isinstance(value, dict) and len(value) == 1:
+        (key, params), = value.items()
+        if key in known or params is None or isinstance(params, dict):
+            return
+    name = entry if isinstance(entry, str) else next(iter(entry), "?") if isinstance(entry, dict) and len(entry) == 1 else "?"
+    address = ".".join(parts)
+    shown = repr(value) if isinstance(value, str) else _flow(value)
+    if isinstance(value, dict) and value:
+        each = " ".join(f"--set {_quoted(f'{address}.{k}={_flow(v)}')}" for k, v in value.items())
+        hint = f"to change its parameters, set each one: {each}; to replace the whole stage, name it: --set {_quoted(f'{address}={_flow({name: value})}')}"
+    else:
+        registry = registry or get_registry()
+        cls = registry.stages.get(name)
+        params = [k for k, p in cls.params.items() if p.role == "param"] if cls is not None else []
+        chooses = [k for k, kind in (cls.dispatch.items() if cls is not None else ()) if isinstance(value, str) and value in registry.table(kind)]
+        if chooses:  # `--set stages.score=cosine`: the similarity it chooses
+            hint = f"to choose it: --set {_quoted(f'{address}.{chooses[0]}={_flow(value)}')}"
+        else:
+            listed = f" (its parameters: {', '.join(params)})" if params else ""
+            hint = f"to change one of its parameters: --set {_quoted(f'{address}.PARAMETER={_flow(value)}')}{listed}"
+        hint += f"; to put another stage there: --set {_quoted(f'{address}={{NAME: {{...}}}}')}"
+    raise PipelineError(f"{address} is the whole entry of stage {name!r}, and {shown} is not a stage entry (`name` or `{{name: {{parameters}}}}`)", hint=hint, location=where)
+
+
+def _flow(value: Any) -> str:
+    """A value as one line of YAML, as it would be typed after `--set key=`."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).removesuffix("...\n").strip()
+
+
+def _quoted(argument: str) -> str:
+    """A shell word: quoted when it holds characters a shell would read (in double quotes when it holds a single one)."""
+    import shlex
+
+    if "'" in argument and not any(c in argument for c in '"$`\\!'):
+        return f'"{argument}"'
+    return shlex.quote(argument)
 
 
 def _list_index(items: list, part: str, path: tuple, where: Location) -> int:
@@ -565,8 +641,18 @@ def _plan_point(
             _check_wiring(stage, entry, available, source, errors)
         for name in stage.outputs():
             available[name] = stage.name
-        planned.append(PlannedStage(stage, where, entry.index))
+        planned.append(PlannedStage(stage, where, entry.index, _locator(entry, whole, point, sweep, source)))
     return PointPlan(point, planned, incomplete)
+
+
+def _locator(entry: _Entry, whole: dict, point: sweeps.Point, sweep: dict, source: SourceMap) -> Callable[[str], Location]:
+    """Where each parameter of a configured stage was written, found as its errors are (_locate), when asked."""
+
+    def locate(param: str) -> Location:
+        located = _locate(ParamError("", param=param), entry, whole, point, sweep, source).location
+        return located if located is not None else source.value(entry.path)
+
+    return locate
 
 
 def _check_crash(exc: Exception, cls: type, registry: Registry) -> StageCrash:

@@ -10,6 +10,7 @@ ran it, which is how `status_of` recognises it as dead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import traceback
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from amemctl.atomic import write_atomically
 from amemctl.errors import RunFolderError
@@ -92,8 +93,13 @@ class RunRecord:
         headline: dict[str, str] | None,
         previous: dict[str, Any] | None = None,
         repeats: int = 1,
+        inputs: dict[str, Any] | None = None,
     ) -> "RunRecord":
-        """Record a run (or the resumption of one, keeping its history) as running, now."""
+        """Record a run (or the resumption of one, keeping its history) as running, now.
+
+        `inputs`: the identity of each file, folder and store the run reads from outside
+        (engine.files.inputs), which a resumption compares with what they hold then.
+        """
         data: dict[str, Any] = dict(previous or {})
         if previous:
             attempts = list(previous.get("attempts", []))
@@ -118,6 +124,7 @@ class RunRecord:
             points_reused=0,
             headline=headline,
             error=None,
+            inputs=dict(inputs or {}),
         )
         if not data.get("id"):  # the run's identity, kept by every resumption (a record from before ids gets one)
             data["id"] = uuid.uuid4().hex
@@ -189,6 +196,39 @@ class RunRecord:
         self.data.update(status=status, ended=self.data.get("ended") or now(), error={"type": kind, "message": message, "traceback": TRACEBACK})
         self.save()
         return True
+
+
+def started_in(record: dict[str, Any], run_dir: Path) -> Path | None:
+    """The directory the run was started in (run.json's `cwd`), where its pipeline's relative paths point; None when the record does not say.
+
+    A resumption runs there, so that it reads and writes the same data, stores and
+    checkpoints as the run it continues, from wherever it is started. A directory that no
+    longer exists is refused: the paths would mean other files, or none.
+    """
+    cwd = record.get("cwd")
+    if not cwd:
+        return None
+    start = Path(cwd)
+    if not start.is_dir():
+        raise RunFolderError(
+            f"run {run_dir} was started in {start}, which no longer exists: its pipeline's relative paths (data, stores, checkpoints) are read from there",
+            hint=f"make {start} again (or a link of that name to where those files are now), then resume; or start a new run of the pipeline",
+        )
+    return start
+
+
+@contextlib.contextmanager
+def working_directory(path: "Path | None") -> Iterator[None]:
+    """Run the block in `path` (the current directory when None), and come back to where it was after."""
+    if path is None:
+        yield
+        return
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 class RunLock:
@@ -399,6 +439,7 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "headline": (_nullable(dict), "an object or null"),
     "error": (_nullable(dict), "an object or null"),
     "attempts": (list, "a list"),
+    "inputs": (dict, "an object"),
 }
 #: fields inside the objects above, all strings (git's `dirty` apart)
 _INNER = {"git": ("commit",), "headline": ("metric", "format"), "error": ("type", "message", "traceback")}

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import threading
@@ -37,6 +38,7 @@ from amemctl.context import Context, clock
 from amemctl.core.random import derived_seed
 from amemctl.dsl.pipeline import Pipeline, PlannedStage
 from amemctl.dsl.sweep import Point
+from amemctl.engine import files
 from amemctl.engine.plan import Step, plan_steps
 from amemctl.engine.records import (
     RECORD,
@@ -52,8 +54,10 @@ from amemctl.engine.records import (
     is_number,
     load_record,
     short_repr,
+    started_in,
     status_of,
     stopping_once,
+    working_directory,
 )
 from amemctl.errors import (
     AmemctlError,
@@ -163,14 +167,49 @@ def run_pipeline(
     `--nproc` run leaves it to the launcher, which alone knows how every rank ended.
     `elsewhere`: the run folder is a rank's own, deleted when it ends (a rank other than 0):
     messages name rank 0's folder, and where the traceback is, as it says.
+
+    Before the run folder is made, every file, folder and store a stage reads must be there
+    (engine.files.check_files). A resumed run runs in the directory its run was started in
+    (run.json's cwd), so that the pipeline's relative paths name the same files from
+    wherever it is resumed; it refuses to reuse finished points computed from an input that
+    has changed since (engine.files.inputs).
     """
+    start = None
+    if resume is not None:
+        resume = Path(os.path.abspath(resume))
+        start = started_in(_resumable(resume), resume)
+    with working_directory(start):
+        return _run_pipeline(
+            pipeline, out_root=out_root, device=device, console=console, progress=progress, group=group, overrides=overrides,
+            command=command, resume=resume, announce=announce, stop_line=stop_line, elsewhere=elsewhere,
+        )
+
+
+def _run_pipeline(
+    pipeline: Pipeline,
+    *,
+    out_root: "str | Path",
+    device: str | None,
+    console: Console | None,
+    progress: bool,
+    group: object,
+    overrides: "list[str] | tuple[str, ...]",
+    command: list[str] | None,
+    resume: Path | None,
+    announce: "Callable[[Path], None] | None",
+    stop_line: bool,
+    elsewhere: Elsewhere | None,
+) -> RunResult:
+    """run_pipeline in the directory the run reads its relative paths from."""
     from amemctl.engine import results
 
     console = console or make_console()
     torch_device = resolve_device(device or pipeline.device)
+    files.check_files(pipeline)  # a mistyped path is told now, at its line, not when its stage runs
+    inputs = files.inputs(pipeline)
     previous = None
     if resume is not None:
-        run_dir = Path(resume)
+        run_dir = resume
         previous = _resumable(run_dir)  # a run folder amemctl made, not running: before its lock file is made in it
     else:
         run_dir = new_run_dir(Path(out_root), pipeline.name)
@@ -186,6 +225,7 @@ def run_pipeline(
             lock.acquire()  # one process runs a run folder at a time
             if resume is not None:  # again, under the lock: another `--resume` may have run it since
                 previous = _resumable(run_dir)
+                _refuse_changed_inputs(previous, inputs, run_dir, pipeline, keys)
             results.write_inputs(run_dir, pipeline, torch_device)
             record = RunRecord.start(
                 run_dir,
@@ -197,6 +237,7 @@ def run_pipeline(
                 headline={"metric": pipeline.tables[0].metric, "format": pipeline.tables[0].format} if pipeline.tables else None,
                 previous=previous,
                 repeats=pipeline.repeats,
+                inputs=inputs,
             )
         except OSError as exc:
             if not refused(exc):
@@ -337,6 +378,32 @@ def _resumable(run_dir: Path) -> dict[str, Any]:
     if status_of(previous) == "running":
         raise AmemctlError(f"run {run_dir} is still running (pid {previous.get('pid')} on {previous.get('host')})", hint="wait for it to end, or stop that process first")
     return previous
+
+
+def _refuse_changed_inputs(previous: dict[str, Any], inputs: dict[str, Any], run_dir: Path, pipeline: Pipeline, keys: list[str]) -> None:
+    """Refuse to resume a run whose finished points read a file, folder or store that holds something else now.
+
+    Points are reused by their configuration: a store rewritten between the run and its
+    resumption would otherwise put results of the old rows beside results of the new ones
+    in one table, without a word. An input that only unfinished points read may change.
+    """
+    changed = files.changes(previous.get("inputs") or {}, inputs)
+    if not changed:
+        return
+    read = [{str(path) for _, _, path in files.point_reads(plan)} for plan in pipeline.plans for _ in range(pipeline.repeats)]  # in the order of `keys`
+    finished = [i for i, key in enumerate(keys) if (run_dir / "points" / f"{key}.pt").is_file()]
+    told = []
+    for path, what in changed.items():
+        count = sum(1 for i in finished if path in read[i])
+        if count:
+            told.append(f"{path} ({what}), which {count} finished point run(s) read")
+    if told:
+        again = shlex.join(["amemctl", "run", str(previous.get("file") or pipeline.file), *(a for o in previous.get("overrides") or [] for a in ("--set", o))])
+        raise AmemctlError(
+            f"cannot resume {run_dir}: what it reads has changed since its finished points were computed: {'; '.join(told)}. "
+            "Resuming would put their results beside points computed from what is there now",
+            hint=f"put it back as it was, then resume; or start a new run, which computes every point from what is there now: `{again}` (this run folder is left as it was)",
+        )
 
 
 def work_id(run_id: str, prefix: "tuple[str, ...]") -> str:

@@ -7,6 +7,7 @@ its pipeline's name alone, which means that pipeline's latest run.
 from __future__ import annotations
 
 import filecmp
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -230,20 +231,22 @@ def _check_metrics(metrics: list[str], runs: list[RunSummary]) -> None:
 
 
 def resume_source(name: str, root: "str | Path") -> tuple[Path, Path, list[str], list[str]]:
-    """For `run --resume`: the run folder, the pipeline file to load, its recorded overrides, extra ones.
+    """For `run --resume`: the run folder (an absolute path), the pipeline file to load, its recorded overrides, extra ones.
 
     The pipeline file is the original when it still reads as the copy in the run folder;
     otherwise the copy itself (named as the run was), so a pipeline edited since does not
-    change what the run resumes.
+    change what the run resumes. A relative `file` in run.json is relative to the directory
+    the run was started in (its `cwd`, records.started_in), where the resumption loads and
+    runs it, not to where it is resumed from.
     """
-    run_dir = find_run(name, root)
+    run_dir = Path(os.path.abspath(find_run(name, root)))
     record = load_record(run_dir)
     copy = run_dir / "pipeline.yaml"
     if not copy.is_file():
         raise RunFolderError(f"{run_dir} has no pipeline.yaml, the copy of the pipeline it ran", hint="every run folder holds one from its start: put the pipeline it ran back there, or start the run afresh")
     overrides = list(record.get("overrides", []))
     original = Path(record["file"]) if record.get("file") else None
-    if original is not None and _same_bytes(original, copy):
+    if original is not None and _same_bytes(Path(record.get("cwd") or ".") / original, copy):
         return run_dir, original, overrides, []
     name_override = [f"name={record.get('pipeline') or run_dir.parent.name}"]
     return run_dir, copy, overrides, name_override

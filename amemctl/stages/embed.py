@@ -43,7 +43,7 @@ class Embed(Stage):
     name = "embed"
     encoder = Input(None, "an encoder made earlier in the pipeline (train-simclr's, or train-autoencoder's phi)", optional=True)
     pretrained = Param(str, None, "an encoder shipped with amemctl, by name (no download; its file is checked against its sha256)", choices=pretrained_names)
-    checkpoint = Param(str, None, "a local checkpoint: an amemctl encoder, or a plain state dict (then give arch)")
+    checkpoint = Param(str, None, "a local checkpoint: an amemctl encoder, or a plain state dict (then give arch)", reads="file")
     weights = Param(str, None, "torchvision weights of arch, e.g. IMAGENET1K_V1 (downloaded once, then cached)")
     arch = Param(str, None, "architecture: a built-in one or a plugin's encoder (default resnet18; amemctl checkpoints know their own)")
     seed = Param(int, 0, "seed of a random encoder (used when no encoder, checkpoint or weights is given)")
@@ -53,7 +53,7 @@ class Embed(Stage):
     batch_size = Param(int, 256, "images per forward pass", min=1)
     amp = Param(bool, None, "bfloat16 autocast (default: on GPUs)")
     unit = Param(bool, False, "scale each embedding to unit length: SimCLR trains directions only, so a view's length (shorter for zoomed crops) otherwise sways L1 and L2 scores")
-    store = Param(str, None, "embed this store's patterns, keeping the keys in it for reuse")
+    store = Param(str, None, "embed this store's patterns, keeping the keys in it for reuse", reads="store")
     input = Input("patterns", "the images to embed (ignored with `store:`)", optional=True)
     output = Output("embeddings", "the embeddings, N x dim")
 
@@ -174,7 +174,7 @@ class TrainSimCLR(Stage):
     noise = Param(float, 0.0, "largest std of Gaussian noise added to half the views (0 = off)", min=0, max=1)
     normalize = Param(str, "cifar10", "per-channel normalisation of the encoder's input", choices=list(NORMALIZATIONS))
     amp = Param(bool, None, "bfloat16 autocast (default: on GPUs)")
-    checkpoints = Param(str, None, "folder of the epoch checkpoints (default: <pipeline>-simclr-<config hash> in $AMEMCTL_CHECKPOINTS, else in checkpoints/); training resumes from it")
+    checkpoints = Param(str, None, "folder of the epoch checkpoints (default: <pipeline>-simclr-<config hash> in $AMEMCTL_CHECKPOINTS, else in checkpoints/); training resumes from it", writes="folder")
     input = Input("patterns", "the training images")
     output = Output("encoder", "the trained encoder, for `embed`")
 

@@ -31,7 +31,7 @@ class TrainAutoencoder(Stage):
     epochs = Param(int, 300, "passes over the images", min=0)
     batch_size = Param(int, 250, "images per step", min=1)
     lr = Param(float, 1e-3, "Adam learning rate", min=0)
-    checkpoint = Param(str, None, "where to save phi and psi (default: <pipeline>-autoencoder.pt in $AMEMCTL_CHECKPOINTS, else in checkpoints/)")
+    checkpoint = Param(str, None, "where to save phi and psi (default: <pipeline>-autoencoder.pt in $AMEMCTL_CHECKPOINTS, else in checkpoints/)", writes="file")
     input = Input("patterns", "the training images")
     output = Output("autoencoder", "phi and psi, for `embed` (encoder:) and `generate` (decoder:)")
 
@@ -64,7 +64,7 @@ class Generate(Stage):
 
     name = "generate"
     decoder = Input("autoencoder", "an autoencoder (train-autoencoder's output)", optional=True)
-    checkpoint = Param(str, None, "an autoencoder checkpoint instead of `decoder`")
+    checkpoint = Param(str, None, "an autoencoder checkpoint instead of `decoder`", reads="file")
     input = Input("retrieved", "the embeddings to decode, N x code")
     output = Output("generated", "the decoded images")
 

@@ -14,7 +14,7 @@ from amemctl.data.embedded import read_digits, read_patches
 from amemctl.data.folders import read_folder, read_tinyimagenet
 from amemctl.data.mnist5k import read_mnist5k
 from amemctl.plugins import hookimpl
-from amemctl.stage import REQUIRED, Metric, Output, Param, ParamError, Stage
+from amemctl.stage import REQUIRED, FileUse, Metric, Output, Param, ParamError, Stage
 
 
 class Load(Stage):
@@ -25,7 +25,7 @@ class Load(Stage):
     split = Param(str, None, "which split; default: the dataset's usual one")
     limit = Param(int, None, "keep only the first `limit` images", min=1)
     subset = Param(int, None, "then keep a seeded random subset of this many images", min=1)
-    root = Param(str, None, "folder of downloaded datasets (default: $AMEMCTL_DATA or ~/.cache/amemctl/data); for `folder`, the image folder itself")
+    root = Param(str, None, "folder of downloaded datasets (default: $AMEMCTL_DATA or ~/.cache/amemctl/data); for `folder`, the image folder itself, which `validate` checks is there")
     download = Param(bool, True, "download missing files (for online users; tests never download)")
     size = Param(int, None, "resize images to size x size (shorter side, then centre crop)", min=1)
     output = Output("patterns", "the images")
@@ -42,6 +42,10 @@ class Load(Stage):
         spec = self.spec()
         if self.split is not None and self.split not in spec.splits:
             raise ParamError(f"dataset {self.dataset!r} has no split {self.split!r}", hint=f"its splits are {', '.join(spec.splits)}", param="split")
+
+    def files(self) -> list[FileUse]:
+        """For `dataset: folder`, the image folder `root` names; another dataset's root is where it is downloaded to, and may not exist yet."""
+        return [FileUse("root", self.root, "folder")] if self.dataset == "folder" and self.root else []
 
     def describe(self) -> str:
         return f"load {self.dataset}"

@@ -19,7 +19,7 @@ class Persist(Stage):
     """Write context tensors into a memory store on disk: patterns, values, labels and keys."""
 
     name = "persist"
-    store = Param(str, REQUIRED, "path of the store, a folder such as stores/digits.zarr")
+    store = Param(str, REQUIRED, "path of the store, a folder such as stores/digits.zarr", writes="store")
     mode = Param(str, "create", "create (an existing store is an error), append, or replace (the old store stays until the new one is complete)", choices=list(MODES))
     dtype = Param(str, "float32", "storage of patterns and values", choices=["float32", "float16", "bfloat16", "uint8"])
     keys = Param(dict, None, "key spaces to store: {space: tensor}, e.g. {pca: pca_patterns}")
@@ -105,7 +105,7 @@ class OpenStore(Stage):
     """Use a persisted memory: score and project read its rows from disk, chunk by chunk."""
 
     name = "open_store"
-    store = Param(str, REQUIRED, "path of the store")
+    store = Param(str, REQUIRED, "path of the store", reads="store")
     space = Param(str, None, "key space to score in (keys/<space>); written to `keys`")
     prefetch = Param(int, 1, "chunks read ahead while the current one is scored", min=0)
     patterns = Output("patterns", "the stored patterns (read lazily)")

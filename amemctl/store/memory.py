@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import errno
 import glob
+import hashlib
 import json
 import logging
 import math
@@ -281,6 +282,19 @@ class MemoryStore:
     def spaces(self) -> dict[str, dict]:
         """Embedding spaces with keys, and each one's encoder identity."""
         return dict(self.attrs["spaces"])
+
+    def content_id(self) -> dict[str, Any]:
+        """What identifies the rows this store holds now, to tell that it changed since a run read it.
+
+        Rows change only by appends (count and provenance grow), forgets (fewer rows alive: a
+        forgotten row never comes back), compaction (provenance grows) and a replace or a new
+        store at the path (created, provenance); all of these change this. A key space added
+        or recomputed does not: `embed` writes them into the stores it reads, and tells its
+        keys apart by the encoder's identity. Reads the attributes and the alive mask, no row.
+        """
+        attrs = self.attrs
+        history = json.dumps([attrs.get("created"), attrs.get("provenance")], sort_keys=True, default=str)
+        return {"rows": self.count, "alive": len(self), "created": attrs.get("created"), "history": hashlib.sha256(history.encode()).hexdigest()[:16]}
 
     def alive(self) -> np.ndarray:
         """Boolean mask over the published rows: True where the row is not forgotten."""
