@@ -35,7 +35,7 @@ def list_datasets(root: Path | None) -> None:
         if source is not None:
             here = ", ".join(s for s in spec.splits if not torchvision_sets.missing_files(source, root, s)) or "no"
         else:
-            here = "needs root" if name in ("folder", "tinyimagenet") else "yes (bundled)"
+            here = "needs root" if name in ("folder", "tinyimagenet") else "yes (generated)" if name == "random" else "yes (bundled)"
             if name == "mnist5k":
                 here = _mnist5k_here(root)
         table.add_row(*(plain(cell) for cell in (name, ", ".join(spec.splits), "x".join(map(str, spec.shape)) or "any", here, spec.summary)))

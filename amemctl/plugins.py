@@ -49,6 +49,7 @@ BUILTIN_PLUGINS = (
     "amemctl.stages.stories",
     "amemctl.stages.transform",
     "amemctl.stages.dam",
+    "amemctl.stages.sdm",
 )
 
 BUILTIN = "amemctl"

@@ -131,6 +131,20 @@ def test_bundled_patches_are_deterministic_and_textured():
     assert big.images.shape[1:] == (3, 96, 96) and len(big.images) > 300
 
 
+def test_random_patterns_are_fixed_binary_and_take_their_side_from_size():
+    from amemctl.context import Context
+    from amemctl.data.embedded import RANDOM_COUNT, read_random
+    from amemctl.stages.load import Load
+
+    a, b = read_random(Request("all", None, False)), read_random(Request("all", None, False))
+    assert torch.equal(a.images, b.images) and a.images.shape == (RANDOM_COUNT, 1, 16, 16)
+    assert set(a.images.unique().tolist()) == {0.0, 1.0} and abs(a.images.mean().item() - 0.5) < 0.01
+    assert len(a.images.flatten(1).unique(dim=0)) == RANDOM_COUNT and torch.equal(a.labels, torch.arange(RANDOM_COUNT))
+    ctx = Context(torch.device("cpu"), 0, 2**20, None, stage_seed=7)
+    Load(dataset="random", size=8, subset=50).run(ctx)
+    assert ctx["patterns"].shape == (50, 1, 8, 8) and set(ctx["patterns"].unique().tolist()) == {0.0, 1.0}  # drawn at 8 x 8, not resized
+
+
 def test_load_limit_subset_and_size():
     from amemctl.context import Context
     from amemctl.stages.load import Load

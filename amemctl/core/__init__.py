@@ -1,6 +1,6 @@
 """The retrieval math: plain torch, usable in a notebook without YAML, click or stores."""
 
-from amemctl.core.modules import UniversalHopfield
+from amemctl.core.modules import SparseDistributedMemory, UniversalHopfield
 from amemctl.core.retrieval import DEFAULT_BUDGET, Recall, recall, retrieve
 from amemctl.core.rows import Rows, TensorRows
 from amemctl.core.separation import SEPARATIONS, Separation, Softmax, TopK, make_separation
@@ -15,6 +15,7 @@ __all__ = [
     "Separation",
     "Similarity",
     "Softmax",
+    "SparseDistributedMemory",
     "TensorRows",
     "TopK",
     "UniversalHopfield",

@@ -17,6 +17,7 @@ neuron at a time) updates; the same holds for every F.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from amemctl.core import random
 from amemctl.core.retrieval import DEFAULT_BUDGET, recall
-from amemctl.core.rows import Rows, materialize
+from amemctl.core.rows import Rows, materialize, row_shape
 from amemctl.core.separation import Elementwise, Separation, Softmax, make_separation
 from amemctl.core.similarity import Similarity, get_similarity
 from amemctl.errors import StageError
@@ -105,24 +106,31 @@ def iterate(
     tolerance: float | None = None,
     track_energy: bool = False,
     budget: int = DEFAULT_BUDGET,
+    values: "Tensor | Rows | None" = None,
 ) -> Iteration:
     """Auto-associative retrieval repeated: each output (after the activation) is the next query.
 
     Stops for a query once its state moves less than `tolerance` (max absolute change), or
     after `steps` updates. The state keeps the queries' floating dtype (float64 stays float64);
-    integer queries are iterated in float32.
+    integer queries are iterated in float32. `values` are what is projected, the keys
+    themselves by default; other values (a sparse distributed memory's counters) must be as
+    wide as a query, which each output becomes. The energy is the keys' own, so it is only
+    tracked without them.
     """
     sim = similarity if isinstance(similarity, Similarity) else get_similarity(similarity)
     act = _activation(activation)
     state = _floating(queries)
     shape = state.shape
+    if values is not None and math.prod(row_shape(values)) != math.prod(shape[1:]):
+        raise StageError(f"iterated retrieval feeds each output back as the next query, but the values are {math.prod(row_shape(values))} wide and the queries {math.prod(shape[1:])}",
+                         hint="project onto values shaped like the queries, or retrieve once")
     taken = torch.full((len(state),), steps, dtype=torch.long, device=state.device)
     converged = torch.zeros(len(state), dtype=torch.bool, device=state.device)
-    with_energy = track_energy and energy_defined(sim, separation)
+    with_energy = track_energy and values is None and energy_defined(sim, separation)
     resident = materialize(keys) if with_energy else None  # read once, not at every step
     energies = [energy(state, resident, separation)] if with_energy else []
     for step in range(1, steps + 1):
-        nxt = act(recall(state, keys, similarity=sim, separation=separation, budget=budget).output.reshape(shape))
+        nxt = act(recall(state, keys, values, similarity=sim, separation=separation, budget=budget).output.reshape(shape))
         moved = (nxt - state).reshape(len(state), -1).abs().amax(1)
         state = torch.where(converged.reshape(-1, *[1] * (state.dim() - 1)), state, nxt)
         if with_energy:

