@@ -15,7 +15,7 @@ from amemctl.core.modules import SparseDistributedMemory
 from amemctl.core.rows import row_shape
 from amemctl.errors import StageError
 from amemctl.plugins import hookimpl
-from amemctl.stage import REQUIRED, Input, Output, Param, ParamError, Stage
+from amemctl.stage import REQUIRED, Input, Metric, Output, Param, ParamError, Stage
 
 
 class SdmWrite(Stage):
@@ -42,8 +42,11 @@ class SdmWrite(Stage):
         if (self.radius is None) == (self.p is None):
             raise ParamError("sdm-write needs the radius or the activation probability p, one of the two", hint="radius: 22, or p: 0.01", param="radius", about="key")
 
-    def metrics(self) -> list[str]:
-        return ["sdm_radius", "sdm_written"]
+    def metrics(self) -> list[Metric]:
+        return [
+            Metric("sdm_radius", "activation radius of the hard locations (bits)", "radius", 0.0),
+            Metric("sdm_written", "hard locations each pattern was written to (mean)", "locations written", 0.0),
+        ]
 
     def describe(self) -> str:
         return f"sdm-write L={self.locations} " + (f"r={self.radius}" if self.radius is not None else f"p={self.p:g}")
@@ -79,8 +82,17 @@ class SdmRead(Stage):
     queries = Input("queries", "the read addresses, shaped like the written ones")
     output = Output("retrieved", "the data read, Q x (data shape)")
 
-    def metrics(self) -> list[str]:
-        return ["sdm_active", "sdm_silent"] + (["iterations", "converged"] if self.steps > 1 else [])
+    def metrics(self) -> list[Metric]:
+        read = [
+            Metric("sdm_active", "hard locations a query activates (mean)", "active locations", 0.0),
+            Metric("sdm_silent", "queries that activate no hard location", "silent queries", 0.0, 1.0),
+        ]
+        if self.steps > 1:
+            read += [
+                Metric("iterations", "read steps taken (mean over queries)", "steps", 0.0),
+                Metric("converged", "queries that reached a fixed point within the steps", "converged", 0.0, 1.0),
+            ]
+        return read
 
     def describe(self) -> str:
         return f"sdm-read steps={self.steps}"
