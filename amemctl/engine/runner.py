@@ -174,14 +174,15 @@ def run_pipeline(
     wherever it is resumed; it refuses to reuse finished points computed from an input that
     has changed since (engine.files.inputs).
     """
-    start = None
+    start = previous = None
     if resume is not None:
         resume = Path(os.path.abspath(resume))
-        start = started_in(_resumable(resume), resume)
+        previous = _resumable(resume)  # a run folder amemctl made, not running: before its lock file is made in it
+        start = started_in(previous, resume)
     with working_directory(start):
         return _run_pipeline(
             pipeline, out_root=out_root, device=device, console=console, progress=progress, group=group, overrides=overrides,
-            command=command, resume=resume, announce=announce, stop_line=stop_line, elsewhere=elsewhere,
+            command=command, resume=resume, previous=previous, announce=announce, stop_line=stop_line, elsewhere=elsewhere,
         )
 
 
@@ -196,23 +197,19 @@ def _run_pipeline(
     overrides: "list[str] | tuple[str, ...]",
     command: list[str] | None,
     resume: Path | None,
+    previous: "dict[str, Any] | None",
     announce: "Callable[[Path], None] | None",
     stop_line: bool,
     elsewhere: Elsewhere | None,
 ) -> RunResult:
-    """run_pipeline in the directory the run reads its relative paths from."""
+    """run_pipeline in the directory the run reads its relative paths from; `previous`: the resumed run's record, as read before."""
     from amemctl.engine import results
 
     console = console or make_console()
     torch_device = resolve_device(device or pipeline.device)
     files.check_files(pipeline)  # a mistyped path is told now, at its line, not when its stage runs
     inputs = files.inputs(pipeline)
-    previous = None
-    if resume is not None:
-        run_dir = resume
-        previous = _resumable(run_dir)  # a run folder amemctl made, not running: before its lock file is made in it
-    else:
-        run_dir = new_run_dir(Path(out_root), pipeline.name)
+    run_dir = resume if resume is not None else new_run_dir(Path(out_root), pipeline.name)
     planned = [(plan.point, plan_steps(plan.stages)) for plan in pipeline.plans]
     # Each repeat is a run of its own with the next seed; repeats of a point run back to back.
     runs = [(point, steps, r) for point, steps in planned for r in range(pipeline.repeats)]
