@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from amemctl.core import random
-from amemctl.core.dynamics import Iteration, iterate
+from amemctl.core.dynamics import ACTIVATIONS, Iteration, iterate
 from amemctl.core.retrieval import DEFAULT_BUDGET, recall
 from amemctl.core.rows import Rows, RowwiseRows, as_rows
 from amemctl.core.separation import Elementwise, threshold
@@ -105,7 +105,7 @@ def write(
 def read(queries: Tensor, locations: Tensor, counters: Tensor, *, radius: int, budget: int = DEFAULT_BUDGET) -> Tensor:
     """One read: the counters of the locations within `radius` of each query summed and thresholded at 0, as +1/-1 (a 0 sum gives +1)."""
     sums = recall(queries, locations, counters, similarity="hamming", separation=activation(radius), budget=budget).output
-    return torch.where(sums >= 0, 1.0, -1.0).to(sums.dtype)
+    return ACTIVATIONS["sign"](sums)  # the rule iterated_read applies at every step
 
 
 def iterated_read(queries: Tensor, locations: Tensor, counters: Tensor, *, radius: int, steps: int, budget: int = DEFAULT_BUDGET) -> Iteration:
